@@ -1,0 +1,189 @@
+//! Opening a filesystem: superblock (primary, or a backup chosen with `-b`/`-B`), then the
+//! group descriptor table found through it.
+//!
+//! Opening reads only the superblock and the descriptor table. Sizes are bounded before
+//! anything is allocated: the table must fit in the source. When the primary superblock is
+//! unusable, the error names a backup superblock that does parse, for `-b`.
+
+use crate::error::Error;
+use crate::group_desc::GroupDesc;
+use crate::layout::{desc_block_location, group_base_block};
+use crate::superblock::{Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::view::BlockView;
+
+/// Block sizes probed for backup superblocks, in bytes.
+pub const PROBE_BLOCK_SIZES: [u32; 7] = [1024, 2048, 4096, 8192, 16384, 32768, 65536];
+
+/// How to find the superblock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Block number of a backup superblock (e2image `-b`), in units of the block size.
+    pub superblock: Option<u64>,
+    /// Block size in bytes to interpret `superblock` with (e2image `-B`); probed when absent.
+    pub block_size: Option<u32>,
+}
+
+/// An opened filesystem: validated superblock and group descriptors over a block view.
+pub struct Filesystem<V> {
+    view: V,
+    /// The superblock in use.
+    pub sb: Superblock,
+    /// Block number the superblock was read from (the primary's is 0 or 1).
+    pub sb_block: u64,
+    /// One descriptor per group.
+    pub groups: Vec<GroupDesc>,
+}
+
+impl<V: BlockView> Filesystem<V> {
+    /// Opens the filesystem on `view`.
+    ///
+    /// # Errors
+    /// [`Error::BadPrimary`] (with a suggested backup) when the primary superblock does not
+    /// parse; the superblock's own errors for a backup; [`Error::Io`] on read failures;
+    /// [`Error::Corrupt`] when the descriptor table cannot fit in the source.
+    pub fn open(view: V, opts: &OpenOptions) -> Result<Filesystem<V>, Error> {
+        let (sb, sb_block) = match opts.superblock {
+            None => {
+                let sb = open_primary(&view)?;
+                let block = group_base_block(&sb, 0);
+                (sb, block)
+            }
+            Some(b) => open_backup(&view, b, opts.block_size)?,
+        };
+        let groups = read_group_descs(&view, &sb, sb_block)?;
+        Ok(Filesystem { view, sb, sb_block, groups })
+    }
+
+    /// The underlying view.
+    pub fn view(&self) -> &V {
+        &self.view
+    }
+
+    /// Consumes the filesystem, returning its view.
+    pub fn into_view(self) -> V {
+        self.view
+    }
+
+    /// Reads blocks `[first, first + buf.len() / block_size)`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the byte offset.
+    pub fn read_blocks(&self, first: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let bs = self.sb.block_size;
+        self.view.read_blocks(bs, first, buf).map_err(|source| Error::Io {
+            offset: first.saturating_mul(u64::from(bs)),
+            source,
+        })
+    }
+
+    /// Reads the raw record of inode `ino` (`s_inode_size` bytes).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when `ino` is out of range or its group's inode table pointer is
+    /// outside the filesystem; [`Error::Io`] on read failure.
+    pub fn read_inode_raw(&self, ino: u32) -> Result<Vec<u8>, Error> {
+        let sb = &self.sb;
+        let bad = |what: String| {
+            Error::Corrupt(crate::error::Corrupt::new(crate::error::CorruptKind::Inode(what)).at_inode(crate::InodeNr(ino)))
+        };
+        if ino == 0 || ino > sb.s_inodes_count {
+            return Err(bad(format!("inode number out of range 1..={}", sb.s_inodes_count)));
+        }
+        let g = (ino - 1) / sb.s_inodes_per_group;
+        let idx = (ino - 1) % sb.s_inodes_per_group;
+        let Some(gd) = self.groups.get(g as usize) else {
+            return Err(bad(format!("group {g} does not exist")));
+        };
+        let isz = u64::from(sb.s_inode_size);
+        let table_end = gd.bg_inode_table.checked_add(u64::from(sb.inode_table_blocks));
+        if gd.bg_inode_table == 0 || table_end.is_none_or(|e| e > sb.s_blocks_count) {
+            return Err(bad(format!("group {g}: bg_inode_table {} is outside the filesystem", gd.bg_inode_table)));
+        }
+        let offset = gd.bg_inode_table * u64::from(sb.block_size) + u64::from(idx) * isz;
+        let mut buf = vec![0u8; isz as usize];
+        self.view.read_at(offset, &mut buf).map_err(|source| Error::Io { offset, source })?;
+        Ok(buf)
+    }
+}
+
+fn read_sb_at<V: BlockView>(view: &V, offset: u64) -> Result<Superblock, Error> {
+    let mut buf = vec![0u8; SUPERBLOCK_SIZE];
+    view.read_at(offset, &mut buf).map_err(|source| Error::Io { offset, source })?;
+    Superblock::parse(&buf)
+}
+
+fn open_primary<V: BlockView>(view: &V) -> Result<Superblock, Error> {
+    match read_sb_at(view, SUPERBLOCK_OFFSET) {
+        Ok(sb) => Ok(sb),
+        Err(e @ Error::Io { .. }) | Err(e @ Error::Unsupported(_)) => Err(e),
+        Err(e) => Err(Error::BadPrimary { reason: e.to_string(), suggestion: probe_backup(view) }),
+    }
+}
+
+/// Looks for group 1's backup superblock for each candidate block size (e2fsprogs' default
+/// geometry: 8 × block size blocks per group).
+pub fn probe_backup<V: BlockView>(view: &V) -> Option<(u64, u32)> {
+    for bs in PROBE_BLOCK_SIZES {
+        let block = u64::from(bs) * 8 + u64::from(bs == 1024);
+        let Ok(sb) = read_sb_at(view, block * u64::from(bs)) else { continue };
+        if sb.block_size == bs && sb.group_first_block(1) == block {
+            return Some((block, bs));
+        }
+    }
+    None
+}
+
+fn open_backup<V: BlockView>(view: &V, block: u64, bs: Option<u32>) -> Result<(Superblock, u64), Error> {
+    let sizes: Vec<u32> = match bs {
+        Some(bs) => vec![bs],
+        None => PROBE_BLOCK_SIZES.to_vec(),
+    };
+    let mut last = None;
+    for bs in sizes {
+        let Some(offset) = block.checked_mul(u64::from(bs)) else { continue };
+        match read_sb_at(view, offset) {
+            Ok(sb) if sb.block_size == bs => return Ok((sb, block)),
+            Ok(sb) => {
+                last = Some(Error::NotExt(format!(
+                    "superblock at block {block} says block size {} (read with {bs})",
+                    sb.block_size
+                )))
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::NotExt(format!("no superblock at block {block}"))))
+}
+
+/// Upper bound for the descriptor table: it must fit in the source, and we never allocate
+/// more than 1 GiB for it (2^24 groups of 64 bytes is a 2 PiB filesystem at 4 KiB blocks).
+const MAX_GDT_BYTES: u64 = 1 << 30;
+
+fn read_group_descs<V: BlockView>(view: &V, sb: &Superblock, sb_block: u64) -> Result<Vec<GroupDesc>, Error> {
+    let bs = u64::from(sb.block_size);
+    let gdt_bytes = u64::from(sb.desc_blocks) * bs;
+    if gdt_bytes > MAX_GDT_BYTES || gdt_bytes > view.size() {
+        return Err(Error::Corrupt(crate::error::Corrupt::new(crate::error::CorruptKind::Superblock(format!(
+            "{} groups need a {gdt_bytes}-byte descriptor table, more than the source holds ({} bytes)",
+            sb.group_count,
+            view.size()
+        )))));
+    }
+    let mut table = vec![0u8; gdt_bytes as usize];
+    let mut i = 0u32;
+    while i < sb.desc_blocks {
+        // Coalesce descriptor blocks that are contiguous on disk into one read.
+        let start = desc_block_location(sb, sb_block, i);
+        let mut n = 1u32;
+        while i + n < sb.desc_blocks && desc_block_location(sb, sb_block, i + n) == start + u64::from(n) {
+            n += 1;
+        }
+        let lo = i as usize * bs as usize;
+        let hi = (i + n) as usize * bs as usize;
+        let offset = start.saturating_mul(bs);
+        view.read_at(offset, &mut table[lo..hi]).map_err(|source| Error::Io { offset, source })?;
+        i += n;
+    }
+    let ds = sb.desc_size as usize;
+    Ok((0..sb.group_count as usize).map(|g| GroupDesc::parse(&table[g * ds..(g + 1) * ds], sb.desc_size)).collect())
+}

@@ -1,0 +1,104 @@
+//! Group descriptors (kernel `struct ext4_group_desc`), 32 or `s_desc_size` bytes each.
+//!
+//! Parsing never fails: any bit pattern is a descriptor. Whether its block pointers make sense
+//! is checked where they are used, so that one bad group is skipped and the others exported.
+
+use crate::bytes::{join, le16, le32};
+use crate::superblock::Superblock;
+
+/// `bg_flags`: inode table and inode bitmap not initialized.
+pub const EXT4_BG_INODE_UNINIT: u16 = 0x1;
+/// `bg_flags`: block bitmap not initialized.
+pub const EXT4_BG_BLOCK_UNINIT: u16 = 0x2;
+/// `bg_flags`: inode table zeroed.
+pub const EXT4_BG_INODE_ZEROED: u16 = 0x4;
+/// `bg_flags` (snapshots): exclude bitmap not initialized.
+pub const EXT4_BG_EXCLUDE_UNINIT: u16 = 0x8;
+
+/// One group descriptor, with `_lo`/`_hi` halves joined (the `_hi` halves only with 64-byte
+/// descriptors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupDesc {
+    pub bg_block_bitmap: u64,
+    pub bg_inode_bitmap: u64,
+    pub bg_inode_table: u64,
+    pub bg_free_blocks_count: u32,
+    pub bg_free_inodes_count: u32,
+    pub bg_used_dirs_count: u32,
+    pub bg_flags: u16,
+    /// Snapshots (`bg_exclude_bitmap_lo/hi`).
+    pub bg_exclude_bitmap: u64,
+    pub bg_itable_unused: u32,
+    pub bg_checksum: u16,
+}
+
+impl GroupDesc {
+    /// Parses one descriptor of `desc_size` bytes (32, or ≥ 64 with the `_hi` halves).
+    /// `buf` must be at least `desc_size` bytes long; the caller guarantees it.
+    pub fn parse(buf: &[u8], desc_size: u32) -> GroupDesc {
+        let wide = desc_size >= 64 && buf.len() >= 64;
+        let hi32 = |off: usize| if wide { le32(buf, off) } else { 0 };
+        let hi16 = |off: usize| if wide { u32::from(le16(buf, off)) } else { 0 };
+        GroupDesc {
+            bg_block_bitmap: join(le32(buf, 0x00), hi32(0x20)),
+            bg_inode_bitmap: join(le32(buf, 0x04), hi32(0x24)),
+            bg_inode_table: join(le32(buf, 0x08), hi32(0x28)),
+            bg_free_blocks_count: u32::from(le16(buf, 0x0C)) | (hi16(0x2C) << 16),
+            bg_free_inodes_count: u32::from(le16(buf, 0x0E)) | (hi16(0x2E) << 16),
+            bg_used_dirs_count: u32::from(le16(buf, 0x10)) | (hi16(0x30) << 16),
+            bg_flags: le16(buf, 0x12),
+            bg_exclude_bitmap: join(le32(buf, 0x14), hi32(0x34)),
+            bg_itable_unused: u32::from(le16(buf, 0x1C)) | (hi16(0x32) << 16),
+            bg_checksum: le16(buf, 0x1E),
+        }
+    }
+
+    /// True if the flag is set and the filesystem has descriptor checksums (without them the
+    /// lazy-init flags mean nothing and are ignored, as e2fsprogs does).
+    pub fn has_flag(&self, sb: &Superblock, flag: u16) -> bool {
+        sb.has_group_desc_csum() && self.bg_flags & flag != 0
+    }
+
+    /// Number of inodes of this group that may be in use: `s_inodes_per_group` minus
+    /// `bg_itable_unused` when descriptors are checksummed (the tail was never used and may
+    /// hold garbage), 0 for an INODE_UNINIT group.
+    pub fn used_inodes(&self, sb: &Superblock) -> u32 {
+        if self.has_flag(sb, EXT4_BG_INODE_UNINIT) {
+            return 0;
+        }
+        if sb.has_group_desc_csum() {
+            return sb.s_inodes_per_group.saturating_sub(self.bg_itable_unused);
+        }
+        sb.s_inodes_per_group
+    }
+
+    /// Inode-table blocks that may hold used inodes: the whole table less the whole blocks of
+    /// the unused tail (e2image's rule, which never copies less than the blocks holding the
+    /// first [`used_inodes`](Self::used_inodes) inodes); 0 for an INODE_UNINIT group.
+    pub fn used_inode_table_blocks(&self, sb: &Superblock) -> u32 {
+        if self.has_flag(sb, EXT4_BG_INODE_UNINIT) {
+            return 0;
+        }
+        if !sb.has_group_desc_csum() {
+            return sb.inode_table_blocks;
+        }
+        let unused_blocks = self.bg_itable_unused.min(sb.s_inodes_per_group) / sb.inodes_per_block;
+        sb.inode_table_blocks - unused_blocks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_hi_halves_only_for_wide_descriptors() {
+        let mut b = vec![0u8; 64];
+        b[0x08..0x0C].copy_from_slice(&5u32.to_le_bytes());
+        b[0x28..0x2C].copy_from_slice(&1u32.to_le_bytes());
+        b[0x1C..0x1E].copy_from_slice(&7u16.to_le_bytes());
+        assert_eq!(GroupDesc::parse(&b, 64).bg_inode_table, (1 << 32) | 5);
+        assert_eq!(GroupDesc::parse(&b, 32).bg_inode_table, 5);
+        assert_eq!(GroupDesc::parse(&b, 32).bg_itable_unused, 7);
+    }
+}

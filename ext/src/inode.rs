@@ -1,0 +1,232 @@
+//! Inodes (kernel `struct ext4_inode`): the fields the walker needs and the decision of where
+//! an inode's blocks are (extent tree, indirect map, or nowhere: inline data, fast symlinks,
+//! device files).
+
+use crate::bytes::{join, le16, le32};
+use crate::superblock::{ro_compat, Superblock, EXT2_OS_HURD};
+
+/// Bytes of `i_block` (15 × u32).
+pub const I_BLOCK_SIZE: usize = 60;
+/// Size of the base inode every inode record starts with.
+pub const GOOD_OLD_INODE_SIZE: usize = 128;
+
+/// `i_flags` bits.
+pub mod flags {
+    pub const ENCRYPT: u32 = 0x800;
+    pub const INDEX: u32 = 0x1000;
+    pub const HUGE_FILE: u32 = 0x40000;
+    pub const EXTENTS: u32 = 0x80000;
+    pub const VERITY: u32 = 0x100000;
+    pub const EA_INODE: u32 = 0x200000;
+    /// next3 / ext4-snapshots snapshot file.
+    pub const SNAPFILE: u32 = 0x0100_0000;
+    pub const SNAPFILE_DELETED: u32 = 0x0400_0000;
+    pub const SNAPFILE_SHRUNK: u32 = 0x0800_0000;
+    pub const INLINE_DATA: u32 = 0x1000_0000;
+}
+
+/// File type from `i_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileType {
+    Regular,
+    Directory,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+    /// `i_mode` type bits 0 (unused reserved inodes, the bad-blocks inode) or invalid.
+    Unknown,
+}
+
+/// The fields of one inode the walker uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inode {
+    pub i_mode: u16,
+    /// `i_size_lo | i_size_high << 32`.
+    pub i_size: u64,
+    pub i_ctime: u32,
+    pub i_dtime: u32,
+    pub i_links_count: u16,
+    /// `i_blocks_lo | l_i_blocks_hi << 32`, in 512-byte units unless HUGE_FILE.
+    pub i_blocks: u64,
+    pub i_flags: u32,
+    /// osd1: `l_i_version`, or `i_next_snapshot` on snapshot files, or the Hurd translator.
+    pub osd1: u32,
+    pub i_block: [u8; I_BLOCK_SIZE],
+    pub i_generation: u32,
+    /// `i_file_acl_lo | l_i_file_acl_high << 32` (no high half on Hurd).
+    pub i_file_acl: u64,
+    pub i_ctime_extra: u32,
+}
+
+impl Inode {
+    /// Parses an inode record; `raw` is at least 128 bytes (the caller slices the inode table
+    /// by `s_inode_size`, which is validated to be ≥ 128).
+    pub fn parse(raw: &[u8], sb: &Superblock) -> Inode {
+        let hurd = sb.s_creator_os == EXT2_OS_HURD;
+        let mut i_block = [0u8; I_BLOCK_SIZE];
+        i_block.copy_from_slice(&raw[0x28..0x28 + I_BLOCK_SIZE]);
+        let blocks_hi = if hurd { 0 } else { u32::from(le16(raw, 0x74)) };
+        let acl_hi = if hurd { 0 } else { u32::from(le16(raw, 0x76)) };
+        let extra = if raw.len() > 0x82 { le16(raw, 0x80) } else { 0 };
+        let ctime_extra = if raw.len() >= 0x88 && extra >= 8 { le32(raw, 0x84) } else { 0 };
+        Inode {
+            i_mode: le16(raw, 0x00),
+            i_size: join(le32(raw, 0x04), le32(raw, 0x6C)),
+            i_ctime: le32(raw, 0x0C),
+            i_dtime: le32(raw, 0x14),
+            i_links_count: le16(raw, 0x1A),
+            i_blocks: join(le32(raw, 0x1C), blocks_hi),
+            i_flags: le32(raw, 0x20),
+            osd1: le32(raw, 0x24),
+            i_block,
+            i_generation: le32(raw, 0x64),
+            i_file_acl: join(le32(raw, 0x68), acl_hi),
+            i_ctime_extra: ctime_extra,
+        }
+    }
+
+    /// The file type from the top four bits of `i_mode`.
+    pub fn file_type(&self) -> FileType {
+        match self.i_mode & 0xF000 {
+            0x8000 => FileType::Regular,
+            0x4000 => FileType::Directory,
+            0xA000 => FileType::Symlink,
+            0x2000 => FileType::CharDevice,
+            0x6000 => FileType::BlockDevice,
+            0x1000 => FileType::Fifo,
+            0xC000 => FileType::Socket,
+            _ => FileType::Unknown,
+        }
+    }
+
+    /// True if the flag bit is set.
+    pub fn has_flag(&self, bit: u32) -> bool {
+        self.i_flags & bit != 0
+    }
+
+    /// `i_block[n]` as a 32-bit block pointer (n < 15).
+    pub fn block_ptr(&self, n: usize) -> u32 {
+        le32(&self.i_block, n * 4)
+    }
+
+    /// `i_blocks` in filesystem blocks.
+    pub fn blocks_in_fs_blocks(&self, sb: &Superblock) -> u64 {
+        if sb.has_ro_compat(ro_compat::HUGE_FILE) && self.has_flag(flags::HUGE_FILE) {
+            self.i_blocks
+        } else {
+            self.i_blocks / (u64::from(sb.block_size) / 512)
+        }
+    }
+
+    /// True if the inode record is entirely unused (mode, links and pointers all zero).
+    pub fn is_blank(&self) -> bool {
+        self.i_mode == 0 && self.i_links_count == 0 && self.i_block.iter().all(|&b| b == 0) && self.i_file_acl == 0
+    }
+
+    /// Where this inode's blocks are, following the kernel's rules: inline data and device
+    /// files have none; symlinks are fast (target in `i_block`) unless they have blocks.
+    pub fn block_map(&self, sb: &Superblock) -> BlockMap {
+        if self.has_flag(flags::INLINE_DATA) {
+            return BlockMap::None;
+        }
+        match self.file_type() {
+            FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket => {
+                return BlockMap::None
+            }
+            FileType::Symlink if self.is_fast_symlink(sb) => return BlockMap::None,
+            _ => {}
+        }
+        if self.has_flag(flags::EXTENTS) {
+            BlockMap::Extents
+        } else {
+            BlockMap::Indirect
+        }
+    }
+
+    /// Fast-symlink test: the target lives in `i_block`. An extent-flagged symlink is fast only
+    /// if `i_block` does not start with an extent header; otherwise a symlink shorter than 60
+    /// bytes is fast when it owns no blocks besides its xattr block.
+    fn is_fast_symlink(&self, sb: &Superblock) -> bool {
+        if self.has_flag(flags::EXTENTS) {
+            let magic = le16(&self.i_block, 0);
+            return magic != crate::extent::EXT4_EXT_MAGIC && self.i_size < I_BLOCK_SIZE as u64;
+        }
+        if self.i_size >= I_BLOCK_SIZE as u64 {
+            return false;
+        }
+        let ea_blocks = if self.i_file_acl != 0 { u64::from(sb.cluster_ratio) } else { 0 };
+        self.blocks_in_fs_blocks(sb).saturating_sub(ea_blocks) == 0
+    }
+}
+
+/// How an inode maps its logical blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockMap {
+    /// No blocks (inline data, fast symlink, device, fifo, socket).
+    None,
+    /// An extent tree rooted in `i_block`.
+    Extents,
+    /// Direct, IND, DIND, TIND pointers in `i_block`.
+    Indirect,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sb() -> Superblock {
+        let mut b = vec![0u8; 1024];
+        let put = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        put(&mut b, 0x00, 8192);
+        put(&mut b, 0x04, 32768);
+        put(&mut b, 0x18, 2);
+        put(&mut b, 0x1C, 2);
+        put(&mut b, 0x20, 32768);
+        put(&mut b, 0x24, 32768);
+        put(&mut b, 0x28, 8192);
+        b[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        put(&mut b, 0x4C, 1);
+        b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());
+        Superblock::parse(&b).unwrap()
+    }
+
+    fn inode(mode: u16, size: u32, blocks: u32, flags_: u32) -> Inode {
+        let mut raw = vec![0u8; 256];
+        raw[0..2].copy_from_slice(&mode.to_le_bytes());
+        raw[4..8].copy_from_slice(&size.to_le_bytes());
+        raw[0x1C..0x20].copy_from_slice(&blocks.to_le_bytes());
+        raw[0x20..0x24].copy_from_slice(&flags_.to_le_bytes());
+        Inode::parse(&raw, &sb())
+    }
+
+    #[test]
+    fn fast_symlink_has_no_blocks() {
+        assert_eq!(inode(0xA1FF, 20, 0, 0).block_map(&sb()), BlockMap::None);
+    }
+
+    #[test]
+    fn slow_symlink_is_block_mapped() {
+        assert_eq!(inode(0xA1FF, 131, 8, 0).block_map(&sb()), BlockMap::Indirect);
+        assert_eq!(inode(0xA1FF, 20, 8, 0).block_map(&sb()), BlockMap::Indirect);
+    }
+
+    #[test]
+    fn extent_flagged_fast_symlink_without_header() {
+        assert_eq!(inode(0xA1FF, 20, 0, flags::EXTENTS).block_map(&sb()), BlockMap::None);
+    }
+
+    #[test]
+    fn inline_data_and_devices_have_no_blocks() {
+        assert_eq!(inode(0x81A4, 20, 0, flags::INLINE_DATA).block_map(&sb()), BlockMap::None);
+        assert_eq!(inode(0x2180, 0, 0, 0).block_map(&sb()), BlockMap::None);
+        assert_eq!(inode(0x1180, 0, 0, 0).block_map(&sb()), BlockMap::None);
+    }
+
+    #[test]
+    fn regular_file_maps() {
+        assert_eq!(inode(0x81A4, 20, 8, flags::EXTENTS).block_map(&sb()), BlockMap::Extents);
+        assert_eq!(inode(0x81A4, 20, 8, 0).block_map(&sb()), BlockMap::Indirect);
+    }
+}

@@ -1,0 +1,409 @@
+//! The metadata walker: which blocks of a filesystem state to copy.
+//!
+//! The set is the static metadata computed from the geometry (every superblock, descriptor
+//! and reserved-GDT copy, bitmaps, used inode-table parts, MMP) plus what each in-use inode
+//! owns, found by scanning the inode tables (not the directory tree, so that EA inodes,
+//! orphans and special inodes are all seen). Groups are scanned in parallel, each into its own
+//! [`Collector`]; the results are merged and finished into a sorted [`BlockSet`].
+//!
+//! An inode is in use when its bit is set in the inode bitmap, or when its link count is
+//! non-zero (e2image's rule, kept so that our set is a superset of e2image's on corrupt
+//! filesystems). Corruption never stops the walk: it becomes a [`Warning`] naming the inode,
+//! block and offset, and only the damaged part is skipped.
+
+use crate::blockset::{BlockClass, BlockSet};
+use crate::error::{Corrupt, CorruptKind};
+use crate::extent::{walk_extents, TreeClasses};
+use crate::fs::Filesystem;
+use crate::group_desc::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
+use crate::indirect::walk_indirect;
+use crate::inode::{flags, BlockMap, FileType, Inode};
+use crate::layout::{static_regions, RegionKind};
+use crate::superblock::{compat, incompat, Superblock, EXT2_OS_HURD};
+use crate::view::BlockView;
+use crate::{BlockNr, InodeNr};
+use rayon::prelude::*;
+use std::fmt;
+
+/// Bytes of inode table read at once while scanning (bounds memory per thread).
+const ITABLE_CHUNK_BYTES: usize = 4 << 20;
+/// Reserved inode numbers with fixed roles.
+const EXT2_BAD_INO: u32 = 1;
+const EXT4_USR_QUOTA_INO: u32 = 3;
+const EXT4_GRP_QUOTA_INO: u32 = 4;
+const EXT2_RESIZE_INO: u32 = 7;
+const EXT4_EXCLUDE_INO: u32 = 9;
+
+/// What to walk.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WalkOptions {
+    /// Include the data blocks of regular files (e2image `-a`).
+    pub data: bool,
+    /// Leave out the blocks of snapshot files (next3 / ext4-snapshots).
+    pub no_snapshot_files: bool,
+}
+
+/// A corrupt or unreadable part that was skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// Inode the part belongs to.
+    pub inode: Option<InodeNr>,
+    /// Block holding the part.
+    pub block: Option<BlockNr>,
+    /// Byte offset within the block (or the inode record).
+    pub offset: Option<u32>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl From<Corrupt> for Warning {
+    fn from(c: Corrupt) -> Warning {
+        Warning { inode: c.inode, block: c.block, offset: c.offset, reason: c.reason() }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(i) = self.inode {
+            parts.push(format!("inode {i}"));
+        }
+        if let Some(b) = self.block {
+            parts.push(format!("block {b}"));
+        }
+        if let Some(o) = self.offset {
+            parts.push(format!("offset {o}"));
+        }
+        if parts.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", parts.join(", "), self.reason)
+        }
+    }
+}
+
+/// Counts gathered during the walk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    /// Inodes processed as in use.
+    pub inodes_in_use: u64,
+    /// In-use inodes with link count 0 (orphans).
+    pub orphan_inodes: u64,
+    /// EA inodes.
+    pub ea_inodes: u64,
+    /// Inodes followed because their link count is non-zero although the inode bitmap says
+    /// they are free.
+    pub linked_but_free: u64,
+    /// Snapshot files seen.
+    pub snapshot_files: u64,
+}
+
+impl WalkStats {
+    fn add(&mut self, o: &WalkStats) {
+        self.inodes_in_use += o.inodes_in_use;
+        self.orphan_inodes += o.orphan_inodes;
+        self.ea_inodes += o.ea_inodes;
+        self.linked_but_free += o.linked_but_free;
+        self.snapshot_files += o.snapshot_files;
+    }
+}
+
+/// The result of a walk.
+#[derive(Clone, Debug, Default)]
+pub struct WalkResult {
+    /// The finished set of blocks to copy.
+    pub blocks: BlockSet,
+    /// Corrupt or unreadable parts that were skipped.
+    pub warnings: Vec<Warning>,
+    /// Observations that do not affect completeness (e.g. a journal needing recovery).
+    pub notes: Vec<String>,
+    /// Counts.
+    pub stats: WalkStats,
+}
+
+/// Accumulates blocks, warnings and counts for one part of the walk, with bounds checks and
+/// block reads that report instead of failing.
+pub struct Collector<'v> {
+    view: &'v dyn BlockView,
+    sb: &'v Superblock,
+    set: BlockSet,
+    warnings: Vec<Warning>,
+    stats: WalkStats,
+}
+
+impl<'v> Collector<'v> {
+    fn new(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
+        Collector { view, sb, set: BlockSet::new(), warnings: Vec::new(), stats: WalkStats::default() }
+    }
+
+    /// The superblock in use.
+    pub fn sb(&self) -> &Superblock {
+        self.sb
+    }
+
+    /// Checks that `[start, start + len)` is a valid, non-zero block range of the filesystem.
+    ///
+    /// # Errors
+    /// The corruption kind to report.
+    pub(crate) fn check_range(&self, start: u64, len: u64) -> Result<(), CorruptKind> {
+        let limit = self.sb.s_blocks_count;
+        match start.checked_add(len) {
+            Some(end) if start != 0 && end <= limit => Ok(()),
+            _ => Err(CorruptKind::OutOfRange { value: start, limit }),
+        }
+    }
+
+    /// Adds a bounds-checked run.
+    pub(crate) fn add(&mut self, start: u64, len: u64, class: BlockClass) {
+        self.set.add(start, len, class);
+    }
+
+    /// Adds a run after checking its bounds; reports `what` when it is out of range.
+    fn add_checked(&mut self, start: u64, len: u64, class: BlockClass, what: impl FnOnce() -> String) {
+        match self.check_range(start, len) {
+            Ok(()) => self.add(start, len, class),
+            Err(_) => self.warn(None, None, format!("{} (block {start}, {len} blocks) is outside the filesystem", what())),
+        }
+    }
+
+    /// Records a corruption.
+    pub(crate) fn corrupt(&mut self, c: Corrupt) {
+        self.warnings.push(c.into());
+    }
+
+    fn warn(&mut self, inode: Option<InodeNr>, block: Option<u64>, reason: String) {
+        self.warnings.push(Warning { inode, block: block.map(BlockNr), offset: None, reason });
+    }
+
+    /// Reads one block; an I/O error is recorded as a warning and gives `None`.
+    pub(crate) fn read_block(&mut self, ino: InodeNr, block: u64) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; self.sb.block_size as usize];
+        match self.view.read_blocks(self.sb.block_size, block, &mut buf) {
+            Ok(()) => Some(buf),
+            Err(e) => {
+                self.warn(Some(ino), Some(block), format!("unreadable: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Walks `fs` and returns the finished block set, the warnings and counts.
+pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult {
+    let sb = &fs.sb;
+    let view: &dyn BlockView = fs.view();
+    let mut top = Collector::new(view, sb);
+    add_static(&mut top);
+    let parts: Vec<Collector<'_>> = (0..sb.group_count)
+        .into_par_iter()
+        .with_min_len(16)
+        .map(|g| {
+            let mut c = Collector::new(view, sb);
+            walk_group(&mut c, g, &fs.groups[g as usize], opts);
+            c
+        })
+        .collect();
+    let mut result = WalkResult { notes: notes(fs, view), ..WalkResult::default() };
+    result.blocks = top.set;
+    result.warnings = top.warnings;
+    for mut p in parts {
+        result.blocks.append(&mut p.set);
+        result.warnings.append(&mut p.warnings);
+        result.stats.add(&p.stats);
+    }
+    if result.stats.linked_but_free > 0 {
+        result.notes.push(format!(
+            "{} inodes have a non-zero link count but are free in the inode bitmap; their blocks were copied too",
+            result.stats.linked_but_free
+        ));
+    }
+    result.blocks.finish(sb.cluster_ratio, sb.s_blocks_count);
+    result
+}
+
+fn notes(fs: &Filesystem<impl BlockView>, view: &dyn BlockView) -> Vec<String> {
+    let sb = &fs.sb;
+    let mut v = Vec::new();
+    if sb.has_incompat(incompat::RECOVER) {
+        v.push("the journal needs recovery; metadata is exported as it is on disk, with the whole journal".into());
+    }
+    if view.size() < sb.size_bytes() {
+        v.push(format!(
+            "the source ({} bytes) is shorter than the filesystem ({} bytes); the missing part reads as zeros",
+            view.size(),
+            sb.size_bytes()
+        ));
+    }
+    v
+}
+
+/// Superblocks, descriptor tables, reserved GDT blocks, block 0 and the MMP block.
+fn add_static(c: &mut Collector<'_>) {
+    let sb = c.sb;
+    c.add(0, 1, if sb.block_size == 1024 { BlockClass::Boot } else { BlockClass::Superblock });
+    for r in static_regions(sb) {
+        let class = match r.kind {
+            RegionKind::PrimarySuperblock => BlockClass::Superblock,
+            RegionKind::BackupSuperblock => BlockClass::BackupSuperblock,
+            RegionKind::PrimaryGdt => BlockClass::GroupDescriptors,
+            RegionKind::BackupGdt => BlockClass::BackupGroupDescriptors,
+            RegionKind::ReservedGdt => BlockClass::ReservedGdt,
+        };
+        let end = (r.start + r.len).min(sb.s_blocks_count);
+        if r.start < end {
+            c.add(r.start, end - r.start, class);
+        }
+    }
+    if sb.has_incompat(incompat::MMP) {
+        let b = sb.s_mmp_block;
+        c.add_checked(b, 1, BlockClass::Mmp, || "s_mmp_block".into());
+    }
+}
+
+/// Bitmaps, the used inode table and the inodes of group `g`.
+fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions) {
+    let sb = c.sb;
+    if !gd.has_flag(sb, EXT4_BG_BLOCK_UNINIT) {
+        c.add_checked(gd.bg_block_bitmap, 1, BlockClass::BlockBitmap, || format!("group {g}: bg_block_bitmap"));
+    }
+    let inode_uninit = gd.has_flag(sb, EXT4_BG_INODE_UNINIT);
+    let bitmap_ok = !inode_uninit && c.check_range(gd.bg_inode_bitmap, 1).is_ok();
+    if !inode_uninit {
+        c.add_checked(gd.bg_inode_bitmap, 1, BlockClass::InodeBitmap, || format!("group {g}: bg_inode_bitmap"));
+    }
+    if sb.has_compat(compat::EXCLUDE_BITMAP) && gd.bg_exclude_bitmap != 0 {
+        c.add_checked(gd.bg_exclude_bitmap, 1, BlockClass::ExcludeBitmap, || format!("group {g}: bg_exclude_bitmap"));
+    }
+    let itable_blocks = u64::from(gd.used_inode_table_blocks(sb));
+    if itable_blocks == 0 {
+        return;
+    }
+    if c.check_range(gd.bg_inode_table, u64::from(sb.inode_table_blocks)).is_err() {
+        c.warn(None, None, format!(
+            "group {g}: bg_inode_table {} is outside the filesystem; the group's {} inodes are skipped",
+            gd.bg_inode_table, sb.s_inodes_per_group
+        ));
+        return;
+    }
+    c.add(gd.bg_inode_table, itable_blocks, BlockClass::InodeTable);
+    let bitmap = if bitmap_ok { read_inode_bitmap(c, g, gd) } else { None };
+    scan_inodes(c, g, gd, bitmap.as_deref(), opts);
+}
+
+fn read_inode_bitmap(c: &mut Collector<'_>, g: u32, gd: &GroupDesc) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; c.sb.block_size as usize];
+    match c.view.read_blocks(c.sb.block_size, gd.bg_inode_bitmap, &mut buf) {
+        Ok(()) => Some(buf),
+        Err(e) => {
+            c.warn(None, Some(gd.bg_inode_bitmap), format!("group {g}: inode bitmap unreadable: {e}"));
+            None
+        }
+    }
+}
+
+/// Reads the used part of the inode table in chunks and processes every in-use inode.
+fn scan_inodes(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, bitmap: Option<&[u8]>, opts: &WalkOptions) {
+    let sb = c.sb;
+    let isz = usize::from(sb.s_inode_size);
+    let bs = sb.block_size as usize;
+    let used = gd.used_inodes(sb).min(sb.s_inodes_count.saturating_sub(g * sb.s_inodes_per_group));
+    let chunk_blocks = (ITABLE_CHUNK_BYTES / bs).max(1) as u32;
+    let mut index = 0u32;
+    while index < used {
+        let first_block = index / sb.inodes_per_block;
+        let nblocks = chunk_blocks.min((used - index).div_ceil(sb.inodes_per_block));
+        let mut buf = vec![0u8; nblocks as usize * bs];
+        let table_block = gd.bg_inode_table + u64::from(first_block);
+        if let Err(e) = c.view.read_blocks(sb.block_size, table_block, &mut buf) {
+            c.warn(None, Some(table_block), format!("group {g}: inode table unreadable: {e}"));
+            index += nblocks * sb.inodes_per_block;
+            continue;
+        }
+        let count = (nblocks * sb.inodes_per_block).min(used - index);
+        for k in 0..count {
+            let i = index + k;
+            let raw = &buf[k as usize * isz..(k as usize + 1) * isz];
+            let ino = g * sb.s_inodes_per_group + i + 1;
+            let in_bitmap = bitmap.is_some_and(|b| b[(i / 8) as usize] & (1 << (i % 8)) != 0);
+            let inode = Inode::parse(raw, sb);
+            if !in_bitmap && inode.i_links_count == 0 {
+                continue;
+            }
+            if !in_bitmap && bitmap.is_some() && !inode.is_blank() {
+                c.stats.linked_but_free += 1;
+            }
+            process_inode(c, InodeNr(ino), &inode, opts);
+        }
+        index += count;
+    }
+}
+
+/// Adds the blocks one in-use inode owns.
+fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &WalkOptions) {
+    let sb = c.sb;
+    if ino.0 == EXT2_BAD_INO {
+        let classes = TreeClasses { tree: BlockClass::BadBlocksTree, data: None };
+        if !inode.has_flag(flags::EXTENTS) {
+            walk_indirect(c, ino, inode, classes);
+        }
+        return;
+    }
+    if inode.is_blank() {
+        return;
+    }
+    c.stats.inodes_in_use += 1;
+    let orphan = inode.i_links_count == 0;
+    c.stats.orphan_inodes += u64::from(orphan);
+    if inode.i_file_acl != 0 {
+        c.add_checked(inode.i_file_acl, 1, BlockClass::Xattr, || format!("inode {ino}: i_file_acl"));
+    }
+    if sb.s_creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
+        c.add_checked(u64::from(inode.osd1), 1, BlockClass::Xattr, || format!("inode {ino}: Hurd translator"));
+    }
+    let Some(classes) = classify(c, ino, inode, opts) else { return };
+    let classes = if orphan { TreeClasses { tree: BlockClass::Orphan, ..classes } } else { classes };
+    match inode.block_map(sb) {
+        BlockMap::None => {}
+        BlockMap::Extents => walk_extents(c, ino, &inode.i_block, classes),
+        BlockMap::Indirect => walk_indirect(c, ino, inode, classes),
+    }
+}
+
+/// Classes of an inode's tree and mapped blocks, or `None` to skip the inode's blocks.
+fn classify(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &WalkOptions) -> Option<TreeClasses> {
+    let sb = c.sb;
+    let n = ino.0;
+    let tree = if inode.has_flag(flags::EXTENTS) { BlockClass::ExtentTree } else { BlockClass::Indirect };
+    let all = |class: BlockClass| Some(TreeClasses { tree: class, data: Some(class) });
+    if n == EXT2_RESIZE_INO {
+        return Some(TreeClasses { tree: BlockClass::ResizeInode, data: Some(BlockClass::ReservedGdt) });
+    }
+    if n == sb.s_journal_inum && sb.has_compat(compat::HAS_JOURNAL) {
+        return all(BlockClass::Journal);
+    }
+    let quota = [EXT4_USR_QUOTA_INO, EXT4_GRP_QUOTA_INO, sb.s_usr_quota_inum, sb.s_grp_quota_inum, sb.s_prj_quota_inum];
+    if quota.contains(&n) {
+        return all(BlockClass::Quota);
+    }
+    if n == sb.s_orphan_file_inum && sb.has_compat(compat::ORPHAN_FILE) {
+        return all(BlockClass::OrphanFile);
+    }
+    if n == EXT4_EXCLUDE_INO && sb.has_compat(compat::EXCLUDE_INODE) {
+        return all(BlockClass::ExcludeBitmap);
+    }
+    if inode.has_flag(flags::SNAPFILE) && inode.file_type() == FileType::Regular {
+        c.stats.snapshot_files += 1;
+        return if opts.no_snapshot_files { None } else { all(BlockClass::SnapshotFile) };
+    }
+    if inode.has_flag(flags::EA_INODE) {
+        c.stats.ea_inodes += 1;
+        return all(BlockClass::EaInode);
+    }
+    let data = match inode.file_type() {
+        FileType::Directory => Some(BlockClass::Directory),
+        FileType::Symlink => Some(BlockClass::Symlink),
+        _ if opts.data => Some(BlockClass::Data),
+        _ => None,
+    };
+    Some(TreeClasses { tree, data })
+}

@@ -1,0 +1,90 @@
+//! Command line, compatible with e2image where the options overlap.
+//!
+//! `e2image-rs -Q|-r [options] SOURCE OUT` exports; `e2image-rs snapshots IMAGE` lists the
+//! states stored in a QCOW2 image. Usage errors exit with status 2 (clap's default).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Image ext2/3/4 filesystem metadata (and optionally data) into QCOW2 or sparse raw images.
+#[derive(Parser, Debug)]
+#[command(name = "e2image-rs", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// Subcommands besides the export.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the states (internal snapshots) of a QCOW2 image with their shared and own clusters.
+    Snapshots {
+        /// The QCOW2 image.
+        image: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// QCOW2 version to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compat {
+    /// QCOW2 version 2.
+    #[value(name = "0.10")]
+    V2,
+    /// QCOW2 version 3 (default).
+    #[value(name = "1.1")]
+    V3,
+}
+
+/// Options of the export (and of QCOW2 → raw conversion).
+#[derive(Args, Debug)]
+#[group(id = "export")]
+pub struct ExportArgs {
+    /// Write a QCOW2 image.
+    #[arg(short = 'Q', conflicts_with = "raw", required_unless_present = "raw")]
+    pub qcow2: bool,
+    /// Write a raw sparse image (or convert a QCOW2 SOURCE to raw).
+    #[arg(short = 'r')]
+    pub raw: bool,
+    /// Include file data: every block referenced by an in-use inode.
+    #[arg(short = 'd', short_alias = 'a')]
+    pub data: bool,
+    /// Show a progress bar on stderr (only when stderr is a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Open the filesystem through the backup superblock at this block number.
+    #[arg(short = 'b', value_name = "SUPERBLOCK")]
+    pub superblock: Option<u64>,
+    /// Block size in bytes to read the backup superblock with (requires -b).
+    #[arg(short = 'B', value_name = "BLOCKSIZE", requires = "superblock")]
+    pub block_size: Option<u32>,
+    /// Image a source that is mounted read-write (the image may be inconsistent).
+    #[arg(short = 'f')]
+    pub force: bool,
+    /// QCOW2 cluster size in bytes (power of two, 512 to 2 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub cluster_size: Option<u64>,
+    /// QCOW2 version: 0.10 (v2) or 1.1 (v3).
+    #[arg(long, value_enum, default_value = "1.1")]
+    pub compat: Compat,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// An older point-in-time image of the same filesystem, stored as an internal snapshot
+    /// (repeat, oldest first).
+    #[arg(long = "snapshot", value_name = "IMAGE")]
+    pub snapshots: Vec<PathBuf>,
+    /// Leave the blocks of in-filesystem snapshot files out of the export.
+    #[arg(long)]
+    pub no_snapshots: bool,
+    /// The filesystem (image file or block device), or a QCOW2 image.
+    #[arg(required = true)]
+    pub source: Option<PathBuf>,
+    /// The image to write.
+    #[arg(required = true)]
+    pub output: Option<PathBuf>,
+}

@@ -1,0 +1,112 @@
+//! What a run did: printed as warnings on stderr, optionally as JSON on stdout, and turned into
+//! the exit status (0 complete, 3 complete except for the reported skipped parts).
+
+use crate::cli::ExportArgs;
+use crate::copy::CopyStats;
+use ext::{BlockClass, Superblock, WalkResult, Warning};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// Exit status: exported completely.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: failed, nothing written under OUT.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit status: usage error.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status: exported, but corrupt or unreadable parts were skipped and reported.
+pub const EXIT_WARNINGS: i32 = 3;
+
+/// The outcome of an export or conversion.
+pub struct Summary {
+    /// Problems that were skipped.
+    pub warnings: Vec<Warning>,
+    /// Informational notes.
+    pub notes: Vec<String>,
+    /// The JSON document (without the warnings, added at print time).
+    json: Map<String, Value>,
+}
+
+impl Summary {
+    /// Summary of an export.
+    #[allow(clippy::too_many_arguments)]
+    pub fn export(
+        source: &Path,
+        output: &Path,
+        sb: &Superblock,
+        walked: &WalkResult,
+        warnings: Vec<Warning>,
+        stats: CopyStats,
+        cluster_size: Option<u64>,
+        args: &ExportArgs,
+    ) -> Summary {
+        let counts = walked.blocks.counts();
+        let mut classes = Map::new();
+        for class in BlockClass::ALL {
+            if let Some(n) = counts.get(&class) {
+                classes.insert(class.name().to_string(), json!(n));
+            }
+        }
+        let mut m = Map::new();
+        m.insert("source".into(), json!(source.display().to_string()));
+        m.insert("output".into(), json!(output.display().to_string()));
+        m.insert("format".into(), json!(if args.raw { "raw" } else { "qcow2" }));
+        m.insert("data".into(), json!(args.data));
+        m.insert("block_size".into(), json!(sb.block_size));
+        m.insert("blocks_count".into(), json!(sb.s_blocks_count));
+        m.insert("cluster_size".into(), json!(cluster_size));
+        m.insert("blocks_copied".into(), Value::Object(classes));
+        m.insert("blocks_copied_total".into(), json!(walked.blocks.block_count()));
+        m.insert("bytes_read".into(), json!(stats.bytes_copied));
+        m.insert("bytes_written".into(), json!(file_size(output)));
+        m.insert("inodes_in_use".into(), json!(walked.stats.inodes_in_use));
+        m.insert("orphan_inodes".into(), json!(walked.stats.orphan_inodes));
+        m.insert("ea_inodes".into(), json!(walked.stats.ea_inodes));
+        Summary { warnings, notes: walked.notes.clone(), json: m }
+    }
+
+    /// Summary of a QCOW2 → raw conversion.
+    pub fn conversion(source: &Path, output: &Path, size: u64, warnings: Vec<Warning>, stats: CopyStats) -> Summary {
+        let mut m = Map::new();
+        m.insert("source".into(), json!(source.display().to_string()));
+        m.insert("output".into(), json!(output.display().to_string()));
+        m.insert("format".into(), json!("raw"));
+        m.insert("virtual_size".into(), json!(size));
+        m.insert("bytes_read".into(), json!(stats.bytes_copied));
+        m.insert("bytes_written".into(), json!(file_size(output)));
+        Summary { warnings, notes: Vec::new(), json: m }
+    }
+
+    /// The exit status this outcome maps to.
+    pub fn exit_status(&self) -> i32 {
+        if self.warnings.is_empty() {
+            EXIT_OK
+        } else {
+            EXIT_WARNINGS
+        }
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> Value {
+        let mut m = self.json.clone();
+        let warnings: Vec<Value> = self
+            .warnings
+            .iter()
+            .map(|w| {
+                json!({
+                    "inode": w.inode.map(|i| i.0),
+                    "block": w.block.map(|b| b.0),
+                    "offset": w.offset,
+                    "reason": w.reason,
+                })
+            })
+            .collect();
+        m.insert("warnings".into(), Value::Array(warnings));
+        m.insert("notes".into(), json!(self.notes));
+        m.insert("exit_status".into(), json!(self.exit_status()));
+        Value::Object(m)
+    }
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
