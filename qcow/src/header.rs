@@ -1,6 +1,6 @@
 //! The QCOW2 header (spec "Header", cluster 0).
 //!
-//! Design: [`RawHeader`] mirrors the on-disk layout field by field (`repr(C)`, no padding; its size
+//! Design: `RawHeader` mirrors the on-disk layout field by field (`repr(C)`, no padding; its size
 //! and every field offset are asserted at compile time against the spec), and is (de)coded by
 //! reading each big-endian field at its `offset_of!` position, so the layout is stated once.
 //! [`Header::parse`] turns the raw fields into a validated [`Header`]: every rule QEMU applies at
@@ -165,26 +165,68 @@ impl RawHeader {
         let mut put = |at: usize, bytes: &[u8]| b[at..at + bytes.len()].copy_from_slice(bytes);
         put(offset_of!(RawHeader, magic), &self.magic.to_be_bytes());
         put(offset_of!(RawHeader, version), &self.version.to_be_bytes());
-        put(offset_of!(RawHeader, backing_file_offset), &self.backing_file_offset.to_be_bytes());
-        put(offset_of!(RawHeader, backing_file_size), &self.backing_file_size.to_be_bytes());
-        put(offset_of!(RawHeader, cluster_bits), &self.cluster_bits.to_be_bytes());
+        put(
+            offset_of!(RawHeader, backing_file_offset),
+            &self.backing_file_offset.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, backing_file_size),
+            &self.backing_file_size.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, cluster_bits),
+            &self.cluster_bits.to_be_bytes(),
+        );
         put(offset_of!(RawHeader, size), &self.size.to_be_bytes());
-        put(offset_of!(RawHeader, crypt_method), &self.crypt_method.to_be_bytes());
+        put(
+            offset_of!(RawHeader, crypt_method),
+            &self.crypt_method.to_be_bytes(),
+        );
         put(offset_of!(RawHeader, l1_size), &self.l1_size.to_be_bytes());
-        put(offset_of!(RawHeader, l1_table_offset), &self.l1_table_offset.to_be_bytes());
-        put(offset_of!(RawHeader, refcount_table_offset), &self.refcount_table_offset.to_be_bytes());
+        put(
+            offset_of!(RawHeader, l1_table_offset),
+            &self.l1_table_offset.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, refcount_table_offset),
+            &self.refcount_table_offset.to_be_bytes(),
+        );
         put(
             offset_of!(RawHeader, refcount_table_clusters),
             &self.refcount_table_clusters.to_be_bytes(),
         );
-        put(offset_of!(RawHeader, nb_snapshots), &self.nb_snapshots.to_be_bytes());
-        put(offset_of!(RawHeader, snapshots_offset), &self.snapshots_offset.to_be_bytes());
-        put(offset_of!(RawHeader, incompatible_features), &self.incompatible_features.to_be_bytes());
-        put(offset_of!(RawHeader, compatible_features), &self.compatible_features.to_be_bytes());
-        put(offset_of!(RawHeader, autoclear_features), &self.autoclear_features.to_be_bytes());
-        put(offset_of!(RawHeader, refcount_order), &self.refcount_order.to_be_bytes());
-        put(offset_of!(RawHeader, header_length), &self.header_length.to_be_bytes());
-        put(offset_of!(RawHeader, compression_type), &[self.compression_type]);
+        put(
+            offset_of!(RawHeader, nb_snapshots),
+            &self.nb_snapshots.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, snapshots_offset),
+            &self.snapshots_offset.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, incompatible_features),
+            &self.incompatible_features.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, compatible_features),
+            &self.compatible_features.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, autoclear_features),
+            &self.autoclear_features.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, refcount_order),
+            &self.refcount_order.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, header_length),
+            &self.header_length.to_be_bytes(),
+        );
+        put(
+            offset_of!(RawHeader, compression_type),
+            &[self.compression_type],
+        );
         put(offset_of!(RawHeader, padding), &self.padding);
         b
     }
@@ -249,14 +291,20 @@ impl Header {
     /// snapshots, virtual size needing such an L1 table).
     pub fn parse(buf: &[u8]) -> Result<Header, Error> {
         if buf.len() < V2_HEADER_LENGTH as usize {
-            return Err(corrupt(format!("header truncated to {} bytes", buf.len()), 0));
+            return Err(corrupt(
+                format!("header truncated to {} bytes", buf.len()),
+                0,
+            ));
         }
         let mut bytes = [0u8; RAW_LEN];
         let n = buf.len().min(RAW_LEN);
         bytes[..n].copy_from_slice(&buf[..n]);
         let raw = RawHeader::decode(&bytes);
         if raw.magic.to_be_bytes() != QCOW2_MAGIC {
-            return Err(corrupt(format!("bad magic {:#010x}, not a QCOW2 image", raw.magic), 0));
+            return Err(corrupt(
+                format!("bad magic {:#010x}, not a QCOW2 image", raw.magic),
+                0,
+            ));
         }
         let version = match raw.version {
             2 => Version::V2,
@@ -303,14 +351,24 @@ impl Header {
     fn from_raw_v3(raw: &RawHeader, buf_len: usize) -> Result<Header, Error> {
         let hl_at = offset_of!(RawHeader, header_length);
         let hl = raw.header_length;
-        if hl < V3_MIN_HEADER_LENGTH || hl % 8 != 0 || u64::from(hl) > 1 << raw.cluster_bits {
+        if hl < V3_MIN_HEADER_LENGTH
+            || !hl.is_multiple_of(8)
+            || u64::from(hl) > 1 << raw.cluster_bits
+        {
             return Err(corrupt(format!("v3 header_length {hl} (must be >= 104, a multiple of 8 and <= the cluster size)"), hl_at));
         }
         let needed = (hl as usize).min(RAW_LEN);
         if buf_len < needed {
-            return Err(corrupt(format!("header truncated to {buf_len} bytes, header_length {hl}"), 0));
+            return Err(corrupt(
+                format!("header truncated to {buf_len} bytes, header_length {hl}"),
+                0,
+            ));
         }
-        let compression_type = if hl > V3_MIN_HEADER_LENGTH { raw.compression_type } else { 0 };
+        let compression_type = if hl > V3_MIN_HEADER_LENGTH {
+            raw.compression_type
+        } else {
+            0
+        };
         let mut h = Self::from_raw_v2(raw);
         h.version = Version::V3;
         h.incompatible_features = raw.incompatible_features;
@@ -334,23 +392,40 @@ impl Header {
     fn validate_features(&self) -> Result<(), Error> {
         if self.refcount_order > MAX_REFCOUNT_ORDER {
             let at = offset_of!(RawHeader, refcount_order);
-            return Err(corrupt(format!("refcount_order {} > 6", self.refcount_order), at));
+            return Err(corrupt(
+                format!("refcount_order {} > 6", self.refcount_order),
+                at,
+            ));
         }
         let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(Error::Unsupported(format!("unknown incompatible feature bits {unknown:#x} (offset 0x48)")));
+            return Err(Error::Unsupported(format!(
+                "unknown incompatible feature bits {unknown:#x} (offset 0x48)"
+            )));
         }
         let ct_at = offset_of!(RawHeader, compression_type);
         if self.compression_type > COMPRESSION_ZSTD {
-            return Err(Error::Unsupported(format!("compression_type {} (offset {ct_at:#x})", self.compression_type)));
+            return Err(Error::Unsupported(format!(
+                "compression_type {} (offset {ct_at:#x})",
+                self.compression_type
+            )));
         }
         let bit = self.incompatible_features & INCOMPAT_COMPRESSION_TYPE != 0;
         if bit != (self.compression_type != COMPRESSION_DEFLATE) {
-            return Err(corrupt(format!("compression_type {} disagrees with incompatible bit 3 ({bit})", self.compression_type), ct_at));
+            return Err(corrupt(
+                format!(
+                    "compression_type {} disagrees with incompatible bit 3 ({bit})",
+                    self.compression_type
+                ),
+                ct_at,
+            ));
         }
         if self.crypt_method > 2 {
             let at = offset_of!(RawHeader, crypt_method);
-            return Err(Error::Unsupported(format!("crypt_method {} (offset {at:#x})", self.crypt_method)));
+            return Err(Error::Unsupported(format!(
+                "crypt_method {} (offset {at:#x})",
+                self.crypt_method
+            )));
         }
         Ok(())
     }
@@ -359,8 +434,12 @@ impl Header {
         if self.backing_file_offset == 0 {
             return Ok(());
         }
-        let end = self.backing_file_offset.checked_add(u64::from(self.backing_file_size));
-        if self.backing_file_size > MAX_BACKING_FILE_NAME || end.is_none_or(|e| e > self.cluster_size()) {
+        let end = self
+            .backing_file_offset
+            .checked_add(u64::from(self.backing_file_size));
+        if self.backing_file_size > MAX_BACKING_FILE_NAME
+            || end.is_none_or(|e| e > self.cluster_size())
+        {
             return Err(corrupt(
                 format!("backing file name at {:#x}, {} bytes, is not inside cluster 0 or longer than 1023 bytes", self.backing_file_offset, self.backing_file_size),
                 offset_of!(RawHeader, backing_file_offset),
@@ -371,45 +450,91 @@ impl Header {
 
     fn validate_l1(&self) -> Result<(), Error> {
         if u64::from(self.l1_size) > MAX_L1_ENTRIES {
-            return Err(Error::Limit(format!("active L1 table of {} entries exceeds {MAX_L1_ENTRIES} (32 MiB)", self.l1_size)));
+            return Err(Error::Limit(format!(
+                "active L1 table of {} entries exceeds {MAX_L1_ENTRIES} (32 MiB)",
+                self.l1_size
+            )));
         }
         let needed = l1_entries_needed(self.size, self.cluster_bits)
             .filter(|&n| n <= MAX_L1_ENTRIES)
-            .ok_or_else(|| Error::Limit(format!("virtual size {} needs an L1 table over 32 MiB at cluster_bits {}", self.size, self.cluster_bits)))?;
+            .ok_or_else(|| {
+                Error::Limit(format!(
+                    "virtual size {} needs an L1 table over 32 MiB at cluster_bits {}",
+                    self.size, self.cluster_bits
+                ))
+            })?;
         let at = offset_of!(RawHeader, l1_size);
         if u64::from(self.l1_size) < needed {
-            return Err(corrupt(format!("L1 table is too small: l1_size {} < {needed} needed for virtual size {}", self.l1_size, self.size), at));
+            return Err(corrupt(
+                format!(
+                    "L1 table is too small: l1_size {} < {needed} needed for virtual size {}",
+                    self.l1_size, self.size
+                ),
+                at,
+            ));
         }
         let at = offset_of!(RawHeader, l1_table_offset);
-        self.check_table_offset("l1_table_offset", self.l1_table_offset, self.l1_size > 0, at)
+        self.check_table_offset(
+            "l1_table_offset",
+            self.l1_table_offset,
+            self.l1_size > 0,
+            at,
+        )
     }
 
     fn validate_refcount_table(&self) -> Result<(), Error> {
         let at = offset_of!(RawHeader, refcount_table_offset);
-        self.check_table_offset("refcount_table_offset", self.refcount_table_offset, true, at)?;
+        self.check_table_offset(
+            "refcount_table_offset",
+            self.refcount_table_offset,
+            true,
+            at,
+        )?;
         let at = offset_of!(RawHeader, refcount_table_clusters);
         if self.refcount_table_clusters == 0 {
             return Err(corrupt("refcount_table_clusters is 0".to_string(), at));
         }
         let bytes = u64::from(self.refcount_table_clusters) << self.cluster_bits;
         if bytes > MAX_REFTABLE_BYTES {
-            return Err(Error::Limit(format!("refcount table of {bytes} bytes exceeds {MAX_REFTABLE_BYTES}")));
+            return Err(Error::Limit(format!(
+                "refcount table of {bytes} bytes exceeds {MAX_REFTABLE_BYTES}"
+            )));
         }
         Ok(())
     }
 
     fn validate_snapshot_table(&self) -> Result<(), Error> {
         if self.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(Error::Limit(format!("nb_snapshots {} exceeds {MAX_SNAPSHOTS}", self.nb_snapshots)));
+            return Err(Error::Limit(format!(
+                "nb_snapshots {} exceeds {MAX_SNAPSHOTS}",
+                self.nb_snapshots
+            )));
         }
         let at = offset_of!(RawHeader, snapshots_offset);
-        self.check_table_offset("snapshots_offset", self.snapshots_offset, self.nb_snapshots > 0, at)
+        self.check_table_offset(
+            "snapshots_offset",
+            self.snapshots_offset,
+            self.nb_snapshots > 0,
+            at,
+        )
     }
 
     /// A table offset must be cluster aligned, below 2^56, and (when the table is used) not 0.
-    fn check_table_offset(&self, name: &str, offset: u64, used: bool, at: usize) -> Result<(), Error> {
-        if offset % self.cluster_size() != 0 || offset >= MAX_HOST_OFFSET || (used && offset == 0) {
-            return Err(corrupt(format!("{name} {offset:#x} is not a valid cluster-aligned offset"), at));
+    fn check_table_offset(
+        &self,
+        name: &str,
+        offset: u64,
+        used: bool,
+        at: usize,
+    ) -> Result<(), Error> {
+        if !offset.is_multiple_of(self.cluster_size())
+            || offset >= MAX_HOST_OFFSET
+            || (used && offset == 0)
+        {
+            return Err(corrupt(
+                format!("{name} {offset:#x} is not a valid cluster-aligned offset"),
+                at,
+            ));
         }
         Ok(())
     }
@@ -445,7 +570,11 @@ impl Header {
             compression_type: if v3 { self.compression_type } else { 0 },
             padding: [0; 7],
         };
-        let len = if v3 { self.header_length as usize } else { V2_HEADER_LENGTH as usize };
+        let len = if v3 {
+            self.header_length as usize
+        } else {
+            V2_HEADER_LENGTH as usize
+        };
         let mut out = raw.encode().to_vec();
         out.resize(len, 0);
         out
@@ -523,7 +652,9 @@ mod tests {
             "00000004000000700000000000000000", // refcount_order 4, header_length 0x70
         ]
         .concat();
-        let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
         assert_eq!(Header::parse(&bytes).unwrap(), v3_header());
     }
 
@@ -579,13 +710,21 @@ mod tests {
 
     #[test]
     fn zero_size_image_with_empty_l1_is_valid() {
-        let h = Header { size: 0, l1_size: 0, l1_table_offset: 0, ..v3_header() };
+        let h = Header {
+            size: 0,
+            l1_size: 0,
+            l1_table_offset: 0,
+            ..v3_header()
+        };
         assert_eq!(Header::parse(&h.to_bytes()).unwrap(), h);
     }
 
     #[test]
     fn header_length_104_has_no_compression_type() {
-        let h = Header { header_length: 104, ..v3_header() };
+        let h = Header {
+            header_length: 104,
+            ..v3_header()
+        };
         let mut b = h.to_bytes();
         assert_eq!(b.len(), 104);
         b.push(1); // a byte past header_length is not the compression type

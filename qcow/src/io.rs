@@ -15,12 +15,24 @@ use crate::Error;
 /// Reads exactly `buf.len()` bytes at host byte `offset`. A short file is reported as
 /// [`Error::Corrupt`] (a structure points past the end of the file), other failures as
 /// [`Error::Io`] naming `op`.
-pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, op: &'static str) -> Result<(), Error> {
+pub(crate) fn read_exact_at(
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    op: &'static str,
+) -> Result<(), Error> {
     file.read_exact_at(buf, offset).map_err(|e| {
         if e.kind() == ErrorKind::UnexpectedEof {
-            Error::corrupt(format!("{op}: {} bytes extend past the end of the file", buf.len()), offset)
+            Error::corrupt(
+                format!("{op}: {} bytes extend past the end of the file", buf.len()),
+                offset,
+            )
         } else {
-            Error::Io { op, offset, source: e }
+            Error::Io {
+                op,
+                offset,
+                source: e,
+            }
         }
     })
 }
@@ -42,7 +54,12 @@ pub(crate) struct OutFile {
 impl OutFile {
     /// Wraps `file`; the first append is expected at `start` (bytes).
     pub fn new(file: File, start: u64, cap: usize) -> OutFile {
-        OutFile { file, buf: Vec::with_capacity(cap), buf_offset: start, cap }
+        OutFile {
+            file,
+            buf: Vec::with_capacity(cap),
+            buf_offset: start,
+            cap,
+        }
     }
 
     fn buf_end(&self) -> u64 {
@@ -57,7 +74,10 @@ impl OutFile {
         }
         if data.len() >= self.cap {
             self.buf_offset = offset + data.len() as u64;
-            return self.file.write_all_at(data, offset).map_err(Error::io("writing clusters", offset));
+            return self
+                .file
+                .write_all_at(data, offset)
+                .map_err(Error::io("writing clusters", offset));
         }
         self.buf.extend_from_slice(data);
         Ok(())
@@ -67,7 +87,9 @@ impl OutFile {
     pub fn flush(&mut self) -> Result<(), Error> {
         if !self.buf.is_empty() {
             let at = self.buf_offset;
-            self.file.write_all_at(&self.buf, at).map_err(Error::io("writing clusters", at))?;
+            self.file
+                .write_all_at(&self.buf, at)
+                .map_err(Error::io("writing clusters", at))?;
             self.buf_offset = self.buf_end();
             self.buf.clear();
         }
@@ -99,15 +121,21 @@ impl OutFile {
         if end > self.buf_offset && offset < self.buf_end() {
             self.flush()?;
         }
-        self.file.write_all_at(data, offset).map_err(Error::io("rewriting a table", offset))
+        self.file
+            .write_all_at(data, offset)
+            .map_err(Error::io("rewriting a table", offset))
     }
 
     /// Flushes, sets the file length to `len` bytes, then writes `header` at offset 0 (last, so
     /// an interrupted run leaves a file without the magic) and returns the file (not synced).
     pub fn finish(mut self, len: u64, header: &[u8]) -> Result<File, Error> {
         self.flush()?;
-        self.file.set_len(len).map_err(Error::io("setting the file length", len))?;
-        self.file.write_all_at(header, 0).map_err(Error::io("writing the header", 0))?;
+        self.file
+            .set_len(len)
+            .map_err(Error::io("setting the file length", len))?;
+        self.file
+            .write_all_at(header, 0)
+            .map_err(Error::io("writing the header", 0))?;
         Ok(self.file)
     }
 }

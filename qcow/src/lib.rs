@@ -7,7 +7,14 @@
 //! window completes, then the L1 tables, the snapshot table and finally the refcount structures
 //! (sized by fixed point) and the header. Nothing refers to a cluster that is not yet written,
 //! and the header is written last, so an interrupted run leaves a file without the QCOW2 magic.
-//! The spec is QEMU's `docs/interop/qcow2.rst`; section numbers below refer to it.
+//! The reader validates every on-disk value (checked arithmetic, bounded table sizes) and
+//! returns [`Error`] instead of panicking on corrupt input; its `LayerReader`s use positional
+//! reads only, so they can serve several threads.
+//!
+//! References: QEMU's `docs/interop/qcow2.rst` (cited by section name, e.g. "Snapshots") and
+//! the project's notes `shared/notes/qcow2.md` (cited as "notes §n").
+
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod header;

@@ -19,7 +19,9 @@ use crate::header::{
 };
 use crate::io::read_exact_at;
 use crate::snapshot::{read_snapshot_table, SnapshotInfo};
-use crate::table::{compressed_len, decode_be_u64s, guest_clusters, l1_entry_l2_offset, l2_entries, L2Entry};
+use crate::table::{
+    compressed_len, decode_be_u64s, guest_clusters, l1_entry_l2_offset, l2_entries, L2Entry,
+};
 use crate::Error;
 
 /// Which L1 table to read through.
@@ -59,7 +61,13 @@ impl From<L2Entry> for ClusterMapping {
             L2Entry::Unallocated => ClusterMapping::Unallocated,
             L2Entry::ZeroPlain | L2Entry::ZeroAlloc { .. } => ClusterMapping::Zero,
             L2Entry::Normal { host } => ClusterMapping::Normal { host_offset: host },
-            L2Entry::Compressed { host, additional_sectors } => ClusterMapping::Compressed { host_offset: host, additional_sectors },
+            L2Entry::Compressed {
+                host,
+                additional_sectors,
+            } => ClusterMapping::Compressed {
+                host_offset: host,
+                additional_sectors,
+            },
         }
     }
 }
@@ -98,7 +106,10 @@ fn check_supported(h: &Header) -> Result<(), Error> {
 /// Checks that `[offset, offset + len)` lies inside a file of `file_len` bytes.
 fn check_in_file(what: &str, offset: u64, len: u64, file_len: u64) -> Result<(), Error> {
     if offset.checked_add(len).is_none_or(|end| end > file_len) {
-        return Err(Error::corrupt(format!("{what} of {len} bytes extends past the end of the file ({file_len} bytes)"), offset));
+        return Err(Error::corrupt(
+            format!("{what} of {len} bytes extends past the end of the file ({file_len} bytes)"),
+            offset,
+        ));
     }
     Ok(())
 }
@@ -111,17 +122,31 @@ impl Reader {
     /// [`Error::Corrupt`] if the active L1 table, the refcount table or the snapshot table is
     /// outside the file; [`Error::Limit`] for an oversized snapshot table; [`Error::Io`].
     pub fn open(file: File) -> Result<Reader, Error> {
-        let file_len = file.metadata().map_err(Error::io("reading the file size", 0))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(Error::io("reading the file size", 0))?
+            .len();
         let mut buf = vec![0u8; file_len.min(crate::header::V3_HEADER_LENGTH.into()) as usize];
         read_exact_at(&file, &mut buf, 0, "reading the header")?;
         let header = Header::parse(&buf)?;
         check_supported(&header)?;
         let c = header.cluster_size();
         let reftable_len = u64::from(header.refcount_table_clusters) * c;
-        check_in_file("refcount table", header.refcount_table_offset, reftable_len, file_len)?;
+        check_in_file(
+            "refcount table",
+            header.refcount_table_offset,
+            reftable_len,
+            file_len,
+        )?;
         let snapshots = read_snapshot_table(&file, &header, file_len)?;
         let active_l1 = read_l1(&file, header.l1_table_offset, header.l1_size, file_len)?;
-        Ok(Reader { file, file_len, header, snapshots, active_l1 })
+        Ok(Reader {
+            file,
+            file_len,
+            header,
+            snapshots,
+            active_l1,
+        })
     }
 
     /// The validated header.
@@ -163,25 +188,55 @@ impl Reader {
     /// or [`Error::Limit`] for an invalid snapshot L1 table; [`Error::Io`].
     pub fn layer(&self, layer: Layer) -> Result<LayerReader<'_>, Error> {
         let (l1, l1_table_offset) = match layer {
-            Layer::Active => (Cow::Borrowed(self.active_l1.as_slice()), self.header.l1_table_offset),
+            Layer::Active => (
+                Cow::Borrowed(self.active_l1.as_slice()),
+                self.header.l1_table_offset,
+            ),
             Layer::Snapshot(i) => {
                 let s = self.snapshots.get(i).ok_or_else(|| {
-                    Error::InvalidArgument(format!("snapshot index {i} out of range ({} snapshots)", self.snapshots.len()))
+                    Error::InvalidArgument(format!(
+                        "snapshot index {i} out of range ({} snapshots)",
+                        self.snapshots.len()
+                    ))
                 })?;
-                if s.l1_table_offset % self.cluster_size() != 0 || (s.l1_size > 0 && s.l1_table_offset == 0) {
-                    return Err(Error::corrupt(format!("snapshot {i} ({}) L1 table is not cluster aligned", s.name), s.l1_table_offset));
+                if !s.l1_table_offset.is_multiple_of(self.cluster_size())
+                    || (s.l1_size > 0 && s.l1_table_offset == 0)
+                {
+                    return Err(Error::corrupt(
+                        format!("snapshot {i} ({}) L1 table is not cluster aligned", s.name),
+                        s.l1_table_offset,
+                    ));
                 }
-                (Cow::Owned(read_l1(&self.file, s.l1_table_offset, s.l1_size, self.file_len)?), s.l1_table_offset)
+                (
+                    Cow::Owned(read_l1(
+                        &self.file,
+                        s.l1_table_offset,
+                        s.l1_size,
+                        self.file_len,
+                    )?),
+                    s.l1_table_offset,
+                )
             }
         };
-        Ok(LayerReader { reader: self, layer, l1, l1_table_offset })
+        Ok(LayerReader {
+            reader: self,
+            layer,
+            l1,
+            l1_table_offset,
+        })
     }
 
     /// Reads `buf.len()` bytes at host byte `offset`; bytes past the end of the file read as
     /// zero (QEMU tolerates a short last cluster), but `offset` itself must be inside the file.
     fn read_host(&self, buf: &mut [u8], offset: u64, op: &'static str) -> Result<(), Error> {
         if offset >= self.file_len {
-            return Err(Error::corrupt(format!("{op}: host offset is past the end of the file ({} bytes)", self.file_len), offset));
+            return Err(Error::corrupt(
+                format!(
+                    "{op}: host offset is past the end of the file ({} bytes)",
+                    self.file_len
+                ),
+                offset,
+            ));
         }
         let available = (self.file_len - offset).min(buf.len() as u64) as usize;
         read_exact_at(&self.file, &mut buf[..available], offset, op)?;
@@ -190,10 +245,29 @@ impl Reader {
     }
 }
 
+/// Inflates one raw deflate stream (any window size up to 32 KiB) into `out`, which must come
+/// out exactly full, like QEMU; input after the end of the stream is ignored. Returns the
+/// reason on failure.
+fn inflate_cluster(input: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let mut inflater = Decompress::new(false); // raw deflate, window bits 15
+    if let Err(e) = inflater.decompress(input, out, FlushDecompress::Finish) {
+        return Err(format!("compressed cluster does not inflate: {e}"));
+    }
+    if inflater.total_out() != out.len() as u64 {
+        let n = inflater.total_out();
+        return Err(format!(
+            "compressed cluster inflates to {n} bytes, not one cluster"
+        ));
+    }
+    Ok(())
+}
+
 /// Reads an L1 table of `l1_size` entries at `offset` after checking its size and bounds.
 fn read_l1(file: &File, offset: u64, l1_size: u32, file_len: u64) -> Result<Vec<u64>, Error> {
     if u64::from(l1_size) > MAX_L1_ENTRIES {
-        return Err(Error::Limit(format!("L1 table at {offset:#x} has {l1_size} entries (> {MAX_L1_ENTRIES})")));
+        return Err(Error::Limit(format!(
+            "L1 table at {offset:#x} has {l1_size} entries (> {MAX_L1_ENTRIES})"
+        )));
     }
     let len = u64::from(l1_size) * 8;
     check_in_file("L1 table", offset, len, file_len)?;
@@ -232,11 +306,17 @@ impl LayerReader<'_> {
         };
         let at = self.l1_table_offset + l1_index as u64 * 8;
         let offset = l1_entry_l2_offset(entry, at)?;
-        if offset % self.reader.cluster_size() != 0 {
-            return Err(Error::corrupt(format!("L1 entry {entry:#018x}: L2 table is not cluster aligned"), at));
+        if !offset.is_multiple_of(self.reader.cluster_size()) {
+            return Err(Error::corrupt(
+                format!("L1 entry {entry:#018x}: L2 table is not cluster aligned"),
+                at,
+            ));
         }
         if offset != 0 && offset >= self.reader.file_len {
-            return Err(Error::corrupt(format!("L1 entry {entry:#018x}: L2 table is past the end of the file"), at));
+            return Err(Error::corrupt(
+                format!("L1 entry {entry:#018x}: L2 table is past the end of the file"),
+                at,
+            ));
         }
         Ok(offset)
     }
@@ -248,7 +328,10 @@ impl LayerReader<'_> {
     /// The decoded L2 entry of `guest_cluster` (validated against the disk size).
     pub(crate) fn entry(&self, guest_cluster: u64) -> Result<L2Entry, Error> {
         if guest_cluster >= self.guest_clusters() {
-            return Err(Error::InvalidArgument(format!("guest cluster {guest_cluster} past the disk's {} clusters", self.guest_clusters())));
+            return Err(Error::InvalidArgument(format!(
+                "guest cluster {guest_cluster} past the disk's {} clusters",
+                self.guest_clusters()
+            )));
         }
         let epl = l2_entries(self.cluster_bits());
         let l2 = self.l2_offset((guest_cluster / epl) as usize)?;
@@ -270,14 +353,18 @@ impl LayerReader<'_> {
     }
 
     /// Calls `f(l1_index, l2_offset, entries)` for every allocated L2 table, in L1 order.
-    pub(crate) fn for_each_l2_table(&self, mut f: impl FnMut(usize, u64, &[u64]) -> Result<(), Error>) -> Result<(), Error> {
+    pub(crate) fn for_each_l2_table(
+        &self,
+        mut f: impl FnMut(usize, u64, &[u64]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let mut bytes = vec![0u8; self.reader.cluster_size() as usize];
         for i in 0..self.l1.len() {
             let l2 = self.l2_offset(i)?;
             if l2 == 0 {
                 continue;
             }
-            self.reader.read_host(&mut bytes, l2, "reading an L2 table")?;
+            self.reader
+                .read_host(&mut bytes, l2, "reading an L2 table")?;
             f(i, l2, &decode_be_u64s(&bytes))?;
         }
         Ok(())
@@ -287,7 +374,10 @@ impl LayerReader<'_> {
     /// [`ClusterMapping::Unallocated`], in increasing order. Unallocated L1 entries are skipped
     /// without reading anything, so this is fast on huge sparse images. Stops at the first
     /// error, from `f` or from a corrupt entry.
-    pub fn for_each_allocated(&self, mut f: impl FnMut(u64, ClusterMapping) -> Result<(), Error>) -> Result<(), Error> {
+    pub fn for_each_allocated(
+        &self,
+        mut f: impl FnMut(u64, ClusterMapping) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let epl = l2_entries(self.cluster_bits());
         let total = self.guest_clusters();
         self.for_each_l2_table(|i, l2, entries| {
@@ -313,12 +403,21 @@ impl LayerReader<'_> {
     /// [`Error::Io`].
     pub fn read_cluster(&self, guest_cluster: u64, buf: &mut [u8]) -> Result<(), Error> {
         if buf.len() as u64 != self.reader.cluster_size() {
-            return Err(Error::InvalidArgument(format!("buffer of {} bytes, cluster size {}", buf.len(), self.reader.cluster_size())));
+            return Err(Error::InvalidArgument(format!(
+                "buffer of {} bytes, cluster size {}",
+                buf.len(),
+                self.reader.cluster_size()
+            )));
         }
         match self.entry(guest_cluster)? {
             L2Entry::Unallocated | L2Entry::ZeroPlain | L2Entry::ZeroAlloc { .. } => buf.fill(0),
-            L2Entry::Normal { host } => self.reader.read_host(buf, host, "reading a data cluster")?,
-            L2Entry::Compressed { host, additional_sectors } => self.decompress(host, additional_sectors, buf)?,
+            L2Entry::Normal { host } => {
+                self.reader.read_host(buf, host, "reading a data cluster")?
+            }
+            L2Entry::Compressed {
+                host,
+                additional_sectors,
+            } => self.decompress(host, additional_sectors, buf)?,
         }
         Ok(())
     }
@@ -326,18 +425,12 @@ impl LayerReader<'_> {
     /// Inflates the raw deflate payload at `host` into `out` (one cluster). Like QEMU, exactly
     /// one cluster must come out; trailing input bytes are ignored.
     fn decompress(&self, host: u64, additional_sectors: u64, out: &mut [u8]) -> Result<(), Error> {
-        let len = compressed_len(host, additional_sectors).min(self.reader.file_len.saturating_sub(host));
+        let len =
+            compressed_len(host, additional_sectors).min(self.reader.file_len.saturating_sub(host));
         let mut input = vec![0u8; len as usize];
-        self.reader.read_host(&mut input, host, "reading a compressed cluster")?;
-        let mut inflater = Decompress::new(false);
-        let result = inflater.decompress(&input, out, FlushDecompress::Finish);
-        if let Err(e) = result {
-            return Err(Error::corrupt(format!("compressed cluster does not inflate: {e}"), host));
-        }
-        if inflater.total_out() != out.len() as u64 {
-            return Err(Error::corrupt(format!("compressed cluster inflates to {} bytes, not one cluster", inflater.total_out()), host));
-        }
-        Ok(())
+        self.reader
+            .read_host(&mut input, host, "reading a compressed cluster")?;
+        inflate_cluster(&input, out).map_err(|what| Error::corrupt(what, host))
     }
 
     /// Reads `buf.len()` bytes of the guest disk at guest byte `offset`.
@@ -346,8 +439,14 @@ impl LayerReader<'_> {
     /// [`LayerReader::read_cluster`].
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         let size = self.reader.header.size;
-        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > size) {
-            return Err(Error::InvalidArgument(format!("read of {} bytes at guest offset {offset} past the virtual size {size}", buf.len())));
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > size)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "read of {} bytes at guest offset {offset} past the virtual size {size}",
+                buf.len()
+            )));
         }
         let c = self.reader.cluster_size();
         let mut scratch = Vec::new();
@@ -358,9 +457,17 @@ impl LayerReader<'_> {
             let n = ((c - within) as usize).min(buf.len() - done);
             let part = &mut buf[done..done + n];
             match self.entry(pos / c)? {
-                L2Entry::Unallocated | L2Entry::ZeroPlain | L2Entry::ZeroAlloc { .. } => part.fill(0),
-                L2Entry::Normal { host } => self.reader.read_host(part, host + within, "reading a data cluster")?,
-                L2Entry::Compressed { host, additional_sectors } => {
+                L2Entry::Unallocated | L2Entry::ZeroPlain | L2Entry::ZeroAlloc { .. } => {
+                    part.fill(0)
+                }
+                L2Entry::Normal { host } => {
+                    self.reader
+                        .read_host(part, host + within, "reading a data cluster")?
+                }
+                L2Entry::Compressed {
+                    host,
+                    additional_sectors,
+                } => {
                     scratch.resize(c as usize, 0);
                     self.decompress(host, additional_sectors, &mut scratch)?;
                     part.copy_from_slice(&scratch[within as usize..within as usize + n]);
@@ -384,11 +491,53 @@ impl LayerReader<'_> {
         self.for_each_l2_table(|_, l2, entries| {
             f(l2 >> cb);
             for (j, &raw) in entries.iter().enumerate() {
-                if let Some((first, last)) = self.decode(raw, l2 + j as u64 * 8)?.host_cluster_range(cb) {
+                if let Some((first, last)) =
+                    self.decode(raw, l2 + j as u64 * 8)?.host_cluster_range(cb)
+                {
                     (first..=last).for_each(&mut f);
                 }
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inflate_cluster;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    fn deflate(data: &[u8], window_bits: u8) -> Vec<u8> {
+        let mut c = Compress::new_with_window_bits(Compression::new(6), false, window_bits);
+        let mut out = Vec::with_capacity(data.len() * 2 + 64);
+        c.compress_vec(data, &mut out, FlushCompress::Finish)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn inflates_any_window_and_ignores_trailing_bytes() {
+        let cluster: Vec<u8> = (0..65536u32)
+            .map(|i| (i / 7 % 251) as u8 ^ (i >> 13) as u8)
+            .collect();
+        for bits in [9u8, 12, 15] {
+            let mut z = deflate(&cluster, bits);
+            z.extend_from_slice(&[0xaa; 300]); // rest of the last sector
+            let mut out = vec![0u8; cluster.len()];
+            inflate_cluster(&z, &mut out).unwrap();
+            assert!(out == cluster, "window bits {bits}");
+        }
+    }
+
+    #[test]
+    fn rejects_short_or_broken_streams() {
+        let z = deflate(&[1u8; 4000], 12);
+        let mut out = vec![0u8; 4096];
+        assert!(inflate_cluster(&z, &mut out).is_err()); // 4000 bytes, not a cluster
+        let z = deflate(&[1u8; 4096], 12);
+        assert!(inflate_cluster(&z[..z.len() / 2], &mut out).is_err());
+        assert!(inflate_cluster(&[0xff; 64], &mut out).is_err());
+        let z = deflate(&[1u8; 8192], 12);
+        assert!(inflate_cluster(&z, &mut out).is_ok()); // QEMU: one full cluster out is enough
     }
 }

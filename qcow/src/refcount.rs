@@ -30,7 +30,12 @@ pub struct RefcountChunks {
 impl RefcountChunks {
     /// An empty allocator for clusters of `1 << cluster_bits` bytes (nothing allocated).
     pub fn new(cluster_bits: u32) -> RefcountChunks {
-        RefcountChunks { cluster_bits, block_bits: cluster_bits - 1, allocated: 0, chunks: Vec::new() }
+        RefcountChunks {
+            cluster_bits,
+            block_bits: cluster_bits - 1,
+            allocated: 0,
+            chunks: Vec::new(),
+        }
     }
 
     /// Number of host clusters allocated so far (the next allocation's cluster number).
@@ -75,7 +80,10 @@ impl RefcountChunks {
 
     fn split(&self, cluster: u64) -> (usize, usize) {
         let mask = self.entries_per_block() - 1;
-        ((cluster >> self.block_bits) as usize, (cluster & mask) as usize)
+        (
+            (cluster >> self.block_bits) as usize,
+            (cluster & mask) as usize,
+        )
     }
 
     /// Refcount of host cluster `cluster` (0 if not allocated).
@@ -92,7 +100,10 @@ impl RefcountChunks {
 
     fn chunk_mut(&mut self, cluster: u64) -> Result<(&mut [u16], usize), Error> {
         if cluster >= self.allocated {
-            return Err(Error::InvalidArgument(format!("host cluster {cluster} is not allocated (only {} are)", self.allocated)));
+            return Err(Error::InvalidArgument(format!(
+                "host cluster {cluster} is not allocated (only {} are)",
+                self.allocated
+            )));
         }
         let (k, i) = self.split(cluster);
         let epb = self.entries_per_block();
@@ -111,9 +122,15 @@ impl RefcountChunks {
     /// [`Error::InvalidArgument`] if the cluster is not allocated.
     pub fn increment(&mut self, cluster: u64, by: u16) -> Result<u16, Error> {
         let (chunk, i) = self.chunk_mut(cluster)?;
-        let new = chunk[i].checked_add(by).filter(|&v| v < MAX_REFCOUNT).ok_or_else(|| {
-            Error::Limit(format!("refcount of host cluster {cluster} would exceed {}", MAX_REFCOUNT - 1))
-        })?;
+        let new = chunk[i]
+            .checked_add(by)
+            .filter(|&v| v < MAX_REFCOUNT)
+            .ok_or_else(|| {
+                Error::Limit(format!(
+                    "refcount of host cluster {cluster} would exceed {}",
+                    MAX_REFCOUNT - 1
+                ))
+            })?;
         chunk[i] = new;
         Ok(new)
     }
@@ -123,9 +140,11 @@ impl RefcountChunks {
     /// drop below 0 (an internal bookkeeping bug).
     pub fn decrement(&mut self, cluster: u64, by: u16) -> Result<u16, Error> {
         let (chunk, i) = self.chunk_mut(cluster)?;
-        let new = chunk[i]
-            .checked_sub(by)
-            .ok_or_else(|| Error::InvalidArgument(format!("refcount of host cluster {cluster} would drop below 0")))?;
+        let new = chunk[i].checked_sub(by).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "refcount of host cluster {cluster} would drop below 0"
+            ))
+        })?;
         chunk[i] = new;
         Ok(new)
     }

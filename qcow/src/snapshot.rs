@@ -88,10 +88,18 @@ pub(crate) fn encode_entry(
     l1_size: u32,
     disk_size: u64,
 ) -> Result<(), Error> {
-    let id_len = u16::try_from(spec.id.len())
-        .map_err(|_| Error::InvalidArgument(format!("snapshot id of {} bytes exceeds 65535", spec.id.len())))?;
-    let name_len = u16::try_from(spec.name.len())
-        .map_err(|_| Error::InvalidArgument(format!("snapshot name of {} bytes exceeds 65535", spec.name.len())))?;
+    let id_len = u16::try_from(spec.id.len()).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "snapshot id of {} bytes exceeds 65535",
+            spec.id.len()
+        ))
+    })?;
+    let name_len = u16::try_from(spec.name.len()).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "snapshot name of {} bytes exceeds 65535",
+            spec.name.len()
+        ))
+    })?;
     out.extend_from_slice(&l1_table_offset.to_be_bytes());
     out.extend_from_slice(&l1_size.to_be_bytes());
     out.extend_from_slice(&id_len.to_be_bytes());
@@ -114,20 +122,35 @@ pub(crate) fn encode_entry(
 /// and never equal to another snapshot's id. Errors: [`Error::InvalidArgument`], [`Error::Limit`].
 pub(crate) fn validate_specs(specs: &[SnapshotSpec]) -> Result<(), Error> {
     if specs.len() > MAX_SNAPSHOTS as usize {
-        return Err(Error::Limit(format!("{} snapshots exceed {MAX_SNAPSHOTS}", specs.len())));
+        return Err(Error::Limit(format!(
+            "{} snapshots exceed {MAX_SNAPSHOTS}",
+            specs.len()
+        )));
     }
     let mut ids = std::collections::HashSet::new();
     let mut names = std::collections::HashSet::new();
     for s in specs {
         if s.id.is_empty() || !ids.insert(s.id.as_str()) {
-            return Err(Error::InvalidArgument(format!("snapshot id {:?} is empty or not unique", s.id)));
+            return Err(Error::InvalidArgument(format!(
+                "snapshot id {:?} is empty or not unique",
+                s.id
+            )));
         }
         if !names.insert(s.name.as_str()) {
-            return Err(Error::InvalidArgument(format!("snapshot name {:?} is not unique", s.name)));
+            return Err(Error::InvalidArgument(format!(
+                "snapshot name {:?} is not unique",
+                s.name
+            )));
         }
     }
-    if let Some(s) = specs.iter().find(|s| ids.contains(s.name.as_str()) && s.name != s.id) {
-        return Err(Error::InvalidArgument(format!("snapshot name {:?} equals another snapshot's id", s.name)));
+    if let Some(s) = specs
+        .iter()
+        .find(|s| ids.contains(s.name.as_str()) && s.name != s.id)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot name {:?} equals another snapshot's id",
+            s.name
+        )));
     }
     Ok(())
 }
@@ -135,7 +158,11 @@ pub(crate) fn validate_specs(specs: &[SnapshotSpec]) -> Result<(), Error> {
 /// Reads the snapshot table described by `header` from `file` (`file_len` bytes long).
 /// Errors: [`Error::Corrupt`] if an entry lies outside the file; [`Error::Limit`] for extra data
 /// over 1024 bytes or a table over 64 MiB; [`Error::Io`].
-pub(crate) fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -> Result<Vec<SnapshotInfo>, Error> {
+pub(crate) fn read_snapshot_table(
+    file: &File,
+    header: &Header,
+    file_len: u64,
+) -> Result<Vec<SnapshotInfo>, Error> {
     let start = header.snapshots_offset;
     let mut offset = start;
     let mut out = Vec::with_capacity(header.nb_snapshots.min(1024) as usize);
@@ -143,7 +170,9 @@ pub(crate) fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -
         offset = offset.next_multiple_of(8);
         let (info, next) = read_entry(file, offset, file_len, i)?;
         if next - start > MAX_SNAPSHOT_TABLE_BYTES {
-            return Err(Error::Limit(format!("snapshot table at {start:#x} exceeds {MAX_SNAPSHOT_TABLE_BYTES} bytes")));
+            return Err(Error::Limit(format!(
+                "snapshot table at {start:#x} exceeds {MAX_SNAPSHOT_TABLE_BYTES} bytes"
+            )));
         }
         out.push(info);
         offset = next;
@@ -153,9 +182,21 @@ pub(crate) fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -
 
 /// Reads entry `index` at `offset`; returns it and the offset just past it (before padding).
 /// v3 entries should carry ≥ 16 bytes of extra data; shorter ones are tolerated when reading.
-fn read_entry(file: &File, offset: u64, file_len: u64, index: u32) -> Result<(SnapshotInfo, u64), Error> {
-    let fixed_end = offset.checked_add(SNAPSHOT_ENTRY_FIXED_BYTES).filter(|&e| e <= file_len);
-    let fixed_end = fixed_end.ok_or_else(|| Error::corrupt(format!("snapshot table entry {index} extends past the end of the file"), offset))?;
+fn read_entry(
+    file: &File,
+    offset: u64,
+    file_len: u64,
+    index: u32,
+) -> Result<(SnapshotInfo, u64), Error> {
+    let fixed_end = offset
+        .checked_add(SNAPSHOT_ENTRY_FIXED_BYTES)
+        .filter(|&e| e <= file_len);
+    let fixed_end = fixed_end.ok_or_else(|| {
+        Error::corrupt(
+            format!("snapshot table entry {index} extends past the end of the file"),
+            offset,
+        )
+    })?;
     let mut fixed = [0u8; SNAPSHOT_ENTRY_FIXED_BYTES as usize];
     read_exact_at(file, &mut fixed, offset, "reading snapshot table entry")?;
     let extra_len = be_u32(&fixed, 36);
@@ -166,7 +207,10 @@ fn read_entry(file: &File, offset: u64, file_len: u64, index: u32) -> Result<(Sn
     let var_len = extra_len as usize + id_len + name_len;
     let end = fixed_end + var_len as u64;
     if end > file_len {
-        return Err(Error::corrupt(format!("snapshot table entry {index} extends past the end of the file"), offset));
+        return Err(Error::corrupt(
+            format!("snapshot table entry {index} extends past the end of the file"),
+            offset,
+        ));
     }
     let mut var = vec![0u8; var_len];
     read_exact_at(file, &mut var, fixed_end, "reading snapshot table entry")?;
@@ -181,7 +225,9 @@ fn read_entry(file: &File, offset: u64, file_len: u64, index: u32) -> Result<(Sn
         l1_table_offset: be_u64(&fixed, 0),
         l1_size: be_u32(&fixed, 8),
         disk_size: (extra.len() >= 16).then(|| be_u64(extra, 8)),
-        icount: (extra.len() >= 24).then(|| be_u64(extra, 16)).filter(|&v| v != ICOUNT_NONE),
+        icount: (extra.len() >= 24)
+            .then(|| be_u64(extra, 16))
+            .filter(|&v| v != ICOUNT_NONE),
     };
     Ok((info, end))
 }
@@ -191,7 +237,13 @@ mod tests {
     use super::*;
 
     fn spec(id: &str, name: &str) -> SnapshotSpec {
-        SnapshotSpec { state: StateId::for_tests(0), id: id.into(), name: name.into(), date_sec: 1, date_nsec: 2 }
+        SnapshotSpec {
+            state: StateId::for_tests(0),
+            id: id.into(),
+            name: name.into(),
+            date_sec: 1,
+            date_nsec: 2,
+        }
     }
 
     #[test]

@@ -42,8 +42,17 @@ impl Reader {
     /// Errors: those of [`Reader::layer`] and of reading L2 tables ([`Error::Corrupt`],
     /// [`Error::Io`]).
     pub fn cluster_stats(&self) -> Result<Vec<LayerStats>, Error> {
-        let layers: Vec<Layer> = std::iter::once(Layer::Active).chain((0..self.snapshots().len()).map(Layer::Snapshot)).collect();
-        let mut stats: Vec<LayerStats> = layers.iter().map(|&layer| LayerStats { layer, shared_clusters: 0, exclusive_clusters: 0 }).collect();
+        let layers: Vec<Layer> = std::iter::once(Layer::Active)
+            .chain((0..self.snapshots().len()).map(Layer::Snapshot))
+            .collect();
+        let mut stats: Vec<LayerStats> = layers
+            .iter()
+            .map(|&layer| LayerStats {
+                layer,
+                shared_clusters: 0,
+                exclusive_clusters: 0,
+            })
+            .collect();
         let file_clusters = self.file_len().div_ceil(self.cluster_size());
         let mut base = 0u64;
         while base < file_clusters {
@@ -55,7 +64,13 @@ impl Reader {
     }
 
     /// Both passes for host clusters `[base, base + len)`.
-    fn stats_window(&self, layers: &[Layer], stats: &mut [LayerStats], base: u64, len: u64) -> Result<(), Error> {
+    fn stats_window(
+        &self,
+        layers: &[Layer],
+        stats: &mut [LayerStats],
+        base: u64,
+        len: u64,
+    ) -> Result<(), Error> {
         let mut owner = vec![NONE; len as usize];
         let in_window = |c: u64| c.checked_sub(base).filter(|&i| i < len).map(|i| i as usize);
         for (l, &layer) in layers.iter().enumerate() {

@@ -64,7 +64,10 @@ pub fn encode_be_u64s(entries: &[u64], out: &mut Vec<u8>) {
 /// (0 = unallocated). Errors: [`Error::Corrupt`] for reserved bits set.
 pub fn l1_entry_l2_offset(entry: u64, at: u64) -> Result<u64, Error> {
     if entry & L1E_RESERVED_MASK != 0 {
-        return Err(Error::corrupt(format!("L1 entry {entry:#018x} has reserved bits set"), at));
+        return Err(Error::corrupt(
+            format!("L1 entry {entry:#018x} has reserved bits set"),
+            at,
+        ));
     }
     Ok(entry & L1E_OFFSET_MASK)
 }
@@ -100,25 +103,42 @@ impl L2Entry {
     /// Decodes `raw` found at host byte offset `at` of an image with the given geometry.
     /// Errors: [`Error::Corrupt`] for reserved bits, COPIED on a compressed entry, a zero flag in
     /// a v2 image, or a misaligned data cluster offset.
-    pub fn decode(raw: u64, cluster_bits: u32, version: Version, at: u64) -> Result<L2Entry, Error> {
+    pub fn decode(
+        raw: u64,
+        cluster_bits: u32,
+        version: Version,
+        at: u64,
+    ) -> Result<L2Entry, Error> {
         if raw & OFLAG_COMPRESSED != 0 {
             return Self::decode_compressed(raw, cluster_bits, at);
         }
         if raw & L2E_STD_RESERVED_MASK != 0 {
-            return Err(Error::corrupt(format!("L2 entry {raw:#018x} has reserved bits set"), at));
+            return Err(Error::corrupt(
+                format!("L2 entry {raw:#018x} has reserved bits set"),
+                at,
+            ));
         }
         let host = raw & L2E_OFFSET_MASK;
         let zero = raw & OFLAG_ZERO != 0;
         if zero && version == Version::V2 {
-            return Err(Error::corrupt(format!("L2 entry {raw:#018x} has the zero flag in a v2 image"), at));
+            return Err(Error::corrupt(
+                format!("L2 entry {raw:#018x} has the zero flag in a v2 image"),
+                at,
+            ));
         }
-        if host % (1u64 << cluster_bits) != 0 {
-            return Err(Error::corrupt(format!("L2 entry {raw:#018x}: data cluster offset is not cluster aligned"), at));
+        if !host.is_multiple_of(1u64 << cluster_bits) {
+            return Err(Error::corrupt(
+                format!("L2 entry {raw:#018x}: data cluster offset is not cluster aligned"),
+                at,
+            ));
         }
         Ok(match (zero, host) {
             (false, 0) if raw & OFLAG_COPIED == 0 => L2Entry::Unallocated,
             (false, 0) => {
-                return Err(Error::corrupt(format!("L2 entry {raw:#018x}: data at host offset 0 without a data file"), at))
+                return Err(Error::corrupt(
+                    format!("L2 entry {raw:#018x}: data at host offset 0 without a data file"),
+                    at,
+                ))
             }
             (true, 0) => L2Entry::ZeroPlain,
             (true, host) => L2Entry::ZeroAlloc { host },
@@ -128,16 +148,25 @@ impl L2Entry {
 
     fn decode_compressed(raw: u64, cluster_bits: u32, at: u64) -> Result<L2Entry, Error> {
         if raw & OFLAG_COPIED != 0 {
-            return Err(Error::corrupt(format!("compressed L2 entry {raw:#018x} has COPIED set"), at));
+            return Err(Error::corrupt(
+                format!("compressed L2 entry {raw:#018x} has COPIED set"),
+                at,
+            ));
         }
         // x = 62 - (cluster_bits - 8): bits 0..x-1 offset, x..61 additional sector count.
         let x = 62 - (cluster_bits - 8);
         let host = raw & ((1u64 << x) - 1);
         let additional_sectors = (raw & !(OFLAG_COPIED | OFLAG_COMPRESSED)) >> x;
         if host == 0 || host >= crate::header::MAX_HOST_OFFSET {
-            return Err(Error::corrupt(format!("compressed L2 entry {raw:#018x}: invalid host offset"), at));
+            return Err(Error::corrupt(
+                format!("compressed L2 entry {raw:#018x}: invalid host offset"),
+                at,
+            ));
         }
-        Ok(L2Entry::Compressed { host, additional_sectors })
+        Ok(L2Entry::Compressed {
+            host,
+            additional_sectors,
+        })
     }
 
     /// Host clusters (as `[first, last]` cluster numbers) whose refcount this entry contributes
@@ -146,8 +175,13 @@ impl L2Entry {
     pub fn host_cluster_range(&self, cluster_bits: u32) -> Option<(u64, u64)> {
         match *self {
             L2Entry::Unallocated | L2Entry::ZeroPlain => None,
-            L2Entry::ZeroAlloc { host } | L2Entry::Normal { host } => Some((host >> cluster_bits, host >> cluster_bits)),
-            L2Entry::Compressed { host, additional_sectors } => {
+            L2Entry::ZeroAlloc { host } | L2Entry::Normal { host } => {
+                Some((host >> cluster_bits, host >> cluster_bits))
+            }
+            L2Entry::Compressed {
+                host,
+                additional_sectors,
+            } => {
                 let len = compressed_len(host, additional_sectors);
                 Some((host >> cluster_bits, (host + len - 1) >> cluster_bits))
             }
@@ -181,11 +215,23 @@ mod tests {
         let v3 = Version::V3;
         assert_eq!(L2Entry::decode(0, 16, v3, 0).unwrap(), L2Entry::Unallocated);
         assert_eq!(L2Entry::decode(1, 16, v3, 0).unwrap(), L2Entry::ZeroPlain);
-        assert_eq!(L2Entry::decode(0x60001, 16, v3, 0).unwrap(), L2Entry::ZeroAlloc { host: 0x60000 });
-        assert_eq!(L2Entry::decode(0x8000_0000_000e_0000, 16, v3, 0).unwrap(), L2Entry::Normal { host: 0xe0000 });
+        assert_eq!(
+            L2Entry::decode(0x60001, 16, v3, 0).unwrap(),
+            L2Entry::ZeroAlloc { host: 0x60000 }
+        );
+        assert_eq!(
+            L2Entry::decode(0x8000_0000_000e_0000, 16, v3, 0).unwrap(),
+            L2Entry::Normal { host: 0xe0000 }
+        );
         // Notes §1.6: 64 KiB clusters, host 0x5e173, 57 additional sectors.
         let e = L2Entry::decode(0x4e40_0000_0005_e173, 16, v3, 0).unwrap();
-        assert_eq!(e, L2Entry::Compressed { host: 0x5e173, additional_sectors: 57 });
+        assert_eq!(
+            e,
+            L2Entry::Compressed {
+                host: 0x5e173,
+                additional_sectors: 57
+            }
+        );
         assert_eq!(e.host_cluster_range(16), Some((5, 6)));
         assert!(L2Entry::decode(1, 16, Version::V2, 0).is_err());
         assert!(L2Entry::decode(0x60002, 16, v3, 0).is_err());

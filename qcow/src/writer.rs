@@ -2,7 +2,7 @@
 //! active layer or an internal snapshot, sharing data clusters and L2 tables through refcounts.
 //!
 //! Design: host clusters are bump-allocated ([`RefcountChunks`]) and written front to back
-//! through one large buffer ([`OutFile`]). Each state keeps its L1 table sparsely (only populated
+//! through one large buffer (`OutFile`). Each state keeps its L1 table sparsely (only populated
 //! entries, sorted by index, with a hash of the L2 table's entries) and one open L2 window
 //! (C/8 guest clusters). When a state moves to a later window, the finished window's L2 table is
 //! compared with the tables other states hold at the same L1 index: an identical one is shared
@@ -14,20 +14,23 @@
 
 mod finish;
 
-use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
+use std::hash::DefaultHasher;
 use std::hash::Hasher;
 
 use crate::header::{Version, MAX_CLUSTER_BITS, MAX_L1_ENTRIES, MIN_CLUSTER_BITS};
 use crate::io::{OutFile, OUT_BUFFER_BYTES};
 use crate::refcount::RefcountChunks;
-use crate::table::{decode_be_u64s, encode_be_u64s, guest_clusters, l1_entries_needed, l2_entries, L2E_OFFSET_MASK, OFLAG_COPIED};
+use crate::table::{
+    decode_be_u64s, encode_be_u64s, guest_clusters, l1_entries_needed, l2_entries, L2E_OFFSET_MASK,
+    OFLAG_COPIED,
+};
 use crate::Error;
 
 pub use crate::snapshot::SnapshotSpec;
 
-/// Largest number of base clusters compared per read in [`Writer::write_clusters_dedup`]
-/// (bytes): bounds the scratch buffer while keeping reads large.
+/// Largest read of base clusters in [`Writer::write_clusters_dedup`], in bytes (1 MiB):
+/// bounds the scratch buffer while keeping reads of contiguous base clusters large.
 const DEDUP_READ_BYTES: u64 = 1 << 20;
 
 /// Parameters of a new image.
@@ -99,7 +102,10 @@ struct State {
 
 impl State {
     fn slot(&self, l1_index: u32) -> Option<&L1Slot> {
-        self.l1.binary_search_by_key(&l1_index, |s| s.l1_index).ok().map(|i| &self.l1[i])
+        self.l1
+            .binary_search_by_key(&l1_index, |s| s.l1_index)
+            .ok()
+            .map(|i| &self.l1[i])
     }
 }
 
@@ -130,20 +136,35 @@ fn hash_entries(entries: &[u64]) -> u32 {
 }
 
 impl Writer {
-    /// Starts a new image in `file`, a new, writable file (normally empty; the caller writes to
-    /// a temporary name and renames it after [`Writer::finish`]). Nothing is written before the
-    /// first data; cluster 0 stays reserved for the header, which `finish` writes last.
+    /// Starts a new image in `file`, a new, empty, writable file (the caller writes to a
+    /// temporary name and renames it after [`Writer::finish`]). Cluster 0 stays reserved for
+    /// the header, which `finish` writes last. All-zero L1 clusters are left as holes, which is
+    /// why the file must be empty.
     ///
     /// Errors: [`Error::Limit`] if `cluster_bits` is outside 9..=21 or the virtual size needs an
     /// L1 table over 32 MiB (4 Mi entries); [`Error::InvalidArgument`] if the virtual size is 0
-    /// or not a multiple of 512.
+    /// or not a multiple of 512, or the file is not empty; [`Error::Io`].
     pub fn create(file: File, opts: WriterOptions) -> Result<Writer, Error> {
+        let len = file
+            .metadata()
+            .map_err(Error::io("reading the output file size", 0))?
+            .len();
+        if len != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "the output file is not empty ({len} bytes)"
+            )));
+        }
         let cb = opts.cluster_bits;
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cb) {
-            return Err(Error::Limit(format!("cluster_bits {cb} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}")));
+            return Err(Error::Limit(format!(
+                "cluster_bits {cb} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
+            )));
         }
-        if opts.virtual_size == 0 || opts.virtual_size % 512 != 0 {
-            return Err(Error::InvalidArgument(format!("virtual size {} is not a positive multiple of 512", opts.virtual_size)));
+        if opts.virtual_size == 0 || !opts.virtual_size.is_multiple_of(512) {
+            return Err(Error::InvalidArgument(format!(
+                "virtual size {} is not a positive multiple of 512",
+                opts.virtual_size
+            )));
         }
         let l1_size = l1_entries_needed(opts.virtual_size, cb).filter(|&n| n <= MAX_L1_ENTRIES).ok_or_else(|| {
             Error::Limit(format!("virtual size {} needs an L1 table over 32 MiB (4 Mi entries) at cluster_bits {cb}", opts.virtual_size))
@@ -168,6 +189,12 @@ impl Writer {
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         1u64 << self.cluster_bits
+    }
+
+    /// Number of guest clusters of the disk: `ceil(virtual_size / C)` (the last one may be
+    /// partial; it is still written as a whole cluster).
+    pub fn guest_clusters(&self) -> u64 {
+        self.guest_clusters
     }
 
     /// Number of entries of every L1 table: `ceil(virtual_size / (C · C/8))`.
@@ -201,7 +228,10 @@ impl Writer {
                 "guest cluster {guest_cluster} of state {s}: writes must be strictly increasing (next allowed: {next})"
             )));
         }
-        if guest_cluster.checked_add(count).is_none_or(|end| end > self.guest_clusters) {
+        if guest_cluster
+            .checked_add(count)
+            .is_none_or(|end| end > self.guest_clusters)
+        {
             return Err(Error::InvalidArgument(format!(
                 "guest clusters {guest_cluster}+{count} exceed the disk's {} clusters",
                 self.guest_clusters
@@ -211,7 +241,7 @@ impl Writer {
     }
 
     fn cluster_count(&self, data: &[u8]) -> Result<u64, Error> {
-        if data.len() as u64 % self.cluster_size() != 0 {
+        if !(data.len() as u64).is_multiple_of(self.cluster_size()) {
             return Err(Error::InvalidArgument(format!(
                 "data of {} bytes is not a whole number of {}-byte clusters",
                 data.len(),
@@ -228,7 +258,12 @@ impl Writer {
     /// Errors: [`Error::InvalidArgument`] for an unknown state, `data` not a multiple of the
     /// cluster size, guest clusters past the end of the disk or not strictly after every guest
     /// cluster already written or shared in this state; [`Error::Io`]; [`Error::Limit`].
-    pub fn write_clusters(&mut self, state: StateId, guest_cluster: u64, data: &[u8]) -> Result<(), Error> {
+    pub fn write_clusters(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        data: &[u8],
+    ) -> Result<(), Error> {
         let s = self.state_index(state)?;
         let count = self.cluster_count(data)?;
         self.check_guest_range(s, guest_cluster, count)?;
@@ -239,10 +274,12 @@ impl Writer {
             let run = (epl - g % epl).min(count - done);
             self.open_window(s, g / epl)?;
             let host = self.refcounts.allocate(run)?;
-            let bytes = &data[(done << self.cluster_bits) as usize..((done + run) << self.cluster_bits) as usize];
+            let bytes = &data[(done << self.cluster_bits) as usize
+                ..((done + run) << self.cluster_bits) as usize];
             self.out.append(host << self.cluster_bits, bytes)?;
             let window = self.states[s].open.as_mut().map(|w| &mut w.entries);
-            let entries = window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
+            let entries =
+                window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
             for i in 0..run {
                 entries[((g + i) % epl) as usize] = (host + i) << self.cluster_bits;
             }
@@ -259,12 +296,22 @@ impl Writer {
     /// Errors: [`Error::InvalidArgument`] for an unknown state, an out-of-order or out-of-range
     /// guest cluster, or a host offset that is unaligned or not an allocated cluster;
     /// [`Error::Limit`] on refcount overflow (65 535 references).
-    pub fn share_cluster(&mut self, state: StateId, guest_cluster: u64, host_offset: u64) -> Result<(), Error> {
+    pub fn share_cluster(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        host_offset: u64,
+    ) -> Result<(), Error> {
         let s = self.state_index(state)?;
         self.check_guest_range(s, guest_cluster, 1)?;
         let host_cluster = host_offset >> self.cluster_bits;
-        if host_offset % self.cluster_size() != 0 || host_cluster == 0 || self.refcounts.get(host_cluster) == 0 {
-            return Err(Error::InvalidArgument(format!("host offset {host_offset:#x} is not a written data cluster")));
+        if !host_offset.is_multiple_of(self.cluster_size())
+            || host_cluster == 0
+            || self.refcounts.get(host_cluster) == 0
+        {
+            return Err(Error::InvalidArgument(format!(
+                "host offset {host_offset:#x} is not a written data cluster"
+            )));
         }
         let epl = self.entries_per_l2();
         self.open_window(s, guest_cluster / epl)?;
@@ -284,11 +331,19 @@ impl Writer {
     ///
     /// Errors: those of `write_clusters`, plus [`Error::InvalidArgument`] if `base` is unknown
     /// or equals `state`.
-    pub fn write_clusters_dedup(&mut self, state: StateId, guest_cluster: u64, data: &[u8], base: StateId) -> Result<(), Error> {
+    pub fn write_clusters_dedup(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        data: &[u8],
+        base: StateId,
+    ) -> Result<(), Error> {
         let s = self.state_index(state)?;
         self.state_index(base)?;
         if state == base {
-            return Err(Error::InvalidArgument(format!("state {s} cannot deduplicate against itself")));
+            return Err(Error::InvalidArgument(format!(
+                "state {s} cannot deduplicate against itself"
+            )));
         }
         let count = self.cluster_count(data)?;
         self.check_guest_range(s, guest_cluster, count)?;
@@ -315,7 +370,11 @@ impl Writer {
 
     /// For each cluster of `data`, whether the base cluster at `base_hosts[i]` holds the same
     /// bytes. Contiguous base clusters are read together (up to 1 MiB per read).
-    fn compare_with_base(&mut self, base_hosts: &[Option<u64>], data: &[u8]) -> Result<Vec<bool>, Error> {
+    fn compare_with_base(
+        &mut self,
+        base_hosts: &[Option<u64>],
+        data: &[u8],
+    ) -> Result<Vec<bool>, Error> {
         let c = self.cluster_size();
         let max_run = (DEDUP_READ_BYTES / c).max(1) as usize;
         let mut same = vec![false; base_hosts.len()];
@@ -327,14 +386,18 @@ impl Writer {
                 continue;
             };
             let mut run = 1usize;
-            while run < max_run && i + run < base_hosts.len() && base_hosts[i + run] == Some(first + run as u64 * c) {
+            while run < max_run
+                && i + run < base_hosts.len()
+                && base_hosts[i + run] == Some(first + run as u64 * c)
+            {
                 run += 1;
             }
             scratch.resize(run * c as usize, 0);
             self.out.read_at(&mut scratch, first)?;
             for k in 0..run {
                 let range = k * c as usize..(k + 1) * c as usize;
-                same[i + k] = scratch[range.clone()] == data[(i + k) * c as usize..(i + k + 1) * c as usize];
+                same[i + k] =
+                    scratch[range.clone()] == data[(i + k) * c as usize..(i + k + 1) * c as usize];
             }
             i += run;
         }
@@ -349,7 +412,10 @@ impl Writer {
     pub fn lookup(&mut self, state: StateId, guest_cluster: u64) -> Result<Option<u64>, Error> {
         let s = self.state_index(state)?;
         if guest_cluster >= self.guest_clusters {
-            return Err(Error::InvalidArgument(format!("guest cluster {guest_cluster} past the disk's {} clusters", self.guest_clusters)));
+            return Err(Error::InvalidArgument(format!(
+                "guest cluster {guest_cluster} past the disk's {} clusters",
+                self.guest_clusters
+            )));
         }
         let epl = self.entries_per_l2();
         let (l1_index, i) = ((guest_cluster / epl) as u32, (guest_cluster % epl) as usize);
@@ -370,7 +436,11 @@ impl Writer {
             let table = self.read_l2(offset)?;
             self.l2_cache = Some((offset, table));
         }
-        Ok(self.l2_cache.as_ref().map(|(_, t)| t.as_slice()).unwrap_or(&[]))
+        Ok(self
+            .l2_cache
+            .as_ref()
+            .map(|(_, t)| t.as_slice())
+            .unwrap_or(&[]))
     }
 
     /// Reads the L2 table at host byte `offset` (entries with their flags).
@@ -397,17 +467,28 @@ impl Writer {
         }
         self.summary.shared_l2_refs += slots.len() as u64;
         let next_guest = self.states[f].next_guest;
-        self.states.push(State { l1: slots, open: None, next_guest });
+        self.states.push(State {
+            l1: slots,
+            open: None,
+            next_guest,
+        });
         Ok(StateId((self.states.len() - 1) as u32))
     }
 
     /// Adds `delta` (may be negative) references to the L2 table at `l2_offset` and to every
     /// cluster it maps: the effect of one more (or one fewer) L1 table referencing it.
     fn add_table_references(&mut self, l2_offset: u64, delta: i32) -> Result<(), Error> {
-        let by = u16::try_from(delta.unsigned_abs()).map_err(|_| Error::Limit(format!("{delta} references to one table")))?;
+        let by = u16::try_from(delta.unsigned_abs())
+            .map_err(|_| Error::Limit(format!("{delta} references to one table")))?;
         let mut clusters = vec![l2_offset >> self.cluster_bits];
         let table = self.read_l2(l2_offset)?;
-        clusters.extend(table.iter().map(|e| e & L2E_OFFSET_MASK).filter(|&o| o != 0).map(|o| o >> self.cluster_bits));
+        clusters.extend(
+            table
+                .iter()
+                .map(|e| e & L2E_OFFSET_MASK)
+                .filter(|&o| o != 0)
+                .map(|o| o >> self.cluster_bits),
+        );
         for c in clusters {
             if delta >= 0 {
                 self.refcounts.increment(c, by)?;
@@ -424,7 +505,11 @@ impl Writer {
     /// state's reference to the table is dropped (the data references move to the window).
     fn open_window(&mut self, s: usize, l1_index: u64) -> Result<(), Error> {
         let l1_index = l1_index as u32;
-        if self.states[s].open.as_ref().is_some_and(|w| w.l1_index == l1_index) {
+        if self.states[s]
+            .open
+            .as_ref()
+            .is_some_and(|w| w.l1_index == l1_index)
+        {
             return Ok(());
         }
         self.finish_window(s)?;
@@ -437,7 +522,8 @@ impl Writer {
             for (e, t) in entries.iter_mut().zip(table) {
                 *e = t & L2E_OFFSET_MASK;
             }
-            self.refcounts.decrement(slot.l2_offset >> self.cluster_bits, 1)?;
+            self.refcounts
+                .decrement(slot.l2_offset >> self.cluster_bits, 1)?;
             self.refcounts_changed = true;
         }
         self.states[s].open = Some(OpenWindow { l1_index, entries });
@@ -454,7 +540,14 @@ impl Writer {
             self.refcounts.increment(shared >> self.cluster_bits, 1)?;
             self.refcounts_changed = true;
             self.summary.shared_l2_refs += 1;
-            self.push_slot(s, L1Slot { l1_index: w.l1_index, hash, l2_offset: shared });
+            self.push_slot(
+                s,
+                L1Slot {
+                    l1_index: w.l1_index,
+                    hash,
+                    l2_offset: shared,
+                },
+            );
             return Ok(());
         }
         let host = self.refcounts.allocate(1)? << self.cluster_bits;
@@ -463,7 +556,14 @@ impl Writer {
         encode_be_u64s(&flagged, &mut bytes);
         self.out.append(host, &bytes)?;
         self.summary.l2_tables += 1;
-        self.push_slot(s, L1Slot { l1_index: w.l1_index, hash, l2_offset: host });
+        self.push_slot(
+            s,
+            L1Slot {
+                l1_index: w.l1_index,
+                hash,
+                l2_offset: host,
+            },
+        );
         Ok(())
     }
 
@@ -484,7 +584,13 @@ impl Writer {
 
     /// An L2 table of another state at the same L1 index with the same entries (COPIED
     /// ignored), found by hash and verified by reading it back.
-    fn find_identical_table(&mut self, s: usize, l1_index: u32, hash: u32, entries: &[u64]) -> Result<Option<u64>, Error> {
+    fn find_identical_table(
+        &mut self,
+        s: usize,
+        l1_index: u32,
+        hash: u32,
+        entries: &[u64],
+    ) -> Result<Option<u64>, Error> {
         let mut candidates: Vec<u64> = (0..self.states.len())
             .filter(|&o| o != s)
             .filter_map(|o| self.states[o].slot(l1_index))
@@ -495,7 +601,11 @@ impl Writer {
         candidates.dedup();
         for offset in candidates {
             let table = self.read_l2(offset)?;
-            if table.iter().zip(entries).all(|(t, e)| t & !OFLAG_COPIED == *e) {
+            if table
+                .iter()
+                .zip(entries)
+                .all(|(t, e)| t & !OFLAG_COPIED == *e)
+            {
                 return Ok(Some(offset));
             }
         }

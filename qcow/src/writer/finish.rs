@@ -8,7 +8,9 @@
 //! (5) Flush, set the length, write cluster 0 (header) last and fsync.
 
 use super::{Writer, WriterSummary};
-use crate::header::{Header, Version, DEFAULT_REFCOUNT_ORDER, MAX_REFTABLE_BYTES, V2_HEADER_LENGTH, V3_HEADER_LENGTH};
+use crate::header::{
+    Header, Version, DEFAULT_REFCOUNT_ORDER, MAX_REFTABLE_BYTES, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
+};
 use crate::refcount::refcount_structure_clusters;
 use crate::snapshot::{encode_entry, validate_specs, SnapshotSpec};
 use crate::table::{encode_be_u64s, L2E_OFFSET_MASK, OFLAG_COPIED};
@@ -26,7 +28,11 @@ impl Writer {
     /// duplicate names, a name equal to another snapshot's id, or ids/names over 65 535 bytes;
     /// [`Error::Limit`] for over 65 536 snapshots, refcount overflow or a refcount table over
     /// 8 MiB; [`Error::Io`].
-    pub fn finish(mut self, active: StateId, snapshots: &[SnapshotSpec]) -> Result<WriterSummary, Error> {
+    pub fn finish(
+        mut self,
+        active: StateId,
+        snapshots: &[SnapshotSpec],
+    ) -> Result<WriterSummary, Error> {
         let a = self.state_index(active)?;
         let mut snapshot_states = Vec::with_capacity(snapshots.len());
         for spec in snapshots {
@@ -44,7 +50,11 @@ impl Writer {
             let l1 = self.write_l1(s)?;
             encode_entry(&mut table, spec, l1, self.l1_size, self.virtual_size)?;
         }
-        let snapshots_offset = if snapshots.is_empty() { 0 } else { self.append_padded(&table)? };
+        let snapshots_offset = if snapshots.is_empty() {
+            0
+        } else {
+            self.append_padded(&table)?
+        };
         let (refcount_table_offset, refcount_table_clusters) = self.write_refcounts()?;
         let header = Header {
             version: self.version,
@@ -60,18 +70,25 @@ impl Writer {
             compatible_features: 0,
             autoclear_features: 0,
             refcount_order: DEFAULT_REFCOUNT_ORDER,
-            header_length: if self.version == Version::V3 { V3_HEADER_LENGTH } else { V2_HEADER_LENGTH },
+            header_length: if self.version == Version::V3 {
+                V3_HEADER_LENGTH
+            } else {
+                V2_HEADER_LENGTH
+            },
             compression_type: 0,
             backing_file_offset: 0,
             backing_file_size: 0,
             crypt_method: 0,
         };
         let file_size = self.refcounts.allocated() << self.cluster_bits;
-        let mut cluster0 = header.to_bytes();
-        cluster0.resize(self.cluster_size() as usize, 0); // zeros: end of header extensions
-        let file = self.out.finish(file_size, &cluster0)?;
+        // The rest of cluster 0 stays a hole: zeros, i.e. the end of the header extensions.
+        let file = self.out.finish(file_size, &header.to_bytes())?;
         file.sync_all().map_err(Error::io("syncing the image", 0))?;
-        Ok(WriterSummary { file_size, states: 1 + snapshots.len() as u32, ..self.summary })
+        Ok(WriterSummary {
+            file_size,
+            states: 1 + snapshots.len() as u32,
+            ..self.summary
+        })
     }
 
     /// Step (2): every state counted one L1 reference so far; make it the real number of uses.
@@ -102,7 +119,10 @@ impl Writer {
         let offsets: Vec<u64> = self.states[active].l1.iter().map(|s| s.l2_offset).collect();
         for offset in offsets {
             let table = self.read_l2(offset)?;
-            let fixed: Vec<u64> = table.iter().map(|&e| self.with_copied(e & L2E_OFFSET_MASK)).collect();
+            let fixed: Vec<u64> = table
+                .iter()
+                .map(|&e| self.with_copied(e & L2E_OFFSET_MASK))
+                .collect();
             if fixed != table {
                 let mut bytes = Vec::with_capacity(self.cluster_size() as usize);
                 encode_be_u64s(&fixed, &mut bytes);
@@ -113,7 +133,8 @@ impl Writer {
     }
 
     /// Appends state `s`'s L1 table (l1_size entries, COPIED iff the L2 refcount is 1), one
-    /// cluster at a time from the sparse slots; returns its byte offset.
+    /// cluster at a time from the sparse slots, all-zero clusters left as holes; returns its
+    /// byte offset.
     fn write_l1(&mut self, s: usize) -> Result<u64, Error> {
         let per_cluster = self.cluster_size() / 8;
         let clusters = (u64::from(self.l1_size) * 8).div_ceil(self.cluster_size());
@@ -123,10 +144,14 @@ impl Writer {
         let mut bytes = Vec::with_capacity(self.cluster_size() as usize);
         for k in 0..clusters {
             entries.fill(0);
-            while let Some(slot) = slots.next_if(|x| u64::from(x.l1_index) < (k + 1) * per_cluster) {
+            while let Some(slot) = slots.next_if(|x| u64::from(x.l1_index) < (k + 1) * per_cluster)
+            {
                 let copied = self.refcounts.get(slot.l2_offset >> self.cluster_bits) == 1;
                 let i = (u64::from(slot.l1_index) - k * per_cluster) as usize;
                 entries[i] = slot.l2_offset | if copied { OFLAG_COPIED } else { 0 };
+            }
+            if entries.iter().all(|&e| e == 0) {
+                continue; // a hole in the (empty) file reads as zeros
             }
             bytes.clear();
             encode_be_u64s(&entries, &mut bytes);
@@ -151,7 +176,9 @@ impl Writer {
         let used = self.refcounts.allocated();
         let (blocks, table_clusters) = refcount_structure_clusters(used, self.cluster_bits);
         if table_clusters << self.cluster_bits > MAX_REFTABLE_BYTES {
-            return Err(Error::Limit(format!("a refcount table of {table_clusters} clusters exceeds {MAX_REFTABLE_BYTES} bytes")));
+            return Err(Error::Limit(format!(
+                "a refcount table of {table_clusters} clusters exceeds {MAX_REFTABLE_BYTES} bytes"
+            )));
         }
         let first_block = self.refcounts.allocate(blocks)?;
         let table_first = self.refcounts.allocate(table_clusters)?;
@@ -159,9 +186,12 @@ impl Writer {
         for k in 0..blocks {
             bytes.clear();
             self.refcounts.encode_block(k, &mut bytes);
-            self.out.append((first_block + k) << self.cluster_bits, &bytes)?;
+            self.out
+                .append((first_block + k) << self.cluster_bits, &bytes)?;
         }
-        let table: Vec<u64> = (0..blocks).map(|k| (first_block + k) << self.cluster_bits).collect();
+        let table: Vec<u64> = (0..blocks)
+            .map(|k| (first_block + k) << self.cluster_bits)
+            .collect();
         bytes.clear();
         encode_be_u64s(&table, &mut bytes);
         bytes.resize((table_clusters << self.cluster_bits) as usize, 0);

@@ -1,0 +1,195 @@
+//! Shared helpers of the integration tests: the fixture matrix (built once per target dir
+//! under a file lock), the e2image-rs binary, and the oracles (qemu-img, e2image, e2fsck).
+//! Tests that need a missing tool print why and return early.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of the e2image-rs binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_e2image-rs"))
+}
+
+/// True if `tool` runs.
+pub fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok() || Command::new(tool).arg("-V").output().is_ok()
+}
+
+/// True if e2fsprogs and qemu-img are both installed.
+pub fn have_oracles() -> bool {
+    static H: OnceLock<bool> = OnceLock::new();
+    *H.get_or_init(|| ["mke2fs", "e2image", "e2fsck", "debugfs", "qemu-img"].iter().all(|t| have(t)))
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = root().join("target/test-scratch").join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One row of the fixture manifest.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub name: String,
+    pub path: PathBuf,
+    pub block_size: u32,
+    pub fsck_clean: bool,
+    pub kind: String,
+    pub notes: String,
+}
+
+/// Builds (once, under a lock shared by all test processes) the requested fixtures with
+/// `fixtures/build-matrix.sh` and returns the manifest rows for them.
+pub fn fixtures(names: &[&str]) -> BTreeMap<String, Fixture> {
+    let out = root().join("target/fixtures");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = File::create(out.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let missing: Vec<&str> =
+        names.iter().copied().filter(|n| !out.join(format!("{n}.ok")).exists()).collect();
+    if !missing.is_empty() {
+        let o = Command::new("bash")
+            .arg(root().join("fixtures/build-matrix.sh"))
+            .arg(&out)
+            .args(&missing)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "fixture build failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let manifest = std::fs::read_to_string(out.join("manifest.tsv")).unwrap_or_default();
+    let _ = lock.unlock();
+    let mut m = BTreeMap::new();
+    for line in manifest.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 4 || f[0] == "name" || !names.contains(&f[0]) {
+            continue;
+        }
+        m.insert(
+            f[0].to_string(),
+            Fixture {
+                name: f[0].to_string(),
+                path: out.join(format!("{}.img", f[0])),
+                block_size: f[1].parse().unwrap_or(4096),
+                fsck_clean: f[2] == "1",
+                kind: f[3].to_string(),
+                notes: f.get(4).unwrap_or(&"").to_string(),
+            },
+        );
+    }
+    for n in names {
+        assert!(m.contains_key(*n), "fixture {n} missing from the manifest");
+    }
+    m
+}
+
+/// Runs e2image-rs with `args`.
+pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = Command::new(bin());
+    for a in args {
+        c.arg(a);
+    }
+    c.output().unwrap()
+}
+
+/// Exit code of an output, panicking with its stderr on a signal.
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or_else(|| panic!("killed by a signal: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+/// Runs a command and returns its output.
+pub fn sh(prog: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = Command::new(prog);
+    for a in args {
+        c.arg(a);
+    }
+    c.output().unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+/// `qemu-img check` must exit 0 and report no leaks or corruptions.
+pub fn assert_qemu_check(img: &Path) {
+    let o = sh("qemu-img", &[&"check", &"--output=json", &img]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(code(&o), 0, "qemu-img check {}: {text}{}", img.display(), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v.get("leaks").is_none() && v.get("corruptions").is_none(), "{text}");
+}
+
+/// `qemu-img compare` of two images must say identical.
+pub fn assert_qemu_identical(a: &Path, b: &Path) {
+    let o = sh("qemu-img", &[&"compare", &a, &b]);
+    assert_eq!(
+        code(&o),
+        0,
+        "qemu-img compare {} {}: {}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// SHA-256 of a file.
+pub fn sha256(p: &Path) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut f = File::open(p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().into()
+}
+
+/// Reads a whole file.
+pub fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Block numbers (of `bs` bytes) that hold non-zero bytes in `img`.
+pub fn nonzero_blocks(img: &[u8], bs: usize) -> Vec<usize> {
+    img.chunks(bs).enumerate().filter(|(_, c)| c.iter().any(|&x| x != 0)).map(|(i, _)| i).collect()
+}
+
+/// `e2fsck -fn` exit status on an image (0 = clean).
+pub fn fsck(img: &Path) -> i32 {
+    code(&sh("e2fsck", &[&"-fn", &img]))
+}
+
+/// `e2fsck -fn` exit status on an image (0 = clean), with the given superblock options.
+pub fn fsck_with(img: &Path, extra: &[&str]) -> i32 {
+    let mut c = Command::new("e2fsck");
+    c.arg("-fn").args(extra).arg(img);
+    code(&c.output().unwrap())
+}
+
+/// Gunzips a committed image into `dir`.
+pub fn gunzip_to(gz: &Path, dir: &Path) -> PathBuf {
+    let name = gz.file_stem().unwrap();
+    let out = dir.join(name);
+    let mut d = flate2::read::GzDecoder::new(File::open(gz).unwrap());
+    let mut v = Vec::new();
+    d.read_to_end(&mut v).unwrap();
+    std::fs::write(&out, v).unwrap();
+    out
+}
