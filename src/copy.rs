@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use std::io::IsTerminal;
 
 /// Largest single read, in bytes.
-const MAX_READ_BYTES: u64 = 4 << 20;
+const MAX_READ_BYTES: u64 = 1 << 20;
 /// Bytes read per batch (two batches are in memory at once).
-const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_BYTES: u64 = 8 << 20;
 
 /// A progress bar on stderr, shown only when asked for and stderr is a terminal.
 pub struct Progress(Option<ProgressBar>);
@@ -65,10 +65,14 @@ struct Request {
     len: u64,
 }
 
-/// A readable piece: bytes at a byte offset.
-struct Piece {
-    offset: u64,
-    data: Vec<u8>,
+/// A batch of requests read into one buffer (request k at the sum of the lengths before it),
+/// with the units that could not be read.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<Request>,
+    buf: Vec<u8>,
+    unreadable: Vec<u64>,
+    warnings: Vec<Warning>,
 }
 
 /// Copies `runs` (unit start, unit count; sorted and disjoint) of `unit`-byte units from
@@ -84,21 +88,23 @@ pub fn copy_runs(
     let unit64 = u64::from(unit);
     let requests = split_requests(runs, (MAX_READ_BYTES / unit64).max(1));
     let mut stats = CopyStats::default();
-    let mut pending: Vec<(Vec<Piece>, Vec<Warning>)> = Vec::new();
+    // Two batches alternate: one is written while the other is read; their buffers are
+    // reused, so steady-state copying allocates nothing.
+    let mut writing = Batch::default();
+    let mut reading = Batch::default();
     let mut i = 0;
-    while i < requests.len() || !pending.is_empty() {
+    while i < requests.len() || !writing.requests.is_empty() {
         let j = batch_end(&requests, i, (BATCH_BYTES / unit64).max(1));
-        let batch = &requests[i..j];
-        let to_write = std::mem::take(&mut pending);
-        let (read, written) = rayon::join(
-            || batch.par_iter().map(|r| read_request(view, unit, *r)).collect::<Vec<_>>(),
-            || write_pieces(sink, to_write, progress, unit64),
+        reading.requests.clear();
+        reading.requests.extend_from_slice(&requests[i..j]);
+        let (_, written) = rayon::join(
+            || read_batch(view, unit, &mut reading),
+            || write_batch(sink, &mut writing, unit64, progress),
         );
-        let (bytes, failed, mut warns) = written?;
-        stats.bytes_copied += bytes;
-        stats.unreadable_units += failed;
-        warnings.append(&mut warns);
-        pending = read;
+        stats.bytes_copied += written?;
+        stats.unreadable_units += writing.unreadable.len() as u64;
+        warnings.append(&mut writing.warnings);
+        std::mem::swap(&mut reading, &mut writing);
         i = j;
     }
     Ok(stats)
@@ -136,52 +142,77 @@ fn batch_end(requests: &[Request], from: usize, budget: u64) -> usize {
     j
 }
 
-/// Reads one request; on failure retries unit by unit and reports the units that fail.
-fn read_request(view: &dyn BlockView, unit: u32, r: Request) -> (Vec<Piece>, Vec<Warning>) {
-    let u = u64::from(unit);
-    let mut data = vec![0u8; (r.len * u) as usize];
-    if view.read_blocks(unit, r.start, &mut data).is_ok() {
-        return (vec![Piece { offset: r.start * u, data }], Vec::new());
+/// Reads every request of the batch in parallel into the batch buffer.
+fn read_batch(view: &dyn BlockView, unit: u32, batch: &mut Batch) {
+    let u = unit as usize;
+    let total: usize = batch.requests.iter().map(|r| r.len as usize * u).sum();
+    batch.buf.resize(total, 0);
+    let mut slices = Vec::with_capacity(batch.requests.len());
+    let mut rest = batch.buf.as_mut_slice();
+    for r in &batch.requests {
+        let (head, tail) = rest.split_at_mut(r.len as usize * u);
+        slices.push(head);
+        rest = tail;
     }
-    let mut pieces: Vec<Piece> = Vec::new();
-    let mut warnings = Vec::new();
-    for b in r.start..r.start + r.len {
-        let mut one = vec![0u8; unit as usize];
-        match view.read_blocks(unit, b, &mut one) {
-            Ok(()) => match pieces.last_mut() {
-                Some(p) if p.offset + p.data.len() as u64 == b * u => p.data.extend_from_slice(&one),
-                _ => pieces.push(Piece { offset: b * u, data: one }),
-            },
-            Err(e) => warnings.push(Warning {
-                inode: None,
-                block: Some(BlockNr(b * u / u64::from(unit.max(1)))),
-                offset: None,
-                reason: format!("unreadable source block (byte {}): {e}; left out of the image", b * u),
-            }),
-        }
-    }
-    (pieces, warnings)
+    let failures: Vec<(u64, std::io::Error)> = batch
+        .requests
+        .par_iter()
+        .zip(slices.into_par_iter())
+        .flat_map_iter(|(r, buf)| read_request(view, unit, *r, buf))
+        .collect();
+    batch.unreadable = failures.iter().map(|f| f.0).collect();
+    batch.warnings = failures
+        .into_iter()
+        .map(|(b, e)| Warning {
+            inode: None,
+            block: Some(BlockNr(b)),
+            offset: None,
+            reason: format!("unreadable source block (byte {}): {e}; left out of the image", b * u64::from(unit)),
+        })
+        .collect();
 }
 
-fn write_pieces(
-    sink: &mut (dyn Sink + Send),
-    batch: Vec<(Vec<Piece>, Vec<Warning>)>,
-    progress: &Progress,
-    unit: u64,
-) -> Result<(u64, u64, Vec<Warning>)> {
-    let mut bytes = 0;
-    let mut all_warnings = Vec::new();
-    for (pieces, mut warnings) in batch {
-        for p in pieces {
-            sink.write(p.offset, &p.data)?;
-            bytes += p.data.len() as u64;
-            progress.inc(p.data.len() as u64);
-        }
-        progress.inc(warnings.len() as u64 * unit);
-        all_warnings.append(&mut warnings);
+/// Reads one request into `buf`; on failure retries unit by unit and returns the units that
+/// still fail.
+fn read_request(view: &dyn BlockView, unit: u32, r: Request, buf: &mut [u8]) -> Vec<(u64, std::io::Error)> {
+    if view.read_blocks(unit, r.start, buf).is_ok() {
+        return Vec::new();
     }
-    let failed = all_warnings.len() as u64;
-    Ok((bytes, failed, all_warnings))
+    let u = unit as usize;
+    let mut failed = Vec::new();
+    for (k, one) in buf.chunks_mut(u).enumerate() {
+        let b = r.start + k as u64;
+        if let Err(e) = view.read_blocks(unit, b, one) {
+            failed.push((b, e));
+        }
+    }
+    failed
+}
+
+/// Hands the batch to the sink in order, leaving out unreadable units; returns bytes written.
+fn write_batch(sink: &mut (dyn Sink + Send), batch: &mut Batch, unit: u64, progress: &Progress) -> Result<u64> {
+    let mut pos = 0usize;
+    let mut bytes = 0;
+    for r in &batch.requests {
+        let len = (r.len * unit) as usize;
+        let data = &batch.buf[pos..pos + len];
+        pos += len;
+        let mut s = r.start;
+        for bad in batch.unreadable.iter().copied().filter(|b| (r.start..r.start + r.len).contains(b)) {
+            if bad > s {
+                sink.write(s * unit, &data[((s - r.start) * unit) as usize..((bad - r.start) * unit) as usize])?;
+            }
+            s = bad + 1;
+        }
+        let end = r.start + r.len;
+        if s < end {
+            sink.write(s * unit, &data[((s - r.start) * unit) as usize..])?;
+        }
+        bytes += len as u64;
+        progress.inc(len as u64);
+    }
+    batch.requests.clear();
+    Ok(bytes)
 }
 
 #[cfg(test)]

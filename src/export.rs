@@ -93,14 +93,18 @@ fn export_view(view: &dyn BlockView, source: &Path, output: &Path, args: &Export
     let opts = OpenOptions { superblock: args.superblock, block_size: args.block_size };
     let fs = Filesystem::open(view, &opts).with_context(|| format!("{}: cannot open the filesystem", source.display()))?;
     let walk_opts = WalkOptions { data: args.data, no_snapshot_files: args.no_snapshots };
+    let t0 = std::time::Instant::now();
     let walked = ext::walk(&fs, &walk_opts);
+    if std::env::var_os("E2I_TIMING").is_some() { eprintln!("walk {:?}", t0.elapsed()); }
     let (temp, file) = TempOutput::create(output)?;
+    let background = crate::output::BackgroundSync::start(&file);
     let progress = Progress::new(args.progress, walked.blocks.block_count() * u64::from(fs.sb.block_size), "copying");
     let mut warnings = walked.warnings.clone();
     let size = fs.sb.size_bytes();
     let (stats, cluster_size) = if args.raw {
         let mut sink = RawSink::new(file, size)?;
         let stats = copy_blocks(view, &fs.sb, &walked.blocks, &mut sink, &progress, &mut warnings)?;
+        drop(background);
         sink.finish()?;
         (stats, None)
     } else {
@@ -111,10 +115,12 @@ fn export_view(view: &dyn BlockView, source: &Path, output: &Path, args: &Export
         let mut sink = QcowSink::new(&mut writer, state, None);
         let stats = copy_blocks(view, &fs.sb, &walked.blocks, &mut sink, &progress, &mut warnings)?;
         sink.finish()?;
+        drop(background);
         writer.finish(state, &[]).context("cannot finish the QCOW2 image")?;
         (stats, Some(1u64 << cb))
     };
     progress.finish();
+    if std::env::var_os("E2I_TIMING").is_some() { eprintln!("total {:?}", t0.elapsed()); }
     temp.commit()?;
     Ok(Summary::export(source, output, &fs.sb, &walked, warnings, stats, cluster_size, args))
 }

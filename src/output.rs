@@ -51,3 +51,38 @@ impl Drop for TempOutput {
         }
     }
 }
+
+/// Flushes a file being written to stable storage in the background, so that the final
+/// `fsync` before the rename has little left to do: the writeback of the early part of the
+/// image overlaps with producing the rest.
+pub struct BackgroundSync {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often the background flush runs.
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
+
+impl BackgroundSync {
+    /// Starts flushing a clone of `file` every [`SYNC_INTERVAL`] until dropped.
+    pub fn start(file: &File) -> BackgroundSync {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let handle = file.try_clone().ok().map(|f| {
+            std::thread::spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(SYNC_INTERVAL) {
+                    let _ = f.sync_data();
+                }
+            })
+        });
+        BackgroundSync { stop: Some(tx), handle }
+    }
+}
+
+impl Drop for BackgroundSync {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
