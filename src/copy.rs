@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use std::io::IsTerminal;
 
 /// Largest single read, in bytes.
-const MAX_READ_BYTES: u64 = 1 << 20;
+const MAX_READ_BYTES: u64 = 2 << 20;
 /// Bytes read per batch (two batches are in memory at once).
-const BATCH_BYTES: u64 = 8 << 20;
+const BATCH_BYTES: u64 = 2 << 20;
 
 /// A progress bar on stderr, shown only when asked for and stderr is a terminal.
 pub struct Progress(Option<ProgressBar>);

@@ -97,7 +97,7 @@ fn export_view(view: &dyn BlockView, source: &Path, output: &Path, args: &Export
     let walked = ext::walk(&fs, &walk_opts);
     if std::env::var_os("E2I_TIMING").is_some() { eprintln!("walk {:?}", t0.elapsed()); }
     let (temp, file) = TempOutput::create(output)?;
-    let background = crate::output::BackgroundSync::start(&file);
+    let background = if std::env::var_os("E2I_NOBG").is_none() { Some(crate::output::BackgroundSync::start(&file)) } else { None };
     let progress = Progress::new(args.progress, walked.blocks.block_count() * u64::from(fs.sb.block_size), "copying");
     let mut warnings = walked.warnings.clone();
     let size = fs.sb.size_bytes();

@@ -5,6 +5,10 @@
 //! sequential appends in one large buffer (flushed with a single `pwrite` when full, and bypassed
 //! for writes larger than the buffer), serves reads of not-yet-flushed bytes from the buffer, and
 //! patches in-place rewrites (COPIED fix-ups, the header) wherever the bytes currently are.
+//! Ahead of the appends, the file's blocks are allocated in [`PREALLOC_STEP`] steps with
+//! `fallocate(ZERO_RANGE | KEEP_SIZE)` (as `qemu-img convert` does): writing into allocated,
+//! unwritten extents is cheaper for the filesystem than delayed allocation. What is allocated
+//! past the final length is released in [`OutFile::finish`].
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -41,6 +45,13 @@ pub(crate) fn read_exact_at(
 /// clusters reach the disk in few large writes, small enough for the 64 MiB RSS budget.
 pub const OUT_BUFFER_BYTES: usize = 8 << 20;
 
+/// Bytes allocated ahead of the write cursor at a time.
+pub const PREALLOC_STEP: u64 = 32 << 20;
+
+/// Appends of at least this many bytes skip the buffer and go to the file directly: they are
+/// already large writes, and copying them would cost a memcpy of every data byte.
+pub const DIRECT_WRITE_BYTES: usize = 256 << 10;
+
 /// A file written front to back through a large buffer.
 #[derive(Debug)]
 pub(crate) struct OutFile {
@@ -49,6 +60,8 @@ pub(crate) struct OutFile {
     buf: Vec<u8>,
     buf_offset: u64,
     cap: usize,
+    /// End of the range allocated ahead with `fallocate`; `None` once the filesystem refused.
+    prealloc_end: Option<u64>,
 }
 
 impl OutFile {
@@ -59,6 +72,7 @@ impl OutFile {
             buf: Vec::with_capacity(cap),
             buf_offset: start,
             cap,
+            prealloc_end: Some(0),
         }
     }
 
@@ -68,11 +82,13 @@ impl OutFile {
 
     /// Writes `data` at host byte `offset`, which is normally the end of the previous append.
     pub fn append(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        if offset != self.buf_end() || self.buf.len() + data.len() > self.cap {
+        let direct = data.len() >= self.cap.min(DIRECT_WRITE_BYTES);
+        if direct || offset != self.buf_end() || self.buf.len() + data.len() > self.cap {
             self.flush()?;
             self.buf_offset = offset;
         }
-        if data.len() >= self.cap {
+        if direct {
+            self.preallocate(offset + data.len() as u64);
             self.buf_offset = offset + data.len() as u64;
             return self
                 .file
@@ -83,9 +99,26 @@ impl OutFile {
         Ok(())
     }
 
+    /// Allocates the file's blocks up to at least `end` bytes, a step at a time. Only an
+    /// optimisation: a filesystem without `fallocate` support turns it off.
+    fn preallocate(&mut self, end: u64) {
+        use rustix::fs::{fallocate, FallocateFlags};
+        let Some(mut at) = self.prealloc_end else { return };
+        while at < end {
+            let flags = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
+            if fallocate(&self.file, flags, at, PREALLOC_STEP).is_err() {
+                self.prealloc_end = None;
+                return;
+            }
+            at += PREALLOC_STEP;
+        }
+        self.prealloc_end = Some(at);
+    }
+
     /// Writes the pending buffer to the file.
     pub fn flush(&mut self) -> Result<(), Error> {
         if !self.buf.is_empty() {
+            self.preallocate(self.buf_end());
             let at = self.buf_offset;
             self.file
                 .write_all_at(&self.buf, at)
@@ -130,6 +163,13 @@ impl OutFile {
     /// an interrupted run leaves a file without the magic) and returns the file (not synced).
     pub fn finish(mut self, len: u64, header: &[u8]) -> Result<File, Error> {
         self.flush()?;
+        if let Some(end) = self.prealloc_end.filter(|&e| e > len) {
+            use rustix::fs::{fallocate, FallocateFlags};
+            // Release the blocks allocated ahead past the final length (best effort: the
+            // truncation below releases them too on filesystems that honour it).
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            let _ = fallocate(&self.file, flags, len, end - len);
+        }
         self.file
             .set_len(len)
             .map_err(Error::io("setting the file length", len))?;

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
+# and prints the ratios the project targets (docs: README.md, "Performance").
+#
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap]
+#
+# Inputs are built in --work (default target/bench) unless given:
+#   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
+#   big.img  empty 15 TiB ext4 on a sparse file, `-E lazy_itable_init=1` (about 1.3 GB on disk)
+# Each command runs --reps times (default 5) after one warm-up; the median wall time and the
+# peak RSS are reported. Page cache is warm, as in the reference timings.
+set -euo pipefail
+
+reps=5 usr="" big="" work="" only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) reps="$2"; shift 2 ;;
+    --usr) usr="$2"; shift 2 ;;
+    --big) big="$2"; shift 2 ;;
+    --work) work="$2"; shift 2 ;;
+    --only) only="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+work=${work:-$top/target/bench}
+mkdir -p "$work"
+bin=$top/target/release/e2image-rs
+(cd "$top" && cargo build --release --quiet)
+for t in e2image qemu-img mke2fs /usr/bin/time; do
+  command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
+done
+
+usr=${usr:-$work/usr.img}
+big=${big:-$work/big.img}
+if [ "$only" != big ] && [ "$only" != snap ] && [ ! -s "$usr" ]; then
+  echo "building $usr from /usr (8G, this takes a few minutes)" >&2
+  rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
+fi
+if [ "$only" != usr ] && [ "$only" != snap ] && [ ! -s "$big" ]; then
+  echo "building $big (empty 15T ext4, sparse)" >&2
+  rm -f "$big.tmp"; truncate -s 15T "$big.tmp"
+  mke2fs -q -F -t ext4 -E lazy_itable_init=1 "$big.tmp" 15T && mv "$big.tmp" "$big"
+fi
+
+# Commands are registered with `cmd NAME OUTFILE ARGS...` and run by `run_round`: each of
+# --reps rounds runs every registered command once, in a rotating order, each after a sync and
+# a pause with the previous output deleted, so that drift in the machine's speed (page cache,
+# writeback, discards, neighbours) affects all of them alike. Results land in
+# T[NAME] (median wall seconds) and R[NAME] (peak RSS in KiB).
+declare -A T R CMDS OUTS
+names=()
+cmd() { local n="$1" o="$2"; shift 2; names+=("$n"); OUTS[$n]="$o"; CMDS[$n]="$(printf '%q ' "$@")"; }
+run_round() {
+  local stat="$work/.time" n t m
+  declare -A times=()
+  for n in "${names[@]}"; do rm -f "${OUTS[$n]}"; eval "${CMDS[$n]}" >/dev/null 2>&1 || true; rm -f "${OUTS[$n]}"; R[$n]=0; done
+  local k=${#names[@]} r i
+  for r in $(seq 0 $((reps - 1))); do
+    # Rotate the order each round, so that no command always follows the same one.
+    for i in $(seq 0 $((k - 1))); do
+      n=${names[$(( (r + i) % k ))]}
+      rm -f "${OUTS[$n]}"; sync; sleep 1
+      eval "/usr/bin/time -o $stat -f '%e %M' ${CMDS[$n]}" >/dev/null 2>&1 || true
+      read -r t m < "$stat"
+      rm -f "${OUTS[$n]}"   # free its page cache before the next command runs
+      times[$n]="${times[$n]:-} $t"
+      if [ "$m" -gt "${R[$n]}" ]; then R[$n]=$m; fi
+    done
+  done
+  for n in "${names[@]}"; do
+    T[$n]=$(printf '%s\n' ${times[$n]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    printf '%-30s median %6s s   peak RSS %8s KiB   (runs:%s)\n' "$n" "${T[$n]}" "${R[$n]}" "${times[$n]}"
+  done
+  names=()
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+if [ -z "$only" ] || [ "$only" = usr ]; then
+  echo "== $usr (metadata)"
+  cmd "e2image -Q" "$work/e2i.qcow2" e2image -Q "$usr" "$work/e2i.qcow2"
+  cmd "e2image-rs -Q" "$work/ours.qcow2" "$bin" -Q "$usr" "$work/ours.qcow2"
+  run_round
+  echo "  ratio e2image-rs -Q / e2image -Q: $(ratio "${T[e2image-rs -Q]}" "${T[e2image -Q]}")   (target <= 0.5)"
+  echo "== $usr (data)"
+  cmd "qemu-img convert -O qcow2" "$work/qemu.qcow2" qemu-img convert -O qcow2 "$usr" "$work/qemu.qcow2"
+  cmd "e2image-rs -Q -d" "$work/ours-d.qcow2" "$bin" -Q -d "$usr" "$work/ours-d.qcow2"
+  cmd "e2image -Qa" "$work/e2ia.qcow2" e2image -Qa "$usr" "$work/e2ia.qcow2"
+  # e2image never syncs its output; e2image-rs and qemu-img flush theirs to stable storage
+  # before finishing. This row gives e2image the same durability.
+  cmd "e2image -Qa; sync OUT" "$work/e2ias.qcow2" bash -c 'e2image -Qa "$1" "$2" && sync "$2"' _ "$usr" "$work/e2ias.qcow2"
+  run_round
+  echo "  ratio e2image-rs -d / qemu-img convert: $(ratio "${T[e2image-rs -Q -d]}" "${T[qemu-img convert -O qcow2]}")   (target <= 1.0)"
+  echo "  ratio e2image-rs -d / e2image -Qa:      $(ratio "${T[e2image-rs -Q -d]}" "${T[e2image -Qa]}")   (target <= 0.5)"
+  echo "  ratio e2image-rs -d / (e2image -Qa; sync): $(ratio "${T[e2image-rs -Q -d]}" "${T[e2image -Qa; sync OUT]}")"
+  rm -f "$work/qemu.qcow2" "$work/e2ia.qcow2" "$work/e2ias.qcow2" "$work/ours-d.qcow2" "$work/e2i.qcow2" "$work/ours.qcow2"
+fi
+
+if [ -z "$only" ] || [ "$only" = big ]; then
+  echo "== $big (empty 15 TiB)"
+  cmd "e2image -Q" "$work/e2i-big.qcow2" e2image -Q "$big" "$work/e2i-big.qcow2"
+  cmd "e2image-rs -Q" "$work/ours-big.qcow2" "$bin" -Q "$big" "$work/ours-big.qcow2"
+  run_round
+  echo "  ratio e2image-rs -Q / e2image -Q: $(ratio "${T[e2image-rs -Q]}" "${T[e2image -Q]}")   (target <= 0.1)"
+  echo "  e2image-rs peak RSS: $(( ${R[e2image-rs -Q]} / 1024 )) MiB   (target <= 64)"
+  "$bin" -Q "$big" "$work/ours-big.qcow2"; e2image -Q "$big" "$work/e2i-big.qcow2" 2>/dev/null
+  if qemu-img check "$work/ours-big.qcow2" >/dev/null 2>&1; then echo "  qemu-img check (ours): exit 0"; else echo "  qemu-img check (ours): exit $?"; fi
+  if qemu-img info "$work/e2i-big.qcow2" >/dev/null 2>&1; then echo "  qemu-img info (e2image's): ok"; else echo "  qemu-img info (e2image's): refused"; fi
+  rm -f "$work/e2i-big.qcow2" "$work/ours-big.qcow2"
+fi
