@@ -8,7 +8,12 @@ use std::path::PathBuf;
 
 /// Image ext2/3/4 filesystem metadata (and optionally data) into QCOW2 or sparse raw images.
 #[derive(Parser, Debug)]
-#[command(name = "e2image-rs", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "e2image-rs",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -13,8 +13,15 @@ use qcow::{ClusterMapping, Layer, Reader};
 use std::path::Path;
 
 /// Converts the active layer of `reader` into a sparse raw file at `output`.
-pub fn qcow_to_raw(reader: &Reader, source: &Path, output: &Path, args: &ExportArgs) -> Result<Summary> {
-    let layer = reader.layer(Layer::Active).context("cannot read the active L1 table")?;
+pub fn qcow_to_raw(
+    reader: &Reader,
+    source: &Path,
+    output: &Path,
+    args: &ExportArgs,
+) -> Result<Summary> {
+    let layer = reader
+        .layer(Layer::Active)
+        .context("cannot read the active L1 table")?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
     layer.for_each_allocated(|gc, m| {
         if !matches!(m, ClusterMapping::Zero | ClusterMapping::Unallocated) {
@@ -33,7 +40,14 @@ pub fn qcow_to_raw(reader: &Reader, source: &Path, output: &Path, args: &ExportA
     let progress = Progress::new(args.progress, total, "converting");
     let mut sink = RawSink::new(file, size)?;
     let mut warnings = Vec::new();
-    let stats = copy_runs(&view, cluster, runs.into_iter(), &mut sink, &progress, &mut warnings)?;
+    let stats = copy_runs(
+        &view,
+        cluster,
+        runs.into_iter(),
+        &mut sink,
+        &progress,
+        &mut warnings,
+    )?;
     sink.finish()?;
     progress.finish();
     temp.commit()?;

@@ -28,8 +28,10 @@ impl Progress {
             return Progress(None);
         }
         let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(
+            "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(what.to_string());
         Progress(Some(bar))
@@ -167,14 +169,22 @@ fn read_batch(view: &dyn BlockView, unit: u32, batch: &mut Batch) {
             inode: None,
             block: Some(BlockNr(b)),
             offset: None,
-            reason: format!("unreadable source block (byte {}): {e}; left out of the image", b * u64::from(unit)),
+            reason: format!(
+                "unreadable source block (byte {}): {e}; left out of the image",
+                b * u64::from(unit)
+            ),
         })
         .collect();
 }
 
 /// Reads one request into `buf`; on failure retries unit by unit and returns the units that
 /// still fail.
-fn read_request(view: &dyn BlockView, unit: u32, r: Request, buf: &mut [u8]) -> Vec<(u64, std::io::Error)> {
+fn read_request(
+    view: &dyn BlockView,
+    unit: u32,
+    r: Request,
+    buf: &mut [u8],
+) -> Vec<(u64, std::io::Error)> {
     if view.read_blocks(unit, r.start, buf).is_ok() {
         return Vec::new();
     }
@@ -190,7 +200,12 @@ fn read_request(view: &dyn BlockView, unit: u32, r: Request, buf: &mut [u8]) -> 
 }
 
 /// Hands the batch to the sink in order, leaving out unreadable units; returns bytes written.
-fn write_batch(sink: &mut (dyn Sink + Send), batch: &mut Batch, unit: u64, progress: &Progress) -> Result<u64> {
+fn write_batch(
+    sink: &mut (dyn Sink + Send),
+    batch: &mut Batch,
+    unit: u64,
+    progress: &Progress,
+) -> Result<u64> {
     let mut pos = 0usize;
     let mut bytes = 0;
     for r in &batch.requests {
@@ -198,9 +213,17 @@ fn write_batch(sink: &mut (dyn Sink + Send), batch: &mut Batch, unit: u64, progr
         let data = &batch.buf[pos..pos + len];
         pos += len;
         let mut s = r.start;
-        for bad in batch.unreadable.iter().copied().filter(|b| (r.start..r.start + r.len).contains(b)) {
+        for bad in batch
+            .unreadable
+            .iter()
+            .copied()
+            .filter(|b| (r.start..r.start + r.len).contains(b))
+        {
             if bad > s {
-                sink.write(s * unit, &data[((s - r.start) * unit) as usize..((bad - r.start) * unit) as usize])?;
+                sink.write(
+                    s * unit,
+                    &data[((s - r.start) * unit) as usize..((bad - r.start) * unit) as usize],
+                )?;
             }
             s = bad + 1;
         }

@@ -37,7 +37,10 @@ fn main() {
                     eprintln!("e2image-rs: warning: {w}");
                 }
                 if cli.export.json {
-                    println!("{}", serde_json::to_string_pretty(&summary.to_json()).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&summary.to_json()).unwrap_or_default()
+                    );
                 }
                 summary.exit_status()
             }

@@ -35,8 +35,12 @@ fn rw_mount_of(line: &str, devs: &[(u32, u32)]) -> Option<PathBuf> {
 }
 
 fn loop_devices_backed_by(source: &Path) -> Vec<(u32, u32)> {
-    let Ok(canon) = source.canonicalize() else { return Vec::new() };
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let Ok(canon) = source.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))

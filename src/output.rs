@@ -32,14 +32,32 @@ impl TempOutput {
             .create_new(true)
             .open(&temp)
             .with_context(|| format!("cannot create {}", temp.display()))?;
-        Ok((TempOutput { temp, target: target.to_path_buf(), committed: false }, file))
+        Ok((
+            TempOutput {
+                temp,
+                target: target.to_path_buf(),
+                committed: false,
+            },
+            file,
+        ))
     }
 
-    /// Renames the temporary file over the target.
+    /// Renames the temporary file (already synced by its writer) over the target, then syncs
+    /// the directory so that the rename itself is durable.
     pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.temp, &self.target)
-            .with_context(|| format!("cannot rename {} to {}", self.temp.display(), self.target.display()))?;
+        std::fs::rename(&self.temp, &self.target).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.temp.display(),
+                self.target.display()
+            )
+        })?;
         self.committed = true;
+        if let Some(dir) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
         Ok(())
     }
 }
@@ -69,12 +87,17 @@ impl BackgroundSync {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let handle = file.try_clone().ok().map(|f| {
             std::thread::spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(SYNC_INTERVAL) {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(SYNC_INTERVAL)
+                {
                     let _ = f.sync_data();
                 }
             })
         });
-        BackgroundSync { stop: Some(tx), handle }
+        BackgroundSync {
+            stop: Some(tx),
+            handle,
+        }
     }
 }
 

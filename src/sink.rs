@@ -53,14 +53,25 @@ impl Sink for RawSink {
         let data = &data[..keep];
         let mut pos = 0;
         while pos < data.len() {
-            let skip = data[pos..].chunks(RAW_ZERO_GRANULE).take_while(|c| is_zero(c)).count();
+            let skip = data[pos..]
+                .chunks(RAW_ZERO_GRANULE)
+                .take_while(|c| is_zero(c))
+                .count();
             pos = (pos + skip * RAW_ZERO_GRANULE).min(data.len());
-            let run = data[pos..].chunks(RAW_ZERO_GRANULE).take_while(|c| !is_zero(c)).count();
+            let run = data[pos..]
+                .chunks(RAW_ZERO_GRANULE)
+                .take_while(|c| !is_zero(c))
+                .count();
             let end = (pos + run * RAW_ZERO_GRANULE).min(data.len());
             if end > pos {
                 self.file
                     .write_all_at(&data[pos..end], offset + pos as u64)
-                    .with_context(|| format!("write error at byte {} of the raw image", offset + pos as u64))?;
+                    .with_context(|| {
+                        format!(
+                            "write error at byte {} of the raw image",
+                            offset + pos as u64
+                        )
+                    })?;
             }
             pos = end;
         }
@@ -82,12 +93,20 @@ impl<'w> QcowSink<'w> {
     /// A sink writing `state`; with `base`, clusters equal to `base`'s are shared, not written.
     pub fn new(writer: &'w mut Writer, state: StateId, base: Option<StateId>) -> QcowSink<'w> {
         let cluster = writer.cluster_size() as usize;
-        QcowSink { writer, state, base, cluster, pending: None }
+        QcowSink {
+            writer,
+            state,
+            base,
+            cluster,
+            pending: None,
+        }
     }
 
     fn put(&mut self, guest_cluster: u64, data: &[u8]) -> Result<()> {
         let r = match self.base {
-            Some(base) => self.writer.write_clusters_dedup(self.state, guest_cluster, data, base),
+            Some(base) => self
+                .writer
+                .write_clusters_dedup(self.state, guest_cluster, data, base),
             None => self.writer.write_clusters(self.state, guest_cluster, data),
         };
         r.with_context(|| format!("cannot write guest cluster {guest_cluster} of the QCOW2 image"))
@@ -103,7 +122,9 @@ impl<'w> QcowSink<'w> {
                 i += 1;
                 continue;
             }
-            let j = (i..n).find(|&j| is_zero(&data[j * c..(j + 1) * c])).unwrap_or(n);
+            let j = (i..n)
+                .find(|&j| is_zero(&data[j * c..(j + 1) * c]))
+                .unwrap_or(n);
             self.put(first + i as u64, &data[i * c..j * c])?;
             i = j;
         }
@@ -143,7 +164,9 @@ impl Sink for QcowSink<'_> {
             }
             let take = (self.cluster - within).min(data.len());
             let cluster = self.cluster;
-            let (_, buf) = self.pending.get_or_insert_with(|| (idx, vec![0u8; cluster]));
+            let (_, buf) = self
+                .pending
+                .get_or_insert_with(|| (idx, vec![0u8; cluster]));
             buf[within..within + take].copy_from_slice(&data[..take]);
             offset += take as u64;
             data = &data[take..];

@@ -49,23 +49,39 @@ impl Summary {
         let mut m = Map::new();
         m.insert("source".into(), json!(source.display().to_string()));
         m.insert("output".into(), json!(output.display().to_string()));
-        m.insert("format".into(), json!(if args.raw { "raw" } else { "qcow2" }));
+        m.insert(
+            "format".into(),
+            json!(if args.raw { "raw" } else { "qcow2" }),
+        );
         m.insert("data".into(), json!(args.data));
         m.insert("block_size".into(), json!(sb.block_size));
         m.insert("blocks_count".into(), json!(sb.s_blocks_count));
         m.insert("cluster_size".into(), json!(cluster_size));
         m.insert("blocks_copied".into(), Value::Object(classes));
-        m.insert("blocks_copied_total".into(), json!(walked.blocks.block_count()));
+        m.insert(
+            "blocks_copied_total".into(),
+            json!(walked.blocks.block_count()),
+        );
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
         m.insert("bytes_written".into(), json!(file_size(output)));
         m.insert("inodes_in_use".into(), json!(walked.stats.inodes_in_use));
         m.insert("orphan_inodes".into(), json!(walked.stats.orphan_inodes));
         m.insert("ea_inodes".into(), json!(walked.stats.ea_inodes));
-        Summary { warnings, notes: walked.notes.clone(), json: m }
+        Summary {
+            warnings,
+            notes: walked.notes.clone(),
+            json: m,
+        }
     }
 
     /// Summary of a QCOW2 → raw conversion.
-    pub fn conversion(source: &Path, output: &Path, size: u64, warnings: Vec<Warning>, stats: CopyStats) -> Summary {
+    pub fn conversion(
+        source: &Path,
+        output: &Path,
+        size: u64,
+        warnings: Vec<Warning>,
+        stats: CopyStats,
+    ) -> Summary {
         let mut m = Map::new();
         m.insert("source".into(), json!(source.display().to_string()));
         m.insert("output".into(), json!(output.display().to_string()));
@@ -73,7 +89,11 @@ impl Summary {
         m.insert("virtual_size".into(), json!(size));
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
         m.insert("bytes_written".into(), json!(file_size(output)));
-        Summary { warnings, notes: Vec::new(), json: m }
+        Summary {
+            warnings,
+            notes: Vec::new(),
+            json: m,
+        }
     }
 
     /// The exit status this outcome maps to.

@@ -18,13 +18,33 @@ fn usage_errors_exit_2() {
         vec![],
         vec!["-Q"],
         vec!["-Q", "-r", img.to_str().unwrap(), out.to_str().unwrap()],
-        vec!["-B", "4096", "-Q", img.to_str().unwrap(), out.to_str().unwrap()],
-        vec!["--compat", "2", "-Q", img.to_str().unwrap(), out.to_str().unwrap()],
+        vec![
+            "-B",
+            "4096",
+            "-Q",
+            img.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        vec![
+            "--compat",
+            "2",
+            "-Q",
+            img.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
         vec![img.to_str().unwrap(), out.to_str().unwrap()],
     ] {
-        let a: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>).collect();
+        let a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
+            .iter()
+            .map(|s| s as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
         let o = run(&a);
-        assert_eq!(code(&o), 2, "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            code(&o),
+            2,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(!out.exists());
     }
 }
@@ -42,7 +62,11 @@ fn failures_exit_1_and_leave_nothing() {
     assert_eq!(code(&o), 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("superblock"));
     // Nothing under OUT and no temporary files left in the directory.
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(left.len(), 1, "{left:?}");
     // A cluster size QEMU cannot address is refused before anything is written.
     let img = small_image(&dir);
@@ -78,7 +102,10 @@ fn qcow2_options() {
     let img = small_image(&dir);
     let (v2, big) = (dir.join("v2.qcow2"), dir.join("big.qcow2"));
     assert_eq!(code(&run(&[&"-Q", &"--compat", &"0.10", &img, &v2])), 0);
-    assert_eq!(code(&run(&[&"-Q", &"--cluster-size", &"65536", &img, &big])), 0);
+    assert_eq!(
+        code(&run(&[&"-Q", &"--cluster-size", &"65536", &img, &big])),
+        0
+    );
     let info = |p: &std::path::Path| -> serde_json::Value {
         serde_json::from_slice(&sh("qemu-img", &[&"info", &"--output=json", &p]).stdout).unwrap()
     };
@@ -109,7 +136,11 @@ fn filesystem_inside_a_qcow2_image() {
     // QCOW2 reader and gives the same metadata export as the original.
     let dir = scratch("cli-qcow2-source");
     let img = small_image(&dir);
-    let (full, a, b) = (dir.join("full.qcow2"), dir.join("a.qcow2"), dir.join("b.qcow2"));
+    let (full, a, b) = (
+        dir.join("full.qcow2"),
+        dir.join("a.qcow2"),
+        dir.join("b.qcow2"),
+    );
     assert_eq!(code(&run(&[&"-Q", &"-d", &img, &full])), 0);
     assert_eq!(code(&run(&[&"-Q", &img, &a])), 0);
     let o = run(&[&"-Q", &full, &b]);

@@ -49,10 +49,19 @@ fn check(img: &Path, dir: &Path, flags: &[&str]) {
     assert_eq!(code(&oq), 0, "{}", String::from_utf8_lossy(&oq.stderr));
     assert_eq!(code(&or), 0, "{}", String::from_utf8_lossy(&or.stderr));
     let (ours_raw, src) = (read(&r), read(img));
-    assert_eq!(imago_read(&q), ours_raw, "{}: imago's view of our QCOW2 differs from our raw", img.display());
+    assert_eq!(
+        imago_read(&q),
+        ours_raw,
+        "{}: imago's view of our QCOW2 differs from our raw",
+        img.display()
+    );
     assert_eq!(ours_raw.len(), src.len());
     for b in nonzero_blocks(&ours_raw, 1024) {
-        assert_eq!(ours_raw[b * 1024..(b + 1) * 1024], src[b * 1024..(b + 1) * 1024], "block {b} differs from the source");
+        assert_eq!(
+            ours_raw[b * 1024..(b + 1) * 1024],
+            src[b * 1024..(b + 1) * 1024],
+            "block {b} differs from the source"
+        );
     }
     if have("qemu-img") {
         assert_qemu_check(&q);
@@ -66,7 +75,13 @@ fn committed_images_export_and_read_back() {
     for gz in committed() {
         let img = gunzip_to(&gz, &dir);
         let before = sha256(&img);
-        for flags in [&[][..], &["-d"], &["--compat", "0.10"], &["--cluster-size", "512"], &["--cluster-size", "65536"]] {
+        for flags in [
+            &[][..],
+            &["-d"],
+            &["--compat", "0.10"],
+            &["--cluster-size", "512"],
+            &["--cluster-size", "65536"],
+        ] {
             check(&img, &dir, flags);
         }
         assert_eq!(sha256(&img), before, "source changed");

@@ -32,8 +32,19 @@ fn convert_and_compare(q: &Path, expected: &Path, dir: &Path) {
     let out = dir.join("conv.raw");
     let _ = std::fs::remove_file(&out);
     let o = run(&[&"-r", &q, &out]);
-    assert_eq!(code(&o), 0, "{}: {}", q.display(), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(read(&out), read(expected), "{}: conversion differs", q.display());
+    assert_eq!(
+        code(&o),
+        0,
+        "{}: {}",
+        q.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        read(&out),
+        read(expected),
+        "{}: conversion differs",
+        q.display()
+    );
 }
 
 #[test]
@@ -58,7 +69,8 @@ fn qemu_made_images_convert_exactly() {
         for compress in [false, true] {
             n += 1;
             let q = dir.join(format!("q{n}.qcow2"));
-            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"convert", &"-O", &"qcow2", &"-o", &opts];
+            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+                vec![&"convert", &"-O", &"qcow2", &"-o", &opts];
             if compress {
                 args.push(&"-c");
             }
@@ -77,13 +89,33 @@ fn zero_clusters_and_snapshots() {
     }
     let dir = scratch("convert-zero");
     let q = dir.join("z.qcow2");
-    assert_eq!(code(&sh("qemu-img", &[&"create", &"-f", &"qcow2", &q, &"8M"])), 0);
+    assert_eq!(
+        code(&sh("qemu-img", &[&"create", &"-f", &"qcow2", &q, &"8M"])),
+        0
+    );
     assert_eq!(code(&sh("qemu-io", &[&"-c", &"write -P 0xaa 0 1M", &q])), 0);
     assert_eq!(code(&sh("qemu-img", &[&"snapshot", &"-c", &"s1", &q])), 0);
     // A zero write on a shared cluster keeps the allocation (ZERO_ALLOC); one elsewhere is plain.
-    assert_eq!(code(&sh("qemu-io", &[&"-c", &"write -z 64k 128k", &"-c", &"write -z 4M 64k", &"-c", &"write -P 0xbb 6M 64k", &q])), 0);
+    assert_eq!(
+        code(&sh(
+            "qemu-io",
+            &[
+                &"-c",
+                &"write -z 64k 128k",
+                &"-c",
+                &"write -z 4M 64k",
+                &"-c",
+                &"write -P 0xbb 6M 64k",
+                &q
+            ]
+        )),
+        0
+    );
     let expected = dir.join("expected.raw");
-    assert_eq!(code(&sh("qemu-img", &[&"convert", &"-O", &"raw", &q, &expected])), 0);
+    assert_eq!(
+        code(&sh("qemu-img", &[&"convert", &"-O", &"raw", &q, &expected])),
+        0
+    );
     convert_and_compare(&q, &expected, &dir);
 }
 
@@ -97,9 +129,30 @@ fn l2_tables_past_the_virtual_size_are_read() {
     // offsets above the virtual size, which e2image's converter skips.
     let dir = scratch("convert-l2-past");
     let raw = dir.join("full.raw");
-    std::fs::write(&raw, pattern(1 << 20, 3).iter().map(|b| b | 1).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &raw,
+        pattern(1 << 20, 3)
+            .iter()
+            .map(|b| b | 1)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let q = dir.join("full.qcow2");
-    assert_eq!(code(&sh("qemu-img", &[&"convert", &"-O", &"qcow2", &"-o", &"cluster_size=512", &raw, &q])), 0);
+    assert_eq!(
+        code(&sh(
+            "qemu-img",
+            &[
+                &"convert",
+                &"-O",
+                &"qcow2",
+                &"-o",
+                &"cluster_size=512",
+                &raw,
+                &q
+            ]
+        )),
+        0
+    );
     assert!(std::fs::metadata(&q).unwrap().len() > 1 << 20);
     convert_and_compare(&q, &raw, &dir);
 }

@@ -11,8 +11,15 @@ use std::path::Path;
 
 /// Number after `key` in the notes (e.g. "leaf block 4038").
 fn note_number(notes: &str, key: &str) -> u64 {
-    let i = notes.find(key).unwrap_or_else(|| panic!("'{key}' not in notes: {notes}")) + key.len();
-    let digits: String = notes[i..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+    let i = notes
+        .find(key)
+        .unwrap_or_else(|| panic!("'{key}' not in notes: {notes}"))
+        + key.len();
+    let digits: String = notes[i..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().unwrap()
 }
 
@@ -25,7 +32,11 @@ fn export_raw(f: &Fixture, dir: &Path, extra: &[&str]) -> (Vec<u8>, i32, String)
     args.push(&f.path);
     args.push(&out);
     let o = run(&args);
-    (read(&out), code(&o), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        read(&out),
+        code(&o),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn block<'a>(img: &'a [u8], bs: u32, b: u64) -> &'a [u8] {
@@ -36,14 +47,26 @@ fn block<'a>(img: &'a [u8], bs: u32, b: u64) -> &'a [u8] {
 /// Block `b` is non-zero in the source and identical in ours.
 fn assert_copied(f: &Fixture, ours: &[u8], b: u64, what: &str) {
     let src = read(&f.path);
-    assert!(block(&src, f.block_size, b).iter().any(|&x| x != 0), "{}: {what} block {b} is zero in the source", f.name);
-    assert_eq!(block(ours, f.block_size, b), block(&src, f.block_size, b), "{}: {what} block {b} not copied", f.name);
+    assert!(
+        block(&src, f.block_size, b).iter().any(|&x| x != 0),
+        "{}: {what} block {b} is zero in the source",
+        f.name
+    );
+    assert_eq!(
+        block(ours, f.block_size, b),
+        block(&src, f.block_size, b),
+        "{}: {what} block {b} not copied",
+        f.name
+    );
 }
 
 /// Block numbers debugfs lists for an inode (`blocks <ino>`).
 fn debugfs_blocks(img: &Path, ino: u64) -> Vec<u64> {
     let o = sh("debugfs", &[&"-R", &format!("blocks <{ino}>"), &img]);
-    String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|w| w.parse().ok()).collect()
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
 }
 
 fn skip() -> bool {
@@ -72,14 +95,19 @@ fn bad_blocks_inode_tree_is_copied_but_not_the_bad_blocks() {
     if skip() {
         return;
     }
-    let f = fixtures(&["ext2_1k_badblocks"]).remove("ext2_1k_badblocks").unwrap();
+    let f = fixtures(&["ext2_1k_badblocks"])
+        .remove("ext2_1k_badblocks")
+        .unwrap();
     let dir = scratch("copyset-badblocks");
     let (ours, c, _) = export_raw(&f, &dir, &["-d"]);
     assert_eq!(c, 0);
     let ind = note_number(&f.notes, "(IND) =");
     assert_copied(&f, &ours, ind, "bad-blocks IND");
     for b in 20000..20020 {
-        assert!(block(&ours, f.block_size, b).iter().all(|&x| x == 0), "bad block {b} was read");
+        assert!(
+            block(&ours, f.block_size, b).iter().all(|&x| x == 0),
+            "bad block {b} was read"
+        );
     }
 }
 
@@ -93,7 +121,12 @@ fn orphan_inode_extent_trees_are_copied() {
         let dir = scratch(&format!("copyset-{}", f.name));
         let (ours, c, _) = export_raw(f, &dir, &[]);
         assert_eq!(c, 0, "{}", f.name);
-        assert_copied(f, &ours, note_number(&f.notes, "leaf block"), "orphan extent leaf");
+        assert_copied(
+            f,
+            &ours,
+            note_number(&f.notes, "leaf block"),
+            "orphan extent leaf",
+        );
     }
 }
 
@@ -109,7 +142,11 @@ fn ea_inode_values_are_copied() {
         assert_eq!(c, 0, "{}", f.name);
         let ino = note_number(&f.notes, "EA inode(s):");
         let blocks = debugfs_blocks(&f.path, ino);
-        assert!(!blocks.is_empty(), "{}: EA inode {ino} has no blocks", f.name);
+        assert!(
+            !blocks.is_empty(),
+            "{}: EA inode {ino} has no blocks",
+            f.name
+        );
         for b in blocks {
             assert_copied(f, &ours, b, "EA inode value");
         }
@@ -130,7 +167,10 @@ fn unused_inode_table_tail_is_not_copied() {
     let src = read(&f.path);
     assert!(block(&src, f.block_size, first).contains(&0xAB));
     for b in first..first + 8 {
-        assert!(block(&ours, f.block_size, b).iter().all(|&x| x == 0), "garbage block {b} copied");
+        assert!(
+            block(&ours, f.block_size, b).iter().all(|&x| x == 0),
+            "garbage block {b} copied"
+        );
     }
 }
 
@@ -140,10 +180,22 @@ fn corrupt_parts_are_reported_with_inode_and_block() {
         return;
     }
     let cases = [
-        ("corrupt_etb_magic", "inode 731, block 4070", "bad extent header"),
-        ("corrupt_dir_inode_extent_header", "inode 13, offset 40", "bad extent header"),
+        (
+            "corrupt_etb_magic",
+            "inode 731, block 4070",
+            "bad extent header",
+        ),
+        (
+            "corrupt_dir_inode_extent_header",
+            "inode 13, offset 40",
+            "bad extent header",
+        ),
         ("corrupt_extent_loop", "inode 731, block 4070", "loop"),
-        ("corrupt_missing_itable", "group 1: bg_inode_table 0", "skipped"),
+        (
+            "corrupt_missing_itable",
+            "group 1: bg_inode_table 0",
+            "skipped",
+        ),
     ];
     let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
     let fx = fixtures(&names);
@@ -152,8 +204,14 @@ fn corrupt_parts_are_reported_with_inode_and_block() {
         let dir = scratch(&format!("copyset-{name}"));
         let (_, c, err) = export_raw(f, &dir, &[]);
         assert_eq!(c, 3, "{name}: {err}");
-        let line = err.lines().find(|l| l.contains(location)).unwrap_or_else(|| panic!("{name}: no '{location}' in {err}"));
-        assert!(line.starts_with("e2image-rs: warning: ") && line.contains(reason), "{name}: {line}");
+        let line = err
+            .lines()
+            .find(|l| l.contains(location))
+            .unwrap_or_else(|| panic!("{name}: no '{location}' in {err}"));
+        assert!(
+            line.starts_with("e2image-rs: warning: ") && line.contains(reason),
+            "{name}: {line}"
+        );
     }
 }
 

@@ -34,8 +34,15 @@ fn run_limited(args: &[&Path], flags: &[&str]) -> (i32, String) {
         if let Some(st) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-            let c = st.code().unwrap_or_else(|| panic!("{args:?}: killed by a signal: {err}"));
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            let c = st
+                .code()
+                .unwrap_or_else(|| panic!("{args:?}: killed by a signal: {err}"));
             return (c, err);
         }
         if start.elapsed() > RUN_LIMIT {
@@ -57,7 +64,11 @@ fn corpus_images() {
         return;
     }
     let tmp = scratch("corpus");
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     images.retain(|p| p.extension().is_some_and(|e| e == "gz"));
     images.sort();
     let mut problems = Vec::new();
@@ -66,16 +77,30 @@ fn corpus_images() {
         let img = gunzip_to(gz, &tmp);
         let name = img.file_name().unwrap().to_string_lossy().into_owned();
         let before = sha256(&img);
-        let (q, r, e2i) = (tmp.join("out.qcow2"), tmp.join("out.raw"), tmp.join("e2i.raw"));
+        let (q, r, e2i) = (
+            tmp.join("out.qcow2"),
+            tmp.join("out.raw"),
+            tmp.join("e2i.raw"),
+        );
         let (qc, qerr) = run_limited(&[&img, &q], &["-Q"]);
         let (rc, rerr) = run_limited(&[&img, &r], &["-r"]);
-        let e2i_ok = Command::new("e2image").arg("-r").arg(&img).arg(&e2i).output().unwrap().status.success();
+        let e2i_ok = Command::new("e2image")
+            .arg("-r")
+            .arg(&img)
+            .arg(&e2i)
+            .output()
+            .unwrap()
+            .status
+            .success();
         for (c, err, out) in [(qc, &qerr, &q), (rc, &rerr, &r)] {
             match c {
                 0 | 3 => assert!(out.exists(), "{name}: exit {c} but no output"),
                 1 => {
                     assert!(!out.exists(), "{name}: failed but left {}", out.display());
-                    assert!(err.starts_with("e2image-rs: error: "), "{name}: unclear failure message: {err}");
+                    assert!(
+                        err.starts_with("e2image-rs: error: "),
+                        "{name}: unclear failure message: {err}"
+                    );
                 }
                 _ => problems.push(format!("{name}: exit {c}: {err}")),
             }
@@ -90,7 +115,9 @@ fn corpus_images() {
         }
         if e2i_ok {
             if rc != 0 && rc != 3 {
-                problems.push(format!("{name}: e2image -r succeeds but ours exits {rc}: {rerr}"));
+                problems.push(format!(
+                    "{name}: e2image -r succeeds but ours exits {rc}: {rerr}"
+                ));
             } else {
                 let (theirs, ours) = (read(&e2i), read(&r));
                 let bs = block_size_of(&ours);
@@ -99,7 +126,9 @@ fn corpus_images() {
                     .filter(|&b| ours.get(b * bs..(b + 1) * bs) != theirs.get(b * bs..(b + 1) * bs))
                     .count();
                 if bad > 0 {
-                    problems.push(format!("{name}: {bad} blocks of e2image's output differ in ours"));
+                    problems.push(format!(
+                        "{name}: {bad} blocks of e2image's output differ in ours"
+                    ));
                 }
             }
         }
@@ -108,7 +137,10 @@ fn corpus_images() {
             let _ = std::fs::remove_file(p);
         }
     }
-    eprintln!("corpus: {ok} clean, {warned} with warnings (exit 3), {failed} refused (exit 1) of {}", images.len());
+    eprintln!(
+        "corpus: {ok} clean, {warned} with warnings (exit 3), {failed} refused (exit 1) of {}",
+        images.len()
+    );
     assert!(problems.is_empty(), "{problems:#?}");
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -186,7 +186,11 @@ impl BlockSet {
             for e in &mut v {
                 let start = e.start - e.start % ratio;
                 let end = e.end().div_ceil(ratio).saturating_mul(ratio);
-                *e = Extent { start, len: end - start, class: e.class };
+                *e = Extent {
+                    start,
+                    len: end - start,
+                    class: e.class,
+                };
             }
         }
         v.sort_unstable_by_key(|e| (e.start, e.class));
@@ -200,8 +204,14 @@ impl BlockSet {
             }
             covered = end;
             match out.last_mut() {
-                Some(last) if last.class == e.class && last.end() == start => last.len += end - start,
-                _ => out.push(Extent { start, len: end - start, class: e.class }),
+                Some(last) if last.class == e.class && last.end() == start => {
+                    last.len += end - start
+                }
+                _ => out.push(Extent {
+                    start,
+                    len: end - start,
+                    class: e.class,
+                }),
             }
         }
         self.extents = out;
@@ -255,9 +265,21 @@ mod tests {
         assert_eq!(
             s.extents(),
             &[
-                Extent { start: 0, len: 5, class: BlockClass::Superblock },
-                Extent { start: 10, len: 12, class: BlockClass::Data },
-                Extent { start: 100, len: 2, class: BlockClass::Journal },
+                Extent {
+                    start: 0,
+                    len: 5,
+                    class: BlockClass::Superblock
+                },
+                Extent {
+                    start: 10,
+                    len: 12,
+                    class: BlockClass::Data
+                },
+                Extent {
+                    start: 100,
+                    len: 2,
+                    class: BlockClass::Journal
+                },
             ]
         );
         assert!(s.contains(21) && !s.contains(22) && s.contains(0) && !s.contains(5));
@@ -269,6 +291,13 @@ mod tests {
         let mut s = BlockSet::new();
         s.add(5, 1, BlockClass::Directory);
         s.finish(4, 100);
-        assert_eq!(s.extents(), &[Extent { start: 4, len: 4, class: BlockClass::Directory }]);
+        assert_eq!(
+            s.extents(),
+            &[Extent {
+                start: 4,
+                len: 4,
+                class: BlockClass::Directory
+            }]
+        );
     }
 }

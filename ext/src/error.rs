@@ -71,7 +71,13 @@ pub(crate) enum CorruptKind {
 
 impl Corrupt {
     pub(crate) fn new(kind: CorruptKind) -> Corrupt {
-        Corrupt { inode: None, block: None, offset: None, kind, note: None }
+        Corrupt {
+            inode: None,
+            block: None,
+            offset: None,
+            kind,
+            note: None,
+        }
     }
 
     pub(crate) fn with_note(mut self, note: String) -> Corrupt {

@@ -47,10 +47,17 @@ pub fn parse_header(node: &[u8]) -> Result<ExtentHeader, String> {
     if magic != EXT4_EXT_MAGIC {
         return Err(format!("magic {magic:#06x} (want {EXT4_EXT_MAGIC:#06x})"));
     }
-    let h = ExtentHeader { eh_entries: le16(node, 2), eh_max: le16(node, 4), eh_depth: le16(node, 6) };
+    let h = ExtentHeader {
+        eh_entries: le16(node, 2),
+        eh_max: le16(node, 4),
+        eh_depth: le16(node, 6),
+    };
     let capacity = (node.len() - ENTRY_SIZE) / ENTRY_SIZE;
     if usize::from(h.eh_max) > capacity {
-        return Err(format!("eh_max {} exceeds the node's capacity {capacity}", h.eh_max));
+        return Err(format!(
+            "eh_max {} exceeds the node's capacity {capacity}",
+            h.eh_max
+        ));
     }
     if h.eh_entries > h.eh_max {
         return Err(format!("eh_entries {} > eh_max {}", h.eh_entries, h.eh_max));
@@ -82,10 +89,22 @@ pub fn walk_extents(out: &mut Collector<'_>, ino: InodeNr, i_block: &[u8], class
         }
     };
     if root.eh_depth > EXT4_MAX_EXTENT_DEPTH {
-        let what = format!("eh_depth {} exceeds the kernel's limit {EXT4_MAX_EXTENT_DEPTH}; walked anyway", root.eh_depth);
-        out.corrupt(Corrupt::new(CorruptKind::ExtentHeader(what)).at_inode(ino).at_offset(0x28));
+        let what = format!(
+            "eh_depth {} exceeds the kernel's limit {EXT4_MAX_EXTENT_DEPTH}; walked anyway",
+            root.eh_depth
+        );
+        out.corrupt(
+            Corrupt::new(CorruptKind::ExtentHeader(what))
+                .at_inode(ino)
+                .at_offset(0x28),
+        );
     }
-    let mut walk = ExtentWalk { out, ino, classes, visited: HashSet::new() };
+    let mut walk = ExtentWalk {
+        out,
+        ino,
+        classes,
+        visited: HashSet::new(),
+    };
     walk.node(i_block, root, None);
 }
 
@@ -122,9 +141,15 @@ impl ExtentWalk<'_, '_> {
     }
 
     fn leaf_entry(&mut self, e: &[u8], block: Option<u64>, off: usize) {
-        let Some(data_class) = self.classes.data else { return };
+        let Some(data_class) = self.classes.data else {
+            return;
+        };
         let raw_len = le16(e, 4);
-        let len = if raw_len > EXT_INIT_MAX_LEN { raw_len - EXT_INIT_MAX_LEN } else { raw_len };
+        let len = if raw_len > EXT_INIT_MAX_LEN {
+            raw_len - EXT_INIT_MAX_LEN
+        } else {
+            raw_len
+        };
         let start = join(le32(e, 8), u32::from(le16(e, 6)));
         if len == 0 {
             let what = format!("zero-length extent at logical block {}", le32(e, 0));
@@ -144,7 +169,9 @@ impl ExtentWalk<'_, '_> {
             return self.corrupt(CorruptKind::ExtentLoop, Some(child), 0);
         }
         self.out.add(child, 1, self.classes.tree);
-        let Some(buf) = self.out.read_block(self.ino, child) else { return };
+        let Some(buf) = self.out.read_block(self.ino, child) else {
+            return;
+        };
         let h = match parse_header(&buf) {
             Ok(h) => h,
             Err(e) => return self.corrupt(CorruptKind::ExtentHeader(e), Some(child), 0),
@@ -174,7 +201,11 @@ mod tests {
     fn valid_root_header() {
         assert_eq!(
             parse_header(&header(1, 4, 0, 60)),
-            Ok(ExtentHeader { eh_entries: 1, eh_max: 4, eh_depth: 0 })
+            Ok(ExtentHeader {
+                eh_entries: 1,
+                eh_max: 4,
+                eh_depth: 0
+            })
         );
     }
 
@@ -187,20 +218,26 @@ mod tests {
 
     #[test]
     fn max_above_capacity() {
-        assert!(parse_header(&header(1, 5, 0, 60)).unwrap_err().contains("capacity"));
+        assert!(parse_header(&header(1, 5, 0, 60))
+            .unwrap_err()
+            .contains("capacity"));
         assert!(parse_header(&header(1, 340, 0, 4096)).is_ok());
         assert!(parse_header(&header(1, 341, 0, 4096)).is_err());
     }
 
     #[test]
     fn entries_above_max() {
-        assert!(parse_header(&header(5, 4, 0, 60)).unwrap_err().contains("eh_entries"));
+        assert!(parse_header(&header(5, 4, 0, 60))
+            .unwrap_err()
+            .contains("eh_entries"));
     }
 
     #[test]
     fn too_deep() {
         assert!(parse_header(&header(1, 4, 6, 60)).is_ok());
-        assert!(parse_header(&header(1, 4, 33, 60)).unwrap_err().contains("eh_depth"));
+        assert!(parse_header(&header(1, 4, 33, 60))
+            .unwrap_err()
+            .contains("eh_depth"));
     }
 
     #[test]

@@ -51,7 +51,12 @@ impl<V: BlockView> Filesystem<V> {
             Some(b) => open_backup(&view, b, opts.block_size)?,
         };
         let groups = read_group_descs(&view, &sb, sb_block)?;
-        Ok(Filesystem { view, sb, sb_block, groups })
+        Ok(Filesystem {
+            view,
+            sb,
+            sb_block,
+            groups,
+        })
     }
 
     /// The underlying view.
@@ -70,10 +75,12 @@ impl<V: BlockView> Filesystem<V> {
     /// [`Error::Io`] naming the byte offset.
     pub fn read_blocks(&self, first: u64, buf: &mut [u8]) -> Result<(), Error> {
         let bs = self.sb.block_size;
-        self.view.read_blocks(bs, first, buf).map_err(|source| Error::Io {
-            offset: first.saturating_mul(u64::from(bs)),
-            source,
-        })
+        self.view
+            .read_blocks(bs, first, buf)
+            .map_err(|source| Error::Io {
+                offset: first.saturating_mul(u64::from(bs)),
+                source,
+            })
     }
 
     /// Reads the raw record of inode `ino` (`s_inode_size` bytes).
@@ -84,10 +91,16 @@ impl<V: BlockView> Filesystem<V> {
     pub fn read_inode_raw(&self, ino: u32) -> Result<Vec<u8>, Error> {
         let sb = &self.sb;
         let bad = |what: String| {
-            Error::Corrupt(crate::error::Corrupt::new(crate::error::CorruptKind::Inode(what)).at_inode(crate::InodeNr(ino)))
+            Error::Corrupt(
+                crate::error::Corrupt::new(crate::error::CorruptKind::Inode(what))
+                    .at_inode(crate::InodeNr(ino)),
+            )
         };
         if ino == 0 || ino > sb.s_inodes_count {
-            return Err(bad(format!("inode number out of range 1..={}", sb.s_inodes_count)));
+            return Err(bad(format!(
+                "inode number out of range 1..={}",
+                sb.s_inodes_count
+            )));
         }
         let g = (ino - 1) / sb.s_inodes_per_group;
         let idx = (ino - 1) % sb.s_inodes_per_group;
@@ -95,20 +108,28 @@ impl<V: BlockView> Filesystem<V> {
             return Err(bad(format!("group {g} does not exist")));
         };
         let isz = u64::from(sb.s_inode_size);
-        let table_end = gd.bg_inode_table.checked_add(u64::from(sb.inode_table_blocks));
+        let table_end = gd
+            .bg_inode_table
+            .checked_add(u64::from(sb.inode_table_blocks));
         if gd.bg_inode_table == 0 || table_end.is_none_or(|e| e > sb.s_blocks_count) {
-            return Err(bad(format!("group {g}: bg_inode_table {} is outside the filesystem", gd.bg_inode_table)));
+            return Err(bad(format!(
+                "group {g}: bg_inode_table {} is outside the filesystem",
+                gd.bg_inode_table
+            )));
         }
         let offset = gd.bg_inode_table * u64::from(sb.block_size) + u64::from(idx) * isz;
         let mut buf = vec![0u8; isz as usize];
-        self.view.read_at(offset, &mut buf).map_err(|source| Error::Io { offset, source })?;
+        self.view
+            .read_at(offset, &mut buf)
+            .map_err(|source| Error::Io { offset, source })?;
         Ok(buf)
     }
 }
 
 fn read_sb_at<V: BlockView>(view: &V, offset: u64) -> Result<Superblock, Error> {
     let mut buf = vec![0u8; SUPERBLOCK_SIZE];
-    view.read_at(offset, &mut buf).map_err(|source| Error::Io { offset, source })?;
+    view.read_at(offset, &mut buf)
+        .map_err(|source| Error::Io { offset, source })?;
     Superblock::parse(&buf)
 }
 
@@ -116,7 +137,10 @@ fn open_primary<V: BlockView>(view: &V) -> Result<Superblock, Error> {
     match read_sb_at(view, SUPERBLOCK_OFFSET) {
         Ok(sb) => Ok(sb),
         Err(e @ Error::Io { .. }) | Err(e @ Error::Unsupported(_)) => Err(e),
-        Err(e) => Err(Error::BadPrimary { reason: e.to_string(), suggestion: probe_backup(view) }),
+        Err(e) => Err(Error::BadPrimary {
+            reason: e.to_string(),
+            suggestion: probe_backup(view),
+        }),
     }
 }
 
@@ -125,7 +149,9 @@ fn open_primary<V: BlockView>(view: &V) -> Result<Superblock, Error> {
 pub fn probe_backup<V: BlockView>(view: &V) -> Option<(u64, u32)> {
     for bs in PROBE_BLOCK_SIZES {
         let block = u64::from(bs) * 8 + u64::from(bs == 1024);
-        let Ok(sb) = read_sb_at(view, block * u64::from(bs)) else { continue };
+        let Ok(sb) = read_sb_at(view, block * u64::from(bs)) else {
+            continue;
+        };
         if sb.block_size == bs && sb.group_first_block(1) == block {
             return Some((block, bs));
         }
@@ -133,14 +159,20 @@ pub fn probe_backup<V: BlockView>(view: &V) -> Option<(u64, u32)> {
     None
 }
 
-fn open_backup<V: BlockView>(view: &V, block: u64, bs: Option<u32>) -> Result<(Superblock, u64), Error> {
+fn open_backup<V: BlockView>(
+    view: &V,
+    block: u64,
+    bs: Option<u32>,
+) -> Result<(Superblock, u64), Error> {
     let sizes: Vec<u32> = match bs {
         Some(bs) => vec![bs],
         None => PROBE_BLOCK_SIZES.to_vec(),
     };
     let mut last = None;
     for bs in sizes {
-        let Some(offset) = block.checked_mul(u64::from(bs)) else { continue };
+        let Some(offset) = block.checked_mul(u64::from(bs)) else {
+            continue;
+        };
         match read_sb_at(view, offset) {
             Ok(sb) if sb.block_size == bs => return Ok((sb, block)),
             Ok(sb) => {
@@ -159,7 +191,11 @@ fn open_backup<V: BlockView>(view: &V, block: u64, bs: Option<u32>) -> Result<(S
 /// more than 1 GiB for it (2^24 groups of 64 bytes is a 2 PiB filesystem at 4 KiB blocks).
 const MAX_GDT_BYTES: u64 = 1 << 30;
 
-fn read_group_descs<V: BlockView>(view: &V, sb: &Superblock, sb_block: u64) -> Result<Vec<GroupDesc>, Error> {
+fn read_group_descs<V: BlockView>(
+    view: &V,
+    sb: &Superblock,
+    sb_block: u64,
+) -> Result<Vec<GroupDesc>, Error> {
     let bs = u64::from(sb.block_size);
     let gdt_bytes = u64::from(sb.desc_blocks) * bs;
     if gdt_bytes > MAX_GDT_BYTES || gdt_bytes > view.size() {
@@ -175,15 +211,20 @@ fn read_group_descs<V: BlockView>(view: &V, sb: &Superblock, sb_block: u64) -> R
         // Coalesce descriptor blocks that are contiguous on disk into one read.
         let start = desc_block_location(sb, sb_block, i);
         let mut n = 1u32;
-        while i + n < sb.desc_blocks && desc_block_location(sb, sb_block, i + n) == start + u64::from(n) {
+        while i + n < sb.desc_blocks
+            && desc_block_location(sb, sb_block, i + n) == start + u64::from(n)
+        {
             n += 1;
         }
         let lo = i as usize * bs as usize;
         let hi = (i + n) as usize * bs as usize;
         let offset = start.saturating_mul(bs);
-        view.read_at(offset, &mut table[lo..hi]).map_err(|source| Error::Io { offset, source })?;
+        view.read_at(offset, &mut table[lo..hi])
+            .map_err(|source| Error::Io { offset, source })?;
         i += n;
     }
     let ds = sb.desc_size as usize;
-    Ok((0..sb.group_count as usize).map(|g| GroupDesc::parse(&table[g * ds..(g + 1) * ds], sb.desc_size)).collect())
+    Ok((0..sb.group_count as usize)
+        .map(|g| GroupDesc::parse(&table[g * ds..(g + 1) * ds], sb.desc_size))
+        .collect())
 }

@@ -27,17 +27,38 @@ pub const EXT2_TIND_BLOCK: usize = 14;
 /// Walks the indirect map of `inode`, adding IND/DIND/TIND blocks as `classes.tree` and (when
 /// `classes.data` is set) the mapped blocks.
 pub fn walk_indirect(out: &mut Collector<'_>, ino: InodeNr, inode: &Inode, classes: TreeClasses) {
-    let mut walk = IndirectWalk { out, ino, classes, visited: HashSet::new() };
+    let mut walk = IndirectWalk {
+        out,
+        ino,
+        classes,
+        visited: HashSet::new(),
+    };
     walk.pointers_in_inode(inode, 0..EXT2_NDIR_BLOCKS, 0);
-    for (slot, level) in [(EXT2_IND_BLOCK, 1), (EXT2_DIND_BLOCK, 2), (EXT2_TIND_BLOCK, 3)] {
+    for (slot, level) in [
+        (EXT2_IND_BLOCK, 1),
+        (EXT2_DIND_BLOCK, 2),
+        (EXT2_TIND_BLOCK, 3),
+    ] {
         walk.pointers_in_inode(inode, slot..slot + 1, level);
     }
 }
 
 /// Walks the subtree rooted at pointer `slot` of `inode` whose root has `level` (1 = IND), used
 /// for nonstandard roots such as the extra TIND trees of snapshot files.
-pub fn walk_root(out: &mut Collector<'_>, ino: InodeNr, inode: &Inode, slot: usize, level: u8, classes: TreeClasses) {
-    let mut walk = IndirectWalk { out, ino, classes, visited: HashSet::new() };
+pub fn walk_root(
+    out: &mut Collector<'_>,
+    ino: InodeNr,
+    inode: &Inode,
+    slot: usize,
+    level: u8,
+    classes: TreeClasses,
+) {
+    let mut walk = IndirectWalk {
+        out,
+        ino,
+        classes,
+        visited: HashSet::new(),
+    };
     walk.pointers_in_inode(inode, slot..slot + 1, level);
 }
 
@@ -56,7 +77,9 @@ impl IndirectWalk<'_, '_> {
                 continue;
             }
             if let Err(kind) = self.out.check_range(p, 1) {
-                let c = Corrupt::new(kind).at_inode(self.ino).at_offset(0x28 + 4 * slot as u32);
+                let c = Corrupt::new(kind)
+                    .at_inode(self.ino)
+                    .at_offset(0x28 + 4 * slot as u32);
                 self.out.corrupt(c);
                 continue;
             }
@@ -79,7 +102,9 @@ impl IndirectWalk<'_, '_> {
         if level == 1 && self.classes.data.is_none() {
             return;
         }
-        let Some(buf) = self.out.read_block(self.ino, p) else { return };
+        let Some(buf) = self.out.read_block(self.ino, p) else {
+            return;
+        };
         self.entries(&buf, p, level);
     }
 
@@ -100,7 +125,9 @@ impl IndirectWalk<'_, '_> {
         }
         if let Some((off, value)) = first_bad {
             let kind = CorruptKind::IndirectPointer { value };
-            let mut c = Corrupt::new(kind).at_inode(self.ino).at_block(block, off as u32);
+            let mut c = Corrupt::new(kind)
+                .at_inode(self.ino)
+                .at_block(block, off as u32);
             if bad > 1 {
                 c = c.with_note(format!("{bad} bad pointers in this block, all skipped"));
             }
@@ -111,5 +138,8 @@ impl IndirectWalk<'_, '_> {
 
 /// Class pair for indirect tree blocks of an ordinary file.
 pub const fn indirect_classes(data: Option<BlockClass>) -> TreeClasses {
-    TreeClasses { tree: BlockClass::Indirect, data }
+    TreeClasses {
+        tree: BlockClass::Indirect,
+        data,
+    }
 }

@@ -70,7 +70,11 @@ impl Inode {
         let blocks_hi = if hurd { 0 } else { u32::from(le16(raw, 0x74)) };
         let acl_hi = if hurd { 0 } else { u32::from(le16(raw, 0x76)) };
         let extra = if raw.len() > 0x82 { le16(raw, 0x80) } else { 0 };
-        let ctime_extra = if raw.len() >= 0x88 && extra >= 8 { le32(raw, 0x84) } else { 0 };
+        let ctime_extra = if raw.len() >= 0x88 && extra >= 8 {
+            le32(raw, 0x84)
+        } else {
+            0
+        };
         Inode {
             i_mode: le16(raw, 0x00),
             i_size: join(le32(raw, 0x04), le32(raw, 0x6C)),
@@ -122,7 +126,10 @@ impl Inode {
 
     /// True if the inode record is entirely unused (mode, links and pointers all zero).
     pub fn is_blank(&self) -> bool {
-        self.i_mode == 0 && self.i_links_count == 0 && self.i_block.iter().all(|&b| b == 0) && self.i_file_acl == 0
+        self.i_mode == 0
+            && self.i_links_count == 0
+            && self.i_block.iter().all(|&b| b == 0)
+            && self.i_file_acl == 0
     }
 
     /// Where this inode's blocks are, following the kernel's rules: inline data and device
@@ -156,7 +163,11 @@ impl Inode {
         if self.i_size >= I_BLOCK_SIZE as u64 {
             return false;
         }
-        let ea_blocks = if self.i_file_acl != 0 { u64::from(sb.cluster_ratio) } else { 0 };
+        let ea_blocks = if self.i_file_acl != 0 {
+            u64::from(sb.cluster_ratio)
+        } else {
+            0
+        };
         self.blocks_in_fs_blocks(sb).saturating_sub(ea_blocks) == 0
     }
 }
@@ -208,25 +219,37 @@ mod tests {
 
     #[test]
     fn slow_symlink_is_block_mapped() {
-        assert_eq!(inode(0xA1FF, 131, 8, 0).block_map(&sb()), BlockMap::Indirect);
+        assert_eq!(
+            inode(0xA1FF, 131, 8, 0).block_map(&sb()),
+            BlockMap::Indirect
+        );
         assert_eq!(inode(0xA1FF, 20, 8, 0).block_map(&sb()), BlockMap::Indirect);
     }
 
     #[test]
     fn extent_flagged_fast_symlink_without_header() {
-        assert_eq!(inode(0xA1FF, 20, 0, flags::EXTENTS).block_map(&sb()), BlockMap::None);
+        assert_eq!(
+            inode(0xA1FF, 20, 0, flags::EXTENTS).block_map(&sb()),
+            BlockMap::None
+        );
     }
 
     #[test]
     fn inline_data_and_devices_have_no_blocks() {
-        assert_eq!(inode(0x81A4, 20, 0, flags::INLINE_DATA).block_map(&sb()), BlockMap::None);
+        assert_eq!(
+            inode(0x81A4, 20, 0, flags::INLINE_DATA).block_map(&sb()),
+            BlockMap::None
+        );
         assert_eq!(inode(0x2180, 0, 0, 0).block_map(&sb()), BlockMap::None);
         assert_eq!(inode(0x1180, 0, 0, 0).block_map(&sb()), BlockMap::None);
     }
 
     #[test]
     fn regular_file_maps() {
-        assert_eq!(inode(0x81A4, 20, 8, flags::EXTENTS).block_map(&sb()), BlockMap::Extents);
+        assert_eq!(
+            inode(0x81A4, 20, 8, flags::EXTENTS).block_map(&sb()),
+            BlockMap::Extents
+        );
         assert_eq!(inode(0x81A4, 20, 8, 0).block_map(&sb()), BlockMap::Indirect);
     }
 }

@@ -81,9 +81,18 @@ pub fn desc_block_location(sb: &Superblock, sb_block: u64, i: u32) -> u64 {
 /// meta group `m` that exist.
 pub fn meta_bg_groups(sb: &Superblock, m: u32) -> Vec<u32> {
     let dpb = sb.descs_per_block;
-    let Some(first) = m.checked_mul(dpb) else { return Vec::new() };
+    let Some(first) = m.checked_mul(dpb) else {
+        return Vec::new();
+    };
     let mut v = Vec::with_capacity(3);
-    for g in [Some(first), first.checked_add(1), first.checked_add(dpb - 1)].into_iter().flatten() {
+    for g in [
+        Some(first),
+        first.checked_add(1),
+        first.checked_add(dpb - 1),
+    ]
+    .into_iter()
+    .flatten()
+    {
         if g < sb.group_count && !v.contains(&g) {
             v.push(g);
         }
@@ -127,9 +136,21 @@ pub fn static_regions(sb: &Superblock) -> Vec<Region> {
         } else {
             (RegionKind::BackupSuperblock, RegionKind::BackupGdt)
         };
-        out.push(Region { start: base, len: 1, kind: sk });
-        out.push(Region { start: base + 1, len: classic, kind: gk });
-        out.push(Region { start: base + 1 + classic, len: reserved, kind: RegionKind::ReservedGdt });
+        out.push(Region {
+            start: base,
+            len: 1,
+            kind: sk,
+        });
+        out.push(Region {
+            start: base + 1,
+            len: classic,
+            kind: gk,
+        });
+        out.push(Region {
+            start: base + 1 + classic,
+            len: reserved,
+            kind: RegionKind::ReservedGdt,
+        });
     }
     if sb.has_incompat(incompat::META_BG) {
         for m in classic_desc_blocks(sb)..sb.desc_blocks {
@@ -140,7 +161,11 @@ pub fn static_regions(sb: &Superblock) -> Vec<Region> {
                     RegionKind::BackupGdt
                 };
                 let start = group_base_block(sb, g) + u64::from(has_super(sb, g));
-                out.push(Region { start, len: 1, kind });
+                out.push(Region {
+                    start,
+                    len: 1,
+                    kind,
+                });
             }
         }
     }
@@ -152,7 +177,14 @@ pub fn static_regions(sb: &Superblock) -> Vec<Region> {
 mod tests {
     use super::*;
 
-    fn sb_with(blocks: u64, log_bs: u32, bpg: u32, compat_: u32, incompat_: u32, ro: u32) -> Superblock {
+    fn sb_with(
+        blocks: u64,
+        log_bs: u32,
+        bpg: u32,
+        compat_: u32,
+        incompat_: u32,
+        ro: u32,
+    ) -> Superblock {
         let mut b = vec![0u8; 1024];
         let put = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
         let bs = 1024u32 << log_bs;
@@ -190,7 +222,14 @@ mod tests {
 
     #[test]
     fn sparse_super2_uses_backup_bgs() {
-        let mut sb = sb_with(32768 * 4, 2, 32768, compat::SPARSE_SUPER2, 0, ro_compat::SPARSE_SUPER);
+        let mut sb = sb_with(
+            32768 * 4,
+            2,
+            32768,
+            compat::SPARSE_SUPER2,
+            0,
+            ro_compat::SPARSE_SUPER,
+        );
         sb.s_backup_bgs = [1, 3];
         let groups: Vec<u32> = (0..4).filter(|&g| has_super(&sb, g)).collect();
         assert_eq!(groups, vec![0, 1, 3]);
@@ -202,15 +241,36 @@ mod tests {
     fn one_k_blocks_primary_at_block_one() {
         let sb = sb_with(8192 * 3, 0, 8192, 0, 0, ro_compat::SPARSE_SUPER);
         let r = static_regions(&sb);
-        assert_eq!(r[0], Region { start: 1, len: 1, kind: RegionKind::PrimarySuperblock });
-        assert_eq!(r[1], Region { start: 2, len: 1, kind: RegionKind::PrimaryGdt });
+        assert_eq!(
+            r[0],
+            Region {
+                start: 1,
+                len: 1,
+                kind: RegionKind::PrimarySuperblock
+            }
+        );
+        assert_eq!(
+            r[1],
+            Region {
+                start: 2,
+                len: 1,
+                kind: RegionKind::PrimaryGdt
+            }
+        );
         assert_eq!(r[2].start, 8193);
     }
 
     #[test]
     fn meta_bg_descriptor_copies() {
         // 1 KiB blocks, 32-byte descriptors: 32 groups per descriptor block.
-        let sb = sb_with(8192 * 70, 0, 8192, 0, incompat::META_BG, ro_compat::SPARSE_SUPER);
+        let sb = sb_with(
+            8192 * 70,
+            0,
+            8192,
+            0,
+            incompat::META_BG,
+            ro_compat::SPARSE_SUPER,
+        );
         assert_eq!(sb.desc_blocks, 3);
         assert_eq!(meta_bg_groups(&sb, 1), vec![32, 33, 63]);
         assert_eq!(meta_bg_groups(&sb, 2), vec![64, 65]);

@@ -28,7 +28,7 @@ pub use error::{Corrupt, Error};
 pub use fs::{Filesystem, OpenOptions};
 pub use superblock::Superblock;
 pub use view::{BlockView, FileView};
-pub use walk::{walk, Warning, WalkOptions, WalkResult, WalkStats};
+pub use walk::{walk, WalkOptions, WalkResult, WalkStats, Warning};
 
 /// An inode number (1-based, as in the kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

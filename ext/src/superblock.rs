@@ -248,7 +248,10 @@ impl Superblock {
 
     fn derive_geometry(&mut self) -> Result<(), Error> {
         if self.s_log_block_size > MAX_LOG_BLOCK_SIZE {
-            return Err(bad(&format!("s_log_block_size {} > 6", self.s_log_block_size)));
+            return Err(bad(&format!(
+                "s_log_block_size {} > 6",
+                self.s_log_block_size
+            )));
         }
         self.block_size = 1024 << self.s_log_block_size;
         let bs = self.block_size;
@@ -270,10 +273,16 @@ impl Superblock {
                 )));
             }
         } else if self.s_blocks_per_group == 0 || self.s_blocks_per_group > bs * 8 {
-            return Err(bad(&format!("s_blocks_per_group {} is invalid", self.s_blocks_per_group)));
+            return Err(bad(&format!(
+                "s_blocks_per_group {} is invalid",
+                self.s_blocks_per_group
+            )));
         }
         if self.s_blocks_per_group < 8 {
-            return Err(bad(&format!("s_blocks_per_group {} is too small", self.s_blocks_per_group)));
+            return Err(bad(&format!(
+                "s_blocks_per_group {} is too small",
+                self.s_blocks_per_group
+            )));
         }
         let ipg = self.s_inodes_per_group;
         if ipg == 0 || ipg > bs * 8 {
@@ -342,7 +351,8 @@ impl Superblock {
     /// Number of blocks in group `g` (the last group may be short).
     pub fn group_block_count(&self, g: u32) -> u64 {
         let start = self.group_first_block(g);
-        (self.s_blocks_count - start.min(self.s_blocks_count)).min(u64::from(self.s_blocks_per_group))
+        (self.s_blocks_count - start.min(self.s_blocks_count))
+            .min(u64::from(self.s_blocks_per_group))
     }
 
     /// Block number holding byte `offset` of the device.
@@ -402,7 +412,10 @@ mod tests {
 
     #[test]
     fn short_buffer_is_corrupt() {
-        assert!(matches!(Superblock::parse(&[0u8; 100]), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            Superblock::parse(&[0u8; 100]),
+            Err(Error::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -417,7 +430,10 @@ mod tests {
 
     #[test]
     fn blocks_per_group_beyond_bitmap() {
-        assert!(matches!(patch32(0x20, 4096 * 8 + 1), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            patch32(0x20, 4096 * 8 + 1),
+            Err(Error::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -439,12 +455,18 @@ mod tests {
 
     #[test]
     fn unknown_incompat_refused() {
-        assert!(matches!(patch32(0x60, 0x4000_0000), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            patch32(0x60, 0x4000_0000),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]
     fn journal_device_refused() {
-        assert!(matches!(patch32(0x60, incompat::JOURNAL_DEV), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            patch32(0x60, incompat::JOURNAL_DEV),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub trait BlockView: Sync {
     /// overflows; otherwise as [`read_at`](Self::read_at).
     fn read_blocks(&self, block_size: u32, first: u64, buf: &mut [u8]) -> io::Result<()> {
         if block_size == 0 || buf.len() % block_size as usize != 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "partial block read"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "partial block read",
+            ));
         }
         let offset = first
             .checked_mul(u64::from(block_size))

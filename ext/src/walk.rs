@@ -58,7 +58,12 @@ pub struct Warning {
 
 impl From<Corrupt> for Warning {
     fn from(c: Corrupt) -> Warning {
-        Warning { inode: c.inode, block: c.block, offset: c.offset, reason: c.reason() }
+        Warning {
+            inode: c.inode,
+            block: c.block,
+            offset: c.offset,
+            reason: c.reason(),
+        }
     }
 }
 
@@ -133,7 +138,13 @@ pub struct Collector<'v> {
 
 impl<'v> Collector<'v> {
     fn new(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
-        Collector { view, sb, set: BlockSet::new(), warnings: Vec::new(), stats: WalkStats::default() }
+        Collector {
+            view,
+            sb,
+            set: BlockSet::new(),
+            warnings: Vec::new(),
+            stats: WalkStats::default(),
+        }
     }
 
     /// The superblock in use.
@@ -149,7 +160,10 @@ impl<'v> Collector<'v> {
         let limit = self.sb.s_blocks_count;
         match start.checked_add(len) {
             Some(end) if start != 0 && end <= limit => Ok(()),
-            _ => Err(CorruptKind::OutOfRange { value: start, limit }),
+            _ => Err(CorruptKind::OutOfRange {
+                value: start,
+                limit,
+            }),
         }
     }
 
@@ -159,10 +173,23 @@ impl<'v> Collector<'v> {
     }
 
     /// Adds a run after checking its bounds; reports `what` when it is out of range.
-    fn add_checked(&mut self, start: u64, len: u64, class: BlockClass, what: impl FnOnce() -> String) {
+    fn add_checked(
+        &mut self,
+        start: u64,
+        len: u64,
+        class: BlockClass,
+        what: impl FnOnce() -> String,
+    ) {
         match self.check_range(start, len) {
             Ok(()) => self.add(start, len, class),
-            Err(_) => self.warn(None, None, format!("{} (block {start}, {len} blocks) is outside the filesystem", what())),
+            Err(_) => self.warn(
+                None,
+                None,
+                format!(
+                    "{} (block {start}, {len} blocks) is outside the filesystem",
+                    what()
+                ),
+            ),
         }
     }
 
@@ -172,7 +199,12 @@ impl<'v> Collector<'v> {
     }
 
     fn warn(&mut self, inode: Option<InodeNr>, block: Option<u64>, reason: String) {
-        self.warnings.push(Warning { inode, block: block.map(BlockNr), offset: None, reason });
+        self.warnings.push(Warning {
+            inode,
+            block: block.map(BlockNr),
+            offset: None,
+            reason,
+        });
     }
 
     /// Reads one block; an I/O error is recorded as a warning and gives `None`.
@@ -203,7 +235,10 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
             c
         })
         .collect();
-    let mut result = WalkResult { notes: notes(fs, view), ..WalkResult::default() };
+    let mut result = WalkResult {
+        notes: notes(fs, view),
+        ..WalkResult::default()
+    };
     result.blocks = top.set;
     result.warnings = top.warnings;
     for mut p in parts {
@@ -240,7 +275,15 @@ fn notes(fs: &Filesystem<impl BlockView>, view: &dyn BlockView) -> Vec<String> {
 /// Superblocks, descriptor tables, reserved GDT blocks, block 0 and the MMP block.
 fn add_static(c: &mut Collector<'_>) {
     let sb = c.sb;
-    c.add(0, 1, if sb.block_size == 1024 { BlockClass::Boot } else { BlockClass::Superblock });
+    c.add(
+        0,
+        1,
+        if sb.block_size == 1024 {
+            BlockClass::Boot
+        } else {
+            BlockClass::Superblock
+        },
+    );
     for r in static_regions(sb) {
         let class = match r.kind {
             RegionKind::PrimarySuperblock => BlockClass::Superblock,
@@ -264,21 +307,29 @@ fn add_static(c: &mut Collector<'_>) {
 fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions) {
     let sb = c.sb;
     if !gd.has_flag(sb, EXT4_BG_BLOCK_UNINIT) {
-        c.add_checked(gd.bg_block_bitmap, 1, BlockClass::BlockBitmap, || format!("group {g}: bg_block_bitmap"));
+        c.add_checked(gd.bg_block_bitmap, 1, BlockClass::BlockBitmap, || {
+            format!("group {g}: bg_block_bitmap")
+        });
     }
     let inode_uninit = gd.has_flag(sb, EXT4_BG_INODE_UNINIT);
     let bitmap_ok = !inode_uninit && c.check_range(gd.bg_inode_bitmap, 1).is_ok();
     if !inode_uninit {
-        c.add_checked(gd.bg_inode_bitmap, 1, BlockClass::InodeBitmap, || format!("group {g}: bg_inode_bitmap"));
+        c.add_checked(gd.bg_inode_bitmap, 1, BlockClass::InodeBitmap, || {
+            format!("group {g}: bg_inode_bitmap")
+        });
     }
     if sb.has_compat(compat::EXCLUDE_BITMAP) && gd.bg_exclude_bitmap != 0 {
-        c.add_checked(gd.bg_exclude_bitmap, 1, BlockClass::ExcludeBitmap, || format!("group {g}: bg_exclude_bitmap"));
+        c.add_checked(gd.bg_exclude_bitmap, 1, BlockClass::ExcludeBitmap, || {
+            format!("group {g}: bg_exclude_bitmap")
+        });
     }
     let itable_blocks = u64::from(gd.used_inode_table_blocks(sb));
     if itable_blocks == 0 {
         return;
     }
-    if c.check_range(gd.bg_inode_table, u64::from(sb.inode_table_blocks)).is_err() {
+    if c.check_range(gd.bg_inode_table, u64::from(sb.inode_table_blocks))
+        .is_err()
+    {
         c.warn(None, None, format!(
             "group {g}: bg_inode_table {} is outside the filesystem; the group's {} inodes are skipped",
             gd.bg_inode_table, sb.s_inodes_per_group
@@ -286,27 +337,46 @@ fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions)
         return;
     }
     c.add(gd.bg_inode_table, itable_blocks, BlockClass::InodeTable);
-    let bitmap = if bitmap_ok { read_inode_bitmap(c, g, gd) } else { None };
+    let bitmap = if bitmap_ok {
+        read_inode_bitmap(c, g, gd)
+    } else {
+        None
+    };
     scan_inodes(c, g, gd, bitmap.as_deref(), opts);
 }
 
 fn read_inode_bitmap(c: &mut Collector<'_>, g: u32, gd: &GroupDesc) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; c.sb.block_size as usize];
-    match c.view.read_blocks(c.sb.block_size, gd.bg_inode_bitmap, &mut buf) {
+    match c
+        .view
+        .read_blocks(c.sb.block_size, gd.bg_inode_bitmap, &mut buf)
+    {
         Ok(()) => Some(buf),
         Err(e) => {
-            c.warn(None, Some(gd.bg_inode_bitmap), format!("group {g}: inode bitmap unreadable: {e}"));
+            c.warn(
+                None,
+                Some(gd.bg_inode_bitmap),
+                format!("group {g}: inode bitmap unreadable: {e}"),
+            );
             None
         }
     }
 }
 
 /// Reads the used part of the inode table in chunks and processes every in-use inode.
-fn scan_inodes(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, bitmap: Option<&[u8]>, opts: &WalkOptions) {
+fn scan_inodes(
+    c: &mut Collector<'_>,
+    g: u32,
+    gd: &GroupDesc,
+    bitmap: Option<&[u8]>,
+    opts: &WalkOptions,
+) {
     let sb = c.sb;
     let isz = usize::from(sb.s_inode_size);
     let bs = sb.block_size as usize;
-    let used = gd.used_inodes(sb).min(sb.s_inodes_count.saturating_sub(g * sb.s_inodes_per_group));
+    let used = gd
+        .used_inodes(sb)
+        .min(sb.s_inodes_count.saturating_sub(g * sb.s_inodes_per_group));
     let chunk_blocks = (ITABLE_CHUNK_BYTES / bs).max(1) as u32;
     let mut index = 0u32;
     while index < used {
@@ -315,7 +385,11 @@ fn scan_inodes(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, bitmap: Option<&[u
         let mut buf = vec![0u8; nblocks as usize * bs];
         let table_block = gd.bg_inode_table + u64::from(first_block);
         if let Err(e) = c.view.read_blocks(sb.block_size, table_block, &mut buf) {
-            c.warn(None, Some(table_block), format!("group {g}: inode table unreadable: {e}"));
+            c.warn(
+                None,
+                Some(table_block),
+                format!("group {g}: inode table unreadable: {e}"),
+            );
             index += nblocks * sb.inodes_per_block;
             continue;
         }
@@ -342,7 +416,10 @@ fn scan_inodes(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, bitmap: Option<&[u
 fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &WalkOptions) {
     let sb = c.sb;
     if ino.0 == EXT2_BAD_INO {
-        let classes = TreeClasses { tree: BlockClass::BadBlocksTree, data: None };
+        let classes = TreeClasses {
+            tree: BlockClass::BadBlocksTree,
+            data: None,
+        };
         if !inode.has_flag(flags::EXTENTS) {
             walk_indirect(c, ino, inode, classes);
         }
@@ -355,13 +432,26 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
     let orphan = inode.i_links_count == 0;
     c.stats.orphan_inodes += u64::from(orphan);
     if inode.i_file_acl != 0 {
-        c.add_checked(inode.i_file_acl, 1, BlockClass::Xattr, || format!("inode {ino}: i_file_acl"));
+        c.add_checked(inode.i_file_acl, 1, BlockClass::Xattr, || {
+            format!("inode {ino}: i_file_acl")
+        });
     }
     if sb.s_creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
-        c.add_checked(u64::from(inode.osd1), 1, BlockClass::Xattr, || format!("inode {ino}: Hurd translator"));
+        c.add_checked(u64::from(inode.osd1), 1, BlockClass::Xattr, || {
+            format!("inode {ino}: Hurd translator")
+        });
     }
-    let Some(classes) = classify(c, ino, inode, opts) else { return };
-    let classes = if orphan { TreeClasses { tree: BlockClass::Orphan, ..classes } } else { classes };
+    let Some(classes) = classify(c, ino, inode, opts) else {
+        return;
+    };
+    let classes = if orphan {
+        TreeClasses {
+            tree: BlockClass::Orphan,
+            ..classes
+        }
+    } else {
+        classes
+    };
     match inode.block_map(sb) {
         BlockMap::None => {}
         BlockMap::Extents => walk_extents(c, ino, &inode.i_block, classes),
@@ -370,18 +460,41 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
 }
 
 /// Classes of an inode's tree and mapped blocks, or `None` to skip the inode's blocks.
-fn classify(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &WalkOptions) -> Option<TreeClasses> {
+fn classify(
+    c: &mut Collector<'_>,
+    ino: InodeNr,
+    inode: &Inode,
+    opts: &WalkOptions,
+) -> Option<TreeClasses> {
     let sb = c.sb;
     let n = ino.0;
-    let tree = if inode.has_flag(flags::EXTENTS) { BlockClass::ExtentTree } else { BlockClass::Indirect };
-    let all = |class: BlockClass| Some(TreeClasses { tree: class, data: Some(class) });
+    let tree = if inode.has_flag(flags::EXTENTS) {
+        BlockClass::ExtentTree
+    } else {
+        BlockClass::Indirect
+    };
+    let all = |class: BlockClass| {
+        Some(TreeClasses {
+            tree: class,
+            data: Some(class),
+        })
+    };
     if n == EXT2_RESIZE_INO {
-        return Some(TreeClasses { tree: BlockClass::ResizeInode, data: Some(BlockClass::ReservedGdt) });
+        return Some(TreeClasses {
+            tree: BlockClass::ResizeInode,
+            data: Some(BlockClass::ReservedGdt),
+        });
     }
     if n == sb.s_journal_inum && sb.has_compat(compat::HAS_JOURNAL) {
         return all(BlockClass::Journal);
     }
-    let quota = [EXT4_USR_QUOTA_INO, EXT4_GRP_QUOTA_INO, sb.s_usr_quota_inum, sb.s_grp_quota_inum, sb.s_prj_quota_inum];
+    let quota = [
+        EXT4_USR_QUOTA_INO,
+        EXT4_GRP_QUOTA_INO,
+        sb.s_usr_quota_inum,
+        sb.s_grp_quota_inum,
+        sb.s_prj_quota_inum,
+    ];
     if quota.contains(&n) {
         return all(BlockClass::Quota);
     }
@@ -393,7 +506,11 @@ fn classify(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &WalkOptio
     }
     if inode.has_flag(flags::SNAPFILE) && inode.file_type() == FileType::Regular {
         c.stats.snapshot_files += 1;
-        return if opts.no_snapshot_files { None } else { all(BlockClass::SnapshotFile) };
+        return if opts.no_snapshot_files {
+            None
+        } else {
+            all(BlockClass::SnapshotFile)
+        };
     }
     if inode.has_flag(flags::EA_INODE) {
         c.stats.ea_inodes += 1;

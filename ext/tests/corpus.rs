@@ -27,17 +27,29 @@ fn corpus_never_panics_and_is_superset_of_e2image() {
     let have_e2image = Command::new("e2image").arg("-V").output().is_ok();
     let tmp = std::env::temp_dir().join(format!("ext-corpus-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     let mut failures = Vec::new();
-    for gz in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "gz")) {
+    for gz in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+    {
         let name = gz.file_stem().unwrap().to_string_lossy().into_owned();
         let img = tmp.join(&name);
         gunzip(gz, &img);
         let opened = Filesystem::open(FileView::open(&img).unwrap(), &OpenOptions::default());
         let raw = tmp.join(format!("{name}.raw"));
         let e2i_ok = have_e2image
-            && Command::new("e2image").arg("-r").arg(&img).arg(&raw).output().is_ok_and(|o| o.status.success());
+            && Command::new("e2image")
+                .arg("-r")
+                .arg(&img)
+                .arg(&raw)
+                .output()
+                .is_ok_and(|o| o.status.success());
         match opened {
             Err(e) => {
                 eprintln!("{name}: cannot open: {e}");
@@ -47,22 +59,35 @@ fn corpus_never_panics_and_is_superset_of_e2image() {
             }
             Ok(fs) => {
                 let res = walk(&fs, &WalkOptions::default());
-                eprintln!("{name}: {} blocks, {} warnings", res.blocks.block_count(), res.warnings.len());
+                eprintln!(
+                    "{name}: {} blocks, {} warnings",
+                    res.blocks.block_count(),
+                    res.warnings.len()
+                );
                 for w in res.warnings.iter().take(3) {
                     eprintln!("    {w}");
                 }
                 if e2i_ok {
                     let bs = fs.sb.block_size as usize;
                     let mut data = Vec::new();
-                    std::fs::File::open(&raw).unwrap().read_to_end(&mut data).unwrap();
+                    std::fs::File::open(&raw)
+                        .unwrap()
+                        .read_to_end(&mut data)
+                        .unwrap();
                     let missing: Vec<usize> = data
                         .chunks(bs)
                         .enumerate()
-                        .filter(|(b, c)| c.iter().any(|&x| x != 0) && !res.blocks.contains(*b as u64))
+                        .filter(|(b, c)| {
+                            c.iter().any(|&x| x != 0) && !res.blocks.contains(*b as u64)
+                        })
                         .map(|(b, _)| b)
                         .collect();
                     if !missing.is_empty() {
-                        failures.push(format!("{name}: {} blocks missing, first {:?}", missing.len(), &missing[..missing.len().min(8)]));
+                        failures.push(format!(
+                            "{name}: {} blocks missing, first {:?}",
+                            missing.len(),
+                            &missing[..missing.len().min(8)]
+                        ));
                     }
                 }
             }

@@ -19,7 +19,11 @@ fn mkfs(dir: &Path, args: &[&str], size: &str) -> PathBuf {
     let src = dir.join("src");
     std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
     for i in 0..300 {
-        std::fs::write(src.join(format!("f{i:03}")), format!("file {i}\n").repeat(i % 7 + 1)).unwrap();
+        std::fs::write(
+            src.join(format!("f{i:03}")),
+            format!("file {i}\n").repeat(i % 7 + 1),
+        )
+        .unwrap();
     }
     std::fs::write(src.join("sub/big"), vec![0x5a; 300 * 1024]).unwrap();
     std::os::unix::fs::symlink("x".repeat(131), src.join("slow")).unwrap();
@@ -40,7 +44,12 @@ fn mkfs(dir: &Path, args: &[&str], size: &str) -> PathBuf {
 
 fn check_superset(img: &Path, dir: &Path) {
     let raw = dir.join("e2i.raw");
-    let st = Command::new("e2image").arg("-r").arg(img).arg(&raw).status().unwrap();
+    let st = Command::new("e2image")
+        .arg("-r")
+        .arg(img)
+        .arg(&raw)
+        .status()
+        .unwrap();
     assert!(st.success());
     let fs = Filesystem::open(FileView::open(img).unwrap(), &OpenOptions::default()).unwrap();
     let res = walk(&fs, &WalkOptions::default());
@@ -53,7 +62,10 @@ fn check_superset(img: &Path, dir: &Path) {
             missing.push(b);
         }
     }
-    assert!(missing.is_empty(), "blocks e2image copies but we do not: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "blocks e2image copies but we do not: {missing:?}"
+    );
 }
 
 #[test]
@@ -66,8 +78,14 @@ fn ext4_superset_of_e2image() {
         ("ext4", vec!["-t", "ext4", "-b", "4096"]),
         ("ext2_1k", vec!["-t", "ext2", "-b", "1024"]),
         ("ext3_2k", vec!["-t", "ext3", "-b", "2048"]),
-        ("bigalloc", vec!["-t", "ext4", "-b", "1024", "-O", "bigalloc", "-C", "4096"]),
-        ("meta_bg", vec!["-t", "ext4", "-b", "1024", "-O", "^resize_inode,meta_bg"]),
+        (
+            "bigalloc",
+            vec!["-t", "ext4", "-b", "1024", "-O", "bigalloc", "-C", "4096"],
+        ),
+        (
+            "meta_bg",
+            vec!["-t", "ext4", "-b", "1024", "-O", "^resize_inode,meta_bg"],
+        ),
     ] {
         let dir = scratch(name);
         let img = mkfs(&dir, &args, "64M");

@@ -103,7 +103,9 @@ impl OutFile {
     /// optimisation: a filesystem without `fallocate` support turns it off.
     fn preallocate(&mut self, end: u64) {
         use rustix::fs::{fallocate, FallocateFlags};
-        let Some(mut at) = self.prealloc_end else { return };
+        let Some(mut at) = self.prealloc_end else {
+            return;
+        };
         while at < end {
             let flags = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
             if fallocate(&self.file, flags, at, PREALLOC_STEP).is_err() {

@@ -23,18 +23,25 @@ pub fn bin() -> PathBuf {
 
 /// True if `tool` runs.
 pub fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok() || Command::new(tool).arg("-V").output().is_ok()
+    Command::new(tool).arg("--version").output().is_ok()
+        || Command::new(tool).arg("-V").output().is_ok()
 }
 
 /// True if e2fsprogs and qemu-img are both installed.
 pub fn have_oracles() -> bool {
     static H: OnceLock<bool> = OnceLock::new();
-    *H.get_or_init(|| ["mke2fs", "e2image", "e2fsck", "debugfs", "qemu-img"].iter().all(|t| have(t)))
+    *H.get_or_init(|| {
+        ["mke2fs", "e2image", "e2fsck", "debugfs", "qemu-img"]
+            .iter()
+            .all(|t| have(t))
+    })
 }
 
 /// A fresh scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let d = root().join("target/test-scratch").join(format!("{name}-{}", std::process::id()));
+    let d = root()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -58,8 +65,11 @@ pub fn fixtures(names: &[&str]) -> BTreeMap<String, Fixture> {
     std::fs::create_dir_all(&out).unwrap();
     let lock = File::create(out.join(".lock")).unwrap();
     lock.lock().unwrap();
-    let missing: Vec<&str> =
-        names.iter().copied().filter(|n| !out.join(format!("{n}.ok")).exists()).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !out.join(format!("{n}.ok")).exists())
+        .collect();
     if !missing.is_empty() {
         let o = Command::new("bash")
             .arg(root().join("fixtures/build-matrix.sh"))
@@ -111,7 +121,9 @@ pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
 
 /// Exit code of an output, panicking with its stderr on a signal.
 pub fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or_else(|| panic!("killed by a signal: {}", String::from_utf8_lossy(&o.stderr)))
+    o.status
+        .code()
+        .unwrap_or_else(|| panic!("killed by a signal: {}", String::from_utf8_lossy(&o.stderr)))
 }
 
 /// Runs a command and returns its output.
@@ -120,16 +132,26 @@ pub fn sh(prog: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     for a in args {
         c.arg(a);
     }
-    c.output().unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+    c.output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
 }
 
 /// `qemu-img check` must exit 0 and report no leaks or corruptions.
 pub fn assert_qemu_check(img: &Path) {
     let o = sh("qemu-img", &[&"check", &"--output=json", &img]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(code(&o), 0, "qemu-img check {}: {text}{}", img.display(), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        code(&o),
+        0,
+        "qemu-img check {}: {text}{}",
+        img.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(v.get("leaks").is_none() && v.get("corruptions").is_none(), "{text}");
+    assert!(
+        v.get("leaks").is_none() && v.get("corruptions").is_none(),
+        "{text}"
+    );
 }
 
 /// `qemu-img compare` of two images must say identical.
@@ -168,7 +190,11 @@ pub fn read(p: &Path) -> Vec<u8> {
 
 /// Block numbers (of `bs` bytes) that hold non-zero bytes in `img`.
 pub fn nonzero_blocks(img: &[u8], bs: usize) -> Vec<usize> {
-    img.chunks(bs).enumerate().filter(|(_, c)| c.iter().any(|&x| x != 0)).map(|(i, _)| i).collect()
+    img.chunks(bs)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&x| x != 0))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// `e2fsck -fn` exit status on an image (0 = clean).
