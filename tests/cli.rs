@@ -154,3 +154,52 @@ fn help_and_version_exit_0() {
     assert_eq!(code(&run(&[&"--help"])), 0);
     assert_eq!(code(&run(&[&"--version"])), 0);
 }
+
+/// Unmounts and detaches on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn mounted_read_write_source_needs_f() {
+    let dir = scratch("cli-mounted");
+    let img = small_image(&dir);
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: cannot loop-mount here");
+        return;
+    }
+    let _guard = Mounted(mnt.clone());
+    let out = dir.join("out.qcow2");
+    let o = run(&[&"-Q", &img, &out]);
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mounted read-write"));
+    assert!(!out.exists());
+    let o = run(&[&"-Q", &"-f", &img, &out]);
+    assert!(
+        matches!(code(&o), 0 | 3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.exists());
+    // A read-only mount is fine without -f.
+    let ro = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ro.success());
+    let out2 = dir.join("out2.qcow2");
+    assert!(matches!(code(&run(&[&"-Q", &img, &out2])), 0 | 3));
+}
