@@ -79,11 +79,18 @@ pub struct ExportArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
-    /// An older point-in-time image of the same filesystem, stored as an internal snapshot
-    /// (repeat, oldest first).
-    #[arg(long = "snapshot", value_name = "IMAGE")]
+    /// An older point-in-time image of the same filesystem (an LVM or dm snapshot, an earlier
+    /// -r or -ra dump), stored as a QCOW2 internal snapshot; repeat, oldest first.
+    #[arg(long = "snapshot", value_name = "IMAGE", conflicts_with_all = ["raw", "fs_snapshots", "from_snapshot"])]
     pub snapshots: Vec<PathBuf>,
-    /// Leave the blocks of in-filesystem snapshot files out of the export.
+    /// Store the filesystem's own snapshots (next3 / ext4-snapshots) as QCOW2 internal snapshots.
+    #[arg(long, conflicts_with_all = ["raw", "from_snapshot"])]
+    pub fs_snapshots: bool,
+    /// Export one snapshot instead of the current state: an in-filesystem snapshot (by name or
+    /// id), or an internal snapshot of a QCOW2 SOURCE.
+    #[arg(long, value_name = "NAME")]
+    pub from_snapshot: Option<String>,
+    /// Leave the blocks of in-filesystem snapshot files out of the current state.
     #[arg(long)]
     pub no_snapshots: bool,
     /// The filesystem (image file or block device), or a QCOW2 image.

@@ -1,5 +1,5 @@
 //! QCOW2 → raw conversion (`e2image-rs -r IMAGE.qcow2 OUT.raw`): every allocated cluster of
-//! the active layer, whatever wrote the image (v2 or v3, any cluster size, compressed and zero
+//! the active layer (or of an internal snapshot chosen with `--from-snapshot`), whatever wrote the image (v2 or v3, any cluster size, compressed and zero
 //! clusters), through the same parallel copy engine as the export.
 
 use crate::cli::ExportArgs;
@@ -12,16 +12,17 @@ use anyhow::{Context, Result};
 use qcow::{ClusterMapping, Layer, Reader};
 use std::path::Path;
 
-/// Converts the active layer of `reader` into a sparse raw file at `output`.
+/// Converts one layer of `reader` (whose guest disk is `size` bytes) into a sparse raw file
+/// at `output`.
 pub fn qcow_to_raw(
     reader: &Reader,
+    layer: Layer,
+    size: u64,
     source: &Path,
     output: &Path,
     args: &ExportArgs,
 ) -> Result<Summary> {
-    let layer = reader
-        .layer(Layer::Active)
-        .context("cannot read the active L1 table")?;
+    let layer = reader.layer(layer).context("cannot read the L1 table")?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
     layer.for_each_allocated(|gc, m| {
         if !matches!(m, ClusterMapping::Zero | ClusterMapping::Unallocated) {
@@ -32,7 +33,6 @@ pub fn qcow_to_raw(
         }
         Ok(())
     })?;
-    let size = reader.virtual_size();
     let cluster = u32::try_from(reader.cluster_size()).context("cluster size over 4 GiB")?;
     let view = QcowView::new(&layer, size);
     let (temp, file) = TempOutput::create(output)?;

@@ -12,6 +12,8 @@ mod mounted;
 mod output;
 mod qcow_view;
 mod sink;
+mod snapshots;
+mod states;
 mod summary;
 
 use clap::Parser;
@@ -27,14 +29,17 @@ fn main() {
         }
     };
     let code = match &cli.command {
-        Some(cli::Command::Snapshots { image, json }) => report(list_snapshots(image, *json)),
+        Some(cli::Command::Snapshots { image, json }) => report(snapshots::list(image, *json)),
         None => match export::run(&cli.export) {
             Ok(summary) => {
                 for n in &summary.notes {
                     eprintln!("e2image-rs: note: {n}");
                 }
-                for w in &summary.warnings {
-                    eprintln!("e2image-rs: warning: {w}");
+                for (state, w) in &summary.warnings {
+                    match state {
+                        Some(s) => eprintln!("e2image-rs: warning: [{s}] {w}"),
+                        None => eprintln!("e2image-rs: warning: {w}"),
+                    }
                 }
                 if cli.export.json {
                     println!(
@@ -60,8 +65,4 @@ fn report(r: anyhow::Result<()>) -> i32 {
 fn fail(e: &anyhow::Error) -> i32 {
     eprintln!("e2image-rs: error: {e:#}");
     EXIT_FAILED
-}
-
-fn list_snapshots(_image: &std::path::Path, _json: bool) -> anyhow::Result<()> {
-    anyhow::bail!("the snapshots subcommand is not implemented yet")
 }

@@ -18,8 +18,8 @@ pub const EXIT_WARNINGS: i32 = 3;
 
 /// The outcome of an export or conversion.
 pub struct Summary {
-    /// Problems that were skipped.
-    pub warnings: Vec<Warning>,
+    /// Problems that were skipped, with the state they were found in (when there are several).
+    pub warnings: Vec<(Option<String>, Warning)>,
     /// Informational notes.
     pub notes: Vec<String>,
     /// The JSON document (without the warnings, added at print time).
@@ -27,51 +27,44 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Summary of an export.
+    /// Summary of an export: the current state's counts at the top level, and one entry per
+    /// state under `states`.
     #[allow(clippy::too_many_arguments)]
     pub fn export(
         source: &Path,
         output: &Path,
         sb: &Superblock,
         walked: &WalkResult,
-        warnings: Vec<Warning>,
+        warnings: Vec<(String, Warning)>,
         stats: CopyStats,
         cluster_size: Option<u64>,
+        states: Vec<StateReport>,
         args: &ExportArgs,
     ) -> Summary {
-        let counts = walked.blocks.counts();
-        let mut classes = Map::new();
-        for class in BlockClass::ALL {
-            if let Some(n) = counts.get(&class) {
-                classes.insert(class.name().to_string(), json!(n));
-            }
-        }
         let mut m = Map::new();
         m.insert("source".into(), json!(source.display().to_string()));
         m.insert("output".into(), json!(output.display().to_string()));
-        m.insert(
-            "format".into(),
-            json!(if args.raw { "raw" } else { "qcow2" }),
-        );
+        m.insert("format".into(), json!(if args.raw { "raw" } else { "qcow2" }));
         m.insert("data".into(), json!(args.data));
         m.insert("block_size".into(), json!(sb.block_size));
         m.insert("blocks_count".into(), json!(sb.s_blocks_count));
         m.insert("cluster_size".into(), json!(cluster_size));
-        m.insert("blocks_copied".into(), Value::Object(classes));
-        m.insert(
-            "blocks_copied_total".into(),
-            json!(walked.blocks.block_count()),
-        );
+        m.insert("blocks_copied".into(), class_counts(walked));
+        m.insert("blocks_copied_total".into(), json!(walked.blocks.block_count()));
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
         m.insert("bytes_written".into(), json!(file_size(output)));
         m.insert("inodes_in_use".into(), json!(walked.stats.inodes_in_use));
         m.insert("orphan_inodes".into(), json!(walked.stats.orphan_inodes));
         m.insert("ea_inodes".into(), json!(walked.stats.ea_inodes));
-        Summary {
-            warnings,
-            notes: walked.notes.clone(),
-            json: m,
+        if states.len() > 1 {
+            m.insert("states".into(), Value::Array(states.iter().map(StateReport::to_json).collect()));
         }
+        let single = states.len() <= 1;
+        let warnings = warnings
+            .into_iter()
+            .map(|(state, w)| if single { (None, w) } else { (Some(state), w) })
+            .collect();
+        Summary { warnings, notes: walked.notes.clone(), json: m }
     }
 
     /// Summary of a QCOW2 → raw conversion.
@@ -89,11 +82,8 @@ impl Summary {
         m.insert("virtual_size".into(), json!(size));
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
         m.insert("bytes_written".into(), json!(file_size(output)));
-        Summary {
-            warnings,
-            notes: Vec::new(),
-            json: m,
-        }
+        let warnings = warnings.into_iter().map(|w| (None, w)).collect();
+        Summary { warnings, notes: Vec::new(), json: m }
     }
 
     /// The exit status this outcome maps to.
@@ -111,8 +101,9 @@ impl Summary {
         let warnings: Vec<Value> = self
             .warnings
             .iter()
-            .map(|w| {
+            .map(|(state, w)| {
                 json!({
+                    "state": state,
                     "inode": w.inode.map(|i| i.0),
                     "block": w.block.map(|b| b.0),
                     "offset": w.offset,
@@ -124,6 +115,72 @@ impl Summary {
         m.insert("notes".into(), json!(self.notes));
         m.insert("exit_status".into(), json!(self.exit_status()));
         Value::Object(m)
+    }
+}
+
+/// Blocks copied per class, as a JSON object.
+fn class_counts(walked: &WalkResult) -> Value {
+    let counts = walked.blocks.counts();
+    let mut classes = Map::new();
+    for class in BlockClass::ALL {
+        if let Some(n) = counts.get(&class) {
+            classes.insert(class.name().to_string(), json!(n));
+        }
+    }
+    Value::Object(classes)
+}
+
+/// What happened to one state of a multi-state export.
+pub struct StateReport {
+    /// Its name.
+    pub name: String,
+    /// Its date (seconds, nanoseconds).
+    pub date: (u32, u32),
+    /// Blocks copied per class, when it was written.
+    pub blocks: Option<Value>,
+    /// Blocks copied in all.
+    pub total: u64,
+    /// Warnings found in it.
+    pub warnings: usize,
+    /// Why it could not be written, if it was not.
+    pub error: Option<String>,
+}
+
+impl StateReport {
+    /// A state that was walked and written.
+    pub fn walked(name: &str, date: (u32, u32), walked: &WalkResult, warnings: usize) -> StateReport {
+        StateReport {
+            name: name.to_string(),
+            date,
+            blocks: Some(class_counts(walked)),
+            total: walked.blocks.block_count(),
+            warnings,
+            error: None,
+        }
+    }
+
+    /// A state whose filesystem could not be opened (it is left out of the image).
+    pub fn unopenable(name: &str, error: &str) -> StateReport {
+        StateReport {
+            name: name.to_string(),
+            date: (0, 0),
+            blocks: None,
+            total: 0,
+            warnings: 1,
+            error: Some(format!("state {name} left out: cannot open its filesystem: {error}")),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "date_sec": self.date.0,
+            "date_nsec": self.date.1,
+            "blocks_copied": self.blocks,
+            "blocks_copied_total": self.total,
+            "warnings": self.warnings,
+            "error": self.error,
+        })
     }
 }
 

@@ -11,6 +11,7 @@
 //! Field names follow the kernel (`s_blocks_count_lo`, `bg_inode_table`, `ee_start`).
 
 pub mod blockset;
+pub mod dir;
 mod bytes;
 pub mod error;
 pub mod extent;
@@ -19,6 +20,7 @@ pub mod group_desc;
 pub mod indirect;
 pub mod inode;
 pub mod layout;
+pub mod snapshot;
 pub mod superblock;
 pub mod view;
 pub mod walk;

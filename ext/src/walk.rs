@@ -16,7 +16,7 @@ use crate::error::{Corrupt, CorruptKind};
 use crate::extent::{walk_extents, TreeClasses};
 use crate::fs::Filesystem;
 use crate::group_desc::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
-use crate::indirect::walk_indirect;
+use crate::indirect::{walk_indirect, walk_root};
 use crate::inode::{flags, BlockMap, FileType, Inode};
 use crate::layout::{static_regions, RegionKind};
 use crate::superblock::{compat, incompat, Superblock, EXT2_OS_HURD};
@@ -137,7 +137,7 @@ pub struct Collector<'v> {
 }
 
 impl<'v> Collector<'v> {
-    fn new(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
+    pub(crate) fn new(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
         Collector {
             view,
             sb,
@@ -150,6 +150,11 @@ impl<'v> Collector<'v> {
     /// The superblock in use.
     pub fn sb(&self) -> &Superblock {
         self.sb
+    }
+
+    /// The blocks and warnings collected.
+    pub(crate) fn into_parts(self) -> (BlockSet, Vec<Warning>) {
+        (self.set, self.warnings)
     }
 
     /// Checks that `[start, start + len)` is a valid, non-zero block range of the filesystem.
@@ -455,7 +460,16 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
     match inode.block_map(sb) {
         BlockMap::None => {}
         BlockMap::Extents => walk_extents(c, ino, &inode.i_block, classes),
-        BlockMap::Indirect => walk_indirect(c, ino, inode, classes),
+        BlockMap::Indirect => {
+            walk_indirect(c, ino, inode, classes);
+            if classes.data == Some(BlockClass::SnapshotFile) {
+                // Snapshot files of filesystems over 2^20 + 2^30 blocks keep further TIND
+                // trees in i_block[0..3].
+                for slot in 0..3 {
+                    walk_root(c, ino, inode, slot, 3, classes);
+                }
+            }
+        }
     }
 }
 
