@@ -7,6 +7,8 @@
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
 #   big.img  empty 15 TiB ext4 on a sparse file, `-E lazy_itable_init=1` (about 1.3 GB on disk)
+#   snap/    a 2 GiB ext4 made from /usr/share and three older states of it (debugfs changes),
+#            for the snapshot export: 3 snapshots against the current state alone
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -97,6 +99,43 @@ if [ -z "$only" ] || [ "$only" = usr ]; then
   echo "  ratio e2image-rs -d / e2image -Qa:      $(ratio "${T[e2image-rs -Q -d]}" "${T[e2image -Qa]}")   (target <= 0.5)"
   echo "  ratio e2image-rs -d / (e2image -Qa; sync): $(ratio "${T[e2image-rs -Q -d]}" "${T[e2image -Qa; sync OUT]}")"
   rm -f "$work/qemu.qcow2" "$work/e2ia.qcow2" "$work/e2ias.qcow2" "$work/ours-d.qcow2" "$work/e2i.qcow2" "$work/ours.qcow2"
+fi
+
+if [ -z "$only" ] || [ "$only" = snap ]; then
+  sd=$work/snap
+  if [ ! -s "$sd/s0.img" ]; then
+    echo "building $sd (2G ext4 from /usr/share and three older states)" >&2
+    mkdir -p "$sd"; rm -f "$sd"/*.img
+    mke2fs -q -F -t ext4 -d /usr/share "$sd/s3.img" 2G
+    # s3 is the oldest; each newer state deletes a directory and adds files.
+    prev=s3
+    for st in s2 s1 s0; do
+      cp --sparse=always "$sd/$prev.img" "$sd/$st.img"
+      victim=$(debugfs -R "ls -p /" "$sd/$st.img" 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "lost+found" && $6 != "" {print $6}' | sed -n "$(( ${#st} + ${st#s} + 2 ))p")
+      head -c 3000000 /dev/urandom > "$sd/new.bin"
+      debugfs -w -f - "$sd/$st.img" >/dev/null 2>&1 <<DBG || true
+rmdir /$victim
+mkdir /added-$st
+write $sd/new.bin /added-$st/new.bin
+DBG
+      prev=$st
+    done
+  fi
+  echo "== $sd/s0.img with 3 older states"
+  cmd "e2image-rs -Q (current only)" "$work/s-one.qcow2" "$bin" -Q "$sd/s0.img" "$work/s-one.qcow2"
+  cmd "e2image-rs -Q, 3 snapshots" "$work/s-three.qcow2" "$bin" -Q --snapshot "$sd/s3.img" --snapshot "$sd/s2.img" --snapshot "$sd/s1.img" "$sd/s0.img" "$work/s-three.qcow2"
+  cmd "e2image-rs -Q -d (current only)" "$work/s-one-d.qcow2" "$bin" -Q -d "$sd/s0.img" "$work/s-one-d.qcow2"
+  cmd "e2image-rs -Q -d, 3 snapshots" "$work/s-three-d.qcow2" "$bin" -Q -d --snapshot "$sd/s3.img" --snapshot "$sd/s2.img" --snapshot "$sd/s1.img" "$sd/s0.img" "$work/s-three-d.qcow2"
+  run_round
+  for pair in "e2image-rs -Q (current only)|e2image-rs -Q, 3 snapshots|" "e2image-rs -Q -d (current only)|e2image-rs -Q -d, 3 snapshots|-d"; do
+    IFS='|' read -r one three flag <<<"$pair"
+    "$bin" -Q $flag "$sd/s0.img" "$work/s1.qcow2"
+    "$bin" -Q $flag --snapshot "$sd/s3.img" --snapshot "$sd/s2.img" --snapshot "$sd/s1.img" "$sd/s0.img" "$work/s3.qcow2"
+    z1=$(stat -c %s "$work/s1.qcow2"); z3=$(stat -c %s "$work/s3.qcow2")
+    echo "  ${flag:-metadata}: time ratio 3 snapshots / current only: $(ratio "${T[$three]}" "${T[$one]}");" \
+      "size $((z1 / 1024)) KiB -> $((z3 / 1024)) KiB (x$(ratio "$z3" "$z1"))"
+    rm -f "$work/s1.qcow2" "$work/s3.qcow2"
+  done
 fi
 
 if [ -z "$only" ] || [ "$only" = big ]; then

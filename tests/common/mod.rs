@@ -219,3 +219,144 @@ pub fn gunzip_to(gz: &Path, dir: &Path) -> PathBuf {
     std::fs::write(&out, v).unwrap();
     out
 }
+
+/// One snapshot of a next3 fixture (a row of `<name>.snap/list.tsv`, newest first).
+#[derive(Clone, Debug)]
+pub struct SnapRow {
+    pub ino: u32,
+    pub id: u32,
+    pub name: String,
+    pub ctime: u64,
+    pub deleted: bool,
+    /// The expected rebuilt image (fixtures/next3.py's own reconstruction).
+    pub expected: PathBuf,
+    pub mapped: u64,
+    pub moved: u64,
+}
+
+/// A filesystem with in-filesystem snapshots, built by fixtures/make-snapshots.sh.
+#[derive(Clone, Debug)]
+pub struct SnapFixture {
+    pub name: String,
+    pub path: PathBuf,
+    pub block_size: u32,
+    pub snapshots: Vec<SnapRow>,
+}
+
+/// Builds (once, under a lock) the requested next3 fixtures and returns them.
+pub fn snapshot_fixtures(names: &[&str]) -> BTreeMap<String, SnapFixture> {
+    let out = root().join("target/fixtures-snap");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = File::create(out.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let missing: Vec<&str> = names.iter().copied().filter(|n| !out.join(format!("{n}.ok")).exists()).collect();
+    if !missing.is_empty() {
+        let o = Command::new("bash").arg(root().join("fixtures/make-snapshots.sh")).arg(&out).args(&missing).output().unwrap();
+        assert!(
+            o.status.success(),
+            "snapshot fixture build failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let _ = lock.unlock();
+    let manifest = std::fs::read_to_string(out.join("snapshots.tsv")).unwrap();
+    let mut m = BTreeMap::new();
+    for line in manifest.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if !names.contains(&f[0]) {
+            continue;
+        }
+        let snapdir = out.join(format!("{}.snap", f[0]));
+        let list = std::fs::read_to_string(snapdir.join("list.tsv")).unwrap();
+        let header: Vec<&str> = list.lines().next().unwrap().split('\t').collect();
+        let col = |row: &[&str], name: &str| row[header.iter().position(|h| *h == name).unwrap()].to_string();
+        let snapshots = list
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let r: Vec<&str> = l.split('\t').collect();
+                SnapRow {
+                    ino: col(&r, "ino").parse().unwrap(),
+                    id: col(&r, "id").parse().unwrap(),
+                    name: col(&r, "name"),
+                    ctime: col(&r, "ctime").parse().unwrap(),
+                    deleted: col(&r, "deleted") == "1",
+                    expected: snapdir.join(col(&r, "image")),
+                    mapped: col(&r, "mapped").parse().unwrap(),
+                    moved: col(&r, "moved").parse().unwrap(),
+                }
+            })
+            .collect();
+        m.insert(
+            f[0].to_string(),
+            SnapFixture {
+                name: f[0].to_string(),
+                path: out.join(format!("{}.img", f[0])),
+                block_size: f[1].parse().unwrap(),
+                snapshots,
+            },
+        );
+    }
+    for n in names {
+        assert!(m.contains_key(*n), "snapshot fixture {n} missing from the manifest");
+    }
+    m
+}
+
+/// Calls `f(block, bytes)` for every block of `bs` bytes of `path` that is not all zero,
+/// reading the file in chunks (images may be large and sparse).
+pub fn for_each_nonzero_block(path: &Path, bs: usize, mut f: impl FnMut(u64, &[u8])) {
+    let mut file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let chunk = (4 << 20) / bs * bs;
+    let mut buf = vec![0u8; chunk];
+    let mut block = 0u64;
+    loop {
+        let mut n = 0;
+        while n < chunk {
+            let k = file.read(&mut buf[n..]).unwrap();
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].chunks(bs).enumerate() {
+            if b.iter().any(|&x| x != 0) {
+                f(block + i as u64, b);
+            }
+        }
+        block += n.div_ceil(bs) as u64;
+        if n < chunk {
+            break;
+        }
+    }
+}
+
+/// Block `b` (of `bs` bytes) of a file; zeros past its end.
+pub fn block_at(path: &Path, b: u64, bs: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).unwrap();
+    let mut buf = vec![0u8; bs];
+    let mut done = 0;
+    while done < bs {
+        match f.read_at(&mut buf[done..], b * bs as u64 + done as u64).unwrap() {
+            0 => break,
+            k => done += k,
+        }
+    }
+    buf
+}
+
+/// Blocks that are non-zero in `reference` and differ in `other` (both files).
+pub fn blocks_not_in(reference: &Path, other: &Path, bs: usize) -> Vec<u64> {
+    let mut bad = Vec::new();
+    for_each_nonzero_block(reference, bs, |b, data| {
+        if block_at(other, b, bs) != data {
+            bad.push(b);
+        }
+    });
+    bad
+}
