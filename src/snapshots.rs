@@ -8,10 +8,19 @@ use std::path::Path;
 
 /// Prints the snapshot table of `image` with per-state cluster counts.
 pub fn list(image: &Path, as_json: bool) -> Result<()> {
-    let file = std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
-    let reader = Reader::open(file).with_context(|| format!("{}: invalid QCOW2 image", image.display()))?;
-    let stats = reader.cluster_stats().with_context(|| format!("{}: cannot count clusters", image.display()))?;
-    let count = |layer: Layer| stats.iter().find(|s| s.layer == layer).map_or((0, 0), |s| (s.shared_clusters, s.exclusive_clusters));
+    let file =
+        std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
+    let reader =
+        Reader::open(file).with_context(|| format!("{}: invalid QCOW2 image", image.display()))?;
+    let stats = reader
+        .cluster_stats()
+        .with_context(|| format!("{}: cannot count clusters", image.display()))?;
+    let count = |layer: Layer| {
+        stats
+            .iter()
+            .find(|s| s.layer == layer)
+            .map_or((0, 0), |s| (s.shared_clusters, s.exclusive_clusters))
+    };
     let mut rows = Vec::new();
     for (i, s) in reader.snapshots().iter().enumerate() {
         let (shared, own) = count(Layer::Snapshot(i));
@@ -23,12 +32,16 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
     let (shared, own) = count(Layer::Active);
     let active = json!({ "shared_clusters": shared, "own_clusters": own });
     if as_json {
-        let doc = json!({ "cluster_size": reader.cluster_size(), "snapshots": rows, "active": active });
+        let doc =
+            json!({ "cluster_size": reader.cluster_size(), "snapshots": rows, "active": active });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     println!("cluster size {} bytes", reader.cluster_size());
-    println!("{:<4} {:<24} {:<20} {:>14} {:>14}", "ID", "NAME", "DATE", "SHARED", "OWN");
+    println!(
+        "{:<4} {:<24} {:<20} {:>14} {:>14}",
+        "ID", "NAME", "DATE", "SHARED", "OWN"
+    );
     for r in &rows {
         println!(
             "{:<4} {:<24} {:<20} {:>14} {:>14}",
@@ -39,7 +52,10 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
             r["own_clusters"].as_u64().unwrap_or(0)
         );
     }
-    println!("{:<4} {:<24} {:<20} {:>14} {:>14}", "-", "(active layer)", "", shared, own);
+    println!(
+        "{:<4} {:<24} {:<20} {:>14} {:>14}",
+        "-", "(active layer)", "", shared, own
+    );
     Ok(())
 }
 
@@ -57,7 +73,12 @@ pub fn format_date(secs: u32) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

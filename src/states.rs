@@ -57,11 +57,20 @@ impl Next3 {
             })
             .collect();
         let exported = (0..list.len()).filter(|&i| !list[i].deleted).collect();
-        Next3 { list, maps, exported, warnings }
+        Next3 {
+            list,
+            maps,
+            exported,
+            warnings,
+        }
     }
 
     /// The view of snapshot `list[index]`.
-    pub fn view<'a, V: BlockView>(&'a self, fs: &'a Filesystem<V>, index: usize) -> SnapshotView<'a> {
+    pub fn view<'a, V: BlockView>(
+        &'a self,
+        fs: &'a Filesystem<V>,
+        index: usize,
+    ) -> SnapshotView<'a> {
         SnapshotView::new(fs, &self.list, &self.maps, index)
     }
 
@@ -94,7 +103,12 @@ pub fn plan<V: BlockView>(
         let found = snapshot_names(fs, &inos);
         for &i in &next3.exported {
             let s = &next3.list[i];
-            names.push(found.get(&s.ino.0).cloned().unwrap_or_else(|| format!("snapshot-{}", s.id)));
+            names.push(
+                found
+                    .get(&s.ino.0)
+                    .cloned()
+                    .unwrap_or_else(|| format!("snapshot-{}", s.id)),
+            );
             dates.push((u32::try_from(s.ctime).unwrap_or(u32::MAX), s.ctime_nsec));
         }
         Older::Next3(next3)
@@ -102,7 +116,10 @@ pub fn plan<V: BlockView>(
         let mut opened = Vec::new();
         for path in images.iter().rev() {
             let (view, date) = open_image(fs, path)?;
-            names.push(path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()));
+            names.push(path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ));
             dates.push(date);
             opened.push((path.clone(), view));
         }
@@ -110,13 +127,18 @@ pub fn plan<V: BlockView>(
     } else {
         Older::None
     };
-    Ok(StatePlan { names: unique_names(names), dates, older })
+    Ok(StatePlan {
+        names: unique_names(names),
+        dates,
+        older,
+    })
 }
 
 /// Opens a `--snapshot` image and checks that it is the same filesystem: same UUID and block
 /// size. Returns its view and date (superblock write time, else the file's mtime).
 fn open_image<V: BlockView>(fs: &Filesystem<V>, path: &Path) -> Result<(FileView, (u32, u32))> {
-    let view = FileView::open(path).with_context(|| format!("cannot open --snapshot {} read-only", path.display()))?;
+    let view = FileView::open(path)
+        .with_context(|| format!("cannot open --snapshot {} read-only", path.display()))?;
     let other = Filesystem::open(&view, &OpenOptions::default())
         .with_context(|| format!("--snapshot {}: cannot open the filesystem", path.display()))?;
     if other.sb.s_uuid != fs.sb.s_uuid {
@@ -138,8 +160,13 @@ fn open_image<V: BlockView>(fs: &Filesystem<V>, path: &Path) -> Result<(FileView
     let mut date = sb_date(&other.sb);
     if date.0 == 0 {
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let since = mtime.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
-        date = (u32::try_from(since.as_secs()).unwrap_or(u32::MAX), since.subsec_nanos());
+        let since = mtime
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        date = (
+            u32::try_from(since.as_secs()).unwrap_or(u32::MAX),
+            since.subsec_nanos(),
+        );
     }
     drop(other);
     Ok((view, date))
@@ -148,7 +175,14 @@ fn open_image<V: BlockView>(fs: &Filesystem<V>, path: &Path) -> Result<(FileView
 /// A UUID in its usual text form.
 pub fn uuid(u: &[u8; 16]) -> String {
     let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", h[0..4].concat(), h[4..6].concat(), h[6..8].concat(), h[8..10].concat(), h[10..16].concat())
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
 }
 
 /// Makes names unique, never empty and never equal to a snapshot id ("1" … "n"): a clash gets
@@ -158,7 +192,11 @@ pub fn unique_names(names: Vec<String>) -> Vec<String> {
     let is_id = |s: &str| (1..=n).any(|id| id.to_string() == s);
     let mut out: Vec<String> = Vec::with_capacity(n);
     for (i, name) in names.into_iter().enumerate() {
-        let mut base = if name.is_empty() { format!("state-{}", i + 1) } else { name };
+        let mut base = if name.is_empty() {
+            format!("state-{}", i + 1)
+        } else {
+            name
+        };
         if i > 0 && base == CURRENT {
             base = format!("{CURRENT}-{i}");
         }
@@ -179,15 +217,33 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_never_ids() {
-        let v = unique_names(vec!["current".into(), "a".into(), "a".into(), "2".into(), "current".into(), "".into()]);
-        assert_eq!(v, vec!["current", "a", "a-2", "2-2", "current-4", "state-6"]);
-        assert_eq!(unique_names(vec!["current".into(), "7".into()]), vec!["current", "7"]);
-        assert_eq!(unique_names(vec!["current".into(), "01".into()]), vec!["current", "01"]);
+        let v = unique_names(vec![
+            "current".into(),
+            "a".into(),
+            "a".into(),
+            "2".into(),
+            "current".into(),
+            "".into(),
+        ]);
+        assert_eq!(
+            v,
+            vec!["current", "a", "a-2", "2-2", "current-4", "state-6"]
+        );
+        assert_eq!(
+            unique_names(vec!["current".into(), "7".into()]),
+            vec!["current", "7"]
+        );
+        assert_eq!(
+            unique_names(vec!["current".into(), "01".into()]),
+            vec!["current", "01"]
+        );
     }
 
     #[test]
     fn uuid_text() {
-        let u = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let u = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
         assert_eq!(uuid(&u), "12345678-9abc-def0-0102-030405060708");
     }
 }

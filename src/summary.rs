@@ -44,27 +44,40 @@ impl Summary {
         let mut m = Map::new();
         m.insert("source".into(), json!(source.display().to_string()));
         m.insert("output".into(), json!(output.display().to_string()));
-        m.insert("format".into(), json!(if args.raw { "raw" } else { "qcow2" }));
+        m.insert(
+            "format".into(),
+            json!(if args.raw { "raw" } else { "qcow2" }),
+        );
         m.insert("data".into(), json!(args.data));
         m.insert("block_size".into(), json!(sb.block_size));
         m.insert("blocks_count".into(), json!(sb.s_blocks_count));
         m.insert("cluster_size".into(), json!(cluster_size));
         m.insert("blocks_copied".into(), class_counts(walked));
-        m.insert("blocks_copied_total".into(), json!(walked.blocks.block_count()));
+        m.insert(
+            "blocks_copied_total".into(),
+            json!(walked.blocks.block_count()),
+        );
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
         m.insert("bytes_written".into(), json!(file_size(output)));
         m.insert("inodes_in_use".into(), json!(walked.stats.inodes_in_use));
         m.insert("orphan_inodes".into(), json!(walked.stats.orphan_inodes));
         m.insert("ea_inodes".into(), json!(walked.stats.ea_inodes));
         if states.len() > 1 {
-            m.insert("states".into(), Value::Array(states.iter().map(StateReport::to_json).collect()));
+            m.insert(
+                "states".into(),
+                Value::Array(states.iter().map(StateReport::to_json).collect()),
+            );
         }
         let single = states.len() <= 1;
         let warnings = warnings
             .into_iter()
             .map(|(state, w)| if single { (None, w) } else { (Some(state), w) })
             .collect();
-        Summary { warnings, notes: walked.notes.clone(), json: m }
+        Summary {
+            warnings,
+            notes: walked.notes.clone(),
+            json: m,
+        }
     }
 
     /// Summary of a QCOW2 → raw conversion.
@@ -83,7 +96,11 @@ impl Summary {
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
         m.insert("bytes_written".into(), json!(file_size(output)));
         let warnings = warnings.into_iter().map(|w| (None, w)).collect();
-        Summary { warnings, notes: Vec::new(), json: m }
+        Summary {
+            warnings,
+            notes: Vec::new(),
+            json: m,
+        }
     }
 
     /// The exit status this outcome maps to.
@@ -148,7 +165,12 @@ pub struct StateReport {
 
 impl StateReport {
     /// A state that was walked and written.
-    pub fn walked(name: &str, date: (u32, u32), walked: &WalkResult, warnings: usize) -> StateReport {
+    pub fn walked(
+        name: &str,
+        date: (u32, u32),
+        walked: &WalkResult,
+        warnings: usize,
+    ) -> StateReport {
         StateReport {
             name: name.to_string(),
             date,
@@ -167,7 +189,9 @@ impl StateReport {
             blocks: None,
             total: 0,
             warnings: 1,
-            error: Some(format!("state {name} left out: cannot open its filesystem: {error}")),
+            error: Some(format!(
+                "state {name} left out: cannot open its filesystem: {error}"
+            )),
         }
     }
 

@@ -39,7 +39,7 @@ fn export_raw(f: &Fixture, dir: &Path, extra: &[&str]) -> (Vec<u8>, i32, String)
     )
 }
 
-fn block<'a>(img: &'a [u8], bs: u32, b: u64) -> &'a [u8] {
+fn block(img: &[u8], bs: u32, b: u64) -> &[u8] {
     let bs = bs as usize;
     &img[b as usize * bs..(b as usize + 1) * bs]
 }

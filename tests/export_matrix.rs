@@ -6,6 +6,7 @@
 //! - every block we copy equals the source;
 //! - `e2fsck -fn` passes on our raw output wherever it passes on e2image's;
 //! - the source's SHA-256 is unchanged.
+//!
 //! Skips (with a message) when e2fsprogs or qemu-img is missing.
 
 mod common;

@@ -26,21 +26,45 @@ fn export(args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
     let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json"];
     a.extend_from_slice(args);
     let o = run(&a);
-    assert_eq!(code(&o), 0, "{:?}: {}", args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        code(&o),
+        0,
+        "{:?}: {}",
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// Extracts state `name` of `q` to the raw file `out`.
 fn extract(q: &Path, name: &str, out: &Path) {
     let _ = std::fs::remove_file(out);
-    let o = sh("qemu-img", &[&"convert", &"-l", &format!("snapshot.name={name}"), &"-O", &"raw", &q, &out]);
+    let o = sh(
+        "qemu-img",
+        &[
+            &"convert",
+            &"-l",
+            &format!("snapshot.name={name}"),
+            &"-O",
+            &"raw",
+            &q,
+            &out,
+        ],
+    );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// True if two raw files have the same size and content (sparse-aware, through qemu-img).
 fn same(a: &Path, b: &Path) -> bool {
     std::fs::metadata(a).unwrap().len() == std::fs::metadata(b).unwrap().len()
-        && sh("qemu-img", &[&"compare", &"-f", &"raw", &"-F", &"raw", &a, &b]).status.success()
+        && sh(
+            "qemu-img",
+            &[&"compare", &"-f", &"raw", &"-F", &"raw", &a, &b],
+        )
+        .status
+        .success()
 }
 
 /// Checks one fixture with the given extra export flags.
@@ -59,7 +83,9 @@ fn check(f: &SnapFixture, flags: &[&str], dir: &Path) {
     let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let snaps = l["snapshots"].as_array().unwrap();
     let names: Vec<&str> = snaps.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    let want: Vec<&str> = std::iter::once("current").chain(live.iter().map(|s| s.name.as_str())).collect();
+    let want: Vec<&str> = std::iter::once("current")
+        .chain(live.iter().map(|s| s.name.as_str()))
+        .collect();
     assert_eq!(names, want, "{}", f.name);
     for (s, row) in snaps[1..].iter().zip(&live) {
         assert_eq!(s["date_sec"], row.ctime, "{}: {} date", f.name, row.name);
@@ -75,24 +101,60 @@ fn check(f: &SnapFixture, flags: &[&str], dir: &Path) {
         export(&a);
         let x = dir.join("x.raw");
         extract(&q, &row.name, &x);
-        assert!(same(&x, &ours), "{}: state {} from qemu differs from e2image-rs -r --from-snapshot", f.name, row.name);
+        assert!(
+            same(&x, &ours),
+            "{}: state {} from qemu differs from e2image-rs -r --from-snapshot",
+            f.name,
+            row.name
+        );
         let bs = f.block_size as usize;
         let bad = blocks_not_in(&ours, &row.expected, bs);
-        assert!(bad.is_empty(), "{}: {}: blocks differ from the expected rebuilt image: {bad:?}", f.name, row.name);
+        assert!(
+            bad.is_empty(),
+            "{}: {}: blocks differ from the expected rebuilt image: {bad:?}",
+            f.name,
+            row.name
+        );
         let e2i = dir.join("e2i.raw");
-        assert!(sh("e2image", &[&"-r", &row.expected, &e2i]).status.success());
+        assert!(sh("e2image", &[&"-r", &row.expected, &e2i])
+            .status
+            .success());
         let missing = blocks_not_in(&e2i, &ours, bs);
-        assert!(missing.is_empty(), "{}: {}: blocks e2image copies from the rebuilt image are missing: {missing:?}", f.name, row.name);
-        assert_eq!(fsck(&ours), 0, "{}: e2fsck -fn fails on our image of {}", f.name, row.name);
+        assert!(
+            missing.is_empty(),
+            "{}: {}: blocks e2image copies from the rebuilt image are missing: {missing:?}",
+            f.name,
+            row.name
+        );
+        assert_eq!(
+            fsck(&ours),
+            0,
+            "{}: e2fsck -fn fails on our image of {}",
+            f.name,
+            row.name
+        );
         if data {
             // With -d the moved-on-write data blocks (X == P) are in the state.
-            let map = std::fs::read_to_string(row.expected.with_file_name(format!("{}.map.tsv", row.name))).unwrap();
-            let moved: Vec<u64> = map.lines().filter(|l| l.ends_with("\tmoved")).filter_map(|l| l.split('\t').next()?.parse().ok()).collect();
+            let map = std::fs::read_to_string(
+                row.expected.with_file_name(format!("{}.map.tsv", row.name)),
+            )
+            .unwrap();
+            let moved: Vec<u64> = map
+                .lines()
+                .filter(|l| l.ends_with("\tmoved"))
+                .filter_map(|l| l.split('\t').next()?.parse().ok())
+                .collect();
             assert_eq!(moved.len() as u64, row.moved);
             for p in moved {
                 let want = block_at(&row.expected, p, bs);
                 if want.iter().any(|&b| b != 0) {
-                    assert_eq!(block_at(&ours, p, bs), want, "{}: moved data block {p} missing from {}", f.name, row.name);
+                    assert_eq!(
+                        block_at(&ours, p, bs),
+                        want,
+                        "{}: moved data block {p} missing from {}",
+                        f.name,
+                        row.name
+                    );
                 }
             }
         }
@@ -166,11 +228,15 @@ fn qemu_operations_keep_the_image_clean() {
     if skip() {
         return;
     }
-    let f = snapshot_fixtures(&["next3_3snap"]).remove("next3_3snap").unwrap();
+    let f = snapshot_fixtures(&["next3_3snap"])
+        .remove("next3_3snap")
+        .unwrap();
     let dir = scratch("next3-ops");
     let q = dir.join("out.qcow2");
     export(&[&"-Q", &"--fs-snapshots", &f.path, &q]);
-    let states: Vec<String> = std::iter::once("current".to_string()).chain(f.snapshots.iter().map(|s| s.name.clone())).collect();
+    let states: Vec<String> = std::iter::once("current".to_string())
+        .chain(f.snapshots.iter().map(|s| s.name.clone()))
+        .collect();
     let expected: Vec<std::path::PathBuf> = states
         .iter()
         .map(|s| {
@@ -195,16 +261,24 @@ fn qemu_operations_keep_the_image_clean() {
     };
     let oldest = states.last().unwrap().clone();
     let qa = copy("a.qcow2");
-    assert!(sh("qemu-img", &[&"snapshot", &"-a", &oldest, &qa]).status.success());
+    assert!(sh("qemu-img", &[&"snapshot", &"-a", &oldest, &qa])
+        .status
+        .success());
     assert_qemu_check(&qa);
     intact(&qa, None);
     let qd = copy("d.qcow2");
-    assert!(sh("qemu-img", &[&"snapshot", &"-d", &states[1], &qd]).status.success());
+    assert!(sh("qemu-img", &[&"snapshot", &"-d", &states[1], &qd])
+        .status
+        .success());
     assert_qemu_check(&qd);
     intact(&qd, Some(&states[1]));
     let qc = copy("c.qcow2");
-    assert!(sh("qemu-io", &[&"-c", &"write -P 0x33 0 128k", &qc]).status.success());
-    assert!(sh("qemu-img", &[&"snapshot", &"-c", &"after-write", &qc]).status.success());
+    assert!(sh("qemu-io", &[&"-c", &"write -P 0x33 0 128k", &qc])
+        .status
+        .success());
+    assert!(sh("qemu-img", &[&"snapshot", &"-c", &"after-write", &qc])
+        .status
+        .success());
     assert_qemu_check(&qc);
     intact(&qc, None);
 }
@@ -214,7 +288,9 @@ fn plain_export_keeps_snapshot_files_unless_told() {
     if skip() {
         return;
     }
-    let f = snapshot_fixtures(&["next3_1snap"]).remove("next3_1snap").unwrap();
+    let f = snapshot_fixtures(&["next3_1snap"])
+        .remove("next3_1snap")
+        .unwrap();
     let dir = scratch("next3-plain");
     let (with, without) = (dir.join("with.raw"), dir.join("without.raw"));
     let s = export(&[&"-r", &f.path, &with]);
@@ -222,7 +298,10 @@ fn plain_export_keeps_snapshot_files_unless_told() {
     let s = export(&[&"-r", &"--no-snapshots", &f.path, &without]);
     assert!(s["blocks_copied"].get("snapshot_files").is_none());
     // Every block of the snapshot file (copies, moved blocks and its tree) is in the plain export.
-    let o = sh("debugfs", &[&"-R", &format!("stat <{}>", f.snapshots[0].ino), &f.path]);
+    let o = sh(
+        "debugfs",
+        &[&"-R", &format!("stat <{}>", f.snapshots[0].ino), &f.path],
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     let blocks: Vec<u64> = text
         .split(|c: char| !c.is_ascii_digit() && c != '-' && c != ':' && c != '(' && c != ')')
@@ -230,11 +309,22 @@ fn plain_export_keeps_snapshot_files_unless_told() {
         .collect();
     let (w, wo, src) = (read(&with), read(&without), read(&f.path));
     let bs = f.block_size as usize;
-    let snap_blocks: Vec<u64> = blocks.into_iter().filter(|&b| b > 0 && (b as usize) < src.len() / bs).collect();
+    let snap_blocks: Vec<u64> = blocks
+        .into_iter()
+        .filter(|&b| b > 0 && (b as usize) < src.len() / bs)
+        .collect();
     assert!(!snap_blocks.is_empty(), "no blocks found in: {text}");
     for b in &snap_blocks {
         let r = *b as usize * bs..(*b as usize + 1) * bs;
-        assert_eq!(w[r.clone()], src[r], "block {b} of the snapshot file is missing from the plain export");
+        assert_eq!(
+            w[r.clone()],
+            src[r],
+            "block {b} of the snapshot file is missing from the plain export"
+        );
     }
-    assert!(snap_blocks.iter().any(|&b| wo[b as usize * bs..(b as usize + 1) * bs].iter().all(|&x| x == 0)));
+    assert!(snap_blocks
+        .iter()
+        .any(|&b| wo[b as usize * bs..(b as usize + 1) * bs]
+            .iter()
+            .all(|&x| x == 0)));
 }

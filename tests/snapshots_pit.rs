@@ -21,9 +21,24 @@ fn chain(dir: &Path) -> [PathBuf; 3] {
     std::fs::copy(&pa, &pb).unwrap();
     let note = dir.join("note.txt");
     std::fs::write(&note, b"a new file in state b\n").unwrap();
-    debugfs_w(&pb, &["rm /many/f001", "rm /many/f002", "mkdir /newdir", &format!("write {} /newdir/note.txt", note.display())]);
+    debugfs_w(
+        &pb,
+        &[
+            "rm /many/f001",
+            "rm /many/f002",
+            "mkdir /newdir",
+            &format!("write {} /newdir/note.txt", note.display()),
+        ],
+    );
     std::fs::copy(&pb, &pc).unwrap();
-    debugfs_w(&pc, &["rm /xattr/big300k.bin", "mkdir /newdir/sub", "rmdir /a/b/c/d/e"]);
+    debugfs_w(
+        &pc,
+        &[
+            "rm /xattr/big300k.bin",
+            "mkdir /newdir/sub",
+            "rmdir /a/b/c/d/e",
+        ],
+    );
     [pa, pb, pc]
 }
 
@@ -38,7 +53,12 @@ fn debugfs_w(img: &Path, cmds: &[&str]) {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     assert!(child.wait().unwrap().success());
 }
 
@@ -51,15 +71,34 @@ fn export(args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
 }
 
 fn raw_of(img: &Path, dir: &Path, data: bool) -> Vec<u8> {
-    let out = dir.join(format!("{}.expected{}.raw", img.file_name().unwrap().to_string_lossy(), if data { "-d" } else { "" }));
-    let o = if data { run(&[&"-r", &"-d", &img, &out]) } else { run(&[&"-r", &img, &out]) };
+    let out = dir.join(format!(
+        "{}.expected{}.raw",
+        img.file_name().unwrap().to_string_lossy(),
+        if data { "-d" } else { "" }
+    ));
+    let o = if data {
+        run(&[&"-r", &"-d", &img, &out])
+    } else {
+        run(&[&"-r", &img, &out])
+    };
     assert_eq!(code(&o), 0);
     read(&out)
 }
 
 fn extract(q: &Path, name: &str, dir: &Path) -> Vec<u8> {
     let out = dir.join(format!("x-{name}.raw"));
-    let o = sh("qemu-img", &[&"convert", &"-l", &format!("snapshot.name={name}"), &"-O", &"raw", &q, &out]);
+    let o = sh(
+        "qemu-img",
+        &[
+            &"convert",
+            &"-l",
+            &format!("snapshot.name={name}"),
+            &"-O",
+            &"raw",
+            &q,
+            &out,
+        ],
+    );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     read(&out)
 }
@@ -81,7 +120,10 @@ fn skip() -> bool {
 /// Every state of `q` (current first) extracts to exactly `expected`.
 fn assert_states(q: &Path, names: &[&str], expected: &[Vec<u8>], dir: &Path) {
     for (name, want) in names.iter().zip(expected) {
-        assert!(extract(q, name, dir) == *want, "state {name} differs from e2image-rs -r of its image");
+        assert!(
+            extract(q, name, dir) == *want,
+            "state {name} differs from e2image-rs -r of its image"
+        );
     }
 }
 
@@ -95,14 +137,28 @@ fn three_point_in_time_images() {
     let shas: Vec<_> = [&a, &b, &c].iter().map(|p| sha256(p)).collect();
     for (compat, data) in [("1.1", false), ("0.10", false), ("1.1", true)] {
         let q = dir.join(format!("out-{compat}-{data}.qcow2"));
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-Q", &"--compat", &compat, &"--snapshot", &a, &"--snapshot", &b, &c, &q];
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"-Q",
+            &"--compat",
+            &compat,
+            &"--snapshot",
+            &a,
+            &"--snapshot",
+            &b,
+            &c,
+            &q,
+        ];
         if data {
             args.insert(0, &"-d");
         }
         let summary = export(&args);
         assert_eq!(summary["states"].as_array().unwrap().len(), 3);
         assert_qemu_check(&q);
-        let expected = [raw_of(&c, &dir, data), raw_of(&b, &dir, data), raw_of(&a, &dir, data)];
+        let expected = [
+            raw_of(&c, &dir, data),
+            raw_of(&b, &dir, data),
+            raw_of(&a, &dir, data),
+        ];
         assert_states(&q, &["current", "b.img", "a.img"], &expected, &dir);
         let cur = dir.join("current.raw");
         std::fs::write(&cur, &expected[0]).unwrap();
@@ -112,16 +168,37 @@ fn three_point_in_time_images() {
         let snaps = l["snapshots"].as_array().unwrap();
         let names: Vec<&str> = snaps.iter().map(|s| s["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["current", "b.img", "a.img"]);
-        assert_eq!(snaps.iter().map(|s| s["id"].as_str().unwrap()).collect::<Vec<_>>(), ["1", "2", "3"]);
+        assert_eq!(
+            snaps
+                .iter()
+                .map(|s| s["id"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["1", "2", "3"]
+        );
         let wtime = |p: &Path| {
             let raw = read(p);
-            u64::from(u32::from_le_bytes(raw[1024 + 0x30..1024 + 0x34].try_into().unwrap()))
+            u64::from(u32::from_le_bytes(
+                raw[1024 + 0x30..1024 + 0x34].try_into().unwrap(),
+            ))
         };
-        assert_eq!(snaps[2]["date_sec"], wtime(&a), "a.img's date is its last write time");
-        assert_eq!(snaps[1]["date_sec"], wtime(&b), "b.img's date is its last write time");
+        assert_eq!(
+            snaps[2]["date_sec"],
+            wtime(&a),
+            "a.img's date is its last write time"
+        );
+        assert_eq!(
+            snaps[1]["date_sec"],
+            wtime(&b),
+            "b.img's date is its last write time"
+        );
         let o = sh("qemu-img", &[&"snapshot", &"-l", &q]);
         let listing = String::from_utf8_lossy(&o.stdout);
-        assert!(["current", "b.img", "a.img"].iter().all(|n| listing.contains(n)), "{listing}");
+        assert!(
+            ["current", "b.img", "a.img"]
+                .iter()
+                .all(|n| listing.contains(n)),
+            "{listing}"
+        );
     }
     for (p, sha) in [&a, &b, &c].iter().zip(shas) {
         assert_eq!(sha256(p), sha, "{} changed", p.display());
@@ -148,19 +225,31 @@ fn one_snapshot_and_qemu_operations() {
         p
     };
     let qa = copy("a.qcow2");
-    assert_eq!(code(&sh("qemu-img", &[&"snapshot", &"-a", &"a.img", &qa])), 0);
+    assert_eq!(
+        code(&sh("qemu-img", &[&"snapshot", &"-a", &"a.img", &qa])),
+        0
+    );
     assert_qemu_check(&qa);
     let now = dir.join("now.raw");
     std::fs::write(&now, &expected[1]).unwrap();
     assert_qemu_identical(&qa, &now);
     assert_states(&qa, &["current", "a.img"], &expected, &dir);
     let qd = copy("d.qcow2");
-    assert_eq!(code(&sh("qemu-img", &[&"snapshot", &"-d", &"current", &qd])), 0);
+    assert_eq!(
+        code(&sh("qemu-img", &[&"snapshot", &"-d", &"current", &qd])),
+        0
+    );
     assert_qemu_check(&qd);
     assert_states(&qd, &["a.img"], &expected[1..], &dir);
     let qc = copy("c.qcow2");
-    assert_eq!(code(&sh("qemu-io", &[&"-c", &"write -P 0x5a 1M 64k", &qc])), 0);
-    assert_eq!(code(&sh("qemu-img", &[&"snapshot", &"-c", &"later", &qc])), 0);
+    assert_eq!(
+        code(&sh("qemu-io", &[&"-c", &"write -P 0x5a 1M 64k", &qc])),
+        0
+    );
+    assert_eq!(
+        code(&sh("qemu-img", &[&"snapshot", &"-c", &"later", &qc])),
+        0
+    );
     assert_qemu_check(&qc);
     assert_states(&qc, &["current", "a.img"], &expected, &dir);
 }
@@ -190,25 +279,48 @@ fn an_older_state_costs_its_differing_clusters() {
     }
     let dir = scratch("pit-size");
     let [a, b, c] = chain(&dir);
-    let (q1, q2, q3) = (dir.join("one.qcow2"), dir.join("two.qcow2"), dir.join("three.qcow2"));
+    let (q1, q2, q3) = (
+        dir.join("one.qcow2"),
+        dir.join("two.qcow2"),
+        dir.join("three.qcow2"),
+    );
     export(&[&"-Q", &c, &q1]);
     export(&[&"-Q", &"--snapshot", &b, &c, &q2]);
     export(&[&"-Q", &"--snapshot", &a, &"--snapshot", &b, &c, &q3]);
-    let raws = [raw_of(&c, &dir, false), raw_of(&b, &dir, false), raw_of(&a, &dir, false)];
+    let raws = [
+        raw_of(&c, &dir, false),
+        raw_of(&b, &dir, false),
+        raw_of(&a, &dir, false),
+    ];
     let cs = snapshot_list(&q3)["cluster_size"].as_u64().unwrap() as usize;
     let l1 = (raws[0].len().div_ceil(cs * cs / 8) * 8).div_ceil(cs);
     let (db, wb) = delta(&raws[1], &raws[0], cs);
     let (da, wa) = delta(&raws[2], &raws[1], cs);
     assert!(db > 0 && da > 0, "the states do not differ");
     // The oldest state owns exactly its differing clusters, their L2 tables and its L1.
-    assert_eq!(snapshot_list(&q2)["snapshots"][1]["own_clusters"], (db + wb + l1) as u64);
-    assert_eq!(snapshot_list(&q3)["snapshots"][2]["own_clusters"], (da + wa + l1) as u64);
+    assert_eq!(
+        snapshot_list(&q2)["snapshots"][1]["own_clusters"],
+        (db + wb + l1) as u64
+    );
+    assert_eq!(
+        snapshot_list(&q3)["snapshots"][2]["own_clusters"],
+        (da + wa + l1) as u64
+    );
     // And the file grows by that, plus (for the first older state) the current state's own
     // snapshot L1; the snapshot table and refcount blocks may add a cluster, nothing more.
     let size = |p: &Path| std::fs::metadata(p).unwrap().len() as usize;
-    for (small, big, growth) in [(&q1, &q2, (db + wb + 2 * l1) * cs), (&q2, &q3, (da + wa + l1) * cs)] {
+    for (small, big, growth) in [
+        (&q1, &q2, (db + wb + 2 * l1) * cs),
+        (&q2, &q3, (da + wa + l1) * cs),
+    ] {
         let (s, b) = (size(small), size(big));
-        assert!(b >= s + growth && b <= s + growth + 2 * cs, "{} -> {}: grew {} bytes, expected {growth}", s, b, b - s);
+        assert!(
+            b >= s + growth && b <= s + growth + 2 * cs,
+            "{} -> {}: grew {} bytes, expected {growth}",
+            s,
+            b,
+            b - s
+        );
     }
 }
 
@@ -220,25 +332,60 @@ fn mismatched_images_are_refused() {
     let dir = scratch("pit-mismatch");
     let [a, _, c] = chain(&dir);
     let other = dir.join("other.img");
-    std::fs::File::create(&other).unwrap().set_len(16 << 20).unwrap();
-    assert_eq!(code(&sh("mke2fs", &[&"-q", &"-F", &"-t", &"ext4", &"-b", &"4096", &other])), 0);
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    assert_eq!(
+        code(&sh(
+            "mke2fs",
+            &[&"-q", &"-F", &"-t", &"ext4", &"-b", &"4096", &other]
+        )),
+        0
+    );
     let k1 = dir.join("k1.img");
-    std::fs::File::create(&k1).unwrap().set_len(16 << 20).unwrap();
+    std::fs::File::create(&k1)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let uuid = {
         let raw = read(&a);
         let u = &raw[1024 + 0x68..1024 + 0x78];
         let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{}-{}-{}", h[0..4].concat(), h[4..6].concat(), h[6..8].concat(), h[8..10].concat(), h[10..].concat())
+        format!(
+            "{}-{}-{}-{}-{}",
+            h[0..4].concat(),
+            h[4..6].concat(),
+            h[6..8].concat(),
+            h[8..10].concat(),
+            h[10..].concat()
+        )
     };
-    assert_eq!(code(&sh("mke2fs", &[&"-q", &"-F", &"-t", &"ext4", &"-b", &"1024", &"-U", &uuid, &k1])), 0);
+    assert_eq!(
+        code(&sh(
+            "mke2fs",
+            &[&"-q", &"-F", &"-t", &"ext4", &"-b", &"1024", &"-U", &uuid, &k1]
+        )),
+        0
+    );
     for (bad, what) in [(&other, "UUID"), (&k1, "block size")] {
         let q = dir.join("out.qcow2");
         let o = run(&[&"-Q", &"--snapshot", &a, &"--snapshot", bad, &c, &q]);
         assert_eq!(code(&o), 1);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(what) && err.contains(&*bad.display().to_string()), "{err}");
+        assert!(
+            err.contains(what) && err.contains(&*bad.display().to_string()),
+            "{err}"
+        );
         assert!(!q.exists());
-        assert_eq!(std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count(), 0);
+        assert_eq!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .count(),
+            0
+        );
     }
     // Snapshots need QCOW2 output.
     let o = run(&[&"-r", &"--snapshot", &a, &c, &dir.join("x.raw")]);

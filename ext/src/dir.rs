@@ -37,12 +37,23 @@ pub fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
     while off + DIRENT_HEADER <= block.len() {
         let inode = le32(block, off);
         let len = rec_len(le16(block, off + 4), block.len());
-        let name_len = if filetype { usize::from(block[off + 6]) } else { usize::from(le16(block, off + 6)) };
-        if len < DIRENT_HEADER || len % 4 != 0 || off + len > block.len() || DIRENT_HEADER + name_len > len {
+        let name_len = if filetype {
+            usize::from(block[off + 6])
+        } else {
+            usize::from(le16(block, off + 6))
+        };
+        if len < DIRENT_HEADER
+            || !len.is_multiple_of(4)
+            || off + len > block.len()
+            || DIRENT_HEADER + name_len > len
+        {
             break;
         }
         if inode != 0 && name_len > 0 {
-            out.push(DirEntry { inode, name: block[off + DIRENT_HEADER..off + DIRENT_HEADER + name_len].to_vec() });
+            out.push(DirEntry {
+                inode,
+                name: block[off + DIRENT_HEADER..off + DIRENT_HEADER + name_len].to_vec(),
+            });
         }
         off += len;
     }
@@ -70,10 +81,19 @@ mod tests {
         entry(&mut b, 0, "gone", 16);
         entry(&mut b, 16, "snap1", 1024 - 28);
         let v = parse_block(&b, true);
-        assert_eq!(v, vec![
-            DirEntry { inode: 2, name: b".".to_vec() },
-            DirEntry { inode: 16, name: b"snap1".to_vec() },
-        ]);
+        assert_eq!(
+            v,
+            vec![
+                DirEntry {
+                    inode: 2,
+                    name: b".".to_vec()
+                },
+                DirEntry {
+                    inode: 16,
+                    name: b"snap1".to_vec()
+                },
+            ]
+        );
     }
 
     #[test]
@@ -102,6 +122,12 @@ mod tests {
         b[4..6].copy_from_slice(&0u16.to_le_bytes());
         b[6] = 1;
         b[8] = b'a';
-        assert_eq!(parse_block(&b, true), vec![DirEntry { inode: 7, name: b"a".to_vec() }]);
+        assert_eq!(
+            parse_block(&b, true),
+            vec![DirEntry {
+                inode: 7,
+                name: b"a".to_vec()
+            }]
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::superblock::{compat, incompat, ro_compat, Superblock, SUPERBLOCK_OFFS
 
 /// True if `x` is a power of `base` (1 counts).
 fn is_power_of(mut x: u32, base: u32) -> bool {
-    while x > 1 && x % base == 0 {
+    while x > 1 && x.is_multiple_of(base) {
         x /= base;
     }
     x == 1

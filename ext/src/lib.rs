@@ -11,8 +11,8 @@
 //! Field names follow the kernel (`s_blocks_count_lo`, `bg_inode_table`, `ee_start`).
 
 pub mod blockset;
-pub mod dir;
 mod bytes;
+pub mod dir;
 pub mod error;
 pub mod extent;
 pub mod fs;

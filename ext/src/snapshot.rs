@@ -61,9 +61,16 @@ pub fn snapshot_list<V: BlockView>(fs: &Filesystem<V>) -> (Vec<SnapshotFile>, Ve
     let mut seen = HashSet::new();
     let mut ino = sb.s_snapshot_list;
     while ino != 0 {
-        let warn = |reason: String| Warning { inode: Some(InodeNr(ino)), block: None, offset: None, reason };
+        let warn = |reason: String| Warning {
+            inode: Some(InodeNr(ino)),
+            block: None,
+            offset: None,
+            reason,
+        };
         if !seen.insert(ino) {
-            warnings.push(warn("snapshot list loops back to this inode; list cut here".into()));
+            warnings.push(warn(
+                "snapshot list loops back to this inode; list cut here".into(),
+            ));
             break;
         }
         let inode = match fs.read_inode_raw(ino) {
@@ -74,7 +81,10 @@ pub fn snapshot_list<V: BlockView>(fs: &Filesystem<V>) -> (Vec<SnapshotFile>, Ve
             }
         };
         if !inode.has_flag(flags::SNAPFILE) || inode.file_type() != FileType::Regular {
-            warnings.push(warn("snapshot list entry is not a snapshot file (no SNAPFILE flag); list cut here".into()));
+            warnings.push(warn(
+                "snapshot list entry is not a snapshot file (no SNAPFILE flag); list cut here"
+                    .into(),
+            ));
             break;
         }
         let offset = snapshot_block_offset(sb.block_size);
@@ -119,7 +129,10 @@ pub struct SnapshotMap {
 impl SnapshotMap {
     /// Walks the snapshot file's indirect tree. Tree and mapped blocks are checked against the
     /// filesystem size; problems are returned as warnings and the bad subtree is skipped.
-    pub fn build<V: BlockView>(fs: &Filesystem<V>, snap: &SnapshotFile) -> (SnapshotMap, Vec<Warning>) {
+    pub fn build<V: BlockView>(
+        fs: &Filesystem<V>,
+        snap: &SnapshotFile,
+    ) -> (SnapshotMap, Vec<Warning>) {
         let sb = &fs.sb;
         let view: &dyn BlockView = fs.view();
         let mut c = Collector::new(view, sb);
@@ -135,7 +148,13 @@ impl SnapshotMap {
             if root == 0 {
                 continue;
             }
-            let mut m = MapWalk { c: &mut c, ino: snap.ino, apb, visited: &mut visited, out: &mut entries };
+            let mut m = MapWalk {
+                c: &mut c,
+                ino: snap.ino,
+                apb,
+                visited: &mut visited,
+                out: &mut entries,
+            };
             m.node(root, level, base, Some(0x28 + 4 * slot as u32));
         }
         entries.sort_unstable();
@@ -146,7 +165,10 @@ impl SnapshotMap {
 
     /// Where image block `p` is stored in this snapshot, if it is.
     pub fn get(&self, p: u64) -> Option<u64> {
-        self.entries.binary_search_by_key(&p, |e| e.0).ok().map(|i| self.entries[i].1)
+        self.entries
+            .binary_search_by_key(&p, |e| e.0)
+            .ok()
+            .map(|i| self.entries[i].1)
     }
 
     /// Number of mapped blocks.
@@ -188,7 +210,9 @@ impl MapWalk<'_, '_> {
         if !self.visited.insert(b) {
             return;
         }
-        let Some(buf) = self.c.read_block(self.ino, b) else { return };
+        let Some(buf) = self.c.read_block(self.ino, b) else {
+            return;
+        };
         let span = self.apb.pow(u32::from(level) - 1);
         for i in 0..self.apb as usize {
             let x = u64::from(le32(&buf, i * 4));
@@ -202,7 +226,11 @@ impl MapWalk<'_, '_> {
                 self.out.push((p, x));
             } else {
                 let kind = CorruptKind::IndirectPointer { value: x };
-                self.c.corrupt(Corrupt::new(kind).at_inode(self.ino).at_block(b, (i * 4) as u32));
+                self.c.corrupt(
+                    Corrupt::new(kind)
+                        .at_inode(self.ino)
+                        .at_block(b, (i * 4) as u32),
+                );
             }
         }
     }
@@ -252,7 +280,10 @@ impl<'a> SnapshotView<'a> {
                 exclude.insert(gd.bg_exclude_bitmap);
             }
         }
-        let chain = (0..=index.min(maps.len().saturating_sub(1))).rev().map(|j| &maps[j]).collect();
+        let chain = (0..=index.min(maps.len().saturating_sub(1)))
+            .rev()
+            .map(|j| &maps[j])
+            .collect();
         SnapshotView {
             live: fs.view(),
             block_size: sb.block_size,
@@ -321,7 +352,7 @@ impl BlockView for SnapshotView<'_> {
         let first = offset / bs;
         let end = offset + buf.len() as u64;
         let last = end.div_ceil(bs);
-        if offset % bs == 0 && end % bs == 0 {
+        if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
             return self.read_whole_blocks(first, buf);
         }
         let mut tmp = vec![0u8; ((last - first) * bs) as usize];
@@ -360,10 +391,16 @@ pub fn snapshot_names<V: BlockView>(fs: &Filesystem<V>, inos: &[u32]) -> HashMap
     names
 }
 
-fn collect_names(entries: &[crate::dir::DirEntry], wanted: &HashSet<u32>, names: &mut HashMap<u32, String>) {
+fn collect_names(
+    entries: &[crate::dir::DirEntry],
+    wanted: &HashSet<u32>,
+    names: &mut HashMap<u32, String>,
+) {
     for e in entries {
         if wanted.contains(&e.inode) && e.name != b"." && e.name != b".." {
-            names.entry(e.inode).or_insert_with(|| String::from_utf8_lossy(&e.name).into_owned());
+            names
+                .entry(e.inode)
+                .or_insert_with(|| String::from_utf8_lossy(&e.name).into_owned());
         }
     }
 }
@@ -371,17 +408,26 @@ fn collect_names(entries: &[crate::dir::DirEntry], wanted: &HashSet<u32>, names:
 /// Entries of directory `ino` (empty when it cannot be read; inline directories are skipped).
 fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: u32) -> Vec<crate::dir::DirEntry> {
     let sb = &fs.sb;
-    let Ok(raw) = fs.read_inode_raw(ino) else { return Vec::new() };
+    let Ok(raw) = fs.read_inode_raw(ino) else {
+        return Vec::new();
+    };
     let inode = Inode::parse(&raw, sb);
     if inode.file_type() != FileType::Directory {
         return Vec::new();
     }
     let view: &dyn BlockView = fs.view();
     let mut c = Collector::new(view, sb);
-    let classes = TreeClasses { tree: BlockClass::ExtentTree, data: Some(BlockClass::Directory) };
+    let classes = TreeClasses {
+        tree: BlockClass::ExtentTree,
+        data: Some(BlockClass::Directory),
+    };
     match inode.block_map(sb) {
-        crate::inode::BlockMap::Extents => crate::extent::walk_extents(&mut c, InodeNr(ino), &inode.i_block, classes),
-        crate::inode::BlockMap::Indirect => crate::indirect::walk_indirect(&mut c, InodeNr(ino), &inode, classes),
+        crate::inode::BlockMap::Extents => {
+            crate::extent::walk_extents(&mut c, InodeNr(ino), &inode.i_block, classes)
+        }
+        crate::inode::BlockMap::Indirect => {
+            crate::indirect::walk_indirect(&mut c, InodeNr(ino), &inode, classes)
+        }
         crate::inode::BlockMap::None => {}
     }
     let (mut set, _) = c.into_parts();
@@ -389,7 +435,11 @@ fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: u32) -> Vec<crate::dir::Di
     let filetype = sb.has_incompat(crate::superblock::incompat::FILETYPE);
     let mut out = Vec::new();
     let mut buf = vec![0u8; sb.block_size as usize];
-    for e in set.extents().iter().filter(|e| e.class == BlockClass::Directory) {
+    for e in set
+        .extents()
+        .iter()
+        .filter(|e| e.class == BlockClass::Directory)
+    {
         for b in e.start..e.end() {
             if fs.read_blocks(b, &mut buf).is_ok() {
                 out.extend(crate::dir::parse_block(&buf, filetype));
@@ -407,7 +457,10 @@ fn directory_inodes<V: BlockView>(fs: &Filesystem<V>) -> Vec<u32> {
     for (g, gd) in fs.groups.iter().enumerate() {
         let used = gd.used_inodes(sb);
         let blocks = used.div_ceil(sb.inodes_per_block);
-        if blocks == 0 || gd.bg_inode_table == 0 || gd.bg_inode_table + u64::from(blocks) > sb.s_blocks_count {
+        if blocks == 0
+            || gd.bg_inode_table == 0
+            || gd.bg_inode_table + u64::from(blocks) > sb.s_blocks_count
+        {
             continue;
         }
         let mut buf = vec![0u8; blocks as usize * sb.block_size as usize];
@@ -418,7 +471,11 @@ fn directory_inodes<V: BlockView>(fs: &Filesystem<V>) -> Vec<u32> {
             let inode = Inode::parse(&buf[i * isz..(i + 1) * isz], sb);
             if inode.file_type() == FileType::Directory && inode.i_links_count > 0 {
                 let ino = g as u32 * sb.s_inodes_per_group + i as u32 + 1;
-                if inode.has_flag(flags::SNAPFILE) { flagged.push(ino) } else { plain.push(ino) }
+                if inode.has_flag(flags::SNAPFILE) {
+                    flagged.push(ino)
+                } else {
+                    plain.push(ino)
+                }
             }
         }
     }
@@ -428,5 +485,10 @@ fn directory_inodes<V: BlockView>(fs: &Filesystem<V>) -> Vec<u32> {
 
 /// Warning for a snapshot that cannot be exported as a state.
 pub fn skipped(snap: &SnapshotFile, why: &str) -> Warning {
-    Warning { inode: Some(snap.ino), block: None, offset: None, reason: format!("snapshot {}: {why}", snap.id) }
+    Warning {
+        inode: Some(snap.ino),
+        block: None,
+        offset: None,
+        reason: format!("snapshot {}: {why}", snap.id),
+    }
 }

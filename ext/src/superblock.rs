@@ -293,7 +293,7 @@ impl Superblock {
             return Err(bad(&format!("s_inode_size {isz} is invalid")));
         }
         let ds = self.desc_size;
-        let ds_ok = ds == 32 || (ds >= 64 && ds <= 1024 && ds.is_power_of_two() && ds <= bs);
+        let ds_ok = ds == 32 || ((64..=1024).contains(&ds) && ds.is_power_of_two() && ds <= bs);
         if !ds_ok {
             return Err(bad(&format!("s_desc_size {ds} is invalid")));
         }

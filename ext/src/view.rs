@@ -32,7 +32,7 @@ pub trait BlockView: Sync {
     /// `InvalidInput` if `buf.len()` is not a multiple of `block_size` or the byte offset
     /// overflows; otherwise as [`read_at`](Self::read_at).
     fn read_blocks(&self, block_size: u32, first: u64, buf: &mut [u8]) -> io::Result<()> {
-        if block_size == 0 || buf.len() % block_size as usize != 0 {
+        if block_size == 0 || !buf.len().is_multiple_of(block_size as usize) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "partial block read",

@@ -249,9 +249,18 @@ pub fn snapshot_fixtures(names: &[&str]) -> BTreeMap<String, SnapFixture> {
     std::fs::create_dir_all(&out).unwrap();
     let lock = File::create(out.join(".lock")).unwrap();
     lock.lock().unwrap();
-    let missing: Vec<&str> = names.iter().copied().filter(|n| !out.join(format!("{n}.ok")).exists()).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !out.join(format!("{n}.ok")).exists())
+        .collect();
     if !missing.is_empty() {
-        let o = Command::new("bash").arg(root().join("fixtures/make-snapshots.sh")).arg(&out).args(&missing).output().unwrap();
+        let o = Command::new("bash")
+            .arg(root().join("fixtures/make-snapshots.sh"))
+            .arg(&out)
+            .args(&missing)
+            .output()
+            .unwrap();
         assert!(
             o.status.success(),
             "snapshot fixture build failed:\n{}\n{}",
@@ -270,7 +279,9 @@ pub fn snapshot_fixtures(names: &[&str]) -> BTreeMap<String, SnapFixture> {
         let snapdir = out.join(format!("{}.snap", f[0]));
         let list = std::fs::read_to_string(snapdir.join("list.tsv")).unwrap();
         let header: Vec<&str> = list.lines().next().unwrap().split('\t').collect();
-        let col = |row: &[&str], name: &str| row[header.iter().position(|h| *h == name).unwrap()].to_string();
+        let col = |row: &[&str], name: &str| {
+            row[header.iter().position(|h| *h == name).unwrap()].to_string()
+        };
         let snapshots = list
             .lines()
             .skip(1)
@@ -299,7 +310,10 @@ pub fn snapshot_fixtures(names: &[&str]) -> BTreeMap<String, SnapFixture> {
         );
     }
     for n in names {
-        assert!(m.contains_key(*n), "snapshot fixture {n} missing from the manifest");
+        assert!(
+            m.contains_key(*n),
+            "snapshot fixture {n} missing from the manifest"
+        );
     }
     m
 }
@@ -342,7 +356,10 @@ pub fn block_at(path: &Path, b: u64, bs: usize) -> Vec<u8> {
     let mut buf = vec![0u8; bs];
     let mut done = 0;
     while done < bs {
-        match f.read_at(&mut buf[done..], b * bs as u64 + done as u64).unwrap() {
+        match f
+            .read_at(&mut buf[done..], b * bs as u64 + done as u64)
+            .unwrap()
+        {
             0 => break,
             k => done += k,
         }
