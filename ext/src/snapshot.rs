@@ -455,7 +455,9 @@ fn directory_inodes<V: BlockView>(fs: &Filesystem<V>) -> Vec<u32> {
     let (mut flagged, mut plain) = (Vec::new(), Vec::new());
     let isz = usize::from(sb.s_inode_size);
     for (g, gd) in fs.groups.iter().enumerate() {
-        let used = gd.used_inodes(sb);
+        let used = gd
+            .used_inodes(sb)
+            .min(crate::walk::inodes_left(sb, g as u32));
         let blocks = used.div_ceil(sb.inodes_per_block);
         if blocks == 0
             || gd.bg_inode_table == 0
@@ -470,6 +472,7 @@ fn directory_inodes<V: BlockView>(fs: &Filesystem<V>) -> Vec<u32> {
         for i in 0..used as usize {
             let inode = Inode::parse(&buf[i * isz..(i + 1) * isz], sb);
             if inode.file_type() == FileType::Directory && inode.i_links_count > 0 {
+                // Below s_inodes_count (`used` is bounded by it), so this cannot overflow.
                 let ino = g as u32 * sb.s_inodes_per_group + i as u32 + 1;
                 if inode.has_flag(flags::SNAPFILE) {
                     flagged.push(ino)

@@ -379,9 +379,7 @@ fn scan_inodes(
     let sb = c.sb;
     let isz = usize::from(sb.s_inode_size);
     let bs = sb.block_size as usize;
-    let used = gd
-        .used_inodes(sb)
-        .min(sb.s_inodes_count.saturating_sub(g * sb.s_inodes_per_group));
+    let used = gd.used_inodes(sb).min(inodes_left(sb, g));
     let chunk_blocks = (ITABLE_CHUNK_BYTES / bs).max(1) as u32;
     let mut index = 0u32;
     while index < used {
@@ -402,6 +400,7 @@ fn scan_inodes(
         for k in 0..count {
             let i = index + k;
             let raw = &buf[k as usize * isz..(k as usize + 1) * isz];
+            // Below s_inodes_count (see `inodes_left`), so this cannot overflow.
             let ino = g * sb.s_inodes_per_group + i + 1;
             let in_bitmap = bitmap.is_some_and(|b| b[(i / 8) as usize] & (1 << (i % 8)) != 0);
             let inode = Inode::parse(raw, sb);
@@ -415,6 +414,12 @@ fn scan_inodes(
         }
         index += count;
     }
+}
+
+/// Inodes of `s_inodes_count` numbered from group `g`'s first inode on (0 past the end).
+pub(crate) fn inodes_left(sb: &Superblock, g: u32) -> u32 {
+    let first = u64::from(g) * u64::from(sb.s_inodes_per_group);
+    u32::try_from(u64::from(sb.s_inodes_count).saturating_sub(first)).unwrap_or(u32::MAX)
 }
 
 /// Adds the blocks one in-use inode owns.
