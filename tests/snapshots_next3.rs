@@ -22,40 +22,6 @@ fn skip() -> bool {
     true
 }
 
-fn export(args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
-    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json"];
-    a.extend_from_slice(args);
-    let o = run(&a);
-    assert_eq!(
-        code(&o),
-        0,
-        "{:?}: {}",
-        args.iter()
-            .map(|a| a.as_ref().to_string_lossy().into_owned())
-            .collect::<Vec<_>>(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// Extracts state `name` of `q` to the raw file `out`.
-fn extract(q: &Path, name: &str, out: &Path) {
-    let _ = std::fs::remove_file(out);
-    let o = sh(
-        "qemu-img",
-        &[
-            &"convert",
-            &"-l",
-            &format!("snapshot.name={name}"),
-            &"-O",
-            &"raw",
-            &q,
-            &out,
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-}
-
 /// True if two raw files have the same size and content (sparse-aware, through qemu-img).
 fn same(a: &Path, b: &Path) -> bool {
     std::fs::metadata(a).unwrap().len() == std::fs::metadata(b).unwrap().len()
@@ -75,7 +41,7 @@ fn check(f: &SnapFixture, flags: &[&str], dir: &Path) {
         args.push(fl);
     }
     args.extend([&f.path as &dyn AsRef<std::ffi::OsStr>, &q]);
-    export(&args);
+    export_json(&args);
     assert_qemu_check(&q);
     let live: Vec<&SnapRow> = f.snapshots.iter().filter(|s| !s.deleted).collect();
     // Listing: current, then the snapshots newest first, dated by their ctime.
@@ -98,9 +64,9 @@ fn check(f: &SnapFixture, flags: &[&str], dir: &Path) {
             a.push(&"-d");
         }
         a.extend([&f.path as &dyn AsRef<std::ffi::OsStr>, &ours]);
-        export(&a);
+        export_json(&a);
         let x = dir.join("x.raw");
-        extract(&q, &row.name, &x);
+        extract_state(&q, &row.name, &x);
         assert!(
             same(&x, &ours),
             "{}: state {} from qemu differs from e2image-rs -r --from-snapshot",
@@ -169,10 +135,10 @@ fn check(f: &SnapFixture, flags: &[&str], dir: &Path) {
         a.push(&"-d");
     }
     a.extend([&f.path as &dyn AsRef<std::ffi::OsStr>, &cur]);
-    export(&a);
+    export_json(&a);
     assert_qemu_identical(&q, &cur);
     let x = dir.join("x.raw");
-    extract(&q, "current", &x);
+    extract_state(&q, "current", &x);
     assert!(same(&x, &cur));
 }
 
@@ -233,7 +199,7 @@ fn qemu_operations_keep_the_image_clean() {
         .unwrap();
     let dir = scratch("next3-ops");
     let q = dir.join("out.qcow2");
-    export(&[&"-Q", &"--fs-snapshots", &f.path, &q]);
+    export_json(&[&"-Q", &"--fs-snapshots", &f.path, &q]);
     let states: Vec<String> = std::iter::once("current".to_string())
         .chain(f.snapshots.iter().map(|s| s.name.clone()))
         .collect();
@@ -241,7 +207,7 @@ fn qemu_operations_keep_the_image_clean() {
         .iter()
         .map(|s| {
             let p = dir.join(format!("{s}.want"));
-            extract(&q, s, &p);
+            extract_state(&q, s, &p);
             p
         })
         .collect();
@@ -254,7 +220,7 @@ fn qemu_operations_keep_the_image_clean() {
         for (s, want) in states.iter().zip(&expected) {
             if Some(s.as_str()) != skip {
                 let x = dir.join("x.raw");
-                extract(img, s, &x);
+                extract_state(img, s, &x);
                 assert!(same(&x, want), "{}: state {s} changed", img.display());
             }
         }
@@ -293,9 +259,9 @@ fn plain_export_keeps_snapshot_files_unless_told() {
         .unwrap();
     let dir = scratch("next3-plain");
     let (with, without) = (dir.join("with.raw"), dir.join("without.raw"));
-    let s = export(&[&"-r", &f.path, &with]);
+    let s = export_json(&[&"-r", &f.path, &with]);
     assert!(s["blocks_copied"]["snapshot_files"].as_u64().unwrap() > 0);
-    let s = export(&[&"-r", &"--no-snapshots", &f.path, &without]);
+    let s = export_json(&[&"-r", &"--no-snapshots", &f.path, &without]);
     assert!(s["blocks_copied"].get("snapshot_files").is_none());
     // Every block of the snapshot file (copies, moved blocks and its tree) is in the plain export.
     let o = sh(

@@ -62,14 +62,6 @@ fn debugfs_w(img: &Path, cmds: &[&str]) {
     assert!(child.wait().unwrap().success());
 }
 
-fn export(args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
-    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json"];
-    a.extend_from_slice(args);
-    let o = run(&a);
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn raw_of(img: &Path, dir: &Path, data: bool) -> Vec<u8> {
     let out = dir.join(format!(
         "{}.expected{}.raw",
@@ -87,19 +79,7 @@ fn raw_of(img: &Path, dir: &Path, data: bool) -> Vec<u8> {
 
 fn extract(q: &Path, name: &str, dir: &Path) -> Vec<u8> {
     let out = dir.join(format!("x-{name}.raw"));
-    let o = sh(
-        "qemu-img",
-        &[
-            &"convert",
-            &"-l",
-            &format!("snapshot.name={name}"),
-            &"-O",
-            &"raw",
-            &q,
-            &out,
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    extract_state(q, name, &out);
     read(&out)
 }
 
@@ -151,7 +131,7 @@ fn three_point_in_time_images() {
         if data {
             args.insert(0, &"-d");
         }
-        let summary = export(&args);
+        let summary = export_json(&args);
         assert_eq!(summary["states"].as_array().unwrap().len(), 3);
         assert_qemu_check(&q);
         let expected = [
@@ -213,7 +193,7 @@ fn one_snapshot_and_qemu_operations() {
     let dir = scratch("pit-1");
     let [a, _, c] = chain(&dir);
     let q = dir.join("out.qcow2");
-    export(&[&"-Q", &"--snapshot", &a, &c, &q]);
+    export_json(&[&"-Q", &"--snapshot", &a, &c, &q]);
     assert_qemu_check(&q);
     let expected = [raw_of(&c, &dir, false), raw_of(&a, &dir, false)];
     assert_states(&q, &["current", "a.img"], &expected, &dir);
@@ -284,9 +264,9 @@ fn an_older_state_costs_its_differing_clusters() {
         dir.join("two.qcow2"),
         dir.join("three.qcow2"),
     );
-    export(&[&"-Q", &c, &q1]);
-    export(&[&"-Q", &"--snapshot", &b, &c, &q2]);
-    export(&[&"-Q", &"--snapshot", &a, &"--snapshot", &b, &c, &q3]);
+    export_json(&[&"-Q", &c, &q1]);
+    export_json(&[&"-Q", &"--snapshot", &b, &c, &q2]);
+    export_json(&[&"-Q", &"--snapshot", &a, &"--snapshot", &b, &c, &q3]);
     let raws = [
         raw_of(&c, &dir, false),
         raw_of(&b, &dir, false),

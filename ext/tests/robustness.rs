@@ -80,7 +80,7 @@ fn patched_images_never_panic() {
             let mut img = base.clone();
             for _ in 0..(1 + rng.next() % 16) {
                 // Mostly metadata blocks, sometimes the superblock itself.
-                let off = if rng.next() % 8 == 0 {
+                let off = if rng.next().is_multiple_of(8) {
                     1024 + (rng.next() % 1024) as usize
                 } else {
                     let b = blocks[(rng.next() % blocks.len() as u64) as usize];

@@ -58,10 +58,11 @@ pub struct Fixture {
     pub notes: String,
 }
 
-/// Builds (once, under a lock shared by all test processes) the requested fixtures with
-/// `fixtures/build-matrix.sh` and returns the manifest rows for them.
-pub fn fixtures(names: &[&str]) -> BTreeMap<String, Fixture> {
-    let out = root().join("target/fixtures");
+/// Runs a fixture script (`fixtures/<script> OUTDIR NAME...`) for the names whose `.ok`
+/// marker is missing, under a lock shared by all test processes, and returns the text of
+/// `OUTDIR/<manifest>`.
+fn build_fixtures(script: &str, outdir: &str, manifest: &str, names: &[&str]) -> (PathBuf, String) {
+    let out = root().join(outdir);
     std::fs::create_dir_all(&out).unwrap();
     let lock = File::create(out.join(".lock")).unwrap();
     lock.lock().unwrap();
@@ -72,20 +73,28 @@ pub fn fixtures(names: &[&str]) -> BTreeMap<String, Fixture> {
         .collect();
     if !missing.is_empty() {
         let o = Command::new("bash")
-            .arg(root().join("fixtures/build-matrix.sh"))
+            .arg(root().join("fixtures").join(script))
             .arg(&out)
             .args(&missing)
             .output()
             .unwrap();
         assert!(
             o.status.success(),
-            "fixture build failed:\n{}\n{}",
+            "fixtures/{script} failed:\n{}\n{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let manifest = std::fs::read_to_string(out.join("manifest.tsv")).unwrap_or_default();
+    let text = std::fs::read_to_string(out.join(manifest)).unwrap_or_default();
     let _ = lock.unlock();
+    (out, text)
+}
+
+/// Builds (once) the requested fixtures with `fixtures/build-matrix.sh` and returns their
+/// manifest rows.
+pub fn fixtures(names: &[&str]) -> BTreeMap<String, Fixture> {
+    let (out, manifest) =
+        build_fixtures("build-matrix.sh", "target/fixtures", "manifest.tsv", names);
     let mut m = BTreeMap::new();
     for line in manifest.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -243,33 +252,14 @@ pub struct SnapFixture {
     pub snapshots: Vec<SnapRow>,
 }
 
-/// Builds (once, under a lock) the requested next3 fixtures and returns them.
+/// Builds (once) the requested next3 fixtures with `fixtures/make-snapshots.sh`.
 pub fn snapshot_fixtures(names: &[&str]) -> BTreeMap<String, SnapFixture> {
-    let out = root().join("target/fixtures-snap");
-    std::fs::create_dir_all(&out).unwrap();
-    let lock = File::create(out.join(".lock")).unwrap();
-    lock.lock().unwrap();
-    let missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| !out.join(format!("{n}.ok")).exists())
-        .collect();
-    if !missing.is_empty() {
-        let o = Command::new("bash")
-            .arg(root().join("fixtures/make-snapshots.sh"))
-            .arg(&out)
-            .args(&missing)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "snapshot fixture build failed:\n{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    let _ = lock.unlock();
-    let manifest = std::fs::read_to_string(out.join("snapshots.tsv")).unwrap();
+    let (out, manifest) = build_fixtures(
+        "make-snapshots.sh",
+        "target/fixtures-snap",
+        "snapshots.tsv",
+        names,
+    );
     let mut m = BTreeMap::new();
     for line in manifest.lines().skip(1) {
         let f: Vec<&str> = line.split('\t').collect();
@@ -376,4 +366,31 @@ pub fn blocks_not_in(reference: &Path, other: &Path, bs: usize) -> Vec<u64> {
         }
     });
     bad
+}
+
+/// Runs e2image-rs with `--json` and `args`, which must succeed; returns the summary.
+pub fn export_json(args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
+    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json"];
+    a.extend_from_slice(args);
+    let o = run(&a);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Extracts state `name` of the QCOW2 image `q` with `qemu-img convert -l` into raw `out`.
+pub fn extract_state(q: &Path, name: &str, out: &Path) {
+    let _ = std::fs::remove_file(out);
+    let o = sh(
+        "qemu-img",
+        &[
+            &"convert",
+            &"-l",
+            &format!("snapshot.name={name}"),
+            &"-O",
+            &"raw",
+            &q,
+            &out,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
 }
