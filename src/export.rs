@@ -155,7 +155,7 @@ fn export_fs(
         }];
         return write_image(&states, source, output, args, next3.warnings.clone());
     }
-    let plan = plan(&fs, args.fs_snapshots, &args.snapshots)?;
+    let plan = plan(&fs, args.fs_snapshots, &args.snapshots, args.force)?;
     let snap_views: Vec<_> = match &plan.older {
         Older::Next3(n) => n.exported.iter().map(|&i| n.view(&fs, i)).collect(),
         _ => Vec::new(),

@@ -94,6 +94,7 @@ pub fn plan<V: BlockView>(
     fs: &Filesystem<V>,
     fs_snapshots: bool,
     images: &[PathBuf],
+    force: bool,
 ) -> Result<StatePlan> {
     let mut names = vec![CURRENT.to_string()];
     let mut dates = vec![sb_date(&fs.sb)];
@@ -115,7 +116,7 @@ pub fn plan<V: BlockView>(
     } else if !images.is_empty() {
         let mut opened = Vec::new();
         for path in images.iter().rev() {
-            let (view, date) = open_image(fs, path)?;
+            let (view, date) = open_image(fs, path, force)?;
             names.push(path.file_name().map_or_else(
                 || path.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
@@ -136,7 +137,18 @@ pub fn plan<V: BlockView>(
 
 /// Opens a `--snapshot` image and checks that it is the same filesystem: same UUID and block
 /// size. Returns its view and date (superblock write time, else the file's mtime).
-fn open_image<V: BlockView>(fs: &Filesystem<V>, path: &Path) -> Result<(FileView, (u32, u32))> {
+fn open_image<V: BlockView>(
+    fs: &Filesystem<V>,
+    path: &Path,
+    force: bool,
+) -> Result<(FileView, (u32, u32))> {
+    if let Some(mnt) = crate::mounted::mounted_rw(path).filter(|_| !force) {
+        bail!(
+            "--snapshot {} is mounted read-write on {}; the image could be inconsistent. Use -f to image it anyway",
+            path.display(),
+            mnt.display()
+        );
+    }
     let view = FileView::open(path)
         .with_context(|| format!("cannot open --snapshot {} read-only", path.display()))?;
     let other = Filesystem::open(&view, &OpenOptions::default())
