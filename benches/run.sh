@@ -85,22 +85,25 @@ if [ -z "$only" ] || [ "$only" = usr ]; then
   echo "== $usr (metadata)"
   cmd "e2image -Q" "$work/e2i.qcow2" e2image -Q "$usr" "$work/e2i.qcow2"
   cmd "e2image-rs -Q" "$work/ours.qcow2" "$bin" -Q "$usr" "$work/ours.qcow2"
+  # Durable variants: e2image never syncs its output; e2image-rs does with --sync.
   cmd "e2image -Q; sync OUT" "$work/e2is.qcow2" bash -c 'e2image -Q "$1" "$2" && sync "$2"' _ "$usr" "$work/e2is.qcow2"
+  cmd "e2image-rs -Q --sync" "$work/ours-s.qcow2" "$bin" -Q --sync "$usr" "$work/ours-s.qcow2"
   run_round
   echo "  ratio e2image-rs -Q / e2image -Q: $(ratio "${T[e2image-rs -Q]}" "${T[e2image -Q]}")   (target <= 0.5)"
-  echo "  ratio e2image-rs -Q / (e2image -Q; sync): $(ratio "${T[e2image-rs -Q]}" "${T[e2image -Q; sync OUT]}")"
+  echo "  ratio e2image-rs -Q --sync / (e2image -Q; sync): $(ratio "${T[e2image-rs -Q --sync]}" "${T[e2image -Q; sync OUT]}")"
   echo "== $usr (data)"
   cmd "qemu-img convert -O qcow2" "$work/qemu.qcow2" qemu-img convert -O qcow2 "$usr" "$work/qemu.qcow2"
   cmd "e2image-rs -Q -d" "$work/ours-d.qcow2" "$bin" -Q -d "$usr" "$work/ours-d.qcow2"
   cmd "e2image -Qa" "$work/e2ia.qcow2" e2image -Qa "$usr" "$work/e2ia.qcow2"
-  # e2image never syncs its output; e2image-rs and qemu-img flush theirs to stable storage
-  # before finishing. This row gives e2image the same durability.
+  # qemu-img flushes its output (fdatasync); e2image never does; e2image-rs does with --sync.
+  cmd "e2image-rs -Q -d --sync" "$work/ours-ds.qcow2" "$bin" -Q -d --sync "$usr" "$work/ours-ds.qcow2"
   cmd "e2image -Qa; sync OUT" "$work/e2ias.qcow2" bash -c 'e2image -Qa "$1" "$2" && sync "$2"' _ "$usr" "$work/e2ias.qcow2"
   run_round
   echo "  ratio e2image-rs -d / qemu-img convert: $(ratio "${T[e2image-rs -Q -d]}" "${T[qemu-img convert -O qcow2]}")   (target <= 1.0)"
+  echo "  ratio e2image-rs -d --sync / qemu-img convert: $(ratio "${T[e2image-rs -Q -d --sync]}" "${T[qemu-img convert -O qcow2]}")   (both durable)"
   echo "  ratio e2image-rs -d / e2image -Qa:      $(ratio "${T[e2image-rs -Q -d]}" "${T[e2image -Qa]}")   (target <= 0.5)"
-  echo "  ratio e2image-rs -d / (e2image -Qa; sync): $(ratio "${T[e2image-rs -Q -d]}" "${T[e2image -Qa; sync OUT]}")"
-  rm -f "$work/qemu.qcow2" "$work/e2ia.qcow2" "$work/e2ias.qcow2" "$work/ours-d.qcow2" "$work/e2i.qcow2" "$work/e2is.qcow2" "$work/ours.qcow2"
+  echo "  ratio e2image-rs -d --sync / (e2image -Qa; sync): $(ratio "${T[e2image-rs -Q -d --sync]}" "${T[e2image -Qa; sync OUT]}")"
+  rm -f "$work/qemu.qcow2" "$work/e2ia.qcow2" "$work/e2ias.qcow2" "$work/ours-d.qcow2" "$work/e2i.qcow2" "$work/e2is.qcow2" "$work/ours.qcow2" "$work/ours-s.qcow2" "$work/ours-ds.qcow2"
 fi
 
 if [ -z "$only" ] || [ "$only" = snap ]; then

@@ -76,6 +76,10 @@ pub struct ExportArgs {
     /// QCOW2 version: 0.10 (v2) or 1.1 (v3).
     #[arg(long, value_enum, default_value = "1.1")]
     pub compat: Compat,
+    /// Flush the image to stable storage before renaming it over OUT, so that it survives a
+    /// power failure (e2image never does; qemu-img convert does).
+    #[arg(long)]
+    pub sync: bool,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,

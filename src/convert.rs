@@ -48,8 +48,8 @@ pub fn qcow_to_raw(
         &progress,
         &mut warnings,
     )?;
-    sink.finish()?;
+    sink.finish(args.sync)?;
     progress.finish();
-    temp.commit()?;
+    temp.commit(args.sync)?;
     Ok(Summary::conversion(source, output, size, warnings, stats))
 }

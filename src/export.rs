@@ -214,7 +214,7 @@ fn write_image(
         .max()
         .unwrap_or(0);
     let (temp, file) = TempOutput::create(output)?;
-    let background = BackgroundSync::start(&file);
+    let background = BackgroundSync::start(&file, args.sync);
     let mut out = Out::create(file, size, first.sb.block_size, args)?;
     let walk_opts = WalkOptions {
         data: args.data,
@@ -244,8 +244,8 @@ fn write_image(
             main_walk = Some((walked, fs.sb.clone()));
         }
     }
-    let cluster_size = finish_output(out, states, &opened, background)?;
-    temp.commit()?;
+    let cluster_size = finish_output(out, states, &opened, background, args.sync)?;
+    temp.commit(args.sync)?;
     let (walked, sb) = main_walk.context("the current state was not written")?;
     reports.sort_by_key(|r| states.iter().position(|s| s.name == r.name));
     Ok(Summary::export(
@@ -333,7 +333,9 @@ impl Out {
             virtual_size: size,
             version,
         };
-        Ok(Out::Qcow(Box::new(Writer::create(file, opts)?), Vec::new()))
+        let mut writer = Writer::create(file, opts)?;
+        writer.set_sync(args.sync);
+        Ok(Out::Qcow(Box::new(writer), Vec::new()))
     }
 
     /// Copies one walked state; in QCOW2 it becomes a new state that shares every cluster
@@ -382,11 +384,12 @@ fn finish_output(
     states: &[StateInput<'_>],
     opened: &[Option<Filesystem<&dyn BlockView>>],
     background: BackgroundSync,
+    sync: bool,
 ) -> Result<Option<u64>> {
     match out {
         Out::Raw(sink) => {
             drop(background);
-            sink.finish()?;
+            sink.finish(sync)?;
             Ok(None)
         }
         Out::Qcow(writer, ids) => {

@@ -42,9 +42,9 @@ impl TempOutput {
         ))
     }
 
-    /// Renames the temporary file (already synced by its writer) over the target, then syncs
-    /// the directory so that the rename itself is durable.
-    pub fn commit(mut self) -> Result<()> {
+    /// Renames the temporary file over the target; with `sync` (the file was synced by its
+    /// writer) also syncs the directory, so that the rename itself is durable.
+    pub fn commit(mut self, sync: bool) -> Result<()> {
         std::fs::rename(&self.temp, &self.target).with_context(|| {
             format!(
                 "cannot rename {} to {}",
@@ -53,12 +53,14 @@ impl TempOutput {
             )
         })?;
         self.committed = true;
-        let dir = match self.target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if sync {
+            let dir = match self.target.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     }
@@ -84,8 +86,15 @@ pub struct BackgroundSync {
 const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
 
 impl BackgroundSync {
-    /// Starts flushing a clone of `file` every [`SYNC_INTERVAL`] until dropped.
-    pub fn start(file: &File) -> BackgroundSync {
+    /// Starts flushing a clone of `file` every [`SYNC_INTERVAL`] until dropped; does nothing
+    /// unless `enabled`.
+    pub fn start(file: &File, enabled: bool) -> BackgroundSync {
+        if !enabled {
+            return BackgroundSync {
+                stop: None,
+                handle: None,
+            };
+        }
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let handle = file.try_clone().ok().map(|f| {
             std::thread::spawn(move || {

@@ -39,9 +39,11 @@ impl RawSink {
         Ok(RawSink { file, size })
     }
 
-    /// Flushes to stable storage.
-    pub fn finish(self) -> Result<File> {
-        self.file.sync_all().context("cannot sync the raw image")?;
+    /// Finishes the image, flushing it to stable storage when `sync` is set.
+    pub fn finish(self, sync: bool) -> Result<File> {
+        if sync {
+            self.file.sync_all().context("cannot sync the raw image")?;
+        }
         Ok(self.file)
     }
 }

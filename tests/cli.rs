@@ -124,6 +124,13 @@ fn qcow2_options() {
     assert_eq!(info(&data)["cluster-size"], 65536);
     assert_qemu_identical(&v2, &def);
     assert_qemu_identical(&big, &def);
+    // --sync flushes before the rename; the image is the same.
+    let (synced, synced_raw) = (dir.join("sync.qcow2"), dir.join("sync.raw"));
+    assert_eq!(code(&run(&[&"-Q", &"--sync", &img, &synced])), 0);
+    assert_eq!(code(&run(&[&"-r", &"--sync", &img, &synced_raw])), 0);
+    assert_qemu_check(&synced);
+    assert_qemu_identical(&synced, &def);
+    assert_qemu_identical(&synced_raw, &def);
 }
 
 #[test]

@@ -124,6 +124,8 @@ pub struct Writer {
     l2_cache: Option<(u64, Vec<u64>)>,
     /// A refcount changed after allocation, so COPIED bits written earlier may be stale.
     refcounts_changed: bool,
+    /// Flush the file to stable storage at the end of [`Writer::finish`].
+    sync: bool,
     summary: WriterSummary,
 }
 
@@ -182,8 +184,15 @@ impl Writer {
             states: Vec::new(),
             l2_cache: None,
             refcounts_changed: false,
+            sync: true,
             summary: WriterSummary::default(),
         })
+    }
+
+    /// Whether [`Writer::finish`] flushes the file to stable storage (`fsync`) after writing
+    /// the header; on by default.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
     }
 
     /// Cluster size in bytes.

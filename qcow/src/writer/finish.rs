@@ -83,7 +83,9 @@ impl Writer {
         let file_size = self.refcounts.allocated() << self.cluster_bits;
         // The rest of cluster 0 stays a hole: zeros, i.e. the end of the header extensions.
         let file = self.out.finish(file_size, &header.to_bytes())?;
-        file.sync_all().map_err(Error::io("syncing the image", 0))?;
+        if self.sync {
+            file.sync_all().map_err(Error::io("syncing the image", 0))?;
+        }
         Ok(WriterSummary {
             file_size,
             states: 1 + snapshots.len() as u32,
