@@ -42,17 +42,12 @@ fn single(name: &str, cluster_bits: u32, size: u64, version: Version) {
     for g in [0, 1, 2, c / 8 - 1, c / 8, n / 2, n - 1] {
         model.insert(g, cluster_data(g + 7, c));
     }
-    let mut w = new_writer(
-        &img,
-        WriterOptions {
-            cluster_bits,
-            virtual_size: size,
-            version,
-        },
-    );
-    let s = w.new_state();
-    write_model(&mut w, s, &model);
-    w.finish(s, &[]).unwrap();
+    let opts = WriterOptions {
+        cluster_bits,
+        virtual_size: size,
+        version,
+    };
+    write_one_state(&img, opts, &model);
     imago_equals(&img, size, c, &model);
 }
 

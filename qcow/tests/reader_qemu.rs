@@ -178,22 +178,7 @@ fn compressed_clusters() {
     text_file(&src, (3 << 20) + 100_352 % 65536 + 4096);
     for (i, cs) in ["64k", "4k", "512"].iter().enumerate() {
         let img = dir.join(format!("c{i}.qcow2"));
-        let opt = format!("cluster_size={cs}");
-        run_ok(
-            "qemu-img",
-            &[
-                "convert",
-                "-c",
-                "-f",
-                "raw",
-                "-O",
-                "qcow2",
-                "-o",
-                &opt,
-                s(&src),
-                s(&img),
-            ],
-        );
+        qemu_compress(&src, &img, &format!("cluster_size={cs}"));
         let r = compare_all_layers(&img);
         let m = mappings(&r, Layer::Active);
         assert!(
@@ -249,21 +234,7 @@ fn refuses_unsupported_features() {
     let src = dir.join("src.raw");
     text_file(&src, 1 << 20);
     let zstd = dir.join("zstd.qcow2");
-    run_ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-c",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            "compression_type=zstd",
-            s(&src),
-            s(&zstd),
-        ],
-    );
+    qemu_compress(&src, &zstd, "compression_type=zstd");
     expect_unsupported(&zstd, "zstd");
     let base = dir.join("base.qcow2");
     create(&base, "16M", "");

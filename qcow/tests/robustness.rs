@@ -97,22 +97,8 @@ fn qemu_compressed_image(dir: &Path) -> Option<Vec<u8>> {
         .collect();
     fs::write(&src, text).unwrap();
     let img = dir.join("qemu.qcow2");
-    let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
-    run_ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-c",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=512",
-            s,
-            i,
-        ],
-    );
+    let i = img.to_str().unwrap();
+    qemu_compress(&src, &img, "cluster_size=512");
     run_ok(
         "qemu-io",
         &[

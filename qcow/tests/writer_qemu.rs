@@ -35,17 +35,12 @@ fn write_single(name: &str, cluster_bits: u32, size: u64, version: Version) {
     let img = dir.join("a.qcow2");
     let c = 1u64 << cluster_bits;
     let model = spread_model(size.div_ceil(c), cluster_bits);
-    let mut w = new_writer(
-        &img,
-        WriterOptions {
-            cluster_bits,
-            virtual_size: size,
-            version,
-        },
-    );
-    let s = w.new_state();
-    write_model(&mut w, s, &model);
-    let summary = w.finish(s, &[]).unwrap();
+    let opts = WriterOptions {
+        cluster_bits,
+        virtual_size: size,
+        version,
+    };
+    let summary = write_one_state(&img, opts, &model);
     assert_eq!(summary.data_clusters, model.len() as u64);
     assert_eq!(summary.file_size, std::fs::metadata(&img).unwrap().len());
     assert_eq!(summary.file_size % c, 0);

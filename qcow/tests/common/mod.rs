@@ -100,6 +100,33 @@ pub fn new_writer(path: &Path, opts: WriterOptions) -> Writer {
     Writer::create(f, opts).unwrap()
 }
 
+/// Writes a one-state image of `model` at `path` (the state is the active layer).
+pub fn write_one_state(path: &Path, opts: WriterOptions, model: &Model) -> qcow::WriterSummary {
+    let mut w = new_writer(path, opts);
+    let s = w.new_state();
+    write_model(&mut w, s, model);
+    w.finish(s, &[]).unwrap()
+}
+
+/// Makes a compressed QCOW2 image of the raw file `src` with `qemu-img convert -c -o OPTS`.
+pub fn qemu_compress(src: &Path, img: &Path, opts: &str) {
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            opts,
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
+}
+
 /// Writes `model` into `state` with one `write_clusters` call per run of consecutive clusters.
 pub fn write_model(w: &mut Writer, state: qcow::StateId, model: &Model) {
     for (g, data) in runs(model) {
