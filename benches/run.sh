@@ -2,13 +2,15 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: README.md, "Performance").
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap]
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
 #   big.img  empty 15 TiB ext4 on a sparse file, `-E lazy_itable_init=1` (about 1.3 GB on disk)
 #   snap/    a 2 GiB ext4 made from /usr/share and three older states of it (debugfs changes),
-#            for the snapshot export: 3 snapshots against the current state alone
+#            for the snapshot export: 3 snapshots against the current state alone; the
+#            rollback of a copy of the current state to the oldest one (-d image) is timed
+#            against dd writing as many bytes (both flushed: fsync included)
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
     --big) big="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -106,26 +108,30 @@ if [ -z "$only" ] || [ "$only" = usr ]; then
   rm -f "$work/qemu.qcow2" "$work/e2ia.qcow2" "$work/e2ias.qcow2" "$work/ours-d.qcow2" "$work/e2i.qcow2" "$work/e2is.qcow2" "$work/ours.qcow2" "$work/ours-s.qcow2" "$work/ours-ds.qcow2"
 fi
 
-if [ -z "$only" ] || [ "$only" = snap ]; then
-  sd=$work/snap
-  if [ ! -s "$sd/s0.img" ]; then
-    echo "building $sd (2G ext4 from /usr/share and three older states)" >&2
-    mkdir -p "$sd"; rm -f "$sd"/*.img
-    mke2fs -q -F -t ext4 -d /usr/share "$sd/s3.img" 2G
-    # s3 is the oldest; each newer state deletes a directory and adds files.
-    prev=s3
-    for st in s2 s1 s0; do
-      cp --sparse=always "$sd/$prev.img" "$sd/$st.img"
-      victim=$(debugfs -R "ls -p /" "$sd/$st.img" 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "lost+found" && $6 != "" {print $6}' | sed -n "$(( ${#st} + ${st#s} + 2 ))p")
-      head -c 3000000 /dev/urandom > "$sd/new.bin"
-      debugfs -w -f - "$sd/$st.img" >/dev/null 2>&1 <<DBG || true
+build_snap() {
+if [ ! -s "$sd/s0.img" ]; then
+  echo "building $sd (2G ext4 from /usr/share and three older states)" >&2
+  mkdir -p "$sd"; rm -f "$sd"/*.img
+  mke2fs -q -F -t ext4 -d /usr/share "$sd/s3.img" 2G
+  # s3 is the oldest; each newer state deletes a directory and adds files.
+  prev=s3
+  for st in s2 s1 s0; do
+    cp --sparse=always "$sd/$prev.img" "$sd/$st.img"
+    victim=$(debugfs -R "ls -p /" "$sd/$st.img" 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "lost+found" && $6 != "" {print $6}' | sed -n "$(( ${#st} + ${st#s} + 2 ))p")
+    head -c 3000000 /dev/urandom > "$sd/new.bin"
+    debugfs -w -f - "$sd/$st.img" >/dev/null 2>&1 <<DBG || true
 rmdir /$victim
 mkdir /added-$st
 write $sd/new.bin /added-$st/new.bin
 DBG
-      prev=$st
-    done
-  fi
+    prev=$st
+  done
+fi
+}
+sd=$work/snap
+
+if [ -z "$only" ] || [ "$only" = snap ]; then
+  build_snap
   echo "== $sd/s0.img with 3 older states"
   cmd "e2image-rs -Q (current only)" "$work/s-one.qcow2" "$bin" -Q "$sd/s0.img" "$work/s-one.qcow2"
   cmd "e2image-rs -Q, 3 snapshots" "$work/s-three.qcow2" "$bin" -Q --snapshot "$sd/s3.img" --snapshot "$sd/s2.img" --snapshot "$sd/s1.img" "$sd/s0.img" "$work/s-three.qcow2"
@@ -154,4 +160,33 @@ if [ -z "$only" ] || [ "$only" = big ]; then
   if qemu-img check "$work/ours-big.qcow2" >/dev/null 2>&1; then echo "  qemu-img check (ours): exit 0"; else echo "  qemu-img check (ours): exit $?"; fi
   if qemu-img info "$work/e2i-big.qcow2" >/dev/null 2>&1; then echo "  qemu-img info (e2image's): ok"; else echo "  qemu-img info (e2image's): refused"; fi
   rm -f "$work/e2i-big.qcow2" "$work/ours-big.qcow2"
+fi
+
+if [ -z "$only" ] || [ "$only" = rollback ]; then
+  build_snap
+  echo "== rollback: a copy of $sd/s0.img back to its oldest state s3 (-d image)"
+  q=$work/rb.qcow2 tgt=$work/rb-target.img patch=$work/rb.patch
+  "$bin" -Q -d --snapshot "$sd/s3.img" "$sd/s0.img" "$q"
+  fresh() { rm -f "$tgt" "$patch"; cp --sparse=always "$sd/s0.img" "$tgt"; sync; sleep 1; }
+  secs() { /usr/bin/time -o "$work/.time" -f '%e' "$@" >/dev/null 2>&1 || true; cat "$work/.time"; }
+  fresh; "$bin" rollback "$q" "$tgt" --snapshot s3.img --patch "$patch" > "$work/rb.out"
+  bytes=$(sed -n 's/.*rolled back to .*: [0-9]* blocks (\([0-9]*\) bytes) written.*/\1/p' "$work/rb.out")
+  head -c "$bytes" /dev/urandom > "$work/rb-bytes.bin"
+  full="" apply="" ddt=""
+  for r in $(seq 1 "$reps"); do
+    fresh; full="$full $(secs "$bin" rollback "$q" "$tgt" --snapshot s3.img --patch "$patch")"
+    # Apply only: a prepared patch (stopped right after marking it applying), then --resume.
+    fresh; E2IMAGE_RS_FAULT_AFTER_WRITES=1 "$bin" rollback "$q" "$tgt" --snapshot s3.img --patch "$patch" >/dev/null 2>&1 || true
+    sync; sleep 1; apply="$apply $(secs "$bin" rollback --resume "$patch" "$tgt")"
+    fresh; ddt="$ddt $(secs dd if="$work/rb-bytes.bin" of="$tgt" bs=1M conv=notrunc,fsync)"
+  done
+  med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  mbs() { awk -v b="$bytes" -v t="$1" 'BEGIN { if (t > 0) printf "%.1f", b / t / 1e6; else print "n/a" }'; }
+  tf=$(med "$full") ta=$(med "$apply") td=$(med "$ddt")
+  echo "  blocks written: $bytes bytes; patch $(stat -c %s "$patch" 2>/dev/null || echo ?) bytes"
+  printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "rollback (plan + patch + apply)" "$tf" "$(mbs "$tf")" "$full"
+  printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "rollback --resume (apply only)" "$ta" "$(mbs "$ta")" "$ta"
+  printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "dd bs=1M conv=fsync, same bytes" "$td" "$(mbs "$td")" "$ddt"
+  echo "  ratio rollback / dd: $(ratio "$tf" "$td");  apply only / dd: $(ratio "$ta" "$td")"
+  rm -f "$q" "$tgt" "$patch" "$work/rb-bytes.bin" "$work/rb.out"
 fi

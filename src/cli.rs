@@ -1,7 +1,8 @@
 //! Command line, compatible with e2image where the options overlap.
 //!
 //! `e2image-rs -Q|-r [options] SOURCE OUT` exports; `e2image-rs snapshots IMAGE` lists the
-//! states stored in a QCOW2 image. Usage errors exit with status 2 (clap's default).
+//! states stored in a QCOW2 image; `e2image-rs rollback` writes one back onto a device. Usage
+//! errors exit with status 2 (clap's default).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -32,6 +33,40 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write one state of a QCOW2 image back onto the device (or image file) holding the same
+    /// filesystem, atomically in effect, through a rollback patch file.
+    Rollback(RollbackArgs),
+}
+
+/// `e2image-rs rollback IMAGE TARGET --patch PATCH [...]`, `--resume PATCH TARGET`,
+/// `--undo PATCH TARGET`.
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// IMAGE.qcow2 and TARGET; only TARGET with --resume or --undo.
+    #[arg(required = true, num_args = 1..=2, value_name = "PATHS")]
+    pub paths: Vec<PathBuf>,
+    /// The internal snapshot to restore, by id or name (default: the image's active state).
+    #[arg(long, value_name = "ID|NAME")]
+    pub snapshot: Option<String>,
+    /// The rollback patch file to write (it must not exist).
+    #[arg(long, value_name = "PATCH")]
+    pub patch: Option<PathBuf>,
+    /// Also write an e2fsprogs undo file (E2UNDO02): `e2undo FILE TARGET` rewinds the rollback.
+    #[arg(long, value_name = "FILE.e2undo")]
+    pub undo_file: Option<PathBuf>,
+    /// Print what would be written (blocks per class, bytes, files affected); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Roll back although restored files would read data blocks the target now uses for
+    /// other files or offsets (metadata-only images).
+    #[arg(long)]
+    pub force: bool,
+    /// Finish an interrupted rollback: `--resume PATCH TARGET`.
+    #[arg(long, value_name = "PATCH", conflicts_with_all = ["undo", "dry_run", "force"])]
+    pub resume: Option<PathBuf>,
+    /// Rewind a finished or interrupted rollback to the exact old bytes: `--undo PATCH TARGET`.
+    #[arg(long, value_name = "PATCH", conflicts_with_all = ["dry_run", "force"])]
+    pub undo: Option<PathBuf>,
 }
 
 /// QCOW2 version to write.

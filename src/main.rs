@@ -7,10 +7,12 @@
 mod cli;
 mod convert;
 mod copy;
+mod e2undo;
 mod export;
 mod mounted;
 mod output;
 mod qcow_view;
+mod rollback;
 mod sink;
 mod snapshots;
 mod states;
@@ -30,6 +32,7 @@ fn main() {
     };
     let code = match &cli.command {
         Some(cli::Command::Snapshots { image, json }) => report(snapshots::list(image, *json)),
+        Some(cli::Command::Rollback(args)) => rollback::run(args),
         None => match export::run(&cli.export) {
             Ok(summary) => {
                 for n in &summary.notes {

@@ -1,4 +1,4 @@
-//! Is the source mounted read-write? Checked from `/proc/self/mountinfo`: a block device is
+//! Is a source or rollback target mounted (read-write)? Checked from `/proc/self/mountinfo`: a block device is
 //! matched by device number; an image file by the loop devices whose backing file it is.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -6,6 +6,15 @@ use std::path::{Path, PathBuf};
 
 /// Where a source is mounted read-write, if it is.
 pub fn mounted_rw(source: &Path) -> Option<PathBuf> {
+    mount_point(source, true)
+}
+
+/// Where a path is mounted at all (read-only mounts included), if it is.
+pub fn mounted_anywhere(path: &Path) -> Option<PathBuf> {
+    mount_point(path, false)
+}
+
+fn mount_point(source: &Path, rw_only: bool) -> Option<PathBuf> {
     let meta = std::fs::metadata(source).ok()?;
     let devs: Vec<(u32, u32)> = if meta.file_type().is_block_device() {
         vec![split_dev(meta.rdev())]
@@ -16,7 +25,7 @@ pub fn mounted_rw(source: &Path) -> Option<PathBuf> {
         return None;
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| rw_mount_of(line, &devs))
+    info.lines().find_map(|line| mount_of(line, &devs, rw_only))
 }
 
 fn split_dev(rdev: u64) -> (u32, u32) {
@@ -26,12 +35,13 @@ fn split_dev(rdev: u64) -> (u32, u32) {
 }
 
 /// A mountinfo line: `id parent major:minor root mountpoint options ... - fstype source superopts`.
-fn rw_mount_of(line: &str, devs: &[(u32, u32)]) -> Option<PathBuf> {
+fn mount_of(line: &str, devs: &[(u32, u32)], rw_only: bool) -> Option<PathBuf> {
     let f: Vec<&str> = line.split_whitespace().collect();
     let (maj, min) = f.get(2)?.split_once(':')?;
     let dev = (maj.parse().ok()?, min.parse().ok()?);
     let rw = f.get(5)?.split(',').any(|o| o == "rw");
-    (devs.contains(&dev) && rw).then(|| PathBuf::from(f.get(4).copied().unwrap_or("?")))
+    (devs.contains(&dev) && (rw || !rw_only))
+        .then(|| PathBuf::from(f.get(4).copied().unwrap_or("?")))
 }
 
 fn loop_devices_backed_by(source: &Path) -> Vec<(u32, u32)> {
@@ -63,10 +73,17 @@ mod tests {
     #[test]
     fn parses_mountinfo_lines() {
         let line = "36 35 98:0 / /mnt1 rw,noatime master:1 - ext3 /dev/root rw,errors=continue";
-        assert_eq!(rw_mount_of(line, &[(98, 0)]), Some(PathBuf::from("/mnt1")));
+        assert_eq!(
+            mount_of(line, &[(98, 0)], true),
+            Some(PathBuf::from("/mnt1"))
+        );
         let ro = "36 35 98:0 / /mnt1 ro,noatime master:1 - ext3 /dev/root ro";
-        assert_eq!(rw_mount_of(ro, &[(98, 0)]), None);
-        assert_eq!(rw_mount_of(line, &[(8, 1)]), None);
+        assert_eq!(mount_of(ro, &[(98, 0)], true), None);
+        assert_eq!(
+            mount_of(ro, &[(98, 0)], false),
+            Some(PathBuf::from("/mnt1"))
+        );
+        assert_eq!(mount_of(line, &[(8, 1)], false), None);
     }
 
     #[test]

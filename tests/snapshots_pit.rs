@@ -11,56 +11,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-
-/// Builds a chain of three states of one filesystem with debugfs: a (oldest), b, c (current).
-fn chain(dir: &Path) -> [PathBuf; 3] {
-    let a = gunzip_to(&root().join("fixtures/images/ext4-small.img.gz"), dir);
-    let (pa, pb, pc) = (dir.join("a.img"), dir.join("b.img"), dir.join("c.img"));
-    std::fs::rename(&a, &pa).unwrap();
-    std::fs::copy(&pa, &pb).unwrap();
-    let note = dir.join("note.txt");
-    std::fs::write(&note, b"a new file in state b\n").unwrap();
-    debugfs_w(
-        &pb,
-        &[
-            "rm /many/f001",
-            "rm /many/f002",
-            "mkdir /newdir",
-            &format!("write {} /newdir/note.txt", note.display()),
-        ],
-    );
-    std::fs::copy(&pb, &pc).unwrap();
-    debugfs_w(
-        &pc,
-        &[
-            "rm /xattr/big300k.bin",
-            "mkdir /newdir/sub",
-            "rmdir /a/b/c/d/e",
-        ],
-    );
-    [pa, pb, pc]
-}
-
-fn debugfs_w(img: &Path, cmds: &[&str]) {
-    let script = cmds.join("\n");
-    let mut child = std::process::Command::new("debugfs")
-        .args(["-w", "-f", "-"])
-        .arg(img)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-}
+use std::path::Path;
 
 fn raw_of(img: &Path, dir: &Path, data: bool) -> Vec<u8> {
     let out = dir.join(format!(

@@ -1,15 +1,37 @@
 //! Directory entries (kernel `struct ext4_dir_entry_2`), for finding the names of given
-//! inodes (snapshot files are named by their directory entry).
+//! inodes (snapshot files are named by their directory entry, [`crate::paths`] names any).
 //!
 //! Every block of a directory is a sequence of entries chained by `rec_len`; htree interior
 //! nodes look like one empty entry spanning the block, so a plain scan of all blocks sees
 //! every name without htree parsing. Parsing stops at the first entry whose `rec_len` or
-//! `name_len` is impossible; the rest of that block is skipped.
+//! `name_len` is impossible; the rest of that block is skipped. Directory blocks are found
+//! through the validated tree walkers ([`crate::owners::inode_runs`]) and only those below
+//! `i_size` are read. Inline-data directories are read from `i_block` (after the 4-byte
+//! parent) and the in-inode `system.data` extended attribute.
 
 use crate::bytes::{le16, le32};
+use crate::fs::Filesystem;
+use crate::inode::{flags, FileType, Inode, GOOD_OLD_INODE_SIZE, I_BLOCK_SIZE};
+use crate::owners::{inode_runs, RunKind};
+use crate::superblock::incompat;
+use crate::view::BlockView;
+use crate::walk::Warning;
+use crate::{BlockNr, InodeNr};
 
 /// Size of the fixed part of an entry, in bytes.
 pub const DIRENT_HEADER: usize = 8;
+/// `file_type` of a directory entry naming a directory (kernel `EXT4_FT_DIR`).
+pub const EXT4_FT_DIR: u8 = 2;
+/// `file_type` when unknown (kernel `EXT4_FT_UNKNOWN`; always so without INCOMPAT_FILETYPE).
+pub const EXT4_FT_UNKNOWN: u8 = 0;
+/// Byte offset of `i_block` in the inode record.
+const I_BLOCK_OFFSET: usize = 0x28;
+/// `e_name_index` of the `system.` xattr namespace (`EXT4_XATTR_INDEX_SYSTEM`).
+const EXT4_XATTR_INDEX_SYSTEM: u8 = 7;
+/// `h_magic` of the in-inode xattr area (`EXT4_XATTR_MAGIC`).
+const EXT4_XATTR_MAGIC: u32 = 0xEA02_0000;
+/// Size of the fixed part of an xattr entry (`struct ext4_xattr_entry`), in bytes.
+const XATTR_ENTRY_HEADER: usize = 16;
 
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +40,8 @@ pub struct DirEntry {
     pub inode: u32,
     /// The name bytes.
     pub name: Vec<u8>,
+    /// `file_type` ([`EXT4_FT_DIR`], ...), [`EXT4_FT_UNKNOWN`] without INCOMPAT_FILETYPE.
+    pub file_type: u8,
 }
 
 /// Decodes `rec_len` (64 KiB blocks store 65536 as 0 or 65535).
@@ -37,10 +61,10 @@ pub fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
     while off + DIRENT_HEADER <= block.len() {
         let inode = le32(block, off);
         let len = rec_len(le16(block, off + 4), block.len());
-        let name_len = if filetype {
-            usize::from(block[off + 6])
+        let (name_len, file_type) = if filetype {
+            (usize::from(block[off + 6]), block[off + 7])
         } else {
-            usize::from(le16(block, off + 6))
+            (usize::from(le16(block, off + 6)), EXT4_FT_UNKNOWN)
         };
         if len < DIRENT_HEADER
             || !len.is_multiple_of(4)
@@ -53,11 +77,133 @@ pub fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
             out.push(DirEntry {
                 inode,
                 name: block[off + DIRENT_HEADER..off + DIRENT_HEADER + name_len].to_vec(),
+                file_type,
             });
         }
         off += len;
     }
     out
+}
+
+/// Reads directory `ino` and calls `f` with the entries of each of its blocks (and of its
+/// inline data), in file order, until `f` returns false. Nothing is read when `ino` is not a
+/// directory. Unreadable blocks and corrupt trees are returned as warnings and skipped.
+pub fn read_dir<V: BlockView>(
+    fs: &Filesystem<V>,
+    ino: u32,
+    f: &mut dyn FnMut(&[DirEntry]) -> bool,
+) -> Vec<Warning> {
+    let sb = &fs.sb;
+    let raw = match fs.read_inode_raw(ino) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return vec![warning(
+                ino,
+                None,
+                format!("directory inode unreadable: {e}"),
+            )]
+        }
+    };
+    let inode = Inode::parse(&raw, sb);
+    if inode.file_type() != FileType::Directory {
+        return Vec::new();
+    }
+    let filetype = sb.has_incompat(incompat::FILETYPE);
+    if inode.has_flag(flags::INLINE_DATA) {
+        read_inline_dir(&raw, filetype, f);
+        return Vec::new();
+    }
+    let (runs, mut warnings) = inode_runs(fs, InodeNr(ino), &inode);
+    let bs = u64::from(sb.block_size);
+    let size_blocks = inode.i_size.div_ceil(bs);
+    let mut buf = vec![0u8; sb.block_size as usize];
+    for r in runs
+        .iter()
+        .filter(|r| r.kind == RunKind::Data { unwritten: false })
+    {
+        let n = size_blocks.saturating_sub(r.logical).min(r.len);
+        for b in r.physical..r.physical.saturating_add(n) {
+            if let Err(e) = fs.read_blocks(b, &mut buf) {
+                warnings.push(warning(
+                    ino,
+                    Some(b),
+                    format!("directory block unreadable: {e}"),
+                ));
+                continue;
+            }
+            if !f(&parse_block(&buf, filetype)) {
+                return warnings;
+            }
+        }
+    }
+    warnings
+}
+
+/// All entries of directory `ino` (empty when it is not a directory or cannot be read).
+pub fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: u32) -> Vec<DirEntry> {
+    let mut out = Vec::new();
+    read_dir(fs, ino, &mut |entries| {
+        out.extend_from_slice(entries);
+        true
+    });
+    out
+}
+
+fn warning(ino: u32, block: Option<u64>, reason: String) -> Warning {
+    Warning {
+        inode: Some(InodeNr(ino)),
+        block: block.map(BlockNr),
+        offset: None,
+        reason,
+    }
+}
+
+/// Entries of an inline-data directory: `i_block` after the 4-byte parent inode number,
+/// then the value of the in-inode `system.data` xattr.
+fn read_inline_dir(raw: &[u8], filetype: bool, f: &mut dyn FnMut(&[DirEntry]) -> bool) {
+    // `raw` is a whole inode record (at least 128 bytes), so `i_block` is in bounds.
+    if !f(&parse_block(
+        &raw[I_BLOCK_OFFSET + 4..I_BLOCK_OFFSET + I_BLOCK_SIZE],
+        filetype,
+    )) {
+        return;
+    }
+    if let Some(value) = ibody_xattr(raw, EXT4_XATTR_INDEX_SYSTEM, b"data") {
+        f(&parse_block(value, filetype));
+    }
+}
+
+/// The value of the in-inode extended attribute `index`.`name`, if present and in bounds.
+/// The area starts after `i_extra_isize` with `h_magic`; values are at `e_value_offs` from
+/// the first entry.
+fn ibody_xattr<'r>(raw: &'r [u8], index: u8, name: &[u8]) -> Option<&'r [u8]> {
+    let extra = usize::from(le16(
+        raw.get(..GOOD_OLD_INODE_SIZE + 2)?,
+        GOOD_OLD_INODE_SIZE,
+    ));
+    let magic_at = GOOD_OLD_INODE_SIZE.checked_add(extra)?;
+    if raw.len() < magic_at.checked_add(4)? || le32(raw, magic_at) != EXT4_XATTR_MAGIC {
+        return None;
+    }
+    let area = &raw[magic_at + 4..];
+    let mut off = 0;
+    while off + XATTR_ENTRY_HEADER <= area.len() && le32(area, off) != 0 {
+        let name_len = usize::from(area[off]);
+        let name_end = off + XATTR_ENTRY_HEADER + name_len;
+        if name_end > area.len() {
+            return None;
+        }
+        if area[off + 1] == index && &area[off + XATTR_ENTRY_HEADER..name_end] == name {
+            if le32(area, off + 4) != 0 {
+                return None; // e_value_inum: the value lives in an EA inode
+            }
+            let value_offs = usize::from(le16(area, off + 2));
+            let end = value_offs.checked_add(usize::try_from(le32(area, off + 8)).ok()?)?;
+            return area.get(value_offs..end);
+        }
+        off = (name_end + 3) & !3;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -86,11 +232,13 @@ mod tests {
             vec![
                 DirEntry {
                     inode: 2,
-                    name: b".".to_vec()
+                    name: b".".to_vec(),
+                    file_type: 1,
                 },
                 DirEntry {
                     inode: 16,
-                    name: b"snap1".to_vec()
+                    name: b"snap1".to_vec(),
+                    file_type: 1,
                 },
             ]
         );
@@ -115,6 +263,57 @@ mod tests {
         assert!(parse_block(&b, true).is_empty());
     }
 
+    fn inode_with_xattr(value_offs: u16, size: u32) -> Vec<u8> {
+        let mut raw = vec![0u8; 256];
+        raw[0x80..0x82].copy_from_slice(&32u16.to_le_bytes());
+        raw[160..164].copy_from_slice(&EXT4_XATTR_MAGIC.to_le_bytes());
+        let e = 164;
+        raw[e] = 4;
+        raw[e + 1] = EXT4_XATTR_INDEX_SYSTEM;
+        raw[e + 2..e + 4].copy_from_slice(&value_offs.to_le_bytes());
+        raw[e + 8..e + 12].copy_from_slice(&size.to_le_bytes());
+        raw[e + 16..e + 20].copy_from_slice(b"data");
+        raw
+    }
+
+    #[test]
+    fn inline_dir_reads_i_block_and_system_data() {
+        let mut raw = inode_with_xattr(24, 16);
+        let mut tail = Vec::new();
+        entry(&mut tail, 31, "inxattr", 16);
+        raw[188..204].copy_from_slice(&tail);
+        let mut head = vec![2, 0, 0, 0];
+        entry(&mut head, 30, "inblock", 56);
+        raw[0x28..0x28 + I_BLOCK_SIZE].copy_from_slice(&head);
+        let mut names = Vec::new();
+        read_inline_dir(&raw, true, &mut |es| {
+            names.extend(es.iter().map(|e| (e.inode, e.name.clone())));
+            true
+        });
+        assert_eq!(
+            names,
+            vec![(30, b"inblock".to_vec()), (31, b"inxattr".to_vec())]
+        );
+    }
+
+    #[test]
+    fn ibody_xattr_bounds() {
+        assert_eq!(
+            ibody_xattr(&inode_with_xattr(24, 16), 7, b"data").map(<[u8]>::len),
+            Some(16)
+        );
+        assert_eq!(ibody_xattr(&inode_with_xattr(24, 16), 7, b"dat"), None);
+        assert_eq!(ibody_xattr(&inode_with_xattr(80, 16), 7, b"data"), None);
+        assert_eq!(
+            ibody_xattr(&inode_with_xattr(24, u32::MAX), 7, b"data"),
+            None
+        );
+        let mut raw = inode_with_xattr(24, 16);
+        raw[0x80..0x82].copy_from_slice(&500u16.to_le_bytes());
+        assert_eq!(ibody_xattr(&raw, 7, b"data"), None);
+        assert_eq!(ibody_xattr(&raw[..100], 7, b"data"), None);
+    }
+
     #[test]
     fn large_block_rec_len_encoding() {
         let mut b = vec![0u8; 65536];
@@ -126,7 +325,8 @@ mod tests {
             parse_block(&b, true),
             vec![DirEntry {
                 inode: 7,
-                name: b"a".to_vec()
+                name: b"a".to_vec(),
+                file_type: 0,
             }]
         );
     }

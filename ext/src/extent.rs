@@ -4,7 +4,9 @@
 //! its capacity, depth ≤ 5 and exactly one less than the parent's), every child pointer and
 //! every leaf range is checked before use. A bad node is reported and its subtree skipped; a
 //! bad entry is reported and skipped. A per-inode visited set stops loops and shared
-//! subtrees, so the walk reads each tree block at most once.
+//! subtrees, so the walk reads each tree block at most once. Mapped runs are reported with
+//! their logical block (`ee_block`) and unwritten state, for the run sink of
+//! [`crate::owners`].
 
 use crate::blockset::BlockClass;
 use crate::bytes::{join, le16, le32};
@@ -150,15 +152,23 @@ impl ExtentWalk<'_, '_> {
         } else {
             raw_len
         };
+        let unwritten = raw_len > EXT_INIT_MAX_LEN;
+        let logical = le32(e, 0);
         let start = join(le32(e, 8), u32::from(le16(e, 6)));
         if len == 0 {
-            let what = format!("zero-length extent at logical block {}", le32(e, 0));
+            let what = format!("zero-length extent at logical block {logical}");
             return self.corrupt(CorruptKind::ExtentEntry(what), block, off);
         }
         if let Err(kind) = self.out.check_range(start, u64::from(len)) {
             return self.corrupt(kind, block, off);
         }
-        self.out.add(start, u64::from(len), data_class);
+        self.out.add_mapped(
+            u64::from(logical),
+            start,
+            u64::from(len),
+            unwritten,
+            data_class,
+        );
     }
 
     fn child(&mut self, child: u64, depth: u16, parent: Option<u64>, off: usize) {
@@ -168,7 +178,7 @@ impl ExtentWalk<'_, '_> {
         if !self.visited.insert(child) {
             return self.corrupt(CorruptKind::ExtentLoop, Some(child), 0);
         }
-        self.out.add(child, 1, self.classes.tree);
+        self.out.add_tree(child, self.classes.tree);
         let Some(buf) = self.out.read_block(self.ino, child) else {
             return;
         };

@@ -4,7 +4,9 @@
 //! The depth of each subtree is fixed by its slot, so the walk always ends; a per-inode
 //! visited set keeps a block that is referenced many times from being read many times.
 //! Out-of-range pointers in one block are reported once per block (with the first offending
-//! offset and the count) and skipped.
+//! offset and the count) and skipped. Each root also carries the first logical block it maps,
+//! so that the logical block of every mapped block follows from its slot position (reported
+//! to the collector's run sink, see [`crate::owners`]).
 
 use crate::blockset::BlockClass;
 use crate::bytes::le32;
@@ -24,91 +26,141 @@ pub const EXT2_DIND_BLOCK: usize = 13;
 /// Slot of the TIND pointer.
 pub const EXT2_TIND_BLOCK: usize = 14;
 
+/// One subtree root in `i_block`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Root {
+    /// Pointer slot in `i_block` (0..15).
+    pub slot: usize,
+    /// Level of the block it points at: 0 = data block, 1 = IND, 2 = DIND, 3 = TIND.
+    pub level: u8,
+    /// First logical (file) block the subtree maps, in filesystem blocks.
+    pub logical: u64,
+}
+
+/// The standard roots: 12 direct blocks at logical 0..12, IND at 12, DIND at
+/// 12 + apb, TIND at 12 + apb + apb², where apb = `block_size / 4` pointers per block.
+pub fn standard_roots(block_size: u32) -> Vec<Root> {
+    let apb = u64::from(block_size / 4);
+    let mut roots: Vec<Root> = (0..EXT2_NDIR_BLOCKS)
+        .map(|slot| Root {
+            slot,
+            level: 0,
+            logical: slot as u64,
+        })
+        .collect();
+    let ind = EXT2_NDIR_BLOCKS as u64;
+    for (slot, level, logical) in [
+        (EXT2_IND_BLOCK, 1, ind),
+        (EXT2_DIND_BLOCK, 2, ind + apb),
+        (EXT2_TIND_BLOCK, 3, ind + apb + apb * apb),
+    ] {
+        roots.push(Root {
+            slot,
+            level,
+            logical,
+        });
+    }
+    roots
+}
+
+/// The extra TIND roots of next3 snapshot files of filesystems over 2^20 + 2^30 blocks
+/// (at 4 KiB): `i_block[0..3]` map the k-th TIND range after the standard one (k = 1..3),
+/// i.e. logical 12 + apb + apb² + k·apb³.
+pub fn snapshot_extra_roots(block_size: u32) -> Vec<Root> {
+    let apb = u64::from(block_size / 4);
+    let tind = EXT2_NDIR_BLOCKS as u64 + apb + apb * apb;
+    (1..=3u64)
+        .map(|k| Root {
+            slot: ((EXT2_TIND_BLOCK as u64 + k) % 15) as usize,
+            level: 3,
+            logical: tind + k * apb * apb * apb,
+        })
+        .collect()
+}
+
 /// Walks the indirect map of `inode`, adding IND/DIND/TIND blocks as `classes.tree` and (when
 /// `classes.data` is set) the mapped blocks.
 pub fn walk_indirect(out: &mut Collector<'_>, ino: InodeNr, inode: &Inode, classes: TreeClasses) {
-    let mut walk = IndirectWalk {
-        out,
-        ino,
-        classes,
-        visited: HashSet::new(),
-    };
-    walk.pointers_in_inode(inode, 0..EXT2_NDIR_BLOCKS, 0);
-    for (slot, level) in [
-        (EXT2_IND_BLOCK, 1),
-        (EXT2_DIND_BLOCK, 2),
-        (EXT2_TIND_BLOCK, 3),
-    ] {
-        walk.pointers_in_inode(inode, slot..slot + 1, level);
-    }
+    let roots = standard_roots(out.sb().block_size);
+    walk_roots(out, ino, inode, &roots, classes);
 }
 
-/// Walks the subtree rooted at pointer `slot` of `inode` whose root has `level` (1 = IND), used
-/// for nonstandard roots such as the extra TIND trees of snapshot files.
-pub fn walk_root(
+/// Walks the subtrees rooted at `roots` of `inode` with one visited set, e.g. the standard
+/// roots, or nonstandard roots such as the extra TIND trees of snapshot files.
+pub fn walk_roots(
     out: &mut Collector<'_>,
     ino: InodeNr,
     inode: &Inode,
-    slot: usize,
-    level: u8,
+    roots: &[Root],
     classes: TreeClasses,
 ) {
+    let apb = u64::from(out.sb().block_size / 4);
     let mut walk = IndirectWalk {
         out,
         ino,
         classes,
+        apb,
         visited: HashSet::new(),
     };
-    walk.pointers_in_inode(inode, slot..slot + 1, level);
+    for root in roots {
+        walk.root(inode, *root);
+    }
 }
 
 struct IndirectWalk<'c, 'v> {
     out: &'c mut Collector<'v>,
     ino: InodeNr,
     classes: TreeClasses,
+    /// Pointers per block (`block_size / 4`).
+    apb: u64,
     visited: HashSet<u64>,
 }
 
 impl IndirectWalk<'_, '_> {
-    fn pointers_in_inode(&mut self, inode: &Inode, slots: std::ops::Range<usize>, level: u8) {
-        for slot in slots {
-            let p = u64::from(inode.block_ptr(slot));
-            if p == 0 {
-                continue;
-            }
-            if let Err(kind) = self.out.check_range(p, 1) {
-                let c = Corrupt::new(kind)
-                    .at_inode(self.ino)
-                    .at_offset(0x28 + 4 * slot as u32);
-                self.out.corrupt(c);
-                continue;
-            }
-            self.pointer(p, level);
+    fn root(&mut self, inode: &Inode, root: Root) {
+        if root.slot >= 15 || root.level > 3 {
+            return;
         }
+        let p = u64::from(inode.block_ptr(root.slot));
+        if p == 0 {
+            return;
+        }
+        if let Err(kind) = self.out.check_range(p, 1) {
+            let c = Corrupt::new(kind)
+                .at_inode(self.ino)
+                .at_offset(0x28 + 4 * root.slot as u32);
+            self.out.corrupt(c);
+            return;
+        }
+        self.pointer(p, root.level, root.logical);
     }
 
-    /// A validated pointer to a block of `level` (0 = data).
-    fn pointer(&mut self, p: u64, level: u8) {
+    /// A validated pointer to a block of `level` (0 = data) whose subtree maps logical blocks
+    /// from `logical` on.
+    fn pointer(&mut self, p: u64, level: u8, logical: u64) {
         if level == 0 {
             if let Some(class) = self.classes.data {
-                self.out.add(p, 1, class);
+                self.out.add_mapped(logical, p, 1, false, class);
             }
             return;
         }
         if !self.visited.insert(p) {
             return;
         }
-        self.out.add(p, 1, self.classes.tree);
+        self.out.add_tree(p, self.classes.tree);
         if level == 1 && self.classes.data.is_none() {
             return;
         }
         let Some(buf) = self.out.read_block(self.ino, p) else {
             return;
         };
-        self.entries(&buf, p, level);
+        self.entries(&buf, p, level, logical);
     }
 
-    fn entries(&mut self, buf: &[u8], block: u64, level: u8) {
+    fn entries(&mut self, buf: &[u8], block: u64, level: u8, logical: u64) {
+        // Blocks mapped by one entry of this block: apb^(level - 1), at most 2^42 (level 3,
+        // 64 KiB blocks); saturating all the same.
+        let span = self.apb.saturating_pow(u32::from(level) - 1);
         let mut bad = 0u32;
         let mut first_bad = None;
         for off in (0..buf.len()).step_by(4) {
@@ -121,7 +173,8 @@ impl IndirectWalk<'_, '_> {
                 first_bad.get_or_insert((off, child));
                 continue;
             }
-            self.pointer(child, level - 1);
+            let child_logical = logical.saturating_add((off as u64 / 4).saturating_mul(span));
+            self.pointer(child, level - 1, child_logical);
         }
         if let Some((off, value)) = first_bad {
             let kind = CorruptKind::IndirectPointer { value };

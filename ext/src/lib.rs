@@ -5,6 +5,8 @@
 //! image). On top of it, [`Filesystem`] parses and validates the superblock and the group
 //! descriptors, and [`walk`] computes the set of blocks to copy (the metadata, optionally the
 //! data), classified by what they hold, plus a list of the corrupt parts it skipped.
+//! [`file_runs`] lists which inode owns each block and at which file offset (for rollback
+//! safety checks), and [`inode_paths`] names inodes by a breadth-first directory walk.
 //!
 //! One on-disk concept per module, named after the kernel structure: `superblock`,
 //! `group_desc`, `inode`, `extent`, `indirect`, `layout` (where the static metadata lives).
@@ -20,6 +22,8 @@ pub mod group_desc;
 pub mod indirect;
 pub mod inode;
 pub mod layout;
+pub mod owners;
+pub mod paths;
 pub mod snapshot;
 pub mod superblock;
 pub mod view;
@@ -28,6 +32,8 @@ pub mod walk;
 pub use blockset::{BlockClass, BlockSet, Extent};
 pub use error::{Corrupt, Error};
 pub use fs::{Filesystem, OpenOptions};
+pub use owners::{file_runs, inode_runs, FileRun, RunKind};
+pub use paths::inode_paths;
 pub use superblock::Superblock;
 pub use view::{BlockView, FileView};
 pub use walk::{walk, WalkOptions, WalkResult, WalkStats, Warning};

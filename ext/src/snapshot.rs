@@ -9,10 +9,8 @@
 //! where block bitmaps are masked with the exclude bitmap and exclude bitmaps read as zeros.
 //! Maps are built once per snapshot by walking its indirect tree (bounded like every walk).
 
-use crate::blockset::BlockClass;
 use crate::bytes::le32;
 use crate::error::{Corrupt, CorruptKind};
-use crate::extent::TreeClasses;
 use crate::fs::Filesystem;
 use crate::inode::{flags, FileType, Inode};
 use crate::superblock::{compat, ro_compat};
@@ -373,16 +371,20 @@ impl BlockView for SnapshotView<'_> {
 pub fn snapshot_names<V: BlockView>(fs: &Filesystem<V>, inos: &[u32]) -> HashMap<u32, String> {
     let mut names = HashMap::new();
     let wanted: HashSet<u32> = inos.iter().copied().collect();
-    let root_entries = dir_entries(fs, 2);
+    let root_entries = crate::dir::dir_entries(fs, 2);
     if let Some(snapdir) = root_entries.iter().find(|e| e.name == b".snapshots") {
-        collect_names(&dir_entries(fs, snapdir.inode), &wanted, &mut names);
+        collect_names(
+            &crate::dir::dir_entries(fs, snapdir.inode),
+            &wanted,
+            &mut names,
+        );
     }
     if names.len() < wanted.len() {
         collect_names(&root_entries, &wanted, &mut names);
     }
     if names.len() < wanted.len() {
         for ino in directory_inodes(fs) {
-            collect_names(&dir_entries(fs, ino), &wanted, &mut names);
+            collect_names(&crate::dir::dir_entries(fs, ino), &wanted, &mut names);
             if names.len() == wanted.len() {
                 break;
             }
@@ -405,83 +407,20 @@ fn collect_names(
     }
 }
 
-/// Entries of directory `ino` (empty when it cannot be read; inline directories are skipped).
-fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: u32) -> Vec<crate::dir::DirEntry> {
-    let sb = &fs.sb;
-    let Ok(raw) = fs.read_inode_raw(ino) else {
-        return Vec::new();
-    };
-    let inode = Inode::parse(&raw, sb);
-    if inode.file_type() != FileType::Directory {
-        return Vec::new();
-    }
-    let view: &dyn BlockView = fs.view();
-    let mut c = Collector::new(view, sb);
-    let classes = TreeClasses {
-        tree: BlockClass::ExtentTree,
-        data: Some(BlockClass::Directory),
-    };
-    match inode.block_map(sb) {
-        crate::inode::BlockMap::Extents => {
-            crate::extent::walk_extents(&mut c, InodeNr(ino), &inode.i_block, classes)
-        }
-        crate::inode::BlockMap::Indirect => {
-            crate::indirect::walk_indirect(&mut c, InodeNr(ino), &inode, classes)
-        }
-        crate::inode::BlockMap::None => {}
-    }
-    let (mut set, _) = c.into_parts();
-    set.finish(1, sb.s_blocks_count);
-    let filetype = sb.has_incompat(crate::superblock::incompat::FILETYPE);
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; sb.block_size as usize];
-    for e in set
-        .extents()
-        .iter()
-        .filter(|e| e.class == BlockClass::Directory)
-    {
-        for b in e.start..e.end() {
-            if fs.read_blocks(b, &mut buf).is_ok() {
-                out.extend(crate::dir::parse_block(&buf, filetype));
-            }
-        }
-    }
-    out
-}
-
-/// Directory inodes of the filesystem, SNAPFILE-flagged ones first.
+/// Directory inodes of the filesystem (in use, linked), SNAPFILE-flagged ones first.
 fn directory_inodes<V: BlockView>(fs: &Filesystem<V>) -> Vec<u32> {
-    let sb = &fs.sb;
+    let view: &dyn BlockView = fs.view();
+    let mut c = Collector::new(view, &fs.sb);
     let (mut flagged, mut plain) = (Vec::new(), Vec::new());
-    let isz = usize::from(sb.s_inode_size);
-    for (g, gd) in fs.groups.iter().enumerate() {
-        let used = gd
-            .used_inodes(sb)
-            .min(crate::walk::inodes_left(sb, g as u32));
-        let blocks = used.div_ceil(sb.inodes_per_block);
-        if blocks == 0
-            || gd.bg_inode_table == 0
-            || gd.bg_inode_table + u64::from(blocks) > sb.s_blocks_count
-        {
-            continue;
-        }
-        let mut buf = vec![0u8; blocks as usize * sb.block_size as usize];
-        if fs.read_blocks(gd.bg_inode_table, &mut buf).is_err() {
-            continue;
-        }
-        for i in 0..used as usize {
-            let inode = Inode::parse(&buf[i * isz..(i + 1) * isz], sb);
-            if inode.file_type() == FileType::Directory && inode.i_links_count > 0 {
-                // Below s_inodes_count (`used` is bounded by it), so this cannot overflow.
-                let ino = g as u32 * sb.s_inodes_per_group + i as u32 + 1;
-                if inode.has_flag(flags::SNAPFILE) {
-                    flagged.push(ino)
-                } else {
-                    plain.push(ino)
-                }
+    crate::walk::scan_all(&mut c, &fs.groups, &mut |_, ino, inode| {
+        if inode.file_type() == FileType::Directory && inode.i_links_count > 0 {
+            if inode.has_flag(flags::SNAPFILE) {
+                flagged.push(ino.0)
+            } else {
+                plain.push(ino.0)
             }
         }
-    }
+    });
     flagged.extend(plain);
     flagged
 }

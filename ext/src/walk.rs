@@ -10,15 +10,20 @@
 //! non-zero (e2image's rule, kept so that our set is a superset of e2image's on corrupt
 //! filesystems). Corruption never stops the walk: it becomes a [`Warning`] naming the inode,
 //! block and offset, and only the damaged part is skipped.
+//!
+//! The inode scan ([`scan_group`]) is shared with the block-owner scan of [`crate::owners`],
+//! which uses a [`Collector`] in run-recording mode: the tree walkers then report each run
+//! with its owner-relative meaning (logical block, tree, xattr) instead of a block class.
 
 use crate::blockset::{BlockClass, BlockSet};
 use crate::error::{Corrupt, CorruptKind};
 use crate::extent::{walk_extents, TreeClasses};
 use crate::fs::Filesystem;
 use crate::group_desc::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
-use crate::indirect::{walk_indirect, walk_root};
+use crate::indirect::{snapshot_extra_roots, walk_indirect, walk_roots};
 use crate::inode::{flags, BlockMap, FileType, Inode};
 use crate::layout::{static_regions, RegionKind};
+use crate::owners::{MappedRun, RunKind};
 use crate::superblock::{compat, incompat, Superblock, EXT2_OS_HURD};
 use crate::view::BlockView;
 use crate::{BlockNr, InodeNr};
@@ -132,6 +137,8 @@ pub struct Collector<'v> {
     view: &'v dyn BlockView,
     sb: &'v Superblock,
     set: BlockSet,
+    /// The run sink: when present, the tree walkers record runs here instead of in `set`.
+    runs: Option<Vec<MappedRun>>,
     warnings: Vec<Warning>,
     stats: WalkStats,
 }
@@ -142,13 +149,33 @@ impl<'v> Collector<'v> {
             view,
             sb,
             set: BlockSet::new(),
+            runs: None,
             warnings: Vec::new(),
             stats: WalkStats::default(),
         }
     }
 
+    /// A collector whose tree walkers record [`MappedRun`]s (taken with
+    /// [`take_runs`](Self::take_runs)) instead of building a block set.
+    pub(crate) fn recording_runs(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
+        Collector {
+            runs: Some(Vec::new()),
+            ..Collector::new(view, sb)
+        }
+    }
+
+    /// The runs recorded since the last call (empty unless recording runs).
+    pub(crate) fn take_runs(&mut self) -> Vec<MappedRun> {
+        self.runs.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The warnings recorded since the last call.
+    pub(crate) fn take_warnings(&mut self) -> Vec<Warning> {
+        std::mem::take(&mut self.warnings)
+    }
+
     /// The superblock in use.
-    pub fn sb(&self) -> &Superblock {
+    pub fn sb(&self) -> &'v Superblock {
         self.sb
     }
 
@@ -175,6 +202,59 @@ impl<'v> Collector<'v> {
     /// Adds a bounds-checked run.
     pub(crate) fn add(&mut self, start: u64, len: u64, class: BlockClass) {
         self.set.add(start, len, class);
+    }
+
+    /// Adds `len` bounds-checked blocks from `start` that an inode maps at file block
+    /// `logical` (`unwritten` for an uninitialized extent): as `class` to the set, or as a
+    /// data run when recording runs.
+    pub(crate) fn add_mapped(
+        &mut self,
+        logical: u64,
+        start: u64,
+        len: u64,
+        unwritten: bool,
+        class: BlockClass,
+    ) {
+        match self.runs {
+            Some(_) => self.push_run(MappedRun {
+                logical,
+                physical: start,
+                len,
+                kind: RunKind::Data { unwritten },
+            }),
+            None => self.add(start, len, class),
+        }
+    }
+
+    /// Adds one bounds-checked tree block (extent index/leaf, IND/DIND/TIND): as `class` to
+    /// the set, or as a tree run when recording runs.
+    pub(crate) fn add_tree(&mut self, start: u64, class: BlockClass) {
+        match self.runs {
+            Some(_) => self.push_run(MappedRun {
+                logical: 0,
+                physical: start,
+                len: 1,
+                kind: RunKind::Tree,
+            }),
+            None => self.add(start, 1, class),
+        }
+    }
+
+    /// Records a run when recording runs, merged into the previous one when it continues it
+    /// both physically and (for data) logically.
+    pub(crate) fn push_run(&mut self, run: MappedRun) {
+        let Some(runs) = self.runs.as_mut() else {
+            return;
+        };
+        if let Some(last) = runs.last_mut() {
+            if last.continued_by(&run) {
+                if let Some(len) = last.len.checked_add(run.len) {
+                    last.len = len;
+                    return;
+                }
+            }
+        }
+        runs.push(run);
     }
 
     /// Adds a run after checking its bounds; reports `what` when it is out of range.
@@ -316,9 +396,7 @@ fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions)
             format!("group {g}: bg_block_bitmap")
         });
     }
-    let inode_uninit = gd.has_flag(sb, EXT4_BG_INODE_UNINIT);
-    let bitmap_ok = !inode_uninit && c.check_range(gd.bg_inode_bitmap, 1).is_ok();
-    if !inode_uninit {
+    if !gd.has_flag(sb, EXT4_BG_INODE_UNINIT) {
         c.add_checked(gd.bg_inode_bitmap, 1, BlockClass::InodeBitmap, || {
             format!("group {g}: bg_inode_bitmap")
         });
@@ -329,7 +407,30 @@ fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions)
         });
     }
     let itable_blocks = u64::from(gd.used_inode_table_blocks(sb));
-    if itable_blocks == 0 {
+    if itable_blocks > 0
+        && c.check_range(gd.bg_inode_table, u64::from(sb.inode_table_blocks))
+            .is_ok()
+    {
+        c.add(gd.bg_inode_table, itable_blocks, BlockClass::InodeTable);
+    }
+    scan_group(c, g, gd, &mut |c, ino, inode| {
+        process_inode(c, ino, inode, opts)
+    });
+}
+
+/// Calls `f` for every in-use inode of group `g` (see the module comment for "in use"):
+/// nothing for an INODE_UNINIT group, only the first `used_inodes` (`bg_itable_unused`)
+/// inodes otherwise. An inode table outside the filesystem or unreadable is reported.
+pub(crate) fn scan_group<'v>(
+    c: &mut Collector<'v>,
+    g: u32,
+    gd: &GroupDesc,
+    f: &mut dyn FnMut(&mut Collector<'v>, InodeNr, &Inode),
+) {
+    let sb = c.sb;
+    let inode_uninit = gd.has_flag(sb, EXT4_BG_INODE_UNINIT);
+    let bitmap_ok = !inode_uninit && c.check_range(gd.bg_inode_bitmap, 1).is_ok();
+    if gd.used_inode_table_blocks(sb) == 0 {
         return;
     }
     if c.check_range(gd.bg_inode_table, u64::from(sb.inode_table_blocks))
@@ -341,13 +442,23 @@ fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions)
         ));
         return;
     }
-    c.add(gd.bg_inode_table, itable_blocks, BlockClass::InodeTable);
     let bitmap = if bitmap_ok {
         read_inode_bitmap(c, g, gd)
     } else {
         None
     };
-    scan_inodes(c, g, gd, bitmap.as_deref(), opts);
+    scan_inodes(c, g, gd, bitmap.as_deref(), f);
+}
+
+/// Calls `f` for every in-use inode of the filesystem, group by group, in inode order.
+pub(crate) fn scan_all<'v>(
+    c: &mut Collector<'v>,
+    groups: &[GroupDesc],
+    f: &mut dyn FnMut(&mut Collector<'v>, InodeNr, &Inode),
+) {
+    for (g, gd) in (0..c.sb.group_count).zip(groups) {
+        scan_group(c, g, gd, f);
+    }
 }
 
 fn read_inode_bitmap(c: &mut Collector<'_>, g: u32, gd: &GroupDesc) -> Option<Vec<u8>> {
@@ -368,13 +479,13 @@ fn read_inode_bitmap(c: &mut Collector<'_>, g: u32, gd: &GroupDesc) -> Option<Ve
     }
 }
 
-/// Reads the used part of the inode table in chunks and processes every in-use inode.
-fn scan_inodes(
-    c: &mut Collector<'_>,
+/// Reads the used part of the inode table in chunks and calls `f` for every in-use inode.
+fn scan_inodes<'v>(
+    c: &mut Collector<'v>,
     g: u32,
     gd: &GroupDesc,
     bitmap: Option<&[u8]>,
-    opts: &WalkOptions,
+    f: &mut dyn FnMut(&mut Collector<'v>, InodeNr, &Inode),
 ) {
     let sb = c.sb;
     let isz = usize::from(sb.s_inode_size);
@@ -410,7 +521,7 @@ fn scan_inodes(
             if !in_bitmap && bitmap.is_some() && !inode.is_blank() {
                 c.stats.linked_but_free += 1;
             }
-            process_inode(c, InodeNr(ino), &inode, opts);
+            f(c, InodeNr(ino), &inode);
         }
         index += count;
     }
@@ -470,9 +581,8 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
             if classes.data == Some(BlockClass::SnapshotFile) {
                 // Snapshot files of filesystems over 2^20 + 2^30 blocks keep further TIND
                 // trees in i_block[0..3].
-                for slot in 0..3 {
-                    walk_root(c, ino, inode, slot, 3, classes);
-                }
+                let extra = snapshot_extra_roots(sb.block_size);
+                walk_roots(c, ino, inode, &extra, classes);
             }
         }
     }

@@ -1,10 +1,11 @@
 //! The walker never panics and never hangs on byte-patched filesystems: random bytes of the
 //! superblock, group descriptors, bitmaps, inode tables and tree blocks of the committed
 //! images are overwritten (fixed-seed xorshift, so failures reproduce), then the image is
-//! opened, walked, and its snapshot list and maps read.
+//! opened, walked, its snapshot list and maps read, its block owners listed and its inodes
+//! named.
 
 use ext::snapshot::{snapshot_list, SnapshotMap};
-use ext::{walk, BlockView, Filesystem, OpenOptions, WalkOptions};
+use ext::{file_runs, inode_paths, walk, BlockView, Filesystem, OpenOptions, WalkOptions};
 use std::io::Read;
 
 /// An in-memory image.
@@ -114,6 +115,15 @@ fn patched_images_never_panic() {
             for s in &list {
                 let _ = SnapshotMap::build(&fs, s);
             }
+            let (runs, _) = file_runs(&fs, &|_, _| true);
+            assert!(runs.windows(2).all(|w| w[0].physical <= w[1].physical));
+            assert!(runs
+                .iter()
+                .all(|r| r.len > 0 && r.physical > 0 && r.end() <= fs.sb.s_blocks_count));
+            let (paths, _) = inode_paths(&fs, &(1..64).collect::<Vec<u32>>());
+            assert!(paths
+                .values()
+                .all(|p| p.starts_with('/') || p.starts_with("...")));
         }
     }
 }

@@ -38,7 +38,9 @@ pub enum Layer {
 pub enum ClusterMapping {
     /// Not allocated: reads as zero (no backing file).
     Unallocated,
-    /// Zero flag set (with or without a preallocated host cluster): reads as zero.
+    /// Zero flag set (with or without a preallocated host cluster): reads as zero. Unlike
+    /// [`ClusterMapping::Unallocated`], the image explicitly holds zeros here (e2image-rs
+    /// records copied all-zero clusters this way in v3 images).
     Zero,
     /// Uncompressed data in the host cluster at byte offset `host_offset`.
     Normal {
@@ -371,9 +373,10 @@ impl LayerReader<'_> {
     }
 
     /// Calls `f(guest_cluster, mapping)` for every guest cluster whose mapping is not
-    /// [`ClusterMapping::Unallocated`], in increasing order. Unallocated L1 entries are skipped
-    /// without reading anything, so this is fast on huge sparse images. Stops at the first
-    /// error, from `f` or from a corrupt entry.
+    /// [`ClusterMapping::Unallocated`], in increasing order; zero clusters are reported (as
+    /// [`ClusterMapping::Zero`]), so callers wanting data only filter them. Unallocated L1
+    /// entries are skipped without reading anything, so this is fast on huge sparse images.
+    /// Stops at the first error, from `f` or from a corrupt entry.
     pub fn for_each_allocated(
         &self,
         mut f: impl FnMut(u64, ClusterMapping) -> Result<(), Error>,

@@ -11,6 +11,10 @@
 //! references are known, then writes the L1 tables, the snapshot table, the refcount structures
 //! and finally the header. Every state is counted as referenced by exactly one L1 table until
 //! `finish`, which adjusts the counts of states used zero or several times.
+//!
+//! Zero clusters (v3, [`Writer::write_zero_clusters`]) are L2 entries with only the zero flag:
+//! no host cluster, no refcount, never COPIED. They are kept as such in windows and compare
+//! equal across states, so tables holding them stay shareable.
 
 mod finish;
 
@@ -23,7 +27,7 @@ use crate::io::{OutFile, OUT_BUFFER_BYTES};
 use crate::refcount::RefcountChunks;
 use crate::table::{
     decode_be_u64s, encode_be_u64s, guest_clusters, l1_entries_needed, l2_entries, L2E_OFFSET_MASK,
-    OFLAG_COPIED,
+    OFLAG_COPIED, OFLAG_ZERO,
 };
 use crate::Error;
 
@@ -79,12 +83,14 @@ pub struct WriterSummary {
 #[derive(Clone, Copy, Debug)]
 struct L1Slot {
     l1_index: u32,
-    /// Hash of the L2 table's entries with COPIED masked off (to find identical tables).
+    /// Hash of the L2 table's entries with COPIED masked off (to find identical tables); zero
+    /// entries hash as themselves, so zero clusters in two states still share a table.
     hash: u32,
     l2_offset: u64,
 }
 
-/// The L2 window a state is currently filling: plain host offsets, 0 = unallocated.
+/// The L2 window a state is currently filling: plain host offsets, 0 = unallocated,
+/// [`OFLAG_ZERO`] alone = a zero cluster (v3; no host cluster). Never COPIED (set on write).
 #[derive(Debug)]
 struct OpenWindow {
     l1_index: u32,
@@ -127,6 +133,12 @@ pub struct Writer {
     /// Flush the file to stable storage at the end of [`Writer::finish`].
     sync: bool,
     summary: WriterSummary,
+}
+
+/// A stored L2 entry written by this writer, as a window entry: COPIED dropped, the host
+/// offset and the zero flag kept.
+fn window_entry(stored: u64) -> u64 {
+    stored & (L2E_OFFSET_MASK | OFLAG_ZERO)
 }
 
 fn hash_entries(entries: &[u64]) -> u32 {
@@ -193,6 +205,11 @@ impl Writer {
     /// the header; on by default.
     pub fn set_sync(&mut self, sync: bool) {
         self.sync = sync;
+    }
+
+    /// Format version of the image being written (zero clusters need [`Version::V3`]).
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     /// Cluster size in bytes.
@@ -262,7 +279,8 @@ impl Writer {
 
     /// Appends `data` (a whole number of clusters) as guest clusters `guest_cluster..` of
     /// `state`, in newly allocated host clusters written with as few large writes as possible.
-    /// Zero clusters are not skipped (the caller skips them).
+    /// Zero data is written as is: the caller records all-zero clusters with
+    /// [`Writer::write_zero_clusters`] (v3) or leaves them out (v2).
     ///
     /// Errors: [`Error::InvalidArgument`] for an unknown state, `data` not a multiple of the
     /// cluster size, guest clusters past the end of the disk or not strictly after every guest
@@ -295,6 +313,45 @@ impl Writer {
             done += run;
         }
         self.summary.data_clusters += count;
+        self.states[s].next_guest = guest_cluster + count;
+        Ok(())
+    }
+
+    /// Records `count` guest clusters from `guest_cluster` of `state` as zero clusters: L2
+    /// entries with only the zero flag set (QCOW2 spec "Standard Cluster Descriptor", bit 0;
+    /// host offset 0). They read as zeros and, unlike unallocated clusters, say explicitly that
+    /// the image holds zeros there. No host cluster is allocated and nothing is refcounted.
+    /// Version 3 only: on a v2 image the caller leaves zero clusters unallocated.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a v2 image, an unknown state, guest clusters past
+    /// the end of the disk or not strictly after every guest cluster already written or shared
+    /// in this state; [`Error::Io`] and [`Error::Limit`] (finishing the previous L2 window).
+    pub fn write_zero_clusters(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        count: u64,
+    ) -> Result<(), Error> {
+        if self.version != Version::V3 {
+            return Err(Error::InvalidArgument(
+                "zero clusters need QCOW2 version 3 (compat 1.1)".into(),
+            ));
+        }
+        let s = self.state_index(state)?;
+        self.check_guest_range(s, guest_cluster, count)?;
+        let epl = self.entries_per_l2();
+        let mut done = 0u64;
+        while done < count {
+            let g = guest_cluster + done;
+            let run = (epl - g % epl).min(count - done);
+            self.open_window(s, g / epl)?;
+            let window = self.states[s].open.as_mut().map(|w| &mut w.entries);
+            let entries =
+                window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
+            let first = (g % epl) as usize;
+            entries[first..first + run as usize].fill(OFLAG_ZERO);
+            done += run;
+        }
         self.states[s].next_guest = guest_cluster + count;
         Ok(())
     }
@@ -413,8 +470,9 @@ impl Writer {
         Ok(same)
     }
 
-    /// Host byte offset of `guest_cluster` in `state`, or `None` if unallocated there. Reads
-    /// back finished L2 tables as needed (one table is cached).
+    /// Host byte offset of `guest_cluster` in `state`, or `None` if unallocated or a zero
+    /// cluster there (no host cluster). Reads back finished L2 tables as needed (one table is
+    /// cached).
     ///
     /// Errors: [`Error::InvalidArgument`] for an unknown state or a guest cluster past the end
     /// of the disk; [`Error::Io`].
@@ -485,7 +543,8 @@ impl Writer {
     }
 
     /// Adds `delta` (may be negative) references to the L2 table at `l2_offset` and to every
-    /// cluster it maps: the effect of one more (or one fewer) L1 table referencing it.
+    /// cluster it maps: the effect of one more (or one fewer) L1 table referencing it. Zero
+    /// and unallocated entries (host offset 0) map no cluster.
     fn add_table_references(&mut self, l2_offset: u64, delta: i32) -> Result<(), Error> {
         let by = u16::try_from(delta.unsigned_abs())
             .map_err(|_| Error::Limit(format!("{delta} references to one table")))?;
@@ -529,7 +588,7 @@ impl Writer {
             let slot = st.l1.remove(pos);
             let table = self.read_l2(slot.l2_offset)?;
             for (e, t) in entries.iter_mut().zip(table) {
-                *e = t & L2E_OFFSET_MASK;
+                *e = window_entry(t);
             }
             self.refcounts
                 .decrement(slot.l2_offset >> self.cluster_bits, 1)?;
@@ -576,9 +635,12 @@ impl Writer {
         Ok(())
     }
 
-    /// `entry` (a plain host offset or 0) with COPIED set iff its cluster's refcount is 1 now.
+    /// `entry` (a window entry: a plain host offset, 0 or [`OFLAG_ZERO`]) with COPIED set iff
+    /// it maps a host cluster whose refcount is 1 now. Zero and unallocated entries never get
+    /// COPIED (their offset 0 is not a cluster; cluster 0 is the header).
     fn with_copied(&self, entry: u64) -> u64 {
-        if entry != 0 && self.refcounts.get(entry >> self.cluster_bits) == 1 {
+        let host = entry & L2E_OFFSET_MASK;
+        if host != 0 && self.refcounts.get(host >> self.cluster_bits) == 1 {
             entry | OFLAG_COPIED
         } else {
             entry
@@ -613,7 +675,7 @@ impl Writer {
             if table
                 .iter()
                 .zip(entries)
-                .all(|(t, e)| t & !OFLAG_COPIED == *e)
+                .all(|(&t, e)| window_entry(t) == *e)
             {
                 return Ok(Some(offset));
             }

@@ -394,3 +394,54 @@ pub fn extract_state(q: &Path, name: &str, out: &Path) {
     );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Builds a chain of three states of one filesystem (the committed ext4-small image changed
+/// with debugfs) in `dir`: a (oldest), b, c (current).
+pub fn chain(dir: &Path) -> [PathBuf; 3] {
+    let a = gunzip_to(&root().join("fixtures/images/ext4-small.img.gz"), dir);
+    let (pa, pb, pc) = (dir.join("a.img"), dir.join("b.img"), dir.join("c.img"));
+    std::fs::rename(&a, &pa).unwrap();
+    std::fs::copy(&pa, &pb).unwrap();
+    let note = dir.join("note.txt");
+    std::fs::write(&note, b"a new file in state b\n").unwrap();
+    debugfs_w(
+        &pb,
+        &[
+            "rm /many/f001",
+            "rm /many/f002",
+            "mkdir /newdir",
+            &format!("write {} /newdir/note.txt", note.display()),
+        ],
+    );
+    std::fs::copy(&pb, &pc).unwrap();
+    debugfs_w(
+        &pc,
+        &[
+            "rm /xattr/big300k.bin",
+            "mkdir /newdir/sub",
+            "rmdir /a/b/c/d/e",
+        ],
+    );
+    [pa, pb, pc]
+}
+
+/// Runs debugfs -w with `cmds` on `img` and asserts it succeeds.
+pub fn debugfs_w(img: &Path, cmds: &[&str]) {
+    let script = cmds.join("\n");
+    let mut child = std::process::Command::new("debugfs")
+        .args(["-w", "-f", "-"])
+        .arg(img)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -7,13 +7,13 @@
 //! tables, the snapshot table, then the refcount blocks and table sized by fixed point.
 //! (5) Flush, set the length, write cluster 0 (header) last and fsync.
 
-use super::{Writer, WriterSummary};
+use super::{window_entry, Writer, WriterSummary};
 use crate::header::{
     Header, Version, DEFAULT_REFCOUNT_ORDER, MAX_REFTABLE_BYTES, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
 };
 use crate::refcount::refcount_structure_clusters;
 use crate::snapshot::{encode_entry, validate_specs, SnapshotSpec};
-use crate::table::{encode_be_u64s, L2E_OFFSET_MASK, OFLAG_COPIED};
+use crate::table::{encode_be_u64s, OFLAG_COPIED};
 use crate::{Error, StateId};
 
 impl Writer {
@@ -123,7 +123,7 @@ impl Writer {
             let table = self.read_l2(offset)?;
             let fixed: Vec<u64> = table
                 .iter()
-                .map(|&e| self.with_copied(e & L2E_OFFSET_MASK))
+                .map(|&e| self.with_copied(window_entry(e)))
                 .collect();
             if fixed != table {
                 let mut bytes = Vec::with_capacity(self.cluster_size() as usize);

@@ -1,0 +1,297 @@
+//! Drives a target to the new (rollback) or old (undo) side of a verified patch.
+//!
+//! The same procedure serves the first run, `--resume` and `--undo`, so that an interrupted run
+//! of any of them is finished by running it (or the other) again:
+//!
+//! 1. classify every patched block of the target: it must hold its old or new bytes (the
+//!    superblock block may also hold its "not clean" variant); anything else is refused
+//!    before writing;
+//! 2. record "applying"/"undoing" in the patch (flushed);
+//! 3. write the "not clean" superblock block, flush, so a half-written target is never taken
+//!    for a consistent filesystem;
+//! 4. write the other runs' goal bytes where the target does not hold them yet, flush;
+//! 5. write the goal superblock block, flush;
+//! 6. record "done"/"undone".
+//!
+//! Writes go out in pieces of at most [`WRITE_PIECE_BYTES`]. Fault injection for the tests:
+//! with `E2IMAGE_RS_FAULT_AFTER_WRITES=k` the process stops right after its k-th write (to the
+//! target or the patch state record), by returning an error, or with
+//! `E2IMAGE_RS_FAULT_ABORT=1` by aborting.
+
+use super::patch::{sha256, Patch, PatchState, Run};
+use super::target::Target;
+use anyhow::{anyhow, bail, Result};
+
+/// Largest single write to the target, in bytes.
+const WRITE_PIECE_BYTES: usize = 1 << 20;
+/// Most unmatched blocks named in a refusal.
+const MAX_LISTED: usize = 10;
+
+/// Which side of the patch to reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// The new bytes (the rollback).
+    New,
+    /// The old bytes (undo).
+    Old,
+}
+
+/// What a drive did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Driven {
+    /// Blocks written (the superblock block counted once per write).
+    pub blocks_written: u64,
+    /// Bytes written to the target.
+    pub bytes_written: u64,
+}
+
+/// An error after which the target may be part-way: `touched` tells whether anything was
+/// written to it.
+#[derive(Debug)]
+pub struct DriveError {
+    pub error: anyhow::Error,
+    pub touched: bool,
+}
+
+/// What a target block holds, relative to the patch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holds {
+    Old,
+    New,
+    /// Old and new bytes are equal.
+    Both,
+    /// The "not clean" superblock block.
+    Dirty,
+}
+
+impl Holds {
+    fn reached(self, goal: Goal) -> bool {
+        matches!(
+            (self, goal),
+            (Holds::Both, _) | (Holds::Old, Goal::Old) | (Holds::New, Goal::New)
+        )
+    }
+}
+
+/// Stops the process after a chosen number of writes (tests only; see the module comment).
+pub struct Faults {
+    after: Option<u64>,
+    abort: bool,
+    count: u64,
+}
+
+impl Faults {
+    /// Reads the fault-injection variables from the environment.
+    pub fn from_env() -> Faults {
+        Faults {
+            after: std::env::var("E2IMAGE_RS_FAULT_AFTER_WRITES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            abort: std::env::var_os("E2IMAGE_RS_FAULT_ABORT").is_some(),
+            count: 0,
+        }
+    }
+
+    fn wrote(&mut self) -> Result<()> {
+        self.count += 1;
+        if self.after == Some(self.count) {
+            if self.abort {
+                std::process::abort();
+            }
+            bail!("injected fault after write {}", self.count);
+        }
+        Ok(())
+    }
+}
+
+struct Driver<'a> {
+    patch: &'a mut Patch,
+    target: &'a Target,
+    faults: &'a mut Faults,
+    goal: Goal,
+    touched: bool,
+    out: Driven,
+}
+
+/// Brings `target` to the `goal` side of `patch`; see the module comment for the order.
+///
+/// # Errors
+/// A [`DriveError`]: a block holding neither side (nothing written), or an I/O error or
+/// injected fault (possibly part-way, then `touched`).
+pub fn drive(
+    patch: &mut Patch,
+    target: &Target,
+    goal: Goal,
+    faults: &mut Faults,
+) -> Result<Driven, DriveError> {
+    let mut d = Driver {
+        patch,
+        target,
+        faults,
+        goal,
+        touched: false,
+        out: Driven::default(),
+    };
+    match d.run() {
+        Ok(()) => Ok(d.out),
+        Err(error) => Err(DriveError {
+            error,
+            touched: d.touched,
+        }),
+    }
+}
+
+impl Driver<'_> {
+    fn run(&mut self) -> Result<()> {
+        let h = &self.patch.header;
+        if self.target.size() < h.s_blocks_count * u64::from(h.block_size) {
+            bail!(
+                "{} is {} bytes, the patch is for a {}-byte filesystem; nothing was written",
+                self.target.path().display(),
+                self.target.size(),
+                h.s_blocks_count * u64::from(h.block_size)
+            );
+        }
+        let holds = self.classify()?;
+        let (working, finished) = match self.goal {
+            Goal::New => (PatchState::Applying, PatchState::Done),
+            Goal::Old => (PatchState::Undoing, PatchState::Undone),
+        };
+        if holds.iter().all(|h| h.reached(self.goal)) {
+            if self.patch.state() != finished {
+                self.patch.set_state(finished)?;
+            }
+            return Ok(());
+        }
+        self.patch.set_state(working)?;
+        self.faults.wrote()?;
+        let sb = self.sb_run()?;
+        let sb_index = sb.digest_index as usize;
+        if holds[sb_index] != Holds::Dirty {
+            let dirty = self.patch.dirty_block()?;
+            self.write(sb.first_block, &dirty)?;
+            self.target.sync()?;
+        }
+        let runs = self.patch.runs.clone();
+        for r in runs.iter().filter(|r| r.digest_index != sb.digest_index) {
+            self.write_run(r, &holds)?;
+        }
+        self.target.sync()?;
+        let mut block = vec![0u8; self.patch.header.block_size as usize];
+        self.read_goal(&sb, 0, &mut block)?;
+        self.write(sb.first_block, &block)?;
+        self.target.sync()?;
+        self.patch.set_state(finished)?;
+        self.faults.wrote()
+    }
+
+    fn sb_run(&self) -> Result<Run> {
+        let sb = self.patch.header.sb_block;
+        self.patch
+            .runs
+            .iter()
+            .find(|r| r.first_block == sb && r.nb_blocks == 1)
+            .copied()
+            .ok_or_else(|| anyhow!("the patch has no superblock run"))
+    }
+
+    /// What every patched block of the target holds, in digest order; refuses if any holds
+    /// neither side.
+    fn classify(&self) -> Result<Vec<Holds>> {
+        let bs = self.patch.header.block_size as usize;
+        let sb = self.patch.header.sb_block;
+        let mut holds = Vec::with_capacity(self.patch.digests.len());
+        let mut bad = Vec::new();
+        let mut buf = Vec::new();
+        for r in &self.patch.runs {
+            let mut done = 0u64;
+            while done < r.nb_blocks {
+                let n = (r.nb_blocks - done).min((WRITE_PIECE_BYTES / bs) as u64);
+                buf.resize(n as usize * bs, 0);
+                self.target
+                    .read_at((r.first_block + done) * bs as u64, &mut buf)?;
+                for (i, blk) in buf.chunks(bs).enumerate() {
+                    let d = self.patch.digests[(r.digest_index + done) as usize + i];
+                    let s = sha256(blk);
+                    let h = if s == d.old && s == d.new {
+                        Holds::Both
+                    } else if s == d.new {
+                        Holds::New
+                    } else if s == d.old {
+                        Holds::Old
+                    } else if r.first_block == sb && s == self.patch.header.dirty_sha256 {
+                        Holds::Dirty
+                    } else {
+                        bad.push(r.first_block + done + i as u64);
+                        Holds::Old
+                    };
+                    holds.push(h);
+                }
+                done += n;
+            }
+        }
+        if !bad.is_empty() {
+            let list: Vec<String> = bad.iter().take(MAX_LISTED).map(u64::to_string).collect();
+            bail!(
+                "{} block(s) of {} hold neither their old nor their new bytes (block {}{}): \
+                 the target changed since the patch was made; nothing was written",
+                bad.len(),
+                self.target.path().display(),
+                list.join(", "),
+                if bad.len() > MAX_LISTED { ", …" } else { "" }
+            );
+        }
+        Ok(holds)
+    }
+
+    /// Writes the goal bytes of the blocks of `r` that do not hold them yet.
+    fn write_run(&mut self, r: &Run, holds: &[Holds]) -> Result<()> {
+        let bs = self.patch.header.block_size as usize;
+        let max = (WRITE_PIECE_BYTES / bs).max(1) as u64;
+        let mut i = 0u64;
+        let mut buf = Vec::new();
+        while i < r.nb_blocks {
+            let h = |k: u64| holds[(r.digest_index + k) as usize];
+            if h(i).reached(self.goal) {
+                i += 1;
+                continue;
+            }
+            let mut n = 1;
+            while i + n < r.nb_blocks && n < max && !h(i + n).reached(self.goal) {
+                n += 1;
+            }
+            buf.resize(n as usize * bs, 0);
+            self.read_goal(r, i, &mut buf)?;
+            self.write(r.first_block + i, &buf)?;
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// Reads goal bytes of run `r` from block `i` and re-checks their digests.
+    fn read_goal(&self, r: &Run, i: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = self.patch.header.block_size as usize;
+        self.patch.read_blocks(r, i, self.goal == Goal::New, buf)?;
+        for (k, blk) in buf.chunks(bs).enumerate() {
+            let d = self.patch.digests[(r.digest_index + i) as usize + k];
+            let want = if self.goal == Goal::New { d.new } else { d.old };
+            if sha256(blk) != want {
+                bail!(
+                    "patch {}: bytes of block {} changed since they were verified",
+                    self.patch.path().display(),
+                    r.first_block + i + k as u64
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, block: u64, data: &[u8]) -> Result<()> {
+        let bs = u64::from(self.patch.header.block_size);
+        self.touched = true;
+        self.target.write_at(block * bs, data)?;
+        self.out.blocks_written += data.len() as u64 / bs;
+        self.out.bytes_written += data.len() as u64;
+        self.faults.wrote()
+    }
+}

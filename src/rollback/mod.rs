@@ -1,0 +1,457 @@
+//! `e2image-rs rollback`: writes one state of a QCOW2 image back onto the device (or image
+//! file) holding the same filesystem, atomically in effect, through a rollback patch file.
+//!
+//! Pipeline: open the image state and the target (refused when mounted; block devices opened
+//! exclusively) → check they hold the same filesystem (UUID, block size, block count) →
+//! compute the blocks the state holds (`held`) → for metadata-only images, refuse when the
+//! restored files would read data blocks the target now uses otherwise (`conflicts`) →
+//! compare held blocks with the target and stream the differing runs into the patch and the
+//! optional e2undo file (`diff`) → flush and rename both → drive the target to the new side
+//! (`engine`). `--resume` and `--undo` reopen a patch, verify every checksum in it, and drive
+//! the target to the new or the old side. The patch format is in `patch` and README.md.
+
+mod conflicts;
+mod diff;
+mod engine;
+mod held;
+mod patch;
+mod report;
+mod target;
+
+use crate::cli::RollbackArgs;
+use crate::e2undo::UndoFileWriter;
+use crate::output::TempOutput;
+use crate::qcow_view::QcowView;
+use anyhow::{bail, Context, Result};
+use diff::RunSink;
+use engine::{drive, DriveError, Faults, Goal};
+use ext::{Filesystem, OpenOptions, WalkOptions};
+use held::Held;
+use patch::{Patch, PatchHeader, PatchState, PatchWriter};
+use qcow::reader::{Layer, Reader};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use target::{not_clean, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
+
+/// Exit status of a finished rollback, resume or undo.
+pub const EXIT_DONE: i32 = 0;
+/// Exit status of a refused or failed one (the message says whether the target is untouched).
+pub const EXIT_REFUSED: i32 = 1;
+/// Exit status of a usage error.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs the `rollback` subcommand and returns the exit status; prints its own messages.
+pub fn run(args: &RollbackArgs) -> i32 {
+    let r = match (&args.resume, &args.undo) {
+        (Some(p), None) => finish(p, one_target(args), Goal::New),
+        (None, Some(p)) => finish(p, one_target(args), Goal::Old),
+        _ => apply(args),
+    };
+    match r {
+        Ok(()) => EXIT_DONE,
+        Err(Failure::Usage(m)) => {
+            eprintln!("e2image-rs rollback: {m}");
+            eprintln!("usage: e2image-rs rollback IMAGE TARGET [--snapshot ID|NAME] --patch PATCH [--undo-file FILE] [--dry-run] [--force]");
+            eprintln!("       e2image-rs rollback --resume PATCH TARGET | --undo PATCH TARGET");
+            EXIT_USAGE
+        }
+        Err(Failure::Refused(e)) => {
+            eprintln!("e2image-rs: error: {e:#}");
+            EXIT_REFUSED
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Refused(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Refused(e)
+    }
+}
+
+fn one_target(args: &RollbackArgs) -> Result<&Path, Failure> {
+    match args.paths.as_slice() {
+        [t] if args.snapshot.is_none() && args.patch.is_none() && args.undo_file.is_none() => Ok(t),
+        [_] => Err(Failure::Usage(
+            "--resume and --undo take only the patch and the target".into(),
+        )),
+        _ => Err(Failure::Usage(
+            "--resume PATCH and --undo PATCH take one TARGET".into(),
+        )),
+    }
+}
+
+/// `--resume` / `--undo`: verify the patch, then drive the target to `goal`.
+fn finish(patch: &Path, target: Result<&Path, Failure>, goal: Goal) -> Result<(), Failure> {
+    let target = target?;
+    let mut p = Patch::open(patch, true)?;
+    let t = Target::open(target, true)?;
+    check_patch_target(&p, &t)?;
+    let before = p.state();
+    let d = drive(&mut p, &t, goal, &mut Faults::from_env()).map_err(|e| stated(e, patch, &t))?;
+    println!(
+        "{}: {} blocks ({} bytes) written; patch {} was {}, now {}",
+        t.path().display(),
+        d.blocks_written,
+        d.bytes_written,
+        patch.display(),
+        before.name(),
+        p.state().name()
+    );
+    Ok(())
+}
+
+/// The target's superblock must name the patch's filesystem (it may hold either side, or the
+/// not-clean variant, so only the identity fields are compared).
+fn check_patch_target(p: &Patch, t: &Target) -> Result<()> {
+    let sb = read_target_sb(t)?;
+    let h = &p.header;
+    if sb.s_uuid != h.fs_uuid || sb.block_size != h.block_size {
+        bail!(
+            "{} holds filesystem {} ({}-byte blocks), the patch is for {} ({}-byte blocks); nothing was written",
+            t.path().display(),
+            uuid(&sb.s_uuid),
+            sb.block_size,
+            uuid(&h.fs_uuid),
+            h.block_size
+        );
+    }
+    Ok(())
+}
+
+/// Turns a drive error into a message stating where the target stands.
+fn stated(e: DriveError, patch: &Path, t: &Target) -> Failure {
+    let (p, tp) = (patch.display(), t.path().display());
+    let state = if e.touched {
+        format!("{tp} is part-way: finish with `e2image-rs rollback --resume {p} {tp}`, or rewind with `e2image-rs rollback --undo {p} {tp}`")
+    } else {
+        format!("{tp} is untouched")
+    };
+    Failure::Refused(e.error.context(state))
+}
+
+fn read_target_sb(t: &Target) -> Result<ext::Superblock> {
+    let mut raw = vec![0u8; SUPERBLOCK_BYTES];
+    t.read_at(SUPERBLOCK_OFFSET, &mut raw)?;
+    ext::Superblock::parse(&raw).with_context(|| {
+        format!(
+            "{}: no valid ext2/3/4 superblock at byte {SUPERBLOCK_OFFSET}; nothing was written",
+            t.path().display()
+        )
+    })
+}
+
+/// Formats a UUID the usual way.
+pub fn uuid(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+/// The first run: plan, write the patch (and undo file), then drive the target.
+fn apply(args: &RollbackArgs) -> Result<(), Failure> {
+    let [image, target] = args.paths.as_slice() else {
+        return Err(Failure::Usage("expected IMAGE and TARGET".into()));
+    };
+    let patch_path = match (&args.patch, args.dry_run) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => return Err(Failure::Usage("--patch PATCH is required".into())),
+    };
+    if let Some(p) = &patch_path {
+        if p.exists() && !args.dry_run {
+            return Err(Failure::Refused(anyhow::anyhow!(
+                "{} exists: it may be needed to resume or undo an earlier rollback; remove it or choose another name; nothing was written",
+                p.display()
+            )));
+        }
+    }
+    let reader = Reader::open(
+        File::open(image).with_context(|| format!("cannot open {}", image.display()))?,
+    )
+    .with_context(|| format!("{}: not a usable QCOW2 image", image.display()))?;
+    let (layer_id, label) = choose_layer(&reader, args.snapshot.as_deref())?;
+    let layer = reader
+        .layer(layer_id)
+        .context("cannot read the image state")?;
+    let view = QcowView::new(&layer, reader.virtual_size());
+    let fs = Filesystem::open(view, &OpenOptions::default())
+        .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
+    let t = Target::open(target, !args.dry_run)?;
+    check_same_fs(&fs, &t, image, &label)?;
+    let walk = ext::walk(
+        &fs,
+        &WalkOptions {
+            data: true,
+            no_snapshot_files: false,
+        },
+    );
+    for w in &walk.warnings {
+        eprintln!("e2image-rs: warning: [{label}] {w}");
+    }
+    let sb = &fs.sb;
+    let held = held::held_blocks(
+        &layer,
+        reader.cluster_size(),
+        u64::from(sb.block_size),
+        sb.s_blocks_count,
+        &walk.blocks,
+    )?;
+    let conflicts = conflicts::check(&fs, &walk.blocks, &held, &t)?;
+    let plan = Plan {
+        image,
+        reader: &reader,
+        layer: &layer,
+        fs: &fs,
+        walk: &walk.blocks,
+        held: &held,
+        target: &t,
+        label: &label,
+    };
+    if args.dry_run {
+        let rep = plan.dry_run()?;
+        print!("{}", rep.render(&plan, &conflicts, true));
+        return Ok(());
+    }
+    if !conflicts.is_empty() && !args.force {
+        return Err(Failure::Refused(anyhow::anyhow!(
+            "{}\nnothing was written; --force rolls back anyway",
+            conflicts.render(10)
+        )));
+    }
+    let patch_path = patch_path.unwrap_or_default();
+    let rep = plan.write_patch(&patch_path, args.undo_file.as_deref())?;
+    print!("{}", rep.render(&plan, &conflicts, false));
+    let mut p = Patch::open(&patch_path, true)?;
+    let d = drive(&mut p, &t, Goal::New, &mut Faults::from_env())
+        .map_err(|e| stated(e, &patch_path, &t))?;
+    println!(
+        "{}: rolled back to {label}: {} blocks ({} bytes) written; `e2image-rs rollback --undo {} {}` rewinds it",
+        t.path().display(),
+        d.blocks_written,
+        d.bytes_written,
+        patch_path.display(),
+        t.path().display()
+    );
+    debug_assert_eq!(p.state(), PatchState::Done);
+    Ok(())
+}
+
+/// The layer to restore and its label ("active", or "snapshot ID (NAME)").
+fn choose_layer(reader: &Reader, snapshot: Option<&str>) -> Result<(Layer, String)> {
+    let Some(want) = snapshot else {
+        return Ok((Layer::Active, "the active state".into()));
+    };
+    let Some(i) = reader.find_snapshot(want) else {
+        let names: Vec<String> = reader
+            .snapshots()
+            .iter()
+            .map(|s| format!("{} ({})", s.id, s.name))
+            .collect();
+        bail!(
+            "the image has no snapshot {want:?} (it has: {}); nothing was written",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let s = &reader.snapshots()[i];
+    Ok((
+        Layer::Snapshot(i),
+        format!("snapshot {} ({})", s.id, s.name),
+    ))
+}
+
+/// Refuses unless the target holds the image state's filesystem: same UUID, block size and
+/// block count, and room for all of it.
+fn check_same_fs<V: ext::BlockView>(
+    fs: &Filesystem<V>,
+    t: &Target,
+    image: &Path,
+    label: &str,
+) -> Result<()> {
+    let tsb = read_target_sb(t)?;
+    let sb = &fs.sb;
+    let mut diffs = Vec::new();
+    if tsb.s_uuid != sb.s_uuid {
+        diffs.push(format!(
+            "UUID {} vs {}",
+            uuid(&tsb.s_uuid),
+            uuid(&sb.s_uuid)
+        ));
+    }
+    if tsb.block_size != sb.block_size {
+        diffs.push(format!(
+            "block size {} vs {}",
+            tsb.block_size, sb.block_size
+        ));
+    }
+    if tsb.s_blocks_count != sb.s_blocks_count {
+        diffs.push(format!(
+            "block count {} vs {}",
+            tsb.s_blocks_count, sb.s_blocks_count
+        ));
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "{} does not hold the filesystem of {} ({label}): {}; nothing was written",
+            t.path().display(),
+            image.display(),
+            diffs.join(", ")
+        );
+    }
+    if t.size() < sb.size_bytes() {
+        bail!(
+            "{} is {} bytes, smaller than the {}-byte filesystem; nothing was written",
+            t.path().display(),
+            t.size(),
+            sb.size_bytes()
+        );
+    }
+    Ok(())
+}
+
+/// Everything the patch is made from.
+pub(crate) struct Plan<'a> {
+    image: &'a Path,
+    reader: &'a Reader,
+    layer: &'a qcow::reader::LayerReader<'a>,
+    fs: &'a Filesystem<QcowView<'a>>,
+    walk: &'a ext::BlockSet,
+    held: &'a Held,
+    target: &'a Target,
+    label: &'a str,
+}
+
+/// Feeds differing runs to the report and, when writing, to the patch and undo file.
+struct Outputs {
+    report: report::Report,
+    patch: Option<PatchWriter>,
+    undo: Option<UndoFileWriter>,
+}
+
+impl RunSink for Outputs {
+    fn run(&mut self, first: u64, old: &[u8], new: &[u8]) -> Result<()> {
+        self.report.add(first, old, new);
+        if let Some(p) = &mut self.patch {
+            p.add_run(first, old, new)?;
+        }
+        if let Some(u) = &mut self.undo {
+            u.add(first, old)?;
+        }
+        Ok(())
+    }
+}
+
+impl Plan<'_> {
+    fn sb_block(&self) -> u64 {
+        u64::from(self.fs.sb.s_first_data_block)
+    }
+
+    fn diff(&self, out: &mut Outputs) -> Result<diff::DiffStats> {
+        diff::diff(
+            self.layer,
+            self.target,
+            self.held,
+            self.fs.sb.block_size,
+            self.sb_block(),
+            out,
+        )
+    }
+
+    /// Compares without writing anything.
+    fn dry_run(&self) -> Result<report::Report> {
+        let mut out = Outputs {
+            report: report::Report::new(self.fs.sb.block_size, self.sb_block()),
+            patch: None,
+            undo: None,
+        };
+        out.report.stats = self.diff(&mut out)?;
+        Ok(out.report)
+    }
+
+    /// Writes the patch (and the undo file) under temporary names, flushes and renames them.
+    fn write_patch(&self, path: &Path, undo_file: Option<&Path>) -> Result<report::Report> {
+        let bs = self.fs.sb.block_size;
+        let (tmp, file) = TempOutput::create(path)?;
+        let undo = match undo_file {
+            Some(u) => {
+                let (utmp, ufile) = TempOutput::create(u)?;
+                Some((utmp, UndoFileWriter::create(ufile, bs)?))
+            }
+            None => None,
+        };
+        let (utmp, uw) = match undo {
+            Some((t, w)) => (Some(t), Some(w)),
+            None => (None, None),
+        };
+        let mut out = Outputs {
+            report: report::Report::new(bs, self.sb_block()),
+            patch: Some(PatchWriter::new(file, bs)),
+            undo: uw,
+        };
+        out.report.stats = self.diff(&mut out)?;
+        let (sb_old, sb_new) = out
+            .report
+            .sb_blocks
+            .clone()
+            .context("the superblock block was not compared")?;
+        let sb_at = (SUPERBLOCK_OFFSET % u64::from(bs)) as usize;
+        let header = self.header()?;
+        let pw = out.patch.take().context("no patch writer")?;
+        pw.finish(header, &not_clean(&sb_old, sb_at))?;
+        if let (Some(u), Some(utmp)) = (out.undo.take(), utmp) {
+            let mut rec = [0u8; SUPERBLOCK_BYTES];
+            rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_BYTES]);
+            let (keys, bytes) = (u.num_keys(), u.file_size());
+            let f = u.finish(&rec)?;
+            f.sync_all().context("cannot flush the undo file")?;
+            utmp.commit(true)?;
+            if let Some(name) = undo_file {
+                println!(
+                    "  undo file {}: {keys} keys, {bytes} bytes; `e2undo {} TARGET` rewinds the rollback",
+                    name.display(),
+                    name.display()
+                );
+            }
+        }
+        tmp.commit(true)?;
+        Ok(out.report)
+    }
+
+    fn header(&self) -> Result<PatchHeader> {
+        let sb = &self.fs.sb;
+        let mut first = vec![0u8; self.reader.cluster_size().min(self.reader.file_len()) as usize];
+        File::open(self.image)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut first, 0))
+            .with_context(|| format!("cannot read {}", self.image.display()))?;
+        Ok(PatchHeader {
+            block_size: sb.block_size,
+            fs_uuid: sb.s_uuid,
+            s_blocks_count: sb.s_blocks_count,
+            target_size: self.target.size(),
+            sb_block: self.sb_block(),
+            image_size: self.reader.file_len(),
+            image_sha256: patch::sha256(&first),
+            state_label: self.label.to_string(),
+            image_path: absolute(self.image).display().to_string(),
+            ..PatchHeader::default()
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

@@ -1,0 +1,130 @@
+//! What a rollback writes, for `--dry-run` and the summary: blocks per class, bytes, runs, and
+//! the files whose blocks change.
+
+use super::conflicts::{owners_of, Conflicts};
+use super::diff::DiffStats;
+use super::held::push;
+use super::Plan;
+use ext::BlockSet;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::ops::Range;
+
+/// Most affected files listed by name.
+const MAX_FILES_LISTED: usize = 20;
+
+/// Totals of the runs that differ.
+#[derive(Debug)]
+pub struct Report {
+    block_size: u32,
+    sb_block: u64,
+    /// Comparison totals.
+    pub stats: DiffStats,
+    /// Runs handed over (the superblock block's included).
+    pub runs: u64,
+    /// Block ranges that will be written (differing blocks, plus the superblock block).
+    pub written: Vec<Range<u64>>,
+    /// Old and new bytes of the superblock block.
+    pub sb_blocks: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Report {
+    /// An empty report for `block_size`-byte blocks, the superblock being in block `sb_block`.
+    pub fn new(block_size: u32, sb_block: u64) -> Report {
+        Report {
+            block_size,
+            sb_block,
+            stats: DiffStats::default(),
+            runs: 0,
+            written: Vec::new(),
+            sb_blocks: None,
+        }
+    }
+
+    /// Counts one run.
+    pub fn add(&mut self, first: u64, old: &[u8], new: &[u8]) {
+        let n = (old.len() / self.block_size as usize) as u64;
+        self.runs += 1;
+        push(&mut self.written, first..first + n);
+        if first == self.sb_block {
+            self.sb_blocks = Some((old.to_vec(), new.to_vec()));
+        }
+    }
+
+    /// Blocks written (the superblock block always counts).
+    pub fn blocks(&self) -> u64 {
+        self.written.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// The human-readable report.
+    pub fn render(&self, plan: &Plan<'_>, conflicts: &Conflicts, dry_run: bool) -> String {
+        let mut s = String::new();
+        let bs = u64::from(self.block_size);
+        let _ = writeln!(
+            s,
+            "rollback of {} ({}) onto {}{}",
+            plan.image.display(),
+            plan.label,
+            plan.target.path().display(),
+            if dry_run {
+                " — dry run, nothing written"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  blocks held by the state: {}; differing from the target: {} ({} bytes to write in {} runs, superblock block included)",
+            plan.held.blocks(),
+            self.stats.differ,
+            self.blocks() * bs,
+            self.runs
+        );
+        let classes = by_class(plan.walk, &self.written);
+        let list: Vec<String> = classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let _ = writeln!(s, "  by class: {}", list.join(", "));
+        if !plan.held.has_data {
+            let _ = writeln!(
+                s,
+                "  the image holds no file data for this state: restored files keep the target's data blocks"
+            );
+        }
+        let files = owners_of(plan.fs, &self.written);
+        let _ = writeln!(s, "  files affected: {}", files.len());
+        for (ino, path) in files.iter().take(MAX_FILES_LISTED) {
+            let _ = writeln!(s, "    inode {ino} {path}");
+        }
+        if files.len() > MAX_FILES_LISTED {
+            let _ = writeln!(s, "    … and {} more", files.len() - MAX_FILES_LISTED);
+        }
+        if !conflicts.is_empty() {
+            let _ = writeln!(s, "{}", conflicts.render(MAX_FILES_LISTED));
+        }
+        s
+    }
+}
+
+/// Written blocks per class of the state's walk ("other" for blocks the walk does not list).
+fn by_class(walk: &BlockSet, written: &[Range<u64>]) -> BTreeMap<&'static str, u64> {
+    let mut m = BTreeMap::new();
+    let ext = walk.extents();
+    for r in written {
+        let mut b = r.start;
+        while b < r.end {
+            let i = ext.partition_point(|e| e.end() <= b);
+            match ext.get(i) {
+                Some(e) if e.start <= b => {
+                    let end = e.end().min(r.end);
+                    *m.entry(e.class.name()).or_insert(0) += end - b;
+                    b = end;
+                }
+                next => {
+                    let end = next.map_or(r.end, |e| e.start.min(r.end));
+                    *m.entry("other").or_insert(0) += end - b;
+                    b = end;
+                }
+            }
+        }
+    }
+    m
+}

@@ -1,0 +1,133 @@
+//! The device or image file a rollback writes to: refused when mounted, opened exclusively when
+//! it is a block device, read and written in whole filesystem blocks.
+
+use crate::mounted::mounted_anywhere;
+use anyhow::{bail, Context, Result};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Byte offset of the primary superblock in a filesystem.
+pub const SUPERBLOCK_OFFSET: u64 = 1024;
+/// Size of the superblock structure, in bytes.
+pub const SUPERBLOCK_BYTES: usize = 1024;
+/// `s_state` (u16) offset in the superblock, and its "cleanly unmounted" bit (EXT2_VALID_FS).
+const S_STATE_AT: usize = 0x3A;
+const EXT2_VALID_FS: u16 = 1;
+/// `s_feature_ro_compat` offset, its metadata_csum bit, and the `s_checksum` offset.
+const S_FEATURE_RO_COMPAT_AT: usize = 0x64;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+const S_CHECKSUM_AT: usize = 0x3FC;
+
+/// An opened rollback target.
+pub struct Target {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl Target {
+    /// Opens `path` for reading, or for reading and writing when `write`; refuses a mounted
+    /// target (any mount, read-only included) and opens block devices with O_EXCL, which the
+    /// kernel refuses while anything else holds the device exclusively (a mount included).
+    ///
+    /// # Errors
+    /// Mounted or busy target, I/O errors.
+    pub fn open(path: &Path, write: bool) -> Result<Target> {
+        if let Some(at) = mounted_anywhere(path) {
+            bail!(
+                "{} is mounted on {}: unmount it first; nothing was written",
+                path.display(),
+                at.display()
+            );
+        }
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut o = OpenOptions::new();
+        o.read(true).write(write);
+        if meta.file_type().is_block_device() {
+            o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        } else if !meta.is_file() {
+            bail!("{}: not a block device or a regular file", path.display());
+        }
+        let mut file = o.open(path).with_context(|| {
+            format!(
+                "cannot open {} {}",
+                path.display(),
+                if write { "for writing" } else { "" }
+            )
+        })?;
+        let size = file.seek(SeekFrom::End(0))?;
+        Ok(Target {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
+    /// Size of the target in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The path it was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads `buf.len()` bytes at byte `offset`.
+    ///
+    /// # Errors
+    /// I/O errors, naming the offset.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .with_context(|| format!("cannot read {} at byte {offset}", self.path.display()))
+    }
+
+    /// Writes `buf` at byte `offset`.
+    ///
+    /// # Errors
+    /// I/O errors, naming the offset.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .with_context(|| format!("cannot write {} at byte {offset}", self.path.display()))
+    }
+
+    /// Flushes written data to stable storage.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("cannot flush {}", self.path.display()))
+    }
+
+    /// The underlying file (for read-only filesystem views).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// The superblock block `block` with `s_state` saying "not cleanly unmounted" (EXT2_VALID_FS
+/// cleared) and, with metadata_csum, `s_checksum` recomputed. `sb_at` is the superblock's byte
+/// offset inside the block.
+pub fn not_clean(block: &[u8], sb_at: usize) -> Vec<u8> {
+    let mut b = block.to_vec();
+    let sb = &mut b[sb_at..sb_at + SUPERBLOCK_BYTES];
+    let state = u16::from_le_bytes([sb[S_STATE_AT], sb[S_STATE_AT + 1]]) & !EXT2_VALID_FS;
+    sb[S_STATE_AT..S_STATE_AT + 2].copy_from_slice(&state.to_le_bytes());
+    let ro = u32::from_le_bytes(
+        sb[S_FEATURE_RO_COMPAT_AT..S_FEATURE_RO_COMPAT_AT + 4]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    if ro & RO_COMPAT_METADATA_CSUM != 0 {
+        let c = !crc32c::crc32c(&sb[..S_CHECKSUM_AT]);
+        sb[S_CHECKSUM_AT..S_CHECKSUM_AT + 4].copy_from_slice(&c.to_le_bytes());
+    }
+    b
+}

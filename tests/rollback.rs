@@ -1,0 +1,335 @@
+//! `e2image-rs rollback` on real images, with e2fsprogs and qemu-img as oracles:
+//! - rolling a copy of a next3 fixture's current image back to each snapshot gives the rebuilt
+//!   snapshot on every block the snapshot holds (the rolled-back target exports exactly like
+//!   the state), and `e2fsck -fn` passes; the same for a `--snapshot` series exported with -d;
+//! - `--undo` and `e2undo` with `--undo-file` give back the old target byte for byte;
+//! - metadata-only images: files whose data blocks the target now uses otherwise are listed
+//!   with their paths and the rollback is refused, unless `--force`;
+//! - `--dry-run` reports and writes nothing; identity mismatches, an existing patch and usage
+//!   errors are refused with exit 1 or 2 and the target untouched; the image never changes.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn skip() -> bool {
+    if have_oracles() && have("e2undo") {
+        return false;
+    }
+    eprintln!("skipped: e2fsprogs (with e2undo) or qemu-img missing");
+    true
+}
+
+fn copy(from: &Path, to: &Path) -> PathBuf {
+    let _ = std::fs::remove_file(to);
+    std::fs::copy(from, to).unwrap();
+    to.to_path_buf()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `rollback` with `args`, expecting `want` as exit code.
+fn rollback(args: &[&dyn AsRef<std::ffi::OsStr>], want: i32) -> std::process::Output {
+    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"rollback"];
+    a.extend_from_slice(args);
+    let o = run(&a);
+    assert_eq!(
+        code(&o),
+        want,
+        "rollback {:?}\nstdout: {}\nstderr: {}",
+        args.iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    o
+}
+
+/// The target, exported by us (`-r`, with `-d` when `data`), equals the state's own export:
+/// same blocks, same bytes, zeros included.
+fn assert_exports_equal(target: &Path, state_raw: &Path, data: bool, dir: &Path, what: &str) {
+    let out = dir.join("target-export.raw");
+    let _ = std::fs::remove_file(&out);
+    let o = if data {
+        run(&[&"-r", &"-d", &target, &out])
+    } else {
+        run(&[&"-r", &target, &out])
+    };
+    assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
+    let c = sh(
+        "qemu-img",
+        &[&"compare", &"-f", &"raw", &"-F", &"raw", &out, &state_raw],
+    );
+    assert!(
+        c.status.success(),
+        "{what}: the rolled-back target does not export like the state: {}",
+        String::from_utf8_lossy(&c.stdout)
+    );
+}
+
+fn next3_fixture(name: &str) {
+    if skip() {
+        return;
+    }
+    let f = snapshot_fixtures(&[name]).remove(name).unwrap();
+    let dir = scratch(&format!("rb-{name}"));
+    let q = dir.join("out.qcow2");
+    export_json(&[&"-Q", &"--fs-snapshots", &f.path, &q]);
+    let qsha = sha256(&q);
+    let bs = f.block_size as usize;
+    for row in f.snapshots.iter().filter(|s| !s.deleted) {
+        let t = copy(&f.path, &dir.join("target.img"));
+        let before = sha256(&t);
+        let p = dir.join(format!("{}.patch", row.name));
+        let u = dir.join(format!("{}.e2undo", row.name));
+        let _ = std::fs::remove_file(&p);
+        rollback(
+            &[
+                &q,
+                &t,
+                &"--snapshot",
+                &row.name,
+                &"--patch",
+                &p,
+                &"--undo-file",
+                &u,
+            ],
+            0,
+        );
+        let after = sha256(&t);
+        let state = dir.join("state.raw");
+        let _ = std::fs::remove_file(&state);
+        export_json(&[&"-r", &"--from-snapshot", &row.name, &f.path, &state]);
+        let bad = blocks_not_in(&state, &row.expected, bs);
+        assert!(
+            bad.is_empty(),
+            "{name}: {}: state export differs from the rebuilt image: {bad:?}",
+            row.name
+        );
+        let bad = blocks_not_in(&state, &t, bs);
+        assert!(
+            bad.is_empty(),
+            "{name}: {}: rolled-back blocks differ: {bad:?}",
+            row.name
+        );
+        assert_exports_equal(&t, &state, false, &dir, &format!("{name} {}", row.name));
+        assert_eq!(
+            fsck(&t),
+            0,
+            "{name}: e2fsck -fn fails after rolling back to {}",
+            row.name
+        );
+        // e2undo with the undo file, then our own undo, both give the old bytes back.
+        let t2 = copy(&t, &dir.join("target2.img"));
+        let o = sh("e2undo", &[&u, &t2]);
+        assert!(
+            o.status.success(),
+            "e2undo: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            sha256(&t2),
+            before,
+            "{name}: e2undo did not restore the old target"
+        );
+        rollback(&[&"--undo", &p, &t], 0);
+        assert_eq!(
+            sha256(&t),
+            before,
+            "{name}: --undo did not restore the old target"
+        );
+        // Undo again, then resume, then resume again: idempotent.
+        rollback(&[&"--undo", &p, &t], 0);
+        assert_eq!(sha256(&t), before);
+        rollback(&[&"--resume", &p, &t], 0);
+        assert_eq!(sha256(&t), after, "{name}: --resume after --undo");
+        rollback(&[&"--resume", &p, &t], 0);
+        assert_eq!(sha256(&t), after, "{name}: a second --resume");
+    }
+    assert_eq!(sha256(&q), qsha, "the image was modified");
+}
+
+#[test]
+fn next3_one_snapshot() {
+    next3_fixture("next3_1snap");
+}
+
+#[test]
+fn next3_three_snapshots() {
+    next3_fixture("next3_3snap");
+}
+
+#[test]
+fn next3_metadata_csum() {
+    next3_fixture("next3_csum");
+}
+
+#[test]
+fn next3_deleted_snapshot_link() {
+    next3_fixture("next3_deleted");
+}
+
+#[test]
+fn point_in_time_series_with_data() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("rb-pit-d");
+    let [a, b, c] = chain(&dir);
+    let q = dir.join("out.qcow2");
+    export_json(&[&"-Q", &"-d", &"--snapshot", &a, &"--snapshot", &b, &c, &q]);
+    let qsha = sha256(&q);
+    for (name, img) in [("a.img", &a), ("b.img", &b)] {
+        let t = copy(&c, &dir.join("target.img"));
+        let before = sha256(&t);
+        let p = dir.join(format!("{name}.patch"));
+        rollback(&[&q, &t, &"--snapshot", &name, &"--patch", &p], 0);
+        let state = dir.join("state.raw");
+        let _ = std::fs::remove_file(&state);
+        export_json(&[&"-r", &"-d", img, &state]);
+        let bad = blocks_not_in(&state, &t, 1024);
+        assert!(bad.is_empty(), "{name}: rolled-back blocks differ: {bad:?}");
+        assert_exports_equal(&t, &state, true, &dir, name);
+        assert_eq!(fsck(&t), 0, "e2fsck -fn fails after rolling back to {name}");
+        rollback(&[&"--undo", &p, &t], 0);
+        assert_eq!(sha256(&t), before);
+    }
+    // Without --snapshot, the active state: roll the oldest image forward to the current one.
+    let t = copy(&a, &dir.join("target.img"));
+    let p = dir.join("active.patch");
+    rollback(&[&q, &t, &"--patch", &p], 0);
+    let state = dir.join("state.raw");
+    let _ = std::fs::remove_file(&state);
+    export_json(&[&"-r", &"-d", &c, &state]);
+    assert_exports_equal(&t, &state, true, &dir, "active state");
+    // debugfs' rmdir leaves a stray bitmap bit in c; the target must check exactly like c.
+    assert_eq!(fsck(&t), fsck(&c));
+    assert_eq!(sha256(&q), qsha, "the image was modified");
+}
+
+#[test]
+fn metadata_only_conflicts_are_listed_and_refused() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("rb-conflicts");
+    let [a, _b, c] = chain(&dir);
+    // c reuses blocks freed after a: write a new file over them in a copy of c.
+    let big = dir.join("big.bin");
+    std::fs::write(&big, vec![0x5au8; 600 << 10]).unwrap();
+    let c2 = copy(&c, &dir.join("c2.img"));
+    debugfs_w(&c2, &[&format!("write {} /reuse.bin", big.display())]);
+    let q = dir.join("meta.qcow2");
+    export_json(&[&"-Q", &"--snapshot", &a, &c2, &q]);
+    let t = copy(&c2, &dir.join("target.img"));
+    let before = sha256(&t);
+    let p = dir.join("a.patch");
+    let o = rollback(&[&q, &t, &"--snapshot", &"a.img", &"--patch", &p], 1);
+    let e = stderr(&o);
+    assert!(e.contains("would read data blocks"), "{e}");
+    assert!(
+        e.contains("/xattr/big300k.bin") || e.contains("/many/f00"),
+        "{e}"
+    );
+    assert!(e.contains("--force"), "{e}");
+    assert_eq!(sha256(&t), before, "refused, yet the target changed");
+    assert!(!p.exists(), "refused, yet a patch was left");
+    // The dry run lists them too, and --force proceeds.
+    let o = rollback(&[&q, &t, &"--snapshot", &"a.img", &"--dry-run"], 0);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("would read data blocks"), "{out}");
+    rollback(
+        &[&q, &t, &"--snapshot", &"a.img", &"--patch", &p, &"--force"],
+        0,
+    );
+    let state = dir.join("state.raw");
+    export_json(&[&"-r", &a, &state]);
+    assert_exports_equal(&t, &state, false, &dir, "forced");
+    rollback(&[&"--undo", &p, &t], 0);
+    assert_eq!(sha256(&t), before);
+}
+
+#[test]
+fn dry_run_reports_and_writes_nothing() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("rb-dry");
+    let [a, b, c] = chain(&dir);
+    let q = dir.join("out.qcow2");
+    export_json(&[&"-Q", &"-d", &"--snapshot", &a, &"--snapshot", &b, &c, &q]);
+    let t = copy(&c, &dir.join("target.img"));
+    let before = sha256(&t);
+    let p = dir.join("dry.patch");
+    let o = rollback(
+        &[
+            &q,
+            &t,
+            &"--snapshot",
+            &"a.img",
+            &"--patch",
+            &p,
+            &"--dry-run",
+        ],
+        0,
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "dry run",
+        "bytes to write",
+        "by class:",
+        "inode_tables",
+        "files affected:",
+        "/many/f001",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert_eq!(sha256(&t), before);
+    assert!(!p.exists());
+}
+
+#[test]
+fn refusals_leave_the_target_untouched() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("rb-refuse");
+    let [a, _b, c] = chain(&dir);
+    let q = dir.join("out.qcow2");
+    export_json(&[&"-Q", &"--snapshot", &a, &c, &q]);
+    // Another filesystem (other UUID).
+    let other = dir.join("other.img");
+    let o = sh("mke2fs", &[&"-q", &"-F", &"-t", &"ext4", &other, &"16M"]);
+    assert!(o.status.success());
+    let before = sha256(&other);
+    let p = dir.join("x.patch");
+    let o = rollback(&[&q, &other, &"--patch", &p], 1);
+    assert!(stderr(&o).contains("UUID"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing was written"), "{}", stderr(&o));
+    assert_eq!(sha256(&other), before);
+    assert!(!p.exists());
+    // Unknown snapshot.
+    let t = copy(&c, &dir.join("target.img"));
+    let before = sha256(&t);
+    let o = rollback(&[&q, &t, &"--snapshot", &"nope", &"--patch", &p], 1);
+    assert!(stderr(&o).contains("a.img"), "{}", stderr(&o));
+    // An existing patch is never overwritten.
+    std::fs::write(&p, b"keep me").unwrap();
+    let o = rollback(&[&q, &t, &"--snapshot", &"a.img", &"--patch", &p], 1);
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&p).unwrap(), b"keep me");
+    // Not a patch.
+    let o = rollback(&[&"--resume", &p, &t], 1);
+    assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+    assert_eq!(sha256(&t), before);
+    // Usage errors: exit 2.
+    rollback(&[&q, &t], 2);
+    rollback(&[&"--resume", &p, &q, &t], 2);
+    rollback(&[&"--undo", &p, &t, &"--snapshot", &"a.img"], 2);
+    rollback(&[&"--resume", &p, &"--undo", &p, &t], 2);
+    assert_eq!(sha256(&t), before);
+}
