@@ -9,7 +9,8 @@
 #   big.img  empty 15 TiB ext4 on a sparse file, `-E lazy_itable_init=1` (about 1.3 GB on disk)
 #   snap/    a 2 GiB ext4 made from /usr/share and three older states of it (debugfs changes),
 #            for the snapshot export: 3 snapshots against the current state alone; the
-#            rollback of a copy of the current state to the oldest one (-d image) is timed
+#   rb/      a 1G ext4 holding a 256 MiB file, and a newer state where it was rewritten: the
+#            rollback of a copy of the newer state to the older one (-d image) is timed
 #            against dd writing as many bytes (both flushed: fsync included)
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
@@ -39,11 +40,11 @@ done
 
 usr=${usr:-$work/usr.img}
 big=${big:-$work/big.img}
-if [ "$only" != big ] && [ "$only" != snap ] && [ ! -s "$usr" ]; then
+if { [ -z "$only" ] || [ "$only" = usr ]; } && [ ! -s "$usr" ]; then
   echo "building $usr from /usr (8G, this takes a few minutes)" >&2
   rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
 fi
-if [ "$only" != usr ] && [ "$only" != snap ] && [ ! -s "$big" ]; then
+if { [ -z "$only" ] || [ "$only" = big ]; } && [ ! -s "$big" ]; then
   echo "building $big (empty 15T ext4, sparse)" >&2
   rm -f "$big.tmp"; truncate -s 15T "$big.tmp"
   mke2fs -q -F -t ext4 -E lazy_itable_init=1 "$big.tmp" 15T && mv "$big.tmp" "$big"
@@ -163,29 +164,40 @@ if [ -z "$only" ] || [ "$only" = big ]; then
 fi
 
 if [ -z "$only" ] || [ "$only" = rollback ]; then
-  build_snap
-  echo "== rollback: a copy of $sd/s0.img back to its oldest state s3 (-d image)"
+  rd=$work/rb
+  if [ ! -s "$rd/new.img" ]; then
+    echo "building $rd (1G ext4 holding a 256 MiB file, and a newer state where it was rewritten)" >&2
+    mkdir -p "$rd/src"; rm -f "$rd"/*.img
+    head -c 268435456 /dev/urandom > "$rd/src/big.bin"
+    mke2fs -q -F -t ext4 -d "$rd/src" "$rd/old.img" 1G
+    cp --sparse=always "$rd/old.img" "$rd/new.img"
+    head -c 268435456 /dev/urandom > "$rd/big2.bin"
+    printf 'rm /big.bin\nwrite %s /big.bin\n' "$rd/big2.bin" | debugfs -w -f - "$rd/new.img" >/dev/null 2>&1
+    rm -f "$rd/src/big.bin" "$rd/big2.bin"
+  fi
+  echo "== rollback: a copy of $rd/new.img back to its older state (-d image; a 256 MiB file rewritten)"
   q=$work/rb.qcow2 tgt=$work/rb-target.img patch=$work/rb.patch
-  "$bin" -Q -d --snapshot "$sd/s3.img" "$sd/s0.img" "$q"
-  fresh() { rm -f "$tgt" "$patch"; cp --sparse=always "$sd/s0.img" "$tgt"; sync; sleep 1; }
+  "$bin" -Q -d --snapshot "$rd/old.img" "$rd/new.img" "$q"
+  fresh() { rm -f "$tgt" "$patch"; cp --sparse=always "$rd/new.img" "$tgt"; sync; sleep 1; }
   secs() { /usr/bin/time -o "$work/.time" -f '%e' "$@" >/dev/null 2>&1 || true; cat "$work/.time"; }
-  fresh; "$bin" rollback "$q" "$tgt" --snapshot s3.img --patch "$patch" > "$work/rb.out"
+  fresh; "$bin" rollback "$q" "$tgt" --snapshot old.img --patch "$patch" > "$work/rb.out"
   bytes=$(sed -n 's/.*rolled back to .*: [0-9]* blocks (\([0-9]*\) bytes) written.*/\1/p' "$work/rb.out")
+  psize=$(stat -c %s "$patch")
   head -c "$bytes" /dev/urandom > "$work/rb-bytes.bin"
   full="" apply="" ddt=""
   for r in $(seq 1 "$reps"); do
-    fresh; full="$full $(secs "$bin" rollback "$q" "$tgt" --snapshot s3.img --patch "$patch")"
+    fresh; full="$full $(secs "$bin" rollback "$q" "$tgt" --snapshot old.img --patch "$patch")"
     # Apply only: a prepared patch (stopped right after marking it applying), then --resume.
-    fresh; E2IMAGE_RS_FAULT_AFTER_WRITES=1 "$bin" rollback "$q" "$tgt" --snapshot s3.img --patch "$patch" >/dev/null 2>&1 || true
+    fresh; E2IMAGE_RS_FAULT_AFTER_WRITES=1 "$bin" rollback "$q" "$tgt" --snapshot old.img --patch "$patch" >/dev/null 2>&1 || true
     sync; sleep 1; apply="$apply $(secs "$bin" rollback --resume "$patch" "$tgt")"
     fresh; ddt="$ddt $(secs dd if="$work/rb-bytes.bin" of="$tgt" bs=1M conv=notrunc,fsync)"
   done
   med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
   mbs() { awk -v b="$bytes" -v t="$1" 'BEGIN { if (t > 0) printf "%.1f", b / t / 1e6; else print "n/a" }'; }
   tf=$(med "$full") ta=$(med "$apply") td=$(med "$ddt")
-  echo "  blocks written: $bytes bytes; patch $(stat -c %s "$patch" 2>/dev/null || echo ?) bytes"
+  echo "  blocks written: $bytes bytes; patch $psize bytes (old and new bytes)"
   printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "rollback (plan + patch + apply)" "$tf" "$(mbs "$tf")" "$full"
-  printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "rollback --resume (apply only)" "$ta" "$(mbs "$ta")" "$ta"
+  printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "rollback --resume (apply only)" "$ta" "$(mbs "$ta")" "$apply"
   printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "dd bs=1M conv=fsync, same bytes" "$td" "$(mbs "$td")" "$ddt"
   echo "  ratio rollback / dd: $(ratio "$tf" "$td");  apply only / dd: $(ratio "$ta" "$td")"
   rm -f "$q" "$tgt" "$patch" "$work/rb-bytes.bin" "$work/rb.out"

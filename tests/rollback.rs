@@ -149,6 +149,25 @@ fn next3_fixture(name: &str) {
         assert_eq!(sha256(&t), after, "{name}: --resume after --undo");
         rollback(&[&"--resume", &p, &t], 0);
         assert_eq!(sha256(&t), after, "{name}: a second --resume");
+        // A block changed since (here the volume label in the superblock): --undo refuses.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&t).unwrap();
+            f.write_all_at(b"changed!", 1024 + 0x78).unwrap();
+        }
+        let changed = sha256(&t);
+        let o = rollback(&[&"--undo", &p, &t], 1);
+        assert!(
+            stderr(&o).contains("neither their old nor their new bytes"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("untouched"), "{}", stderr(&o));
+        assert_eq!(
+            sha256(&t),
+            changed,
+            "{name}: --undo wrote to a changed target"
+        );
     }
     assert_eq!(sha256(&q), qsha, "the image was modified");
 }
@@ -331,5 +350,82 @@ fn refusals_leave_the_target_untouched() {
     rollback(&[&"--resume", &p, &q, &t], 2);
     rollback(&[&"--undo", &p, &t, &"--snapshot", &"a.img"], 2);
     rollback(&[&"--resume", &p, &"--undo", &p, &t], 2);
+    assert_eq!(sha256(&t), before);
+}
+
+/// Detaches a loop device (after unmounting its mount point, if any) on drop.
+struct Loop {
+    dev: String,
+    mnt: Option<PathBuf>,
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mnt {
+            let _ = std::process::Command::new("umount").arg(m).status();
+        }
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+    }
+}
+
+/// A block device target (a loop device) is rolled back and undone; while it, or the image
+/// file behind it, is mounted (even read-only), the rollback is refused.
+#[test]
+fn block_device_target_and_mounted_refusal() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("rb-blockdev");
+    let [a, _b, c] = chain(&dir);
+    let q = dir.join("out.qcow2");
+    export_json(&[&"-Q", &"-d", &"--snapshot", &a, &c, &q]);
+    let t = copy(&c, &dir.join("target.img"));
+    let before = sha256(&t);
+    let o = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&t)
+        .output();
+    let Some(dev) = o
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        eprintln!("skipped: cannot set up a loop device here");
+        return;
+    };
+    let mut lo = Loop { dev, mnt: None };
+    let p = dir.join("dev.patch");
+    rollback(&[&q, &lo.dev, &"--snapshot", &"a.img", &"--patch", &p], 0);
+    let state = dir.join("state.raw");
+    export_json(&[&"-r", &"-d", &a, &state]);
+    assert_exports_equal(Path::new(&lo.dev), &state, true, &dir, "loop device");
+    rollback(&[&"--undo", &p, &lo.dev], 0);
+    let _ = sh("blockdev", &[&"--flushbufs", &lo.dev]);
+    assert_eq!(sha256(&t), before, "--undo on the device");
+    // Mounted read-only: refused, on the device and on the image file behind it.
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = std::process::Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(&lo.dev)
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !m {
+        eprintln!("skipped the mounted part: cannot mount here");
+        return;
+    }
+    lo.mnt = Some(mnt);
+    let p2 = dir.join("mounted.patch");
+    for target in [Path::new(&lo.dev), t.as_path()] {
+        let o = rollback(&[&q, &target, &"--snapshot", &"a.img", &"--patch", &p2], 1);
+        assert!(stderr(&o).contains("is mounted on"), "{}", stderr(&o));
+        assert!(!p2.exists());
+    }
+    let o = rollback(&[&"--undo", &p, &lo.dev], 1);
+    assert!(stderr(&o).contains("is mounted on"), "{}", stderr(&o));
+    drop(lo);
     assert_eq!(sha256(&t), before);
 }

@@ -163,18 +163,45 @@ fn apply(args: &RollbackArgs) -> Result<(), Failure> {
     let [image, target] = args.paths.as_slice() else {
         return Err(Failure::Usage("expected IMAGE and TARGET".into()));
     };
-    let patch_path = match (&args.patch, args.dry_run) {
-        (Some(p), _) => Some(p.clone()),
-        (None, true) => None,
-        (None, false) => return Err(Failure::Usage("--patch PATCH is required".into())),
+    if args.patch.is_none() && !args.dry_run {
+        return Err(Failure::Usage("--patch PATCH is required".into()));
+    }
+    let untouched = |e: anyhow::Error| {
+        e.context(format!(
+            "rollback refused: nothing was written, {} is untouched",
+            target.display()
+        ))
     };
-    if let Some(p) = &patch_path {
-        if p.exists() && !args.dry_run {
-            return Err(Failure::Refused(anyhow::anyhow!(
-                "{} exists: it may be needed to resume or undo an earlier rollback; remove it or choose another name; nothing was written",
-                p.display()
-            )));
-        }
+    let Some((patch_path, t, label)) = prepare(args, image, target).map_err(untouched)? else {
+        return Ok(());
+    };
+    let mut p = Patch::open_fresh(&patch_path)?;
+    let d = drive(&mut p, &t, Goal::New, &mut Faults::from_env())
+        .map_err(|e| stated(e, &patch_path, &t))?;
+    println!(
+        "{}: rolled back to {label}: {} blocks ({} bytes) written; `e2image-rs rollback --undo {} {}` rewinds it",
+        t.path().display(),
+        d.blocks_written,
+        d.bytes_written,
+        patch_path.display(),
+        t.path().display()
+    );
+    debug_assert_eq!(p.state(), PatchState::Done);
+    Ok(())
+}
+
+/// Everything before the first write to the target: checks, plan, patch and undo file.
+/// Returns the patch path, the opened target and the state's label, or `None` after a dry run.
+fn prepare(
+    args: &RollbackArgs,
+    image: &Path,
+    target: &Path,
+) -> Result<Option<(PathBuf, Target, String)>> {
+    if let Some(p) = args.patch.as_ref().filter(|p| p.exists() && !args.dry_run) {
+        bail!(
+            "{} exists: it may be needed to resume or undo an earlier rollback; remove it or choose another name",
+            p.display()
+        );
     }
     let reader = Reader::open(
         File::open(image).with_context(|| format!("cannot open {}", image.display()))?,
@@ -221,30 +248,15 @@ fn apply(args: &RollbackArgs) -> Result<(), Failure> {
     if args.dry_run {
         let rep = plan.dry_run()?;
         print!("{}", rep.render(&plan, &conflicts, true));
-        return Ok(());
+        return Ok(None);
     }
     if !conflicts.is_empty() && !args.force {
-        return Err(Failure::Refused(anyhow::anyhow!(
-            "{}\nnothing was written; --force rolls back anyway",
-            conflicts.render(10)
-        )));
+        bail!("{}\n--force rolls back anyway", conflicts.render(10));
     }
-    let patch_path = patch_path.unwrap_or_default();
+    let patch_path = args.patch.clone().unwrap_or_default();
     let rep = plan.write_patch(&patch_path, args.undo_file.as_deref())?;
     print!("{}", rep.render(&plan, &conflicts, false));
-    let mut p = Patch::open(&patch_path, true)?;
-    let d = drive(&mut p, &t, Goal::New, &mut Faults::from_env())
-        .map_err(|e| stated(e, &patch_path, &t))?;
-    println!(
-        "{}: rolled back to {label}: {} blocks ({} bytes) written; `e2image-rs rollback --undo {} {}` rewinds it",
-        t.path().display(),
-        d.blocks_written,
-        d.bytes_written,
-        patch_path.display(),
-        t.path().display()
-    );
-    debug_assert_eq!(p.state(), PatchState::Done);
-    Ok(())
+    Ok(Some((patch_path, t, label)))
 }
 
 /// The layer to restore and its label ("active", or "snapshot ID (NAME)").
@@ -259,7 +271,7 @@ fn choose_layer(reader: &Reader, snapshot: Option<&str>) -> Result<(Layer, Strin
             .map(|s| format!("{} ({})", s.id, s.name))
             .collect();
         bail!(
-            "the image has no snapshot {want:?} (it has: {}); nothing was written",
+            "the image has no snapshot {want:?} (it has: {})",
             if names.is_empty() {
                 "none".into()
             } else {
@@ -306,7 +318,7 @@ fn check_same_fs<V: ext::BlockView>(
     }
     if !diffs.is_empty() {
         bail!(
-            "{} does not hold the filesystem of {} ({label}): {}; nothing was written",
+            "{} does not hold the filesystem of {} ({label}): {}",
             t.path().display(),
             image.display(),
             diffs.join(", ")
@@ -314,7 +326,7 @@ fn check_same_fs<V: ext::BlockView>(
     }
     if t.size() < sb.size_bytes() {
         bail!(
-            "{} is {} bytes, smaller than the {}-byte filesystem; nothing was written",
+            "{} is {} bytes, smaller than the {}-byte filesystem",
             t.path().display(),
             t.size(),
             sb.size_bytes()

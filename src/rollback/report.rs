@@ -83,6 +83,12 @@ impl Report {
         let classes = by_class(plan.walk, &self.written);
         let list: Vec<String> = classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
         let _ = writeln!(s, "  by class: {}", list.join(", "));
+        if plan.reader.header().version == qcow::Version::V2 {
+            let _ = writeln!(
+                s,
+                "  QCOW2 v2 image: blocks copied as all zeros are not recorded (no zero flag); the target keeps its bytes there"
+            );
+        }
         if !plan.held.has_data {
             let _ = writeln!(
                 s,
