@@ -22,6 +22,7 @@ use crate::cli::RollbackArgs;
 use crate::e2undo::UndoFileWriter;
 use crate::output::TempOutput;
 use crate::qcow_view::QcowView;
+use crate::states::uuid;
 use anyhow::{bail, Context, Result};
 use diff::RunSink;
 use engine::{drive, DriveError, Faults, Goal};
@@ -143,19 +144,6 @@ fn read_target_sb(t: &Target) -> Result<ext::Superblock> {
             t.path().display()
         )
     })
-}
-
-/// Formats a UUID the usual way.
-pub fn uuid(u: &[u8; 16]) -> String {
-    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
 }
 
 /// The first run: plan, write the patch (and undo file), then drive the target.
