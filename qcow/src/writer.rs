@@ -141,6 +141,22 @@ fn window_entry(stored: u64) -> u64 {
     stored & (L2E_OFFSET_MASK | OFLAG_ZERO)
 }
 
+/// Splits guest clusters `first..first + count` at L2 window boundaries (`epl` entries per
+/// table): `(clusters before this run, first guest cluster, length)` per run.
+fn window_runs(first: u64, count: u64, epl: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let mut done = 0u64;
+    std::iter::from_fn(move || {
+        if done >= count {
+            return None;
+        }
+        let g = first + done;
+        let run = (epl - g % epl).min(count - done);
+        let item = (done, g, run);
+        done += run;
+        Some(item)
+    })
+}
+
 fn hash_entries(entries: &[u64]) -> u32 {
     let mut h = DefaultHasher::new();
     for e in entries {
@@ -295,22 +311,18 @@ impl Writer {
         let count = self.cluster_count(data)?;
         self.check_guest_range(s, guest_cluster, count)?;
         let epl = self.entries_per_l2();
-        let mut done = 0u64;
-        while done < count {
-            let g = guest_cluster + done;
-            let run = (epl - g % epl).min(count - done);
+        for (done, g, run) in window_runs(guest_cluster, count, epl) {
+            // Open (and so finish the previous) window before allocating the data clusters.
             self.open_window(s, g / epl)?;
             let host = self.refcounts.allocate(run)?;
             let bytes = &data[(done << self.cluster_bits) as usize
                 ..((done + run) << self.cluster_bits) as usize];
             self.out.append(host << self.cluster_bits, bytes)?;
-            let window = self.states[s].open.as_mut().map(|w| &mut w.entries);
-            let entries =
-                window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
-            for i in 0..run {
-                entries[((g + i) % epl) as usize] = (host + i) << self.cluster_bits;
+            let cb = self.cluster_bits;
+            let entries = self.window_entries(s, g, run)?;
+            for (i, e) in entries.iter_mut().enumerate() {
+                *e = (host + i as u64) << cb;
             }
-            done += run;
         }
         self.summary.data_clusters += count;
         self.states[s].next_guest = guest_cluster + count;
@@ -339,21 +351,22 @@ impl Writer {
         }
         let s = self.state_index(state)?;
         self.check_guest_range(s, guest_cluster, count)?;
-        let epl = self.entries_per_l2();
-        let mut done = 0u64;
-        while done < count {
-            let g = guest_cluster + done;
-            let run = (epl - g % epl).min(count - done);
-            self.open_window(s, g / epl)?;
-            let window = self.states[s].open.as_mut().map(|w| &mut w.entries);
-            let entries =
-                window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
-            let first = (g % epl) as usize;
-            entries[first..first + run as usize].fill(OFLAG_ZERO);
-            done += run;
+        for (_, g, run) in window_runs(guest_cluster, count, self.entries_per_l2()) {
+            self.window_entries(s, g, run)?.fill(OFLAG_ZERO);
         }
         self.states[s].next_guest = guest_cluster + count;
         Ok(())
+    }
+
+    /// The `run` entries of state `s`'s L2 window for guest clusters `g..g + run` (one window),
+    /// opening that window first.
+    fn window_entries(&mut self, s: usize, g: u64, run: u64) -> Result<&mut [u64], Error> {
+        let epl = self.entries_per_l2();
+        self.open_window(s, g / epl)?;
+        let first = (g % epl) as usize;
+        let window = self.states[s].open.as_mut().map(|w| &mut w.entries);
+        let entries = window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
+        Ok(&mut entries[first..first + run as usize])
     }
 
     /// Maps `guest_cluster` of `state` to the existing host data cluster at byte offset
