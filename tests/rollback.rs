@@ -22,9 +22,7 @@ fn skip() -> bool {
 }
 
 fn copy(from: &Path, to: &Path) -> PathBuf {
-    let _ = std::fs::remove_file(to);
-    std::fs::copy(from, to).unwrap();
-    to.to_path_buf()
+    sparse_copy(from, to)
 }
 
 fn stderr(o: &std::process::Output) -> String {

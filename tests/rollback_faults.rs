@@ -22,9 +22,7 @@ fn skip() -> bool {
 }
 
 fn copy(from: &Path, to: &Path) -> PathBuf {
-    let _ = std::fs::remove_file(to);
-    std::fs::copy(from, to).unwrap();
-    to.to_path_buf()
+    sparse_copy(from, to)
 }
 
 /// Runs `e2image-rs rollback ARGS`, stopping after write `fault` (abort when `abort`).
@@ -184,7 +182,7 @@ fn every_write_of_a_small_rollback() {
     let q = dir.join("q.qcow2");
     export_json(&[&"-Q", &"--fs-snapshots", &f.path, &q]);
     let old = copy(&f.path, &dir.join("old.img"));
-    let case = Case::new(dir, q, old, "snap1");
+    let case = Case::new(dir.clone(), q, old, "snap1");
     let mut k = 1;
     while case.check_point(k, k % 2 == 0) {
         k += 1;
@@ -230,7 +228,7 @@ fn chosen_points_of_a_large_rollback() {
     );
     let q = dir.join("q.qcow2");
     export_json(&[&"-Q", &"-d", &"--snapshot", &a, &b, &q]);
-    let case = Case::new(dir, q, b, "a.img");
+    let case = Case::new(dir.clone(), q, b, "a.img");
     for (i, k) in [1u64, 2, 3, 4, 7, 13, 26, 40, 49, 50, 51]
         .into_iter()
         .enumerate()

@@ -213,7 +213,7 @@ fn qemu_operations_keep_the_image_clean() {
         .collect();
     let copy = |n: &str| {
         let p = dir.join(n);
-        std::fs::copy(&q, &p).unwrap();
+        sparse_copy(&q, &p);
         p
     };
     let intact = |img: &Path, skip: Option<&str>| {

@@ -152,7 +152,7 @@ fn one_snapshot_and_qemu_operations() {
     // the remaining states stay intact.
     let copy = |n: &str| {
         let p = dir.join(n);
-        std::fs::copy(&q, &p).unwrap();
+        sparse_copy(&q, &p);
         p
     };
     let qa = copy("a.qcow2");
