@@ -10,6 +10,7 @@
 
 use crate::cli::{Compat, ExportArgs};
 use crate::copy::{copy_runs, CopyStats, Progress};
+use crate::export_record::{ExportRecord, EXT_EXPORT_RECORD};
 use crate::output::{BackgroundSync, TempOutput};
 use crate::qcow_view::QcowView;
 use crate::sink::{QcowSink, RawSink, Sink};
@@ -335,6 +336,12 @@ impl Out {
         };
         let mut writer = Writer::create(file, opts)?;
         writer.set_sync(args.sync);
+        let record = ExportRecord {
+            file_data: args.data,
+            snapshot_files: !args.no_snapshots,
+            zeros_recorded: version == Version::V3,
+        };
+        writer.add_header_extension(EXT_EXPORT_RECORD, &record.encode())?;
         Ok(Out::Qcow(Box::new(writer), Vec::new()))
     }
 

@@ -9,6 +9,7 @@ mod convert;
 mod copy;
 mod e2undo;
 mod export;
+mod export_record;
 mod mounted;
 mod output;
 mod qcow_view;

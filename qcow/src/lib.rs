@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod extension;
 pub mod header;
 mod io;
 pub mod reader;
@@ -27,6 +28,7 @@ pub mod table;
 pub mod writer;
 
 pub use error::Error;
+pub use extension::HeaderExtension;
 pub use header::{Header, Version, QCOW2_MAGIC};
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
 pub use snapshot::{SnapshotInfo, SnapshotSpec};

@@ -14,6 +14,7 @@ use std::fs::File;
 
 use flate2::{Decompress, FlushDecompress};
 
+use crate::extension::{self, HeaderExtension};
 use crate::header::{
     Header, COMPRESSION_DEFLATE, INCOMPAT_EXTENDED_L2, INCOMPAT_EXTERNAL_DATA, MAX_L1_ENTRIES,
 };
@@ -82,6 +83,7 @@ pub struct Reader {
     header: Header,
     snapshots: Vec<SnapshotInfo>,
     active_l1: Vec<u64>,
+    extensions: Vec<HeaderExtension>,
 }
 
 /// Refuses valid images whose content this reader cannot produce faithfully.
@@ -103,6 +105,23 @@ fn check_supported(h: &Header) -> Result<(), Error> {
         return refuse(&format!("compression_type {} (zstd)", h.compression_type));
     }
     Ok(())
+}
+
+/// Reads the header extensions: from the end of the header to the end of cluster 0 (the
+/// reader refuses backing files, so no backing file name ends the area earlier).
+fn read_extensions(file: &File, h: &Header, file_len: u64) -> Result<Vec<HeaderExtension>, Error> {
+    let start = u64::from(match h.version {
+        crate::Version::V2 => crate::header::V2_HEADER_LENGTH,
+        crate::Version::V3 => h.header_length,
+    });
+    let end = h.cluster_size().min(file_len);
+    if end <= start {
+        return Ok(Vec::new());
+    }
+    // cluster_size is at most 2 MiB (MAX_CLUSTER_BITS), which bounds this buffer.
+    let mut area = vec![0u8; (end - start) as usize];
+    read_exact_at(file, &mut area, start, "reading the header extensions")?;
+    extension::parse(&area, start)
 }
 
 /// Checks that `[offset, offset + len)` lies inside a file of `file_len` bytes.
@@ -142,13 +161,28 @@ impl Reader {
         )?;
         let snapshots = read_snapshot_table(&file, &header, file_len)?;
         let active_l1 = read_l1(&file, header.l1_table_offset, header.l1_size, file_len)?;
+        let extensions = read_extensions(&file, &header, file_len)?;
         Ok(Reader {
             file,
             file_len,
             header,
             snapshots,
             active_l1,
+            extensions,
         })
+    }
+
+    /// The header extensions, in file order (spec "Header extensions").
+    pub fn header_extensions(&self) -> &[HeaderExtension] {
+        &self.extensions
+    }
+
+    /// The data of the first header extension of type `ext_type`, if any.
+    pub fn header_extension(&self, ext_type: u32) -> Option<&[u8]> {
+        self.extensions
+            .iter()
+            .find(|e| e.ext_type == ext_type)
+            .map(|e| e.data.as_slice())
     }
 
     /// The validated header.

@@ -22,7 +22,10 @@ use std::fs::File;
 use std::hash::DefaultHasher;
 use std::hash::Hasher;
 
-use crate::header::{Version, MAX_CLUSTER_BITS, MAX_L1_ENTRIES, MIN_CLUSTER_BITS};
+use crate::extension::HeaderExtension;
+use crate::header::{
+    Version, MAX_CLUSTER_BITS, MAX_L1_ENTRIES, MIN_CLUSTER_BITS, V3_HEADER_LENGTH,
+};
 use crate::io::{OutFile, OUT_BUFFER_BYTES};
 use crate::refcount::RefcountChunks;
 use crate::table::{
@@ -132,6 +135,8 @@ pub struct Writer {
     refcounts_changed: bool,
     /// Flush the file to stable storage at the end of [`Writer::finish`].
     sync: bool,
+    /// Header extensions written after the header by [`Writer::finish`].
+    extensions: Vec<HeaderExtension>,
     summary: WriterSummary,
 }
 
@@ -213,6 +218,7 @@ impl Writer {
             l2_cache: None,
             refcounts_changed: false,
             sync: true,
+            extensions: Vec::new(),
             summary: WriterSummary::default(),
         })
     }
@@ -221,6 +227,29 @@ impl Writer {
     /// the header; on by default.
     pub fn set_sync(&mut self, sync: bool) {
         self.sync = sync;
+    }
+
+    /// Adds a header extension of `ext_type` (a private type, not one the spec defines) with
+    /// `data`, written after the header by [`Writer::finish`] (spec "Header extensions").
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a spec-defined or repeated type or data over
+    /// 64 KiB; [`Error::Limit`] when the header and its extensions would not fit in cluster 0.
+    pub fn add_header_extension(&mut self, ext_type: u32, data: &[u8]) -> Result<(), Error> {
+        crate::extension::check_new(&self.extensions, ext_type, data.len())?;
+        self.extensions.push(HeaderExtension {
+            ext_type,
+            data: data.to_vec(),
+        });
+        let len =
+            u64::from(V3_HEADER_LENGTH) + crate::extension::encode(&self.extensions).len() as u64;
+        if len > 1u64 << self.cluster_bits {
+            self.extensions.pop();
+            return Err(Error::Limit(format!(
+                "header extensions need {len} bytes, more than cluster 0 ({} bytes)",
+                1u64 << self.cluster_bits
+            )));
+        }
+        Ok(())
     }
 
     /// Format version of the image being written (zero clusters need [`Version::V3`]).

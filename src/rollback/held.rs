@@ -6,23 +6,32 @@
 //! several blocks (`-d` exports use 64 KiB clusters), the blocks in it that the exporter did
 //! not copy read as zeros too, so the state's own metadata walk decides: a block is held when
 //! its cluster is and the walk lists it — its file data blocks only if the state holds file
-//! data at all, i.e. some cluster holding nothing but file data is allocated.
+//! data, its snapshot-file blocks only if it holds snapshot files.
+//!
+//! Whether it holds them is what the image's export record says (`crate::export_record`).
+//! Without a record it is inferred: some cluster holding nothing but blocks of that kind is
+//! allocated. A record without zero clusters (a v2 export) also makes every block of the
+//! walk held, as zeros where its cluster is unallocated: the exporter copied exactly those.
 
+use crate::export_record::ExportRecord;
 use anyhow::Result;
 use ext::{BlockClass, BlockSet};
 use qcow::reader::{ClusterMapping, LayerReader};
 use std::ops::Range;
 
-/// Most clusters looked at to decide whether a state holds file data.
-const MAX_DATA_PROBES: usize = 1 << 20;
+/// Most clusters looked at to decide whether a state holds a kind of block.
+const MAX_KIND_PROBES: usize = 1 << 20;
 
-/// The blocks a state holds, as sorted disjoint ranges, and whether it holds file data.
+/// The blocks a state holds, as sorted disjoint ranges, and what kinds it holds.
 #[derive(Debug, Default)]
 pub struct Held {
     /// Held block ranges, sorted and disjoint, within the filesystem.
     pub ranges: Vec<Range<u64>>,
     /// Whether the state holds file data blocks (an `-d` export).
     pub has_data: bool,
+    /// Whether copied all-zero blocks may be missing from `ranges` (a v2 image without an
+    /// export record: it cannot tell them from blocks it does not hold).
+    pub zeros_unknown: bool,
 }
 
 impl Held {
@@ -43,18 +52,29 @@ pub fn contains(ranges: &[Range<u64>], b: u64) -> bool {
     ranges.get(i).is_some_and(|r| r.start <= b)
 }
 
-/// Computes the held blocks of `layer` for a filesystem of `blocks_count` blocks of
-/// `block_size` bytes, stored with `cluster_size`-byte clusters; `walk` is the state's
-/// metadata walk with file data included.
+/// Shape of the image and the filesystem, for [`held_blocks`].
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    /// QCOW2 cluster size in bytes.
+    pub cluster_size: u64,
+    /// Filesystem block size in bytes.
+    pub block_size: u64,
+    /// Blocks in the filesystem.
+    pub blocks_count: u64,
+    /// The image stores zero clusters (QCOW2 v3).
+    pub v3: bool,
+}
+
+/// Computes the held blocks of `layer`; `walk` is the state's metadata walk with file data
+/// and snapshot files included, `record` the image's export record if it has one.
 ///
 /// # Errors
 /// Corrupt L1/L2 tables and I/O errors of the image.
 pub fn held_blocks(
     layer: &LayerReader<'_>,
-    cluster_size: u64,
-    block_size: u64,
-    blocks_count: u64,
+    geo: Geometry,
     walk: &BlockSet,
+    record: Option<ExportRecord>,
 ) -> Result<Held> {
     let (mut held_clusters, mut data_clusters) = (Vec::new(), Vec::new());
     layer.for_each_allocated(|g, m| {
@@ -67,72 +87,151 @@ pub fn held_blocks(
         }
         Ok(())
     })?;
-    if cluster_size <= block_size {
-        let ratio = block_size / cluster_size;
-        let mut ranges = Vec::new();
-        for r in &held_clusters {
-            let end = r.end.div_ceil(ratio).min(blocks_count);
-            if r.start / ratio < end {
-                push(&mut ranges, r.start / ratio..end);
-            }
-        }
-        let has_data = walk
+    let kinds = match record {
+        Some(r) => Kinds {
+            data: r.file_data,
+            snapshot_files: r.snapshot_files,
+        },
+        None => Kinds::infer(walk, &data_clusters, geo),
+    };
+    let mut ranges = if geo.cluster_size <= geo.block_size {
+        whole_blocks(&held_clusters, geo)
+    } else {
+        walked_blocks_in(&held_clusters, walk, kinds, geo)
+    };
+    if record.is_some_and(|r| !r.zeros_recorded) {
+        let all: Vec<Range<u64>> = walk
             .extents()
             .iter()
-            .filter(|e| e.class == BlockClass::Data)
-            .any(|e| overlaps(&ranges, e.start..e.end()));
-        return Ok(Held { ranges, has_data });
+            .filter(|e| kinds.copied(e.class))
+            .map(|e| e.start..e.end().min(geo.blocks_count))
+            .filter(|r| r.start < r.end)
+            .collect();
+        ranges = union(&ranges, &all);
     }
-    let ratio = cluster_size / block_size;
-    let has_data = holds_data(walk, &data_clusters, ratio);
-    let mut ranges = Vec::new();
-    for e in walk.extents() {
-        if e.class == BlockClass::Data && !has_data {
-            continue;
+    Ok(Held {
+        ranges,
+        has_data: kinds.data,
+        zeros_unknown: record.is_none() && !geo.v3,
+    })
+}
+
+/// Which optional kinds of block a state holds.
+#[derive(Clone, Copy, Debug)]
+struct Kinds {
+    data: bool,
+    snapshot_files: bool,
+}
+
+impl Kinds {
+    /// Infers the kinds from the allocated clusters (no export record).
+    fn infer(walk: &BlockSet, data_clusters: &[Range<u64>], geo: Geometry) -> Kinds {
+        let ratio = (geo.cluster_size / geo.block_size).max(1);
+        let block_ranges = if geo.cluster_size <= geo.block_size {
+            whole_blocks(data_clusters, geo)
+        } else {
+            Vec::new()
+        };
+        let holds = |class: BlockClass| {
+            if geo.cluster_size <= geo.block_size {
+                walk.extents()
+                    .iter()
+                    .filter(|e| e.class == class)
+                    .any(|e| overlaps(&block_ranges, e.start..e.end()))
+            } else {
+                holds_only(walk, data_clusters, ratio, class)
+            }
+        };
+        Kinds {
+            data: holds(BlockClass::Data),
+            snapshot_files: holds(BlockClass::SnapshotFile),
         }
+    }
+
+    /// Whether blocks of `class` were copied.
+    fn copied(self, class: BlockClass) -> bool {
+        match class {
+            BlockClass::Data => self.data,
+            BlockClass::SnapshotFile => self.snapshot_files,
+            _ => true,
+        }
+    }
+}
+
+/// The blocks covered by `clusters` when a cluster is no larger than a block.
+fn whole_blocks(clusters: &[Range<u64>], geo: Geometry) -> Vec<Range<u64>> {
+    let ratio = geo.block_size / geo.cluster_size;
+    let mut ranges = Vec::new();
+    for r in clusters {
+        let end = r.end.div_ceil(ratio).min(geo.blocks_count);
+        if r.start / ratio < end {
+            push(&mut ranges, r.start / ratio..end);
+        }
+    }
+    ranges
+}
+
+/// The walked blocks of copied kinds inside `clusters` when a cluster spans several blocks.
+fn walked_blocks_in(
+    clusters: &[Range<u64>],
+    walk: &BlockSet,
+    kinds: Kinds,
+    geo: Geometry,
+) -> Vec<Range<u64>> {
+    let ratio = geo.cluster_size / geo.block_size;
+    let mut ranges = Vec::new();
+    for e in walk.extents().iter().filter(|e| kinds.copied(e.class)) {
         let (first, last) = (e.start / ratio, (e.end() - 1) / ratio);
-        let i = held_clusters.partition_point(|r| r.end <= first);
-        for r in held_clusters[i..].iter().take_while(|r| r.start <= last) {
+        let i = clusters.partition_point(|r| r.end <= first);
+        for r in clusters[i..].iter().take_while(|r| r.start <= last) {
             let start = (r.start * ratio).max(e.start);
-            let end = (r.end * ratio).min(e.end()).min(blocks_count);
+            let end = (r.end * ratio).min(e.end()).min(geo.blocks_count);
             if start < end {
                 push(&mut ranges, start..end);
             }
         }
     }
-    Ok(Held { ranges, has_data })
+    ranges
 }
 
-/// Some cluster holding only file data blocks (no metadata) is stored with data.
-fn holds_data(walk: &BlockSet, data_clusters: &[Range<u64>], ratio: u64) -> bool {
-    let mut meta_clusters = Vec::new();
-    for e in walk
-        .extents()
-        .iter()
-        .filter(|e| e.class != BlockClass::Data)
-    {
+/// Some allocated cluster holds blocks of `class` and no block of another class.
+fn holds_only(
+    walk: &BlockSet,
+    data_clusters: &[Range<u64>],
+    ratio: u64,
+    class: BlockClass,
+) -> bool {
+    let mut other_clusters = Vec::new();
+    for e in walk.extents().iter().filter(|e| e.class != class) {
         push(
-            &mut meta_clusters,
+            &mut other_clusters,
             e.start / ratio..(e.end() - 1) / ratio + 1,
         );
     }
     let mut probes = 0usize;
-    for e in walk
-        .extents()
-        .iter()
-        .filter(|e| e.class == BlockClass::Data)
-    {
+    for e in walk.extents().iter().filter(|e| e.class == class) {
         for c in e.start / ratio..=(e.end() - 1) / ratio {
-            if contains(data_clusters, c) && !contains(&meta_clusters, c) {
+            if contains(data_clusters, c) && !contains(&other_clusters, c) {
                 return true;
             }
             probes += 1;
-            if probes >= MAX_DATA_PROBES {
+            if probes >= MAX_KIND_PROBES {
                 return false;
             }
         }
     }
     false
+}
+
+/// The union of two sorted disjoint range lists, sorted and disjoint.
+pub fn union(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut all: Vec<Range<u64>> = a.iter().chain(b).cloned().collect();
+    all.sort_by_key(|r| r.start);
+    let mut out = Vec::with_capacity(all.len());
+    for r in all {
+        push(&mut out, r);
+    }
+    out
 }
 
 /// True if `r` overlaps one of the sorted disjoint `ranges`.
@@ -162,5 +261,6 @@ mod tests {
         assert_eq!(v, vec![0..4, 6..7]);
         assert!(contains(&v, 3) && !contains(&v, 4) && contains(&v, 6) && !contains(&v, 7));
         assert!(overlaps(&v, 3..5) && !overlaps(&v, 4..6) && overlaps(&v, 5..9));
+        assert_eq!(union(&v, &[1..2, 4..5, 8..9]), vec![0..5, 6..7, 8..9]);
     }
 }

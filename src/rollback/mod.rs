@@ -20,6 +20,7 @@ mod target;
 
 use crate::cli::RollbackArgs;
 use crate::e2undo::UndoFileWriter;
+use crate::export_record::ExportRecord;
 use crate::output::TempOutput;
 use crate::qcow_view::QcowView;
 use crate::states::uuid;
@@ -215,13 +216,13 @@ fn prepare(
         eprintln!("e2image-rs: warning: [{label}] {w}");
     }
     let sb = &fs.sb;
-    let held = held::held_blocks(
-        &layer,
-        reader.cluster_size(),
-        u64::from(sb.block_size),
-        sb.s_blocks_count,
-        &walk.blocks,
-    )?;
+    let geo = held::Geometry {
+        cluster_size: reader.cluster_size(),
+        block_size: u64::from(sb.block_size),
+        blocks_count: sb.s_blocks_count,
+        v3: reader.header().version == qcow::Version::V3,
+    };
+    let held = held::held_blocks(&layer, geo, &walk.blocks, ExportRecord::of(&reader))?;
     let conflicts = conflicts::check(&fs, &walk.blocks, &held, &t)?;
     let plan = Plan {
         image,

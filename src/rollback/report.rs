@@ -5,6 +5,7 @@ use super::conflicts::{owners_of, Conflicts};
 use super::diff::DiffStats;
 use super::held::push;
 use super::Plan;
+use crate::export_record::ExportRecord;
 use ext::BlockSet;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -83,10 +84,11 @@ impl Report {
         let classes = by_class(plan.walk, &self.written);
         let list: Vec<String> = classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
         let _ = writeln!(s, "  by class: {}", list.join(", "));
-        if plan.reader.header().version == qcow::Version::V2 {
+        let _ = writeln!(s, "  {}", describe_record(plan.reader));
+        if plan.held.zeros_unknown {
             let _ = writeln!(
                 s,
-                "  QCOW2 v2 image: blocks copied as all zeros are not recorded (no zero flag); the target keeps its bytes there"
+                "  QCOW2 v2 image not written by e2image-rs: blocks copied as all zeros are not recorded (no zero flag); the target keeps its bytes there"
             );
         }
         if !plan.held.has_data {
@@ -133,4 +135,22 @@ fn by_class(walk: &BlockSet, written: &[Range<u64>]) -> BTreeMap<&'static str, u
         }
     }
     m
+}
+
+/// One line on what the image's export record says (see `crate::export_record`).
+fn describe_record(reader: &qcow::Reader) -> String {
+    let Some(r) = ExportRecord::of(reader) else {
+        return "no export record (not written by e2image-rs): which blocks the state holds is inferred from its clusters".into();
+    };
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    format!(
+        "export record: file data {}, snapshot files {}, all-zero blocks {}",
+        yes_no(r.file_data),
+        yes_no(r.snapshot_files),
+        if r.zeros_recorded {
+            "mapped as zero clusters"
+        } else {
+            "left unallocated (held as zeros where the state's walk lists them)"
+        }
+    )
 }

@@ -81,8 +81,12 @@ impl Writer {
             crypt_method: 0,
         };
         let file_size = self.refcounts.allocated() << self.cluster_bits;
-        // The rest of cluster 0 stays a hole: zeros, i.e. the end of the header extensions.
-        let file = self.out.finish(file_size, &header.to_bytes())?;
+        // The header, its extensions and their end marker; the rest of cluster 0 stays a hole.
+        let mut head = header.to_bytes();
+        if !self.extensions.is_empty() {
+            head.extend_from_slice(&crate::extension::encode(&self.extensions));
+        }
+        let file = self.out.finish(file_size, &head)?;
         if self.sync {
             file.sync_all().map_err(Error::io("syncing the image", 0))?;
         }
