@@ -1,6 +1,7 @@
 //! Crash safety of `e2image-rs rollback`, by fault injection: the process stops (an injected
-//! error, or an abort) right after its k-th write to the target or the patch state, for every
-//! k of a small rollback and at chosen points of a large one. After each stop:
+//! error, an abort, or a torn write: part of the write reaches the target, ending inside a
+//! block, then an abort) right after its k-th write to the target or the patch state, for every
+//! k of a small rollback and at chosen and random points of a large one. After each stop:
 //! - `--resume` gives exactly the new state (byte for byte, the whole target);
 //! - `--undo` instead gives exactly the old state;
 //! - a stop inside a `--resume` or an `--undo` is finished the same way;
@@ -25,21 +26,42 @@ fn copy(from: &Path, to: &Path) -> PathBuf {
     sparse_copy(from, to)
 }
 
-/// Runs `e2image-rs rollback ARGS`, stopping after write `fault` (abort when `abort`).
-fn rollback_faulty(
-    args: &[&dyn AsRef<std::ffi::OsStr>],
-    fault: Option<u64>,
-    abort: bool,
-) -> Output {
+/// How an injected fault stops the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// An I/O error: the process reports it and exits 1.
+    Error,
+    /// `abort()` right after the write.
+    Abort,
+    /// The write reaches the target only in part (ending inside a block, on a sector
+    /// boundary), then `abort()`: a power cut in the middle of a write.
+    Torn,
+}
+
+impl Stop {
+    /// The three kinds in turn, for `k` = 1, 2, 3, ...
+    fn nth(k: u64) -> Stop {
+        [Stop::Error, Stop::Abort, Stop::Torn][(k % 3) as usize]
+    }
+}
+
+/// Runs `e2image-rs rollback ARGS`, stopping after write `k` of `fault` as it says.
+fn rollback_faulty(args: &[&dyn AsRef<std::ffi::OsStr>], fault: Option<(u64, Stop)>) -> Output {
     let mut c = Command::new(bin());
     c.arg("rollback");
     for a in args {
         c.arg(a);
     }
-    if let Some(k) = fault {
+    if let Some((k, stop)) = fault {
         c.env("E2IMAGE_RS_FAULT_AFTER_WRITES", k.to_string());
-        if abort {
-            c.env("E2IMAGE_RS_FAULT_ABORT", "1");
+        match stop {
+            Stop::Error => {}
+            Stop::Abort => {
+                c.env("E2IMAGE_RS_FAULT_ABORT", "1");
+            }
+            Stop::Torn => {
+                c.env("E2IMAGE_RS_FAULT_TORN", "1");
+            }
         }
     }
     c.output().unwrap()
@@ -73,7 +95,6 @@ impl Case {
             &rollback_faulty(
                 &[&image, &t, &"--snapshot", &snapshot, &"--patch", &p],
                 None,
-                false,
             ),
             "clean rollback",
         );
@@ -89,7 +110,7 @@ impl Case {
 
     /// Starts a rollback that stops after write `k`; returns (target, patch), or None when the
     /// rollback finished before write `k`.
-    fn interrupted(&self, k: u64, abort: bool) -> Option<(PathBuf, PathBuf)> {
+    fn interrupted(&self, k: u64, stop: Stop) -> Option<(PathBuf, PathBuf)> {
         let t = copy(&self.old, &self.dir.join("t.img"));
         let p = self.dir.join("t.patch");
         let _ = std::fs::remove_file(&p);
@@ -102,14 +123,13 @@ impl Case {
                 &"--patch",
                 &p,
             ],
-            Some(k),
-            abort,
+            Some((k, stop)),
         );
         if o.status.success() {
             assert_eq!(sha256(&t), self.new_sha);
             return None;
         }
-        if !abort {
+        if stop == Stop::Error {
             assert_eq!(
                 o.status.code(),
                 Some(1),
@@ -124,48 +144,58 @@ impl Case {
 
     /// After a stop at write `k`: resume gives new, undo gives old, from the same point; a stop
     /// inside the resume or the undo is finished by running it again.
-    fn check_point(&self, k: u64, abort: bool) -> bool {
-        let Some((t, p)) = self.interrupted(k, abort) else {
+    fn check_point(&self, k: u64, stop: Stop) -> bool {
+        let Some((t, p)) = self.interrupted(k, stop) else {
             return false;
         };
         let (t2, p2) = (
             copy(&t, &self.dir.join("t2.img")),
             copy(&p, &self.dir.join("t2.patch")),
         );
-        ok(
-            &rollback_faulty(&[&"--resume", &p, &t], None, false),
-            "resume",
-        );
+        ok(&rollback_faulty(&[&"--resume", &p, &t], None), "resume");
         assert_eq!(
             sha256(&t),
             self.new_sha,
-            "--resume after a stop at write {k}"
+            "--resume after a stop ({stop:?}) at write {k}"
         );
-        ok(
-            &rollback_faulty(&[&"--undo", &p2, &t2], None, false),
-            "undo",
-        );
+        ok(&rollback_faulty(&[&"--undo", &p2, &t2], None), "undo");
         assert_eq!(
             sha256(&t2),
             self.old_sha,
-            "--undo after a stop at write {k}"
+            "--undo after a stop ({stop:?}) at write {k}"
         );
         // Interrupt a resume and an undo too, then finish them.
         for (goal, sha) in [("--resume", self.new_sha), ("--undo", self.old_sha)] {
-            let Some((t, p)) = self.interrupted(k, abort) else {
+            let Some((t, p)) = self.interrupted(k, stop) else {
                 continue;
             };
-            let o = rollback_faulty(&[&goal, &p, &t], Some(2), !abort);
+            let o = rollback_faulty(&[&goal, &p, &t], Some((2, Stop::nth(k + 1))));
             if !o.status.success() {
-                ok(&rollback_faulty(&[&goal, &p, &t], None, false), goal);
+                ok(&rollback_faulty(&[&goal, &p, &t], None), goal);
             }
             assert_eq!(
                 sha256(&t),
                 sha,
-                "{goal} interrupted after a stop at write {k}"
+                "{goal} interrupted after a stop ({stop:?}) at write {k}"
             );
         }
         true
+    }
+
+    /// Number of writes of the clean rollback: the last k at which a stop still interrupts it.
+    fn writes(&self) -> u64 {
+        let (mut lo, mut hi) = (1u64, 1u64 << 16);
+        assert!(self.interrupted(lo, Stop::Error).is_some());
+        assert!(self.interrupted(hi, Stop::Error).is_none());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.interrupted(mid, Stop::Error).is_some() {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 }
 
@@ -184,15 +214,16 @@ fn every_write_of_a_small_rollback() {
     let old = copy(&f.path, &dir.join("old.img"));
     let case = Case::new(dir.clone(), q, old, "snap1");
     let mut k = 1;
-    while case.check_point(k, k % 2 == 0) {
+    while case.check_point(k, Stop::nth(k)) {
         k += 1;
     }
     assert!(k > 5, "only {k} writes: the rollback is too small to test");
 }
 
-/// A large rollback (a 24 MiB file rewritten, exported with -d): stops at chosen points.
+/// A large rollback (a 24 MiB file rewritten, exported with -d): stops at chosen points and at
+/// random ones (the seed is printed; `E2IMAGE_RS_FAULT_SEED` replays it).
 #[test]
-fn chosen_points_of_a_large_rollback() {
+fn chosen_and_random_points_of_a_large_rollback() {
     if skip() {
         return;
     }
@@ -229,11 +260,33 @@ fn chosen_points_of_a_large_rollback() {
     let q = dir.join("q.qcow2");
     export_json(&[&"-Q", &"-d", &"--snapshot", &a, &b, &q]);
     let case = Case::new(dir.clone(), q, b, "a.img");
-    for (i, k) in [1u64, 2, 3, 4, 7, 13, 26, 40, 49, 50, 51]
+    let w = case.writes();
+    assert!(w > 20, "only {w} writes: the rollback is too small to test");
+    for (i, k) in [1u64, 2, 3, 4, 7, 13, w / 2, w - 2, w - 1, w]
         .into_iter()
         .enumerate()
     {
-        case.check_point(k, i % 3 == 1);
+        assert!(case.check_point(k, Stop::nth(i as u64)));
+    }
+    let seed = std::env::var("E2IMAGE_RS_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            t.map_or(1, |d| d.as_nanos() as u64 | 1)
+        });
+    let mut x = seed;
+    let points: Vec<(u64, Stop)> = (0..6)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (1 + x % w, Stop::nth(x >> 32))
+        })
+        .collect();
+    eprintln!("random stop points (E2IMAGE_RS_FAULT_SEED={seed}): {points:?}");
+    for (k, stop) in points {
+        assert!(case.check_point(k, stop));
     }
 }
 
@@ -251,7 +304,7 @@ fn corrupt_patches_are_refused() {
     export_json(&[&"-Q", &"--fs-snapshots", &f.path, &q]);
     let old = copy(&f.path, &dir.join("old.img"));
     let case = Case::new(dir.clone(), q, old, "snap1");
-    let (t, p) = case.interrupted(4, false).unwrap();
+    let (t, p) = case.interrupted(4, Stop::Error).unwrap();
     let t_sha = sha256(&t);
     let bytes = std::fs::read(&p).unwrap();
     let len = bytes.len();
@@ -270,7 +323,7 @@ fn corrupt_patches_are_refused() {
         let pb = dir.join("bad.patch");
         std::fs::write(&pb, &bad).unwrap();
         for goal in ["--resume", "--undo"] {
-            let o = rollback_faulty(&[&goal, &pb, &t], None, false);
+            let o = rollback_faulty(&[&goal, &pb, &t], None);
             assert_eq!(o.status.code(), Some(1), "{goal} with byte {off} flipped");
             let e = String::from_utf8_lossy(&o.stderr);
             assert!(
@@ -284,7 +337,7 @@ fn corrupt_patches_are_refused() {
     for new_len in [len - 1, len / 2, 600, 0] {
         let pb = dir.join("short.patch");
         std::fs::write(&pb, &bytes[..new_len]).unwrap();
-        let o = rollback_faulty(&[&"--resume", &pb, &t], None, false);
+        let o = rollback_faulty(&[&"--resume", &pb, &t], None);
         assert_eq!(o.status.code(), Some(1));
         assert_eq!(sha256(&t), t_sha);
     }
@@ -293,12 +346,10 @@ fn corrupt_patches_are_refused() {
     let pb = dir.join("long.patch");
     std::fs::write(&pb, &longer).unwrap();
     assert_eq!(
-        rollback_faulty(&[&"--undo", &pb, &t], None, false)
-            .status
-            .code(),
+        rollback_faulty(&[&"--undo", &pb, &t], None).status.code(),
         Some(1)
     );
     // The intact patch still works.
-    ok(&rollback_faulty(&[&"--undo", &p, &t], None, false), "undo");
+    ok(&rollback_faulty(&[&"--undo", &p, &t], None), "undo");
     assert_eq!(sha256(&t), case.old_sha);
 }

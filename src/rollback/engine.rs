@@ -13,10 +13,14 @@
 //! 5. write the goal superblock block, flush;
 //! 6. record "done"/"undone".
 //!
-//! Writes go out in pieces of at most [`WRITE_PIECE_BYTES`]. Fault injection for the tests:
-//! with `E2IMAGE_RS_FAULT_AFTER_WRITES=k` the process stops right after its k-th write (to the
-//! target or the patch state record), by returning an error, or with
-//! `E2IMAGE_RS_FAULT_ABORT=1` by aborting.
+//! Writes go out in pieces of at most [`WRITE_PIECE_BYTES`]. A power cut can tear a piece, so
+//! while the patch says applying or undoing, a block holding neither side is accepted when each
+//! of its 512-byte sectors (the unit a disk writes atomically) holds the old, the new or the
+//! "not clean" bytes: it is one we were writing. Fault injection for the tests: with
+//! `E2IMAGE_RS_FAULT_AFTER_WRITES=k` the process stops right after its k-th write (to the
+//! target or the patch state record), by returning an error, with `E2IMAGE_RS_FAULT_ABORT=1` by
+//! aborting, and with `E2IMAGE_RS_FAULT_TORN=1` by writing only part of a target write (ending
+//! inside a block, on a sector boundary) and aborting.
 
 use super::patch::{sha256, Patch, PatchState, Run};
 use super::target::Target;
@@ -27,6 +31,8 @@ use rayon::prelude::*;
 const WRITE_PIECE_BYTES: usize = 1 << 20;
 /// Most unmatched blocks named in a refusal.
 const MAX_LISTED: usize = 10;
+/// Bytes a disk writes atomically: a torn block is a mix of whole sectors.
+const SECTOR_BYTES: usize = 512;
 
 /// Which side of the patch to reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +69,8 @@ enum Holds {
     Both,
     /// The "not clean" superblock block.
     Dirty,
+    /// A block torn by an interrupted write: each sector holds one of the above.
+    Torn,
 }
 
 impl Holds {
@@ -78,6 +86,7 @@ impl Holds {
 pub struct Faults {
     after: Option<u64>,
     abort: bool,
+    torn: bool,
     count: u64,
 }
 
@@ -89,14 +98,29 @@ impl Faults {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             abort: std::env::var_os("E2IMAGE_RS_FAULT_ABORT").is_some(),
+            torn: std::env::var_os("E2IMAGE_RS_FAULT_TORN").is_some(),
             count: 0,
         }
+    }
+
+    /// How many bytes of the next target write of `len` bytes (whole `bs`-byte blocks) reach
+    /// the target: all, unless it is the torn one, which ends on a sector boundary inside a
+    /// block.
+    fn written_part(&self, len: usize, bs: usize) -> usize {
+        if !self.torn || self.after != Some(self.count + 1) {
+            return len;
+        }
+        let mut n = len / 2 / SECTOR_BYTES * SECTOR_BYTES;
+        if n.is_multiple_of(bs) {
+            n += SECTOR_BYTES;
+        }
+        n.min(len - SECTOR_BYTES)
     }
 
     fn wrote(&mut self) -> Result<()> {
         self.count += 1;
         if self.after == Some(self.count) {
-            if self.abort {
+            if self.abort || self.torn {
                 std::process::abort();
             }
             bail!("injected fault after write {}", self.count);
@@ -222,6 +246,8 @@ impl Driver<'_> {
                         Holds::Old
                     } else if r.first_block == sb && s == self.patch.header.dirty_sha256 {
                         Holds::Dirty
+                    } else if self.torn(r, done + i as u64, &buf[i * bs..(i + 1) * bs])? {
+                        Holds::Torn
                     } else {
                         bad.push(r.first_block + done + i as u64);
                         Holds::Old
@@ -243,6 +269,28 @@ impl Driver<'_> {
             );
         }
         Ok(holds)
+    }
+
+    /// True if block `i` of run `r`, holding `block`, was torn by our own interrupted write:
+    /// the patch is applying or undoing, and every sector holds the old, the new or (for the
+    /// superblock block) the "not clean" bytes.
+    fn torn(&self, r: &Run, i: u64, block: &[u8]) -> Result<bool> {
+        if !matches!(
+            self.patch.state(),
+            PatchState::Applying | PatchState::Undoing
+        ) {
+            return Ok(false);
+        }
+        let mut sides = vec![vec![0u8; block.len()], vec![0u8; block.len()]];
+        self.patch.read_blocks(r, i, false, &mut sides[0])?;
+        self.patch.read_blocks(r, i, true, &mut sides[1])?;
+        if r.first_block == self.patch.header.sb_block {
+            sides.push(self.patch.dirty_block()?);
+        }
+        Ok(block.chunks(SECTOR_BYTES).enumerate().all(|(k, sector)| {
+            let at = k * SECTOR_BYTES..k * SECTOR_BYTES + sector.len();
+            sides.iter().any(|side| side[at.clone()] == *sector)
+        }))
     }
 
     /// Writes the goal bytes of the blocks of `r` that do not hold them yet.
@@ -277,7 +325,8 @@ impl Driver<'_> {
     fn write(&mut self, block: u64, data: &[u8]) -> Result<()> {
         let bs = u64::from(self.patch.header.block_size);
         self.touched = true;
-        self.target.write_at(block * bs, data)?;
+        let part = self.faults.written_part(data.len(), bs as usize);
+        self.target.write_at(block * bs, &data[..part])?;
         self.out.blocks_written += data.len() as u64 / bs;
         self.out.bytes_written += data.len() as u64;
         self.faults.wrote()

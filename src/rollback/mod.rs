@@ -94,7 +94,8 @@ fn finish(patch: &Path, target: Result<&Path, Failure>, goal: Goal) -> Result<()
     let t = Target::open(target, true)?;
     check_patch_target(&p, &t)?;
     let before = p.state();
-    let d = drive(&mut p, &t, goal, &mut Faults::from_env()).map_err(|e| stated(e, patch, &t))?;
+    let d = drive(&mut p, &t, goal, &mut Faults::from_env())
+        .map_err(|e| stated(e, patch, &t, before == PatchState::Prepared))?;
     println!(
         "{}: {} blocks ({} bytes) written; patch {} was {}, now {}",
         t.path().display(),
@@ -125,13 +126,16 @@ fn check_patch_target(p: &Patch, t: &Target) -> Result<()> {
     Ok(())
 }
 
-/// Turns a drive error into a message stating where the target stands.
-fn stated(e: DriveError, patch: &Path, t: &Target) -> Failure {
+/// Turns a drive error into a message stating where the target stands; `fresh` when no
+/// earlier run of the patch can have written to it.
+fn stated(e: DriveError, patch: &Path, t: &Target, fresh: bool) -> Failure {
     let (p, tp) = (patch.display(), t.path().display());
     let state = if e.touched {
         format!("{tp} is part-way: finish with `e2image-rs rollback --resume {p} {tp}`, or rewind with `e2image-rs rollback --undo {p} {tp}`")
-    } else {
+    } else if fresh {
         format!("{tp} is untouched")
+    } else {
+        format!("this run wrote nothing; {tp} is as the earlier run of {p} left it")
     };
     Failure::Refused(e.error.context(state))
 }
@@ -166,7 +170,7 @@ fn apply(args: &RollbackArgs) -> Result<(), Failure> {
     };
     let mut p = Patch::open_fresh(&patch_path)?;
     let d = drive(&mut p, &t, Goal::New, &mut Faults::from_env())
-        .map_err(|e| stated(e, &patch_path, &t))?;
+        .map_err(|e| stated(e, &patch_path, &t, true))?;
     println!(
         "{}: rolled back to {label}: {} blocks ({} bytes) written; `e2image-rs rollback --undo {} {}` rewinds it",
         t.path().display(),
