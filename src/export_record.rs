@@ -65,6 +65,22 @@ impl ExportRecord {
         })
     }
 
+    /// One line for people: "file data yes, snapshot files no, all-zero blocks as zero
+    /// clusters".
+    pub fn summary(&self) -> String {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        format!(
+            "file data {}, snapshot files {}, all-zero blocks {}",
+            yes_no(self.file_data),
+            yes_no(self.snapshot_files),
+            if self.zeros_recorded {
+                "as zero clusters"
+            } else {
+                "unallocated"
+            }
+        )
+    }
+
     /// The record of an image, if it has one.
     pub fn of(reader: &qcow::Reader) -> Option<ExportRecord> {
         reader

@@ -1,6 +1,7 @@
 //! `e2image-rs snapshots IMAGE [--json]`: the states stored in a QCOW2 image, with the
 //! clusters each shares with other states and the clusters it owns alone.
 
+use crate::export_record::ExportRecord;
 use anyhow::{Context, Result};
 use qcow::{Layer, Reader};
 use serde_json::json;
@@ -31,13 +32,22 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
     }
     let (shared, own) = count(Layer::Active);
     let active = json!({ "shared_clusters": shared, "own_clusters": own });
+    let record = ExportRecord::of(&reader);
     if as_json {
-        let doc =
-            json!({ "cluster_size": reader.cluster_size(), "snapshots": rows, "active": active });
+        let record = record.map(|r| {
+            json!({ "file_data": r.file_data, "snapshot_files": r.snapshot_files,
+                    "zeros_recorded": r.zeros_recorded })
+        });
+        let doc = json!({ "cluster_size": reader.cluster_size(), "export_record": record,
+                          "snapshots": rows, "active": active });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     println!("cluster size {} bytes", reader.cluster_size());
+    match record {
+        Some(r) => println!("written by e2image-rs: {}", r.summary()),
+        None => println!("no export record (not written by e2image-rs)"),
+    }
     println!(
         "{:<4} {:<24} {:<20} {:>14} {:>14}",
         "ID", "NAME", "DATE", "SHARED", "OWN"

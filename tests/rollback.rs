@@ -492,6 +492,12 @@ fn v2_images_restore_all_zero_blocks() {
             args.extend(rest);
             args.push(&q);
             export_json(&args);
+            let list = run(&[&"snapshots", &"--json", &q]);
+            let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+            let rec = &list["export_record"];
+            assert_eq!(rec["zeros_recorded"], compat == "1.1", "{what}: {list}");
+            assert_eq!(rec["file_data"], flags.contains(&"-d"), "{what}: {list}");
+            assert_eq!(rec["snapshot_files"], true, "{what}: {list}");
             let t = copy(&c, &dir.join("target.img"));
             // Garbage where state a holds zeros.
             let mut bytes = std::fs::read(&t).unwrap();
@@ -574,6 +580,9 @@ fn e2image_made_images_roll_back() {
     let q = dir.join("a.e2i.qcow2");
     let o = sh("e2image", &[&"-Q", &a, &q]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let list = run(&[&"snapshots", &"--json", &q]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(list["export_record"].is_null(), "{list}");
     let t = copy(&c, &dir.join("target.img"));
     let p = dir.join("e2i.patch");
     rollback(&[&q, &t, &"--patch", &p], 0);

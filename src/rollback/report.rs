@@ -142,15 +142,13 @@ fn describe_record(reader: &qcow::Reader) -> String {
     let Some(r) = ExportRecord::of(reader) else {
         return "no export record (not written by e2image-rs): which blocks the state holds is inferred from its clusters".into();
     };
-    let yes_no = |b: bool| if b { "yes" } else { "no" };
     format!(
-        "export record: file data {}, snapshot files {}, all-zero blocks {}",
-        yes_no(r.file_data),
-        yes_no(r.snapshot_files),
+        "export record: {}{}",
+        r.summary(),
         if r.zeros_recorded {
-            "mapped as zero clusters"
+            ""
         } else {
-            "left unallocated (held as zeros where the state's walk lists them)"
+            " (held as zeros where the state's walk lists them)"
         }
     )
 }
