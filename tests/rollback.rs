@@ -47,6 +47,24 @@ fn rollback(args: &[&dyn AsRef<std::ffi::OsStr>], want: i32) -> std::process::Ou
     o
 }
 
+/// Dry run of rolling `target` back to state `snapshot` of `image` with patch `patch`; its
+/// report.
+fn dry_run(image: &Path, target: &Path, snapshot: &str, patch: &Path) -> String {
+    let o = rollback(
+        &[
+            &image,
+            &target,
+            &"--snapshot",
+            &snapshot,
+            &"--patch",
+            &patch,
+            &"--dry-run",
+        ],
+        0,
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// The target, exported by us (`-r`, with `-d` when `data`), equals the state's own export:
 /// same blocks, same bytes, zeros included.
 fn assert_exports_equal(target: &Path, state_raw: &Path, data: bool, dir: &Path, what: &str) {
@@ -286,19 +304,7 @@ fn dry_run_reports_and_writes_nothing() {
     let t = copy(&c, &dir.join("target.img"));
     let before = sha256(&t);
     let p = dir.join("dry.patch");
-    let o = rollback(
-        &[
-            &q,
-            &t,
-            &"--snapshot",
-            &"a.img",
-            &"--patch",
-            &p,
-            &"--dry-run",
-        ],
-        0,
-    );
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = dry_run(&q, &t, "a.img", &p);
     for want in [
         "dry run",
         "bytes to write",
@@ -448,8 +454,7 @@ fn first_zero_block(img: &Path, bs: u64) -> u64 {
 }
 
 /// The `blocks held by the state: N` count of a dry run.
-fn held_count(o: &std::process::Output) -> u64 {
-    let out = String::from_utf8_lossy(&o.stdout);
+fn held_count(out: &str) -> u64 {
     let line = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("blocks held by the state: "))
@@ -492,8 +497,7 @@ fn v2_images_restore_all_zero_blocks() {
             args.extend(rest);
             args.push(&q);
             export_json(&args);
-            let list = run(&[&"snapshots", &"--json", &q]);
-            let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+            let list = snapshot_list(&q);
             let rec = &list["export_record"];
             assert_eq!(rec["zeros_recorded"], compat == "1.1", "{what}: {list}");
             assert_eq!(rec["file_data"], flags.contains(&"-d"), "{what}: {list}");
@@ -505,20 +509,8 @@ fn v2_images_restore_all_zero_blocks() {
             std::fs::write(&t, &bytes).unwrap();
             let p = dir.join(format!("{compat}.patch"));
             let _ = std::fs::remove_file(&p);
-            let dry = rollback(
-                &[
-                    &q,
-                    &t,
-                    &"--snapshot",
-                    &"a.img",
-                    &"--patch",
-                    &p,
-                    &"--dry-run",
-                ],
-                0,
-            );
-            let held = held_count(&dry);
-            let out = String::from_utf8_lossy(&dry.stdout).into_owned();
+            let out = dry_run(&q, &t, "a.img", &p);
+            let held = held_count(&out);
             assert!(out.contains("export record: "), "{what}: {out}");
             assert!(!out.contains("not written by e2image-rs"), "{what}: {out}");
             rollback(&[&q, &t, &"--snapshot", &"a.img", &"--patch", &p], 0);
@@ -548,19 +540,7 @@ fn v2_images_restore_all_zero_blocks() {
     std::fs::write(&q, &img).unwrap();
     let t = copy(&c, &dir.join("target.img"));
     let p = dir.join("norecord.patch");
-    let dry = rollback(
-        &[
-            &q,
-            &t,
-            &"--snapshot",
-            &"a.img",
-            &"--patch",
-            &p,
-            &"--dry-run",
-        ],
-        0,
-    );
-    let out = String::from_utf8_lossy(&dry.stdout);
+    let out = dry_run(&q, &t, "a.img", &p);
     assert!(out.contains("no export record"), "{out}");
     assert!(
         out.contains("QCOW2 v2 image not written by e2image-rs"),
@@ -580,8 +560,7 @@ fn e2image_made_images_roll_back() {
     let q = dir.join("a.e2i.qcow2");
     let o = sh("e2image", &[&"-Q", &a, &q]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let list = run(&[&"snapshots", &"--json", &q]);
-    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let list = snapshot_list(&q);
     assert!(list["export_record"].is_null(), "{list}");
     let t = copy(&c, &dir.join("target.img"));
     let p = dir.join("e2i.patch");

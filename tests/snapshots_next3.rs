@@ -45,8 +45,7 @@ fn check(f: &SnapFixture, flags: &[&str], dir: &Path) {
     assert_qemu_check(&q);
     let live: Vec<&SnapRow> = f.snapshots.iter().filter(|s| !s.deleted).collect();
     // Listing: current, then the snapshots newest first, dated by their ctime.
-    let o = run(&[&"snapshots", &"--json", &q]);
-    let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let l = snapshot_list(&q);
     let snaps = l["snapshots"].as_array().unwrap();
     let names: Vec<&str> = snaps.iter().map(|s| s["name"].as_str().unwrap()).collect();
     let want: Vec<&str> = std::iter::once("current")

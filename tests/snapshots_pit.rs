@@ -34,12 +34,6 @@ fn extract(q: &Path, name: &str, dir: &Path) -> Vec<u8> {
     read(&out)
 }
 
-fn snapshot_list(q: &Path) -> serde_json::Value {
-    let o = run(&[&"snapshots", &"--json", &q]);
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn skip() -> bool {
     if have_oracles() {
         return false;

@@ -511,3 +511,14 @@ pub fn debugfs_w(img: &Path, cmds: &[&str]) {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// `e2image-rs snapshots --json IMAGE`, parsed.
+pub fn snapshot_list(q: &Path) -> serde_json::Value {
+    let o = Command::new(bin())
+        .args(["snapshots", "--json"])
+        .arg(q)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
