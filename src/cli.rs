@@ -85,7 +85,7 @@ pub enum Compat {
 #[group(id = "export")]
 pub struct ExportArgs {
     /// Write a QCOW2 image.
-    #[arg(short = 'Q', conflicts_with = "raw", required_unless_present = "raw")]
+    #[arg(short = 'Q', conflicts_with = "raw")]
     pub qcow2: bool,
     /// Write a raw sparse image (or convert a QCOW2 SOURCE to raw).
     #[arg(short = 'r')]
@@ -106,7 +106,7 @@ pub struct ExportArgs {
     #[arg(short = 'f')]
     pub force: bool,
     /// QCOW2 cluster size in bytes (power of two, 512 to 2 MiB).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_cluster_size)]
     pub cluster_size: Option<u64>,
     /// QCOW2 version: 0.10 (v2) or 1.1 (v3).
     #[arg(long, value_enum, default_value = "1.1")]
@@ -135,7 +135,100 @@ pub struct ExportArgs {
     /// The filesystem (image file or block device), or a QCOW2 image.
     #[arg(required = true)]
     pub source: Option<PathBuf>,
-    /// The image to write.
+    /// The image to write; `-` writes a raw image (-r) to standard output.
     #[arg(required = true)]
     pub output: Option<PathBuf>,
+    /// e2image options that e2image-rs does not implement yet; accepted by the parser only so
+    /// that they are refused with a clear message (see `plan`).
+    #[command(flatten)]
+    pub unsupported: UnsupportedArgs,
+}
+
+/// e2image's options that are not implemented yet. Hidden from `--help`; each one is a usage
+/// error that says so (instead of clap's "unexpected argument").
+#[derive(Args, Debug, Default)]
+pub struct UnsupportedArgs {
+    /// e2image -I: install the metadata of an image onto a device.
+    #[arg(short = 'I', hide = true)]
+    pub install: bool,
+    /// e2image -o: source offset in bytes.
+    #[arg(
+        short = 'o',
+        hide = true,
+        value_name = "OFFSET",
+        allow_hyphen_values = true
+    )]
+    pub src_offset: Option<String>,
+    /// e2image -O: destination offset in bytes.
+    #[arg(
+        short = 'O',
+        hide = true,
+        value_name = "OFFSET",
+        allow_hyphen_values = true
+    )]
+    pub dest_offset: Option<String>,
+    /// e2image -s: scramble directory entries.
+    #[arg(short = 's', hide = true)]
+    pub scramble: bool,
+    /// e2image -c: compare with the existing image and write only changed blocks.
+    #[arg(short = 'c', hide = true)]
+    pub check: bool,
+    /// e2image -n: with -c, write nothing.
+    #[arg(short = 'n', hide = true)]
+    pub dry: bool,
+}
+
+impl UnsupportedArgs {
+    /// The first unsupported e2image option given, with what to use instead, if any.
+    pub fn first(&self) -> Option<(&'static str, &'static str)> {
+        [
+            (
+                self.install,
+                "-I",
+                "; to write a state back onto a device, use `e2image-rs rollback`",
+            ),
+            (self.src_offset.is_some(), "-o", ""),
+            (self.dest_offset.is_some(), "-O", ""),
+            (self.scramble, "-s", ""),
+            (self.check, "-c", ""),
+            (self.dry, "-n", ""),
+        ]
+        .into_iter()
+        .find(|(set, _, _)| *set)
+        .map(|(_, flag, hint)| (flag, hint))
+    }
+}
+
+/// The subcommands, for the message about an unknown one.
+pub const SUBCOMMANDS: &str = "snapshots, rollback";
+
+/// If `word` (the first positional argument) names no file and looks like a subcommand name
+/// (lower-case letters and dashes), the message saying it is not one.
+pub fn unknown_subcommand(word: &std::ffi::OsStr) -> Option<String> {
+    let w = word.to_str()?;
+    let wordlike = !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+    if !wordlike || w.starts_with('-') || std::path::Path::new(w).exists() {
+        return None;
+    }
+    Some(format!(
+        "unknown subcommand {w:?} (the subcommands are {SUBCOMMANDS}; an export is `e2image-rs -Q|-r SOURCE OUT`)"
+    ))
+}
+
+/// Smallest and largest QCOW2 cluster sizes QEMU accepts, in bytes.
+pub const CLUSTER_SIZE_RANGE: std::ops::RangeInclusive<u64> = 512..=(2 << 20);
+
+/// `--cluster-size`: a power of two in [`CLUSTER_SIZE_RANGE`].
+fn parse_cluster_size(s: &str) -> Result<u64, String> {
+    let c: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if !c.is_power_of_two() || !CLUSTER_SIZE_RANGE.contains(&c) {
+        return Err(format!(
+            "{c} is not a power of two from {} to {}",
+            CLUSTER_SIZE_RANGE.start(),
+            CLUSTER_SIZE_RANGE.end()
+        ));
+    }
+    Ok(c)
 }

@@ -1,27 +1,24 @@
 //! QCOW2 → raw conversion (`e2image-rs -r IMAGE.qcow2 OUT.raw`): every allocated cluster of
-//! the active layer (or of an internal snapshot chosen with `--from-snapshot`), whatever wrote the image (v2 or v3, any cluster size, compressed and zero
-//! clusters), through the same parallel copy engine as the export.
+//! the active layer (or of an internal snapshot chosen with `--from-snapshot`), whatever wrote
+//! the image (v2 or v3, any cluster size, compressed and zero clusters), through the same
+//! parallel copy engine and sinks as the export. A raw image holds one state: the other
+//! internal snapshots are named in a note.
 
-use crate::cli::ExportArgs;
 use crate::copy::{copy_runs, Progress};
-use crate::output::TempOutput;
+use crate::export::qcow_layer;
+use crate::plan::ExportPlan;
 use crate::qcow_view::QcowView;
-use crate::sink::RawSink;
+use crate::sink::{self, QcowOptions, Table};
 use crate::summary::Summary;
 use anyhow::{Context, Result};
-use qcow::{ClusterMapping, Layer, Reader};
-use std::path::Path;
+use qcow::{ClusterMapping, Reader};
 
-/// Converts one layer of `reader` (whose guest disk is `size` bytes) into a sparse raw file
-/// at `output`.
-pub fn qcow_to_raw(
-    reader: &Reader,
-    layer: Layer,
-    size: u64,
-    source: &Path,
-    output: &Path,
-    args: &ExportArgs,
-) -> Result<Summary> {
+/// Converts one layer of `reader` into a raw image at the plan's output.
+///
+/// # Errors
+/// Unknown snapshot; read errors of the L1/L2 tables; write errors.
+pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
+    let (layer, size, _) = qcow_layer(reader, plan.from_snapshot.as_deref(), &plan.source)?;
     let layer = reader.layer(layer).context("cannot read the L1 table")?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
     layer.for_each_allocated(|gc, m| {
@@ -35,21 +32,29 @@ pub fn qcow_to_raw(
     })?;
     let cluster = u32::try_from(reader.cluster_size()).context("cluster size over 4 GiB")?;
     let view = QcowView::new(&layer, size);
-    let (temp, file) = TempOutput::create(output)?;
+    let mut out = sink::open(plan, size, &QcowOptions::default())?;
+    let mut notes = out.notes();
+    let others = reader.snapshots().len();
+    if plan.from_snapshot.is_none() && others > 0 {
+        notes.push(format!(
+            "{} has {others} internal snapshot(s); a raw image holds one state, so only the active layer was converted (choose another with --from-snapshot)",
+            plan.source.display()
+        ));
+    }
     let total: u64 = runs.iter().map(|r| r.1).sum::<u64>() * u64::from(cluster);
-    let progress = Progress::new(args.progress, total, "converting");
-    let mut sink = RawSink::new(file, size)?;
+    let progress = Progress::new(plan.progress, total, "converting");
     let mut warnings = Vec::new();
+    out.sink.begin_state()?;
     let stats = copy_runs(
         &view,
         cluster,
         runs.into_iter(),
-        &mut sink,
+        out.sink.as_mut(),
         &progress,
         &mut warnings,
     )?;
-    sink.finish(args.sync)?;
+    out.sink.end_state()?;
     progress.finish();
-    temp.commit(args.sync)?;
-    Ok(Summary::conversion(source, output, size, warnings, stats))
+    out.complete(&Table::default(), plan.sync)?;
+    Ok(Summary::conversion(plan, size, warnings, stats, notes))
 }

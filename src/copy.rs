@@ -18,11 +18,12 @@ const MAX_READ_BYTES: u64 = 2 << 20;
 /// Bytes read per batch (two batches are in memory at once).
 const BATCH_BYTES: u64 = 2 << 20;
 
-/// A progress bar on stderr, shown only when asked for and stderr is a terminal.
-pub struct Progress(Option<ProgressBar>);
+/// A progress bar on stderr, shown only when asked for and stderr is a terminal. It names
+/// what it copies ("state 2/3: tuesday.img") and, when done, leaves one summary line.
+pub struct Progress(Option<(ProgressBar, String)>);
 
 impl Progress {
-    /// A bar counting `total` bytes, or a silent one.
+    /// A bar counting `total` bytes labelled `what`, or a silent one.
     pub fn new(wanted: bool, total: u64, what: &str) -> Progress {
         if !wanted || !std::io::stderr().is_terminal() {
             return Progress(None);
@@ -34,19 +35,26 @@ impl Progress {
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(what.to_string());
-        Progress(Some(bar))
+        crate::sys::signals::set_progress_shown(true);
+        Progress(Some((bar, what.to_string())))
     }
 
     fn inc(&self, n: u64) {
-        if let Some(b) = &self.0 {
+        if let Some((b, _)) = &self.0 {
             b.inc(n);
         }
     }
 
-    /// Removes the bar.
+    /// Replaces the bar by one line: what was copied, how much, how fast.
     pub fn finish(&self) {
-        if let Some(b) = &self.0 {
+        if let Some((b, what)) = &self.0 {
+            let (bytes, secs) = (b.position(), b.elapsed().as_secs_f64());
             b.finish_and_clear();
+            crate::sys::signals::set_progress_shown(false);
+            eprintln!(
+                "e2image-rs: {what}: {} copied in {secs:.1} s",
+                indicatif::HumanBytes(bytes)
+            );
         }
     }
 }
@@ -83,7 +91,7 @@ pub fn copy_runs(
     view: &dyn BlockView,
     unit: u32,
     runs: impl Iterator<Item = (u64, u64)>,
-    sink: &mut (dyn Sink + Send),
+    sink: &mut dyn Sink,
     progress: &Progress,
     warnings: &mut Vec<Warning>,
 ) -> Result<CopyStats> {
@@ -99,6 +107,7 @@ pub fn copy_runs(
         let j = batch_end(&requests, i, (BATCH_BYTES / unit64).max(1));
         reading.requests.clear();
         reading.requests.extend_from_slice(&requests[i..j]);
+        crate::sys::faults::stall();
         let (_, written) = rayon::join(
             || read_batch(view, unit, &mut reading),
             || write_batch(sink, &mut writing, unit64, progress),
@@ -201,7 +210,7 @@ fn read_request(
 
 /// Hands the batch to the sink in order, leaving out unreadable units; returns bytes written.
 fn write_batch(
-    sink: &mut (dyn Sink + Send),
+    sink: &mut dyn Sink,
     batch: &mut Batch,
     unit: u64,
     progress: &Progress,

@@ -1,24 +1,23 @@
 //! The export pipeline: source → states (the current filesystem and any older ones) → walk
-//! each state (what to copy) → parallel copy → QCOW2 or raw sink.
+//! each state (what to copy) → parallel copy → sink (QCOW2, raw file, device or stream).
 //!
-//! The source is opened read-only. The image is written under a temporary name and renamed
-//! only when complete. With several states, the current one is written in full and becomes
-//! the active layer; each older state is written after it, newest first, sharing every cluster
-//! equal to the next newer state's (an inverted chain of QCOW2 internal snapshots). Corrupt
-//! parts found by a walk, states that cannot be opened and unreadable blocks are reported and
-//! counted; they make the exit status 3.
+//! The source is opened read-only. With several states, the current one is written in full
+//! and becomes the active layer; each older state is written after it, newest first, sharing
+//! every cluster equal to the next newer state's (an inverted chain of QCOW2 internal
+//! snapshots). A QCOW2 source keeps its internal snapshots: each is walked and written as a
+//! state under its own id, name and date. Corrupt parts found by a walk, states that cannot be
+//! opened and unreadable blocks are reported and counted; they make the exit status 3.
 
-use crate::cli::{Compat, ExportArgs};
 use crate::copy::{copy_runs, CopyStats, Progress};
 use crate::export_record::{ExportRecord, EXT_EXPORT_RECORD};
-use crate::output::{BackgroundSync, TempOutput};
+use crate::plan::{ExportPlan, Format, Older, UsageError};
 use crate::qcow_view::QcowView;
-use crate::sink::{QcowSink, RawSink, Sink};
-use crate::states::{plan, Next3, Older};
-use crate::summary::{StateReport, Summary};
+use crate::sink::{self, QcowOptions, Sink, Table, TableEntry};
+use crate::states::{plan as plan_states, Next3, Older as OlderStates, CURRENT};
+use crate::summary::{ExportFacts, StateReport, Summary};
 use anyhow::{bail, Context, Result};
 use ext::{BlockView, FileView, Filesystem, OpenOptions, WalkOptions, Warning};
-use qcow::{Layer, Reader, SnapshotSpec, Version, Writer, WriterOptions};
+use qcow::{Layer, LayerReader, Reader, Version};
 use std::path::Path;
 
 /// Smallest and largest QCOW2 cluster sizes QEMU accepts, as log2 of bytes.
@@ -34,8 +33,12 @@ pub fn max_virtual_size(cb: u32) -> u64 {
     1u64.checked_shl(2 * cb + 19).unwrap_or(u64::MAX)
 }
 
-/// The cluster size for an image of `size` bytes: the requested one (checked), else the
-/// filesystem block size (`-Q`) or 64 KiB (`-d`), grown until QEMU's L1 limit allows `size`.
+/// The cluster size for an image of `size` bytes: the requested one (a power of two from 512
+/// to 2 MiB, checked by the command line), else the filesystem block size (`-Q`) or 64 KiB
+/// (`-d`), grown until QEMU's L1 limit allows `size`.
+///
+/// # Errors
+/// A requested cluster size with which QEMU cannot address `size` bytes.
 pub fn choose_cluster_bits(
     size: u64,
     block_size: u32,
@@ -43,14 +46,9 @@ pub fn choose_cluster_bits(
     requested: Option<u64>,
 ) -> Result<u32> {
     if let Some(c) = requested {
-        if !c.is_power_of_two()
-            || !(1u64 << MIN_CLUSTER_BITS..=1u64 << MAX_CLUSTER_BITS).contains(&c)
-        {
-            bail!("--cluster-size {c}: must be a power of two from 512 to 2097152");
-        }
-        let cb = c.trailing_zeros();
+        let cb = c.trailing_zeros().clamp(MIN_CLUSTER_BITS, MAX_CLUSTER_BITS);
         if max_virtual_size(cb) < size {
-            bail!("--cluster-size {c}: QEMU cannot address a {size}-byte image with it (L1 table over 32 MiB)");
+            return Err(UsageError(format!("--cluster-size {c}: QEMU cannot address a {size}-byte image with it (L1 table over 32 MiB); use a larger one")).into());
         }
         return Ok(cb);
     }
@@ -67,6 +65,9 @@ pub fn choose_cluster_bits(
 }
 
 /// True if the file starts with the QCOW2 magic.
+///
+/// # Errors
+/// The file cannot be opened or read.
 pub fn is_qcow2(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut f =
@@ -75,45 +76,77 @@ pub fn is_qcow2(path: &Path) -> Result<bool> {
     let n = f
         .read(&mut magic)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(n == 4 && magic == qcow::header::QCOW2_MAGIC)
+    Ok(n == 4 && magic == qcow::QCOW2_MAGIC)
 }
 
-/// Runs the export (or QCOW2 → raw conversion) the arguments ask for.
-pub fn run(args: &ExportArgs) -> Result<Summary> {
-    let source = args.source.as_deref().context("no SOURCE given")?;
-    let output = args.output.as_deref().context("no OUT given")?;
-    if is_qcow2(source)? {
-        let file = std::fs::File::open(source)
-            .with_context(|| format!("cannot open {}", source.display()))?;
-        let reader = Reader::open(file)
-            .with_context(|| format!("{}: invalid QCOW2 image", source.display()))?;
-        let (layer, size) = qcow_layer(&reader, args.from_snapshot.as_deref(), source)?;
-        if args.raw {
-            return crate::convert::qcow_to_raw(&reader, layer, size, source, output, args);
-        }
-        let layer = reader.layer(layer)?;
-        let view = QcowView::new(&layer, size);
-        return export_fs(&view, source, output, args);
+/// Runs the export (or QCOW2 → raw conversion) the plan describes.
+///
+/// # Errors
+/// Anything that stops the run; nothing is left under OUT (a file) then.
+pub fn run(plan: &ExportPlan) -> Result<Summary> {
+    if is_qcow2(&plan.source)? {
+        return from_qcow2(plan);
     }
-    if !args.force {
-        if let Some(mnt) = crate::mounted::mounted_rw(source) {
+    if !plan.force {
+        if let Some(mnt) = crate::sys::mounted::mounted_rw(&plan.source) {
             bail!(
                 "{} is mounted read-write on {}; the image could be inconsistent. Use -f to image it anyway",
-                source.display(),
+                plan.source.display(),
                 mnt.display()
             );
         }
     }
-    let view = FileView::open(source)
-        .with_context(|| format!("cannot open {} read-only", source.display()))?;
-    export_fs(&view, source, output, args)
+    let view = FileView::open(&plan.source)
+        .with_context(|| format!("cannot open {} read-only", plan.source.display()))?;
+    export_fs(&view, plan)
 }
 
-/// The layer of a QCOW2 source to read (`--from-snapshot` selects an internal snapshot) and
-/// its guest size in bytes.
-fn qcow_layer(reader: &Reader, wanted: Option<&str>, source: &Path) -> Result<(Layer, u64)> {
+/// A QCOW2 source: converted to raw, one state exported, or every state carried across.
+fn from_qcow2(plan: &ExportPlan) -> Result<Summary> {
+    let file = std::fs::File::open(&plan.source)
+        .with_context(|| format!("cannot open {}", plan.source.display()))?;
+    let reader = Reader::open(file)
+        .with_context(|| format!("{}: invalid QCOW2 image", plan.source.display()))?;
+    if plan.format == Format::Raw {
+        return crate::convert::qcow_to_raw(&reader, plan);
+    }
+    if let Some(name) = &plan.from_snapshot {
+        let (layer, size, date) = qcow_layer(&reader, Some(name), &plan.source)?;
+        let layer = reader.layer(layer)?;
+        let view = QcowView::new(&layer, size);
+        let states = [StateInput {
+            name: name.clone(),
+            date,
+            view: &view,
+        }];
+        return write_states(&states, plan, Vec::new(), None);
+    }
+    if reader.snapshots().is_empty() {
+        let layer = reader.layer(Layer::Active)?;
+        return export_fs(&QcowView::new(&layer, reader.virtual_size()), plan);
+    }
+    if plan.older != Older::None {
+        bail!(
+            "{} has {} internal snapshots, which the export keeps as its older states; --snapshot and --fs-snapshots cannot add others to them (export one state with --from-snapshot)",
+            plan.source.display(),
+            reader.snapshots().len()
+        );
+    }
+    carry_states(&reader, plan)
+}
+
+/// The layer of a QCOW2 source to read (`wanted` selects an internal snapshot by id or name),
+/// its guest size in bytes and its date.
+///
+/// # Errors
+/// No snapshot has that id or name.
+pub fn qcow_layer(
+    reader: &Reader,
+    wanted: Option<&str>,
+    source: &Path,
+) -> Result<(Layer, u64, (u32, u32))> {
     let Some(name) = wanted else {
-        return Ok((Layer::Active, reader.virtual_size()));
+        return Ok((Layer::Active, reader.virtual_size(), (0, 0)));
     };
     let i = reader.find_snapshot(name).with_context(|| {
         format!(
@@ -121,31 +154,89 @@ fn qcow_layer(reader: &Reader, wanted: Option<&str>, source: &Path) -> Result<(L
             source.display()
         )
     })?;
-    let size = reader.snapshots()[i]
-        .disk_size
-        .unwrap_or(reader.virtual_size());
-    Ok((Layer::Snapshot(i), size))
+    let s = &reader.snapshots()[i];
+    let size = s.disk_size.unwrap_or(reader.virtual_size());
+    Ok((Layer::Snapshot(i), size, (s.date_sec, s.date_nsec)))
+}
+
+/// Every state of a QCOW2 source with internal snapshots: the active layer, then the snapshots
+/// newest first; layers with the same L2 tables are written once and shared. The snapshot
+/// table keeps the source's ids, names and dates.
+fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
+    let snaps = reader.snapshots();
+    let mut layers: Vec<LayerReader<'_>> = vec![reader.layer(Layer::Active)?];
+    for (i, s) in snaps.iter().enumerate() {
+        layers.push(
+            reader
+                .layer(Layer::Snapshot(i))
+                .with_context(|| format!("snapshot {} ({})", s.id, s.name))?,
+        );
+    }
+    let mut order: Vec<usize> = (1..layers.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse((snaps[k - 1].date_sec, snaps[k - 1].date_nsec)));
+    order.insert(0, 0);
+    let (mut written, mut state_of) = (Vec::new(), vec![0; layers.len()]);
+    for &k in &order {
+        match written
+            .iter()
+            .position(|&w: &usize| layers[w].same_tables(&layers[k]))
+        {
+            Some(j) => state_of[k] = j,
+            None => {
+                state_of[k] = written.len();
+                written.push(k);
+            }
+        }
+    }
+    let size_of = |k: usize| match k {
+        0 => reader.virtual_size(),
+        _ => snaps[k - 1].disk_size.unwrap_or(reader.virtual_size()),
+    };
+    let views: Vec<QcowView<'_>> = written
+        .iter()
+        .map(|&k| QcowView::new(&layers[k], size_of(k)))
+        .collect();
+    let states: Vec<StateInput<'_>> = written
+        .iter()
+        .zip(&views)
+        .map(|(&k, v)| StateInput {
+            name: match k {
+                0 => CURRENT.to_string(),
+                _ => snaps[k - 1].name.clone(),
+            },
+            date: match k {
+                0 => (0, 0),
+                _ => (snaps[k - 1].date_sec, snaps[k - 1].date_nsec),
+            },
+            view: v,
+        })
+        .collect();
+    let table = Table {
+        active: state_of[0],
+        entries: snaps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| TableEntry {
+                state: state_of[i + 1],
+                id: s.id.clone(),
+                name: s.name.clone(),
+                date: (s.date_sec, s.date_nsec),
+            })
+            .collect(),
+    };
+    write_states(&states, plan, Vec::new(), Some(table))
 }
 
 /// Opens the filesystem on `view`, plans its states and writes the image.
-fn export_fs(
-    view: &dyn BlockView,
-    source: &Path,
-    output: &Path,
-    args: &ExportArgs,
-) -> Result<Summary> {
-    let opts = OpenOptions {
-        superblock: args.superblock,
-        block_size: args.block_size,
-    };
-    let fs = Filesystem::open(view, &opts)
-        .with_context(|| format!("{}: cannot open the filesystem", source.display()))?;
-    if let Some(name) = &args.from_snapshot {
+fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summary> {
+    let fs = Filesystem::open(view, &plan.open)
+        .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))?;
+    if let Some(name) = &plan.from_snapshot {
         let next3 = Next3::read(&fs);
         let i = next3.find(&fs, name).with_context(|| {
             format!(
                 "{}: no filesystem snapshot with name or id {name:?}",
-                source.display()
+                plan.source.display()
             )
         })?;
         let snap = next3.view(&fs, i);
@@ -154,33 +245,39 @@ fn export_fs(
             date: (0, 0),
             view: &snap,
         }];
-        return write_image(&states, source, output, args, next3.warnings.clone());
+        return write_states(&states, plan, next3.warnings.clone(), None);
     }
-    let plan = plan(&fs, args.fs_snapshots, &args.snapshots, args.force)?;
-    let snap_views: Vec<_> = match &plan.older {
-        Older::Next3(n) => n.exported.iter().map(|&i| n.view(&fs, i)).collect(),
+    let images = match &plan.older {
+        Older::Images(v) => v.as_slice(),
+        _ => &[],
+    };
+    let sp = plan_states(&fs, plan.older == Older::FsSnapshots, images, plan.force)?;
+    let snap_views: Vec<_> = match &sp.older {
+        OlderStates::Next3(n) => n.exported.iter().map(|&i| n.view(&fs, i)).collect(),
         _ => Vec::new(),
     };
     let mut views: Vec<&dyn BlockView> = vec![view];
-    match &plan.older {
-        Older::Next3(_) => views.extend(snap_views.iter().map(|v| v as &dyn BlockView)),
-        Older::Images(images) => views.extend(images.iter().map(|(_, v)| v as &dyn BlockView)),
-        Older::None => {}
+    match &sp.older {
+        OlderStates::Next3(_) => views.extend(snap_views.iter().map(|v| v as &dyn BlockView)),
+        OlderStates::Images(images) => {
+            views.extend(images.iter().map(|(_, v)| v as &dyn BlockView))
+        }
+        OlderStates::None => {}
     }
-    let early = match &plan.older {
-        Older::Next3(n) => n.warnings.clone(),
+    let early = match &sp.older {
+        OlderStates::Next3(n) => n.warnings.clone(),
         _ => Vec::new(),
     };
     let states: Vec<StateInput<'_>> = views
         .into_iter()
         .enumerate()
         .map(|(k, v)| StateInput {
-            name: plan.names[k].clone(),
-            date: plan.dates[k],
+            name: sp.names[k].clone(),
+            date: sp.dates[k],
             view: v,
         })
         .collect();
-    write_image(&states, source, output, args, early)
+    write_states(&states, plan, early, None)
 }
 
 /// One state to write: its view, name and date.
@@ -190,15 +287,16 @@ struct StateInput<'a> {
     view: &'a dyn BlockView,
 }
 
-/// Writes the states (newest first; the first is the active layer) to OUT.
-fn write_image(
+/// Writes the states (the first is the active layer unless `table` says otherwise) to OUT.
+/// Without a `table`, several states make the inverted chain: one snapshot per state, ids
+/// 1..n in writing order.
+fn write_states(
     states: &[StateInput<'_>],
-    source: &Path,
-    output: &Path,
-    args: &ExportArgs,
+    plan: &ExportPlan,
     early_warnings: Vec<Warning>,
+    table: Option<Table>,
 ) -> Result<Summary> {
-    let (opened, mut reports, mut warnings) = open_states(states, source, args)?;
+    let (opened, mut reports, mut warnings) = open_states(states, plan)?;
     warnings.splice(
         0..0,
         early_warnings
@@ -214,19 +312,26 @@ fn write_image(
         .map(|f| f.sb.size_bytes())
         .max()
         .unwrap_or(0);
-    let (temp, file) = TempOutput::create(output)?;
-    let background = BackgroundSync::start(&file, args.sync);
-    let mut out = Out::create(file, size, first.sb.block_size, args)?;
+    let mut out = sink::open(plan, size, &qcow_options(plan, size, first.sb.block_size)?)?;
+    let notes = out.notes();
     let walk_opts = WalkOptions {
-        data: args.data,
-        no_snapshot_files: args.no_snapshots,
+        data: plan.data,
+        no_snapshot_files: plan.no_snapshots,
     };
     let mut main_walk = None;
     let mut stats_total = CopyStats::default();
-    for (k, (state, fs)) in states.iter().zip(&opened).enumerate() {
+    let count = opened.iter().flatten().count();
+    let mut k = 0;
+    for (state, fs) in states.iter().zip(&opened) {
         let Some(fs) = fs else { continue };
+        k += 1;
+        let label = match count {
+            1 => state.name.clone(),
+            n => format!("state {k}/{n}: {}", state.name),
+        };
         let walked = ext::walk(fs, &walk_opts);
-        let (stats, copy_warnings) = out.copy_state(state, fs, &walked, args.progress)?;
+        let (stats, copy_warnings) =
+            copy_state(out.sink.as_mut(), state, fs, &walked, plan.progress, &label)?;
         stats_total.bytes_copied += stats.bytes_copied;
         let all: Vec<Warning> = walked
             .warnings
@@ -241,25 +346,98 @@ fn write_image(
             all.len(),
         ));
         warnings.extend(all.into_iter().map(|w| (state.name.clone(), w)));
-        if k == 0 {
+        if main_walk.is_none() {
             main_walk = Some((walked, fs.sb.clone()));
         }
     }
-    let cluster_size = finish_output(out, states, &opened, background, args.sync)?;
-    temp.commit(args.sync)?;
+    let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
+    let table = match table {
+        Some(t) => remap_table(t, &written),
+        None => chain_table(states, &written),
+    };
+    let cluster_size = out.complete(&table, plan.sync)?;
     let (walked, sb) = main_walk.context("the current state was not written")?;
     reports.sort_by_key(|r| states.iter().position(|s| s.name == r.name));
     Ok(Summary::export(
-        source,
-        output,
-        &sb,
-        &walked,
-        warnings,
-        stats_total,
-        cluster_size,
-        reports,
-        args,
+        plan,
+        ExportFacts {
+            sb: &sb,
+            walked: &walked,
+            warnings,
+            stats: stats_total,
+            cluster_size,
+            states: reports,
+            notes,
+        },
     ))
+}
+
+/// How to write QCOW2: the cluster size for a `size`-byte disk and the export record.
+fn qcow_options(plan: &ExportPlan, size: u64, block_size: u32) -> Result<QcowOptions> {
+    let Format::Qcow2 {
+        version,
+        cluster_size,
+    } = plan.format
+    else {
+        return Ok(QcowOptions::default());
+    };
+    let record = ExportRecord {
+        file_data: plan.data,
+        snapshot_files: !plan.no_snapshots,
+        zeros_recorded: version == Version::V3,
+    };
+    Ok(QcowOptions {
+        cluster_bits: choose_cluster_bits(size, block_size, plan.data, cluster_size)?,
+        version,
+        extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
+    })
+}
+
+/// The inverted chain's table: with several written states, one snapshot per state (ids
+/// 1..n in order, the current state first); the first written state is active.
+fn chain_table(states: &[StateInput<'_>], written: &[bool]) -> Table {
+    let names: Vec<&StateInput<'_>> = states
+        .iter()
+        .zip(written)
+        .filter(|(_, w)| **w)
+        .map(|(s, _)| s)
+        .collect();
+    let entries = if names.len() > 1 {
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, s)| TableEntry {
+                state: k,
+                id: (k + 1).to_string(),
+                name: s.name.clone(),
+                date: s.date,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Table { active: 0, entries }
+}
+
+/// A table given over the input states, moved onto the written ones: entries of states that
+/// were left out (and already reported) are dropped.
+fn remap_table(t: Table, written: &[bool]) -> Table {
+    let index: Vec<Option<usize>> = written
+        .iter()
+        .scan(0usize, |n, &w| {
+            let i = w.then_some(*n);
+            *n += usize::from(w);
+            Some(i)
+        })
+        .collect();
+    Table {
+        active: index[t.active].unwrap_or(0),
+        entries: t
+            .entries
+            .into_iter()
+            .filter_map(|e| index[e.state].map(|s| TableEntry { state: s, ..e }))
+            .collect(),
+    }
 }
 
 /// Opened filesystems of the states (`None` for an older state that cannot be opened), the
@@ -270,26 +448,19 @@ type Opened<'a> = (
     Vec<(String, Warning)>,
 );
 
-/// Opens every state's filesystem. The current state must open (it uses `-b`/`-B`); an
-/// older one that does not is reported and left out.
-fn open_states<'a>(
-    states: &[StateInput<'a>],
-    source: &Path,
-    args: &ExportArgs,
-) -> Result<Opened<'a>> {
+/// Opens every state's filesystem. The first state must open (it uses `-b`/`-B`); another
+/// one that does not is reported and left out.
+fn open_states<'a>(states: &[StateInput<'a>], plan: &ExportPlan) -> Result<Opened<'a>> {
     let (mut opened, mut reports, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
     for (k, s) in states.iter().enumerate() {
         let opts = if k == 0 {
-            OpenOptions {
-                superblock: args.superblock,
-                block_size: args.block_size,
-            }
+            plan.open
         } else {
             OpenOptions::default()
         };
         match Filesystem::open(s.view, &opts) {
             Ok(fs) => opened.push(Some(fs)),
-            Err(e) if k == 0 => bail!("{}: cannot open the filesystem: {e}", source.display()),
+            Err(e) if k == 0 => bail!("{}: cannot open the filesystem: {e}", plan.source.display()),
             Err(e) => {
                 let report = StateReport::unopenable(&s.name, &e.to_string());
                 let reason = report.error.clone().unwrap_or_default();
@@ -310,126 +481,26 @@ fn open_states<'a>(
     Ok((opened, reports, warnings))
 }
 
-/// The output being written.
-enum Out {
-    Raw(RawSink),
-    /// The writer and the writer's state of each written state, in order.
-    Qcow(Box<Writer>, Vec<qcow::StateId>),
-}
-
-impl Out {
-    /// A raw sink, or a QCOW2 writer for a virtual size of `size` bytes.
-    fn create(file: std::fs::File, size: u64, block_size: u32, args: &ExportArgs) -> Result<Out> {
-        if args.raw {
-            return Ok(Out::Raw(RawSink::new(file, size)?));
-        }
-        let cluster_bits = choose_cluster_bits(size, block_size, args.data, args.cluster_size)?;
-        let version = if args.compat == Compat::V2 {
-            Version::V2
-        } else {
-            Version::V3
-        };
-        let opts = WriterOptions {
-            cluster_bits,
-            virtual_size: size,
-            version,
-        };
-        let mut writer = Writer::create(file, opts)?;
-        writer.set_sync(args.sync);
-        let record = ExportRecord {
-            file_data: args.data,
-            snapshot_files: !args.no_snapshots,
-            zeros_recorded: version == Version::V3,
-        };
-        writer.add_header_extension(EXT_EXPORT_RECORD, &record.encode())?;
-        Ok(Out::Qcow(Box::new(writer), Vec::new()))
-    }
-
-    /// Copies one walked state; in QCOW2 it becomes a new state that shares every cluster
-    /// equal to the previous (next newer) state's. Returns the counts and the unreadable
-    /// blocks.
-    fn copy_state(
-        &mut self,
-        state: &StateInput<'_>,
-        fs: &Filesystem<&dyn BlockView>,
-        walked: &ext::WalkResult,
-        progress: bool,
-    ) -> Result<(CopyStats, Vec<Warning>)> {
-        let bytes = walked.blocks.block_count() * u64::from(fs.sb.block_size);
-        let progress = Progress::new(progress, bytes, &state.name);
-        let mut warnings = Vec::new();
-        let runs = walked.blocks.extents().iter().map(|e| (e.start, e.len));
-        let bs = fs.sb.block_size;
-        let stats = match self {
-            Out::Raw(sink) => copy_runs(state.view, bs, runs, sink, &progress, &mut warnings)?,
-            Out::Qcow(writer, ids) => {
-                let id = writer.new_state();
-                let mut sink = QcowSink::new(writer, id, ids.last().copied());
-                let stats = copy_runs(
-                    state.view,
-                    bs,
-                    runs,
-                    &mut sink as &mut (dyn Sink + Send),
-                    &progress,
-                    &mut warnings,
-                )?;
-                sink.finish()?;
-                ids.push(id);
-                stats
-            }
-        };
-        progress.finish();
-        Ok((stats, warnings))
-    }
-}
-
-/// Syncs and closes the output: for QCOW2, writes the snapshot table (one entry per written
-/// state when there are older states) with the current state as the active layer. Returns
-/// the QCOW2 cluster size.
-fn finish_output(
-    out: Out,
-    states: &[StateInput<'_>],
-    opened: &[Option<Filesystem<&dyn BlockView>>],
-    background: BackgroundSync,
-    sync: bool,
-) -> Result<Option<u64>> {
-    match out {
-        Out::Raw(sink) => {
-            drop(background);
-            sink.finish(sync)?;
-            Ok(None)
-        }
-        Out::Qcow(writer, ids) => {
-            drop(background);
-            let cluster = writer.cluster_size();
-            let written: Vec<&StateInput<'_>> = states
-                .iter()
-                .zip(opened)
-                .filter(|(_, f)| f.is_some())
-                .map(|(s, _)| s)
-                .collect();
-            let specs: Vec<SnapshotSpec> = if written.len() > 1 {
-                written
-                    .iter()
-                    .zip(&ids)
-                    .enumerate()
-                    .map(|(k, (s, &id))| SnapshotSpec {
-                        state: id,
-                        id: (k + 1).to_string(),
-                        name: s.name.clone(),
-                        date_sec: s.date.0,
-                        date_nsec: s.date.1,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            writer
-                .finish(ids[0], &specs)
-                .context("cannot finish the QCOW2 image")?;
-            Ok(Some(cluster))
-        }
-    }
+/// Copies one walked state into the sink as its next state. Returns the counts and the
+/// unreadable blocks.
+fn copy_state(
+    sink: &mut dyn Sink,
+    state: &StateInput<'_>,
+    fs: &Filesystem<&dyn BlockView>,
+    walked: &ext::WalkResult,
+    progress: bool,
+    label: &str,
+) -> Result<(CopyStats, Vec<Warning>)> {
+    let bs = fs.sb.block_size;
+    let bytes = walked.blocks.block_count() * u64::from(bs);
+    let progress = Progress::new(progress, bytes, label);
+    let mut warnings = Vec::new();
+    let runs = walked.blocks.extents().iter().map(|e| (e.start, e.len));
+    sink.begin_state()?;
+    let stats = copy_runs(state.view, bs, runs, sink, &progress, &mut warnings)?;
+    sink.end_state()?;
+    progress.finish();
+    Ok((stats, warnings))
 }
 
 #[cfg(test)]
@@ -457,13 +528,29 @@ mod tests {
     }
 
     #[test]
-    fn requested_cluster_size_is_checked() {
+    fn requested_cluster_size_is_checked_against_the_l1_limit() {
         assert_eq!(
             choose_cluster_bits(1 << 30, 4096, false, Some(512)).unwrap(),
             9
         );
-        assert!(choose_cluster_bits(1 << 30, 4096, false, Some(3000)).is_err());
-        assert!(choose_cluster_bits(1 << 30, 4096, false, Some(256)).is_err());
         assert!(choose_cluster_bits(16 << 40, 4096, false, Some(4096)).is_err());
+    }
+
+    #[test]
+    fn tables_follow_the_written_states() {
+        let t = Table {
+            active: 0,
+            entries: (0..3)
+                .map(|s| TableEntry {
+                    state: s,
+                    id: s.to_string(),
+                    name: format!("n{s}"),
+                    date: (0, 0),
+                })
+                .collect(),
+        };
+        let r = remap_table(t, &[true, false, true]);
+        let got: Vec<(usize, &str)> = r.entries.iter().map(|e| (e.state, e.id.as_str())).collect();
+        assert_eq!(got, vec![(0, "0"), (1, "2")]);
     }
 }

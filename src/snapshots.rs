@@ -2,13 +2,23 @@
 //! clusters each shares with other states and the clusters it owns alone.
 
 use crate::export_record::ExportRecord;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use qcow::{Layer, Reader};
 use serde_json::json;
 use std::path::Path;
 
 /// Prints the snapshot table of `image` with per-state cluster counts.
 pub fn list(image: &Path, as_json: bool) -> Result<()> {
+    if !crate::export::is_qcow2(image)? {
+        bail!(
+            "{} is not a QCOW2 image{}",
+            image.display(),
+            match ext_family(image) {
+                Some(f) => format!(" (it looks like an {f} filesystem; export it with -Q)"),
+                None => String::new(),
+            }
+        );
+    }
     let file =
         std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
     let reader =
@@ -67,6 +77,26 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
         "-", "(active layer)", "", shared, own
     );
     Ok(())
+}
+
+/// "ext2", "ext3" or "ext4" when `path` holds an ext filesystem's primary superblock.
+fn ext_family(path: &Path) -> Option<&'static str> {
+    use ext::superblock::{compat, incompat};
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let mut raw = vec![0u8; ext::superblock::SUPERBLOCK_SIZE];
+    f.read_exact_at(&mut raw, ext::superblock::SUPERBLOCK_OFFSET)
+        .ok()?;
+    let sb = ext::Superblock::parse(&raw).ok()?;
+    Some(
+        if sb.has_incompat(incompat::EXTENTS | incompat::BIT64 | incompat::FLEX_BG) {
+            "ext4"
+        } else if sb.has_compat(compat::HAS_JOURNAL) {
+            "ext3"
+        } else {
+            "ext2"
+        },
+    )
 }
 
 /// `YYYY-MM-DD hh:mm:ss` (UTC) for seconds since the epoch.

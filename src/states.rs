@@ -142,7 +142,7 @@ fn open_image<V: BlockView>(
     path: &Path,
     force: bool,
 ) -> Result<(FileView, (u32, u32))> {
-    if let Some(mnt) = crate::mounted::mounted_rw(path).filter(|_| !force) {
+    if let Some(mnt) = crate::sys::mounted::mounted_rw(path).filter(|_| !force) {
         bail!(
             "--snapshot {} is mounted read-write on {}; the image could be inconsistent. Use -f to image it anyway",
             path.display(),

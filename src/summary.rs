@@ -1,11 +1,10 @@
 //! What a run did: printed as warnings on stderr, optionally as JSON on stdout, and turned into
 //! the exit status (0 complete, 3 complete except for the reported skipped parts).
 
-use crate::cli::ExportArgs;
 use crate::copy::CopyStats;
+use crate::plan::{ExportPlan, Format, Output};
 use ext::{BlockClass, Superblock, WalkResult, Warning};
 use serde_json::{json, Map, Value};
-use std::path::Path;
 
 /// Exit status: exported completely.
 pub const EXIT_OK: i32 = 0;
@@ -29,76 +28,74 @@ pub struct Summary {
 impl Summary {
     /// Summary of an export: the current state's counts at the top level, and one entry per
     /// state under `states`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn export(
-        source: &Path,
-        output: &Path,
-        sb: &Superblock,
-        walked: &WalkResult,
-        warnings: Vec<(String, Warning)>,
-        stats: CopyStats,
-        cluster_size: Option<u64>,
-        states: Vec<StateReport>,
-        args: &ExportArgs,
-    ) -> Summary {
+    pub fn export(plan: &ExportPlan, f: ExportFacts<'_>) -> Summary {
         let mut m = Map::new();
-        m.insert("source".into(), json!(source.display().to_string()));
-        m.insert("output".into(), json!(output.display().to_string()));
-        m.insert(
-            "format".into(),
-            json!(if args.raw { "raw" } else { "qcow2" }),
-        );
-        m.insert("data".into(), json!(args.data));
-        m.insert("block_size".into(), json!(sb.block_size));
-        m.insert("blocks_count".into(), json!(sb.s_blocks_count));
-        m.insert("cluster_size".into(), json!(cluster_size));
-        m.insert("blocks_copied".into(), class_counts(walked));
+        m.insert("source".into(), json!(plan.source.display().to_string()));
+        m.insert("output".into(), json!(plan.output.display()));
+        let format = if plan.format == Format::Raw {
+            "raw"
+        } else {
+            "qcow2"
+        };
+        m.insert("format".into(), json!(format));
+        m.insert("data".into(), json!(plan.data));
+        m.insert("block_size".into(), json!(f.sb.block_size));
+        m.insert("blocks_count".into(), json!(f.sb.s_blocks_count));
+        m.insert("cluster_size".into(), json!(f.cluster_size));
+        m.insert("blocks_copied".into(), class_counts(f.walked));
         m.insert(
             "blocks_copied_total".into(),
-            json!(walked.blocks.block_count()),
+            json!(f.walked.blocks.block_count()),
         );
-        m.insert("bytes_read".into(), json!(stats.bytes_copied));
-        m.insert("bytes_written".into(), json!(file_size(output)));
-        m.insert("inodes_in_use".into(), json!(walked.stats.inodes_in_use));
-        m.insert("orphan_inodes".into(), json!(walked.stats.orphan_inodes));
-        m.insert("ea_inodes".into(), json!(walked.stats.ea_inodes));
-        if states.len() > 1 {
+        m.insert("bytes_read".into(), json!(f.stats.bytes_copied));
+        let written = bytes_written(&plan.output, f.stats, f.sb.size_bytes());
+        m.insert("bytes_written".into(), json!(written));
+        m.insert("inodes_in_use".into(), json!(f.walked.stats.inodes_in_use));
+        m.insert("orphan_inodes".into(), json!(f.walked.stats.orphan_inodes));
+        m.insert("ea_inodes".into(), json!(f.walked.stats.ea_inodes));
+        if f.states.len() > 1 {
             m.insert(
                 "states".into(),
-                Value::Array(states.iter().map(StateReport::to_json).collect()),
+                Value::Array(f.states.iter().map(StateReport::to_json).collect()),
             );
         }
-        let single = states.len() <= 1;
-        let warnings = warnings
+        let single = f.states.len() <= 1;
+        let warnings = f
+            .warnings
             .into_iter()
             .map(|(state, w)| if single { (None, w) } else { (Some(state), w) })
             .collect();
+        let mut notes = f.notes;
+        notes.extend(f.walked.notes.iter().cloned());
         Summary {
             warnings,
-            notes: walked.notes.clone(),
+            notes,
             json: m,
         }
     }
 
-    /// Summary of a QCOW2 → raw conversion.
+    /// Summary of a QCOW2 → raw conversion of a `size`-byte disk.
     pub fn conversion(
-        source: &Path,
-        output: &Path,
+        plan: &ExportPlan,
         size: u64,
         warnings: Vec<Warning>,
         stats: CopyStats,
+        notes: Vec<String>,
     ) -> Summary {
         let mut m = Map::new();
-        m.insert("source".into(), json!(source.display().to_string()));
-        m.insert("output".into(), json!(output.display().to_string()));
+        m.insert("source".into(), json!(plan.source.display().to_string()));
+        m.insert("output".into(), json!(plan.output.display()));
         m.insert("format".into(), json!("raw"));
         m.insert("virtual_size".into(), json!(size));
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
-        m.insert("bytes_written".into(), json!(file_size(output)));
+        m.insert(
+            "bytes_written".into(),
+            json!(bytes_written(&plan.output, stats, size)),
+        );
         let warnings = warnings.into_iter().map(|w| (None, w)).collect();
         Summary {
             warnings,
-            notes: Vec::new(),
+            notes,
             json: m,
         }
     }
@@ -208,6 +205,30 @@ impl StateReport {
     }
 }
 
-fn file_size(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+/// Bytes the output holds: a file's length, what was written onto a device, the whole
+/// stream.
+fn bytes_written(out: &Output, stats: CopyStats, size: u64) -> u64 {
+    match out {
+        Output::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        Output::Device(_) => stats.bytes_copied,
+        Output::Stdout => size,
+    }
+}
+
+/// What an export found and did, for [`Summary::export`].
+pub struct ExportFacts<'a> {
+    /// The current state's superblock.
+    pub sb: &'a Superblock,
+    /// The current state's walk.
+    pub walked: &'a WalkResult,
+    /// Every warning, with the state it was found in.
+    pub warnings: Vec<(String, Warning)>,
+    /// Copy counts over all states.
+    pub stats: CopyStats,
+    /// The QCOW2 cluster size in bytes.
+    pub cluster_size: Option<u64>,
+    /// One report per state.
+    pub states: Vec<StateReport>,
+    /// Notes of the run (besides the walk's).
+    pub notes: Vec<String>,
 }

@@ -68,10 +68,10 @@ fn failures_exit_1_and_leave_nothing() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(left.len(), 1, "{left:?}");
-    // A cluster size QEMU cannot address is refused before anything is written.
+    // An invalid cluster size is a usage error, refused before anything is written.
     let img = small_image(&dir);
     let o = run(&[&"-Q", &"--cluster-size", &"3000", &img, &out]);
-    assert_eq!(code(&o), 1);
+    assert_eq!(code(&o), 2);
     assert!(!out.exists());
 }
 

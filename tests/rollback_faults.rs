@@ -201,6 +201,10 @@ impl Case {
 
 /// next3_1snap rolled back to its snapshot: a few runs, so every write is a stop point.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "fault injection needs `--features fault-injection`"
+)]
 fn every_write_of_a_small_rollback() {
     if skip() {
         return;
@@ -223,6 +227,10 @@ fn every_write_of_a_small_rollback() {
 /// A large rollback (a 24 MiB file rewritten, exported with -d): stops at chosen points and at
 /// random ones (the seed is printed; `E2IMAGE_RS_FAULT_SEED` replays it).
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "fault injection needs `--features fault-injection`"
+)]
 fn chosen_and_random_points_of_a_large_rollback() {
     if skip() {
         return;

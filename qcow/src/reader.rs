@@ -22,6 +22,7 @@ use crate::io::read_exact_at;
 use crate::snapshot::{read_snapshot_table, SnapshotInfo};
 use crate::table::{
     compressed_len, decode_be_u64s, guest_clusters, l1_entry_l2_offset, l2_entries, L2Entry,
+    L1E_OFFSET_MASK,
 };
 use crate::Error;
 
@@ -325,6 +326,15 @@ impl LayerReader<'_> {
     /// The layer this reader reads.
     pub fn layer(&self) -> Layer {
         self.layer
+    }
+
+    /// True if this layer and `other` map every guest cluster through the same L2 tables (their
+    /// L1 entries point at the same host clusters; flags and missing tail entries aside), so
+    /// they read the same guest data without reading any L2 table.
+    pub fn same_tables(&self, other: &LayerReader<'_>) -> bool {
+        let n = self.l1.len().max(other.l1.len());
+        let at = |l1: &[u64], i: usize| l1.get(i).map_or(0, |e| e & L1E_OFFSET_MASK);
+        (0..n).all(|i| at(&self.l1, i) == at(&other.l1, i))
     }
 
     fn cluster_bits(&self) -> u32 {

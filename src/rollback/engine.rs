@@ -16,7 +16,7 @@
 //! Writes go out in pieces of at most [`WRITE_PIECE_BYTES`]. A power cut can tear a piece, so
 //! while the patch says applying or undoing, a block holding neither side is accepted when each
 //! of its 512-byte sectors (the unit a disk writes atomically) holds the old, the new or the
-//! "not clean" bytes: it is one we were writing. Fault injection for the tests: with
+//! "not clean" bytes: it is one we were writing. Fault injection for the tests (compiled in only with the cargo feature `fault-injection`): with
 //! `E2IMAGE_RS_FAULT_AFTER_WRITES=k` the process stops right after its k-th write (to the
 //! target or the patch state record), by returning an error, with `E2IMAGE_RS_FAULT_ABORT=1` by
 //! aborting, and with `E2IMAGE_RS_FAULT_TORN=1` by writing only part of a target write (ending
@@ -46,10 +46,13 @@ pub enum Goal {
 /// What a drive did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Driven {
-    /// Blocks written (the superblock block counted once per write).
+    /// Blocks that received their goal bytes (each counted once; the superblock block's
+    /// "not clean" mark written first is not counted).
     pub blocks_written: u64,
-    /// Bytes written to the target.
+    /// Bytes of those blocks.
     pub bytes_written: u64,
+    /// The target held the goal side already: nothing was written.
+    pub already: bool,
 }
 
 /// An error after which the target may be part-way: `touched` tells whether anything was
@@ -91,8 +94,17 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Reads the fault-injection variables from the environment.
+    /// Reads the fault-injection variables from the environment; without the
+    /// `fault-injection` feature (release builds) nothing is read and no fault is injected.
     pub fn from_env() -> Faults {
+        if !cfg!(feature = "fault-injection") {
+            return Faults {
+                after: None,
+                abort: false,
+                torn: false,
+                count: 0,
+            };
+        }
         Faults {
             after: std::env::var("E2IMAGE_RS_FAULT_AFTER_WRITES")
                 .ok()
@@ -157,6 +169,8 @@ pub fn drive(
         touched: false,
         out: Driven::default(),
     };
+    // A signal now only stops the drive between two writes (see `Driver::write`).
+    let _deferred = crate::sys::signals::Deferred::enter();
     match d.run() {
         Ok(()) => Ok(d.out),
         Err(error) => Err(DriveError {
@@ -186,6 +200,7 @@ impl Driver<'_> {
             if self.patch.state() != finished {
                 self.patch.set_state(finished)?;
             }
+            self.out.already = true;
             return Ok(());
         }
         self.patch.set_state(working)?;
@@ -194,7 +209,7 @@ impl Driver<'_> {
         let sb_index = sb.digest_index as usize;
         if holds[sb_index] != Holds::Dirty {
             let dirty = self.patch.dirty_block()?;
-            self.write(sb.first_block, &dirty)?;
+            self.write(sb.first_block, &dirty, false)?;
             self.target.sync()?;
         }
         let runs = self.patch.runs.clone();
@@ -204,7 +219,7 @@ impl Driver<'_> {
         self.target.sync()?;
         let mut block = vec![0u8; self.patch.header.block_size as usize];
         self.read_goal(&sb, 0, &mut block)?;
-        self.write(sb.first_block, &block)?;
+        self.write(sb.first_block, &block, true)?;
         self.target.sync()?;
         self.patch.set_state(finished)?;
         self.faults.wrote()
@@ -311,7 +326,7 @@ impl Driver<'_> {
             }
             buf.resize(n as usize * bs, 0);
             self.read_goal(r, i, &mut buf)?;
-            self.write(r.first_block + i, &buf)?;
+            self.write(r.first_block + i, &buf, true)?;
             i += n;
         }
         Ok(())
@@ -322,13 +337,21 @@ impl Driver<'_> {
         self.patch.read_blocks(r, i, self.goal == Goal::New, buf)
     }
 
-    fn write(&mut self, block: u64, data: &[u8]) -> Result<()> {
+    /// Writes `data` at `block`; `counted`: these are goal bytes (not the "not clean" mark).
+    /// Stops before writing when the run was interrupted (a signal), between two writes.
+    fn write(&mut self, block: u64, data: &[u8], counted: bool) -> Result<()> {
+        crate::sys::faults::stall();
+        if let Some(sig) = crate::sys::signals::interrupted() {
+            bail!("interrupted by {}", crate::sys::signals::name(sig));
+        }
         let bs = u64::from(self.patch.header.block_size);
         self.touched = true;
         let part = self.faults.written_part(data.len(), bs as usize);
         self.target.write_at(block * bs, &data[..part])?;
-        self.out.blocks_written += data.len() as u64 / bs;
-        self.out.bytes_written += data.len() as u64;
+        if counted {
+            self.out.blocks_written += data.len() as u64 / bs;
+            self.out.bytes_written += data.len() as u64;
+        }
         self.faults.wrote()
     }
 }

@@ -21,9 +21,11 @@ mod target;
 use crate::cli::RollbackArgs;
 use crate::e2undo::UndoFileWriter;
 use crate::export_record::ExportRecord;
-use crate::output::TempOutput;
 use crate::qcow_view::QcowView;
 use crate::states::uuid;
+use crate::summary::{EXIT_OK, EXIT_USAGE};
+use crate::sys::identity::same_name_or_target;
+use crate::sys::output::TempOutput;
 use anyhow::{bail, Context, Result};
 use diff::RunSink;
 use engine::{drive, DriveError, Faults, Goal};
@@ -33,16 +35,10 @@ use patch::{Patch, PatchHeader, PatchState, PatchWriter};
 use qcow::reader::{Layer, Reader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use target::{not_clean, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
+use target::{not_clean, part_way_patch, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
 
-/// Exit status of a finished rollback, resume or undo.
-pub const EXIT_DONE: i32 = 0;
-/// Exit status of a refused or failed one (the message says whether the target is untouched).
-pub const EXIT_REFUSED: i32 = 1;
-/// Exit status of a usage error.
-pub const EXIT_USAGE: i32 = 2;
-
-/// Runs the `rollback` subcommand and returns the exit status; prints its own messages.
+/// Runs the `rollback` subcommand and returns the exit status (0 done, 1 refused or failed —
+/// the message says where the target stands —, 2 usage error); prints its own messages.
 pub fn run(args: &RollbackArgs) -> i32 {
     let r = match (&args.resume, &args.undo) {
         (Some(p), None) => finish(p, one_target(args), Goal::New),
@@ -50,18 +46,33 @@ pub fn run(args: &RollbackArgs) -> i32 {
         _ => apply(args),
     };
     match r {
-        Ok(()) => EXIT_DONE,
+        Ok(()) => EXIT_OK,
         Err(Failure::Usage(m)) => {
-            eprintln!("e2image-rs rollback: {m}");
+            eprintln!("e2image-rs: error: {m}");
             eprintln!("usage: e2image-rs rollback IMAGE TARGET [--snapshot ID|NAME] --patch PATCH [--undo-file FILE] [--dry-run] [--force]");
             eprintln!("       e2image-rs rollback --resume PATCH TARGET | --undo PATCH TARGET");
             EXIT_USAGE
         }
-        Err(Failure::Refused(e)) => {
-            eprintln!("e2image-rs: error: {e:#}");
-            EXIT_REFUSED
+        Err(Failure::Refused(e)) => crate::fail(&e, false),
+    }
+}
+
+/// Refuses (usage error) when two of the named paths are the same file or device, or the same
+/// name for files still to be created: a patch or undo file written over the target or the
+/// image would destroy it.
+fn check_distinct(named: &[(&str, &Path)]) -> Result<(), Failure> {
+    for (i, (ra, a)) in named.iter().enumerate() {
+        for (rb, b) in &named[i + 1..] {
+            if same_name_or_target(a, b) {
+                return Err(Failure::Usage(format!(
+                    "{ra} {} and {rb} {} are the same file or device; nothing was written",
+                    a.display(),
+                    b.display()
+                )));
+            }
         }
     }
+    Ok(())
 }
 
 enum Failure {
@@ -90,22 +101,54 @@ fn one_target(args: &RollbackArgs) -> Result<&Path, Failure> {
 /// `--resume` / `--undo`: verify the patch, then drive the target to `goal`.
 fn finish(patch: &Path, target: Result<&Path, Failure>, goal: Goal) -> Result<(), Failure> {
     let target = target?;
-    let mut p = Patch::open(patch, true)?;
-    let t = Target::open(target, true)?;
+    check_distinct(&[("the patch", patch), ("TARGET", target)])?;
+    let t = Target::open(target, true).map_err(|e| then(e, "nothing was written"))?;
+    let mut p = Patch::open(patch, true).map_err(|e| unusable_patch(e, patch, &t))?;
     check_patch_target(&p, &t)?;
     let before = p.state();
     let d = drive(&mut p, &t, goal, &mut Faults::from_env())
-        .map_err(|e| stated(e, patch, &t, before == PatchState::Prepared))?;
-    println!(
-        "{}: {} blocks ({} bytes) written; patch {} was {}, now {}",
-        t.path().display(),
-        d.blocks_written,
-        d.bytes_written,
-        patch.display(),
-        before.name(),
-        p.state().name()
-    );
+        .map_err(|e| stated(e, patch, &t, before))?;
+    let (tp, pp) = (t.path().display(), patch.display());
+    let side = match goal {
+        Goal::New => "the rolled-back state",
+        Goal::Old => "its state from before the rollback",
+    };
+    if d.already {
+        println!(
+            "{tp} already holds {side}; nothing was written (patch {pp} is {})",
+            p.state().name()
+        );
+    } else {
+        println!(
+            "{tp} holds {side}: {} blocks ({} bytes) written; patch {pp} is {}",
+            d.blocks_written,
+            d.bytes_written,
+            p.state().name()
+        );
+    }
     Ok(())
+}
+
+/// A patch that cannot be opened or fails its checksums: says where the target stands and
+/// what can still bring it back.
+fn unusable_patch(e: anyhow::Error, patch: &Path, t: &Target) -> Failure {
+    let tp = t.path().display();
+    let part_way = read_target_sb_raw(t)
+        .ok()
+        .and_then(|sb| part_way_patch(&sb));
+    let state = match part_way {
+        Some(by) => format!(
+            "nothing was written; {tp} is part-way through the rollback of patch {by}, and {pp} cannot finish or rewind it: restore the patch from a copy and run `e2image-rs rollback --resume` or `--undo` again, or rewind with the undo file if one was written (`e2undo FILE {tp}`), else repair with `e2fsck -f {tp}`",
+            pp = patch.display()
+        ),
+        None => format!("nothing was written; {tp} is as it was"),
+    };
+    Failure::Refused(then(e, &state))
+}
+
+/// The error `e` followed by what it means for the target: "problem; consequence".
+fn then(e: anyhow::Error, consequence: &str) -> anyhow::Error {
+    anyhow::anyhow!("{}; {consequence}", crate::error_text(&e))
 }
 
 /// The target's superblock must name the patch's filesystem (it may hold either side, or the
@@ -126,23 +169,34 @@ fn check_patch_target(p: &Patch, t: &Target) -> Result<()> {
     Ok(())
 }
 
-/// Turns a drive error into a message stating where the target stands; `fresh` when no
-/// earlier run of the patch can have written to it.
-fn stated(e: DriveError, patch: &Path, t: &Target, fresh: bool) -> Failure {
+/// Turns a drive error into a message stating where the target stands and what to do next;
+/// `before` is the patch's state when this run began.
+fn stated(e: DriveError, patch: &Path, t: &Target, before: PatchState) -> Failure {
     let (p, tp) = (patch.display(), t.path().display());
     let state = if e.touched {
         format!("{tp} is part-way: finish with `e2image-rs rollback --resume {p} {tp}`, or rewind with `e2image-rs rollback --undo {p} {tp}`")
-    } else if fresh {
-        format!("{tp} is untouched")
+    } else if before == PatchState::Prepared {
+        format!("nothing was written; {tp} is untouched")
+    } else if matches!(before, PatchState::Applying | PatchState::Undoing) {
+        format!("this run wrote nothing; {tp} is part-way, as the interrupted run of {p} left it, and something else has written to it since, so neither --resume nor --undo can finish exactly: rewind with the undo file if one was written (`e2undo FILE {tp}`), else repair with `e2fsck -f {tp}`")
     } else {
-        format!("this run wrote nothing; {tp} is as the earlier run of {p} left it")
+        format!(
+            "this run wrote nothing; {tp} is as the earlier run of {p} left it (patch {})",
+            before.name()
+        )
     };
-    Failure::Refused(e.error.context(state))
+    Failure::Refused(then(e.error, &state))
+}
+
+/// The target's primary superblock bytes.
+fn read_target_sb_raw(t: &Target) -> Result<Vec<u8>> {
+    let mut raw = vec![0u8; SUPERBLOCK_BYTES];
+    t.read_at(SUPERBLOCK_OFFSET, &mut raw)?;
+    Ok(raw)
 }
 
 fn read_target_sb(t: &Target) -> Result<ext::Superblock> {
-    let mut raw = vec![0u8; SUPERBLOCK_BYTES];
-    t.read_at(SUPERBLOCK_OFFSET, &mut raw)?;
+    let raw = read_target_sb_raw(t)?;
     ext::Superblock::parse(&raw).with_context(|| {
         format!(
             "{}: no valid ext2/3/4 superblock at byte {SUPERBLOCK_OFFSET}; nothing was written",
@@ -159,18 +213,25 @@ fn apply(args: &RollbackArgs) -> Result<(), Failure> {
     if args.patch.is_none() && !args.dry_run {
         return Err(Failure::Usage("--patch PATCH is required".into()));
     }
+    let mut named: Vec<(&str, &Path)> = vec![("IMAGE", image), ("TARGET", target)];
+    named.extend(args.patch.as_deref().map(|p| ("--patch", p)));
+    named.extend(args.undo_file.as_deref().map(|u| ("--undo-file", u)));
+    check_distinct(&named)?;
     let untouched = |e: anyhow::Error| {
-        e.context(format!(
-            "rollback refused: nothing was written, {} is untouched",
-            target.display()
-        ))
+        then(
+            e,
+            &format!(
+                "rollback refused: nothing was written, {} is untouched",
+                target.display()
+            ),
+        )
     };
     let Some((patch_path, t, label)) = prepare(args, image, target).map_err(untouched)? else {
         return Ok(());
     };
     let mut p = Patch::open_fresh(&patch_path)?;
     let d = drive(&mut p, &t, Goal::New, &mut Faults::from_env())
-        .map_err(|e| stated(e, &patch_path, &t, true))?;
+        .map_err(|e| stated(e, &patch_path, &t, PatchState::Prepared))?;
     println!(
         "{}: rolled back to {label}: {} blocks ({} bytes) written; `e2image-rs rollback --undo {} {}` rewinds it",
         t.path().display(),
@@ -208,6 +269,12 @@ fn prepare(
     let fs = Filesystem::open(view, &OpenOptions::default())
         .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
     let t = Target::open(target, !args.dry_run)?;
+    if let Some(by) = part_way_patch(&read_target_sb_raw(&t)?) {
+        bail!(
+            "{tp} is part-way through the rollback of patch {by}: finish that one first with `e2image-rs rollback --resume PATCH {tp}`, or rewind it with `--undo PATCH {tp}`",
+            tp = t.path().display()
+        );
+    }
     check_same_fs(&fs, &t, image, &label)?;
     let walk = ext::walk(
         &fs,
@@ -247,8 +314,11 @@ fn prepare(
         bail!("{}\n--force rolls back anyway", conflicts.render(10));
     }
     let patch_path = args.patch.clone().unwrap_or_default();
-    let rep = plan.write_patch(&patch_path, args.undo_file.as_deref())?;
+    let (rep, undo_line) = plan.write_patch(&patch_path, args.undo_file.as_deref())?;
     print!("{}", rep.render(&plan, &conflicts, false));
+    if let Some(line) = undo_line {
+        println!("{line}");
+    }
     Ok(Some((patch_path, t, label)))
 }
 
@@ -387,19 +457,20 @@ impl Plan<'_> {
         Ok(out.report)
     }
 
-    /// Writes the patch (and the undo file) under temporary names, flushes and renames them.
-    fn write_patch(&self, path: &Path, undo_file: Option<&Path>) -> Result<report::Report> {
+    /// Writes the patch (and the undo file) under temporary names, flushes and renames them
+    /// (never over an existing file). Returns the report and the line about the undo file.
+    fn write_patch(
+        &self,
+        path: &Path,
+        undo_file: Option<&Path>,
+    ) -> Result<(report::Report, Option<String>)> {
         let bs = self.fs.sb.block_size;
         let (tmp, file) = TempOutput::create(path)?;
-        let undo = match undo_file {
+        let (utmp, uw) = match undo_file {
             Some(u) => {
                 let (utmp, ufile) = TempOutput::create(u)?;
-                Some((utmp, UndoFileWriter::create(ufile, bs)?))
+                (Some(utmp), Some(UndoFileWriter::create(ufile, bs)?))
             }
-            None => None,
-        };
-        let (utmp, uw) = match undo {
-            Some((t, w)) => (Some(t), Some(w)),
             None => (None, None),
         };
         let mut out = Outputs {
@@ -416,24 +487,29 @@ impl Plan<'_> {
         let sb_at = (SUPERBLOCK_OFFSET % u64::from(bs)) as usize;
         let header = self.header()?;
         let pw = out.patch.take().context("no patch writer")?;
-        pw.finish(header, &not_clean(&sb_old, sb_at))?;
-        if let (Some(u), Some(utmp)) = (out.undo.take(), utmp) {
+        pw.finish(header, &not_clean(&sb_old, sb_at, path))?;
+        let mut undo_line = None;
+        if let (Some(u), Some(utmp), Some(name)) = (out.undo.take(), utmp, undo_file) {
             let mut rec = [0u8; SUPERBLOCK_BYTES];
             rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_BYTES]);
             let (keys, bytes) = (u.num_keys(), u.file_size());
             let f = u.finish(&rec)?;
             f.sync_all().context("cannot flush the undo file")?;
-            utmp.commit(true)?;
-            if let Some(name) = undo_file {
-                println!(
-                    "  undo file {}: {keys} keys, {bytes} bytes; `e2undo {} TARGET` rewinds the rollback",
-                    name.display(),
-                    name.display()
-                );
-            }
+            utmp.commit_new()?;
+            undo_line = Some(format!(
+                "  undo file {}: {keys} keys, {bytes} bytes; `e2undo {} {}` rewinds the rollback",
+                name.display(),
+                name.display(),
+                self.target.path().display()
+            ));
         }
-        tmp.commit(true)?;
-        Ok(out.report)
+        if let Err(e) = tmp.commit_new() {
+            if let Some(u) = undo_file {
+                let _ = std::fs::remove_file(u);
+            }
+            return Err(e);
+        }
+        Ok((out.report, undo_line))
     }
 
     fn header(&self) -> Result<PatchHeader> {

@@ -407,12 +407,10 @@ impl Patch {
             .write(write)
             .open(path)
             .with_context(|| format!("cannot open the patch {}", path.display()))?;
-        let corrupt = |e: anyhow::Error| {
-            e.context(format!(
-                "patch {} is corrupt; nothing was written",
-                path.display()
-            ))
-        };
+        if write {
+            crate::sys::lock::exclusive(&file, path, "the patch")?;
+        }
+        let corrupt = |e: anyhow::Error| e.context(format!("patch {} is corrupt", path.display()));
         let p = Patch::read_parts(file, path).map_err(corrupt)?;
         if data {
             p.verify_data().map_err(corrupt)?;

@@ -1,7 +1,13 @@
 //! The device or image file a rollback writes to: refused when mounted, opened exclusively when
-//! it is a block device, read and written in whole filesystem blocks.
+//! it is a block device, locked (flock) against other e2image-rs runs, read and written in
+//! whole filesystem blocks.
+//!
+//! While a rollback is part-way, the target's primary superblock is the "not clean" variant
+//! ([`not_clean`]): `s_state` without EXT2_VALID_FS, and `s_last_mounted` naming the patch
+//! (`e2image-rs rollback: PATH`, cut from the left to fit its 64 bytes), so that a later run
+//! (or a person reading `dumpe2fs`) can tell which patch finishes or rewinds it.
 
-use crate::mounted::mounted_anywhere;
+use crate::sys::mounted::mounted_anywhere;
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -19,6 +25,11 @@ const EXT2_VALID_FS: u16 = 1;
 const S_FEATURE_RO_COMPAT_AT: usize = 0x64;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const S_CHECKSUM_AT: usize = 0x3FC;
+/// `s_last_mounted` (char[64]) offset and size.
+const S_LAST_MOUNTED_AT: usize = 0x88;
+const S_LAST_MOUNTED_BYTES: usize = 64;
+/// Prefix of the part-way mark in `s_last_mounted`.
+const PART_WAY_MARK: &str = "e2image-rs rollback: ";
 
 /// An opened rollback target.
 pub struct Target {
@@ -35,6 +46,16 @@ impl Target {
     /// # Errors
     /// Mounted or busy target, I/O errors.
     pub fn open(path: &Path, write: bool) -> Result<Target> {
+        let t = Target::open_unlocked(path, write)?;
+        if write {
+            crate::sys::lock::exclusive(&t.file, path, "the target")?;
+        } else {
+            crate::sys::lock::shared(&t.file, path, "the target")?;
+        }
+        Ok(t)
+    }
+
+    fn open_unlocked(path: &Path, write: bool) -> Result<Target> {
         if let Some(at) = mounted_anywhere(path) {
             bail!(
                 "{} is mounted on {}: unmount it first; nothing was written",
@@ -113,13 +134,18 @@ impl Target {
 }
 
 /// The superblock block `block` with `s_state` saying "not cleanly unmounted" (EXT2_VALID_FS
-/// cleared) and, with metadata_csum, `s_checksum` recomputed. `sb_at` is the superblock's byte
-/// offset inside the block.
-pub fn not_clean(block: &[u8], sb_at: usize) -> Vec<u8> {
+/// cleared), `s_last_mounted` naming `patch` (see the module comment) and, with
+/// metadata_csum, `s_checksum` recomputed. `sb_at` is the superblock's byte offset inside
+/// the block.
+pub fn not_clean(block: &[u8], sb_at: usize, patch: &Path) -> Vec<u8> {
     let mut b = block.to_vec();
     let sb = &mut b[sb_at..sb_at + SUPERBLOCK_BYTES];
     let state = u16::from_le_bytes([sb[S_STATE_AT], sb[S_STATE_AT + 1]]) & !EXT2_VALID_FS;
     sb[S_STATE_AT..S_STATE_AT + 2].copy_from_slice(&state.to_le_bytes());
+    let mark = part_way_mark(patch);
+    let field = &mut sb[S_LAST_MOUNTED_AT..S_LAST_MOUNTED_AT + S_LAST_MOUNTED_BYTES];
+    field.fill(0);
+    field[..mark.len()].copy_from_slice(mark.as_bytes());
     let ro = u32::from_le_bytes(
         sb[S_FEATURE_RO_COMPAT_AT..S_FEATURE_RO_COMPAT_AT + 4]
             .try_into()
@@ -130,4 +156,52 @@ pub fn not_clean(block: &[u8], sb_at: usize) -> Vec<u8> {
         sb[S_CHECKSUM_AT..S_CHECKSUM_AT + 4].copy_from_slice(&c.to_le_bytes());
     }
     b
+}
+
+/// `e2image-rs rollback: PATH` in at most 63 bytes (NUL-terminated field): the path is cut
+/// from the left, at a character boundary, marked with `…`.
+fn part_way_mark(patch: &Path) -> String {
+    let path = std::path::absolute(patch).unwrap_or_else(|_| patch.to_path_buf());
+    let path = path.display().to_string();
+    let room = S_LAST_MOUNTED_BYTES - 1 - PART_WAY_MARK.len();
+    if path.len() <= room {
+        return format!("{PART_WAY_MARK}{path}");
+    }
+    let mut cut = path.len() + '…'.len_utf8() - room;
+    while !path.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("{PART_WAY_MARK}…{}", &path[cut..])
+}
+
+/// The patch a part-way rollback left its mark for in the superblock `sb` (1024 bytes), if the
+/// filesystem is marked not clean by one.
+pub fn part_way_patch(sb: &[u8]) -> Option<String> {
+    let state = u16::from_le_bytes([*sb.get(S_STATE_AT)?, *sb.get(S_STATE_AT + 1)?]);
+    if state & EXT2_VALID_FS != 0 {
+        return None;
+    }
+    let field = sb.get(S_LAST_MOUNTED_AT..S_LAST_MOUNTED_AT + S_LAST_MOUNTED_BYTES)?;
+    let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
+    let text = String::from_utf8_lossy(&field[..end]);
+    text.strip_prefix(PART_WAY_MARK).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_way_mark_round_trips_and_fits() {
+        let mut sb = vec![0u8; SUPERBLOCK_BYTES];
+        sb[S_STATE_AT] = 1;
+        let long = format!("/{}/patch", "d".repeat(100));
+        for p in ["/tmp/p1", long.as_str()] {
+            let b = not_clean(&sb, 0, Path::new(p));
+            let got = part_way_patch(&b).unwrap();
+            assert!(p.ends_with(got.trim_start_matches('…')), "{got}");
+            assert!(b[S_LAST_MOUNTED_AT + S_LAST_MOUNTED_BYTES - 1] == 0);
+        }
+        assert_eq!(part_way_patch(&sb), None);
+    }
 }

@@ -522,3 +522,15 @@ pub fn snapshot_list(q: &Path) -> serde_json::Value {
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
 }
+
+/// Reports that (part of) a test was skipped, on the process's own stderr: libtest captures
+/// only `print!`/`eprint!`, so this line shows in `cargo test` output even for a passing
+/// test, and a run without a tool cannot be mistaken for a run with it.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = std::io::stderr().write_all(format!("SKIPPED {name}: {why}\n").as_bytes());
+}

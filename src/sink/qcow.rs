@@ -1,123 +1,92 @@
-//! Image writers behind one interface: the copy engine hands over runs of bytes at device
-//! offsets, in increasing order, and the sink lays them out.
+//! QCOW2 output: any number of states, each an L1 table; every state after the first shares
+//! each cluster equal to the previous (next newer) state's (an inverted chain of internal
+//! snapshots).
 //!
-//! All-zero data is never written out. The raw sink leaves a hole, as e2image does (a hole
-//! reads back as zeros). The QCOW2 sink records an all-zero copied cluster as a zero cluster
-//! (v3 zero flag, no host cluster), so the image says which blocks it holds: a zero cluster was
-//! copied and is zero, an unallocated one was not copied. Version 2 has no zero flag, so there
-//! all-zero clusters stay unallocated and the two cases cannot be told apart.
+//! All-zero data is never written out. A copied all-zero cluster is recorded as a zero cluster
+//! (v3 zero flag, no host cluster), so the image says which blocks it holds: a zero cluster
+//! was copied and is zero, an unallocated one was not copied. Version 2 has no zero flag, so
+//! there all-zero clusters stay unallocated and the two cases cannot be told apart.
 
+use super::{is_zero, Sink, Table};
 use anyhow::{Context, Result};
-use qcow::{StateId, Version, Writer};
+use qcow::{SnapshotSpec, StateId, Version, Writer, WriterOptions};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
-/// Granularity of zero detection in raw output, in bytes.
-const RAW_ZERO_GRANULE: usize = 4096;
-
-/// Where copied bytes go.
-pub trait Sink {
-    /// Writes `data` at byte `offset` of the image. Calls come in strictly increasing,
-    /// non-overlapping offset order.
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+/// How to write the QCOW2 image (the default: 64 KiB clusters, v3, no extension).
+#[derive(Clone, Debug)]
+pub struct QcowOptions {
+    /// log2 of the cluster size in bytes.
+    pub cluster_bits: u32,
+    /// QCOW2 version.
+    pub version: Version,
+    /// Private header extensions to add: (type, data).
+    pub extensions: Vec<(u32, Vec<u8>)>,
 }
 
-/// True if every byte is zero (16 bytes at a time, which the compiler vectorises).
-pub fn is_zero(b: &[u8]) -> bool {
-    let (words, rest) = b.as_chunks::<16>();
-    words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && rest.iter().all(|&x| x == 0)
-}
-
-/// A sparse raw image: the file has the filesystem's size and holds only the copied,
-/// non-zero bytes at their own offsets.
-pub struct RawSink {
-    file: File,
-    size: u64,
-}
-
-impl RawSink {
-    /// Sizes the (new, empty) file to `size` bytes.
-    pub fn new(file: File, size: u64) -> Result<RawSink> {
-        file.set_len(size).context("cannot size the raw image")?;
-        Ok(RawSink { file, size })
-    }
-
-    /// Finishes the image, flushing it to stable storage when `sync` is set.
-    pub fn finish(self, sync: bool) -> Result<File> {
-        if sync {
-            self.file.sync_all().context("cannot sync the raw image")?;
+impl Default for QcowOptions {
+    fn default() -> QcowOptions {
+        QcowOptions {
+            cluster_bits: 16,
+            version: Version::V3,
+            extensions: Vec::new(),
         }
-        Ok(self.file)
     }
 }
 
-impl Sink for RawSink {
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        // Never extend the image past its size (a last QCOW2 cluster may overhang it).
-        let keep = self.size.saturating_sub(offset).min(data.len() as u64) as usize;
-        let data = &data[..keep];
-        let mut pos = 0;
-        while pos < data.len() {
-            let skip = data[pos..]
-                .chunks(RAW_ZERO_GRANULE)
-                .take_while(|c| is_zero(c))
-                .count();
-            pos = (pos + skip * RAW_ZERO_GRANULE).min(data.len());
-            let run = data[pos..]
-                .chunks(RAW_ZERO_GRANULE)
-                .take_while(|c| !is_zero(c))
-                .count();
-            let end = (pos + run * RAW_ZERO_GRANULE).min(data.len());
-            if end > pos {
-                self.file
-                    .write_all_at(&data[pos..end], offset + pos as u64)
-                    .with_context(|| {
-                        format!(
-                            "write error at byte {} of the raw image",
-                            offset + pos as u64
-                        )
-                    })?;
-            }
-            pos = end;
-        }
-        Ok(())
-    }
-}
-
-/// A QCOW2 state being written: runs are cut into guest clusters; a cluster only partly
-/// covered is assembled in a buffer (the rest stays zero) until the next cluster starts.
-/// All-zero clusters become zero clusters in v3 and stay unallocated in v2.
-pub struct QcowSink<'w> {
-    writer: &'w mut Writer,
-    state: StateId,
-    base: Option<StateId>,
+/// The QCOW2 sink. Runs are cut into guest clusters; a cluster only partly covered is
+/// assembled in a buffer (the rest stays zero) until the next cluster starts.
+pub struct QcowSink {
+    writer: Writer,
+    /// The states written so far, in order; the last is being written.
+    states: Vec<StateId>,
     cluster: usize,
     /// The image is v3: record all-zero clusters with the zero flag instead of skipping them.
     zero_flag: bool,
     pending: Option<(u64, Vec<u8>)>,
 }
 
-impl<'w> QcowSink<'w> {
-    /// A sink writing `state`; with `base`, clusters equal to `base`'s are shared, not written.
-    pub fn new(writer: &'w mut Writer, state: StateId, base: Option<StateId>) -> QcowSink<'w> {
+impl QcowSink {
+    /// A QCOW2 image of a `size`-byte disk in the new, empty `file`.
+    ///
+    /// # Errors
+    /// Invalid options; write errors.
+    pub fn create(file: File, size: u64, o: &QcowOptions) -> Result<QcowSink> {
+        let opts = WriterOptions {
+            cluster_bits: o.cluster_bits,
+            virtual_size: size,
+            version: o.version,
+        };
+        let mut writer = Writer::create(file, opts).context("cannot start the QCOW2 image")?;
+        for (t, data) in &o.extensions {
+            writer.add_header_extension(*t, data)?;
+        }
+        Ok(QcowSink::new(writer))
+    }
+
+    fn new(writer: Writer) -> QcowSink {
         let cluster = writer.cluster_size() as usize;
         let zero_flag = writer.version() == Version::V3;
         QcowSink {
             writer,
-            state,
-            base,
+            states: Vec::new(),
             cluster,
             zero_flag,
             pending: None,
         }
     }
 
+    fn state(&self) -> Result<StateId> {
+        self.states.last().copied().context("no state begun")
+    }
+
     fn put(&mut self, guest_cluster: u64, data: &[u8]) -> Result<()> {
-        let r = match self.base {
+        let state = self.state()?;
+        let base = self.states.len().checked_sub(2).map(|i| self.states[i]);
+        let r = match base {
             Some(base) => self
                 .writer
-                .write_clusters_dedup(self.state, guest_cluster, data, base),
-            None => self.writer.write_clusters(self.state, guest_cluster, data),
+                .write_clusters_dedup(state, guest_cluster, data, base),
+            None => self.writer.write_clusters(state, guest_cluster, data),
         };
         r.with_context(|| format!("cannot write guest cluster {guest_cluster} of the QCOW2 image"))
     }
@@ -128,8 +97,9 @@ impl<'w> QcowSink<'w> {
         if !self.zero_flag {
             return Ok(());
         }
+        let state = self.state()?;
         self.writer
-            .write_zero_clusters(self.state, first, count)
+            .write_zero_clusters(state, first, count)
             .with_context(|| {
                 format!("cannot record zero guest clusters {first}+{count} of the QCOW2 image")
             })
@@ -165,14 +135,15 @@ impl<'w> QcowSink<'w> {
         }
         Ok(())
     }
-
-    /// Writes the last partial cluster.
-    pub fn finish(mut self) -> Result<()> {
-        self.flush_pending()
-    }
 }
 
-impl Sink for QcowSink<'_> {
+impl Sink for QcowSink {
+    fn begin_state(&mut self) -> Result<()> {
+        let id = self.writer.new_state();
+        self.states.push(id);
+        Ok(())
+    }
+
     fn write(&mut self, mut offset: u64, mut data: &[u8]) -> Result<()> {
         let c = self.cluster as u64;
         while !data.is_empty() {
@@ -199,12 +170,44 @@ impl Sink for QcowSink<'_> {
         }
         Ok(())
     }
+
+    fn end_state(&mut self) -> Result<()> {
+        self.flush_pending()
+    }
+
+    fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Option<u64>> {
+        let QcowSink {
+            mut writer, states, ..
+        } = *self;
+        let at = |i: usize| {
+            states
+                .get(i)
+                .copied()
+                .with_context(|| format!("state {i} was not written"))
+        };
+        let mut specs = Vec::with_capacity(table.entries.len());
+        for e in &table.entries {
+            specs.push(SnapshotSpec {
+                state: at(e.state)?,
+                id: e.id.clone(),
+                name: e.name.clone(),
+                date_sec: e.date.0,
+                date_nsec: e.date.1,
+            });
+        }
+        let cluster = writer.cluster_size();
+        writer.set_sync(sync);
+        writer
+            .finish(at(table.active)?, &specs)
+            .context("cannot finish the QCOW2 image")?;
+        Ok(Some(cluster))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qcow::{ClusterMapping, Layer, Reader, WriterOptions};
+    use qcow::{ClusterMapping, Layer, Reader};
     use std::fs::OpenOptions;
 
     /// Writes, through a `QcowSink` with 4 KiB clusters: clusters 0-1 data, 2-4 zero (one
@@ -228,18 +231,17 @@ mod tests {
             virtual_size: 1 << 20,
             version,
         };
-        let mut w = Writer::create(file, opts).unwrap();
-        w.set_sync(false);
-        let s = w.new_state();
-        let mut sink = QcowSink::new(&mut w, s, None);
+        let w = Writer::create(file, opts).unwrap();
+        let mut sink = Box::new(QcowSink::new(w));
+        sink.begin_state().unwrap();
         let mut run = vec![0u8; 6 * 4096];
         run[..2 * 4096].fill(7);
         run[5 * 4096..].fill(9);
         sink.write(0, &run).unwrap();
         sink.write(8 * 4096 + 1024, &[0u8; 1024]).unwrap();
         sink.write(9 * 4096 + 2048, &[3u8; 1024]).unwrap();
-        sink.finish().unwrap();
-        w.finish(s, &[]).unwrap();
+        sink.end_state().unwrap();
+        sink.finish(&Table::default(), false).unwrap();
         let r = Reader::open(File::open(&path).unwrap()).unwrap();
         let lr = r.layer(Layer::Active).unwrap();
         let m = (0..12).map(|g| lr.mapping(g).unwrap()).collect();

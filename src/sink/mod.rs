@@ -1,0 +1,143 @@
+//! Image writers behind one interface: the copy engine hands over runs of bytes at device
+//! offsets, in increasing order within a state, and the sink lays them out.
+//!
+//! One file per sink: `raw` (a sparse regular file), `device` (a block device written in
+//! place), `stream` (standard output, sequential), `qcow` (QCOW2, any number of states).
+//! [`open`] picks the sink from the plan; adding a sink is one file and one line there.
+//! Files are written under a temporary name (`crate::sys::output`) and renamed by
+//! [`Opened::complete`]; devices and streams are written directly.
+
+mod device;
+mod qcow;
+mod raw;
+mod stream;
+
+use crate::plan::{ExportPlan, Format, Output};
+use crate::sys::output::{BackgroundSync, TempOutput};
+use anyhow::Result;
+
+pub use qcow::QcowOptions;
+
+/// Where copied bytes go.
+pub trait Sink: Send {
+    /// Starts the next state. States come newest first; the first becomes the active layer.
+    /// Sinks that hold one state refuse a second.
+    ///
+    /// # Errors
+    /// A second state for a single-state sink; write errors.
+    fn begin_state(&mut self) -> Result<()>;
+
+    /// Writes `data` at byte `offset` of the current state's disk. Calls come in strictly
+    /// increasing, non-overlapping offset order within a state.
+    ///
+    /// # Errors
+    /// Write errors, naming the offset.
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Ends the current state.
+    ///
+    /// # Errors
+    /// Write errors.
+    fn end_state(&mut self) -> Result<()>;
+
+    /// Completes the image: the snapshot table (QCOW2; ignored by single-state sinks) and
+    /// the final flush (`sync`: to stable storage). Returns the QCOW2 cluster size in bytes.
+    ///
+    /// # Errors
+    /// Write errors; an invalid table.
+    fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Option<u64>>;
+}
+
+/// The snapshot table of a multi-state image: which written state (by its index in writing
+/// order) is the active layer, and one entry per internal snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    /// Index of the active state.
+    pub active: usize,
+    /// Snapshot entries, in table order.
+    pub entries: Vec<TableEntry>,
+}
+
+/// One internal snapshot.
+#[derive(Clone, Debug)]
+pub struct TableEntry {
+    /// Index of the written state it shows.
+    pub state: usize,
+    /// Snapshot id (QEMU's `-l` looks ids up first).
+    pub id: String,
+    /// Snapshot name.
+    pub name: String,
+    /// Date: seconds and nanoseconds since the epoch.
+    pub date: (u32, u32),
+}
+
+/// True if every byte is zero (16 bytes at a time, which the compiler vectorises).
+pub fn is_zero(b: &[u8]) -> bool {
+    let (words, rest) = b.as_chunks::<16>();
+    words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && rest.iter().all(|&x| x == 0)
+}
+
+/// An output being written.
+pub struct Opened {
+    /// The sink.
+    pub sink: Box<dyn Sink>,
+    temp: Option<TempOutput>,
+    background: BackgroundSync,
+}
+
+impl Opened {
+    /// Notes on stale temporaries removed when the output was created.
+    pub fn notes(&self) -> Vec<String> {
+        self.temp
+            .as_ref()
+            .map(|t| t.swept().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Finishes the sink and, for a file, renames it into place. Returns the QCOW2 cluster
+    /// size.
+    ///
+    /// # Errors
+    /// Those of [`Sink::finish`] and of the rename.
+    pub fn complete(self, table: &Table, sync: bool) -> Result<Option<u64>> {
+        drop(self.background);
+        let cluster = self.sink.finish(table, sync)?;
+        if let Some(t) = self.temp {
+            t.commit(sync)?;
+        }
+        Ok(cluster)
+    }
+}
+
+/// Opens the output the plan names for a disk of `size` bytes. `qcow` says how to write
+/// QCOW2 (cluster size, export record).
+///
+/// # Errors
+/// The output cannot be created; a device is mounted, busy or too small.
+pub fn open(plan: &ExportPlan, size: u64, qcow: &QcowOptions) -> Result<Opened> {
+    let (sink, temp, background): (Box<dyn Sink>, _, _) = match (&plan.output, plan.format) {
+        (Output::Stdout, _) => (Box::new(stream::StreamSink::new(size)), None, None),
+        (Output::Device(p), _) => (Box::new(device::DeviceSink::open(p, size)?), None, None),
+        (Output::File(p), format) => {
+            let (temp, file) = TempOutput::create(p)?;
+            let bg = BackgroundSync::start(&file, plan.sync);
+            let sink: Box<dyn Sink> = match format {
+                Format::Raw => Box::new(raw::RawSink::new(file, size)?),
+                Format::Qcow2 { .. } => Box::new(qcow::QcowSink::create(file, size, qcow)?),
+            };
+            (sink, Some(temp), Some(bg))
+        }
+    };
+    Ok(Opened {
+        sink,
+        temp,
+        background: background.unwrap_or_else(BackgroundSync::start_none),
+    })
+}
+
+/// Refusal of a second state by a single-state sink.
+fn one_state_only(states: &mut u32) -> Result<()> {
+    *states += 1;
+    anyhow::ensure!(*states == 1, "a raw image holds one state only");
+    Ok(())
+}

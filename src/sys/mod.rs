@@ -1,0 +1,9 @@
+//! System concerns of the binary, below every pipeline: mount checks, which file a path names,
+//! temporary outputs, locks, signals and the test-only fault hooks. Nothing here knows about filesystems or QCOW2.
+
+pub mod faults;
+pub mod identity;
+pub mod lock;
+pub mod mounted;
+pub mod output;
+pub mod signals;
