@@ -211,7 +211,7 @@ pub fn unknown_subcommand(word: &std::ffi::OsStr) -> Option<String> {
         return None;
     }
     Some(format!(
-        "unknown subcommand {w:?} (the subcommands are {SUBCOMMANDS}; an export is `e2image-rs -Q|-r SOURCE OUT`)"
+        "unknown subcommand {w:?} (the subcommands are {SUBCOMMANDS}); to export, one of -Q or -r is required"
     ))
 }
 

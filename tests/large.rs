@@ -61,5 +61,11 @@ fn nine_tib_filesystem_opens_in_qemu() {
     assert_eq!(info["cluster-size"], 8192);
     // Every non-zero block of a fresh filesystem is metadata: the image equals the source.
     assert_qemu_identical(&out, &img);
+    // A cluster size with which QEMU cannot address the filesystem is a usage error.
+    let small = dir.join("small-clusters.qcow2");
+    let o = run(&[&"-Q", &"--cluster-size", &"4096", &img, &small]);
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--cluster-size 4096"));
+    assert!(!small.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -316,3 +316,55 @@ fn mismatched_images_are_refused() {
     let o = run(&[&"-r", &"--snapshot", &a, &c, &dir.join("x.raw")]);
     assert_eq!(code(&o), 2);
 }
+
+/// A QCOW2 source keeps its states: `-Q ARCHIVE OUT` carries every internal snapshot across
+/// (same names, same bytes, same sharing), `-Q --from-snapshot N ARCHIVE OUT` exports that
+/// state alone, and `-r ARCHIVE OUT` notes that only the active layer was converted.
+#[test]
+fn qcow2_sources_keep_their_states() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("pit-qcow-source");
+    let [a, b, c] = chain(&dir);
+    let archive = dir.join("archive.qcow2");
+    export_json(&[&"-Q", &"--snapshot", &a, &"--snapshot", &b, &c, &archive]);
+    let carried = dir.join("carried.qcow2");
+    let o = run(&[&"-Q", &archive, &carried]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_qemu_check(&carried);
+    let names = ["current", "b.img", "a.img"];
+    let expected: Vec<Vec<u8>> = [&c, &b, &a]
+        .iter()
+        .map(|p| raw_of(p, &dir, false))
+        .collect();
+    assert_states(&carried, &names, &expected, &dir);
+    let list = |q: &Path| -> Vec<(String, String)> {
+        snapshot_list(q)["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].to_string(), s["name"].to_string()))
+            .collect()
+    };
+    assert_eq!(list(&carried), list(&archive));
+    // Shared clusters stay shared: the copy is no larger than the original.
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&carried) <= size(&archive), "{} > {}", size(&carried), size(&archive));
+    // One state, by name, as QCOW2 and as raw.
+    let one = dir.join("one.qcow2");
+    let o = run(&[&"-Q", &"--from-snapshot", &"a.img", &archive, &one]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_qemu_check(&one);
+    let direct = dir.join("direct.qcow2");
+    assert_eq!(code(&run(&[&"-Q", &a, &direct])), 0);
+    assert_qemu_identical(&one, &direct);
+    let raw = dir.join("active.raw");
+    let o = run(&[&"-r", &archive, &raw]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only the active layer"));
+    // Adding older states to a source that has its own is refused.
+    let o = run(&[&"-Q", &"--snapshot", &a, &archive, &dir.join("mixed.qcow2")]);
+    assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("internal snapshots"));
+}
