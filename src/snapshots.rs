@@ -37,7 +37,8 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
         let (shared, own) = count(Layer::Snapshot(i));
         rows.push(json!({
             "id": s.id, "name": s.name, "date_sec": s.date_sec, "date_nsec": s.date_nsec,
-            "date": format_date(s.date_sec), "shared_clusters": shared, "own_clusters": own,
+            "date": format_date(i64::from(s.date_sec)),
+            "shared_clusters": shared, "own_clusters": own,
         }));
     }
     let (shared, own) = count(Layer::Active);
@@ -99,10 +100,10 @@ fn ext_family(path: &Path) -> Option<&'static str> {
     )
 }
 
-/// `YYYY-MM-DD hh:mm:ss` (UTC) for seconds since the epoch.
-pub fn format_date(secs: u32) -> String {
-    let days = i64::from(secs / 86400);
-    let rem = secs % 86400;
+/// `YYYY-MM-DD hh:mm:ss` (UTC) for seconds since the epoch (negative: before 1970).
+pub fn format_date(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
     // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -130,5 +131,7 @@ mod tests {
         assert_eq!(format_date(0), "1970-01-01 00:00:00");
         assert_eq!(format_date(1_704_067_200), "2024-01-01 00:00:00");
         assert_eq!(format_date(951_782_400 + 3661), "2000-02-29 01:01:01");
+        assert_eq!(format_date(-1), "1969-12-31 23:59:59");
+        assert_eq!(format_date((3 << 32) - 1), "2378-04-22 19:24:47");
     }
 }

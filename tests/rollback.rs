@@ -3,12 +3,15 @@
 //!   snapshot on every block the snapshot holds (the rolled-back target exports exactly like
 //!   the state), and `e2fsck -fn` passes; the same for a `--snapshot` series exported with -d;
 //! - `--undo` and `e2undo` with `--undo-file` give back the old target byte for byte;
-//! - metadata-only images: files whose data blocks the target now uses otherwise are listed
-//!   with their paths and the rollback is refused, unless `--force`;
+//! - metadata-only images: files whose data blocks the target now uses otherwise, or whose
+//!   inode number and blocks another or a changed file holds now (`reused`), are listed with
+//!   their paths and the rollback is refused, unless `--force`;
 //! - `--dry-run` reports and writes nothing; identity mismatches, an existing patch and usage
 //!   errors are refused with exit 1 or 2 and the target untouched; the image never changes.
 
 mod common;
+#[path = "rollback/reused.rs"]
+mod reused;
 
 use common::*;
 use std::path::{Path, PathBuf};
@@ -513,7 +516,12 @@ fn v2_images_restore_all_zero_blocks() {
             let held = held_count(&out);
             assert!(out.contains("export record: "), "{what}: {out}");
             assert!(!out.contains("not written by e2image-rs"), "{what}: {out}");
-            rollback(&[&q, &t, &"--snapshot", &"a.img", &"--patch", &p], 0);
+            // c reuses inode numbers and blocks of files of a (see `chain`), so the -Q
+            // rollback to a is refused without --force (see the `reused` tests).
+            rollback(
+                &[&q, &t, &"--snapshot", &"a.img", &"--patch", &p, &"--force"],
+                0,
+            );
             let bytes = std::fs::read(&t).unwrap();
             let block = &bytes[(zero * bs) as usize..((zero + 1) * bs) as usize];
             assert!(
@@ -564,7 +572,14 @@ fn e2image_made_images_roll_back() {
     assert!(list["export_record"].is_null(), "{list}");
     let t = copy(&c, &dir.join("target.img"));
     let p = dir.join("e2i.patch");
-    rollback(&[&q, &t, &"--patch", &p], 0);
+    // c reuses inode numbers and blocks of files of a (see `chain`): refused without --force.
+    let o = rollback(&[&q, &t, &"--patch", &p], 1);
+    let e = stderr(&o);
+    assert!(
+        e.contains("inode 327 /many/f001: the target's inode 327 is a different file now"),
+        "{e}"
+    );
+    rollback(&[&q, &t, &"--patch", &p, &"--force"], 0);
     assert_eq!(
         fsck(&t),
         0,

@@ -45,7 +45,10 @@ pub struct Inode {
     pub i_mode: u16,
     /// `i_size_lo | i_size_high << 32`.
     pub i_size: u64,
+    /// Inode change time, seconds (the low 32 bits, signed; see [`Inode::ctime`]).
     pub i_ctime: u32,
+    /// Data modification time, seconds (see [`Inode::mtime`]).
+    pub i_mtime: u32,
     pub i_dtime: u32,
     pub i_links_count: u16,
     /// `i_blocks_lo | l_i_blocks_hi << 32`, in 512-byte units unless HUGE_FILE.
@@ -57,7 +60,44 @@ pub struct Inode {
     pub i_generation: u32,
     /// `i_file_acl_lo | l_i_file_acl_high << 32` (no high half on Hurd).
     pub i_file_acl: u64,
+    /// Bytes of the large inode past the first 128, clamped to the record (0 for 128-byte
+    /// records). The `_extra` fields and `i_crtime` are read only where it covers them.
+    pub i_extra_isize: u16,
+    /// Epoch bits (low 2) and nanoseconds (high 30) of `i_ctime`; 0 when not covered.
     pub i_ctime_extra: u32,
+    /// Epoch bits and nanoseconds of `i_mtime`; 0 when not covered.
+    pub i_mtime_extra: u32,
+    /// Creation time, seconds; 0 when not covered (see [`Inode::crtime`]).
+    pub i_crtime: u32,
+    /// Epoch bits and nanoseconds of `i_crtime`; 0 when not covered.
+    pub i_crtime_extra: u32,
+}
+
+/// Byte offsets of the large-inode fields (kernel `struct ext4_inode`).
+const I_CTIME_EXTRA_AT: usize = 0x84;
+const I_MTIME_EXTRA_AT: usize = 0x88;
+const I_CRTIME_AT: usize = 0x90;
+const I_CRTIME_EXTRA_AT: usize = 0x94;
+
+/// An inode timestamp as the kernel decodes it: the 32-bit seconds field taken as signed,
+/// plus the extra field's two epoch bits as bits 32..33, and its nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InodeTime {
+    /// Seconds since 1970-01-01 00:00:00 UTC.
+    pub secs: i64,
+    /// Nanoseconds (0 without an extra field).
+    pub nsecs: u32,
+}
+
+impl InodeTime {
+    /// Decodes a seconds field and its extra field (0 when absent).
+    pub fn decode(secs: u32, extra: u32) -> InodeTime {
+        let epoch = i64::from(extra & 3) << 32;
+        InodeTime {
+            secs: i64::from(secs as i32) + epoch,
+            nsecs: extra >> 2,
+        }
+    }
 }
 
 impl Inode {
@@ -69,16 +109,25 @@ impl Inode {
         i_block.copy_from_slice(&raw[0x28..0x28 + I_BLOCK_SIZE]);
         let blocks_hi = if hurd { 0 } else { u32::from(le16(raw, 0x74)) };
         let acl_hi = if hurd { 0 } else { u32::from(le16(raw, 0x76)) };
-        let extra = if raw.len() > 0x82 { le16(raw, 0x80) } else { 0 };
-        let ctime_extra = if raw.len() >= 0x88 && extra >= 8 {
-            le32(raw, 0x84)
+        let room = raw.len().saturating_sub(GOOD_OLD_INODE_SIZE);
+        let extra = if room >= 2 {
+            le16(raw, 0x80).min(u16::try_from(room).unwrap_or(u16::MAX))
         } else {
             0
+        };
+        // A field is there when i_extra_isize (clamped to the record) covers all of it.
+        let field = |at: usize| {
+            if at + 4 <= GOOD_OLD_INODE_SIZE + usize::from(extra) {
+                le32(raw, at)
+            } else {
+                0
+            }
         };
         Inode {
             i_mode: le16(raw, 0x00),
             i_size: join(le32(raw, 0x04), le32(raw, 0x6C)),
             i_ctime: le32(raw, 0x0C),
+            i_mtime: le32(raw, 0x10),
             i_dtime: le32(raw, 0x14),
             i_links_count: le16(raw, 0x1A),
             i_blocks: join(le32(raw, 0x1C), blocks_hi),
@@ -87,8 +136,29 @@ impl Inode {
             i_block,
             i_generation: le32(raw, 0x64),
             i_file_acl: join(le32(raw, 0x68), acl_hi),
-            i_ctime_extra: ctime_extra,
+            i_extra_isize: extra,
+            i_ctime_extra: field(I_CTIME_EXTRA_AT),
+            i_mtime_extra: field(I_MTIME_EXTRA_AT),
+            i_crtime: field(I_CRTIME_AT),
+            i_crtime_extra: field(I_CRTIME_EXTRA_AT),
         }
+    }
+
+    /// The inode change time (`i_ctime` with `i_ctime_extra`).
+    pub fn ctime(&self) -> InodeTime {
+        InodeTime::decode(self.i_ctime, self.i_ctime_extra)
+    }
+
+    /// The data modification time (`i_mtime` with `i_mtime_extra`).
+    pub fn mtime(&self) -> InodeTime {
+        InodeTime::decode(self.i_mtime, self.i_mtime_extra)
+    }
+
+    /// The creation time (`i_crtime` with `i_crtime_extra`), when `i_extra_isize` covers
+    /// `i_crtime` (ext4 large inodes).
+    pub fn crtime(&self) -> Option<InodeTime> {
+        (usize::from(self.i_extra_isize) + GOOD_OLD_INODE_SIZE >= I_CRTIME_AT + 4)
+            .then(|| InodeTime::decode(self.i_crtime, self.i_crtime_extra))
     }
 
     /// The file type from the top four bits of `i_mode`.
@@ -242,6 +312,52 @@ mod tests {
         );
         assert_eq!(inode(0x2180, 0, 0, 0).block_map(&sb()), BlockMap::None);
         assert_eq!(inode(0x1180, 0, 0, 0).block_map(&sb()), BlockMap::None);
+    }
+
+    #[test]
+    fn times_only_where_i_extra_isize_covers_them() {
+        let mut raw = vec![0u8; 256];
+        let put =
+            |raw: &mut [u8], o: usize, v: u32| raw[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        put(&mut raw, 0x0C, 0x8000_0000); // i_ctime: negative as i32
+        put(&mut raw, 0x10, 1_704_067_200); // i_mtime
+        put(&mut raw, 0x84, (7 << 2) | 1); // i_ctime_extra: 7 ns, epoch 1
+        put(&mut raw, 0x88, 5 << 2); // i_mtime_extra
+        put(&mut raw, 0x90, 1_700_000_000); // i_crtime
+        put(&mut raw, 0x94, 9 << 2); // i_crtime_extra
+        raw[0x80] = 32;
+        let i = Inode::parse(&raw, &sb());
+        assert_eq!(
+            i.ctime(),
+            InodeTime {
+                secs: -(1 << 31) + (1 << 32),
+                nsecs: 7
+            }
+        );
+        assert_eq!(i.mtime().nsecs, 5);
+        assert_eq!(
+            i.crtime(),
+            Some(InodeTime {
+                secs: 1_700_000_000,
+                nsecs: 9
+            })
+        );
+        // i_extra_isize 20 covers i_crtime but not i_crtime_extra; 16 not i_crtime.
+        raw[0x80] = 20;
+        let i = Inode::parse(&raw, &sb());
+        assert_eq!(
+            i.crtime().map(|t| (t.secs, t.nsecs)),
+            Some((1_700_000_000, 0))
+        );
+        raw[0x80] = 16;
+        let i = Inode::parse(&raw, &sb());
+        assert_eq!((i.crtime(), i.mtime().nsecs), (None, 5));
+        // Larger than the record: clamped; a 128-byte record has no extra fields.
+        raw[0x80] = 0xFF;
+        raw[0x81] = 0xFF;
+        assert_eq!(Inode::parse(&raw, &sb()).i_extra_isize, 128);
+        let i = Inode::parse(&raw[..128], &sb());
+        assert_eq!((i.i_extra_isize, i.crtime(), i.i_ctime_extra), (0, None, 0));
     }
 
     #[test]

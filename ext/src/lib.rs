@@ -32,7 +32,7 @@ pub mod walk;
 pub use blockset::{BlockClass, BlockSet, Extent};
 pub use error::{Corrupt, Error};
 pub use fs::{Filesystem, OpenOptions};
-pub use owners::{file_runs, inode_runs, FileRun, RunKind};
+pub use owners::{file_runs, file_runs_and_inodes, inode_runs, FileRun, Owners, RunKind};
 pub use paths::inode_paths;
 pub use superblock::Superblock;
 pub use view::{BlockView, FileView};

@@ -121,20 +121,51 @@ pub fn file_runs<V: BlockView>(
     fs: &Filesystem<V>,
     want: &dyn Fn(u64, u64) -> bool,
 ) -> (Vec<FileRun>, Vec<Warning>) {
+    let o = file_runs_and_inodes(fs, want, &|_, _| false);
+    (o.runs, o.warnings)
+}
+
+/// What [`file_runs_and_inodes`] found.
+#[derive(Debug, Default)]
+pub struct Owners {
+    /// The wanted runs, as [`file_runs`] returns them.
+    pub runs: Vec<FileRun>,
+    /// The kept in-use inodes, in inode order.
+    pub inodes: Vec<(InodeNr, Inode)>,
+    /// Corruption found on the way.
+    pub warnings: Vec<Warning>,
+}
+
+/// [`file_runs`], and in the same scan the records of the in-use, non-blank inodes that
+/// `keep(ino, runs)` accepts; `runs` are the inode's wanted runs (possibly none). An inode
+/// not visited is free: neither in the inode bitmap nor linked (see [`crate::walk`]).
+pub fn file_runs_and_inodes<V: BlockView>(
+    fs: &Filesystem<V>,
+    want: &dyn Fn(u64, u64) -> bool,
+    keep: &dyn Fn(InodeNr, &[FileRun]) -> bool,
+) -> Owners {
     let view: &dyn BlockView = fs.view();
     let mut c = Collector::recording_runs(view, &fs.sb);
-    let mut out = Vec::new();
+    let (mut runs, mut inodes) = (Vec::new(), Vec::new());
     scan_all(&mut c, &fs.groups, &mut |c, ino, inode| {
         let snapfile = record_inode(c, ino, inode);
-        out.extend(
+        let first = runs.len();
+        runs.extend(
             c.take_runs()
                 .into_iter()
                 .filter(|r| want(r.physical, r.len))
                 .map(|r| owned(r, ino, snapfile)),
         );
+        if !inode.is_blank() && keep(ino, &runs[first..]) {
+            inodes.push((ino, inode.clone()));
+        }
     });
-    out.sort_unstable_by_key(|r| (r.physical, r.ino, r.logical, r.len));
-    (out, c.take_warnings())
+    runs.sort_unstable_by_key(|r| (r.physical, r.ino, r.logical, r.len));
+    Owners {
+        runs,
+        inodes,
+        warnings: c.take_warnings(),
+    }
 }
 
 /// The runs of one inode (read by the caller), in the order its map lists them (file order

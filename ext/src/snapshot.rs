@@ -94,7 +94,8 @@ pub fn snapshot_list<V: BlockView>(fs: &Filesystem<V>) -> (Vec<SnapshotFile>, Ve
             )));
             blocks = sb.s_blocks_count;
         }
-        let (ctime, ctime_nsec) = decode_time(inode.i_ctime, inode.i_ctime_extra);
+        let t = inode.ctime();
+        let (ctime, ctime_nsec) = (t.secs.max(0) as u64, t.nsecs.min(999_999_999));
         list.push(SnapshotFile {
             ino: InodeNr(ino),
             id: inode.i_generation,
@@ -107,14 +108,6 @@ pub fn snapshot_list<V: BlockView>(fs: &Filesystem<V>) -> (Vec<SnapshotFile>, Ve
         ino = inode.osd1;
     }
     (list, warnings)
-}
-
-/// Seconds and nanoseconds from a 32-bit time and its `_extra` word (epoch bits 0..2,
-/// nanoseconds << 2).
-fn decode_time(secs: u32, extra: u32) -> (u64, u32) {
-    let epoch = u64::from(extra & 3);
-    let s = (i64::from(secs as i32) + ((epoch as i64) << 32)).max(0) as u64;
-    (s, (extra >> 2).min(999_999_999))
 }
 
 /// A snapshot file's map from image block P to the block X holding P's content in the

@@ -4,7 +4,10 @@
 //! xattr block equal what `debugfs -R "stat <ino>"` prints, and our paths are among the
 //! names `debugfs -R "ncheck"` gives. Skips when e2fsprogs is not installed.
 
-use ext::{file_runs, inode_paths, FileRun, FileView, Filesystem, OpenOptions, RunKind};
+use ext::{
+    file_runs, file_runs_and_inodes, inode_paths, FileRun, FileView, Filesystem, OpenOptions,
+    RunKind,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -204,7 +207,61 @@ fn check_runs(img: &Path, dir: &Path, max_ino: u32) -> BTreeMap<u32, Owned> {
     let expected: Vec<_> = runs.iter().filter(|r| want(r.physical, r.len)).collect();
     assert_eq!(some.iter().collect::<Vec<_>>(), expected);
     assert!(!expected.is_empty() && expected.len() < runs.len());
+    check_inodes(&fs, img, &some, &want);
     ours
+}
+
+/// `file_runs_and_inodes` gives the same runs and keeps exactly the inodes it is asked to
+/// (here: those owning a wanted run), with the times and generation `debugfs stat` shows.
+fn check_inodes(
+    fs: &Filesystem<FileView>,
+    img: &Path,
+    runs: &[FileRun],
+    want: &dyn Fn(u64, u64) -> bool,
+) {
+    let o = file_runs_and_inodes(fs, want, &|_, r| !r.is_empty());
+    assert_eq!(o.runs, runs);
+    let mut owners: Vec<u32> = runs.iter().map(|r| r.ino.0).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let kept: Vec<u32> = o.inodes.iter().map(|(i, _)| i.0).collect();
+    assert_eq!(kept, owners);
+    for (ino, inode) in o.inodes.iter().take(8) {
+        let stat = debugfs(img, false, &format!("stat <{}>", ino.0));
+        let field = |name: &str| -> Option<(u32, u32)> {
+            let rest = stat.split_once(&format!("{name}: 0x"))?.1;
+            let word = rest.split_whitespace().next()?;
+            let (secs, extra) = word.split_once(':').unwrap_or((word, "0"));
+            Some((
+                u32::from_str_radix(secs, 16).ok()?,
+                u32::from_str_radix(extra, 16).ok()?,
+            ))
+        };
+        let generation: u32 = stat
+            .split_once("Generation: ")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(inode.i_generation, generation, "inode {ino}");
+        assert_eq!(
+            field(" ctime"),
+            Some((inode.i_ctime, inode.i_ctime_extra)),
+            "inode {ino}"
+        );
+        assert_eq!(
+            field(" mtime"),
+            Some((inode.i_mtime, inode.i_mtime_extra)),
+            "inode {ino}"
+        );
+        let crtime = inode
+            .crtime()
+            .map(|_| (inode.i_crtime, inode.i_crtime_extra));
+        assert_eq!(field("crtime"), crtime, "inode {ino}");
+    }
 }
 
 /// Inode number of `path` from debugfs.

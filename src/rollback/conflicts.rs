@@ -1,24 +1,55 @@
 //! The safety check for images that do not hold file data: after the rollback, a restored file
-//! reads its data blocks from the target as they are. That is only right where the target
-//! does not use the block for something else now. A data block P of file (ino, logical L) of
-//! the state conflicts when the target maps P to another inode or another logical block, or
-//! uses P as metadata (an extent or indirect block, an xattr block, any block of the target's
-//! metadata walk). A block free in the target, or mapped by a snapshot file "moved in place"
-//! (next3 / ext4-snapshots keep moved-on-write blocks where they are), does not conflict.
+//! reads its data blocks from the target as they are. Only the state's inodes that map
+//! written data blocks the image does not hold ("unheld") are checked; everything else the
+//! rollback writes comes from the image. Such an inode conflicts, and is refused without
+//! `--force`, in two cases.
+//!
+//! Blocks: a data block P of file (ino, logical L) of the state conflicts when the target
+//! maps P to another inode or another logical block, or uses P as metadata (an extent or
+//! indirect block, an xattr block, any block of the target's metadata walk). A block free in
+//! the target, or mapped by a snapshot file "moved in place" (next3 / ext4-snapshots keep
+//! moved-on-write blocks where they are), does not conflict.
+//!
+//! Inode: the block rule takes a block the target maps to the same inode number at the same
+//! offset for the file's own, unchanged since the state. It is not when that inode is
+//! another file now (the state's file was deleted and a new one reused its number and its
+//! blocks) or the same file changed since (rewritten in place): the block may hold another
+//! file's bytes, or newer ones. So such a block conflicts when the target's inode is in use
+//! and differs from the state's: another file when its file type, `i_generation`, or
+//! `i_crtime` (where both inodes have it) differs; changed when its `i_mtime` or `i_ctime`
+//! (with nanoseconds where both have them) differs, in either direction (a target older than
+//! the state holds an earlier version). Where the target's inode is free (the file was
+//! deleted since and its number not reused), or another file that maps none of the state
+//! file's blocks at the same offsets, the block rule alone decides, as for any deleted file:
+//! a snapshot file that kept the blocks "moved in place" holds the state's bytes. Only
+//! written (not unwritten, which read as zeros) data counts.
+//!
+//! No single field is enough. The kernel gives each new inode a new `i_generation`, but
+//! e2fsprogs (debugfs `write`, `mke2fs -d`) leaves it 0 and stamps the current second, so a
+//! reuse by such a tool within the second the state's file was created goes unseen; 128-byte
+//! ext2/3 inodes have no `i_crtime`; `i_mtime` can be set back by any program, but that sets
+//! `i_ctime`, which only the clock sets. A changed `i_ctime` with the same `i_mtime` (a
+//! rename, chmod or new link) may leave the data as it was, but nothing tells, so it
+//! conflicts too (the message says so). Not seen: bytes written to the device behind the
+//! filesystem's back, and blocks freed, reused by a file deleted since, and now free again.
 
 use super::held::{overlaps, push, Held};
 use super::target::Target;
 use crate::qcow_view::QcowView;
+use crate::snapshots::format_date;
 use anyhow::Result;
-use ext::owners::{file_runs, FileRun, RunKind};
-use ext::{BlockClass, BlockSet, BlockView, FileView, Filesystem, OpenOptions, WalkOptions};
-use std::collections::BTreeMap;
+use ext::inode::{FileType, Inode, InodeTime};
+use ext::owners::{file_runs_and_inodes, FileRun, RunKind};
+use ext::{
+    BlockClass, BlockSet, BlockView, FileView, Filesystem, InodeNr, OpenOptions, WalkOptions,
+};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::ops::Range;
 
-/// One restored file whose data would be wrong.
+/// Blocks of one restored file that the target uses otherwise now.
 #[derive(Debug, Clone)]
-pub struct Conflict {
+pub struct BlockUse {
     /// Blocks of the file that conflict.
     pub blocks: u64,
     /// The first of them, and the file block it is at.
@@ -28,11 +59,31 @@ pub struct Conflict {
     pub now: String,
 }
 
+/// Blocks of one restored file that the target's inode of the same number maps at the same
+/// offsets, while that inode is another file now or changed since the state.
+#[derive(Debug, Clone)]
+pub struct Reused {
+    /// How the target's inode differs from the state's (see the module comment), e.g. "the
+    /// target's inode 14 is a different file now (generation 0→5)".
+    pub why: String,
+    /// Data blocks of the file it maps at the same offsets.
+    pub blocks: u64,
+}
+
+/// One restored file whose data would be wrong.
+#[derive(Debug, Clone, Default)]
+pub struct Conflict {
+    /// Its data blocks held by a different or changed file of the same inode number.
+    pub inode: Option<Reused>,
+    /// Its data blocks that the target uses for other inodes, offsets or metadata.
+    pub blocks: Option<BlockUse>,
+}
+
 /// All conflicts, by inode, with the paths of the inodes in the restored state.
 #[derive(Debug, Default)]
 pub struct Conflicts {
     by_inode: BTreeMap<u32, Conflict>,
-    paths: std::collections::HashMap<u32, String>,
+    paths: HashMap<u32, String>,
     /// Why the check could not be made (the target's filesystem does not open).
     unchecked: Option<String>,
 }
@@ -55,16 +106,28 @@ impl Conflicts {
         }
         let _ = writeln!(
             s,
-            "{} restored file(s) would read data blocks that the target now uses for other inodes or offsets (the image holds no data for them):",
+            "{} restored file(s) would read data blocks that the target now uses for other inodes or offsets, or that a different or changed file of the same inode number holds now (the image holds no data for them):",
             self.by_inode.len()
         );
         for (ino, c) in self.by_inode.iter().take(max) {
             let path = self.paths.get(ino).map_or("(no path)", String::as_str);
-            let _ = writeln!(
-                s,
-                "  inode {ino} {path}: {} block(s), e.g. block {} (file block {}) is now {}",
-                c.blocks, c.first_block, c.logical, c.now
-            );
+            let mut what: Vec<String> = c
+                .inode
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}, which holds {} of its data block(s) at the same offsets",
+                        r.why, r.blocks
+                    )
+                })
+                .collect();
+            if let Some(b) = &c.blocks {
+                what.push(format!(
+                    "{} block(s), e.g. block {} (file block {}) is now {}",
+                    b.blocks, b.first_block, b.logical, b.now
+                ));
+            }
+            let _ = writeln!(s, "  inode {ino} {path}: {}", what.join("; "));
         }
         if self.by_inode.len() > max {
             let _ = writeln!(s, "  … and {} more", self.by_inode.len() - max);
@@ -73,7 +136,8 @@ impl Conflicts {
     }
 }
 
-/// Checks every data block of `fs` (the state) that `held` does not cover against the target.
+/// Checks every data block of `fs` (the state) that `held` does not cover, and the target's
+/// inodes of the files owning them, against the target.
 ///
 /// # Errors
 /// I/O errors duplicating the target's descriptor.
@@ -88,7 +152,8 @@ pub fn check(
         return Ok(Conflicts::default());
     }
     let want = |p: u64, len: u64| overlaps(&unheld, p..p.saturating_add(len));
-    let (state_runs, _) = file_runs(fs, &want);
+    let written = |r: &FileRun| r.kind == RunKind::Data { unwritten: false };
+    let state = file_runs_and_inodes(fs, &want, &|_, runs| runs.iter().any(written));
     let tfs = match Filesystem::open(
         FileView::from_file(t.file().try_clone()?)?,
         &OpenOptions::default(),
@@ -101,16 +166,26 @@ pub fn check(
             })
         }
     };
-    let (target_runs, _) = file_runs(&tfs, &want);
-    let target_meta = ext::walk(&tfs, &WalkOptions::default()).blocks;
-    let bs = tfs.sb.block_size;
+    let restored: HashMap<u32, &Inode> = state.inodes.iter().map(|(i, n)| (i.0, n)).collect();
+    let target = file_runs_and_inodes(&tfs, &want, &|ino, runs| {
+        !runs.is_empty() && restored.contains_key(&ino.0)
+    });
+    let changed = changed_inodes(&restored, &target.inodes);
+    let meta = ext::walk(&tfs, &WalkOptions::default()).blocks;
+    let now = Now {
+        runs: &target.runs,
+        meta: &meta,
+        block_size: tfs.sb.block_size,
+        changed: &changed,
+    };
     let mut out = Conflicts::default();
-    for sr in state_runs
+    for sr in state
+        .runs
         .iter()
         .filter(|r| matches!(r.kind, RunKind::Data { .. }))
     {
         for piece in clip(&unheld, sr.physical..sr.end()) {
-            check_piece(sr, piece, &target_runs, &target_meta, bs, &mut out);
+            check_piece(sr, piece, &now, &mut out);
         }
     }
     if !out.by_inode.is_empty() {
@@ -118,6 +193,100 @@ pub fn check(
         out.paths = ext::paths::inode_paths(fs, &inos).0;
     }
     Ok(out)
+}
+
+/// The restored inodes whose target inode of the same number (`target`: in use) is another
+/// or a changed file, with the reason.
+fn changed_inodes(
+    restored: &HashMap<u32, &Inode>,
+    target: &[(InodeNr, Inode)],
+) -> HashMap<u32, String> {
+    target
+        .iter()
+        .filter_map(|(ino, now)| {
+            let was = restored.get(&ino.0)?;
+            Some((ino.0, inode_change(ino.0, was, now)?))
+        })
+        .collect()
+}
+
+/// Why the target's in-use inode `now` of number `ino` is not the state's file `was` as it
+/// was (see the module comment), or `None` when it is.
+fn inode_change(ino: u32, was: &Inode, now: &Inode) -> Option<String> {
+    let other = identity_changes(was, now);
+    if !other.is_empty() {
+        return Some(format!(
+            "the target's inode {ino} is a different file now ({})",
+            other.join(", ")
+        ));
+    }
+    let (field, a, b) = [
+        ("mtime", was.mtime(), now.mtime()),
+        ("ctime", was.ctime(), now.ctime()),
+    ]
+    .into_iter()
+    .find(|(_, a, b)| a != b)?;
+    let how = if b < a {
+        "is older than the state's file (an earlier version)"
+    } else if field == "mtime" {
+        "was modified since the state"
+    } else {
+        "was changed since the state (its data may be as it was: a rename, chmod or new link also changes ctime)"
+    };
+    Some(format!(
+        "the target's inode {ino} {how} ({field} {})",
+        time_change(a, b)
+    ))
+}
+
+/// The fields telling that `now` is another file than `was`: file type, `i_generation`, and
+/// `i_crtime` where both have it; each as "old→new".
+fn identity_changes(was: &Inode, now: &Inode) -> Vec<String> {
+    let mut out = Vec::new();
+    if was.file_type() != now.file_type() {
+        out.push(format!(
+            "{}→{}",
+            type_name(was.file_type()),
+            type_name(now.file_type())
+        ));
+    }
+    if was.i_generation != now.i_generation {
+        out.push(format!(
+            "generation {}→{}",
+            was.i_generation, now.i_generation
+        ));
+    }
+    if let (Some(a), Some(b)) = (was.crtime(), now.crtime()) {
+        if a != b {
+            out.push(format!("created {}", time_change(a, b)));
+        }
+    }
+    out
+}
+
+/// "A→B" for two times, with nanoseconds when the seconds are the same.
+fn time_change(a: InodeTime, b: InodeTime) -> String {
+    let f = |t: InodeTime| {
+        if a.secs == b.secs {
+            format!("{}.{:09}", format_date(t.secs), t.nsecs)
+        } else {
+            format_date(t.secs)
+        }
+    };
+    format!("{}→{}", f(a), f(b))
+}
+
+fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::Regular => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symlink",
+        FileType::CharDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Fifo => "a fifo",
+        FileType::Socket => "a socket",
+        FileType::Unknown => "an inode of unknown type",
+    }
 }
 
 /// File-data blocks of the state's walk that the state does not hold.
@@ -153,18 +322,23 @@ fn clip(ranges: &[Range<u64>], r: Range<u64>) -> Vec<Range<u64>> {
         .collect()
 }
 
+/// What the target is now, for [`check_piece`].
+struct Now<'a> {
+    /// The target's runs over the unheld blocks.
+    runs: &'a [FileRun],
+    /// The target's metadata walk.
+    meta: &'a BlockSet,
+    block_size: u32,
+    /// Restored inodes whose target inode of the same number is another or a changed file,
+    /// with the reason ([`inode_change`]).
+    changed: &'a HashMap<u32, String>,
+}
+
 /// Compares one unheld piece of state run `sr` with the target's owners of those blocks.
-fn check_piece(
-    sr: &FileRun,
-    piece: Range<u64>,
-    target_runs: &[FileRun],
-    target_meta: &BlockSet,
-    bs: u32,
-    out: &mut Conflicts,
-) {
+fn check_piece(sr: &FileRun, piece: Range<u64>, now: &Now<'_>, out: &mut Conflicts) {
     let mut covered = Vec::new();
-    let i = target_runs.partition_point(|r| r.physical < piece.start);
-    for tr in target_runs[i.saturating_sub(1)..]
+    let i = now.runs.partition_point(|r| r.physical < piece.start);
+    for tr in now.runs[i.saturating_sub(1)..]
         .iter()
         .take_while(|r| r.physical < piece.end)
     {
@@ -176,11 +350,21 @@ fn check_piece(
         let same_place = matches!(tr.kind, RunKind::Data { .. })
             && tr.ino == sr.ino
             && tr.logical.wrapping_sub(tr.physical) == sr.logical.wrapping_sub(sr.physical);
-        if !same_place && !tr.moved_into_snapshot(bs) {
+        if same_place {
+            let written = sr.kind == RunKind::Data { unwritten: false };
+            if let Some(why) = now.changed.get(&sr.ino.0).filter(|_| written) {
+                let c = out.by_inode.entry(sr.ino.0).or_default();
+                let r = c.inode.get_or_insert_with(|| Reused {
+                    why: why.clone(),
+                    blocks: 0,
+                });
+                r.blocks += y - x;
+            }
+        } else if !tr.moved_into_snapshot(now.block_size) {
             let what = match tr.kind {
                 RunKind::Data { .. } => format!(
                     "file block {} of inode {}",
-                    tr.logical + (x - tr.physical),
+                    tr.logical.saturating_add(x - tr.physical),
                     tr.ino
                 ),
                 RunKind::Tree => format!("a mapping block of inode {}", tr.ino),
@@ -195,7 +379,7 @@ fn check_piece(
         .chain(std::iter::once(&(piece.end..piece.end)))
     {
         if b < c.start {
-            meta_overlap(sr, b..c.start, target_meta, out);
+            meta_overlap(sr, b..c.start, now.meta, out);
         }
         b = b.max(c.end);
     }
@@ -217,21 +401,23 @@ fn meta_overlap(sr: &FileRun, r: Range<u64>, target_meta: &BlockSet, out: &mut C
     }
 }
 
+/// Adds `n` blocks from `block` of state run `sr` that the target uses as `now`.
 fn record(out: &mut Conflicts, sr: &FileRun, block: u64, n: u64, now: String) {
-    let c = out.by_inode.entry(sr.ino.0).or_insert_with(|| Conflict {
+    let c = out.by_inode.entry(sr.ino.0).or_default();
+    let b = c.blocks.get_or_insert_with(|| BlockUse {
         blocks: 0,
         first_block: block,
-        logical: sr.logical + (block - sr.physical),
+        logical: sr.logical.saturating_add(block - sr.physical),
         now,
     });
-    c.blocks += n;
+    b.blocks += n;
 }
 
 /// Inodes of `fs` owning any of the `written` blocks, with their paths ("(no path)" for
 /// inodes without a directory entry, such as the journal).
 pub fn owners_of<V: BlockView>(fs: &Filesystem<V>, written: &[Range<u64>]) -> Vec<(u32, String)> {
     let want = |p: u64, len: u64| overlaps(written, p..p.saturating_add(len));
-    let (runs, _) = file_runs(fs, &want);
+    let (runs, _) = ext::file_runs(fs, &want);
     let mut inos: Vec<u32> = runs.iter().map(|r| r.ino.0).collect();
     inos.sort_unstable();
     inos.dedup();
@@ -242,4 +428,131 @@ pub fn owners_of<V: BlockView>(fs: &Filesystem<V>, written: &[Range<u64>]) -> Ve
             (i, p)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A regular file created, changed and modified at 2024-01-01 00:00:00, generation 7.
+    fn file() -> Inode {
+        let t = 1_704_067_200;
+        Inode {
+            i_mode: 0x81A4,
+            i_size: 9,
+            i_ctime: t,
+            i_mtime: t,
+            i_dtime: 0,
+            i_links_count: 1,
+            i_blocks: 8,
+            i_flags: 0,
+            osd1: 0,
+            i_block: [0; 60],
+            i_generation: 7,
+            i_file_acl: 0,
+            i_extra_isize: 32,
+            i_ctime_extra: 0,
+            i_mtime_extra: 0,
+            i_crtime: t,
+            i_crtime_extra: 0,
+        }
+    }
+
+    #[test]
+    fn the_same_file_unchanged_is_no_conflict() {
+        let mut now = file();
+        now.i_links_count = 2;
+        assert_eq!(inode_change(12, &file(), &now), None);
+    }
+
+    #[test]
+    fn another_file_by_type_generation_or_creation() {
+        let mut now = file();
+        now.i_generation = 9;
+        now.i_crtime += 86400;
+        now.i_ctime += 86400;
+        assert_eq!(
+            inode_change(12, &file(), &now).unwrap(),
+            "the target's inode 12 is a different file now (generation 7→9, created 2024-01-01 00:00:00→2024-01-02 00:00:00)"
+        );
+        let mut now = file();
+        now.i_mode = 0x41ED;
+        let why = inode_change(12, &file(), &now).unwrap();
+        assert!(why.contains("(a regular file→a directory)"), "{why}");
+        // Creation times count only where both inodes have them.
+        let mut now = file();
+        (now.i_extra_isize, now.i_crtime) = (4, 0);
+        assert_eq!(inode_change(12, &file(), &now), None);
+        // debugfs: generation 0 in both, only the creation time tells.
+        let (mut was, mut now) = (file(), file());
+        (was.i_generation, now.i_generation) = (0, 0);
+        now.i_crtime_extra = 5 << 2;
+        assert_eq!(
+            inode_change(12, &was, &now).unwrap(),
+            "the target's inode 12 is a different file now (created 2024-01-01 00:00:00.000000000→2024-01-01 00:00:00.000000005)"
+        );
+    }
+
+    #[test]
+    fn modified_changed_or_older() {
+        let mut now = file();
+        now.i_mtime += 60;
+        now.i_ctime += 60;
+        assert_eq!(
+            inode_change(12, &file(), &now).unwrap(),
+            "the target's inode 12 was modified since the state (mtime 2024-01-01 00:00:00→2024-01-01 00:01:00)"
+        );
+        // mtime set back (touch -d, rsync -t): ctime still tells.
+        let mut now = file();
+        now.i_ctime_extra = 1 << 2;
+        let why = inode_change(12, &file(), &now).unwrap();
+        assert!(
+            why.starts_with(
+                "the target's inode 12 was changed since the state (its data may be as it was"
+            ),
+            "{why}"
+        );
+        assert!(
+            why.ends_with("(ctime 2024-01-01 00:00:00.000000000→2024-01-01 00:00:00.000000001)"),
+            "{why}"
+        );
+        // A target older than the state.
+        let mut was = file();
+        was.i_mtime += 60;
+        let why = inode_change(12, &was, &file()).unwrap();
+        assert!(why.contains("is older than the state's file"), "{why}");
+        // Epoch bits count: the same low 32 bits, 2^32 seconds later.
+        let mut now = file();
+        now.i_mtime_extra = 1;
+        let why = inode_change(12, &file(), &now).unwrap();
+        assert!(
+            why.contains("was modified since the state (mtime 2024-01-01 00:00:00→2160-"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn render_lists_both_kinds_and_the_rest() {
+        let mut c = Conflicts::default();
+        c.by_inode.insert(
+            12,
+            Conflict {
+                inode: Some(Reused {
+                    why: "the target's inode 12 is a different file now (generation 7→9)".into(),
+                    blocks: 2,
+                }),
+                blocks: Some(BlockUse {
+                    blocks: 1,
+                    first_block: 500,
+                    logical: 3,
+                    now: "file block 0 of inode 13".into(),
+                }),
+            },
+        );
+        c.by_inode.insert(14, Conflict::default());
+        c.paths.insert(12, "/d/f".into());
+        let s = c.render(1);
+        assert!(s.contains("  inode 12 /d/f: the target's inode 12 is a different file now (generation 7→9), which holds 2 of its data block(s) at the same offsets; 1 block(s), e.g. block 500 (file block 3) is now file block 0 of inode 13\n"), "{s}");
+        assert!(s.ends_with("  … and 1 more"), "{s}");
+    }
 }
