@@ -49,10 +49,19 @@ fn usage_errors_say_what_is_wrong() {
         (vec!["-r", "-c", "x", "y"], "-c is not supported yet"),
         (vec!["-r", "-n", "x", "y"], "-n is not supported yet"),
         (vec!["x", "y"], "one of -Q or -r is required"),
-        (vec!["snapshot", "x.qcow2"], "unknown subcommand \"snapshot\""),
+        (
+            vec!["snapshot", "x.qcow2"],
+            "unknown subcommand \"snapshot\"",
+        ),
         (vec!["rolback"], "unknown subcommand \"rolback\""),
-        (vec!["-Q", "--cluster-size", "3000", "x", "y"], "power of two"),
-        (vec!["-Q", "--cluster-size", "256", "x", "y"], "power of two"),
+        (
+            vec!["-Q", "--cluster-size", "3000", "x", "y"],
+            "power of two",
+        ),
+        (
+            vec!["-Q", "--cluster-size", "256", "x", "y"],
+            "power of two",
+        ),
     ] {
         let a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
             .iter()
@@ -66,7 +75,11 @@ fn usage_errors_say_what_is_wrong() {
     }
     // Rollback usage errors carry the same prefix.
     let o = expect(&[&"rollback", &img], 2);
-    assert!(stderr(&o).starts_with("e2image-rs: error: "), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("e2image-rs: error: "),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.exists());
 }
 
@@ -161,7 +174,10 @@ fn rollback_reports_agree_with_themselves() {
     let (p, u) = (dir.join("r.patch"), dir.join("r.e2undo"));
     let dry = stdout(&expect(&[&"rollback", &q, &t, &"--dry-run"], 0));
     let to_write = number_before(&dry, " bytes to write").expect(&dry);
-    let o = expect(&[&"rollback", &q, &t, &"--patch", &p, &"--undo-file", &u], 0);
+    let o = expect(
+        &[&"rollback", &q, &t, &"--patch", &p, &"--undo-file", &u],
+        0,
+    );
     let out = stdout(&o);
     let written = number_before(&out, " bytes) written").expect(&out);
     assert_eq!(to_write, written, "{dry}\n{out}");
@@ -169,7 +185,10 @@ fn rollback_reports_agree_with_themselves() {
     let header = out.find("rollback of").unwrap();
     let undo = out.find("undo file").unwrap();
     assert!(undo > header, "{out}");
-    assert!(out.contains(&format!("e2undo {} {}", u.display(), t.display())), "{out}");
+    assert!(
+        out.contains(&format!("e2undo {} {}", u.display(), t.display())),
+        "{out}"
+    );
     // Resuming a finished rollback says there was nothing to do.
     let o = expect(&[&"rollback", &"--resume", &p, &t], 0);
     assert!(stdout(&o).contains("already holds"), "{}", stdout(&o));
@@ -212,7 +231,10 @@ fn part_way_targets_name_their_patch() {
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     // Another rollback onto it is refused, naming the patch that finishes it.
     let before = sha256(&t);
-    let e = stderr(&expect(&[&"rollback", &q, &t, &"--patch", &dir.join("p2")], 1));
+    let e = stderr(&expect(
+        &[&"rollback", &q, &t, &"--patch", &dir.join("p2")],
+        1,
+    ));
     assert!(e.contains("part-way through the rollback of patch"), "{e}");
     assert!(e.contains("r.patch"), "{e}");
     assert_eq!(sha256(&t), before);

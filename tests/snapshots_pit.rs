@@ -350,7 +350,12 @@ fn qcow2_sources_keep_their_states() {
     assert_eq!(list(&carried), list(&archive));
     // Shared clusters stay shared: the copy is no larger than the original.
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
-    assert!(size(&carried) <= size(&archive), "{} > {}", size(&carried), size(&archive));
+    assert!(
+        size(&carried) <= size(&archive),
+        "{} > {}",
+        size(&carried),
+        size(&archive)
+    );
     // One state, by name, as QCOW2 and as raw.
     let one = dir.join("one.qcow2");
     let o = run(&[&"-Q", &"--from-snapshot", &"a.img", &archive, &one]);
