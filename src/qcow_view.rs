@@ -1,7 +1,8 @@
-//! A QCOW2 layer as a block view, so the walker can read a filesystem stored in a QCOW2 image.
+//! A QCOW2 layer as a block view, so the walker can read a filesystem stored in a QCOW2 image,
+//! and the choice of that layer by the user (`--from-snapshot`, rollback's `--snapshot`).
 
 use ext::BlockView;
-use qcow::reader::LayerReader;
+use qcow::{Layer, LayerReader, Reader};
 use std::io;
 
 /// One layer (active or snapshot) of a QCOW2 image, read as a block device.
@@ -32,4 +33,54 @@ impl BlockView for QcowView<'_> {
     fn size(&self) -> u64 {
         self.size
     }
+}
+
+/// One layer of a QCOW2 image chosen by the user: the active one, or an internal snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChosenLayer {
+    /// The layer.
+    pub layer: Layer,
+    /// Its guest disk size in bytes (a snapshot's own size when recorded).
+    pub size: u64,
+    /// Its date (seconds, nanoseconds; zero for the active layer).
+    pub date: (u32, u32),
+    /// How messages name it: "the active state", "snapshot 2 (monday)".
+    pub label: String,
+}
+
+/// The active layer, or the internal snapshot with id or name `wanted`.
+///
+/// # Errors
+/// No snapshot has that id or name (the message lists those it has).
+pub fn choose_layer(reader: &Reader, wanted: Option<&str>) -> anyhow::Result<ChosenLayer> {
+    let Some(want) = wanted else {
+        return Ok(ChosenLayer {
+            layer: Layer::Active,
+            size: reader.virtual_size(),
+            date: (0, 0),
+            label: "the active state".into(),
+        });
+    };
+    let Some(i) = reader.find_snapshot(want) else {
+        let names: Vec<String> = reader
+            .snapshots()
+            .iter()
+            .map(|s| format!("{} ({})", s.id, s.name))
+            .collect();
+        anyhow::bail!(
+            "no internal snapshot with id or name {want:?} (the image has: {})",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let s = &reader.snapshots()[i];
+    Ok(ChosenLayer {
+        layer: Layer::Snapshot(i),
+        size: s.disk_size.unwrap_or(reader.virtual_size()),
+        date: (s.date_sec, s.date_nsec),
+        label: format!("snapshot {} ({})", s.id, s.name),
+    })
 }

@@ -36,7 +36,7 @@
 use super::held::{overlaps, push, Held};
 use super::target::Target;
 use crate::qcow_view::QcowView;
-use crate::snapshots::format_date;
+use crate::text::format_date;
 use anyhow::Result;
 use ext::inode::{FileType, Inode, InodeTime};
 use ext::owners::{file_runs_and_inodes, FileRun, RunKind};

@@ -13,10 +13,10 @@
 //! allocated. A record without zero clusters (a v2 export) also makes every block of the
 //! walk held, as zeros where its cluster is unallocated: the exporter copied exactly those.
 
-use crate::export_record::ExportRecord;
+use crate::record::ExportRecord;
 use anyhow::Result;
 use ext::{BlockClass, BlockSet};
-use qcow::reader::{ClusterMapping, LayerReader};
+use qcow::{ClusterMapping, LayerReader};
 use std::ops::Range;
 
 /// Most clusters looked at to decide whether a state holds a kind of block.

@@ -4,8 +4,9 @@
 use super::conflicts::{owners_of, Conflicts};
 use super::diff::DiffStats;
 use super::held::push;
-use super::Plan;
-use crate::export_record::ExportRecord;
+use super::held::Held;
+use crate::qcow_view::QcowView;
+use crate::record::ExportRecord;
 use ext::BlockSet;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,6 +14,24 @@ use std::ops::Range;
 
 /// Most affected files listed by name.
 const MAX_FILES_LISTED: usize = 20;
+
+/// What a report is about: the image state, the target and what the state holds.
+pub struct Subject<'a> {
+    /// The QCOW2 image.
+    pub image: &'a std::path::Path,
+    /// Which state of it ("the active state", "snapshot 2 (monday)").
+    pub label: &'a str,
+    /// The target's path.
+    pub target: &'a std::path::Path,
+    /// The blocks the state holds.
+    pub held: &'a Held,
+    /// The state's walk (block classes).
+    pub walk: &'a BlockSet,
+    /// The image (for its export record).
+    pub reader: &'a qcow::Reader,
+    /// The state's filesystem (for file names).
+    pub fs: &'a ext::Filesystem<QcowView<'a>>,
+}
 
 /// Totals of the runs that differ.
 #[derive(Debug)]
@@ -58,7 +77,7 @@ impl Report {
     }
 
     /// The human-readable report.
-    pub fn render(&self, plan: &Plan<'_>, conflicts: &Conflicts, dry_run: bool) -> String {
+    pub fn render(&self, plan: &Subject<'_>, conflicts: &Conflicts, dry_run: bool) -> String {
         let mut s = String::new();
         let bs = u64::from(self.block_size);
         let _ = writeln!(
@@ -66,7 +85,7 @@ impl Report {
             "rollback of {} ({}) onto {}{}",
             plan.image.display(),
             plan.label,
-            plan.target.path().display(),
+            plan.target.display(),
             if dry_run {
                 " — dry run, nothing written"
             } else {

@@ -7,6 +7,7 @@
 //! (`e2image-rs rollback: PATH`, cut from the left to fit its 64 bytes), so that a later run
 //! (or a person reading `dumpe2fs`) can tell which patch finishes or rewinds it.
 
+use crate::bytes::{get_str, le16, le32, put_le16, put_le32};
 use crate::sys::mounted::mounted_anywhere;
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
@@ -140,20 +141,15 @@ impl Target {
 pub fn not_clean(block: &[u8], sb_at: usize, patch: &Path) -> Vec<u8> {
     let mut b = block.to_vec();
     let sb = &mut b[sb_at..sb_at + SUPERBLOCK_BYTES];
-    let state = u16::from_le_bytes([sb[S_STATE_AT], sb[S_STATE_AT + 1]]) & !EXT2_VALID_FS;
-    sb[S_STATE_AT..S_STATE_AT + 2].copy_from_slice(&state.to_le_bytes());
+    let state = le16(sb, S_STATE_AT) & !EXT2_VALID_FS;
+    put_le16(sb, S_STATE_AT, state);
     let mark = part_way_mark(patch);
     let field = &mut sb[S_LAST_MOUNTED_AT..S_LAST_MOUNTED_AT + S_LAST_MOUNTED_BYTES];
     field.fill(0);
     field[..mark.len()].copy_from_slice(mark.as_bytes());
-    let ro = u32::from_le_bytes(
-        sb[S_FEATURE_RO_COMPAT_AT..S_FEATURE_RO_COMPAT_AT + 4]
-            .try_into()
-            .unwrap_or_default(),
-    );
-    if ro & RO_COMPAT_METADATA_CSUM != 0 {
+    if le32(sb, S_FEATURE_RO_COMPAT_AT) & RO_COMPAT_METADATA_CSUM != 0 {
         let c = !crc32c::crc32c(&sb[..S_CHECKSUM_AT]);
-        sb[S_CHECKSUM_AT..S_CHECKSUM_AT + 4].copy_from_slice(&c.to_le_bytes());
+        put_le32(sb, S_CHECKSUM_AT, c);
     }
     b
 }
@@ -177,13 +173,14 @@ fn part_way_mark(patch: &Path) -> String {
 /// The patch a part-way rollback left its mark for in the superblock `sb` (1024 bytes), if the
 /// filesystem is marked not clean by one.
 pub fn part_way_patch(sb: &[u8]) -> Option<String> {
-    let state = u16::from_le_bytes([*sb.get(S_STATE_AT)?, *sb.get(S_STATE_AT + 1)?]);
+    if sb.len() < SUPERBLOCK_BYTES {
+        return None;
+    }
+    let state = le16(sb, S_STATE_AT);
     if state & EXT2_VALID_FS != 0 {
         return None;
     }
-    let field = sb.get(S_LAST_MOUNTED_AT..S_LAST_MOUNTED_AT + S_LAST_MOUNTED_BYTES)?;
-    let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
-    let text = String::from_utf8_lossy(&field[..end]);
+    let text = get_str(sb, S_LAST_MOUNTED_AT, S_LAST_MOUNTED_BYTES);
     text.strip_prefix(PART_WAY_MARK).map(str::to_string)
 }
 

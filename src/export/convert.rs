@@ -1,0 +1,63 @@
+//! QCOW2 → raw conversion (`e2image-rs -r IMAGE.qcow2 OUT.raw`): every allocated cluster of
+//! the active layer (or of an internal snapshot chosen with `--from-snapshot`), whatever wrote
+//! the image (v2 or v3, any cluster size, compressed and zero clusters), through the same
+//! parallel copy engine and sinks as the export. A raw image holds one state: the other
+//! internal snapshots are named in a note.
+
+use super::summary::Summary;
+use crate::copy::{copy_runs, Progress};
+use crate::plan::ExportPlan;
+use crate::qcow_view::{choose_layer, QcowView};
+use crate::sink::{self, QcowOptions, Table};
+use anyhow::{Context, Result};
+use qcow::{ClusterMapping, Reader};
+
+/// Converts one layer of `reader` into a raw image at the plan's output.
+///
+/// # Errors
+/// Unknown snapshot; read errors of the L1/L2 tables; write errors.
+pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
+    let chosen = choose_layer(reader, plan.from_snapshot.as_deref())
+        .with_context(|| plan.source.display().to_string())?;
+    let size = chosen.size;
+    let layer = reader
+        .layer(chosen.layer)
+        .context("cannot read the L1 table")?;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    layer.for_each_allocated(|gc, m| {
+        if !matches!(m, ClusterMapping::Zero | ClusterMapping::Unallocated) {
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == gc => *n += 1,
+                _ => runs.push((gc, 1)),
+            }
+        }
+        Ok(())
+    })?;
+    let cluster = u32::try_from(reader.cluster_size()).context("cluster size over 4 GiB")?;
+    let view = QcowView::new(&layer, size);
+    let mut out = sink::open(plan, size, &QcowOptions::default())?;
+    let mut notes = out.notes();
+    let others = reader.snapshots().len();
+    if plan.from_snapshot.is_none() && others > 0 {
+        notes.push(format!(
+            "{} has {others} internal snapshot(s); a raw image holds one state, so only the active layer was converted (choose another with --from-snapshot)",
+            plan.source.display()
+        ));
+    }
+    let total: u64 = runs.iter().map(|r| r.1).sum::<u64>() * u64::from(cluster);
+    let progress = Progress::new(plan.progress, total, "converting");
+    let mut warnings = Vec::new();
+    out.sink.begin_state()?;
+    let stats = copy_runs(
+        &view,
+        cluster,
+        runs.into_iter(),
+        out.sink.as_mut(),
+        &progress,
+        &mut warnings,
+    )?;
+    out.sink.end_state()?;
+    progress.finish();
+    out.complete(&Table::default(), plan.sync)?;
+    Ok(Summary::conversion(plan, size, warnings, stats, notes))
+}

@@ -1,0 +1,350 @@
+//! The export pipeline: source → states (the current filesystem and any older ones) → walk
+//! each state (what to copy) → parallel copy → sink (QCOW2, raw file, device or stream).
+//!
+//! The source is opened read-only. With several states, the current one is written in full
+//! and becomes the active layer; each older state is written after it, newest first, sharing
+//! every cluster equal to the next newer state's (an inverted chain of QCOW2 internal
+//! snapshots). A QCOW2 source keeps its internal snapshots: each is walked and written as a
+//! state under its own id, name and date. Corrupt parts found by a walk, states that cannot be
+//! opened and unreadable blocks are reported and counted; they make the exit status 3.
+
+mod cluster;
+mod convert;
+mod qcow_source;
+mod states;
+mod summary;
+
+pub use summary::Summary;
+
+use crate::copy::{copy_runs, CopyStats, Progress};
+use crate::plan::{ExportPlan, Format, Older};
+use crate::probe::is_qcow2;
+use crate::record::{ExportRecord, EXT_EXPORT_RECORD};
+use crate::sink::{self, QcowOptions, Sink, Table, TableEntry};
+use anyhow::{bail, Context, Result};
+use cluster::choose_cluster_bits;
+use ext::{BlockView, FileView, Filesystem, OpenOptions, WalkOptions, Warning};
+use qcow::Version;
+use states::{plan as plan_states, Next3, Older as OlderStates};
+use summary::{ExportFacts, StateReport};
+
+/// Runs the export (or QCOW2 → raw conversion) the plan describes.
+///
+/// # Errors
+/// Anything that stops the run; nothing is left under OUT (a file) then.
+pub fn run(plan: &ExportPlan) -> Result<Summary> {
+    if is_qcow2(&plan.source)? {
+        return qcow_source::from_qcow2(plan);
+    }
+    if !plan.force {
+        if let Some(mnt) = crate::sys::mounted::mounted_rw(&plan.source) {
+            bail!(
+                "{} is mounted read-write on {}; the image could be inconsistent. Use -f to image it anyway",
+                plan.source.display(),
+                mnt.display()
+            );
+        }
+    }
+    let view = FileView::open(&plan.source)
+        .with_context(|| format!("cannot open {} read-only", plan.source.display()))?;
+    export_fs(&view, plan)
+}
+
+/// Opens the filesystem on `view`, plans its states and writes the image.
+pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summary> {
+    let fs = Filesystem::open(view, &plan.open)
+        .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))?;
+    if let Some(name) = &plan.from_snapshot {
+        let next3 = Next3::read(&fs);
+        let i = next3.find(&fs, name).with_context(|| {
+            format!(
+                "{}: no filesystem snapshot with name or id {name:?}",
+                plan.source.display()
+            )
+        })?;
+        let snap = next3.view(&fs, i);
+        let states = [StateInput {
+            name: name.clone(),
+            date: (0, 0),
+            view: &snap,
+        }];
+        return write_states(&states, plan, next3.warnings.clone(), None);
+    }
+    let images = match &plan.older {
+        Older::Images(v) => v.as_slice(),
+        _ => &[],
+    };
+    let sp = plan_states(&fs, plan.older == Older::FsSnapshots, images, plan.force)?;
+    let snap_views: Vec<_> = match &sp.older {
+        OlderStates::Next3(n) => n.exported.iter().map(|&i| n.view(&fs, i)).collect(),
+        _ => Vec::new(),
+    };
+    let mut views: Vec<&dyn BlockView> = vec![view];
+    match &sp.older {
+        OlderStates::Next3(_) => views.extend(snap_views.iter().map(|v| v as &dyn BlockView)),
+        OlderStates::Images(images) => {
+            views.extend(images.iter().map(|(_, v)| v as &dyn BlockView))
+        }
+        OlderStates::None => {}
+    }
+    let early = match &sp.older {
+        OlderStates::Next3(n) => n.warnings.clone(),
+        _ => Vec::new(),
+    };
+    let states: Vec<StateInput<'_>> = views
+        .into_iter()
+        .enumerate()
+        .map(|(k, v)| StateInput {
+            name: sp.names[k].clone(),
+            date: sp.dates[k],
+            view: v,
+        })
+        .collect();
+    write_states(&states, plan, early, None)
+}
+
+/// One state to write: its view, name and date.
+pub(super) struct StateInput<'a> {
+    pub(super) name: String,
+    pub(super) date: (u32, u32),
+    pub(super) view: &'a dyn BlockView,
+}
+
+/// Writes the states (the first is the active layer unless `table` says otherwise) to OUT.
+/// Without a `table`, several states make the inverted chain: one snapshot per state, ids
+/// 1..n in writing order.
+pub(super) fn write_states(
+    states: &[StateInput<'_>],
+    plan: &ExportPlan,
+    early_warnings: Vec<Warning>,
+    table: Option<Table>,
+) -> Result<Summary> {
+    let (opened, mut reports, mut warnings) = open_states(states, plan)?;
+    warnings.splice(
+        0..0,
+        early_warnings
+            .into_iter()
+            .map(|w| (states[0].name.clone(), w)),
+    );
+    let first = opened[0]
+        .as_ref()
+        .context("the current state cannot be opened")?;
+    let size = opened
+        .iter()
+        .flatten()
+        .map(|f| f.sb.size_bytes())
+        .max()
+        .unwrap_or(0);
+    let mut out = sink::open(plan, size, &qcow_options(plan, size, first.sb.block_size)?)?;
+    let notes = out.notes();
+    let walk_opts = WalkOptions {
+        data: plan.data,
+        no_snapshot_files: plan.no_snapshots,
+    };
+    let mut main_walk = None;
+    let mut stats_total = CopyStats::default();
+    let count = opened.iter().flatten().count();
+    let mut k = 0;
+    for (state, fs) in states.iter().zip(&opened) {
+        let Some(fs) = fs else { continue };
+        k += 1;
+        let label = match count {
+            1 => state.name.clone(),
+            n => format!("state {k}/{n}: {}", state.name),
+        };
+        let walked = ext::walk(fs, &walk_opts);
+        let (stats, copy_warnings) =
+            copy_state(out.sink.as_mut(), state, fs, &walked, plan.progress, &label)?;
+        stats_total.bytes_copied += stats.bytes_copied;
+        let all: Vec<Warning> = walked
+            .warnings
+            .iter()
+            .cloned()
+            .chain(copy_warnings)
+            .collect();
+        reports.push(StateReport::walked(
+            &state.name,
+            state.date,
+            &walked,
+            all.len(),
+        ));
+        warnings.extend(all.into_iter().map(|w| (state.name.clone(), w)));
+        if main_walk.is_none() {
+            main_walk = Some((walked, fs.sb.clone()));
+        }
+    }
+    let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
+    let table = match table {
+        Some(t) => remap_table(t, &written),
+        None => chain_table(states, &written),
+    };
+    let cluster_size = out.complete(&table, plan.sync)?;
+    let (walked, sb) = main_walk.context("the current state was not written")?;
+    reports.sort_by_key(|r| states.iter().position(|s| s.name == r.name));
+    Ok(Summary::export(
+        plan,
+        ExportFacts {
+            sb: &sb,
+            walked: &walked,
+            warnings,
+            stats: stats_total,
+            cluster_size,
+            states: reports,
+            notes,
+        },
+    ))
+}
+
+/// How to write QCOW2: the cluster size for a `size`-byte disk and the export record.
+fn qcow_options(plan: &ExportPlan, size: u64, block_size: u32) -> Result<QcowOptions> {
+    let Format::Qcow2 {
+        version,
+        cluster_size,
+    } = plan.format
+    else {
+        return Ok(QcowOptions::default());
+    };
+    let record = ExportRecord {
+        file_data: plan.data,
+        snapshot_files: !plan.no_snapshots,
+        zeros_recorded: version == Version::V3,
+    };
+    Ok(QcowOptions {
+        cluster_bits: choose_cluster_bits(size, block_size, plan.data, cluster_size)?,
+        version,
+        extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
+    })
+}
+
+/// The inverted chain's table: with several written states, one snapshot per state (ids
+/// 1..n in order, the current state first); the first written state is active.
+fn chain_table(states: &[StateInput<'_>], written: &[bool]) -> Table {
+    let names: Vec<&StateInput<'_>> = states
+        .iter()
+        .zip(written)
+        .filter(|(_, w)| **w)
+        .map(|(s, _)| s)
+        .collect();
+    let entries = if names.len() > 1 {
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, s)| TableEntry {
+                state: k,
+                id: (k + 1).to_string(),
+                name: s.name.clone(),
+                date: s.date,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Table { active: 0, entries }
+}
+
+/// A table given over the input states, moved onto the written ones: entries of states that
+/// were left out (and already reported) are dropped.
+fn remap_table(t: Table, written: &[bool]) -> Table {
+    let index: Vec<Option<usize>> = written
+        .iter()
+        .scan(0usize, |n, &w| {
+            let i = w.then_some(*n);
+            *n += usize::from(w);
+            Some(i)
+        })
+        .collect();
+    Table {
+        active: index[t.active].unwrap_or(0),
+        entries: t
+            .entries
+            .into_iter()
+            .filter_map(|e| index[e.state].map(|s| TableEntry { state: s, ..e }))
+            .collect(),
+    }
+}
+
+/// Opened filesystems of the states (`None` for an older state that cannot be opened), the
+/// reports of those left out and a warning for each.
+type Opened<'a> = (
+    Vec<Option<Filesystem<&'a dyn BlockView>>>,
+    Vec<StateReport>,
+    Vec<(String, Warning)>,
+);
+
+/// Opens every state's filesystem. The first state must open (it uses `-b`/`-B`); another
+/// one that does not is reported and left out.
+fn open_states<'a>(states: &[StateInput<'a>], plan: &ExportPlan) -> Result<Opened<'a>> {
+    let (mut opened, mut reports, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, s) in states.iter().enumerate() {
+        let opts = if k == 0 {
+            plan.open
+        } else {
+            OpenOptions::default()
+        };
+        match Filesystem::open(s.view, &opts) {
+            Ok(fs) => opened.push(Some(fs)),
+            Err(e) if k == 0 => bail!("{}: cannot open the filesystem: {e}", plan.source.display()),
+            Err(e) => {
+                let report = StateReport::unopenable(&s.name, &e.to_string());
+                let reason = report.error.clone().unwrap_or_default();
+                warnings.push((
+                    s.name.clone(),
+                    Warning {
+                        inode: None,
+                        block: None,
+                        offset: None,
+                        reason,
+                    },
+                ));
+                reports.push(report);
+                opened.push(None);
+            }
+        }
+    }
+    Ok((opened, reports, warnings))
+}
+
+/// Copies one walked state into the sink as its next state. Returns the counts and the
+/// unreadable blocks.
+fn copy_state(
+    sink: &mut dyn Sink,
+    state: &StateInput<'_>,
+    fs: &Filesystem<&dyn BlockView>,
+    walked: &ext::WalkResult,
+    progress: bool,
+    label: &str,
+) -> Result<(CopyStats, Vec<Warning>)> {
+    let bs = fs.sb.block_size;
+    let bytes = walked.blocks.block_count() * u64::from(bs);
+    let progress = Progress::new(progress, bytes, label);
+    let mut warnings = Vec::new();
+    let runs = walked.blocks.extents().iter().map(|e| (e.start, e.len));
+    sink.begin_state()?;
+    let stats = copy_runs(state.view, bs, runs, sink, &progress, &mut warnings)?;
+    sink.end_state()?;
+    progress.finish();
+    Ok((stats, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_follow_the_written_states() {
+        let t = Table {
+            active: 0,
+            entries: (0..3)
+                .map(|s| TableEntry {
+                    state: s,
+                    id: s.to_string(),
+                    name: format!("n{s}"),
+                    date: (0, 0),
+                })
+                .collect(),
+        };
+        let r = remap_table(t, &[true, false, true]);
+        let got: Vec<(usize, &str)> = r.entries.iter().map(|e| (e.state, e.id.as_str())).collect();
+        assert_eq!(got, vec![(0, "0"), (1, "2")]);
+    }
+}

@@ -1,0 +1,116 @@
+//! A QCOW2 SOURCE: converted to raw (`-r`), one internal snapshot exported
+//! (`--from-snapshot`), or every state carried across into the new image with its id, name
+//! and date (the default); layers that share their L2 tables are written once.
+
+use super::convert::qcow_to_raw;
+use super::states::CURRENT;
+use super::summary::Summary;
+use super::{export_fs, write_states, StateInput};
+use crate::plan::{ExportPlan, Format, Older};
+use crate::qcow_view::{choose_layer, QcowView};
+use crate::sink::{Table, TableEntry};
+use anyhow::{bail, Context, Result};
+use qcow::{Layer, LayerReader, Reader};
+
+/// A QCOW2 source: converted to raw, one state exported, or every state carried across.
+pub(super) fn from_qcow2(plan: &ExportPlan) -> Result<Summary> {
+    let file = std::fs::File::open(&plan.source)
+        .with_context(|| format!("cannot open {}", plan.source.display()))?;
+    let reader = Reader::open(file)
+        .with_context(|| format!("{}: invalid QCOW2 image", plan.source.display()))?;
+    if plan.format == Format::Raw {
+        return qcow_to_raw(&reader, plan);
+    }
+    if let Some(name) = &plan.from_snapshot {
+        let chosen =
+            choose_layer(&reader, Some(name)).with_context(|| plan.source.display().to_string())?;
+        let layer = reader.layer(chosen.layer)?;
+        let view = QcowView::new(&layer, chosen.size);
+        let states = [StateInput {
+            name: name.clone(),
+            date: chosen.date,
+            view: &view,
+        }];
+        return write_states(&states, plan, Vec::new(), None);
+    }
+    if reader.snapshots().is_empty() {
+        let layer = reader.layer(Layer::Active)?;
+        return export_fs(&QcowView::new(&layer, reader.virtual_size()), plan);
+    }
+    if plan.older != Older::None {
+        bail!(
+            "{} has {} internal snapshots, which the export keeps as its older states; --snapshot and --fs-snapshots cannot add others to them (export one state with --from-snapshot)",
+            plan.source.display(),
+            reader.snapshots().len()
+        );
+    }
+    carry_states(&reader, plan)
+}
+
+/// Every state of a QCOW2 source with internal snapshots: the active layer, then the snapshots
+/// newest first; layers with the same L2 tables are written once and shared. The snapshot
+/// table keeps the source's ids, names and dates.
+fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
+    let snaps = reader.snapshots();
+    let mut layers: Vec<LayerReader<'_>> = vec![reader.layer(Layer::Active)?];
+    for (i, s) in snaps.iter().enumerate() {
+        layers.push(
+            reader
+                .layer(Layer::Snapshot(i))
+                .with_context(|| format!("snapshot {} ({})", s.id, s.name))?,
+        );
+    }
+    let mut order: Vec<usize> = (1..layers.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse((snaps[k - 1].date_sec, snaps[k - 1].date_nsec)));
+    order.insert(0, 0);
+    let (mut written, mut state_of) = (Vec::new(), vec![0; layers.len()]);
+    for &k in &order {
+        match written
+            .iter()
+            .position(|&w: &usize| layers[w].same_tables(&layers[k]))
+        {
+            Some(j) => state_of[k] = j,
+            None => {
+                state_of[k] = written.len();
+                written.push(k);
+            }
+        }
+    }
+    let size_of = |k: usize| match k {
+        0 => reader.virtual_size(),
+        _ => snaps[k - 1].disk_size.unwrap_or(reader.virtual_size()),
+    };
+    let views: Vec<QcowView<'_>> = written
+        .iter()
+        .map(|&k| QcowView::new(&layers[k], size_of(k)))
+        .collect();
+    let states: Vec<StateInput<'_>> = written
+        .iter()
+        .zip(&views)
+        .map(|(&k, v)| StateInput {
+            name: match k {
+                0 => CURRENT.to_string(),
+                _ => snaps[k - 1].name.clone(),
+            },
+            date: match k {
+                0 => (0, 0),
+                _ => (snaps[k - 1].date_sec, snaps[k - 1].date_nsec),
+            },
+            view: v,
+        })
+        .collect();
+    let table = Table {
+        active: state_of[0],
+        entries: snaps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| TableEntry {
+                state: state_of[i + 1],
+                id: s.id.clone(),
+                name: s.name.clone(),
+                date: (s.date_sec, s.date_nsec),
+            })
+            .collect(),
+    };
+    write_states(&states, plan, Vec::new(), Some(table))
+}

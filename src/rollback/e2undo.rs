@@ -1,0 +1,778 @@
+//! Writer of e2fsprogs undo files (format `E2UNDO02`).
+//!
+//! **Purpose.** When a command overwrites blocks of an ext2/3/4 target (block device or image
+//! file), it can also record the *old* content of those blocks in an undo file. e2fsprogs' own
+//! `e2undo FILE TARGET` replays that file and gives the target its old bytes back. The writer
+//! mirrors what e2fsprogs' `undo_io` channel produces, so the stock `e2undo` (1.43 and later)
+//! accepts the files.
+//!
+//! **Layout.** All integers are little-endian; the file is made of undo blocks of B bytes (here
+//! B = F = the fs block size, F being the unit of key addresses). Undo block 0 holds the 512-byte
+//! header (rest zero); block 1 the 1024-byte superblock record (rest zero); block 2 the first key
+//! block, followed by the data of its keys in key order (each key's data takes `size / B` whole
+//! blocks); once a key block holds `B/16 − 1` keys, the next key block comes right after the data
+//! of the previous one, then its data, and so on. A key block is magic `0xCADECADE`, its CRC, 8
+//! reserved bytes and 16-byte keys `{fsblk u64, blk_crc u32, size u32}`; a key covers a run of
+//! contiguous fs blocks of fewer than 512·B bytes (at most 511 blocks). The superblock record is
+//! the target's superblock as it will be *after* the modification, with `s_magic` bitwise
+//! inverted (so blkid does not take the undo file for a filesystem).
+//!
+//! **CRC convention.** Every CRC in the file is e2fsprogs' `ext2fs_crc32c_le(~0, data)`: the
+//! reflected Castagnoli CRC with initial value `0xFFFFFFFF` and *no* final inversion, i.e.
+//! `!crc32c::crc32c(data)` ([`e2fs_crc32c`]). Header CRC covers header bytes 0..508; key-block CRC
+//! covers the whole B-byte block with its CRC field zeroed; `blk_crc` covers a key's data bytes;
+//! `sb_crc` covers the 1024 superblock bytes with the real (un-inverted) magic.
+//!
+//! **Streaming.** The data can be GiBs, so nothing but the current key block's keys is held in
+//! memory: [`UndoFileWriter::create`] reserves undo block 2 for the first key block,
+//! [`UndoFileWriter::add`] writes the old bytes straight to their final place in the file (after
+//! the slot of the current key block) and writes a key block into its reserved slot when it is
+//! full (reserving the next slot behind the data written so far); [`UndoFileWriter::finish`]
+//! writes the last key block, the superblock record and, last of all, the header. Until `finish`
+//! has written the header the file starts with zeros, which `e2undo` rejects ("not an undo
+//! file"), so an interrupted or failed run never leaves a file that looks valid.
+//!
+//! **Caveat.** `e2undo` refuses to replay unless the target's superblock (1024 bytes at byte
+//! 1024) equals the recorded one byte for byte. The file is therefore valid only right after the
+//! modification finished, before anything else (a mount, fsck, tune2fs …) touches the
+//! superblock.
+
+// Remove once the `rollback` command calls the writer.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::bytes::{le16, put_le16, put_le32 as put_u32, put_le64 as put_u64};
+use anyhow::{bail, ensure, Context, Result};
+
+/// Magic at byte 0 of the header.
+pub const E2UNDO_MAGIC: &[u8; 8] = b"E2UNDO02";
+/// Magic at byte 0 of every key block.
+pub const KEYBLOCK_MAGIC: u32 = 0xCADE_CADE;
+/// Header `state` bit: the writer closed the file cleanly.
+pub const E2UNDO_STATE_FINISHED: u32 = 0x1;
+/// A key's data must stay below this many undo blocks (e2undo rejects `size > 512·B`;
+/// undo_io keeps `size < 512·B`), so one key holds at most `E2UNDO_MAX_EXTENT_BLOCKS - 1` blocks.
+pub const E2UNDO_MAX_EXTENT_BLOCKS: u64 = 512;
+/// Size in bytes of the header structure (the rest of undo block 0 is zero).
+pub const E2UNDO_HEADER_SIZE: usize = 512;
+/// Size in bytes of the superblock record (the rest of its undo block is zero).
+pub const E2UNDO_SUPERBLOCK_SIZE: usize = 1024;
+/// Smallest fs block size accepted (bytes).
+pub const MIN_BLOCK_SIZE: u32 = 1024;
+/// Largest fs block size accepted (bytes).
+pub const MAX_BLOCK_SIZE: u32 = 65536;
+
+/// Largest number of fs blocks in one key.
+const MAX_KEY_BLOCKS: u64 = E2UNDO_MAX_EXTENT_BLOCKS - 1;
+/// Undo-block index of the superblock record.
+const SUPER_OFFSET: u64 = 1;
+/// Undo-block index of the first key block.
+const KEY_OFFSET: u64 = 2;
+/// Size of one key in a key block, and of the key-block header before the keys.
+const KEY_SIZE: usize = 16;
+
+// Header field offsets (bytes).
+const HDR_NUM_KEYS: usize = 8;
+const HDR_SUPER_OFFSET: usize = 16;
+const HDR_KEY_OFFSET: usize = 24;
+const HDR_BLOCK_SIZE: usize = 32;
+const HDR_FS_BLOCK_SIZE: usize = 36;
+const HDR_SB_CRC: usize = 40;
+const HDR_STATE: usize = 44;
+const HDR_F_COMPAT: usize = 48;
+const HDR_F_INCOMPAT: usize = 52;
+const HDR_F_ROCOMPAT: usize = 56;
+const HDR_FS_OFFSET: usize = 64;
+const HDR_HEADER_CRC: usize = 508;
+
+// Key-block field offsets (bytes).
+const KB_CRC: usize = 4;
+
+/// Offset of `s_magic` (u16 LE) inside the ext2/3/4 superblock.
+const SB_MAGIC_OFFSET: usize = 0x38;
+/// ext2/3/4 superblock magic.
+const EXT_SUPER_MAGIC: u16 = 0xEF53;
+
+/// e2fsprogs' CRC32C convention: `ext2fs_crc32c_le(0xFFFFFFFF, data)`, i.e. the standard
+/// CRC-32C without the final inversion.
+pub fn e2fs_crc32c(data: &[u8]) -> u32 {
+    !crc32c::crc32c(data)
+}
+
+/// One key of the current key block. `crc` is the *standard* CRC-32C of the data so far
+/// (chainable with `crc32c_append`); it is inverted when the key is stored.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    fsblk: u64,
+    blocks: u64,
+    crc: u32,
+}
+
+/// Streams the pre-images of fs blocks about to be overwritten into an `E2UNDO02` file.
+///
+/// Use: [`create`](Self::create) on a new empty file, [`add`](Self::add) the old bytes of each
+/// run of blocks (before overwriting them) in increasing block order, then
+/// [`finish`](Self::finish) with the superblock the target holds after the modification.
+/// After any error the writer refuses further calls; the file then has no header and is
+/// rejected by `e2undo`.
+#[derive(Debug)]
+pub struct UndoFileWriter {
+    out: File,
+    /// B = F, bytes.
+    block_size: u32,
+    /// B/16 − 1.
+    keys_per_block: usize,
+    /// Undo-block index of the slot reserved for the current key block.
+    key_block_index: u64,
+    /// Keys of the current key block (at most `keys_per_block`).
+    keys: Vec<Key>,
+    /// Next free undo block (where the next data goes); also the file length in blocks.
+    next_block: u64,
+    /// Keys written so far (all key blocks).
+    num_keys: u64,
+    /// Smallest fs block the next `add` may start at.
+    next_fs_block: u64,
+    /// Set once a call failed; the file is then unusable.
+    failed: bool,
+}
+
+impl UndoFileWriter {
+    /// Starts an undo file in `out`, which must be a new, empty file opened for writing
+    /// (positioned writes are used; the file position does not matter). `block_size` is the fs
+    /// block size in bytes (B = F): a power of two in 1024..=65536.
+    ///
+    /// Errors: invalid `block_size`.
+    pub fn create(out: File, block_size: u32) -> Result<UndoFileWriter> {
+        ensure!(
+            (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) && block_size.is_power_of_two(),
+            "undo file: block size {block_size} is not a power of two in \
+             {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
+        );
+        let keys_per_block = block_size as usize / KEY_SIZE - 1;
+        Ok(UndoFileWriter {
+            out,
+            block_size,
+            keys_per_block,
+            key_block_index: KEY_OFFSET,
+            keys: Vec::with_capacity(keys_per_block),
+            next_block: KEY_OFFSET + 1,
+            num_keys: 0,
+            next_fs_block: 0,
+            failed: false,
+        })
+    }
+
+    /// Number of keys recorded so far.
+    pub fn num_keys(&self) -> u64 {
+        self.num_keys
+    }
+
+    /// Size in bytes the file will have once finished (given no further `add`).
+    pub fn file_size(&self) -> u64 {
+        self.next_block.saturating_mul(u64::from(self.block_size))
+    }
+
+    /// Records `old`, the current (pre-modification) bytes of fs blocks
+    /// `first..first + old.len() / block_size`, writing them to the undo file at once.
+    ///
+    /// Calls must come in strictly increasing, non-overlapping block order. A run contiguous
+    /// with the previous key extends it while the key stays under 512·B bytes (≤ 511 blocks);
+    /// longer runs are split over several keys. An empty `old` is a no-op.
+    ///
+    /// Errors: `old.len()` not a multiple of the block size, a run starting before the end of
+    /// the previous one, block numbers overflowing a 64-bit byte offset, write errors (after
+    /// which the writer is unusable).
+    pub fn add(&mut self, first: u64, old: &[u8]) -> Result<()> {
+        ensure!(
+            !self.failed,
+            "undo file: writer unusable after an earlier error"
+        );
+        let b = u64::from(self.block_size);
+        ensure!(
+            old.len().is_multiple_of(self.block_size as usize),
+            "undo file: {} bytes for block {first} is not a multiple of the block size {b}",
+            old.len()
+        );
+        if old.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            first >= self.next_fs_block,
+            "undo file: block {first} added out of order (expected block {} or later)",
+            self.next_fs_block
+        );
+        let count = old.len() as u64 / b;
+        let end = first
+            .checked_add(count)
+            .filter(|e| e.checked_mul(b).is_some())
+            .with_context(|| format!("undo file: block run {first}+{count} overflows"))?;
+        let result = self.add_inner(first, old);
+        if result.is_err() {
+            self.failed = true;
+        } else {
+            self.next_fs_block = end;
+        }
+        result
+    }
+
+    fn add_inner(&mut self, first: u64, old: &[u8]) -> Result<()> {
+        let bs = self.block_size as usize;
+        let mut cur = first;
+        let mut rest = old;
+        while !rest.is_empty() {
+            let remaining = (rest.len() / bs) as u64;
+            let extendable = self.keys.last().is_some_and(|k| {
+                k.fsblk.checked_add(k.blocks) == Some(cur) && k.blocks < MAX_KEY_BLOCKS
+            });
+            if !extendable {
+                if self.keys.len() == self.keys_per_block {
+                    self.write_key_block()?;
+                    self.key_block_index = self.next_block;
+                    self.next_block = self.bump(self.next_block, 1)?;
+                    self.keys.clear();
+                }
+                self.keys.push(Key {
+                    fsblk: cur,
+                    blocks: 0,
+                    crc: 0,
+                });
+                self.num_keys = self
+                    .num_keys
+                    .checked_add(1)
+                    .context("undo file: key count overflow")?;
+            }
+            let last_blocks = self.keys.last().map_or(0, |k| k.blocks);
+            let n = remaining.min(MAX_KEY_BLOCKS - last_blocks);
+            let nbytes = usize::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(bs))
+                .context("undo file: chunk size overflow")?;
+            let (chunk, tail) = rest.split_at(nbytes);
+            let offset = self.byte_offset(self.next_block)?;
+            self.out.write_all_at(chunk, offset).with_context(|| {
+                format!("undo file: writing data of block {cur} at byte {offset}")
+            })?;
+            self.next_block = self.bump(self.next_block, n)?;
+            let key = self.keys.last_mut().context("undo file: no current key")?;
+            key.crc = crc32c::crc32c_append(key.crc, chunk);
+            key.blocks += n;
+            cur = cur
+                .checked_add(n)
+                .context("undo file: block number overflow")?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Writes the last key block, the superblock record and the header, and returns the file
+    /// (not synced: the caller fsyncs and renames). `new_superblock` is the 1024 bytes the target
+    /// holds at byte 1024 *after* the modification; `e2undo` compares them with the target
+    /// before replaying.
+    ///
+    /// Errors: `new_superblock` without the ext2/3/4 magic 0xEF53, the writer failed earlier,
+    /// write errors.
+    pub fn finish(mut self, new_superblock: &[u8; 1024]) -> Result<File> {
+        ensure!(
+            !self.failed,
+            "undo file: writer unusable after an earlier error"
+        );
+        let magic = le16(new_superblock, SB_MAGIC_OFFSET);
+        if magic != EXT_SUPER_MAGIC {
+            bail!("undo file: superblock magic is {magic:#06x}, expected {EXT_SUPER_MAGIC:#06x}");
+        }
+        self.write_key_block()?;
+
+        let bs = self.block_size as usize;
+        let mut sb = vec![0u8; bs];
+        sb[..E2UNDO_SUPERBLOCK_SIZE].copy_from_slice(new_superblock);
+        put_le16(&mut sb, SB_MAGIC_OFFSET, !magic);
+        let offset = self.byte_offset(SUPER_OFFSET)?;
+        self.out
+            .write_all_at(&sb, offset)
+            .context("undo file: writing the superblock record")?;
+
+        let len = self.file_size();
+        self.out
+            .set_len(len)
+            .with_context(|| format!("undo file: setting the length to {len} bytes"))?;
+
+        let mut hdr = vec![0u8; bs];
+        hdr[..8].copy_from_slice(E2UNDO_MAGIC);
+        put_u64(&mut hdr, HDR_NUM_KEYS, self.num_keys);
+        put_u64(&mut hdr, HDR_SUPER_OFFSET, SUPER_OFFSET);
+        put_u64(&mut hdr, HDR_KEY_OFFSET, KEY_OFFSET);
+        put_u32(&mut hdr, HDR_BLOCK_SIZE, self.block_size);
+        put_u32(&mut hdr, HDR_FS_BLOCK_SIZE, self.block_size);
+        put_u32(&mut hdr, HDR_SB_CRC, e2fs_crc32c(new_superblock));
+        put_u32(&mut hdr, HDR_STATE, E2UNDO_STATE_FINISHED);
+        put_u32(&mut hdr, HDR_F_COMPAT, 0);
+        put_u32(&mut hdr, HDR_F_INCOMPAT, 0);
+        put_u32(&mut hdr, HDR_F_ROCOMPAT, 0);
+        put_u64(&mut hdr, HDR_FS_OFFSET, 0);
+        let crc = e2fs_crc32c(&hdr[..HDR_HEADER_CRC]);
+        put_u32(&mut hdr, HDR_HEADER_CRC, crc);
+        debug_assert_eq!(HDR_HEADER_CRC + 4, E2UNDO_HEADER_SIZE);
+        self.out
+            .write_all_at(&hdr, 0)
+            .context("undo file: writing the header")?;
+        Ok(self.out)
+    }
+
+    /// Writes the current key block into its reserved slot (unused key slots zero).
+    fn write_key_block(&mut self) -> Result<()> {
+        let b = u64::from(self.block_size);
+        let mut kb = vec![0u8; self.block_size as usize];
+        put_u32(&mut kb, 0, KEYBLOCK_MAGIC);
+        for (i, k) in self.keys.iter().enumerate() {
+            let at = KEY_SIZE * (i + 1);
+            let size = k
+                .blocks
+                .checked_mul(b)
+                .and_then(|s| u32::try_from(s).ok())
+                .context("undo file: key size overflow")?;
+            put_u64(&mut kb, at, k.fsblk);
+            put_u32(&mut kb, at + 8, !k.crc);
+            put_u32(&mut kb, at + 12, size);
+        }
+        let crc = e2fs_crc32c(&kb);
+        put_u32(&mut kb, KB_CRC, crc);
+        let offset = self.byte_offset(self.key_block_index)?;
+        let result = self
+            .out
+            .write_all_at(&kb, offset)
+            .with_context(|| format!("undo file: writing the key block at byte {offset}"));
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn byte_offset(&self, undo_block: u64) -> Result<u64> {
+        undo_block
+            .checked_mul(u64::from(self.block_size))
+            .context("undo file: file offset overflow")
+    }
+
+    fn bump(&self, block: u64, n: u64) -> Result<u64> {
+        block
+            .checked_add(n)
+            .filter(|&e| self.byte_offset(e).is_ok())
+            .context("undo file: file size overflow")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// Unique temp dir removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let p = std::env::temp_dir().join(format!(
+                "e2undo-test-{tag}-{}-{}-{nanos}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn new_file(path: &Path) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap()
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift64).
+    fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Reads back a finished file: (header, superblock record, keys as (fsblk, crc, size, data)).
+    type ParsedKey = (u64, u32, u32, Vec<u8>);
+    fn parse(file: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<ParsedKey>) {
+        let hdr = file[..E2UNDO_HEADER_SIZE].to_vec();
+        assert_eq!(&hdr[..8], E2UNDO_MAGIC);
+        assert_eq!(
+            u32_at(&hdr, HDR_HEADER_CRC),
+            e2fs_crc32c(&hdr[..HDR_HEADER_CRC])
+        );
+        let b = u32_at(&hdr, HDR_BLOCK_SIZE) as usize;
+        assert_eq!(file.len() % b, 0);
+        let num_keys = u64_at(&hdr, HDR_NUM_KEYS) as usize;
+        let sb_at = u64_at(&hdr, HDR_SUPER_OFFSET) as usize * b;
+        let sb = file[sb_at..sb_at + E2UNDO_SUPERBLOCK_SIZE].to_vec();
+        let per = b / KEY_SIZE - 1;
+        let mut keys = Vec::new();
+        let mut blk = u64_at(&hdr, HDR_KEY_OFFSET) as usize;
+        if num_keys == 0 {
+            // An empty key block is still written.
+            assert_eq!(u32_at(file, blk * b), KEYBLOCK_MAGIC);
+            blk += 1;
+        }
+        while keys.len() < num_keys {
+            let kb = &file[blk * b..(blk + 1) * b];
+            assert_eq!(u32_at(kb, 0), KEYBLOCK_MAGIC);
+            let mut z = kb.to_vec();
+            z[KB_CRC..KB_CRC + 4].fill(0);
+            assert_eq!(u32_at(kb, KB_CRC), e2fs_crc32c(&z));
+            blk += 1;
+            for i in 0..per.min(num_keys - keys.len()) {
+                let at = KEY_SIZE * (i + 1);
+                let size = u32_at(kb, at + 12);
+                assert!(u64::from(size) < E2UNDO_MAX_EXTENT_BLOCKS * b as u64);
+                let data = file[blk * b..blk * b + size as usize].to_vec();
+                assert_eq!(u32_at(kb, at + 8), e2fs_crc32c(&data));
+                blk += (size as usize).div_ceil(b);
+                keys.push((u64_at(kb, at), u32_at(kb, at + 8), size, data));
+            }
+        }
+        assert_eq!(
+            blk * b,
+            file.len(),
+            "file ends right after the last key's data"
+        );
+        (hdr, sb, keys)
+    }
+
+    fn fake_superblock() -> [u8; 1024] {
+        let mut sb = [0u8; 1024];
+        sb[..1024].copy_from_slice(&pseudo_random(7, 1024));
+        sb[SB_MAGIC_OFFSET..SB_MAGIC_OFFSET + 2].copy_from_slice(&EXT_SUPER_MAGIC.to_le_bytes());
+        sb
+    }
+
+    #[test]
+    fn crc_convention_matches_notes_vector() {
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(e2fs_crc32c(b"123456789"), 0x1CF9_6D7C);
+        // Chaining of standard values equals the CRC of the concatenation.
+        let a = crc32c::crc32c_append(0, b"1234");
+        assert_eq!(!crc32c::crc32c_append(a, b"56789"), 0x1CF9_6D7C);
+    }
+
+    #[test]
+    fn layout_merging_and_splitting() {
+        let dir = TempDir::new("layout");
+        let path = dir.0.join("u.e2undo");
+        let b = 1024usize;
+        let mut w = UndoFileWriter::create(new_file(&path), b as u32).unwrap();
+        let run = pseudo_random(1, 600 * b);
+        // Two contiguous calls (600 + 400 blocks) -> keys of 511 and 489 blocks.
+        w.add(10, &run).unwrap();
+        w.add(610, &pseudo_random(2, 400 * b)).unwrap();
+        w.add(2000, &[]).unwrap(); // no-op
+                                   // 70 non-contiguous single blocks -> a second key block.
+        for i in 0..70u64 {
+            w.add(3000 + 2 * i, &pseudo_random(100 + i, b)).unwrap();
+        }
+        assert_eq!(w.num_keys(), 72);
+        let size = w.file_size();
+        let sb = fake_superblock();
+        let f = w.finish(&sb).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), size);
+        let bytes = std::fs::read(&path).unwrap();
+        // header + sb + 2 key blocks + 1000 + 70 data blocks
+        assert_eq!(bytes.len(), (4 + 1000 + 70) * b);
+        let (hdr, rec, keys) = parse(&bytes);
+        assert_eq!(u64_at(&hdr, HDR_NUM_KEYS), 72);
+        assert_eq!(u64_at(&hdr, HDR_SUPER_OFFSET), 1);
+        assert_eq!(u64_at(&hdr, HDR_KEY_OFFSET), 2);
+        assert_eq!(u32_at(&hdr, HDR_FS_BLOCK_SIZE), b as u32);
+        assert_eq!(u32_at(&hdr, HDR_STATE), E2UNDO_STATE_FINISHED);
+        assert_eq!(u32_at(&hdr, HDR_F_COMPAT), 0);
+        assert_eq!(u64_at(&hdr, HDR_FS_OFFSET), 0);
+        assert!(hdr[HDR_F_INCOMPAT..HDR_HEADER_CRC].iter().all(|&x| x == 0));
+        assert_eq!(u32_at(&hdr, HDR_SB_CRC), e2fs_crc32c(&sb));
+        assert_eq!(u16::from_le_bytes([rec[0x38], rec[0x39]]), !EXT_SUPER_MAGIC);
+        assert_eq!(&rec[..0x38], &sb[..0x38]);
+        assert_eq!(&rec[0x3A..], &sb[0x3A..]);
+        assert_eq!((keys[0].0, keys[0].2), (10, 511 * b as u32));
+        assert_eq!((keys[1].0, keys[1].2), (521, 489 * b as u32));
+        assert_eq!(&keys[0].3[..], &run[..511 * b]);
+        assert_eq!(&keys[1].3[..89 * b], &run[511 * b..]);
+        assert_eq!((keys[71].0, keys[71].2), (3000 + 2 * 69, b as u32));
+        // Second key block starts right after the data of the first one's 63 keys.
+        assert_eq!(u32_at(&bytes, (3 + 1000 + 61) * b), KEYBLOCK_MAGIC);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let dir = TempDir::new("bad");
+        assert!(UndoFileWriter::create(new_file(&dir.0.join("a")), 512).is_err());
+        assert!(UndoFileWriter::create(new_file(&dir.0.join("b")), 3000).is_err());
+        assert!(UndoFileWriter::create(new_file(&dir.0.join("c")), 131072).is_err());
+        let mut w = UndoFileWriter::create(new_file(&dir.0.join("d")), 4096).unwrap();
+        assert!(w.add(5, &[0u8; 100]).is_err());
+        w.add(5, &[0u8; 8192]).unwrap();
+        assert!(w.add(6, &[0u8; 4096]).is_err(), "overlap");
+        assert!(w.add(2, &[0u8; 4096]).is_err(), "out of order");
+        assert!(w.add(u64::MAX - 1, &[0u8; 8192]).is_err(), "overflow");
+        w.add(7, &[0u8; 4096]).unwrap();
+        assert!(w.finish(&[0u8; 1024]).is_err(), "no ext magic");
+    }
+
+    #[test]
+    fn exactly_full_key_block_and_no_keys() {
+        let dir = TempDir::new("full");
+        let path = dir.0.join("u");
+        let mut w = UndoFileWriter::create(new_file(&path), 1024).unwrap();
+        for i in 0..63u64 {
+            w.add(2 * i, &pseudo_random(i, 1024)).unwrap();
+        }
+        w.finish(&fake_superblock()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), (3 + 63) * 1024, "no extra key block reserved");
+        assert_eq!(parse(&bytes).2.len(), 63);
+
+        let path = dir.0.join("empty");
+        let w = UndoFileWriter::create(new_file(&path), 4096).unwrap();
+        w.finish(&fake_superblock()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 3 * 4096);
+        assert!(parse(&bytes).2.is_empty());
+    }
+
+    // ---- Interoperability with e2fsprogs' mke2fs / e2undo ----
+
+    fn tool(name: &str) -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+        dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+    }
+
+    fn tools() -> Option<(PathBuf, PathBuf)> {
+        match (tool("mke2fs"), tool("e2undo")) {
+            (Some(m), Some(u)) => Some((m, u)),
+            _ => {
+                eprintln!("note: mke2fs or e2undo not found; skipping the e2undo interop test");
+                None
+            }
+        }
+    }
+
+    fn mkfs(mke2fs: &Path, img: &Path, block_size: u32, size: &str) {
+        let st = Command::new(mke2fs)
+            .args(["-q", "-F", "-t", "ext4", "-b", &block_size.to_string()])
+            .arg(img)
+            .arg(size)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mke2fs failed");
+    }
+
+    /// Runs e2undo; returns (success, combined output).
+    fn e2undo(bin: &Path, undo: &Path, img: &Path) -> (bool, String) {
+        let out = Command::new(bin)
+            .arg(undo)
+            .arg(img)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Changes harmless superblock bytes (volume name) and fixes s_checksum if metadata_csum.
+    fn touch_superblock(sb: &mut [u8]) {
+        sb[0x78..0x88].copy_from_slice(b"rolled-back-name");
+        let ro_compat = u32_at(sb, 0x64);
+        if ro_compat & 0x400 != 0 {
+            let c = e2fs_crc32c(&sb[..0x3FC]);
+            sb[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+
+    /// Simulates a rollback over `runs` (first block, block count) of `img` recording an undo
+    /// file; returns (original image bytes, undo file path).
+    fn simulate(dir: &Path, img: &Path, bs: u32, runs: &[(u64, u64)]) -> (Vec<u8>, PathBuf) {
+        let original = std::fs::read(img).unwrap();
+        let b = bs as usize;
+        let undo = dir.join("rollback.e2undo");
+        let mut w = UndoFileWriter::create(new_file(&undo), bs).unwrap();
+        let mut image = original.clone();
+        for (i, &(first, count)) in runs.iter().enumerate() {
+            let start = first as usize * b;
+            let end = start + count as usize * b;
+            w.add(first, &original[start..end]).unwrap();
+            let new = &mut image[start..end];
+            // Blocks holding the superblock get only harmless changes; others random bytes.
+            let mut off = start;
+            for blk in new.chunks_mut(b) {
+                let sb_range = 1024usize.saturating_sub(off)..2048usize.saturating_sub(off);
+                if off < 2048 && off + b > 1024 {
+                    let (lo, hi) = (sb_range.start, sb_range.end.min(b));
+                    touch_superblock(&mut blk[lo..hi]);
+                    blk[..lo].fill(0xA5); // boot area / padding, outside the superblock
+                    blk[hi..].fill(0x5A);
+                } else {
+                    blk.copy_from_slice(&pseudo_random(0x1000 + i as u64 + off as u64, b));
+                }
+                off += b;
+            }
+        }
+        assert_ne!(image, original);
+        std::fs::write(img, &image).unwrap();
+        let sb: [u8; 1024] = image[1024..2048].try_into().unwrap();
+        let f = w.finish(&sb).unwrap();
+        f.sync_all().unwrap();
+        (original, undo)
+    }
+
+    fn roundtrip(bs: u32, size: &str, runs: &[(u64, u64)], min_key_blocks: usize) {
+        let Some((mke2fs, e2undo_bin)) = tools() else {
+            return;
+        };
+        let dir = TempDir::new(&format!("rt{bs}"));
+        let img = dir.0.join("img");
+        mkfs(&mke2fs, &img, bs, size);
+        let (original, undo) = simulate(&dir.0, &img, bs, runs);
+        let bytes = std::fs::read(&undo).unwrap();
+        let (_, _, keys) = parse(&bytes);
+        let per = bs as usize / KEY_SIZE - 1;
+        assert!(
+            keys.len().div_ceil(per) >= min_key_blocks,
+            "{} keys",
+            keys.len()
+        );
+        assert!(
+            keys.iter().any(|k| k.2 as usize == 511 * bs as usize),
+            "a split key"
+        );
+
+        let (ok, text) = e2undo(&e2undo_bin, &undo, &img);
+        assert!(ok, "e2undo failed: {text}");
+        let restored = std::fs::read(&img).unwrap();
+        assert!(restored == original, "image not restored byte for byte");
+
+        // Replaying again is refused: the superblock no longer matches the record.
+        let (ok, text) = e2undo(&e2undo_bin, &undo, &img);
+        assert!(!ok, "second replay should be refused: {text}");
+        assert!(std::fs::read(&img).unwrap() == original);
+    }
+
+    #[test]
+    fn e2undo_restores_4k_image() {
+        let runs = [
+            (0, 1),
+            (5, 3),
+            (8, 2),
+            (100, 1),
+            (2000, 700),
+            (2700, 300),
+            (9000, 1),
+            (16383, 1),
+        ];
+        roundtrip(4096, "64M", &runs, 1);
+    }
+
+    #[test]
+    fn e2undo_restores_1k_image_many_keys() {
+        // Blocks 0 and 1 (boot block + superblock), a 1200-block run (511 + 511 + 178), and 100
+        // single blocks -> > 63 keys, i.e. several key blocks.
+        let mut runs = vec![(0, 2), (3000, 1200)];
+        runs.extend((0..100).map(|i| (10_000 + 3 * i, 1)));
+        runs.push((32767, 1));
+        roundtrip(1024, "32M", &runs, 2);
+    }
+
+    #[test]
+    fn e2undo_refuses_corrupt_file() {
+        let Some((mke2fs, e2undo_bin)) = tools() else {
+            return;
+        };
+        let dir = TempDir::new("corrupt");
+        let img = dir.0.join("img");
+        mkfs(&mke2fs, &img, 1024, "8M");
+        let runs = [(1, 1), (200, 5), (300, 1), (302, 1)];
+        let (original, undo) = simulate(&dir.0, &img, 1024, &runs);
+        let after = std::fs::read(&img).unwrap();
+        let good = std::fs::read(&undo).unwrap();
+        let b = 1024;
+        // (description, byte to flip): a data byte, a key-block byte, a header byte.
+        let cases = [
+            ("data", 5 * b + 17),
+            ("key block", 2 * b + 40),
+            ("header", 70),
+        ];
+        for (what, at) in cases {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(&undo, &bad).unwrap();
+            let (ok, text) = e2undo(&e2undo_bin, &undo, &img);
+            assert!(!ok, "corrupt {what} accepted: {text}");
+            eprintln!("corrupt {what}: e2undo said: {}", text.trim());
+            assert!(
+                std::fs::read(&img).unwrap() == after,
+                "image touched ({what})"
+            );
+        }
+        // The pristine file is accepted against the modified image, not against the original.
+        std::fs::write(&undo, &good).unwrap();
+        let other = dir.0.join("orig");
+        std::fs::write(&other, &original).unwrap();
+        let (ok, text) = e2undo(&e2undo_bin, &undo, &other);
+        assert!(!ok, "wrong superblock accepted: {text}");
+        let (ok, text) = e2undo(&e2undo_bin, &undo, &img);
+        assert!(ok, "e2undo failed: {text}");
+        assert!(std::fs::read(&img).unwrap() == original);
+    }
+
+    #[test]
+    fn e2undo_accepts_empty_file() {
+        let Some((mke2fs, e2undo_bin)) = tools() else {
+            return;
+        };
+        let dir = TempDir::new("empty");
+        let img = dir.0.join("img");
+        mkfs(&mke2fs, &img, 4096, "8M");
+        let before = std::fs::read(&img).unwrap();
+        let undo = dir.0.join("u.e2undo");
+        let w = UndoFileWriter::create(new_file(&undo), 4096).unwrap();
+        w.finish(&before[1024..2048].try_into().unwrap()).unwrap();
+        let (ok, text) = e2undo(&e2undo_bin, &undo, &img);
+        assert!(ok, "e2undo failed: {text}");
+        assert!(std::fs::read(&img).unwrap() == before);
+    }
+}

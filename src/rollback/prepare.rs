@@ -1,0 +1,300 @@
+//! The first run of a rollback up to the first write to the target: open the image state and
+//! the target, check they hold the same filesystem, compute the held blocks and the
+//! conflicts, then write the patch (and the undo file) — or, for a dry run, only report.
+
+use super::conflicts;
+use super::diff::{self, RunSink};
+use super::e2undo::UndoFileWriter;
+use super::held::{self, Held};
+use super::patch::{self, PatchHeader, PatchWriter};
+use super::report;
+use super::target::{not_clean, part_way_patch, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
+use super::{read_target_sb, read_target_sb_raw};
+use crate::plan::ApplyPlan;
+use crate::qcow_view::{choose_layer, QcowView};
+use crate::record::ExportRecord;
+use crate::sys::output::TempOutput;
+use crate::text::uuid;
+use anyhow::{bail, Context, Result};
+use ext::{Filesystem, OpenOptions, WalkOptions};
+use qcow::{LayerReader, Reader};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Everything before the first write to the target: checks, plan, patch and undo file.
+/// Returns the patch path, the opened target and the state's label, or `None` after a dry run.
+pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, String)>> {
+    let (image, target) = (args.image.as_path(), args.target.as_path());
+    if let Some(p) = args.patch.as_ref().filter(|p| p.exists() && !args.dry_run) {
+        bail!(
+            "{} exists: it may be needed to resume or undo an earlier rollback; remove it or choose another name",
+            p.display()
+        );
+    }
+    let reader = Reader::open(
+        File::open(image).with_context(|| format!("cannot open {}", image.display()))?,
+    )
+    .with_context(|| format!("{}: not a usable QCOW2 image", image.display()))?;
+    let chosen = choose_layer(&reader, args.snapshot.as_deref())
+        .with_context(|| image.display().to_string())?;
+    let (layer_id, label) = (chosen.layer, chosen.label);
+    let layer = reader
+        .layer(layer_id)
+        .context("cannot read the image state")?;
+    let view = QcowView::new(&layer, reader.virtual_size());
+    let fs = Filesystem::open(view, &OpenOptions::default())
+        .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
+    let t = Target::open(target, !args.dry_run)?;
+    if let Some(by) = part_way_patch(&read_target_sb_raw(&t)?) {
+        bail!(
+            "{tp} is part-way through the rollback of patch {by}: finish that one first with `e2image-rs rollback --resume PATCH {tp}`, or rewind it with `--undo PATCH {tp}`",
+            tp = t.path().display()
+        );
+    }
+    check_same_fs(&fs, &t, image, &label)?;
+    let walk = ext::walk(
+        &fs,
+        &WalkOptions {
+            data: true,
+            no_snapshot_files: false,
+        },
+    );
+    for w in &walk.warnings {
+        eprintln!("e2image-rs: warning: [{label}] {w}");
+    }
+    let sb = &fs.sb;
+    let geo = held::Geometry {
+        cluster_size: reader.cluster_size(),
+        block_size: u64::from(sb.block_size),
+        blocks_count: sb.s_blocks_count,
+        v3: reader.header().version == qcow::Version::V3,
+    };
+    let held = held::held_blocks(&layer, geo, &walk.blocks, ExportRecord::of(&reader))?;
+    let conflicts = conflicts::check(&fs, &walk.blocks, &held, &t)?;
+    let plan = Plan {
+        image,
+        reader: &reader,
+        layer: &layer,
+        fs: &fs,
+        walk: &walk.blocks,
+        held: &held,
+        target: &t,
+        label: &label,
+    };
+    if args.dry_run {
+        let rep = plan.dry_run()?;
+        print!("{}", rep.render(&plan.subject(), &conflicts, true));
+        return Ok(None);
+    }
+    if !conflicts.is_empty() && !args.force {
+        bail!("{}\n--force rolls back anyway", conflicts.render(10));
+    }
+    let patch_path = args.patch.clone().unwrap_or_default();
+    let (rep, undo_line) = plan.write_patch(&patch_path, args.undo_file.as_deref())?;
+    print!("{}", rep.render(&plan.subject(), &conflicts, false));
+    if let Some(line) = undo_line {
+        println!("{line}");
+    }
+    Ok(Some((patch_path, t, label)))
+}
+
+/// Refuses unless the target holds the image state's filesystem: same UUID, block size and
+/// block count, and room for all of it.
+fn check_same_fs<V: ext::BlockView>(
+    fs: &Filesystem<V>,
+    t: &Target,
+    image: &Path,
+    label: &str,
+) -> Result<()> {
+    let tsb = read_target_sb(t)?;
+    let sb = &fs.sb;
+    let mut diffs = Vec::new();
+    if tsb.s_uuid != sb.s_uuid {
+        diffs.push(format!(
+            "UUID {} vs {}",
+            uuid(&tsb.s_uuid),
+            uuid(&sb.s_uuid)
+        ));
+    }
+    if tsb.block_size != sb.block_size {
+        diffs.push(format!(
+            "block size {} vs {}",
+            tsb.block_size, sb.block_size
+        ));
+    }
+    if tsb.s_blocks_count != sb.s_blocks_count {
+        diffs.push(format!(
+            "block count {} vs {}",
+            tsb.s_blocks_count, sb.s_blocks_count
+        ));
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "{} does not hold the filesystem of {} ({label}): {}",
+            t.path().display(),
+            image.display(),
+            diffs.join(", ")
+        );
+    }
+    if t.size() < sb.size_bytes() {
+        bail!(
+            "{} is {} bytes, smaller than the {}-byte filesystem",
+            t.path().display(),
+            t.size(),
+            sb.size_bytes()
+        );
+    }
+    Ok(())
+}
+
+/// Everything the patch is made from.
+pub(super) struct Plan<'a> {
+    pub(super) image: &'a Path,
+    pub(super) reader: &'a Reader,
+    pub(super) layer: &'a LayerReader<'a>,
+    pub(super) fs: &'a Filesystem<QcowView<'a>>,
+    pub(super) walk: &'a ext::BlockSet,
+    pub(super) held: &'a Held,
+    pub(super) target: &'a Target,
+    pub(super) label: &'a str,
+}
+
+/// Feeds differing runs to the report and, when writing, to the patch and undo file.
+struct Outputs {
+    report: report::Report,
+    patch: Option<PatchWriter>,
+    undo: Option<UndoFileWriter>,
+}
+
+impl RunSink for Outputs {
+    fn run(&mut self, first: u64, old: &[u8], new: &[u8]) -> Result<()> {
+        self.report.add(first, old, new);
+        if let Some(p) = &mut self.patch {
+            p.add_run(first, old, new)?;
+        }
+        if let Some(u) = &mut self.undo {
+            u.add(first, old)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Plan<'a> {
+    /// What the report is about.
+    fn subject(&self) -> report::Subject<'a> {
+        report::Subject {
+            image: self.image,
+            label: self.label,
+            target: self.target.path(),
+            held: self.held,
+            walk: self.walk,
+            reader: self.reader,
+            fs: self.fs,
+        }
+    }
+
+    fn sb_block(&self) -> u64 {
+        u64::from(self.fs.sb.s_first_data_block)
+    }
+
+    fn diff(&self, out: &mut Outputs) -> Result<diff::DiffStats> {
+        diff::diff(
+            self.layer,
+            self.target,
+            self.held,
+            self.fs.sb.block_size,
+            self.sb_block(),
+            out,
+        )
+    }
+
+    /// Compares without writing anything.
+    fn dry_run(&self) -> Result<report::Report> {
+        let mut out = Outputs {
+            report: report::Report::new(self.fs.sb.block_size, self.sb_block()),
+            patch: None,
+            undo: None,
+        };
+        out.report.stats = self.diff(&mut out)?;
+        Ok(out.report)
+    }
+
+    /// Writes the patch (and the undo file) under temporary names, flushes and renames them
+    /// (never over an existing file). Returns the report and the line about the undo file.
+    fn write_patch(
+        &self,
+        path: &Path,
+        undo_file: Option<&Path>,
+    ) -> Result<(report::Report, Option<String>)> {
+        let bs = self.fs.sb.block_size;
+        let (tmp, file) = TempOutput::create(path)?;
+        let (utmp, uw) = match undo_file {
+            Some(u) => {
+                let (utmp, ufile) = TempOutput::create(u)?;
+                (Some(utmp), Some(UndoFileWriter::create(ufile, bs)?))
+            }
+            None => (None, None),
+        };
+        let mut out = Outputs {
+            report: report::Report::new(bs, self.sb_block()),
+            patch: Some(PatchWriter::new(file, bs)),
+            undo: uw,
+        };
+        out.report.stats = self.diff(&mut out)?;
+        let (sb_old, sb_new) = out
+            .report
+            .sb_blocks
+            .clone()
+            .context("the superblock block was not compared")?;
+        let sb_at = (SUPERBLOCK_OFFSET % u64::from(bs)) as usize;
+        let header = self.header()?;
+        let pw = out.patch.take().context("no patch writer")?;
+        pw.finish(header, &not_clean(&sb_old, sb_at, path))?;
+        let mut undo_line = None;
+        if let (Some(u), Some(utmp), Some(name)) = (out.undo.take(), utmp, undo_file) {
+            let mut rec = [0u8; SUPERBLOCK_BYTES];
+            rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_BYTES]);
+            let (keys, bytes) = (u.num_keys(), u.file_size());
+            let f = u.finish(&rec)?;
+            f.sync_all().context("cannot flush the undo file")?;
+            utmp.commit_new()?;
+            undo_line = Some(format!(
+                "  undo file {}: {keys} keys, {bytes} bytes; `e2undo {} {}` rewinds the rollback",
+                name.display(),
+                name.display(),
+                self.target.path().display()
+            ));
+        }
+        if let Err(e) = tmp.commit_new() {
+            if let Some(u) = undo_file {
+                let _ = std::fs::remove_file(u);
+            }
+            return Err(e);
+        }
+        Ok((out.report, undo_line))
+    }
+
+    fn header(&self) -> Result<PatchHeader> {
+        let sb = &self.fs.sb;
+        let mut first = vec![0u8; self.reader.cluster_size().min(self.reader.file_len()) as usize];
+        File::open(self.image)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut first, 0))
+            .with_context(|| format!("cannot read {}", self.image.display()))?;
+        Ok(PatchHeader {
+            block_size: sb.block_size,
+            fs_uuid: sb.s_uuid,
+            s_blocks_count: sb.s_blocks_count,
+            target_size: self.target.size(),
+            sb_block: self.sb_block(),
+            image_size: self.reader.file_len(),
+            image_sha256: patch::sha256(&first),
+            state_label: self.label.to_string(),
+            image_path: absolute(self.image).display().to_string(),
+            ..PatchHeader::default()
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

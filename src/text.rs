@@ -1,0 +1,58 @@
+//! Text forms shared by the reports: UUIDs and dates.
+
+/// A UUID in its usual text form (`12345678-9abc-def0-0102-030405060708`).
+pub fn uuid(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+/// `YYYY-MM-DD hh:mm:ss` (UTC) for seconds since the epoch (negative: before 1970).
+pub fn format_date(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_text() {
+        let u = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
+        assert_eq!(uuid(&u), "12345678-9abc-def0-0102-030405060708");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_date(0), "1970-01-01 00:00:00");
+        assert_eq!(format_date(1_704_067_200), "2024-01-01 00:00:00");
+        assert_eq!(format_date(951_782_400 + 3661), "2000-02-29 01:01:01");
+        assert_eq!(format_date(-1), "1969-12-31 23:59:59");
+        assert_eq!(format_date((3 << 32) - 1), "2378-04-22 19:24:47");
+    }
+}

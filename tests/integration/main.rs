@@ -1,0 +1,19 @@
+//! Integration tests of the e2image-rs binary, in one test binary (as ripgrep's tests/ are):
+//! one module per area, the shared helpers and oracles in `common`. Fixtures are built once
+//! per target directory; every test works in its own scratch directory.
+
+mod common;
+
+mod cli;
+mod committed;
+mod convert;
+mod copy_set;
+mod corpus;
+mod export_matrix;
+mod large;
+mod messages;
+mod rollback;
+mod rollback_faults;
+mod safety;
+mod snapshots_next3;
+mod snapshots_pit;
