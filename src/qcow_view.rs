@@ -1,7 +1,7 @@
 //! A QCOW2 layer as a block view, so the walker can read a filesystem stored in a QCOW2 image.
 
 use ext::BlockView;
-use qcow::reader::LayerReader;
+use qcow::LayerReader;
 use std::io;
 
 /// One layer (active or snapshot) of a QCOW2 image, read as a block device.

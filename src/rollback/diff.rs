@@ -7,7 +7,7 @@
 use super::held::Held;
 use super::target::Target;
 use anyhow::{Context, Result};
-use qcow::reader::LayerReader;
+use qcow::LayerReader;
 
 /// Blocks compared per read, at most (bounds the two buffers to 2 MiB).
 const CHUNK_BYTES: u64 = 1 << 20;

@@ -16,7 +16,7 @@
 use crate::export_record::ExportRecord;
 use anyhow::Result;
 use ext::{BlockClass, BlockSet};
-use qcow::reader::{ClusterMapping, LayerReader};
+use qcow::{ClusterMapping, LayerReader};
 use std::ops::Range;
 
 /// Most clusters looked at to decide whether a state holds a kind of block.

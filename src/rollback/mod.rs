@@ -32,7 +32,7 @@ use engine::{drive, DriveError, Faults, Goal};
 use ext::{Filesystem, OpenOptions, WalkOptions};
 use held::Held;
 use patch::{Patch, PatchHeader, PatchState, PatchWriter};
-use qcow::reader::{Layer, Reader};
+use qcow::{Layer, Reader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use target::{not_clean, part_way_patch, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
@@ -402,7 +402,7 @@ fn check_same_fs<V: ext::BlockView>(
 pub(crate) struct Plan<'a> {
     image: &'a Path,
     reader: &'a Reader,
-    layer: &'a qcow::reader::LayerReader<'a>,
+    layer: &'a qcow::LayerReader<'a>,
     fs: &'a Filesystem<QcowView<'a>>,
     walk: &'a ext::BlockSet,
     held: &'a Held,
