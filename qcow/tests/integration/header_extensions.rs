@@ -3,9 +3,7 @@
 //! this crate, accepted by `qemu-img check`, and kept by QEMU when it rewrites the header
 //! (`qemu-img snapshot -c`, `qemu-img amend`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use qcow::{Error, Reader, Version, WriterOptions};
 use std::fs::File;
 use std::path::Path;
