@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Reads exactly `buf.len()` bytes at host byte `offset`. A short file is reported as
 /// [`Error::Corrupt`] (a structure points past the end of the file), other failures as
@@ -43,14 +43,14 @@ pub(crate) fn read_exact_at(
 
 /// Default capacity of the writer's output buffer in bytes: 8 MiB, large enough that data
 /// clusters reach the disk in few large writes, small enough for the 64 MiB RSS budget.
-pub const OUT_BUFFER_BYTES: usize = 8 << 20;
+pub(crate) const OUT_BUFFER_BYTES: usize = 8 << 20;
 
 /// Bytes allocated ahead of the write cursor at a time.
-pub const PREALLOC_STEP: u64 = 32 << 20;
+const PREALLOC_STEP: u64 = 32 << 20;
 
 /// Appends of at least this many bytes skip the buffer and go to the file directly: they are
 /// already large writes, and copying them would cost a memcpy of every data byte.
-pub const DIRECT_WRITE_BYTES: usize = 256 << 10;
+const DIRECT_WRITE_BYTES: usize = 256 << 10;
 
 /// A file written front to back through a large buffer.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ pub(crate) struct OutFile {
 
 impl OutFile {
     /// Wraps `file`; the first append is expected at `start` (bytes).
-    pub fn new(file: File, start: u64, cap: usize) -> OutFile {
+    pub(crate) fn new(file: File, start: u64, cap: usize) -> OutFile {
         OutFile {
             file,
             buf: Vec::with_capacity(cap),
@@ -81,7 +81,7 @@ impl OutFile {
     }
 
     /// Writes `data` at host byte `offset`, which is normally the end of the previous append.
-    pub fn append(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+    pub(crate) fn append(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let direct = data.len() >= self.cap.min(DIRECT_WRITE_BYTES);
         if direct || offset != self.buf_end() || self.buf.len() + data.len() > self.cap {
             self.flush()?;
@@ -118,7 +118,7 @@ impl OutFile {
     }
 
     /// Writes the pending buffer to the file.
-    pub fn flush(&mut self) -> Result<(), Error> {
+    pub(crate) fn flush(&mut self) -> Result<(), Error> {
         if !self.buf.is_empty() {
             self.preallocate(self.buf_end());
             let at = self.buf_offset;
@@ -132,7 +132,7 @@ impl OutFile {
     }
 
     /// Reads `buf.len()` bytes at host byte `offset`, from the pending buffer or the file.
-    pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+    pub(crate) fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
         let end = offset + buf.len() as u64;
         if offset >= self.buf_offset && end <= self.buf_end() {
             let start = (offset - self.buf_offset) as usize;
@@ -146,7 +146,7 @@ impl OutFile {
     }
 
     /// Overwrites already-appended bytes at host byte `offset` (in the buffer or the file).
-    pub fn rewrite_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+    pub(crate) fn rewrite_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let end = offset + data.len() as u64;
         if offset >= self.buf_offset && end <= self.buf_end() {
             let start = (offset - self.buf_offset) as usize;
@@ -163,7 +163,7 @@ impl OutFile {
 
     /// Flushes, sets the file length to `len` bytes, then writes `header` at offset 0 (last, so
     /// an interrupted run leaves a file without the magic) and returns the file (not synced).
-    pub fn finish(mut self, len: u64, header: &[u8]) -> Result<File, Error> {
+    pub(crate) fn finish(mut self, len: u64, header: &[u8]) -> Result<File, Error> {
         self.flush()?;
         if let Some(end) = self.prealloc_end.filter(|&e| e > len) {
             use rustix::fs::{fallocate, FallocateFlags};

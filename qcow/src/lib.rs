@@ -8,29 +8,49 @@
 //! (sized by fixed point) and the header. Nothing refers to a cluster that is not yet written,
 //! and the header is written last, so an interrupted run leaves a file without the QCOW2 magic.
 //! The reader validates every on-disk value (checked arithmetic, bounded table sizes) and
-//! returns [`Error`] instead of panicking on corrupt input; its `LayerReader`s use positional
+//! returns [`Error`] instead of panicking on corrupt input; its [`LayerReader`]s use positional
 //! reads only, so they can serve several threads.
+//!
+//! Layers, bottom to top; a module uses only modules below it, never one above:
+//!
+//! | layer | modules | holds |
+//! |---|---|---|
+//! | ground | `error`, `bytes` | [`Error`]; big-endian fields, tables and records |
+//! | geometry | `geometry` | [`Version`], the limits with their reasons, L1/L2 sizing |
+//! | types | `types` | [`StateId`] |
+//! | format | `format/` (`header/`, `extension`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; no I/O |
+//! | io | `io` | positional reads, the writer's buffered output file |
+//! | reader | `reader/` (`image`, `snapshot_table`, `layer`, `inflate`) | [`Reader`], [`LayerReader`] |
+//! | stats | `stats` | [`LayerStats`]: per-layer cluster statistics, on top of the reader |
+//! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`) | [`Writer`] |
+//!
+//! The modules are private; this root re-exports the public API.
 //!
 //! References: QEMU's `docs/interop/qcow2.rst` (cited by section name, e.g. "Snapshots") and
 //! the project's notes `shared/notes/qcow2.md` (cited as "notes §n").
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
-pub mod error;
-pub mod extension;
-pub mod header;
+mod bytes;
+mod error;
+mod format;
+mod geometry;
 mod io;
-pub mod reader;
-pub mod refcount;
-pub mod snapshot;
-pub mod stats;
-pub mod table;
-pub mod writer;
+mod reader;
+mod stats;
+mod types;
+mod writer;
 
 pub use error::Error;
-pub use extension::HeaderExtension;
-pub use header::{Header, Version, QCOW2_MAGIC};
+pub use format::extension::{
+    HeaderExtension, EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_END, EXT_EXTERNAL_DATA_FILE,
+    EXT_FEATURE_TABLE, EXT_FULL_DISK_ENCRYPTION,
+};
+pub use format::header::{Header, QCOW2_MAGIC};
+pub use format::snapshot::{SnapshotInfo, SnapshotSpec};
+pub use geometry::Version;
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
-pub use snapshot::{SnapshotInfo, SnapshotSpec};
-pub use stats::LayerStats;
-pub use writer::{StateId, Writer, WriterOptions, WriterSummary};
+pub use stats::{LayerStats, STATS_WINDOW_CLUSTERS};
+pub use types::StateId;
+pub use writer::{Writer, WriterOptions, WriterSummary};

@@ -8,8 +8,8 @@
 //! counts it once. Memory is bounded by processing the host clusters in windows of
 //! [`STATS_WINDOW_CLUSTERS`] (more windows cost more passes, not more memory).
 
+use crate::error::Error;
 use crate::reader::{Layer, Reader};
-use crate::Error;
 
 /// Host clusters examined per pass: 2^23 (32 MiB of owner words), the memory bound of
 /// [`Reader::cluster_stats`]; larger files take several passes.

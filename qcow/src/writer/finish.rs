@@ -7,14 +7,17 @@
 //! tables, the snapshot table, then the refcount blocks and table sized by fixed point.
 //! (5) Flush, set the length, write cluster 0 (header) last and fsync.
 
-use super::{window_entry, Writer, WriterSummary};
-use crate::header::{
-    Header, Version, DEFAULT_REFCOUNT_ORDER, MAX_REFTABLE_BYTES, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
-};
-use crate::refcount::refcount_structure_clusters;
-use crate::snapshot::{encode_entry, validate_specs, SnapshotSpec};
-use crate::table::{encode_be_u64s, OFLAG_COPIED};
-use crate::{Error, StateId};
+use super::state::window_entry;
+use super::{Writer, WriterSummary};
+use crate::bytes::encode_be;
+use crate::error::Error;
+use crate::format::extension;
+use crate::format::header::{Header, V2_HEADER_LENGTH, V3_HEADER_LENGTH};
+use crate::format::refcount::{refcount_structure_clusters, DEFAULT_REFCOUNT_ORDER};
+use crate::format::snapshot::{encode_entry, validate_specs, SnapshotSpec};
+use crate::format::table::OFLAG_COPIED;
+use crate::geometry::{Version, MAX_REFTABLE_BYTES};
+use crate::types::StateId;
 
 impl Writer {
     /// Completes the image: writes the L1 table of every use of a state (the active layer's,
@@ -45,27 +48,45 @@ impl Writer {
         self.adjust_for_uses(a, &snapshot_states)?;
         self.fix_active_copied(a)?;
         let l1_table_offset = self.write_l1(a)?;
-        let mut table = Vec::new();
-        for (spec, &s) in snapshots.iter().zip(&snapshot_states) {
-            let l1 = self.write_l1(s)?;
-            encode_entry(&mut table, spec, l1, self.l1_size, self.virtual_size)?;
-        }
-        let snapshots_offset = if snapshots.is_empty() {
-            0
-        } else {
-            self.append_padded(&table)?
-        };
+        let snapshots_offset = self.write_snapshot_table(snapshots, &snapshot_states)?;
         let (refcount_table_offset, refcount_table_clusters) = self.write_refcounts()?;
         let header = Header {
-            version: self.version,
-            cluster_bits: self.cluster_bits,
-            size: self.virtual_size,
-            l1_size: self.l1_size,
             l1_table_offset,
             refcount_table_offset,
             refcount_table_clusters,
             nb_snapshots: snapshots.len() as u32,
             snapshots_offset,
+            ..self.header_without_tables()
+        };
+        let file_size = self.refcounts.allocated() << self.cluster_bits;
+        // The header, its extensions and their end marker; the rest of cluster 0 stays a hole.
+        let mut head = header.to_bytes();
+        if !self.extensions.is_empty() {
+            head.extend_from_slice(&extension::encode(&self.extensions));
+        }
+        let file = self.out.finish(file_size, &head)?;
+        if self.sync {
+            file.sync_all().map_err(Error::io("syncing the image", 0))?;
+        }
+        Ok(WriterSummary {
+            file_size,
+            states: 1 + snapshots.len() as u32,
+            ..self.summary
+        })
+    }
+
+    /// The header of this image with every table offset and count still 0.
+    fn header_without_tables(&self) -> Header {
+        Header {
+            version: self.version,
+            cluster_bits: self.cluster_bits,
+            size: self.virtual_size,
+            l1_size: self.l1_size,
+            l1_table_offset: 0,
+            refcount_table_offset: 0,
+            refcount_table_clusters: 0,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
             incompatible_features: 0,
             compatible_features: 0,
             autoclear_features: 0,
@@ -79,22 +100,25 @@ impl Writer {
             backing_file_offset: 0,
             backing_file_size: 0,
             crypt_method: 0,
-        };
-        let file_size = self.refcounts.allocated() << self.cluster_bits;
-        // The header, its extensions and their end marker; the rest of cluster 0 stays a hole.
-        let mut head = header.to_bytes();
-        if !self.extensions.is_empty() {
-            head.extend_from_slice(&crate::extension::encode(&self.extensions));
         }
-        let file = self.out.finish(file_size, &head)?;
-        if self.sync {
-            file.sync_all().map_err(Error::io("syncing the image", 0))?;
+    }
+
+    /// Step (4a): appends the L1 table of each snapshot's state, then the snapshot table (spec
+    /// "Snapshots"); returns the table's byte offset (0 without snapshots).
+    fn write_snapshot_table(
+        &mut self,
+        snapshots: &[SnapshotSpec],
+        snapshot_states: &[usize],
+    ) -> Result<u64, Error> {
+        let mut table = Vec::new();
+        for (spec, &s) in snapshots.iter().zip(snapshot_states) {
+            let l1 = self.write_l1(s)?;
+            encode_entry(&mut table, spec, l1, self.l1_size, self.virtual_size)?;
         }
-        Ok(WriterSummary {
-            file_size,
-            states: 1 + snapshots.len() as u32,
-            ..self.summary
-        })
+        if snapshots.is_empty() {
+            return Ok(0);
+        }
+        self.append_padded(&table)
     }
 
     /// Step (2): every state counted one L1 reference so far; make it the real number of uses.
@@ -131,7 +155,7 @@ impl Writer {
                 .collect();
             if fixed != table {
                 let mut bytes = Vec::with_capacity(self.cluster_size() as usize);
-                encode_be_u64s(&fixed, &mut bytes);
+                encode_be(&fixed, &mut bytes);
                 self.out.rewrite_at(offset, &bytes)?;
             }
         }
@@ -160,7 +184,7 @@ impl Writer {
                 continue; // a hole in the (empty) file reads as zeros
             }
             bytes.clear();
-            encode_be_u64s(&entries, &mut bytes);
+            encode_be(&entries, &mut bytes);
             self.out.append((first + k) << self.cluster_bits, &bytes)?;
         }
         Ok(first << self.cluster_bits)
@@ -199,7 +223,7 @@ impl Writer {
             .map(|k| (first_block + k) << self.cluster_bits)
             .collect();
         bytes.clear();
-        encode_be_u64s(&table, &mut bytes);
+        encode_be(&table, &mut bytes);
         bytes.resize((table_clusters << self.cluster_bits) as usize, 0);
         self.out.append(table_first << self.cluster_bits, &bytes)?;
         Ok((table_first << self.cluster_bits, table_clusters as u32))

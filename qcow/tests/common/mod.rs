@@ -17,7 +17,7 @@ use qcow::{Layer, Reader, Writer, WriterOptions};
 #[macro_export]
 macro_rules! require_qemu {
     () => {
-        if !common::qemu_available() {
+        if !$crate::common::qemu_available() {
             eprintln!("skipping: qemu-img not on PATH");
             return;
         }

@@ -1,12 +1,10 @@
 //! Writer and reader API behaviour that needs no QEMU: argument validation, lookups, the
 //! summary, per-layer cluster statistics, thread safety of the reader.
 
-mod common;
-
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use qcow::{
     Error, Layer, LayerReader, LayerStats, Reader, SnapshotSpec, Version, Writer, WriterOptions,
 };

@@ -2,12 +2,10 @@
 //! deflate-compressed clusters, internal snapshots; each layer compared byte for byte with
 //! `qemu-img convert -O raw`. Also: features the reader must refuse.
 
-mod common;
-
 use std::fs::{self, File};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use qcow::{ClusterMapping, Error, Layer, Reader};
 
 fn s(p: &Path) -> &str {

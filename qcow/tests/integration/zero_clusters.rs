@@ -5,9 +5,7 @@
 //! by QEMU: `qemu-img check` clean and `qemu-img map` reporting `"zero": true, "data": false`.
 //! Version 2 refuses zero clusters.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use qcow::{
     ClusterMapping, Error, Layer, Reader, SnapshotSpec, StateId, Version, Writer, WriterOptions,
 };

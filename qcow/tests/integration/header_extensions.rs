@@ -3,9 +3,7 @@
 //! this crate, accepted by `qemu-img check`, and kept by QEMU when it rewrites the header
 //! (`qemu-img snapshot -c`, `qemu-img amend`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use qcow::{Error, Reader, Version, WriterOptions};
 use std::fs::File;
 use std::path::Path;
@@ -80,7 +78,7 @@ fn spec_types_repeats_and_oversize_are_refused() {
     let mut w = new_writer(&dir.join("a.qcow2"), opts);
     let bad = |r: Result<(), Error>| assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     bad(w.add_header_extension(0, b""));
-    bad(w.add_header_extension(qcow::extension::EXT_FEATURE_TABLE, b""));
+    bad(w.add_header_extension(qcow::EXT_FEATURE_TABLE, b""));
     w.add_header_extension(PRIVATE, b"x").unwrap();
     bad(w.add_header_extension(PRIVATE, b"y"));
     // 512-byte cluster 0: 112 header bytes + 8 + 400 + 8 end marker do not fit.

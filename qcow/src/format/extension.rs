@@ -7,19 +7,21 @@
 //! every extension as opaque bytes, and the writer writes only what its caller asks for:
 //! private records of the caller's own type, which QEMU ignores and preserves (notes §1.3).
 
-use crate::Error;
+use crate::bytes::{push_be, BigEndian};
+use crate::error::Error;
 
-/// Type of the end marker that closes the extension area.
+/// Header extension type of the end marker that closes the extension area (spec "Header
+/// extensions").
 pub const EXT_END: u32 = 0;
-/// Backing file format name.
+/// Header extension type: backing file format name (spec "Header extensions").
 pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-/// Feature name table.
+/// Header extension type: feature name table (spec "Header extensions").
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
-/// Persistent dirty bitmaps.
+/// Header extension type: persistent dirty bitmaps (spec "Header extensions").
 pub const EXT_BITMAPS: u32 = 0x2385_2875;
-/// Full-disk-encryption header pointer.
+/// Header extension type: full disk encryption header pointer (spec "Header extensions").
 pub const EXT_FULL_DISK_ENCRYPTION: u32 = 0x0537_be77;
-/// External data file name.
+/// Header extension type: external data file name (spec "Header extensions").
 pub const EXT_EXTERNAL_DATA_FILE: u32 = 0x4441_5441;
 
 /// Types the spec defines; the writer refuses them, since their meaning is QEMU's.
@@ -35,7 +37,8 @@ const SPEC_TYPES: [u32; 6] = [
 /// Bytes of an extension's type and length fields.
 const EXT_HEADER_LEN: usize = 8;
 
-/// One header extension.
+/// One header extension (spec "Header extensions"): its type and its data, as stored after
+/// the header in cluster 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderExtension {
     /// The extension type (spec "Header extension type").
@@ -49,15 +52,15 @@ pub struct HeaderExtension {
 /// file, used in error messages. Stops at the end marker or where fewer than 8 bytes remain.
 ///
 /// Errors: [`Error::Corrupt`] when an extension's length runs past the area.
-pub fn parse(area: &[u8], base: u64) -> Result<Vec<HeaderExtension>, Error> {
+pub(crate) fn parse(area: &[u8], base: u64) -> Result<Vec<HeaderExtension>, Error> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while let Some(head) = area.get(pos..pos + EXT_HEADER_LEN) {
-        let ext_type = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let ext_type = u32::get(head, 0);
         if ext_type == EXT_END {
             break;
         }
-        let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let len = u32::get(head, 4) as usize;
         let start = pos + EXT_HEADER_LEN;
         let Some(data) = start.checked_add(len).and_then(|end| area.get(start..end)) else {
             return Err(Error::corrupt(
@@ -75,11 +78,11 @@ pub fn parse(area: &[u8], base: u64) -> Result<Vec<HeaderExtension>, Error> {
 }
 
 /// Encodes `exts` followed by the end marker.
-pub fn encode(exts: &[HeaderExtension]) -> Vec<u8> {
+pub(crate) fn encode(exts: &[HeaderExtension]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in exts {
-        out.extend_from_slice(&e.ext_type.to_be_bytes());
-        out.extend_from_slice(&(e.data.len() as u32).to_be_bytes());
+        push_be(&mut out, e.ext_type);
+        push_be(&mut out, e.data.len() as u32);
         out.extend_from_slice(&e.data);
         out.resize(out.len().next_multiple_of(8), 0);
     }

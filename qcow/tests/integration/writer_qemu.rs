@@ -2,9 +2,7 @@
 //! to the expected raw bytes, at several cluster sizes, both versions, huge and odd virtual
 //! sizes; and read back with this crate's reader.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use qcow::{Layer, Reader, Version, WriterOptions};
 use std::fs::File;
 

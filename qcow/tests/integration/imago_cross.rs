@@ -2,11 +2,9 @@
 //! (active layer only): single-state images at several cluster sizes and versions, and a
 //! multi-state image whose active layer shares L2 tables and data with its snapshots.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};

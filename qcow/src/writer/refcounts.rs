@@ -1,4 +1,5 @@
-//! Writer-side refcounts (spec "Cluster refcounts"), always 16 bits wide (`refcount_order` 4).
+//! The writer's host cluster allocator and refcounts (spec "Cluster refcounts"), always 16 bits
+//! wide (`refcount_order` 4).
 //!
 //! Design: host clusters are bump-allocated, so "allocated" is simply `cluster < allocated()`.
 //! Refcounts are kept in chunks, one per refcount block's range (E = C/2 clusters). A chunk that
@@ -6,18 +7,17 @@
 //! it has refcount 1. Only when a cluster's refcount changes is its chunk expanded into a `u16`
 //! array. A single-state export therefore needs no refcount memory at all, and the worst case is
 //! one cluster of memory per refcount block, i.e. exactly the size of the refcount blocks.
-//! The refcount structures' own size is found by fixed point ([`refcount_structure_clusters`]).
+//! The refcount structures' own size is found by fixed point
+//! ([`refcount_structure_clusters`](crate::format::refcount::refcount_structure_clusters)).
 
-use crate::header::MAX_HOST_OFFSET;
-use crate::Error;
-
-/// Largest representable 16-bit refcount; reaching it is reported as [`Error::Limit`]
-/// (QEMU treats refcount_max as an overflow).
-pub const MAX_REFCOUNT: u16 = u16::MAX;
+use crate::bytes::{encode_be, push_be};
+use crate::error::Error;
+use crate::format::refcount::MAX_REFCOUNT;
+use crate::geometry::MAX_HOST_OFFSET;
 
 /// Refcounts of all allocated host clusters, by refcount-block-sized chunks.
 #[derive(Debug)]
-pub struct RefcountChunks {
+pub(super) struct RefcountChunks {
     cluster_bits: u32,
     /// log2 of the refcount entries per block (C/2 → cluster_bits − 1).
     block_bits: u32,
@@ -29,7 +29,7 @@ pub struct RefcountChunks {
 
 impl RefcountChunks {
     /// An empty allocator for clusters of `1 << cluster_bits` bytes (nothing allocated).
-    pub fn new(cluster_bits: u32) -> RefcountChunks {
+    pub(super) fn new(cluster_bits: u32) -> RefcountChunks {
         RefcountChunks {
             cluster_bits,
             block_bits: cluster_bits - 1,
@@ -39,23 +39,24 @@ impl RefcountChunks {
     }
 
     /// Number of host clusters allocated so far (the next allocation's cluster number).
-    pub fn allocated(&self) -> u64 {
+    pub(super) fn allocated(&self) -> u64 {
         self.allocated
     }
 
     /// Number of refcount entries in one refcount block: `C / 2`.
-    pub fn entries_per_block(&self) -> u64 {
+    pub(super) fn entries_per_block(&self) -> u64 {
         1u64 << self.block_bits
     }
 
     /// Number of chunks expanded into arrays (each costs one cluster of memory).
-    pub fn materialized_chunks(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn materialized_chunks(&self) -> usize {
         self.chunks.iter().filter(|c| c.is_some()).count()
     }
 
     /// Allocates `n` consecutive clusters with refcount 1 and returns the first cluster number.
     /// Errors: [`Error::Limit`] when the file would reach 2^56 bytes.
-    pub fn allocate(&mut self, n: u64) -> Result<u64, Error> {
+    pub(super) fn allocate(&mut self, n: u64) -> Result<u64, Error> {
         let first = self.allocated;
         let max_clusters = MAX_HOST_OFFSET >> self.cluster_bits;
         let end = first.checked_add(n).filter(|&e| e <= max_clusters);
@@ -87,7 +88,7 @@ impl RefcountChunks {
     }
 
     /// Refcount of host cluster `cluster` (0 if not allocated).
-    pub fn get(&self, cluster: u64) -> u16 {
+    pub(super) fn get(&self, cluster: u64) -> u16 {
         if cluster >= self.allocated {
             return 0;
         }
@@ -120,7 +121,7 @@ impl RefcountChunks {
     /// Adds `by` to the refcount of allocated host cluster `cluster` and returns the new value.
     /// Errors: [`Error::Limit`] if it would reach 65 535 (refcount overflow);
     /// [`Error::InvalidArgument`] if the cluster is not allocated.
-    pub fn increment(&mut self, cluster: u64, by: u16) -> Result<u16, Error> {
+    pub(super) fn increment(&mut self, cluster: u64, by: u16) -> Result<u16, Error> {
         let (chunk, i) = self.chunk_mut(cluster)?;
         let new = chunk[i]
             .checked_add(by)
@@ -138,7 +139,7 @@ impl RefcountChunks {
     /// Subtracts `by` from the refcount of host cluster `cluster` and returns the new value.
     /// Errors: [`Error::InvalidArgument`] if the cluster is not allocated or the refcount would
     /// drop below 0 (an internal bookkeeping bug).
-    pub fn decrement(&mut self, cluster: u64, by: u16) -> Result<u16, Error> {
+    pub(super) fn decrement(&mut self, cluster: u64, by: u16) -> Result<u16, Error> {
         let (chunk, i) = self.chunk_mut(cluster)?;
         let new = chunk[i].checked_sub(by).ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -151,40 +152,19 @@ impl RefcountChunks {
 
     /// Appends refcount block `k` (one cluster: C/2 big-endian `u16`s covering clusters
     /// `[k·E, (k+1)·E)`) to `out`.
-    pub fn encode_block(&self, k: u64, out: &mut Vec<u8>) {
+    pub(super) fn encode_block(&self, k: u64, out: &mut Vec<u8>) {
         let epb = self.entries_per_block();
         let base = k << self.block_bits;
         match usize::try_from(k).ok().and_then(|k| self.chunks.get(k)) {
-            Some(Some(chunk)) => {
-                for v in chunk.iter() {
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-            }
+            Some(Some(chunk)) => encode_be(chunk, out),
             _ => {
                 let ones = self.allocated.saturating_sub(base).min(epb);
                 for _ in 0..ones {
-                    out.extend_from_slice(&1u16.to_be_bytes());
+                    push_be(out, 1u16);
                 }
                 out.resize(out.len() + ((epb - ones) * 2) as usize, 0);
             }
         }
-    }
-}
-
-/// Sizes the refcount structures placed after `used` clusters (spec: refcount blocks must cover
-/// themselves and the refcount table). Returns `(refcount_blocks, refcount_table_clusters)`
-/// from the fixed point `R = ceil((used + R + T) / E)`, `T = ceil(8·R / C)`, with E = C/2
-/// (16-bit refcounts). Reaches the fixed point in a few rounds since both grow by < 1/E per unit.
-pub fn refcount_structure_clusters(used: u64, cluster_bits: u32) -> (u64, u64) {
-    let epb = 1u64 << (cluster_bits - 1);
-    let (mut r, mut t) = (0u64, 0u64);
-    loop {
-        let r2 = (used + r + t).div_ceil(epb);
-        let t2 = (r2 * 8).div_ceil(1u64 << cluster_bits);
-        if (r2, t2) == (r, t) {
-            return (r, t);
-        }
-        (r, t) = (r2, t2);
     }
 }
 
@@ -226,15 +206,5 @@ mod tests {
         rc.allocate(2).unwrap();
         assert!(rc.increment(1, MAX_REFCOUNT - 2).is_ok());
         assert!(matches!(rc.increment(1, 1), Err(Error::Limit(_))));
-    }
-
-    #[test]
-    fn fixed_point() {
-        // 512-byte clusters: 256 entries per block, 64 reftable entries per cluster.
-        assert_eq!(refcount_structure_clusters(10, 9), (1, 1));
-        assert_eq!(refcount_structure_clusters(254, 9), (1, 1));
-        assert_eq!(refcount_structure_clusters(255, 9), (2, 1));
-        let (r, t) = refcount_structure_clusters(1 << 20, 9);
-        assert!(r * 256 >= (1 << 20) + r + t && t * 64 >= r);
     }
 }

@@ -3,12 +3,10 @@
 //! L2 table sharing; checked by the independent verifier, this crate's reader and QEMU
 //! (check, snapshot -l/-a/-d/-c, convert -l, qemu-io writes).
 
-mod common;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use qcow::{Layer, Reader, SnapshotSpec, StateId, Version, Writer, WriterOptions, WriterSummary};
 
 struct Chain {

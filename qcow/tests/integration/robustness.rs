@@ -1,13 +1,11 @@
 //! The reader on garbage, truncated and byte-patched images must return errors, never panic.
 //! Patches come from a fixed-seed xorshift generator, so failures are reproducible.
 
-mod common;
-
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use qcow::{Layer, Reader, SnapshotSpec, Version, WriterOptions};
 
 /// Exercises every reader entry point on `bytes`; only panics count as failures.

@@ -1,68 +1,33 @@
-//! L1 and L2 table entries (spec "Cluster mapping"), and the geometry shared by reader and
-//! writer.
+//! L1 and L2 table entries (spec "Cluster mapping").
 //!
 //! Design: entries stay plain `u64`s in memory (decoded from big-endian on read); this module
-//! holds the bit masks, the decoding of an L2 entry into a typed [`L2Entry`] (validating reserved
-//! bits and alignment, never panicking), and the sizing helpers (guest clusters, L1 entries
-//! needed). Only standard 8-byte L2 entries exist here; extended L2 is refused at open time.
+//! holds the bit masks and the decoding of an L2 entry into a typed [`L2Entry`] (validating
+//! reserved bits and alignment, never panicking). Only standard 8-byte L2 entries exist here;
+//! extended L2 is refused at open time. The table sizes are in [`crate::geometry`].
 
-use crate::header::Version;
-use crate::Error;
+use crate::error::Error;
+use crate::geometry::{Version, MAX_HOST_OFFSET};
 
 /// Bit 63 of L1 and standard L2 entries: the refcount of the referenced cluster is exactly 1.
-pub const OFLAG_COPIED: u64 = 1 << 63;
+pub(crate) const OFLAG_COPIED: u64 = 1 << 63;
 /// Bit 62 of L2 entries: the cluster is compressed.
-pub const OFLAG_COMPRESSED: u64 = 1 << 62;
+pub(crate) const OFLAG_COMPRESSED: u64 = 1 << 62;
 /// Bit 0 of standard L2 entries (v3): the cluster reads as zero.
-pub const OFLAG_ZERO: u64 = 1;
+pub(crate) const OFLAG_ZERO: u64 = 1;
 /// Bits 9–55 of L1 entries: L2 table offset.
-pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(crate) const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Reserved bits of L1 entries (0–8 and 56–62); a set bit is corruption.
-pub const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+pub(crate) const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
 /// Bits 9–55 of standard L2 entries: host cluster offset.
-pub const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(crate) const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Reserved bits of standard L2 entries (1–8 and 56–61), QEMU's mask; a set bit is corruption.
-pub const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
+pub(crate) const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
 /// Size of a compressed-cluster sector in bytes (the unit of the sector count field).
-pub const COMPRESSED_SECTOR_SIZE: u64 = 512;
-
-/// Number of 8-byte entries in one L2 table (one cluster): `C / 8`.
-pub fn l2_entries(cluster_bits: u32) -> u64 {
-    1u64 << (cluster_bits - 3)
-}
-
-/// Number of guest clusters of a disk of `size` bytes (the last one may be partial).
-pub fn guest_clusters(size: u64, cluster_bits: u32) -> u64 {
-    size.div_ceil(1u64 << cluster_bits)
-}
-
-/// Number of L1 entries needed to map a disk of `size` bytes: `ceil(size / (C · C/8))`.
-/// `None` if it does not fit a `u32` (the header field's width).
-pub fn l1_entries_needed(size: u64, cluster_bits: u32) -> Option<u64> {
-    let n = guest_clusters(size, cluster_bits).div_ceil(l2_entries(cluster_bits));
-    u32::try_from(n).ok().map(u64::from)
-}
-
-/// Decodes big-endian `u64` table entries (L1, L2, refcount table) from `bytes`
-/// (`bytes.len() / 8` entries; a trailing partial entry is ignored).
-pub fn decode_be_u64s(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect()
-}
-
-/// Appends `entries` to `out` as big-endian `u64`s.
-pub fn encode_be_u64s(entries: &[u64], out: &mut Vec<u8>) {
-    out.reserve(entries.len() * 8);
-    for e in entries {
-        out.extend_from_slice(&e.to_be_bytes());
-    }
-}
+pub(crate) const COMPRESSED_SECTOR_SIZE: u64 = 512;
 
 /// Validates an L1 entry found at host byte offset `at` and returns its L2 table offset
 /// (0 = unallocated). Errors: [`Error::Corrupt`] for reserved bits set.
-pub fn l1_entry_l2_offset(entry: u64, at: u64) -> Result<u64, Error> {
+pub(crate) fn l1_entry_l2_offset(entry: u64, at: u64) -> Result<u64, Error> {
     if entry & L1E_RESERVED_MASK != 0 {
         return Err(Error::corrupt(
             format!("L1 entry {entry:#018x} has reserved bits set"),
@@ -75,7 +40,7 @@ pub fn l1_entry_l2_offset(entry: u64, at: u64) -> Result<u64, Error> {
 /// A decoded standard L2 entry (spec "Standard Cluster Descriptor" / "Compressed Clusters
 /// Descriptor"). Offsets are host file byte offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum L2Entry {
+pub(crate) enum L2Entry {
     /// All bits 0: reads as zero (no backing file); not refcounted.
     Unallocated,
     /// Zero flag without a host cluster: reads as zero; not refcounted.
@@ -103,7 +68,7 @@ impl L2Entry {
     /// Decodes `raw` found at host byte offset `at` of an image with the given geometry.
     /// Errors: [`Error::Corrupt`] for reserved bits, COPIED on a compressed entry, a zero flag in
     /// a v2 image, or a misaligned data cluster offset.
-    pub fn decode(
+    pub(crate) fn decode(
         raw: u64,
         cluster_bits: u32,
         version: Version,
@@ -157,7 +122,7 @@ impl L2Entry {
         let x = 62 - (cluster_bits - 8);
         let host = raw & ((1u64 << x) - 1);
         let additional_sectors = (raw & !(OFLAG_COPIED | OFLAG_COMPRESSED)) >> x;
-        if host == 0 || host >= crate::header::MAX_HOST_OFFSET {
+        if host == 0 || host >= MAX_HOST_OFFSET {
             return Err(Error::corrupt(
                 format!("compressed L2 entry {raw:#018x}: invalid host offset"),
                 at,
@@ -172,7 +137,7 @@ impl L2Entry {
     /// Host clusters (as `[first, last]` cluster numbers) whose refcount this entry contributes
     /// to, or `None` for unallocated and zero-plain entries. A compressed payload counts every
     /// host cluster its byte range `[host, host + (n+1)·512 − (host & 511))` touches.
-    pub fn host_cluster_range(&self, cluster_bits: u32) -> Option<(u64, u64)> {
+    pub(crate) fn host_cluster_range(&self, cluster_bits: u32) -> Option<(u64, u64)> {
         match *self {
             L2Entry::Unallocated | L2Entry::ZeroPlain => None,
             L2Entry::ZeroAlloc { host } | L2Entry::Normal { host } => {
@@ -191,24 +156,13 @@ impl L2Entry {
 
 /// Number of bytes QEMU reads for a compressed payload: `(n + 1) · 512 − (host & 511)`.
 /// `additional_sectors` has at most 13 bits, so this cannot overflow.
-pub fn compressed_len(host: u64, additional_sectors: u64) -> u64 {
+pub(crate) fn compressed_len(host: u64, additional_sectors: u64) -> u64 {
     (additional_sectors + 1) * COMPRESSED_SECTOR_SIZE - (host & (COMPRESSED_SECTOR_SIZE - 1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn geometry() {
-        assert_eq!(l2_entries(16), 8192);
-        assert_eq!(guest_clusters(100_352, 16), 2);
-        assert_eq!(l1_entries_needed(128 << 20, 16), Some(1));
-        assert_eq!(l1_entries_needed(8 << 40, 12), Some(4 << 20));
-        assert_eq!(l1_entries_needed(16 << 40, 9), Some(1 << 29));
-        assert_eq!(l1_entries_needed(u64::MAX, 9), None);
-        assert_eq!(l1_entries_needed(0, 9), Some(0));
-    }
 
     #[test]
     fn decode_entries_from_qemu_images() {

@@ -1,0 +1,148 @@
+//! The open image file and its validated header: what every layer of the reader reads through.
+//!
+//! Design: [`Image::open`] reads and validates the header (spec "Header") and refuses the
+//! features the reader cannot honour; every later read is positional and bounded by the file
+//! length taken at open time, so an [`Image`] can serve many threads.
+
+use std::fs::File;
+
+use crate::bytes::decode_be;
+use crate::error::Error;
+use crate::format::extension::{self, HeaderExtension};
+use crate::format::header::{
+    Header, COMPRESSION_DEFLATE, INCOMPAT_EXTENDED_L2, INCOMPAT_EXTERNAL_DATA, V2_HEADER_LENGTH,
+    V3_HEADER_LENGTH,
+};
+use crate::geometry::{Version, MAX_L1_ENTRIES};
+use crate::io::read_exact_at;
+
+/// An image file opened for reading, with its validated header.
+#[derive(Debug)]
+pub(super) struct Image {
+    pub(super) file: File,
+    /// Size of the file in bytes when it was opened.
+    pub(super) file_len: u64,
+    pub(super) header: Header,
+}
+
+/// Refuses valid images whose content this reader cannot produce faithfully.
+fn check_supported(h: &Header) -> Result<(), Error> {
+    let refuse = |what: &str| Err(Error::Unsupported(what.to_string()));
+    if h.crypt_method != 0 {
+        return refuse(&format!("encryption (crypt_method {})", h.crypt_method));
+    }
+    if h.backing_file_offset != 0 {
+        return refuse("backing file");
+    }
+    if h.incompatible_features & INCOMPAT_EXTERNAL_DATA != 0 {
+        return refuse("external data file (incompatible bit 2)");
+    }
+    if h.incompatible_features & INCOMPAT_EXTENDED_L2 != 0 {
+        return refuse("extended L2 entries (incompatible bit 4)");
+    }
+    if h.compression_type != COMPRESSION_DEFLATE {
+        return refuse(&format!("compression_type {} (zstd)", h.compression_type));
+    }
+    Ok(())
+}
+
+impl Image {
+    /// Reads and validates the header of `file` and refuses unsupported features.
+    ///
+    /// Errors: those of [`Header::parse`]; [`Error::Unsupported`] for encryption, a backing
+    /// file, an external data file, extended L2 entries or zstd compression; [`Error::Io`].
+    pub(super) fn open(file: File) -> Result<Image, Error> {
+        let file_len = file
+            .metadata()
+            .map_err(Error::io("reading the file size", 0))?
+            .len();
+        let mut buf = vec![0u8; file_len.min(V3_HEADER_LENGTH.into()) as usize];
+        read_exact_at(&file, &mut buf, 0, "reading the header")?;
+        let header = Header::parse(&buf)?;
+        check_supported(&header)?;
+        Ok(Image {
+            file,
+            file_len,
+            header,
+        })
+    }
+
+    /// Cluster size in bytes.
+    pub(super) fn cluster_size(&self) -> u64 {
+        self.header.cluster_size()
+    }
+
+    /// Checks that `[offset, offset + len)` lies inside the file. Errors: [`Error::Corrupt`].
+    pub(super) fn check_in_file(&self, what: &str, offset: u64, len: u64) -> Result<(), Error> {
+        let file_len = self.file_len;
+        if offset.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(Error::corrupt(
+                format!(
+                    "{what} of {len} bytes extends past the end of the file ({file_len} bytes)"
+                ),
+                offset,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the header extensions: from the end of the header to the end of cluster 0 (the
+    /// reader refuses backing files, so no backing file name ends the area earlier).
+    pub(super) fn read_extensions(&self) -> Result<Vec<HeaderExtension>, Error> {
+        let h = &self.header;
+        let start = u64::from(match h.version {
+            Version::V2 => V2_HEADER_LENGTH,
+            Version::V3 => h.header_length,
+        });
+        let end = h.cluster_size().min(self.file_len);
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        // cluster_size is at most 2 MiB (MAX_CLUSTER_BITS), which bounds this buffer.
+        let mut area = vec![0u8; (end - start) as usize];
+        read_exact_at(
+            &self.file,
+            &mut area,
+            start,
+            "reading the header extensions",
+        )?;
+        extension::parse(&area, start)
+    }
+
+    /// Reads an L1 table of `l1_size` entries at `offset` after checking its size and bounds.
+    pub(super) fn read_l1(&self, offset: u64, l1_size: u32) -> Result<Vec<u64>, Error> {
+        if u64::from(l1_size) > MAX_L1_ENTRIES {
+            return Err(Error::Limit(format!(
+                "L1 table at {offset:#x} has {l1_size} entries (> {MAX_L1_ENTRIES})"
+            )));
+        }
+        let len = u64::from(l1_size) * 8;
+        self.check_in_file("L1 table", offset, len)?;
+        let mut bytes = vec![0u8; len as usize];
+        read_exact_at(&self.file, &mut bytes, offset, "reading an L1 table")?;
+        Ok(decode_be(&bytes))
+    }
+
+    /// Reads `buf.len()` bytes at host byte `offset`; bytes past the end of the file read as
+    /// zero (QEMU tolerates a short last cluster), but `offset` itself must be inside the file.
+    pub(super) fn read_host(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        op: &'static str,
+    ) -> Result<(), Error> {
+        if offset >= self.file_len {
+            return Err(Error::corrupt(
+                format!(
+                    "{op}: host offset is past the end of the file ({} bytes)",
+                    self.file_len
+                ),
+                offset,
+            ));
+        }
+        let available = (self.file_len - offset).min(buf.len() as u64) as usize;
+        read_exact_at(&self.file, &mut buf[..available], offset, op)?;
+        buf[available..].fill(0);
+        Ok(())
+    }
+}

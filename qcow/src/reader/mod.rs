@@ -1,0 +1,146 @@
+//! The QCOW2 reader: any layer (active or internal snapshot) of v2/v3 images made by this crate
+//! or by QEMU, including deflate-compressed and zero clusters.
+//!
+//! Design: [`Reader::open`] validates the header, refuses features it cannot honour (encryption,
+//! backing file, external data file, extended L2, zstd), checks that the tables it uses lie
+//! inside the file, reads the snapshot table and the active L1 table. [`Reader::layer`] gives a
+//! [`LayerReader`] over one L1 table (a snapshot's is validated and read only then). All reads
+//! are positional (`read_exact_at`) and nothing is cached behind a lock, so a `Reader` and its
+//! `LayerReader`s are `Send + Sync` and may serve many threads. Every on-disk value is checked
+//! before use and errors name the offset; corrupt input never panics.
+//!
+//! Files: `image.rs` (the file and its header, bounded reads), `snapshot_table.rs`,
+//! `layer.rs` ([`LayerReader`]), `inflate.rs` (compressed clusters).
+
+mod image;
+mod inflate;
+mod layer;
+mod snapshot_table;
+
+use std::borrow::Cow;
+use std::fs::File;
+
+use image::Image;
+pub use layer::{ClusterMapping, Layer, LayerReader};
+use snapshot_table::read_snapshot_table;
+
+use crate::error::Error;
+use crate::format::extension::HeaderExtension;
+use crate::format::header::Header;
+use crate::format::snapshot::SnapshotInfo;
+
+/// An open QCOW2 image (v2 or v3, spec "Header"): its validated header, snapshot table, header
+/// extensions and active L1 table. [`Reader::layer`] reads the active layer or one snapshot.
+/// All reads are positional and nothing is cached behind a lock, so a `Reader` and its
+/// [`LayerReader`]s are `Send + Sync`; corrupt input gives an [`Error`], never a panic.
+#[derive(Debug)]
+pub struct Reader {
+    image: Image,
+    snapshots: Vec<SnapshotInfo>,
+    active_l1: Vec<u64>,
+    extensions: Vec<HeaderExtension>,
+}
+
+impl Reader {
+    /// Opens an image from `file` (opened read-only by the caller).
+    ///
+    /// Errors: those of [`Header::parse`]; [`Error::Unsupported`] for encryption, a backing
+    /// file, an external data file, extended L2 entries or zstd compression;
+    /// [`Error::Corrupt`] if the active L1 table, the refcount table or the snapshot table is
+    /// outside the file; [`Error::Limit`] for an oversized snapshot table; [`Error::Io`].
+    pub fn open(file: File) -> Result<Reader, Error> {
+        let image = Image::open(file)?;
+        let h = &image.header;
+        let reftable_len = u64::from(h.refcount_table_clusters) * image.cluster_size();
+        image.check_in_file("refcount table", h.refcount_table_offset, reftable_len)?;
+        let snapshots = read_snapshot_table(&image.file, h, image.file_len)?;
+        let active_l1 = image.read_l1(h.l1_table_offset, h.l1_size)?;
+        let extensions = image.read_extensions()?;
+        Ok(Reader {
+            image,
+            snapshots,
+            active_l1,
+            extensions,
+        })
+    }
+
+    /// The header extensions, in file order (spec "Header extensions").
+    pub fn header_extensions(&self) -> &[HeaderExtension] {
+        &self.extensions
+    }
+
+    /// The data of the first header extension of type `ext_type`, if any.
+    pub fn header_extension(&self, ext_type: u32) -> Option<&[u8]> {
+        self.extensions
+            .iter()
+            .find(|e| e.ext_type == ext_type)
+            .map(|e| e.data.as_slice())
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.image.header
+    }
+
+    /// Virtual disk size in bytes.
+    pub fn virtual_size(&self) -> u64 {
+        self.image.header.size
+    }
+
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        self.image.header.cluster_size()
+    }
+
+    /// Size of the image file in bytes (when opened).
+    pub fn file_len(&self) -> u64 {
+        self.image.file_len
+    }
+
+    /// The snapshot table, in on-disk order.
+    pub fn snapshots(&self) -> &[SnapshotInfo] {
+        &self.snapshots
+    }
+
+    /// Index of the snapshot whose id is `id_or_name`, else of the first whose name is, like
+    /// QEMU's `-l` lookup.
+    pub fn find_snapshot(&self, id_or_name: &str) -> Option<usize> {
+        let by_id = self.snapshots.iter().position(|s| s.id == id_or_name);
+        by_id.or_else(|| self.snapshots.iter().position(|s| s.name == id_or_name))
+    }
+
+    /// A reader for one layer. A snapshot's L1 table is validated (cluster aligned, at most
+    /// 32 MiB, inside the file) and read here.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a snapshot index out of range; [`Error::Corrupt`]
+    /// or [`Error::Limit`] for an invalid snapshot L1 table; [`Error::Io`].
+    pub fn layer(&self, layer: Layer) -> Result<LayerReader<'_>, Error> {
+        let (l1, l1_table_offset) = match layer {
+            Layer::Active => (
+                Cow::Borrowed(self.active_l1.as_slice()),
+                self.image.header.l1_table_offset,
+            ),
+            Layer::Snapshot(i) => {
+                let s = self.snapshots.get(i).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "snapshot index {i} out of range ({} snapshots)",
+                        self.snapshots.len()
+                    ))
+                })?;
+                if !s.l1_table_offset.is_multiple_of(self.cluster_size())
+                    || (s.l1_size > 0 && s.l1_table_offset == 0)
+                {
+                    return Err(Error::corrupt(
+                        format!("snapshot {i} ({}) L1 table is not cluster aligned", s.name),
+                        s.l1_table_offset,
+                    ));
+                }
+                (
+                    Cow::Owned(self.image.read_l1(s.l1_table_offset, s.l1_size)?),
+                    s.l1_table_offset,
+                )
+            }
+        };
+        Ok(LayerReader::new(&self.image, layer, l1, l1_table_offset))
+    }
+}

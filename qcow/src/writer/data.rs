@@ -1,0 +1,206 @@
+//! Guest clusters of a state: data written in newly allocated host clusters, zero clusters,
+//! and clusters shared with a data cluster already written (explicitly, or found equal to the
+//! base state's by [`Writer::write_clusters_dedup`]).
+
+use super::state::window_runs;
+use super::Writer;
+use crate::error::Error;
+use crate::format::table::OFLAG_ZERO;
+use crate::geometry::Version;
+use crate::types::StateId;
+
+/// Largest read of base clusters in [`Writer::write_clusters_dedup`], in bytes (1 MiB):
+/// bounds the scratch buffer while keeping reads of contiguous base clusters large.
+const DEDUP_READ_BYTES: u64 = 1 << 20;
+
+impl Writer {
+    /// Appends `data` (a whole number of clusters) as guest clusters `guest_cluster..` of
+    /// `state`, in newly allocated host clusters written with as few large writes as possible.
+    /// Zero data is written as is: the caller records all-zero clusters with
+    /// [`Writer::write_zero_clusters`] (v3) or leaves them out (v2).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an unknown state, `data` not a multiple of the
+    /// cluster size, guest clusters past the end of the disk or not strictly after every guest
+    /// cluster already written or shared in this state; [`Error::Io`]; [`Error::Limit`].
+    pub fn write_clusters(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let s = self.state_index(state)?;
+        let count = self.cluster_count(data)?;
+        self.check_guest_range(s, guest_cluster, count)?;
+        let epl = self.entries_per_l2();
+        for (done, g, run) in window_runs(guest_cluster, count, epl) {
+            // Open (and so finish the previous) window before allocating the data clusters.
+            self.open_window(s, g / epl)?;
+            let host = self.refcounts.allocate(run)?;
+            let bytes = &data[(done << self.cluster_bits) as usize
+                ..((done + run) << self.cluster_bits) as usize];
+            self.out.append(host << self.cluster_bits, bytes)?;
+            let cb = self.cluster_bits;
+            let entries = self.window_entries(s, g, run)?;
+            for (i, e) in entries.iter_mut().enumerate() {
+                *e = (host + i as u64) << cb;
+            }
+        }
+        self.summary.data_clusters += count;
+        self.states[s].next_guest = guest_cluster + count;
+        Ok(())
+    }
+
+    /// Records `count` guest clusters from `guest_cluster` of `state` as zero clusters: L2
+    /// entries with only the zero flag set (QCOW2 spec "Standard Cluster Descriptor", bit 0;
+    /// host offset 0). They read as zeros and, unlike unallocated clusters, say explicitly that
+    /// the image holds zeros there. No host cluster is allocated and nothing is refcounted.
+    /// Version 3 only: on a v2 image the caller leaves zero clusters unallocated.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a v2 image, an unknown state, guest clusters past
+    /// the end of the disk or not strictly after every guest cluster already written or shared
+    /// in this state; [`Error::Io`] and [`Error::Limit`] (finishing the previous L2 window).
+    pub fn write_zero_clusters(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        count: u64,
+    ) -> Result<(), Error> {
+        if self.version != Version::V3 {
+            return Err(Error::InvalidArgument(
+                "zero clusters need QCOW2 version 3 (compat 1.1)".into(),
+            ));
+        }
+        let s = self.state_index(state)?;
+        self.check_guest_range(s, guest_cluster, count)?;
+        for (_, g, run) in window_runs(guest_cluster, count, self.entries_per_l2()) {
+            self.window_entries(s, g, run)?.fill(OFLAG_ZERO);
+        }
+        self.states[s].next_guest = guest_cluster + count;
+        Ok(())
+    }
+
+    /// The `run` entries of state `s`'s L2 window for guest clusters `g..g + run` (one window),
+    /// opening that window first.
+    fn window_entries(&mut self, s: usize, g: u64, run: u64) -> Result<&mut [u64], Error> {
+        let epl = self.entries_per_l2();
+        self.open_window(s, g / epl)?;
+        let first = (g % epl) as usize;
+        let window = self.states[s].open.as_mut().map(|w| &mut w.entries);
+        let entries = window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
+        Ok(&mut entries[first..first + run as usize])
+    }
+
+    /// Maps `guest_cluster` of `state` to the existing host data cluster at byte offset
+    /// `host_offset` (written earlier by this writer), adding one reference to it.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an unknown state, an out-of-order or out-of-range
+    /// guest cluster, or a host offset that is unaligned or not an allocated cluster;
+    /// [`Error::Limit`] on refcount overflow (65 535 references).
+    pub fn share_cluster(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        host_offset: u64,
+    ) -> Result<(), Error> {
+        let s = self.state_index(state)?;
+        self.check_guest_range(s, guest_cluster, 1)?;
+        let host_cluster = host_offset >> self.cluster_bits;
+        if !host_offset.is_multiple_of(self.cluster_size())
+            || host_cluster == 0
+            || self.refcounts.get(host_cluster) == 0
+        {
+            return Err(Error::InvalidArgument(format!(
+                "host offset {host_offset:#x} is not a written data cluster"
+            )));
+        }
+        let epl = self.entries_per_l2();
+        self.open_window(s, guest_cluster / epl)?;
+        self.refcounts.increment(host_cluster, 1)?;
+        self.refcounts_changed = true;
+        if let Some(w) = self.states[s].open.as_mut() {
+            w.entries[(guest_cluster % epl) as usize] = host_offset;
+        }
+        self.summary.shared_data_refs += 1;
+        self.states[s].next_guest = guest_cluster + 1;
+        Ok(())
+    }
+
+    /// Like [`Writer::write_clusters`], but each cluster whose content equals the cluster `base`
+    /// maps at the same guest cluster is shared with it ([`Writer::share_cluster`]) instead of
+    /// written: older states of an "inverted chain" then store only the clusters that differ.
+    ///
+    /// Errors: those of `write_clusters`, plus [`Error::InvalidArgument`] if `base` is unknown
+    /// or equals `state`.
+    pub fn write_clusters_dedup(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+        data: &[u8],
+        base: StateId,
+    ) -> Result<(), Error> {
+        let s = self.state_index(state)?;
+        self.state_index(base)?;
+        if state == base {
+            return Err(Error::InvalidArgument(format!(
+                "state {s} cannot deduplicate against itself"
+            )));
+        }
+        let count = self.cluster_count(data)?;
+        self.check_guest_range(s, guest_cluster, count)?;
+        let c = self.cluster_size() as usize;
+        let mut base_hosts = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            base_hosts.push(self.lookup(base, guest_cluster + i)?);
+        }
+        let same = self.compare_with_base(&base_hosts, data)?;
+        let mut i = 0usize;
+        while i < count as usize {
+            let g = guest_cluster + i as u64;
+            if let (true, Some(host)) = (same[i], base_hosts[i]) {
+                self.share_cluster(state, g, host)?;
+                i += 1;
+                continue;
+            }
+            let run = same[i..].iter().take_while(|&&m| !m).count();
+            self.write_clusters(state, g, &data[i * c..(i + run) * c])?;
+            i += run;
+        }
+        Ok(())
+    }
+
+    /// For each cluster of `data`, whether the base cluster at `base_hosts[i]` holds the same
+    /// bytes. Contiguous base clusters are read together (up to 1 MiB per read).
+    fn compare_with_base(
+        &mut self,
+        base_hosts: &[Option<u64>],
+        data: &[u8],
+    ) -> Result<Vec<bool>, Error> {
+        let c = self.cluster_size();
+        let max_run = (DEDUP_READ_BYTES / c).max(1) as usize;
+        let mut same = vec![false; base_hosts.len()];
+        let mut scratch = Vec::new();
+        let mut i = 0usize;
+        while i < base_hosts.len() {
+            let Some(first) = base_hosts[i] else {
+                i += 1;
+                continue;
+            };
+            let mut run = 1usize;
+            while run < max_run
+                && i + run < base_hosts.len()
+                && base_hosts[i + run] == Some(first + run as u64 * c)
+            {
+                run += 1;
+            }
+            scratch.resize(run * c as usize, 0);
+            self.out.read_at(&mut scratch, first)?;
+            for k in 0..run {
+                let range = k * c as usize..(k + 1) * c as usize;
+                same[i + k] =
+                    scratch[range.clone()] == data[(i + k) * c as usize..(i + k + 1) * c as usize];
+            }
+            i += run;
+        }
+        Ok(same)
+    }
+}

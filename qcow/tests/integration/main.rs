@@ -1,0 +1,18 @@
+//! The integration tests of the `qcow` crate, one test binary with a module per subject (one
+//! link instead of one per file); the helpers they share are in `tests/common/`.
+//!
+//! `tests/scale.rs` stays a binary of its own: its memory test reads the peak resident set
+//! size of the whole process, which other tests running beside it would inflate.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod header_extensions;
+mod imago_cross;
+mod reader_qemu;
+mod robustness;
+mod snapshots_qemu;
+mod writer_api;
+mod writer_qemu;
+mod zero_clusters;
