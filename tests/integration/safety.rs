@@ -346,6 +346,9 @@ fn locked_targets_and_patches_are_refused() {
         assert!(e.contains("nothing was written"), "{e}");
         assert_eq!(sha256(&t), before);
         assert!(!p.exists());
+        // Unlock explicitly: a child that another test forks right now shares the lock until
+        // it execs, so dropping the descriptor alone may release it a moment too late.
+        holder.unlock().unwrap();
     }
     expect(&[&"rollback", &q, &t, &"--patch", &p], 0);
     let after = sha256(&t);
@@ -355,6 +358,7 @@ fn locked_targets_and_patches_are_refused() {
         let e = stderr_of_expect(&[&"rollback", &"--undo", &p, &t], 1);
         assert!(e.contains("in use"), "{e}");
         assert_eq!(sha256(&t), after);
+        holder.unlock().unwrap();
     }
     expect(&[&"rollback", &"--undo", &p, &t], 0);
     assert_eq!(sha256(&t), before);
