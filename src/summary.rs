@@ -20,6 +20,9 @@ pub const EXIT_WARNINGS: i32 = 3;
 pub struct Summary {
     /// Problems that were skipped, with the state they were found in (when there are several).
     pub warnings: Vec<(Option<String>, Warning)>,
+    /// Warnings of the current state left out of `warnings` (the walker keeps a few per
+    /// kind): kind label and number.
+    pub omitted: Vec<(String, u64)>,
     /// Informational notes.
     pub notes: Vec<String>,
     /// The JSON document (without the warnings, added at print time).
@@ -75,6 +78,7 @@ impl Summary {
             .collect();
         Summary {
             warnings,
+            omitted: walked.omitted.clone(),
             notes: walked.notes.clone(),
             json: m,
         }
@@ -98,6 +102,7 @@ impl Summary {
         let warnings = warnings.into_iter().map(|w| (None, w)).collect();
         Summary {
             warnings,
+            omitted: Vec::new(),
             notes: Vec::new(),
             json: m,
         }
@@ -105,7 +110,7 @@ impl Summary {
 
     /// The exit status this outcome maps to.
     pub fn exit_status(&self) -> i32 {
-        if self.warnings.is_empty() {
+        if self.warnings.is_empty() && self.omitted.is_empty() {
             EXIT_OK
         } else {
             EXIT_WARNINGS
@@ -129,6 +134,12 @@ impl Summary {
             })
             .collect();
         m.insert("warnings".into(), Value::Array(warnings));
+        let omitted: Vec<Value> = self
+            .omitted
+            .iter()
+            .map(|(kind, count)| json!({ "kind": kind, "count": count }))
+            .collect();
+        m.insert("warnings_omitted".into(), Value::Array(omitted));
         m.insert("notes".into(), json!(self.notes));
         m.insert("exit_status".into(), json!(self.exit_status()));
         Value::Object(m)
@@ -157,26 +168,27 @@ pub struct StateReport {
     pub blocks: Option<Value>,
     /// Blocks copied in all.
     pub total: u64,
-    /// Warnings found in it.
+    /// Warnings found in it (listed or omitted).
     pub warnings: usize,
     /// Why it could not be written, if it was not.
     pub error: Option<String>,
 }
 
 impl StateReport {
-    /// A state that was walked and written.
+    /// A state that was walked and written; `warnings` listed, plus those the walk omitted.
     pub fn walked(
         name: &str,
         date: (u32, u32),
         walked: &WalkResult,
         warnings: usize,
     ) -> StateReport {
+        let omitted: u64 = walked.omitted.iter().map(|(_, n)| n).sum();
         StateReport {
             name: name.to_string(),
             date,
             blocks: Some(class_counts(walked)),
             total: walked.blocks.block_count(),
-            warnings,
+            warnings: warnings.saturating_add(usize::try_from(omitted).unwrap_or(usize::MAX)),
             error: None,
         }
     }
