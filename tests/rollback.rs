@@ -177,7 +177,7 @@ fn next3_fixture(name: &str) {
             let mut sb = [0u8; 1024];
             f.read_exact_at(&mut sb, 1024).unwrap();
             sb[0x78..0x80].copy_from_slice(b"changed!");
-            if sb[0x64] & 0x04 != 0 {
+            if sb[0x65] & 0x04 != 0 {
                 // RO_COMPAT_METADATA_CSUM (0x400): s_checksum covers bytes 0..0x3FC.
                 let c = !crc32c::crc32c(&sb[..0x3FC]);
                 sb[0x3FC..].copy_from_slice(&c.to_le_bytes());
