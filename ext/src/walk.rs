@@ -3,13 +3,16 @@
 //! The set is the static metadata computed from the geometry (every superblock, descriptor
 //! and reserved-GDT copy, bitmaps, used inode-table parts, MMP) plus what each in-use inode
 //! owns, found by scanning the inode tables (not the directory tree, so that EA inodes,
-//! orphans and special inodes are all seen). Groups are scanned in parallel, each into its own
-//! [`Collector`]; the results are merged and finished into a sorted [`BlockSet`].
+//! orphans and special inodes are all seen). Groups are scanned in parallel, each rayon task
+//! folding its groups into one [`Collector`]; the results are merged in group order and
+//! finished into a sorted [`BlockSet`]. Only the groups [`Filesystem::open`] kept (those
+//! inside the source) are walked; the others are one warning.
 //!
 //! An inode is in use when its bit is set in the inode bitmap, or when its link count is
 //! non-zero (e2image's rule, kept so that our set is a superset of e2image's on corrupt
 //! filesystems). Corruption never stops the walk: it becomes a [`Warning`] naming the inode,
-//! block and offset, and only the damaged part is skipped.
+//! block and offset, and only the damaged part is skipped. Warnings are kept up to a few per
+//! kind and counted beyond ([`crate::warning`]), so memory stays bounded.
 //!
 //! The inode scan ([`scan_group`]) is shared with the block-owner scan of [`crate::owners`],
 //! which uses a [`Collector`] in run-recording mode: the tree walkers then report each run
