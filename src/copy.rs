@@ -15,6 +15,9 @@ use std::io::IsTerminal;
 
 /// Largest single read, in bytes.
 const MAX_READ_BYTES: u64 = 2 << 20;
+/// Unreadable units listed as warnings by one copy; the rest are only counted
+/// ([`CopyStats::unreadable_units`]), so a failing disk cannot fill memory with warnings.
+pub const MAX_UNREADABLE_LISTED: usize = 16;
 /// Bytes read per batch (two batches are in memory at once).
 const BATCH_BYTES: u64 = 2 << 20;
 
@@ -86,7 +89,8 @@ struct Batch {
 }
 
 /// Copies `runs` (unit start, unit count; sorted and disjoint) of `unit`-byte units from
-/// `view` to `sink`; unreadable units are appended to `warnings`.
+/// `view` to `sink`; the first [`MAX_UNREADABLE_LISTED`] unreadable units are appended to
+/// `warnings`, all of them are counted.
 pub fn copy_runs(
     view: &dyn BlockView,
     unit: u32,
@@ -114,7 +118,8 @@ pub fn copy_runs(
         );
         stats.bytes_copied += written?;
         stats.unreadable_units += writing.unreadable.len() as u64;
-        warnings.append(&mut writing.warnings);
+        let room = MAX_UNREADABLE_LISTED.saturating_sub(warnings.len());
+        warnings.extend(writing.warnings.drain(..).take(room));
         std::mem::swap(&mut reading, &mut writing);
         i = j;
     }

@@ -16,6 +16,11 @@ use crate::owners::{inode_runs, RunKind};
 use crate::superblock::incompat;
 use crate::view::BlockView;
 use crate::walk::Warning;
+use crate::warning::WarningLog;
+
+/// Warning kinds of [`read_dir`]: the directory's block map, and its unreadable blocks.
+const TREE_KIND: &str = "directory block map";
+const UNREADABLE_KIND: &str = "unreadable directory block";
 use crate::{BlockNr, InodeNr};
 
 /// Size of the fixed part of an entry, in bytes.
@@ -113,7 +118,11 @@ pub fn read_dir<V: BlockView>(
         read_inline_dir(&raw, filetype, f);
         return Vec::new();
     }
-    let (runs, mut warnings) = inode_runs(fs, InodeNr(ino), &inode);
+    let (runs, tree_warnings) = inode_runs(fs, InodeNr(ino), &inode);
+    let mut warnings = WarningLog::default();
+    for w in tree_warnings {
+        warnings.push(TREE_KIND, w);
+    }
     let bs = u64::from(sb.block_size);
     let size_blocks = inode.i_size.div_ceil(bs);
     let mut buf = vec![0u8; sb.block_size as usize];
@@ -124,19 +133,16 @@ pub fn read_dir<V: BlockView>(
         let n = size_blocks.saturating_sub(r.logical).min(r.len);
         for b in r.physical..r.physical.saturating_add(n) {
             if let Err(e) = fs.read_blocks(b, &mut buf) {
-                warnings.push(warning(
-                    ino,
-                    Some(b),
-                    format!("directory block unreadable: {e}"),
-                ));
+                let reason = format!("directory block unreadable: {e}");
+                warnings.push(UNREADABLE_KIND, warning(ino, Some(b), reason));
                 continue;
             }
             if !f(&parse_block(&buf, filetype)) {
-                return warnings;
+                return warnings.into_flat();
             }
         }
     }
-    warnings
+    warnings.into_flat()
 }
 
 /// All entries of directory `ino` (empty when it is not a directory or cannot be read).

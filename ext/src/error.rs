@@ -64,9 +64,41 @@ pub(crate) enum CorruptKind {
     ExtentHeader(String),
     ExtentEntry(String),
     ExtentLoop,
-    IndirectPointer { value: u64 },
-    OutOfRange { value: u64, limit: u64 },
+    IndirectPointer {
+        value: u64,
+    },
+    OutOfRange {
+        value: u64,
+        limit: u64,
+    },
     Inode(String),
+    /// A group's bitmap or inode table pointer outside the filesystem (message as is).
+    GroupMetadata(String),
+    /// Another block pointer (xattr block, MMP block, translator) outside the filesystem.
+    Pointer(String),
+    /// A block that could not be read (message as is).
+    Unreadable(String),
+    /// Groups that start past the end of the source and were not walked.
+    PastSource(String),
+}
+
+impl CorruptKind {
+    /// Short stable label of the kind, for counting warnings per kind.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            CorruptKind::Superblock(_) => "superblock",
+            CorruptKind::ExtentHeader(_) => "extent header",
+            CorruptKind::ExtentEntry(_) => "extent entry",
+            CorruptKind::ExtentLoop => "extent loop",
+            CorruptKind::IndirectPointer { .. } => "indirect block pointer",
+            CorruptKind::OutOfRange { .. } => "block outside the filesystem",
+            CorruptKind::Inode(_) => "inode",
+            CorruptKind::GroupMetadata(_) => "group metadata outside the filesystem",
+            CorruptKind::Pointer(_) => "block pointer outside the filesystem",
+            CorruptKind::Unreadable(_) => "unreadable block",
+            CorruptKind::PastSource(_) => "groups past the end of the source",
+        }
+    }
 }
 
 impl Corrupt {
@@ -101,6 +133,12 @@ impl Corrupt {
         self
     }
 
+    /// A short stable label of what kind of problem this is ("extent header", "inode",
+    /// "unreadable block", ...): warnings are counted per label once there are many.
+    pub fn kind_label(&self) -> &'static str {
+        self.kind.label()
+    }
+
     /// A one-line description of what is wrong, without the location.
     pub fn reason(&self) -> String {
         let base = self.kind_text();
@@ -123,6 +161,10 @@ impl Corrupt {
                 format!("block {value} is outside the filesystem (blocks_count {limit})")
             }
             CorruptKind::Inode(s) => format!("bad inode: {s}"),
+            CorruptKind::GroupMetadata(s)
+            | CorruptKind::Pointer(s)
+            | CorruptKind::Unreadable(s)
+            | CorruptKind::PastSource(s) => s.clone(),
         }
     }
 }

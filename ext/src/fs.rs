@@ -3,12 +3,26 @@
 //!
 //! Opening reads only the superblock and the descriptor table. Sizes are bounded before
 //! anything is allocated: the table must fit in the source. When the primary superblock is
-//! unusable, the error names a backup superblock that does parse, for `-b`.
+//! unusable (it does not parse, fails its metadata_csum checksum or contradicts itself, see
+//! [`Superblock::parse`]), the error names a backup superblock that does parse, for `-b`.
+//!
+//! **A filesystem larger than its source.** A source shorter than `s_blocks_count` says is
+//! either a truncated dump or a superblock whose block count is corrupt (a forged
+//! `s_blocks_count_hi` can claim millions of groups on a small image). Refusing would lose the
+//! useful image of a truncated dump, so it is opened, but only the groups that lie inside the
+//! source are read and walked: those that start inside it, plus, with flex_bg, the rest of the
+//! last flex group starting inside it (its groups keep their bitmaps and inode tables at its
+//! start, inside the source). Everything of the other groups would read as zeros. They are not
+//! given descriptors ([`Filesystem::groups`] is shorter than the group count, see
+//! [`Filesystem::groups_past_source`]) and the walker reports them as one warning. So memory
+//! for descriptors, per-group work and warnings is bounded by the source size, not by what the
+//! superblock claims. A descriptor table larger than the whole source is still an error: no
+//! truncated dump lacks part of its own primary descriptor table.
 
 use crate::error::Error;
 use crate::group_desc::GroupDesc;
 use crate::layout::{desc_block_location, group_base_block};
-use crate::superblock::{Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::superblock::{incompat, Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::view::BlockView;
 
 /// Block sizes probed for backup superblocks, in bytes.
@@ -30,7 +44,8 @@ pub struct Filesystem<V> {
     pub sb: Superblock,
     /// Block number the superblock was read from (the primary's is 0 or 1).
     pub sb_block: u64,
-    /// One descriptor per group.
+    /// One descriptor per group inside the source: every group, unless the source is shorter
+    /// than the filesystem (module comment).
     pub groups: Vec<GroupDesc>,
 }
 
@@ -50,13 +65,20 @@ impl<V: BlockView> Filesystem<V> {
             }
             Some(b) => open_backup(&view, b, opts.block_size)?,
         };
-        let groups = read_group_descs(&view, &sb, sb_block)?;
+        let kept = groups_in_source(&sb, view.size());
+        let groups = read_group_descs(&view, &sb, sb_block, kept)?;
         Ok(Filesystem {
             view,
             sb,
             sb_block,
             groups,
         })
+    }
+
+    /// Number of groups left out because they lie past the end of the source (module
+    /// comment); 0 when the source holds the whole filesystem.
+    pub fn groups_past_source(&self) -> u32 {
+        self.sb.group_count.saturating_sub(self.groups.len() as u32)
     }
 
     /// The underlying view.
@@ -105,7 +127,7 @@ impl<V: BlockView> Filesystem<V> {
         let g = (ino - 1) / sb.s_inodes_per_group;
         let idx = (ino - 1) % sb.s_inodes_per_group;
         let Some(gd) = self.groups.get(g as usize) else {
-            return Err(bad(format!("group {g} does not exist")));
+            return Err(bad(format!("group {g} lies past the end of the source")));
         };
         let isz = u64::from(sb.s_inode_size);
         let table_end = gd
@@ -191,10 +213,37 @@ fn open_backup<V: BlockView>(
 /// more than 1 GiB for it (2^24 groups of 64 bytes is a 2 PiB filesystem at 4 KiB blocks).
 const MAX_GDT_BYTES: u64 = 1 << 30;
 
+/// Number of groups whose descriptors are read and walked for a source of `source_bytes`
+/// bytes: all when the source holds the whole filesystem; otherwise those starting inside it
+/// (at least group 0) and, with flex_bg, the rest of the last flex group starting inside it,
+/// as far as their bitmaps and inode tables could fit in the source (module comment).
+pub fn groups_in_source(sb: &Superblock, source_bytes: u64) -> u32 {
+    let bs = u64::from(sb.block_size);
+    let source_blocks = source_bytes.div_ceil(bs);
+    if source_blocks >= sb.s_blocks_count {
+        return sb.group_count;
+    }
+    let bpg = u64::from(sb.s_blocks_per_group);
+    let first = u64::from(sb.s_first_data_block);
+    let starting = source_blocks.saturating_sub(first).div_ceil(bpg).max(1);
+    let mut kept = starting;
+    if sb.has_incompat(incompat::FLEX_BG) && sb.s_log_groups_per_flex > 0 {
+        // s_log_groups_per_flex <= 31 (Superblock::parse).
+        let flex = 1u64 << sb.s_log_groups_per_flex;
+        let flex_end = starting.div_ceil(flex).saturating_mul(flex);
+        // Each group needs two bitmaps and its inode table inside the source.
+        let per_group = 2 + u64::from(sb.inode_table_blocks);
+        kept = flex_end.min(starting.saturating_add(source_blocks / per_group));
+    }
+    u32::try_from(kept.min(u64::from(sb.group_count))).unwrap_or(sb.group_count)
+}
+
+/// Reads the descriptors of the first `groups` groups.
 fn read_group_descs<V: BlockView>(
     view: &V,
     sb: &Superblock,
     sb_block: u64,
+    groups: u32,
 ) -> Result<Vec<GroupDesc>, Error> {
     let bs = u64::from(sb.block_size);
     let gdt_bytes = u64::from(sb.desc_blocks) * bs;
@@ -205,15 +254,15 @@ fn read_group_descs<V: BlockView>(
             view.size()
         )))));
     }
-    let mut table = vec![0u8; gdt_bytes as usize];
+    let groups = groups.min(sb.group_count);
+    let needed = groups.div_ceil(sb.descs_per_block);
+    let mut table = vec![0u8; needed as usize * bs as usize];
     let mut i = 0u32;
-    while i < sb.desc_blocks {
+    while i < needed {
         // Coalesce descriptor blocks that are contiguous on disk into one read.
         let start = desc_block_location(sb, sb_block, i);
         let mut n = 1u32;
-        while i + n < sb.desc_blocks
-            && desc_block_location(sb, sb_block, i + n) == start + u64::from(n)
-        {
+        while i + n < needed && desc_block_location(sb, sb_block, i + n) == start + u64::from(n) {
             n += 1;
         }
         let lo = i as usize * bs as usize;
@@ -224,7 +273,7 @@ fn read_group_descs<V: BlockView>(
         i += n;
     }
     let ds = sb.desc_size as usize;
-    Ok((0..sb.group_count as usize)
+    Ok((0..groups as usize)
         .map(|g| GroupDesc::parse(&table[g * ds..(g + 1) * ds], sb.desc_size))
         .collect())
 }

@@ -118,14 +118,16 @@ pub enum RegionKind {
     ReservedGdt,
 }
 
-/// Every superblock, GDT and reserved-GDT region of the filesystem, primary and backups, for
-/// classic, meta_bg (including hybrid `s_first_meta_bg` > 0), sparse_super and sparse_super2
-/// layouts.
-pub fn static_regions(sb: &Superblock) -> Vec<Region> {
+/// Every superblock, GDT and reserved-GDT region of the first `groups` groups (at most the
+/// group count), primary and backups, for classic, meta_bg (including hybrid
+/// `s_first_meta_bg` > 0), sparse_super and sparse_super2 layouts. The primary descriptor
+/// table is always listed whole.
+pub fn static_regions(sb: &Superblock, groups: u32) -> Vec<Region> {
+    let groups = groups.min(sb.group_count);
     let mut out = Vec::new();
     let classic = u64::from(classic_desc_blocks(sb));
     let reserved = u64::from(reserved_gdt_blocks(sb));
-    for g in 0..sb.group_count {
+    for g in 0..groups {
         if !has_super(sb, g) {
             continue;
         }
@@ -153,8 +155,9 @@ pub fn static_regions(sb: &Superblock) -> Vec<Region> {
         });
     }
     if sb.has_incompat(incompat::META_BG) {
-        for m in classic_desc_blocks(sb)..sb.desc_blocks {
-            for g in meta_bg_groups(sb, m) {
+        let meta_groups = groups.div_ceil(sb.descs_per_block).min(sb.desc_blocks);
+        for m in classic_desc_blocks(sb)..meta_groups {
+            for g in meta_bg_groups(sb, m).into_iter().filter(|&g| g < groups) {
                 let kind = if g == m * sb.descs_per_block {
                     RegionKind::PrimaryGdt
                 } else {
@@ -240,7 +243,7 @@ mod tests {
     #[test]
     fn one_k_blocks_primary_at_block_one() {
         let sb = sb_with(8192 * 3, 0, 8192, 0, 0, ro_compat::SPARSE_SUPER);
-        let r = static_regions(&sb);
+        let r = static_regions(&sb, sb.group_count);
         assert_eq!(
             r[0],
             Region {

@@ -14,6 +14,7 @@
 
 pub mod blockset;
 mod bytes;
+mod collector;
 pub mod dir;
 pub mod error;
 pub mod extent;
@@ -28,6 +29,7 @@ pub mod snapshot;
 pub mod superblock;
 pub mod view;
 pub mod walk;
+pub mod warning;
 
 pub use blockset::{BlockClass, BlockSet, Extent};
 pub use error::{Corrupt, Error};

@@ -330,7 +330,8 @@ mod tests {
     fn sb_with_blocks(blocks: u32) -> Superblock {
         let mut b = vec![0u8; 1024];
         let put = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-        put(&mut b, 0x00, 2048); // s_inodes_count
+        let groups = (blocks - 1).div_ceil(8192);
+        put(&mut b, 0x00, 2048 * groups); // s_inodes_count: groups × s_inodes_per_group
         put(&mut b, 0x04, blocks); // s_blocks_count_lo
         put(&mut b, 0x14, 1); // s_first_data_block
         put(&mut b, 0x20, 8192); // s_blocks_per_group

@@ -12,6 +12,10 @@ use crate::dir::{read_dir, DirEntry, EXT4_FT_DIR, EXT4_FT_UNKNOWN};
 use crate::fs::Filesystem;
 use crate::view::BlockView;
 use crate::walk::Warning;
+use crate::warning::WarningLog;
+
+/// Warning kind of [`inode_paths`] (directories it could not read or follow).
+const KIND: &str = "directory tree";
 use crate::InodeNr;
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -38,7 +42,7 @@ pub fn inode_paths<V: BlockView>(
         found: HashSet::new(),
         parents: HashMap::new(),
         queue: VecDeque::from([EXT2_ROOT_INO]),
-        warnings: Vec::new(),
+        warnings: WarningLog::default(),
         max_ino: fs.sb.s_inodes_count,
     };
     walk.parents.insert(EXT2_ROOT_INO, (0, Vec::new()));
@@ -50,7 +54,9 @@ pub fn inode_paths<V: BlockView>(
             break;
         };
         let w = read_dir(fs, dir, &mut |entries| walk.entries(dir, entries));
-        walk.warnings.extend(w);
+        for w in w {
+            walk.warnings.push(KIND, w);
+        }
     }
     let found: Vec<u32> = walk.found.iter().copied().collect();
     let mut paths = HashMap::with_capacity(found.len());
@@ -58,7 +64,7 @@ pub fn inode_paths<V: BlockView>(
         let path = walk.path(ino);
         paths.insert(ino, path);
     }
-    (paths, walk.warnings)
+    (paths, walk.warnings.into_flat())
 }
 
 struct TreeWalk {
@@ -68,7 +74,8 @@ struct TreeWalk {
     parents: HashMap<u32, (u32, Vec<u8>)>,
     /// Directories (or, without a file type, maybe-directories) still to read.
     queue: VecDeque<u32>,
-    warnings: Vec<Warning>,
+    /// Bounded per kind, so that a corrupt tree cannot make it grow without end.
+    warnings: WarningLog,
     max_ino: u32,
 }
 
@@ -130,12 +137,17 @@ impl TreeWalk {
             out.push_str(&String::from_utf8_lossy(name));
         }
         if truncated {
-            self.warnings.push(Warning {
-                inode: Some(InodeNr(ino)),
-                block: None,
-                offset: None,
-                reason: format!("path longer than {MAX_PATH_BYTES} bytes; only its end is kept"),
-            });
+            self.warnings.push(
+                KIND,
+                Warning {
+                    inode: Some(InodeNr(ino)),
+                    block: None,
+                    offset: None,
+                    reason: format!(
+                        "path longer than {MAX_PATH_BYTES} bytes; only its end is kept"
+                    ),
+                },
+            );
         }
         out
     }

@@ -4,8 +4,17 @@
 //! size, group geometry, inode size, descriptor size, feature bits) and derives the geometry
 //! (group count, descriptor blocks). Anything it accepts can be used for arithmetic without
 //! further overflow checks on these fields.
+//!
+//! It also refuses what e2fsprogs' `ext2fs_open` refuses (checked against e2fsprogs 1.47 with
+//! byte-patched superblocks whose checksum was fixed up): a revision level above 1; with
+//! metadata_csum, an `s_checksum_type` other than crc32c or an `s_checksum` that does not match
+//! the bytes; without bigalloc, cluster fields that differ from the block fields; an
+//! `s_inodes_count` other than group count × `s_inodes_per_group` (which catches a corrupt
+//! `s_blocks_count`, the group count following from it); `s_log_groups_per_flex` above 31; with
+//! meta_bg, `s_first_meta_bg` past the descriptor table. The error names the fields, so that
+//! [`crate::Filesystem::open`] can report the primary unusable and suggest a backup.
 
-use crate::bytes::{join, le16, le32};
+use crate::bytes::{crc32c_raw, join, le16, le32};
 use crate::error::{Corrupt, CorruptKind, Error};
 
 /// Size of the on-disk superblock in bytes.
@@ -91,6 +100,13 @@ pub mod ro_compat {
     pub const ORPHAN_PRESENT: u32 = 0x10000;
 }
 
+/// Byte offset of `s_checksum`, the end of the bytes it covers.
+pub const S_CHECKSUM_OFFSET: usize = 0x3FC;
+/// `s_checksum_type` for crc32c, the only one defined.
+pub const EXT4_CRC32C_CHKSUM: u8 = 1;
+/// Largest `s_log_groups_per_flex` e2fsprogs accepts.
+pub const MAX_LOG_GROUPS_PER_FLEX: u8 = 31;
+
 /// `s_creator_os` value for GNU Hurd (changes the meaning of osd1/osd2 inode fields).
 pub const EXT2_OS_HURD: u32 = 1;
 
@@ -129,6 +145,10 @@ pub struct Superblock {
     pub s_mkfs_time: u32,
     pub s_mmp_block: u64,
     pub s_log_groups_per_flex: u8,
+    /// Checksum algorithm (1 = crc32c), meaningful with metadata_csum.
+    pub s_checksum_type: u8,
+    /// CRC-32C of the first 0x3FC bytes, meaningful with metadata_csum.
+    pub s_checksum: u32,
     pub s_snapshot_inum: u32,
     pub s_snapshot_id: u32,
     pub s_snapshot_list: u32,
@@ -157,9 +177,10 @@ impl Superblock {
     /// Parses and validates a superblock from its 1024 bytes.
     ///
     /// # Errors
-    /// [`Error::NotExt`] when the magic is wrong, [`Error::Corrupt`] when a geometry field is
-    /// impossible, [`Error::Unsupported`] for unknown INCOMPAT bits, compression, or an
-    /// external journal device.
+    /// [`Error::NotExt`] when the magic is wrong; [`Error::Corrupt`] when a geometry field is
+    /// impossible, fields contradict each other or the metadata_csum checksum does not match
+    /// (see the module comment); [`Error::Unsupported`] for unknown INCOMPAT bits,
+    /// compression, or an external journal device.
     pub fn parse(raw: &[u8]) -> Result<Superblock, Error> {
         if raw.len() < SUPERBLOCK_SIZE {
             return Err(bad("superblock shorter than 1024 bytes"));
@@ -174,6 +195,11 @@ impl Superblock {
         let incompat = le32(b, 0x60);
         let is64 = incompat & incompat::BIT64 != 0;
         let rev = le32(b, 0x4C);
+        if rev > 1 {
+            return Err(bad(&format!(
+                "s_rev_level {rev} is above 1 (EXT2_DYNAMIC_REV)"
+            )));
+        }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[0x68..0x78]);
         let mut sb = Superblock {
@@ -206,6 +232,8 @@ impl Superblock {
             s_mkfs_time: le32(b, 0x108),
             s_mmp_block: crate::bytes::le64(b, 0x168),
             s_log_groups_per_flex: b[0x174],
+            s_checksum_type: b[0x175],
+            s_checksum: le32(b, S_CHECKSUM_OFFSET),
             s_snapshot_inum: le32(b, 0x180),
             s_snapshot_id: le32(b, 0x184),
             s_snapshot_list: le32(b, 0x190),
@@ -222,9 +250,77 @@ impl Superblock {
             inodes_per_block: 0,
             inode_table_blocks: 0,
         };
+        sb.verify_checksum()?;
         sb.check_features()?;
         sb.derive_geometry()?;
+        sb.check_consistency()?;
         Ok(sb)
+    }
+
+    /// With metadata_csum: `s_checksum_type` must be crc32c and `s_checksum` the raw CRC-32C
+    /// (seed ~0, no final inversion) of the bytes before it, as the kernel and e2fsprogs check.
+    fn verify_checksum(&self) -> Result<(), Error> {
+        if !self.has_ro_compat(ro_compat::METADATA_CSUM) {
+            return Ok(());
+        }
+        if self.s_checksum_type != EXT4_CRC32C_CHKSUM {
+            return Err(bad(&format!(
+                "s_checksum_type {} is not 1 (crc32c)",
+                self.s_checksum_type
+            )));
+        }
+        let computed = crc32c_raw(!0, &self.raw[..S_CHECKSUM_OFFSET]);
+        if self.s_checksum != computed {
+            return Err(bad(&format!(
+                "s_checksum {:#010x} does not match the superblock (crc32c {computed:#010x})",
+                self.s_checksum
+            )));
+        }
+        Ok(())
+    }
+
+    /// Cross-field checks of e2fsprogs' `ext2fs_open` (module comment), after the geometry.
+    fn check_consistency(&self) -> Result<(), Error> {
+        if !self.has_ro_compat(ro_compat::BIGALLOC) {
+            let (lc, lb) = (self.s_log_cluster_size, self.s_log_block_size);
+            if lc != lb {
+                return Err(bad(&format!(
+                    "s_log_cluster_size {lc} != s_log_block_size {lb} without bigalloc"
+                )));
+            }
+            let (cpg, bpg) = (self.s_clusters_per_group, self.s_blocks_per_group);
+            if cpg != bpg {
+                return Err(bad(&format!(
+                    "s_clusters_per_group {cpg} != s_blocks_per_group {bpg} without bigalloc"
+                )));
+            }
+        }
+        let inodes = u64::from(self.group_count) * u64::from(self.s_inodes_per_group);
+        if inodes != u64::from(self.s_inodes_count) {
+            return Err(bad(&format!(
+                "s_inodes_count {} is not the {} groups (from s_blocks_count {}, \
+                 s_first_data_block {}, s_blocks_per_group {}) × s_inodes_per_group {} = {inodes}",
+                self.s_inodes_count,
+                self.group_count,
+                self.s_blocks_count,
+                self.s_first_data_block,
+                self.s_blocks_per_group,
+                self.s_inodes_per_group
+            )));
+        }
+        if self.s_log_groups_per_flex > MAX_LOG_GROUPS_PER_FLEX {
+            return Err(bad(&format!(
+                "s_log_groups_per_flex {} is above {MAX_LOG_GROUPS_PER_FLEX}",
+                self.s_log_groups_per_flex
+            )));
+        }
+        if self.has_incompat(incompat::META_BG) && self.s_first_meta_bg > self.desc_blocks {
+            return Err(bad(&format!(
+                "s_first_meta_bg {} is past the {} descriptor blocks",
+                self.s_first_meta_bg, self.desc_blocks
+            )));
+        }
+        Ok(())
     }
 
     fn check_features(&self) -> Result<(), Error> {
@@ -366,133 +462,4 @@ fn bad(msg: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A minimal valid 4 KiB-block superblock: 32768 blocks, one group.
-    pub(crate) fn sample() -> Vec<u8> {
-        let mut b = vec![0u8; 1024];
-        let put32 = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-        put32(&mut b, 0x00, 8192); // s_inodes_count
-        put32(&mut b, 0x04, 32768); // s_blocks_count_lo
-        put32(&mut b, 0x18, 2); // 4 KiB
-        put32(&mut b, 0x1C, 2);
-        put32(&mut b, 0x20, 32768);
-        put32(&mut b, 0x24, 32768);
-        put32(&mut b, 0x28, 8192);
-        b[0x38..0x3A].copy_from_slice(&EXT4_SUPER_MAGIC.to_le_bytes());
-        put32(&mut b, 0x4C, 1);
-        put32(&mut b, 0x54, 11);
-        b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());
-        b
-    }
-
-    fn patch32(o: usize, v: u32) -> Result<Superblock, Error> {
-        let mut b = sample();
-        b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-        Superblock::parse(&b)
-    }
-
-    #[test]
-    fn sample_parses_with_derived_geometry() {
-        let sb = Superblock::parse(&sample()).unwrap();
-        assert_eq!(sb.block_size, 4096);
-        assert_eq!(sb.group_count, 1);
-        assert_eq!(sb.desc_blocks, 1);
-        assert_eq!(sb.inode_table_blocks, 512);
-        assert_eq!(sb.size_bytes(), 32768 * 4096);
-    }
-
-    #[test]
-    fn bad_magic_is_not_ext() {
-        let mut b = sample();
-        b[0x38] = 0;
-        assert!(matches!(Superblock::parse(&b), Err(Error::NotExt(_))));
-    }
-
-    #[test]
-    fn short_buffer_is_corrupt() {
-        assert!(matches!(
-            Superblock::parse(&[0u8; 100]),
-            Err(Error::Corrupt(_))
-        ));
-    }
-
-    #[test]
-    fn block_size_too_large() {
-        assert!(matches!(patch32(0x18, 7), Err(Error::Corrupt(_))));
-    }
-
-    #[test]
-    fn zero_blocks_per_group() {
-        assert!(matches!(patch32(0x20, 0), Err(Error::Corrupt(_))));
-    }
-
-    #[test]
-    fn blocks_per_group_beyond_bitmap() {
-        assert!(matches!(
-            patch32(0x20, 4096 * 8 + 1),
-            Err(Error::Corrupt(_))
-        ));
-    }
-
-    #[test]
-    fn zero_inodes_per_group() {
-        assert!(matches!(patch32(0x28, 0), Err(Error::Corrupt(_))));
-    }
-
-    #[test]
-    fn inode_size_not_power_of_two() {
-        let mut b = sample();
-        b[0x58..0x5A].copy_from_slice(&200u16.to_le_bytes());
-        assert!(matches!(Superblock::parse(&b), Err(Error::Corrupt(_))));
-    }
-
-    #[test]
-    fn first_data_block_past_end() {
-        assert!(matches!(patch32(0x14, 40000), Err(Error::Corrupt(_))));
-    }
-
-    #[test]
-    fn unknown_incompat_refused() {
-        assert!(matches!(
-            patch32(0x60, 0x4000_0000),
-            Err(Error::Unsupported(_))
-        ));
-    }
-
-    #[test]
-    fn journal_device_refused() {
-        assert!(matches!(
-            patch32(0x60, incompat::JOURNAL_DEV),
-            Err(Error::Unsupported(_))
-        ));
-    }
-
-    #[test]
-    fn bad_desc_size_with_64bit() {
-        let mut b = sample();
-        b[0x60..0x64].copy_from_slice(&incompat::BIT64.to_le_bytes());
-        b[0xFE..0x100].copy_from_slice(&48u16.to_le_bytes());
-        assert!(matches!(Superblock::parse(&b), Err(Error::Corrupt(_))));
-    }
-
-    #[test]
-    fn bigalloc_cluster_ratio() {
-        let mut b = sample();
-        b[0x64..0x68].copy_from_slice(&ro_compat::BIGALLOC.to_le_bytes());
-        b[0x1C..0x20].copy_from_slice(&4u32.to_le_bytes()); // 16 KiB clusters
-        b[0x24..0x28].copy_from_slice(&8192u32.to_le_bytes());
-        let sb = Superblock::parse(&b).unwrap();
-        assert_eq!(sb.cluster_ratio, 4);
-    }
-
-    #[test]
-    fn bigalloc_inconsistent_blocks_per_group() {
-        let mut b = sample();
-        b[0x64..0x68].copy_from_slice(&ro_compat::BIGALLOC.to_le_bytes());
-        b[0x1C..0x20].copy_from_slice(&4u32.to_le_bytes());
-        b[0x24..0x28].copy_from_slice(&4096u32.to_le_bytes());
-        assert!(matches!(Superblock::parse(&b), Err(Error::Corrupt(_))));
-    }
-}
+mod tests;

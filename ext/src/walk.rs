@@ -3,32 +3,36 @@
 //! The set is the static metadata computed from the geometry (every superblock, descriptor
 //! and reserved-GDT copy, bitmaps, used inode-table parts, MMP) plus what each in-use inode
 //! owns, found by scanning the inode tables (not the directory tree, so that EA inodes,
-//! orphans and special inodes are all seen). Groups are scanned in parallel, each into its own
-//! [`Collector`]; the results are merged and finished into a sorted [`BlockSet`].
+//! orphans and special inodes are all seen). Groups are scanned in parallel, each rayon task
+//! folding its groups into one [`Collector`]; the results are merged in group order and
+//! finished into a sorted [`BlockSet`]. Only the groups [`Filesystem::open`] kept (those
+//! inside the source) are walked; the others are one warning.
 //!
 //! An inode is in use when its bit is set in the inode bitmap, or when its link count is
 //! non-zero (e2image's rule, kept so that our set is a superset of e2image's on corrupt
 //! filesystems). Corruption never stops the walk: it becomes a [`Warning`] naming the inode,
-//! block and offset, and only the damaged part is skipped.
+//! block and offset, and only the damaged part is skipped. Warnings are kept up to a few per
+//! kind and counted beyond ([`crate::warning`]), so memory stays bounded.
 //!
 //! The inode scan ([`scan_group`]) is shared with the block-owner scan of [`crate::owners`],
 //! which uses a [`Collector`] in run-recording mode: the tree walkers then report each run
 //! with its owner-relative meaning (logical block, tree, xattr) instead of a block class.
 
 use crate::blockset::{BlockClass, BlockSet};
-use crate::error::{Corrupt, CorruptKind};
+pub use crate::collector::Collector;
+use crate::error::CorruptKind;
 use crate::extent::{walk_extents, TreeClasses};
 use crate::fs::Filesystem;
 use crate::group_desc::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
 use crate::indirect::{snapshot_extra_roots, walk_indirect, walk_roots};
 use crate::inode::{flags, BlockMap, FileType, Inode};
 use crate::layout::{static_regions, RegionKind};
-use crate::owners::{MappedRun, RunKind};
 use crate::superblock::{compat, incompat, Superblock, EXT2_OS_HURD};
 use crate::view::BlockView;
-use crate::{BlockNr, InodeNr};
+pub use crate::warning::Warning;
+use crate::warning::WarningLog;
+use crate::InodeNr;
 use rayon::prelude::*;
-use std::fmt;
 
 /// Bytes of inode table read at once while scanning (bounds memory per thread).
 const ITABLE_CHUNK_BYTES: usize = 4 << 20;
@@ -46,50 +50,6 @@ pub struct WalkOptions {
     pub data: bool,
     /// Leave out the blocks of snapshot files (next3 / ext4-snapshots).
     pub no_snapshot_files: bool,
-}
-
-/// A corrupt or unreadable part that was skipped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Warning {
-    /// Inode the part belongs to.
-    pub inode: Option<InodeNr>,
-    /// Block holding the part.
-    pub block: Option<BlockNr>,
-    /// Byte offset within the block (or the inode record).
-    pub offset: Option<u32>,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl From<Corrupt> for Warning {
-    fn from(c: Corrupt) -> Warning {
-        Warning {
-            inode: c.inode,
-            block: c.block,
-            offset: c.offset,
-            reason: c.reason(),
-        }
-    }
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        if let Some(i) = self.inode {
-            parts.push(format!("inode {i}"));
-        }
-        if let Some(b) = self.block {
-            parts.push(format!("block {b}"));
-        }
-        if let Some(o) = self.offset {
-            parts.push(format!("offset {o}"));
-        }
-        if parts.is_empty() {
-            write!(f, "{}", self.reason)
-        } else {
-            write!(f, "{}: {}", parts.join(", "), self.reason)
-        }
-    }
 }
 
 /// Counts gathered during the walk.
@@ -123,214 +83,76 @@ impl WalkStats {
 pub struct WalkResult {
     /// The finished set of blocks to copy.
     pub blocks: BlockSet,
-    /// Corrupt or unreadable parts that were skipped.
+    /// Corrupt or unreadable parts that were skipped: the first
+    /// [`KEPT_PER_KIND`](crate::warning::KEPT_PER_KIND) of each kind, in the order found.
     pub warnings: Vec<Warning>,
+    /// Per kind with more warnings than were kept: its label
+    /// ([`crate::Corrupt::kind_label`]) and the number of warnings left out of `warnings`.
+    pub omitted: Vec<(String, u64)>,
     /// Observations that do not affect completeness (e.g. a journal needing recovery).
     pub notes: Vec<String>,
     /// Counts.
     pub stats: WalkStats,
 }
 
-/// Accumulates blocks, warnings and counts for one part of the walk, with bounds checks and
-/// block reads that report instead of failing.
-pub struct Collector<'v> {
-    view: &'v dyn BlockView,
-    sb: &'v Superblock,
+/// What part of the walk found; parts are merged in group order.
+#[derive(Default)]
+struct Found {
     set: BlockSet,
-    /// The run sink: when present, the tree walkers record runs here instead of in `set`.
-    runs: Option<Vec<MappedRun>>,
-    warnings: Vec<Warning>,
+    warnings: WarningLog,
     stats: WalkStats,
 }
 
-impl<'v> Collector<'v> {
-    pub(crate) fn new(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
-        Collector {
-            view,
-            sb,
-            set: BlockSet::new(),
-            runs: None,
-            warnings: Vec::new(),
-            stats: WalkStats::default(),
+impl Found {
+    fn of(c: Collector<'_>) -> Found {
+        Found {
+            set: c.set,
+            warnings: c.warnings,
+            stats: c.stats,
         }
     }
 
-    /// A collector whose tree walkers record [`MappedRun`]s (taken with
-    /// [`take_runs`](Self::take_runs)) instead of building a block set.
-    pub(crate) fn recording_runs(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
-        Collector {
-            runs: Some(Vec::new()),
-            ..Collector::new(view, sb)
-        }
-    }
-
-    /// The runs recorded since the last call (empty unless recording runs).
-    pub(crate) fn take_runs(&mut self) -> Vec<MappedRun> {
-        self.runs.as_mut().map(std::mem::take).unwrap_or_default()
-    }
-
-    /// The warnings recorded since the last call.
-    pub(crate) fn take_warnings(&mut self) -> Vec<Warning> {
-        std::mem::take(&mut self.warnings)
-    }
-
-    /// The superblock in use.
-    pub fn sb(&self) -> &'v Superblock {
-        self.sb
-    }
-
-    /// The blocks and warnings collected.
-    pub(crate) fn into_parts(self) -> (BlockSet, Vec<Warning>) {
-        (self.set, self.warnings)
-    }
-
-    /// Checks that `[start, start + len)` is a valid, non-zero block range of the filesystem.
-    ///
-    /// # Errors
-    /// The corruption kind to report.
-    pub(crate) fn check_range(&self, start: u64, len: u64) -> Result<(), CorruptKind> {
-        let limit = self.sb.s_blocks_count;
-        match start.checked_add(len) {
-            Some(end) if start != 0 && end <= limit => Ok(()),
-            _ => Err(CorruptKind::OutOfRange {
-                value: start,
-                limit,
-            }),
-        }
-    }
-
-    /// Adds a bounds-checked run.
-    pub(crate) fn add(&mut self, start: u64, len: u64, class: BlockClass) {
-        self.set.add(start, len, class);
-    }
-
-    /// Adds `len` bounds-checked blocks from `start` that an inode maps at file block
-    /// `logical` (`unwritten` for an uninitialized extent): as `class` to the set, or as a
-    /// data run when recording runs.
-    pub(crate) fn add_mapped(
-        &mut self,
-        logical: u64,
-        start: u64,
-        len: u64,
-        unwritten: bool,
-        class: BlockClass,
-    ) {
-        match self.runs {
-            Some(_) => self.push_run(MappedRun {
-                logical,
-                physical: start,
-                len,
-                kind: RunKind::Data { unwritten },
-            }),
-            None => self.add(start, len, class),
-        }
-    }
-
-    /// Adds one bounds-checked tree block (extent index/leaf, IND/DIND/TIND): as `class` to
-    /// the set, or as a tree run when recording runs.
-    pub(crate) fn add_tree(&mut self, start: u64, class: BlockClass) {
-        match self.runs {
-            Some(_) => self.push_run(MappedRun {
-                logical: 0,
-                physical: start,
-                len: 1,
-                kind: RunKind::Tree,
-            }),
-            None => self.add(start, 1, class),
-        }
-    }
-
-    /// Records a run when recording runs, merged into the previous one when it continues it
-    /// both physically and (for data) logically.
-    pub(crate) fn push_run(&mut self, run: MappedRun) {
-        let Some(runs) = self.runs.as_mut() else {
-            return;
-        };
-        if let Some(last) = runs.last_mut() {
-            if last.continued_by(&run) {
-                if let Some(len) = last.len.checked_add(run.len) {
-                    last.len = len;
-                    return;
-                }
-            }
-        }
-        runs.push(run);
-    }
-
-    /// Adds a run after checking its bounds; reports `what` when it is out of range.
-    fn add_checked(
-        &mut self,
-        start: u64,
-        len: u64,
-        class: BlockClass,
-        what: impl FnOnce() -> String,
-    ) {
-        match self.check_range(start, len) {
-            Ok(()) => self.add(start, len, class),
-            Err(_) => self.warn(
-                None,
-                None,
-                format!(
-                    "{} (block {start}, {len} blocks) is outside the filesystem",
-                    what()
-                ),
-            ),
-        }
-    }
-
-    /// Records a corruption.
-    pub(crate) fn corrupt(&mut self, c: Corrupt) {
-        self.warnings.push(c.into());
-    }
-
-    fn warn(&mut self, inode: Option<InodeNr>, block: Option<u64>, reason: String) {
-        self.warnings.push(Warning {
-            inode,
-            block: block.map(BlockNr),
-            offset: None,
-            reason,
-        });
-    }
-
-    /// Reads one block; an I/O error is recorded as a warning and gives `None`.
-    pub(crate) fn read_block(&mut self, ino: InodeNr, block: u64) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; self.sb.block_size as usize];
-        match self.view.read_blocks(self.sb.block_size, block, &mut buf) {
-            Ok(()) => Some(buf),
-            Err(e) => {
-                self.warn(Some(ino), Some(block), format!("unreadable: {e}"));
-                None
-            }
-        }
+    fn append(mut self, mut later: Found) -> Found {
+        self.set.append(&mut later.set);
+        self.warnings.append(later.warnings);
+        self.stats.add(&later.stats);
+        self
     }
 }
 
-/// Walks `fs` and returns the finished block set, the warnings and counts.
+/// Walks `fs` and returns the finished block set, the warnings and counts. Groups past the
+/// end of the source (see [`Filesystem::groups_past_source`]) are not walked; they are one
+/// warning.
 pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult {
     let sb = &fs.sb;
     let view: &dyn BlockView = fs.view();
+    let groups = &fs.groups;
     let mut top = Collector::new(view, sb);
-    add_static(&mut top);
-    let parts: Vec<Collector<'_>> = (0..sb.group_count)
+    add_static(&mut top, groups.len() as u32);
+    warn_past_source(&mut top, fs);
+    // Each rayon task folds its groups into one collector, so memory does not grow with the
+    // number of groups; `reduce` keeps the group order.
+    let found = (0..groups.len() as u32)
         .into_par_iter()
         .with_min_len(16)
-        .map(|g| {
-            let mut c = Collector::new(view, sb);
-            walk_group(&mut c, g, &fs.groups[g as usize], opts);
-            c
-        })
-        .collect();
+        .fold(
+            || Collector::new(view, sb),
+            |mut c, g| {
+                walk_group(&mut c, g, &groups[g as usize], opts);
+                c
+            },
+        )
+        .map(Found::of)
+        .reduce(Found::default, Found::append);
+    let found = Found::of(top).append(found);
+    let (warnings, omitted) = found.warnings.into_parts();
     let mut result = WalkResult {
+        blocks: found.set,
+        warnings,
+        omitted,
         notes: notes(fs, view),
-        ..WalkResult::default()
+        stats: found.stats,
     };
-    result.blocks = top.set;
-    result.warnings = top.warnings;
-    for mut p in parts {
-        result.blocks.append(&mut p.set);
-        result.warnings.append(&mut p.warnings);
-        result.stats.add(&p.stats);
-    }
     if result.stats.linked_but_free > 0 {
         result.notes.push(format!(
             "{} inodes have a non-zero link count but are free in the inode bitmap; their blocks were copied too",
@@ -339,6 +161,26 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
     }
     result.blocks.finish(sb.cluster_ratio, sb.s_blocks_count);
     result
+}
+
+/// One warning for the groups [`Filesystem::open`] left out because they start past the end
+/// of the source.
+fn warn_past_source<V: BlockView>(c: &mut Collector<'_>, fs: &Filesystem<V>) {
+    let past = fs.groups_past_source();
+    if past == 0 {
+        return;
+    }
+    let first = fs.groups.len() as u32;
+    c.warn(
+        CorruptKind::PastSource(format!(
+            "groups {first}..={} ({past} groups, from block {}) start past the end of the source ({} bytes) and were not walked",
+            fs.sb.group_count - 1,
+            fs.sb.group_first_block(first),
+            fs.view().size()
+        )),
+        None,
+        None,
+    );
 }
 
 fn notes(fs: &Filesystem<impl BlockView>, view: &dyn BlockView) -> Vec<String> {
@@ -357,8 +199,9 @@ fn notes(fs: &Filesystem<impl BlockView>, view: &dyn BlockView) -> Vec<String> {
     v
 }
 
-/// Superblocks, descriptor tables, reserved GDT blocks, block 0 and the MMP block.
-fn add_static(c: &mut Collector<'_>) {
+/// Superblocks, descriptor tables, reserved GDT blocks (of the first `groups` groups), block 0
+/// and the MMP block.
+fn add_static(c: &mut Collector<'_>, groups: u32) {
     let sb = c.sb;
     c.add(
         0,
@@ -369,7 +212,7 @@ fn add_static(c: &mut Collector<'_>) {
             BlockClass::Superblock
         },
     );
-    for r in static_regions(sb) {
+    for r in static_regions(sb, groups) {
         let class = match r.kind {
             RegionKind::PrimarySuperblock => BlockClass::Superblock,
             RegionKind::BackupSuperblock => BlockClass::BackupSuperblock,
@@ -384,7 +227,9 @@ fn add_static(c: &mut Collector<'_>) {
     }
     if sb.has_incompat(incompat::MMP) {
         let b = sb.s_mmp_block;
-        c.add_checked(b, 1, BlockClass::Mmp, || "s_mmp_block".into());
+        c.add_checked(b, 1, BlockClass::Mmp, CorruptKind::Pointer, || {
+            "s_mmp_block".into()
+        });
     }
 }
 
@@ -392,19 +237,31 @@ fn add_static(c: &mut Collector<'_>) {
 fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions) {
     let sb = c.sb;
     if !gd.has_flag(sb, EXT4_BG_BLOCK_UNINIT) {
-        c.add_checked(gd.bg_block_bitmap, 1, BlockClass::BlockBitmap, || {
-            format!("group {g}: bg_block_bitmap")
-        });
+        c.add_checked(
+            gd.bg_block_bitmap,
+            1,
+            BlockClass::BlockBitmap,
+            CorruptKind::GroupMetadata,
+            || format!("group {g}: bg_block_bitmap"),
+        );
     }
     if !gd.has_flag(sb, EXT4_BG_INODE_UNINIT) {
-        c.add_checked(gd.bg_inode_bitmap, 1, BlockClass::InodeBitmap, || {
-            format!("group {g}: bg_inode_bitmap")
-        });
+        c.add_checked(
+            gd.bg_inode_bitmap,
+            1,
+            BlockClass::InodeBitmap,
+            CorruptKind::GroupMetadata,
+            || format!("group {g}: bg_inode_bitmap"),
+        );
     }
     if sb.has_compat(compat::EXCLUDE_BITMAP) && gd.bg_exclude_bitmap != 0 {
-        c.add_checked(gd.bg_exclude_bitmap, 1, BlockClass::ExcludeBitmap, || {
-            format!("group {g}: bg_exclude_bitmap")
-        });
+        c.add_checked(
+            gd.bg_exclude_bitmap,
+            1,
+            BlockClass::ExcludeBitmap,
+            CorruptKind::GroupMetadata,
+            || format!("group {g}: bg_exclude_bitmap"),
+        );
     }
     let itable_blocks = u64::from(gd.used_inode_table_blocks(sb));
     if itable_blocks > 0
@@ -436,10 +293,11 @@ pub(crate) fn scan_group<'v>(
     if c.check_range(gd.bg_inode_table, u64::from(sb.inode_table_blocks))
         .is_err()
     {
-        c.warn(None, None, format!(
+        let kind = CorruptKind::GroupMetadata(format!(
             "group {g}: bg_inode_table {} is outside the filesystem; the group's {} inodes are skipped",
             gd.bg_inode_table, sb.s_inodes_per_group
         ));
+        c.warn(kind, None, None);
         return;
     }
     let bitmap = if bitmap_ok {
@@ -469,11 +327,8 @@ fn read_inode_bitmap(c: &mut Collector<'_>, g: u32, gd: &GroupDesc) -> Option<Ve
     {
         Ok(()) => Some(buf),
         Err(e) => {
-            c.warn(
-                None,
-                Some(gd.bg_inode_bitmap),
-                format!("group {g}: inode bitmap unreadable: {e}"),
-            );
+            let kind = CorruptKind::Unreadable(format!("group {g}: inode bitmap unreadable: {e}"));
+            c.warn(kind, None, Some(gd.bg_inode_bitmap));
             None
         }
     }
@@ -499,11 +354,8 @@ fn scan_inodes<'v>(
         let mut buf = vec![0u8; nblocks as usize * bs];
         let table_block = gd.bg_inode_table + u64::from(first_block);
         if let Err(e) = c.view.read_blocks(sb.block_size, table_block, &mut buf) {
-            c.warn(
-                None,
-                Some(table_block),
-                format!("group {g}: inode table unreadable: {e}"),
-            );
+            let kind = CorruptKind::Unreadable(format!("group {g}: inode table unreadable: {e}"));
+            c.warn(kind, None, Some(table_block));
             index += nblocks * sb.inodes_per_block;
             continue;
         }
@@ -553,14 +405,22 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
     let orphan = inode.i_links_count == 0;
     c.stats.orphan_inodes += u64::from(orphan);
     if inode.i_file_acl != 0 {
-        c.add_checked(inode.i_file_acl, 1, BlockClass::Xattr, || {
-            format!("inode {ino}: i_file_acl")
-        });
+        c.add_checked(
+            inode.i_file_acl,
+            1,
+            BlockClass::Xattr,
+            CorruptKind::Pointer,
+            || format!("inode {ino}: i_file_acl"),
+        );
     }
     if sb.s_creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
-        c.add_checked(u64::from(inode.osd1), 1, BlockClass::Xattr, || {
-            format!("inode {ino}: Hurd translator")
-        });
+        c.add_checked(
+            u64::from(inode.osd1),
+            1,
+            BlockClass::Xattr,
+            CorruptKind::Pointer,
+            || format!("inode {ino}: Hurd translator"),
+        );
     }
     let Some(classes) = classify(c, ino, inode, opts) else {
         return;

@@ -2,7 +2,8 @@
 //! superblock, group descriptors, bitmaps, inode tables and tree blocks of the committed
 //! images are overwritten (fixed-seed xorshift, so failures reproduce), then the image is
 //! opened, walked, its snapshot list and maps read, its block owners listed and its inodes
-//! named.
+//! named. A patched superblock gets its metadata_csum checksum fixed up, so that the patched
+//! fields reach the geometry checks and the walker instead of failing the checksum.
 
 use ext::snapshot::{snapshot_list, SnapshotMap};
 use ext::{file_runs, inode_paths, walk, BlockView, Filesystem, OpenOptions, WalkOptions};
@@ -23,6 +24,15 @@ impl BlockView for Mem {
     }
     fn size(&self) -> u64 {
         self.0.len() as u64
+    }
+}
+
+/// Recomputes `s_checksum` when the superblock has RO_COMPAT_METADATA_CSUM (0x400).
+fn fix_superblock_checksum(img: &mut [u8]) {
+    let sb = &mut img[1024..2048];
+    if u32::from_le_bytes(sb[0x64..0x68].try_into().unwrap()) & 0x400 != 0 {
+        let c = !crc32c::crc32c(&sb[..0x3FC]);
+        sb[0x3FC..].copy_from_slice(&c.to_le_bytes());
     }
 }
 
@@ -96,6 +106,7 @@ fn patched_images_never_panic() {
                     *byte = v;
                 }
             }
+            fix_superblock_checksum(&mut img);
             let Ok(fs) = Filesystem::open(Mem(img), &OpenOptions::default()) else {
                 continue;
             };

@@ -143,6 +143,7 @@ pub(super) fn write_states(
     };
     let mut main_walk = None;
     let mut stats_total = CopyStats::default();
+    let mut omitted = Vec::new();
     let count = opened.iter().flatten().count();
     let mut k = 0;
     for (state, fs) in states.iter().zip(&opened) {
@@ -156,6 +157,14 @@ pub(super) fn write_states(
         let (stats, copy_warnings) =
             copy_state(out.sink.as_mut(), state, fs, &walked, plan.progress, &label)?;
         stats_total.bytes_copied += stats.bytes_copied;
+        stats_total.unreadable_units += stats.unreadable_units;
+        let kinds = walked.omitted.iter().cloned();
+        let unreadable = summary::unreadable_omitted(stats, copy_warnings.len());
+        omitted.extend(
+            kinds
+                .chain(unreadable)
+                .map(|(kind, n)| (state.name.clone(), kind, n)),
+        );
         let all: Vec<Warning> = walked
             .warnings
             .iter()
@@ -191,6 +200,7 @@ pub(super) fn write_states(
             cluster_size,
             states: reports,
             notes,
+            omitted,
         },
     ))
 }

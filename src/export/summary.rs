@@ -11,6 +11,9 @@ use serde_json::{json, Map, Value};
 pub struct Summary {
     /// Problems that were skipped, with the state they were found in (when there are several).
     pub warnings: Vec<(Option<String>, Warning)>,
+    /// Warnings left out of `warnings` (a few are kept per kind): the state they were found
+    /// in (when there are several), the kind and the number.
+    pub omitted: Vec<(Option<String>, String, u64)>,
     /// Informational notes.
     pub notes: Vec<String>,
     /// The JSON document (without the warnings, added at print time).
@@ -61,6 +64,11 @@ impl Summary {
         notes.extend(f.walked.notes.iter().cloned());
         Summary {
             warnings,
+            omitted: f
+                .omitted
+                .into_iter()
+                .map(|(state, kind, n)| (if single { None } else { Some(state) }, kind, n))
+                .collect(),
             notes,
             json: m,
         }
@@ -74,6 +82,10 @@ impl Summary {
         stats: CopyStats,
         notes: Vec<String>,
     ) -> Summary {
+        let omitted = unreadable_omitted(stats, warnings.len())
+            .map(|(kind, n)| (None, kind, n))
+            .into_iter()
+            .collect();
         let mut m = Map::new();
         m.insert("source".into(), json!(plan.source.display().to_string()));
         m.insert("output".into(), json!(plan.output.display()));
@@ -87,6 +99,7 @@ impl Summary {
         let warnings = warnings.into_iter().map(|w| (None, w)).collect();
         Summary {
             warnings,
+            omitted,
             notes,
             json: m,
         }
@@ -103,6 +116,13 @@ impl Summary {
                 None => eprintln!("e2image-rs: warning: {w}"),
             }
         }
+        for (state, kind, n) in &self.omitted {
+            let at = state
+                .as_ref()
+                .map(|s| format!("[{s}] "))
+                .unwrap_or_default();
+            eprintln!("e2image-rs: warning: {at}… and {n} more of kind \"{kind}\" (not listed)");
+        }
         if json {
             println!(
                 "{}",
@@ -113,7 +133,7 @@ impl Summary {
 
     /// The exit status this outcome maps to.
     pub fn exit_status(&self) -> i32 {
-        if self.warnings.is_empty() {
+        if self.warnings.is_empty() && self.omitted.is_empty() {
             EXIT_OK
         } else {
             EXIT_WARNINGS
@@ -137,6 +157,12 @@ impl Summary {
             })
             .collect();
         m.insert("warnings".into(), Value::Array(warnings));
+        let omitted: Vec<Value> = self
+            .omitted
+            .iter()
+            .map(|(state, kind, count)| json!({ "state": state, "kind": kind, "count": count }))
+            .collect();
+        m.insert("warnings_omitted".into(), Value::Array(omitted));
         m.insert("notes".into(), json!(self.notes));
         m.insert("exit_status".into(), json!(self.exit_status()));
         Value::Object(m)
@@ -165,26 +191,27 @@ pub struct StateReport {
     pub blocks: Option<Value>,
     /// Blocks copied in all.
     pub total: u64,
-    /// Warnings found in it.
+    /// Warnings found in it (listed or omitted).
     pub warnings: usize,
     /// Why it could not be written, if it was not.
     pub error: Option<String>,
 }
 
 impl StateReport {
-    /// A state that was walked and written.
+    /// A state that was walked and written; `warnings` listed, plus those the walk omitted.
     pub fn walked(
         name: &str,
         date: (u32, u32),
         walked: &WalkResult,
         warnings: usize,
     ) -> StateReport {
+        let omitted: u64 = walked.omitted.iter().map(|(_, n)| n).sum();
         StateReport {
             name: name.to_string(),
             date,
             blocks: Some(class_counts(walked)),
             total: walked.blocks.block_count(),
-            warnings,
+            warnings: warnings.saturating_add(usize::try_from(omitted).unwrap_or(usize::MAX)),
             error: None,
         }
     }
@@ -242,4 +269,15 @@ pub struct ExportFacts<'a> {
     pub states: Vec<StateReport>,
     /// Notes of the run (besides the walk's).
     pub notes: Vec<String>,
+    /// Warnings not listed: (state, kind, number), over every state.
+    pub omitted: Vec<(String, String, u64)>,
+}
+
+/// Kind label of unreadable source blocks beyond those listed.
+pub const UNREADABLE_KIND: &str = "unreadable source block";
+
+/// The unreadable units a copy counted beyond the `listed` ones, as (kind, number).
+pub fn unreadable_omitted(stats: CopyStats, listed: usize) -> Option<(String, u64)> {
+    let n = stats.unreadable_units.saturating_sub(listed as u64);
+    (n > 0).then(|| (UNREADABLE_KIND.to_string(), n))
 }

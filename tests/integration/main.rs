@@ -10,6 +10,7 @@ mod convert;
 mod copy_set;
 mod corpus;
 mod export_matrix;
+mod hostile;
 mod large;
 mod messages;
 mod rollback;

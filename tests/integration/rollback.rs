@@ -158,11 +158,24 @@ fn next3_fixture(name: &str) {
         assert_eq!(sha256(&t), after, "{name}: --resume after --undo");
         rollback(&[&"--resume", &p, &t], 0);
         assert_eq!(sha256(&t), after, "{name}: a second --resume");
-        // A block changed since (here the volume label in the superblock): --undo refuses.
+        // A block changed since (here the volume label in the superblock, with its checksum
+        // updated as tune2fs -L would): --undo refuses.
         {
             use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new().write(true).open(&t).unwrap();
-            f.write_all_at(b"changed!", 1024 + 0x78).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&t)
+                .unwrap();
+            let mut sb = [0u8; 1024];
+            f.read_exact_at(&mut sb, 1024).unwrap();
+            sb[0x78..0x80].copy_from_slice(b"changed!");
+            if sb[0x65] & 0x04 != 0 {
+                // RO_COMPAT_METADATA_CSUM (0x400): s_checksum covers bytes 0..0x3FC.
+                let c = !crc32c::crc32c(&sb[..0x3FC]);
+                sb[0x3FC..].copy_from_slice(&c.to_le_bytes());
+            }
+            f.write_all_at(&sb, 1024).unwrap();
         }
         let changed = sha256(&t);
         let o = rollback(&[&"--undo", &p, &t], 1);

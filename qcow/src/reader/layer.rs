@@ -294,26 +294,23 @@ impl LayerReader<'_> {
         Ok(())
     }
 
-    /// Calls `f(host_cluster)` for every host cluster this layer references (refcount
-    /// semantics of spec §2.1: its L1 table's clusters, each L2 table, each normal or
-    /// preallocated-zero data cluster, every cluster a compressed payload touches). A cluster
-    /// referenced several times is visited several times.
-    pub(crate) fn visit_host_clusters(&self, mut f: impl FnMut(u64)) -> Result<(), Error> {
+    /// The host clusters of this layer's own L1 table, as (first cluster, count).
+    pub(crate) fn l1_host_clusters(&self) -> (u64, u64) {
         let cb = self.cluster_bits();
-        let l1_clusters = (self.l1.len() as u64 * 8).div_ceil(1 << cb);
-        for k in 0..l1_clusters {
-            f((self.l1_table_offset >> cb) + k);
-        }
-        self.for_each_l2_table(|_, l2, entries| {
-            f(l2 >> cb);
-            for (j, &raw) in entries.iter().enumerate() {
-                if let Some((first, last)) =
-                    self.decode(raw, l2 + j as u64 * 8)?.host_cluster_range(cb)
-                {
-                    (first..=last).for_each(&mut f);
-                }
+        let count = (self.l1.len() as u64 * 8).div_ceil(1 << cb);
+        (self.l1_table_offset >> cb, count)
+    }
+
+    /// Calls `f(l2_offset)` for every allocated L1 entry, in L1 order, after validating it.
+    ///
+    /// Errors: [`Error::Corrupt`] for an invalid L1 entry.
+    pub(crate) fn for_each_l2_offset(&self, mut f: impl FnMut(u64)) -> Result<(), Error> {
+        for i in 0..self.l1.len() {
+            match self.l2_offset(i)? {
+                0 => {}
+                l2 => f(l2),
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }

@@ -144,3 +144,29 @@ impl Reader {
         Ok(LayerReader::new(&self.image, layer, l1, l1_table_offset))
     }
 }
+
+impl Reader {
+    /// Calls `f(host_cluster)` for every host cluster the L2 table at `l2` references (refcount
+    /// semantics of spec §2.1: the table itself, each normal or preallocated-zero data cluster,
+    /// every cluster a compressed payload touches), in entry order; a cluster referenced
+    /// several times is visited several times. `buf` (one cluster) receives the table.
+    ///
+    /// Errors: [`Error::Corrupt`] for an invalid entry or a table past the end; [`Error::Io`].
+    pub(crate) fn visit_l2_table(
+        &self,
+        l2: u64,
+        buf: &mut [u8],
+        mut f: impl FnMut(u64),
+    ) -> Result<(), Error> {
+        let (cb, version) = (self.image.header.cluster_bits, self.image.header.version);
+        self.image.read_host(buf, l2, "reading an L2 table")?;
+        f(l2 >> cb);
+        for (j, raw) in crate::bytes::decode_be::<u64>(buf).into_iter().enumerate() {
+            let entry = crate::format::table::L2Entry::decode(raw, cb, version, l2 + j as u64 * 8)?;
+            if let Some((first, last)) = entry.host_cluster_range(cb) {
+                (first..=last).for_each(&mut f);
+            }
+        }
+        Ok(())
+    }
+}

@@ -13,6 +13,7 @@ mod imago_cross;
 mod reader_qemu;
 mod robustness;
 mod snapshots_qemu;
+mod stats_shared;
 mod writer_api;
 mod writer_qemu;
 mod zero_clusters;
