@@ -7,6 +7,7 @@
 //! Files are written under a temporary name (`crate::sys::output`) and renamed by
 //! [`Opened::complete`]; devices and streams are written directly.
 
+mod clusters;
 mod device;
 mod qcow;
 mod raw;

@@ -7,7 +7,8 @@
 //! was copied and is zero, an unallocated one was not copied. Version 2 has no zero flag, so
 //! there all-zero clusters stay unallocated and the two cases cannot be told apart.
 
-use super::{is_zero, Sink, Table};
+use super::clusters::{Clusters, StateTarget};
+use super::{Sink, Table};
 use anyhow::{Context, Result};
 use qcow::{SnapshotSpec, StateId, Version, Writer, WriterOptions};
 use std::fs::File;
@@ -33,16 +34,13 @@ impl Default for QcowOptions {
     }
 }
 
-/// The QCOW2 sink. Runs are cut into guest clusters; a cluster only partly covered is
-/// assembled in a buffer (the rest stays zero) until the next cluster starts.
+/// The QCOW2 sink: a new image with any number of states; each state after the first is
+/// deduplicated against the one before it.
 pub struct QcowSink {
     writer: Writer,
     /// The states written so far, in order; the last is being written.
     states: Vec<StateId>,
-    cluster: usize,
-    /// The image is v3: record all-zero clusters with the zero flag instead of skipping them.
-    zero_flag: bool,
-    pending: Option<(u64, Vec<u8>)>,
+    clusters: Clusters,
 }
 
 impl QcowSink {
@@ -64,76 +62,18 @@ impl QcowSink {
     }
 
     fn new(writer: Writer) -> QcowSink {
-        let cluster = writer.cluster_size() as usize;
-        let zero_flag = writer.version() == Version::V3;
+        let clusters = Clusters::new(&writer);
         QcowSink {
             writer,
             states: Vec::new(),
-            cluster,
-            zero_flag,
-            pending: None,
+            clusters,
         }
     }
 
-    fn state(&self) -> Result<StateId> {
-        self.states.last().copied().context("no state begun")
-    }
-
-    fn put(&mut self, guest_cluster: u64, data: &[u8]) -> Result<()> {
-        let state = self.state()?;
-        let base = self.states.len().checked_sub(2).map(|i| self.states[i]);
-        let r = match base {
-            Some(base) => self
-                .writer
-                .write_clusters_dedup(state, guest_cluster, data, base),
-            None => self.writer.write_clusters(state, guest_cluster, data),
-        };
-        r.with_context(|| format!("cannot write guest cluster {guest_cluster} of the QCOW2 image"))
-    }
-
-    /// Records `count` all-zero guest clusters from `first`: zero clusters in v3, nothing
-    /// (unallocated) in v2.
-    fn put_zero(&mut self, first: u64, count: u64) -> Result<()> {
-        if !self.zero_flag {
-            return Ok(());
-        }
-        let state = self.state()?;
-        self.writer
-            .write_zero_clusters(state, first, count)
-            .with_context(|| {
-                format!("cannot record zero guest clusters {first}+{count} of the QCOW2 image")
-            })
-    }
-
-    /// Writes full clusters, batching runs of non-zero ones and runs of all-zero ones.
-    fn put_full(&mut self, first: u64, data: &[u8]) -> Result<()> {
-        let c = self.cluster;
-        let mut i = 0;
-        let n = data.len() / c;
-        while i < n {
-            let zero = is_zero(&data[i * c..(i + 1) * c]);
-            let j = (i + 1..n)
-                .find(|&j| is_zero(&data[j * c..(j + 1) * c]) != zero)
-                .unwrap_or(n);
-            if zero {
-                self.put_zero(first + i as u64, (j - i) as u64)?;
-            } else {
-                self.put(first + i as u64, &data[i * c..j * c])?;
-            }
-            i = j;
-        }
-        Ok(())
-    }
-
-    fn flush_pending(&mut self) -> Result<()> {
-        if let Some((idx, buf)) = self.pending.take() {
-            if is_zero(&buf) {
-                self.put_zero(idx, 1)?;
-            } else {
-                self.put(idx, &buf)?;
-            }
-        }
-        Ok(())
+    /// The state being written and the one it is deduplicated against (the one before).
+    fn state_and_base(&self) -> Result<(StateId, Option<StateId>)> {
+        let state = self.states.last().copied().context("no state begun")?;
+        Ok((state, self.states.len().checked_sub(2).map(|i| self.states[i])))
     }
 }
 
@@ -144,35 +84,16 @@ impl Sink for QcowSink {
         Ok(())
     }
 
-    fn write(&mut self, mut offset: u64, mut data: &[u8]) -> Result<()> {
-        let c = self.cluster as u64;
-        while !data.is_empty() {
-            let idx = offset / c;
-            let within = (offset % c) as usize;
-            if self.pending.as_ref().is_some_and(|(p, _)| *p != idx) {
-                self.flush_pending()?;
-            }
-            if within == 0 && data.len() >= self.cluster && self.pending.is_none() {
-                let n = data.len() / self.cluster * self.cluster;
-                self.put_full(idx, &data[..n])?;
-                offset += n as u64;
-                data = &data[n..];
-                continue;
-            }
-            let take = (self.cluster - within).min(data.len());
-            let cluster = self.cluster;
-            let (_, buf) = self
-                .pending
-                .get_or_insert_with(|| (idx, vec![0u8; cluster]));
-            buf[within..within + take].copy_from_slice(&data[..take]);
-            offset += take as u64;
-            data = &data[take..];
-        }
-        Ok(())
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let (state, base) = self.state_and_base()?;
+        let mut t = StateTarget::new(&mut self.writer, state, base);
+        self.clusters.write(&mut t, offset, data)
     }
 
     fn end_state(&mut self) -> Result<()> {
-        self.flush_pending()
+        let (state, base) = self.state_and_base()?;
+        let mut t = StateTarget::new(&mut self.writer, state, base);
+        self.clusters.flush(&mut t)
     }
 
     fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Option<u64>> {
