@@ -7,11 +7,12 @@
 //! 1. `sys` (mounts, path identity, temporary outputs, locks, signals, test hooks), `exit`
 //!    (exit codes, error printing), `text` (UUIDs, dates), `probe` (what a file holds),
 //!    `record` (the export record header extension), `qcow_view` (a QCOW2 layer as a block
-//!    view);
+//!    view), `retention` (which states a policy keeps);
 //! 2. `cli` (clap structures only), `plan` (the validated plans built once from them: the
 //!    only thing the pipelines see);
 //! 3. `copy` (the parallel copy engine), `sink` (one trait, one file per output kind);
-//! 4. the pipelines: `export` (export and QCOW2 → raw), `snapshots` (listing), `rollback`;
+//! 4. the pipelines: `export` (export, QCOW2 → raw, archive append), `snapshots` (listing),
+//!    `prune` (archive retention), `rollback`;
 //! 5. `main`: parse, plan, run, exit status (0 complete, 1 failed, 2 usage error, 3 complete
 //!    with reported skips, 128 + N interrupted by signal N).
 //!
@@ -24,8 +25,10 @@ mod exit;
 mod export;
 mod plan;
 mod probe;
+mod prune;
 mod qcow_view;
 mod record;
+mod retention;
 mod rollback;
 mod sink;
 mod snapshots;
@@ -34,7 +37,9 @@ mod text;
 
 use clap::Parser;
 use exit::{fail, usage_error, EXIT_OK, EXIT_USAGE};
-use plan::{ExportPlan, RollbackPlan, UsageError, EXPORT_USAGE, ROLLBACK_USAGE};
+use plan::{
+    ExportPlan, PrunePlan, RollbackPlan, UsageError, EXPORT_USAGE, PRUNE_USAGE, ROLLBACK_USAGE,
+};
 
 fn main() {
     let json = std::env::args_os().any(|a| a == "--json");
@@ -51,6 +56,13 @@ fn main() {
         Some(cli::Command::Rollback(args)) => match RollbackPlan::from_args(args) {
             Ok(plan) => rollback::run(&plan),
             Err(UsageError(m)) => usage_error(&m, false, ROLLBACK_USAGE),
+        },
+        Some(cli::Command::Prune(args)) => match PrunePlan::from_args(args) {
+            Ok(plan) => match prune::run(&plan) {
+                Ok(()) => EXIT_OK,
+                Err(e) => fail(&e, plan.json),
+            },
+            Err(UsageError(m)) => usage_error(&m, args.json, PRUNE_USAGE),
         },
         None => match ExportPlan::from_args(&cli.export) {
             Ok(plan) => export(&plan),

@@ -132,7 +132,10 @@ pub fn apply(policy: &Policy, dates: &[i64]) -> Vec<Option<Reasons>> {
                 continue;
             }
             last_period = Some(p);
-            kept[i].get_or_insert_with(Reasons::default).0.push((rule, false));
+            kept[i]
+                .get_or_insert_with(Reasons::default)
+                .0
+                .push((rule, false));
             left -= 1;
         }
         if left > 0 && rule != Rule::Last {
@@ -198,7 +201,9 @@ mod tests {
     #[test]
     fn newest_of_each_period_and_last() {
         // Three states a day for 10 days.
-        let dates: Vec<i64> = (0..30).map(|i| SUNDAY + (i / 3) * DAY + (i % 3) * 3600).collect();
+        let dates: Vec<i64> = (0..30)
+            .map(|i| SUNDAY + (i / 3) * DAY + (i % 3) * 3600)
+            .collect();
         let p = Policy {
             last: Some(2),
             daily: Some(3),

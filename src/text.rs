@@ -35,6 +35,23 @@ pub fn format_date(secs: i64) -> String {
     )
 }
 
+/// Now: the date (seconds and nanoseconds since the epoch) and its name as a state name
+/// (`2026-11-29T20:18:39Z`, RFC 3339 in UTC).
+pub fn now_and_name() -> ((u32, u32), String) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let text = format_date(i64::try_from(secs).unwrap_or(i64::MAX));
+    (
+        (
+            u32::try_from(secs).unwrap_or(u32::MAX),
+            since.subsec_nanos(),
+        ),
+        format!("{}Z", text.replace(' ', "T")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

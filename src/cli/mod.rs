@@ -36,6 +36,73 @@ pub enum Command {
     /// Write one state of a QCOW2 image back onto the device (or image file) holding the same
     /// filesystem, atomically in effect, through a rollback patch file.
     Rollback(RollbackArgs),
+    /// Remove states of an archive by a retention policy (restic's --keep-* rules), in place;
+    /// freed space is reused by later appends and returned to the filesystem.
+    Prune(PruneArgs),
+}
+
+/// `e2image-rs prune ARCHIVE --keep-* N... [--dry-run] [--json]`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// The archive (a QCOW2 image whose states are internal snapshots).
+    pub archive: PathBuf,
+    /// The retention policy.
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// Print which states would go and which rule keeps each kept one; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Retention rules, with restic's meaning; N is a count or `unlimited`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct KeepArgs {
+    /// Keep the N newest states.
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    pub keep_last: Option<u32>,
+    /// For the last N hours that have states, keep the newest state of each hour.
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    pub keep_hourly: Option<u32>,
+    /// For the last N days that have states, keep the newest state of each day.
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    pub keep_daily: Option<u32>,
+    /// For the last N weeks (Monday to Sunday) that have states, keep the newest of each week.
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    pub keep_weekly: Option<u32>,
+    /// For the last N months that have states, keep the newest state of each month.
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    pub keep_monthly: Option<u32>,
+    /// For the last N years that have states, keep the newest state of each year.
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    pub keep_yearly: Option<u32>,
+}
+
+impl KeepArgs {
+    /// True if any `--keep-*` option was given.
+    pub fn any(&self) -> bool {
+        [
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+}
+
+/// A `--keep-*` count: a number, or `unlimited` (u32::MAX).
+fn parse_keep(s: &str) -> Result<u32, String> {
+    if s == "unlimited" {
+        return Ok(u32::MAX);
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a count (a number, or `unlimited`)"))
 }
 
 /// `e2image-rs rollback IMAGE TARGET --patch PATCH [...]`, `--resume PATCH TARGET`,
@@ -132,6 +199,17 @@ pub struct ExportArgs {
     /// Leave the blocks of in-filesystem snapshot files out of the current state.
     #[arg(long)]
     pub no_snapshots: bool,
+    /// Name of the state: with --append the new state's (default: the export time, e.g.
+    /// 2026-11-29T20:18:39Z); without it, OUT is created as an archive whose only state is NAME.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["snapshots", "fs_snapshots"])]
+    pub name: Option<String>,
+    /// Add SOURCE's current state to the existing archive OUT, in place, as its newest state;
+    /// only what changed since the archive's newest state is written.
+    #[arg(long, conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot"])]
+    pub append: bool,
+    /// Retention after an append (see `e2image-rs prune`).
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// The filesystem (image file or block device), or a QCOW2 image.
     #[arg(required = true)]
     pub source: Option<PathBuf>,
@@ -200,7 +278,7 @@ impl UnsupportedArgs {
 }
 
 /// The subcommands, for the message about an unknown one.
-pub const SUBCOMMANDS: &str = "snapshots, rollback";
+pub const SUBCOMMANDS: &str = "snapshots, rollback, prune";
 
 /// If `word` (the first positional argument) names no file and looks like a subcommand name
 /// (lower-case letters and dashes), the message saying it is not one.

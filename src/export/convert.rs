@@ -8,7 +8,7 @@ use super::summary::Summary;
 use crate::copy::{copy_runs, Progress};
 use crate::plan::ExportPlan;
 use crate::qcow_view::{choose_layer, QcowView};
-use crate::sink::{self, QcowOptions, Table};
+use crate::sink::{self, QcowOptions, Table, Target};
 use anyhow::{Context, Result};
 use qcow::{ClusterMapping, Reader};
 
@@ -35,7 +35,14 @@ pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
     })?;
     let cluster = u32::try_from(reader.cluster_size()).context("cluster size over 4 GiB")?;
     let view = QcowView::new(&layer, size);
-    let mut out = sink::open(plan, size, &QcowOptions::default())?;
+    let target = Target {
+        size,
+        qcow: QcowOptions::default(),
+        uuid: [0; 16],
+        block_size: cluster,
+        blocks_count: 0,
+    };
+    let mut out = sink::open(plan, &target)?;
     let mut notes = out.notes();
     let others = reader.snapshots().len();
     if plan.from_snapshot.is_none() && others > 0 {
@@ -58,6 +65,6 @@ pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
     )?;
     out.sink.end_state()?;
     progress.finish();
-    out.complete(&Table::default(), plan.sync)?;
+    notes.extend(out.complete(&Table::default(), plan.sync)?.notes);
     Ok(Summary::conversion(plan, size, warnings, stats, notes))
 }

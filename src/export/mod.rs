@@ -20,7 +20,7 @@ use crate::copy::{copy_runs, CopyStats, Progress};
 use crate::plan::{ExportPlan, Format, Older};
 use crate::probe::is_qcow2;
 use crate::record::{ExportRecord, EXT_EXPORT_RECORD};
-use crate::sink::{self, QcowOptions, Sink, Table, TableEntry};
+use crate::sink::{self, QcowOptions, Sink, Table, TableEntry, Target};
 use anyhow::{bail, Context, Result};
 use cluster::choose_cluster_bits;
 use ext::{BlockView, FileView, Filesystem, OpenOptions, WalkOptions, Warning};
@@ -135,8 +135,15 @@ pub(super) fn write_states(
         .map(|f| f.sb.size_bytes())
         .max()
         .unwrap_or(0);
-    let mut out = sink::open(plan, size, &qcow_options(plan, size, first.sb.block_size)?)?;
-    let notes = out.notes();
+    let target = Target {
+        size,
+        qcow: qcow_options(plan, size, first.sb.block_size)?,
+        uuid: first.sb.s_uuid,
+        block_size: first.sb.block_size,
+        blocks_count: first.sb.s_blocks_count,
+    };
+    let mut out = sink::open(plan, &target)?;
+    let mut notes = out.notes();
     let walk_opts = WalkOptions {
         data: plan.data,
         no_snapshot_files: plan.no_snapshots,
@@ -183,11 +190,13 @@ pub(super) fn write_states(
         }
     }
     let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
-    let table = match table {
-        Some(t) => remap_table(t, &written),
-        None => chain_table(states, &written),
+    let table = match (table, plan.archive.as_ref().and_then(|a| a.name.as_ref())) {
+        (Some(t), _) => remap_table(t, &written),
+        (None, Some(name)) => archive_table(name),
+        (None, None) => chain_table(states, &written),
     };
-    let cluster_size = out.complete(&table, plan.sync)?;
+    let finished = out.complete(&table, plan.sync)?;
+    notes.extend(finished.notes);
     let (walked, sb) = main_walk.context("the current state was not written")?;
     reports.sort_by_key(|r| states.iter().position(|s| s.name == r.name));
     Ok(Summary::export(
@@ -197,10 +206,11 @@ pub(super) fn write_states(
             walked: &walked,
             warnings,
             stats: stats_total,
-            cluster_size,
+            cluster_size: finished.cluster_size,
             states: reports,
             notes,
             omitted,
+            extra: finished.json,
         },
     ))
 }
@@ -250,6 +260,20 @@ fn chain_table(states: &[StateInput<'_>], written: &[bool]) -> Table {
         Vec::new()
     };
     Table { active: 0, entries }
+}
+
+/// A new archive's table: its only state, named `name`, dated now, id 1.
+fn archive_table(name: &str) -> Table {
+    let (date, _) = crate::text::now_and_name();
+    Table {
+        active: 0,
+        entries: vec![TableEntry {
+            state: 0,
+            id: "1".into(),
+            name: name.to_string(),
+            date,
+        }],
+    }
 }
 
 /// A table given over the input states, moved onto the written ones: entries of states that

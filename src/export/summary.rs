@@ -48,6 +48,9 @@ impl Summary {
         m.insert("inodes_in_use".into(), json!(f.walked.stats.inodes_in_use));
         m.insert("orphan_inodes".into(), json!(f.walked.stats.orphan_inodes));
         m.insert("ea_inodes".into(), json!(f.walked.stats.ea_inodes));
+        for (k, v) in f.extra {
+            m.insert(k, v);
+        }
         if f.states.len() > 1 {
             m.insert(
                 "states".into(),
@@ -250,6 +253,7 @@ fn bytes_written(out: &Output, stats: CopyStats, size: u64) -> u64 {
         Output::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
         Output::Device(_) => stats.bytes_copied,
         Output::Stdout => size,
+        Output::Archive(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
     }
 }
 
@@ -271,6 +275,8 @@ pub struct ExportFacts<'a> {
     pub notes: Vec<String>,
     /// Warnings not listed: (state, kind, number), over every state.
     pub omitted: Vec<(String, String, u64)>,
+    /// Extra members of the JSON document (from the sink).
+    pub extra: Vec<(String, Value)>,
 }
 
 /// Kind label of unreadable source blocks beyond those listed.

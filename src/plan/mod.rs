@@ -8,8 +8,10 @@
 //! to it, the same device, a loop device over it). Errors are usage errors (exit 2) or
 //! refusals (exit 1); nothing has been written when they are returned.
 
+mod archive;
 mod rollback;
 
+pub use archive::{check_name, ArchivePlan, PrunePlan, PRUNE_USAGE};
 pub use rollback::{ApplyPlan, RollbackPlan, ROLLBACK_USAGE};
 
 use crate::cli::{unknown_subcommand, Compat, ExportArgs};
@@ -43,13 +45,15 @@ pub enum Output {
     Device(PathBuf),
     /// Standard output, written sequentially (`-r` only; OUT `-`).
     Stdout,
+    /// An existing archive, changed in place (`--append`).
+    Archive(PathBuf),
 }
 
 impl Output {
     /// The name to show in messages.
     pub fn display(&self) -> String {
         match self {
-            Output::File(p) | Output::Device(p) => p.display().to_string(),
+            Output::File(p) | Output::Device(p) | Output::Archive(p) => p.display().to_string(),
             Output::Stdout => "standard output".into(),
         }
     }
@@ -96,6 +100,8 @@ pub struct ExportPlan {
     pub from_snapshot: Option<String>,
     /// Leave snapshot files' blocks out.
     pub no_snapshots: bool,
+    /// Creating or appending to an archive.
+    pub archive: Option<ArchivePlan>,
 }
 
 impl ExportPlan {
@@ -130,7 +136,11 @@ impl ExportPlan {
         };
         let source = a.source.clone().ok_or_else(|| usage("SOURCE is missing"))?;
         let out = a.output.as_deref().ok_or_else(|| usage("OUT is missing"))?;
-        let output = output_kind(out, format, a.json)?;
+        let archive = archive_plan(a, format)?;
+        let output = match &archive {
+            Some(p) if p.append => archive_output(out)?,
+            _ => output_kind(out, format, a.json)?,
+        };
         let older = match (a.fs_snapshots, a.snapshots.is_empty()) {
             (true, _) => Older::FsSnapshots,
             (false, false) => Older::Images(a.snapshots.clone()),
@@ -152,6 +162,7 @@ impl ExportPlan {
             older,
             from_snapshot: a.from_snapshot.clone(),
             no_snapshots: a.no_snapshots,
+            archive,
         };
         plan.check_output_is_no_input()?;
         Ok(plan)
@@ -173,7 +184,7 @@ impl ExportPlan {
     /// Refuses an OUT that resolves to an input.
     fn check_output_is_no_input(&self) -> Result<(), UsageError> {
         let out = match &self.output {
-            Output::File(p) | Output::Device(p) => Identity::of(p),
+            Output::File(p) | Output::Device(p) | Output::Archive(p) => Identity::of(p),
             Output::Stdout => std::io::stdout()
                 .as_fd()
                 .try_clone_to_owned()
@@ -192,6 +203,52 @@ impl ExportPlan {
             }
         }
         Ok(())
+    }
+}
+
+/// The archive part of the plan: `--name`, `--append` and `--keep-*` checked together.
+fn archive_plan(a: &ExportArgs, format: Format) -> Result<Option<ArchivePlan>, UsageError> {
+    if let Some(n) = &a.name {
+        check_name(n)?;
+    }
+    if a.keep.any() && !a.append {
+        return Err(usage(
+            "--keep-* applies to --append (to prune an archive, use `e2image-rs prune`)",
+        ));
+    }
+    if !a.append {
+        return Ok(a.name.as_ref().map(|n| ArchivePlan {
+            name: Some(n.clone()),
+            append: false,
+            policy: archive::policy(&a.keep),
+        }));
+    }
+    if format == Format::Raw {
+        return Err(usage(
+            "--append adds a state to a QCOW2 archive: it needs -Q",
+        ));
+    }
+    Ok(Some(ArchivePlan {
+        name: a.name.clone(),
+        append: true,
+        policy: archive::policy(&a.keep),
+    }))
+}
+
+/// OUT of `--append`: an existing regular file.
+fn archive_output(out: &Path) -> Result<Output, UsageError> {
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_file() => Ok(Output::Archive(out.to_path_buf())),
+        Ok(m) => Err(usage(&format!(
+            "--append: ARCHIVE {} is {}, not an archive file",
+            out.display(),
+            node_kind(&m)
+        ))),
+        Err(_) => Err(usage(&format!(
+            "--append: ARCHIVE {} does not exist; create it first with `e2image-rs -Q --name NAME SOURCE {}`",
+            out.display(),
+            out.display()
+        ))),
     }
 }
 

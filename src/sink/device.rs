@@ -4,7 +4,7 @@
 //! than the filesystem. Every copied byte is written, zeros included: unlike a new file, the
 //! device holds old bytes wherever nothing is written. It is flushed at the end.
 
-use super::{one_state_only, Sink, Table};
+use super::{one_state_only, Finished, Sink, Table};
 use crate::sys::mounted::mounted_anywhere;
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
@@ -75,10 +75,10 @@ impl Sink for DeviceSink {
         Ok(())
     }
 
-    fn finish(self: Box<Self>, _table: &Table, _sync: bool) -> Result<Option<u64>> {
+    fn finish(self: Box<Self>, _table: &Table, _sync: bool) -> Result<Finished> {
         self.file
             .sync_all()
             .with_context(|| format!("cannot flush {}", self.path.display()))?;
-        Ok(None)
+        Ok(Finished::default())
     }
 }

@@ -2,11 +2,13 @@
 //! offsets, in increasing order within a state, and the sink lays them out.
 //!
 //! One file per sink: `raw` (a sparse regular file), `device` (a block device written in
-//! place), `stream` (standard output, sequential), `qcow` (QCOW2, any number of states).
+//! place), `stream` (standard output, sequential), `qcow` (QCOW2, any number of states),
+//! `archive` (a state appended to an existing QCOW2 archive in place).
 //! [`open`] picks the sink from the plan; adding a sink is one file and one line there.
 //! Files are written under a temporary name (`crate::sys::output`) and renamed by
 //! [`Opened::complete`]; devices and streams are written directly.
 
+mod archive;
 mod clusters;
 mod device;
 mod qcow;
@@ -17,6 +19,7 @@ use crate::plan::{ExportPlan, Format, Output};
 use crate::sys::output::{BackgroundSync, TempOutput};
 use anyhow::Result;
 
+pub use archive::{decisions_json, open_archive, retention, Decision};
 pub use qcow::QcowOptions;
 
 /// Where copied bytes go.
@@ -42,11 +45,48 @@ pub trait Sink: Send {
     fn end_state(&mut self) -> Result<()>;
 
     /// Completes the image: the snapshot table (QCOW2; ignored by single-state sinks) and
-    /// the final flush (`sync`: to stable storage). Returns the QCOW2 cluster size in bytes.
+    /// the final flush (`sync`: to stable storage).
     ///
     /// # Errors
     /// Write errors; an invalid table.
-    fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Option<u64>>;
+    fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Finished>;
+}
+
+/// What a finished sink reports.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// The QCOW2 cluster size in bytes.
+    pub cluster_size: Option<u64>,
+    /// Notes for the summary.
+    pub notes: Vec<String>,
+    /// Extra members of the JSON summary.
+    pub json: Vec<(String, serde_json::Value)>,
+}
+
+impl Finished {
+    /// A finished QCOW2 image of `cluster_size` bytes per cluster, or a raw one.
+    pub fn with_cluster_size(cluster_size: Option<u64>) -> Finished {
+        Finished {
+            cluster_size,
+            ..Finished::default()
+        }
+    }
+}
+
+/// What the output is for: the disk size, how to write QCOW2, and the filesystem (an archive
+/// checks it is the one it holds).
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Disk size in bytes.
+    pub size: u64,
+    /// How to write a new QCOW2 image.
+    pub qcow: QcowOptions,
+    /// The current state's `s_uuid`.
+    pub uuid: [u8; 16],
+    /// Its block size in bytes.
+    pub block_size: u32,
+    /// Its `s_blocks_count`.
+    pub blocks_count: u64,
 }
 
 /// The snapshot table of a multi-state image: which written state (by its index in writing
@@ -95,30 +135,35 @@ impl Opened {
             .unwrap_or_default()
     }
 
-    /// Finishes the sink and, for a file, renames it into place. Returns the QCOW2 cluster
-    /// size.
+    /// Finishes the sink and, for a file, renames it into place.
     ///
     /// # Errors
     /// Those of [`Sink::finish`] and of the rename.
-    pub fn complete(self, table: &Table, sync: bool) -> Result<Option<u64>> {
+    pub fn complete(self, table: &Table, sync: bool) -> Result<Finished> {
         drop(self.background);
-        let cluster = self.sink.finish(table, sync)?;
+        let finished = self.sink.finish(table, sync)?;
         if let Some(t) = self.temp {
             t.commit(sync)?;
         }
-        Ok(cluster)
+        Ok(finished)
     }
 }
 
-/// Opens the output the plan names for a disk of `size` bytes. `qcow` says how to write
-/// QCOW2 (cluster size, export record).
+/// Opens the output the plan names for `target`.
 ///
 /// # Errors
-/// The output cannot be created; a device is mounted, busy or too small.
-pub fn open(plan: &ExportPlan, size: u64, qcow: &QcowOptions) -> Result<Opened> {
+/// The output cannot be created; a device is mounted, busy or too small; an archive is not
+/// one, holds another filesystem or is in use.
+pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
+    let (size, qcow) = (target.size, &target.qcow);
     let (sink, temp, background): (Box<dyn Sink>, _, _) = match (&plan.output, plan.format) {
         (Output::Stdout, _) => (Box::new(stream::StreamSink::new(size)), None, None),
         (Output::Device(p), _) => (Box::new(device::DeviceSink::open(p, size)?), None, None),
+        (Output::Archive(p), _) => (
+            Box::new(archive::ArchiveSink::open(p, plan, target)?),
+            None,
+            None,
+        ),
         (Output::File(p), format) => {
             let (temp, file) = TempOutput::create(p)?;
             let bg = BackgroundSync::start(&file, plan.sync);

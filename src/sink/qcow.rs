@@ -8,7 +8,7 @@
 //! there all-zero clusters stay unallocated and the two cases cannot be told apart.
 
 use super::clusters::{Clusters, StateTarget};
-use super::{Sink, Table};
+use super::{Finished, Sink, Table};
 use anyhow::{Context, Result};
 use qcow::{SnapshotSpec, StateId, Version, Writer, WriterOptions};
 use std::fs::File;
@@ -73,7 +73,10 @@ impl QcowSink {
     /// The state being written and the one it is deduplicated against (the one before).
     fn state_and_base(&self) -> Result<(StateId, Option<StateId>)> {
         let state = self.states.last().copied().context("no state begun")?;
-        Ok((state, self.states.len().checked_sub(2).map(|i| self.states[i])))
+        Ok((
+            state,
+            self.states.len().checked_sub(2).map(|i| self.states[i]),
+        ))
     }
 }
 
@@ -96,7 +99,7 @@ impl Sink for QcowSink {
         self.clusters.flush(&mut t)
     }
 
-    fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Option<u64>> {
+    fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Finished> {
         let QcowSink {
             mut writer, states, ..
         } = *self;
@@ -121,7 +124,7 @@ impl Sink for QcowSink {
         writer
             .finish(at(table.active)?, &specs)
             .context("cannot finish the QCOW2 image")?;
-        Ok(Some(cluster))
+        Ok(Finished::with_cluster_size(Some(cluster)))
     }
 }
 

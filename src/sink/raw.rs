@@ -2,7 +2,7 @@
 //! copied, non-zero bytes at their own offsets. All-zero data is never written out: it is left
 //! as a hole, as e2image does (a hole reads back as zeros).
 
-use super::{is_zero, one_state_only, Sink, Table};
+use super::{is_zero, one_state_only, Finished, Sink, Table};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -70,10 +70,10 @@ impl Sink for RawSink {
         Ok(())
     }
 
-    fn finish(self: Box<Self>, _table: &Table, sync: bool) -> Result<Option<u64>> {
+    fn finish(self: Box<Self>, _table: &Table, sync: bool) -> Result<Finished> {
         if sync {
             self.file.sync_all().context("cannot flush the raw image")?;
         }
-        Ok(None)
+        Ok(Finished::default())
     }
 }

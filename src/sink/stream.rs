@@ -3,7 +3,7 @@
 //! size. Nothing is written to disk, so there is no temporary file. A reader that goes away
 //! (a closed pipe) is a write error, reported as such.
 
-use super::{one_state_only, Sink, Table};
+use super::{one_state_only, Finished, Sink, Table};
 use anyhow::{Context, Result};
 use std::io::{BufWriter, Stdout, Write};
 
@@ -72,12 +72,12 @@ impl Sink for StreamSink {
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>, _table: &Table, _sync: bool) -> Result<Option<u64>> {
+    fn finish(mut self: Box<Self>, _table: &Table, _sync: bool) -> Result<Finished> {
         let size = self.size;
         self.zeros_to(size)?;
         self.out
             .flush()
             .context("cannot write to standard output")?;
-        Ok(None)
+        Ok(Finished::default())
     }
 }
