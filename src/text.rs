@@ -36,11 +36,18 @@ pub fn format_date(secs: i64) -> String {
 }
 
 /// Now: the date (seconds and nanoseconds since the epoch) and its name as a state name
-/// (`2026-11-29T20:18:39Z`, RFC 3339 in UTC).
+/// (`2026-11-29T20:18:39Z`, RFC 3339 in UTC). With the `fault-injection` feature (tests),
+/// `E2IMAGE_RS_TEST_NOW=SECONDS` sets the clock.
 pub fn now_and_name() -> ((u32, u32), String) {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let forced = cfg!(feature = "fault-injection")
+        .then(|| std::env::var("E2IMAGE_RS_TEST_NOW").ok()?.parse::<u64>().ok())
+        .flatten();
+    let since = match forced {
+        Some(secs) => std::time::Duration::from_secs(secs),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    };
     let secs = since.as_secs();
     let text = format_date(i64::try_from(secs).unwrap_or(i64::MAX));
     (
