@@ -160,22 +160,9 @@ fn record_block(c: &mut Collector<'_>, ino: InodeNr, block: u64, offset: usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::indirect::{snapshot_block_offset, snapshot_roots, standard_roots};
-    use crate::inode::inode_flags;
-    use crate::superblock::Superblock;
-    use crate::view::BlockView;
-    use crate::warning::Warning;
-
-    fn run(logical: u64, physical: u64, len: u64, kind: RunKind) -> MappedRun {
-        MappedRun {
-            logical,
-            physical,
-            len,
-            kind,
-        }
-    }
-
-    const DATA: RunKind = RunKind::Data { unwritten: false };
+    use crate::collect::tests::{run, DATA};
+    use crate::inode::I_BLOCK_OFFSET;
+    use crate::superblock::{Superblock, EXT4_SUPER_MAGIC};
 
     /// A 8 MiB device of 1 KiB blocks (256 pointers per block).
     struct Mem(Vec<u8>);
@@ -216,7 +203,7 @@ mod tests {
         put(&mut b, 0x20, 8192); // s_blocks_per_group
         put(&mut b, 0x24, 8192); // s_clusters_per_group
         put(&mut b, 0x28, 2048); // s_inodes_per_group
-        b[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        b[0x38..0x3A].copy_from_slice(&EXT4_SUPER_MAGIC.to_le_bytes());
         put(&mut b, 0x4C, 1); // s_rev_level
         b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());
         Superblock::parse(&b).unwrap()
@@ -229,7 +216,8 @@ mod tests {
         raw[0x1C..0x20].copy_from_slice(&64u32.to_le_bytes());
         raw[0x20..0x24].copy_from_slice(&i_flags.to_le_bytes());
         for (i, p) in i_block.iter().enumerate() {
-            raw[0x28 + 4 * i..0x2C + 4 * i].copy_from_slice(&p.to_le_bytes());
+            let at = I_BLOCK_OFFSET + 4 * i;
+            raw[at..at + 4].copy_from_slice(&p.to_le_bytes());
         }
         Inode::parse(&raw, &sb())
     }

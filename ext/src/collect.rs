@@ -285,10 +285,11 @@ impl<'v> Collector<'v> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn run(logical: u64, physical: u64, len: u64, kind: RunKind) -> MappedRun {
+    /// A mapped run (test shorthand).
+    pub(crate) fn run(logical: u64, physical: u64, len: u64, kind: RunKind) -> MappedRun {
         MappedRun {
             logical,
             physical,
@@ -297,7 +298,8 @@ mod tests {
         }
     }
 
-    const DATA: RunKind = RunKind::Data { unwritten: false };
+    /// A written data run's kind.
+    pub(crate) const DATA: RunKind = RunKind::Data { unwritten: false };
 
     #[test]
     fn data_runs_merge_only_when_logically_contiguous() {

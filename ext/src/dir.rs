@@ -290,7 +290,7 @@ mod tests {
         raw[188..204].copy_from_slice(&tail);
         let mut head = vec![2, 0, 0, 0];
         entry(&mut head, 30, "inblock", 56);
-        raw[0x28..0x28 + I_BLOCK_SIZE].copy_from_slice(&head);
+        raw[I_BLOCK_OFFSET..I_BLOCK_OFFSET + I_BLOCK_SIZE].copy_from_slice(&head);
         let mut names = Vec::new();
         read_inline_dir(&raw, true, &mut |es| {
             names.extend(es.iter().map(|e| (e.inode.0, e.name.clone())));

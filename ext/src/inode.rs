@@ -305,19 +305,7 @@ mod tests {
     use super::*;
 
     fn sb() -> Superblock {
-        let mut b = vec![0u8; 1024];
-        let put = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-        put(&mut b, 0x00, 8192);
-        put(&mut b, 0x04, 32768);
-        put(&mut b, 0x18, 2);
-        put(&mut b, 0x1C, 2);
-        put(&mut b, 0x20, 32768);
-        put(&mut b, 0x24, 32768);
-        put(&mut b, 0x28, 8192);
-        b[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
-        put(&mut b, 0x4C, 1);
-        b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());
-        Superblock::parse(&b).unwrap()
+        Superblock::parse(&crate::superblock::tests::sample()).unwrap()
     }
 
     fn inode(mode: u16, size: u32, blocks: u32, flags_: u32) -> Inode {

@@ -208,7 +208,7 @@ mod tests {
         put(&mut b, 0x20, bpg);
         put(&mut b, 0x24, bpg);
         put(&mut b, 0x28, 128);
-        b[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        b[0x38..0x3A].copy_from_slice(&crate::superblock::EXT4_SUPER_MAGIC.to_le_bytes());
         put(&mut b, 0x4C, 1);
         put(&mut b, 0x54, 11);
         b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());

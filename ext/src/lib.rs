@@ -3,7 +3,7 @@
 //! The crate never writes. Everything is read through a [`BlockView`], a read-only view of one
 //! state of a filesystem (a file or block device, a reconstructed snapshot, a QCOW2 image). On
 //! top of it, [`Filesystem`] parses and validates the superblock and the group descriptors,
-//! and [`walk`] computes the set of blocks to copy (the metadata, optionally the data),
+//! and [`walk()`] computes the set of blocks to copy (the metadata, optionally the data),
 //! classified by what they hold, plus a list of the corrupt parts it skipped. [`file_runs`]
 //! lists which inode owns each block and at which file offset (for rollback safety checks),
 //! [`inode_paths`] names inodes by a breadth-first directory walk, and [`snapshot_list`] and
@@ -22,7 +22,7 @@
 //! | inode tables | `itable` | scans of the in-use inodes of a group or of the filesystem |
 //! | block maps | `blockmap` | one inode's blocks as [`FileRun`]s ([`inode_runs`]) |
 //! | directories | `dir` | [`read_dir`], [`DirEntry`] |
-//! | copy set | `walk` | [`walk`]: the copy-set policy (what each inode's blocks are, whether copied) |
+//! | copy set | `walk` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied) |
 //! | owners, paths | `owners`, `paths` | [`file_runs`], [`inode_paths`] |
 //! | snapshots | `snapshot/` (`list`, `map`, `view`, `names`) | next3 snapshots |
 //!

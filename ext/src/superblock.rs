@@ -33,7 +33,7 @@ pub const S_MAGIC_OFFSET: usize = 0x38;
 pub const S_STATE_OFFSET: usize = 0x3A;
 /// Byte offset of `s_feature_ro_compat` (u32) in the superblock.
 pub const S_FEATURE_RO_COMPAT_OFFSET: usize = 0x64;
-/// Byte offset of `s_last_mounted` (char[64], NUL-padded) in the superblock.
+/// Byte offset of `s_last_mounted` (`char[64]`, NUL-padded) in the superblock.
 pub const S_LAST_MOUNTED_OFFSET: usize = 0x88;
 /// Size of `s_last_mounted`, in bytes.
 pub const S_LAST_MOUNTED_SIZE: usize = 64;
@@ -118,9 +118,9 @@ pub struct Superblock {
     pub s_block_group_nr: u16,
     /// `s_feature_compat`: [`compat`](crate::compat) bits (0 on revision 0).
     pub s_feature_compat: u32,
-    /// `s_feature_incompat`: [`incompat`](crate::incompat) bits (0 on revision 0).
+    /// `s_feature_incompat`: [`incompat`] bits (0 on revision 0).
     pub s_feature_incompat: u32,
-    /// `s_feature_ro_compat`: [`ro_compat`](crate::ro_compat) bits (0 on revision 0).
+    /// `s_feature_ro_compat`: [`ro_compat`] bits (0 on revision 0).
     pub s_feature_ro_compat: u32,
     /// `s_uuid`: the filesystem's UUID.
     pub s_uuid: [u8; 16],
@@ -479,12 +479,12 @@ impl Superblock {
         self.s_feature_compat & bit != 0
     }
 
-    /// True if the INCOMPAT bit (an [`incompat`](crate::incompat) constant) is set.
+    /// True if the INCOMPAT bit (an [`incompat`] constant) is set.
     pub fn has_incompat(&self, bit: u32) -> bool {
         self.s_feature_incompat & bit != 0
     }
 
-    /// True if the RO_COMPAT bit (a [`ro_compat`](crate::ro_compat) constant) is set.
+    /// True if the RO_COMPAT bit (a [`ro_compat`] constant) is set.
     pub fn has_ro_compat(&self, bit: u32) -> bool {
         self.s_feature_ro_compat & bit != 0
     }
@@ -519,4 +519,4 @@ fn bad(msg: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
