@@ -44,6 +44,9 @@ pub struct GroupDesc {
 impl GroupDesc {
     /// Parses one descriptor of `desc_size` bytes (32, or ≥ 64 with the `_hi` halves).
     /// `buf` must be at least `desc_size` bytes long; the caller guarantees it.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than 32 bytes.
     pub fn parse(buf: &[u8], desc_size: u32) -> GroupDesc {
         let wide = desc_size >= 64 && buf.len() >= 64;
         let hi32 = |off: usize| if wide { le32(buf, off) } else { 0 };
