@@ -8,7 +8,7 @@ use super::e2undo::UndoFileWriter;
 use super::held::{self, Held};
 use super::patch::{self, PatchHeader, PatchWriter};
 use super::report;
-use super::target::{not_clean, part_way_patch, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
+use super::target::{not_clean, part_way_patch, Target};
 use super::{read_target_sb, read_target_sb_raw};
 use crate::plan::ApplyPlan;
 use crate::qcow_view::{choose_layer, QcowView};
@@ -16,7 +16,7 @@ use crate::record::ExportRecord;
 use crate::sys::output::TempOutput;
 use crate::text::uuid;
 use anyhow::{bail, Context, Result};
-use ext::{Filesystem, OpenOptions, WalkOptions};
+use ext::{Filesystem, OpenOptions, WalkOptions, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use qcow::{LayerReader, Reader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -252,8 +252,8 @@ impl<'a> Plan<'a> {
         pw.finish(header, &not_clean(&sb_old, sb_at, path))?;
         let mut undo_line = None;
         if let (Some(u), Some(utmp), Some(name)) = (out.undo.take(), utmp, undo_file) {
-            let mut rec = [0u8; SUPERBLOCK_BYTES];
-            rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_BYTES]);
+            let mut rec = [0u8; SUPERBLOCK_SIZE];
+            rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_SIZE]);
             let (keys, bytes) = (u.num_keys(), u.file_size());
             let f = u.finish(&rec)?;
             f.sync_all().context("cannot flush the undo file")?;
