@@ -73,7 +73,12 @@ impl Clusters {
     ///
     /// # Errors
     /// Those of the writer.
-    pub fn write(&mut self, t: &mut StateTarget<'_>, mut offset: u64, mut data: &[u8]) -> Result<()> {
+    pub fn write(
+        &mut self,
+        t: &mut StateTarget<'_>,
+        mut offset: u64,
+        mut data: &[u8],
+    ) -> Result<()> {
         let c = self.cluster as u64;
         while !data.is_empty() {
             let idx = offset / c;

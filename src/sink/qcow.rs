@@ -73,7 +73,10 @@ impl QcowSink {
     /// The state being written and the one it is deduplicated against (the one before).
     fn state_and_base(&self) -> Result<(StateId, Option<StateId>)> {
         let state = self.states.last().copied().context("no state begun")?;
-        Ok((state, self.states.len().checked_sub(2).map(|i| self.states[i])))
+        Ok((
+            state,
+            self.states.len().checked_sub(2).map(|i| self.states[i]),
+        ))
     }
 }
 
