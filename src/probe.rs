@@ -20,12 +20,11 @@ pub fn is_qcow2(path: &Path) -> Result<bool> {
 
 /// "ext2", "ext3" or "ext4" when `path` holds an ext filesystem's primary superblock.
 pub fn ext_family(path: &Path) -> Option<&'static str> {
-    use ext::superblock::{compat, incompat};
+    use ext::{compat, incompat};
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path).ok()?;
-    let mut raw = vec![0u8; ext::superblock::SUPERBLOCK_SIZE];
-    f.read_exact_at(&mut raw, ext::superblock::SUPERBLOCK_OFFSET)
-        .ok()?;
+    let mut raw = vec![0u8; ext::SUPERBLOCK_SIZE];
+    f.read_exact_at(&mut raw, ext::SUPERBLOCK_OFFSET).ok()?;
     let sb = ext::Superblock::parse(&raw).ok()?;
     Some(
         if sb.has_incompat(incompat::EXTENTS | incompat::BIT64 | incompat::FLEX_BG) {

@@ -4,11 +4,61 @@
 use crate::record::ExportRecord;
 use anyhow::{bail, Context, Result};
 use qcow::{Layer, Reader};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// Prints the snapshot table of `image` with per-state cluster counts.
+///
+/// # Errors
+/// Not a QCOW2 image (the message says when it is an ext filesystem), corrupt tables.
 pub fn list(image: &Path, as_json: bool) -> Result<()> {
+    let reader = open(image)?;
+    let stats = reader
+        .cluster_stats()
+        .with_context(|| format!("{}: cannot count clusters", image.display()))?;
+    let count = |layer: Layer| {
+        stats
+            .iter()
+            .find(|s| s.layer == layer)
+            .map_or((0, 0), |s| (s.shared_clusters, s.exclusive_clusters))
+    };
+    let rows: Vec<Value> = reader
+        .snapshots()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (shared, own) = count(Layer::Snapshot(i));
+            json!({
+                "id": s.id, "name": s.name, "date_sec": s.date_sec, "date_nsec": s.date_nsec,
+                "date": crate::text::format_date(i64::from(s.date_sec)),
+                "shared_clusters": shared, "own_clusters": own,
+            })
+        })
+        .collect();
+    let active = count(Layer::Active);
+    let record = ExportRecord::of(&reader);
+    if as_json {
+        let record = record.map(|r| {
+            json!({ "file_data": r.file_data, "snapshot_files": r.snapshot_files,
+                    "zeros_recorded": r.zeros_recorded })
+        });
+        let active = json!({ "shared_clusters": active.0, "own_clusters": active.1 });
+        let doc = json!({ "cluster_size": reader.cluster_size(), "export_record": record,
+                          "snapshots": rows, "active": active });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("cluster size {} bytes", reader.cluster_size());
+    match record {
+        Some(r) => println!("written by e2image-rs: {}", r.summary()),
+        None => println!("no export record (not written by e2image-rs)"),
+    }
+    print_table(&rows, active);
+    Ok(())
+}
+
+/// Opens `image`, which must be a QCOW2 image.
+fn open(image: &Path) -> Result<Reader> {
     if !crate::probe::is_qcow2(image)? {
         bail!(
             "{} is not a QCOW2 image{}",
@@ -21,49 +71,16 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
     }
     let file =
         std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
-    let reader =
-        Reader::open(file).with_context(|| format!("{}: invalid QCOW2 image", image.display()))?;
-    let stats = reader
-        .cluster_stats()
-        .with_context(|| format!("{}: cannot count clusters", image.display()))?;
-    let count = |layer: Layer| {
-        stats
-            .iter()
-            .find(|s| s.layer == layer)
-            .map_or((0, 0), |s| (s.shared_clusters, s.exclusive_clusters))
-    };
-    let mut rows = Vec::new();
-    for (i, s) in reader.snapshots().iter().enumerate() {
-        let (shared, own) = count(Layer::Snapshot(i));
-        rows.push(json!({
-            "id": s.id, "name": s.name, "date_sec": s.date_sec, "date_nsec": s.date_nsec,
-            "date": crate::text::format_date(i64::from(s.date_sec)),
-            "shared_clusters": shared, "own_clusters": own,
-        }));
-    }
-    let (shared, own) = count(Layer::Active);
-    let active = json!({ "shared_clusters": shared, "own_clusters": own });
-    let record = ExportRecord::of(&reader);
-    if as_json {
-        let record = record.map(|r| {
-            json!({ "file_data": r.file_data, "snapshot_files": r.snapshot_files,
-                    "zeros_recorded": r.zeros_recorded })
-        });
-        let doc = json!({ "cluster_size": reader.cluster_size(), "export_record": record,
-                          "snapshots": rows, "active": active });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
-    }
-    println!("cluster size {} bytes", reader.cluster_size());
-    match record {
-        Some(r) => println!("written by e2image-rs: {}", r.summary()),
-        None => println!("no export record (not written by e2image-rs)"),
-    }
+    Reader::open(file).with_context(|| format!("{}: invalid QCOW2 image", image.display()))
+}
+
+/// The text table: one row per snapshot, then the active layer's (shared, own) counts.
+fn print_table(rows: &[Value], active: (u64, u64)) {
     println!(
         "{:<4} {:<24} {:<20} {:>14} {:>14}",
         "ID", "NAME", "DATE", "SHARED", "OWN"
     );
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<4} {:<24} {:<20} {:>14} {:>14}",
             r["id"].as_str().unwrap_or(""),
@@ -75,7 +92,6 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
     }
     println!(
         "{:<4} {:<24} {:<20} {:>14} {:>14}",
-        "-", "(active layer)", "", shared, own
+        "-", "(active layer)", "", active.0, active.1
     );
-    Ok(())
 }

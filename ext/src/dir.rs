@@ -1,36 +1,36 @@
 //! Directory entries (kernel `struct ext4_dir_entry_2`), for finding the names of given
-//! inodes (snapshot files are named by their directory entry, [`crate::paths`] names any).
+//! inodes (snapshot files are named by their directory entry, `paths` names any).
 //!
 //! Every block of a directory is a sequence of entries chained by `rec_len`; htree interior
 //! nodes look like one empty entry spanning the block, so a plain scan of all blocks sees
 //! every name without htree parsing. Parsing stops at the first entry whose `rec_len` or
 //! `name_len` is impossible; the rest of that block is skipped. Directory blocks are found
-//! through the validated tree walkers ([`crate::owners::inode_runs`]) and only those below
+//! through the inode's block map (`blockmap::inode_runs`) and only those below
 //! `i_size` are read. Inline-data directories are read from `i_block` (after the 4-byte
 //! parent) and the in-inode `system.data` extended attribute.
 
+use crate::blockmap::inode_runs;
 use crate::bytes::{le16, le32};
+use crate::collect::RunKind;
+use crate::features::incompat;
 use crate::fs::Filesystem;
-use crate::inode::{flags, FileType, Inode, GOOD_OLD_INODE_SIZE, I_BLOCK_SIZE};
-use crate::owners::{inode_runs, RunKind};
-use crate::superblock::incompat;
+use crate::inode::{inode_flags, FileType, Inode, I_BLOCK_OFFSET, I_BLOCK_SIZE};
+use crate::superblock::EXT2_GOOD_OLD_INODE_SIZE;
+use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
-use crate::walk::Warning;
-use crate::warning::WarningLog;
+use crate::warning::{Warning, WarningLog};
 
-/// Warning kinds of [`read_dir`]: the directory's block map, and its unreadable blocks.
+/// Warning kind of [`read_dir`] for the directory's block map.
 const TREE_KIND: &str = "directory block map";
+/// Warning kind of [`read_dir`] for its unreadable blocks.
 const UNREADABLE_KIND: &str = "unreadable directory block";
-use crate::{BlockNr, InodeNr};
 
 /// Size of the fixed part of an entry, in bytes.
-pub const DIRENT_HEADER: usize = 8;
+pub(crate) const DIRENT_HEADER: usize = 8;
 /// `file_type` of a directory entry naming a directory (kernel `EXT4_FT_DIR`).
 pub const EXT4_FT_DIR: u8 = 2;
 /// `file_type` when unknown (kernel `EXT4_FT_UNKNOWN`; always so without INCOMPAT_FILETYPE).
 pub const EXT4_FT_UNKNOWN: u8 = 0;
-/// Byte offset of `i_block` in the inode record.
-const I_BLOCK_OFFSET: usize = 0x28;
 /// `e_name_index` of the `system.` xattr namespace (`EXT4_XATTR_INDEX_SYSTEM`).
 const EXT4_XATTR_INDEX_SYSTEM: u8 = 7;
 /// `h_magic` of the in-inode xattr area (`EXT4_XATTR_MAGIC`).
@@ -41,8 +41,8 @@ const XATTR_ENTRY_HEADER: usize = 16;
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
-    /// Inode number (0 for an unused entry).
-    pub inode: u32,
+    /// `inode`: the inode the entry names (never 0: unused entries are left out).
+    pub inode: InodeNr,
     /// The name bytes.
     pub name: Vec<u8>,
     /// `file_type` ([`EXT4_FT_DIR`], ...), [`EXT4_FT_UNKNOWN`] without INCOMPAT_FILETYPE.
@@ -58,9 +58,9 @@ fn rec_len(raw: u16, block_size: usize) -> usize {
     }
 }
 
-/// Parses the used entries of one directory block. `filetype` is true when the filesystem has
+/// Parses the used entries of one directory block (or of inline data). `filetype` is true when the filesystem has
 /// INCOMPAT_FILETYPE (then `name_len` is one byte, followed by the file type).
-pub fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
+pub(crate) fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + DIRENT_HEADER <= block.len() {
@@ -80,7 +80,7 @@ pub fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
         }
         if inode != 0 && name_len > 0 {
             out.push(DirEntry {
-                inode,
+                inode: InodeNr(inode),
                 name: block[off + DIRENT_HEADER..off + DIRENT_HEADER + name_len].to_vec(),
                 file_type,
             });
@@ -95,7 +95,7 @@ pub fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
 /// directory. Unreadable blocks and corrupt trees are returned as warnings and skipped.
 pub fn read_dir<V: BlockView>(
     fs: &Filesystem<V>,
-    ino: u32,
+    ino: InodeNr,
     f: &mut dyn FnMut(&[DirEntry]) -> bool,
 ) -> Vec<Warning> {
     let sb = &fs.sb;
@@ -114,11 +114,11 @@ pub fn read_dir<V: BlockView>(
         return Vec::new();
     }
     let filetype = sb.has_incompat(incompat::FILETYPE);
-    if inode.has_flag(flags::INLINE_DATA) {
+    if inode.has_flag(inode_flags::INLINE_DATA) {
         read_inline_dir(&raw, filetype, f);
         return Vec::new();
     }
-    let (runs, tree_warnings) = inode_runs(fs, InodeNr(ino), &inode);
+    let (runs, tree_warnings) = inode_runs(fs, ino, &inode);
     let mut warnings = WarningLog::default();
     for w in tree_warnings {
         warnings.push(TREE_KIND, w);
@@ -132,7 +132,7 @@ pub fn read_dir<V: BlockView>(
     {
         let n = size_blocks.saturating_sub(r.logical).min(r.len);
         for b in r.physical..r.physical.saturating_add(n) {
-            if let Err(e) = fs.read_blocks(b, &mut buf) {
+            if let Err(e) = fs.read_blocks(BlockNr(b), &mut buf) {
                 let reason = format!("directory block unreadable: {e}");
                 warnings.push(UNREADABLE_KIND, warning(ino, Some(b), reason));
                 continue;
@@ -146,7 +146,7 @@ pub fn read_dir<V: BlockView>(
 }
 
 /// All entries of directory `ino` (empty when it is not a directory or cannot be read).
-pub fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: u32) -> Vec<DirEntry> {
+pub fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: InodeNr) -> Vec<DirEntry> {
     let mut out = Vec::new();
     read_dir(fs, ino, &mut |entries| {
         out.extend_from_slice(entries);
@@ -155,9 +155,9 @@ pub fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: u32) -> Vec<DirEntry> 
     out
 }
 
-fn warning(ino: u32, block: Option<u64>, reason: String) -> Warning {
+fn warning(ino: InodeNr, block: Option<u64>, reason: String) -> Warning {
     Warning {
-        inode: Some(InodeNr(ino)),
+        inode: Some(ino),
         block: block.map(BlockNr),
         offset: None,
         reason,
@@ -184,10 +184,10 @@ fn read_inline_dir(raw: &[u8], filetype: bool, f: &mut dyn FnMut(&[DirEntry]) ->
 /// the first entry.
 fn ibody_xattr<'r>(raw: &'r [u8], index: u8, name: &[u8]) -> Option<&'r [u8]> {
     let extra = usize::from(le16(
-        raw.get(..GOOD_OLD_INODE_SIZE + 2)?,
-        GOOD_OLD_INODE_SIZE,
+        raw.get(..EXT2_GOOD_OLD_INODE_SIZE + 2)?,
+        EXT2_GOOD_OLD_INODE_SIZE,
     ));
-    let magic_at = GOOD_OLD_INODE_SIZE.checked_add(extra)?;
+    let magic_at = EXT2_GOOD_OLD_INODE_SIZE.checked_add(extra)?;
     if raw.len() < magic_at.checked_add(4)? || le32(raw, magic_at) != EXT4_XATTR_MAGIC {
         return None;
     }
@@ -237,12 +237,12 @@ mod tests {
             v,
             vec![
                 DirEntry {
-                    inode: 2,
+                    inode: InodeNr(2),
                     name: b".".to_vec(),
                     file_type: 1,
                 },
                 DirEntry {
-                    inode: 16,
+                    inode: InodeNr(16),
                     name: b"snap1".to_vec(),
                     file_type: 1,
                 },
@@ -290,10 +290,10 @@ mod tests {
         raw[188..204].copy_from_slice(&tail);
         let mut head = vec![2, 0, 0, 0];
         entry(&mut head, 30, "inblock", 56);
-        raw[0x28..0x28 + I_BLOCK_SIZE].copy_from_slice(&head);
+        raw[I_BLOCK_OFFSET..I_BLOCK_OFFSET + I_BLOCK_SIZE].copy_from_slice(&head);
         let mut names = Vec::new();
         read_inline_dir(&raw, true, &mut |es| {
-            names.extend(es.iter().map(|e| (e.inode, e.name.clone())));
+            names.extend(es.iter().map(|e| (e.inode.0, e.name.clone())));
             true
         });
         assert_eq!(
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(
             parse_block(&b, true),
             vec![DirEntry {
-                inode: 7,
+                inode: InodeNr(7),
                 name: b"a".to_vec(),
                 file_type: 0,
             }]

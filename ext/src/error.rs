@@ -4,7 +4,7 @@
 //! inside the filesystem is a [`Corrupt`] value that names the inode, block and byte offset
 //! where it was found; the walker turns those into warnings and skips the damaged part.
 
-use crate::{BlockNr, InodeNr};
+use crate::types::{BlockNr, InodeNr};
 use std::fmt;
 use std::io;
 
@@ -30,7 +30,7 @@ pub enum Error {
     #[error("{0}")]
     NotExt(String),
     /// The primary superblock is unusable; `suggestion` is a backup superblock that parses,
-    /// as (block number, block size in bytes) for `-b`/`-B`.
+    /// as (its block number, the block size in bytes to read it with) for `-b`/`-B`.
     #[error("primary superblock is unusable: {reason}{}", match suggestion {
         Some((b, bs)) => format!("; a backup superblock was found: try -b {b} -B {bs}"),
         None => "; no backup superblock was found at the usual places (try -b BLOCK -B SIZE)".to_string(),
@@ -38,9 +38,17 @@ pub enum Error {
     BadPrimary {
         /// Why the primary superblock was refused.
         reason: String,
-        /// A backup superblock that parses.
-        suggestion: Option<(u64, u32)>,
+        /// A backup superblock that parses: (block number, block size in bytes).
+        suggestion: Option<(BlockNr, u32)>,
     },
+}
+
+impl Error {
+    /// A superblock field is impossible or contradicts another: [`Error::Corrupt`] with the
+    /// message `bad superblock: {msg}`.
+    pub(crate) fn bad_superblock(msg: &str) -> Error {
+        Error::Corrupt(Corrupt::new(CorruptKind::Superblock(msg.to_string())))
+    }
 }
 
 /// A corrupt on-disk structure, located as precisely as possible.

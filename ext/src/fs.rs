@@ -19,20 +19,22 @@
 //! superblock claims. A descriptor table larger than the whole source is still an error: no
 //! truncated dump lacks part of its own primary descriptor table.
 
-use crate::error::Error;
+use crate::error::{Corrupt, CorruptKind, Error};
+use crate::features::incompat;
 use crate::group_desc::GroupDesc;
 use crate::layout::{desc_block_location, group_base_block};
-use crate::superblock::{incompat, Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::superblock::{Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
 
 /// Block sizes probed for backup superblocks, in bytes.
-pub const PROBE_BLOCK_SIZES: [u32; 7] = [1024, 2048, 4096, 8192, 16384, 32768, 65536];
+const PROBE_BLOCK_SIZES: [u32; 7] = [1024, 2048, 4096, 8192, 16384, 32768, 65536];
 
 /// How to find the superblock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenOptions {
     /// Block number of a backup superblock (e2image `-b`), in units of the block size.
-    pub superblock: Option<u64>,
+    pub superblock: Option<BlockNr>,
     /// Block size in bytes to interpret `superblock` with (e2image `-B`); probed when absent.
     pub block_size: Option<u32>,
 }
@@ -42,8 +44,8 @@ pub struct Filesystem<V> {
     view: V,
     /// The superblock in use.
     pub sb: Superblock,
-    /// Block number the superblock was read from (the primary's is 0 or 1).
-    pub sb_block: u64,
+    /// Block the superblock was read from (the primary's is 0 or 1).
+    pub sb_block: BlockNr,
     /// One descriptor per group inside the source: every group, unless the source is shorter
     /// than the filesystem (module comment).
     pub groups: Vec<GroupDesc>,
@@ -60,13 +62,13 @@ impl<V: BlockView> Filesystem<V> {
         let (sb, sb_block) = match opts.superblock {
             None => {
                 let sb = open_primary(&view)?;
-                let block = group_base_block(&sb, 0);
+                let block = BlockNr(group_base_block(&sb, 0));
                 (sb, block)
             }
             Some(b) => open_backup(&view, b, opts.block_size)?,
         };
         let kept = groups_in_source(&sb, view.size());
-        let groups = read_group_descs(&view, &sb, sb_block, kept)?;
+        let groups = read_group_descs(&view, &sb, sb_block.0, kept)?;
         Ok(Filesystem {
             view,
             sb,
@@ -91,12 +93,13 @@ impl<V: BlockView> Filesystem<V> {
         self.view
     }
 
-    /// Reads blocks `[first, first + buf.len() / block_size)`.
+    /// Reads blocks `[first, first + buf.len() / block_size)` (`buf` holds whole blocks).
     ///
     /// # Errors
     /// [`Error::Io`] naming the byte offset.
-    pub fn read_blocks(&self, first: u64, buf: &mut [u8]) -> Result<(), Error> {
+    pub fn read_blocks(&self, first: BlockNr, buf: &mut [u8]) -> Result<(), Error> {
         let bs = self.sb.block_size;
+        let first = first.0;
         self.view
             .read_blocks(bs, first, buf)
             .map_err(|source| Error::Io {
@@ -110,14 +113,11 @@ impl<V: BlockView> Filesystem<V> {
     /// # Errors
     /// [`Error::Corrupt`] when `ino` is out of range or its group's inode table pointer is
     /// outside the filesystem; [`Error::Io`] on read failure.
-    pub fn read_inode_raw(&self, ino: u32) -> Result<Vec<u8>, Error> {
+    pub fn read_inode_raw(&self, ino: InodeNr) -> Result<Vec<u8>, Error> {
         let sb = &self.sb;
-        let bad = |what: String| {
-            Error::Corrupt(
-                crate::error::Corrupt::new(crate::error::CorruptKind::Inode(what))
-                    .at_inode(crate::InodeNr(ino)),
-            )
-        };
+        let bad =
+            |what: String| Error::Corrupt(Corrupt::new(CorruptKind::Inode(what)).at_inode(ino));
+        let ino = ino.0;
         if ino == 0 || ino > sb.s_inodes_count {
             return Err(bad(format!(
                 "inode number out of range 1..={}",
@@ -167,15 +167,15 @@ fn open_primary<V: BlockView>(view: &V) -> Result<Superblock, Error> {
 }
 
 /// Looks for group 1's backup superblock for each candidate block size (e2fsprogs' default
-/// geometry: 8 × block size blocks per group).
-pub fn probe_backup<V: BlockView>(view: &V) -> Option<(u64, u32)> {
+/// geometry: 8 × block size blocks per group): (its block, the block size in bytes).
+fn probe_backup<V: BlockView>(view: &V) -> Option<(BlockNr, u32)> {
     for bs in PROBE_BLOCK_SIZES {
         let block = u64::from(bs) * 8 + u64::from(bs == 1024);
         let Ok(sb) = read_sb_at(view, block * u64::from(bs)) else {
             continue;
         };
         if sb.block_size == bs && sb.group_first_block(1) == block {
-            return Some((block, bs));
+            return Some((BlockNr(block), bs));
         }
     }
     None
@@ -183,16 +183,16 @@ pub fn probe_backup<V: BlockView>(view: &V) -> Option<(u64, u32)> {
 
 fn open_backup<V: BlockView>(
     view: &V,
-    block: u64,
+    block: BlockNr,
     bs: Option<u32>,
-) -> Result<(Superblock, u64), Error> {
+) -> Result<(Superblock, BlockNr), Error> {
     let sizes: Vec<u32> = match bs {
         Some(bs) => vec![bs],
         None => PROBE_BLOCK_SIZES.to_vec(),
     };
     let mut last = None;
     for bs in sizes {
-        let Some(offset) = block.checked_mul(u64::from(bs)) else {
+        let Some(offset) = block.0.checked_mul(u64::from(bs)) else {
             continue;
         };
         match read_sb_at(view, offset) {
@@ -217,7 +217,7 @@ const MAX_GDT_BYTES: u64 = 1 << 30;
 /// bytes: all when the source holds the whole filesystem; otherwise those starting inside it
 /// (at least group 0) and, with flex_bg, the rest of the last flex group starting inside it,
 /// as far as their bitmaps and inode tables could fit in the source (module comment).
-pub fn groups_in_source(sb: &Superblock, source_bytes: u64) -> u32 {
+fn groups_in_source(sb: &Superblock, source_bytes: u64) -> u32 {
     let bs = u64::from(sb.block_size);
     let source_blocks = source_bytes.div_ceil(bs);
     if source_blocks >= sb.s_blocks_count {
@@ -248,11 +248,11 @@ fn read_group_descs<V: BlockView>(
     let bs = u64::from(sb.block_size);
     let gdt_bytes = u64::from(sb.desc_blocks) * bs;
     if gdt_bytes > MAX_GDT_BYTES || gdt_bytes > view.size() {
-        return Err(Error::Corrupt(crate::error::Corrupt::new(crate::error::CorruptKind::Superblock(format!(
+        return Err(Error::bad_superblock(&format!(
             "{} groups need a {gdt_bytes}-byte descriptor table, more than the source holds ({} bytes)",
             sb.group_count,
             view.size()
-        )))));
+        )));
     }
     let groups = groups.min(sb.group_count);
     let needed = groups.div_ceil(sb.descs_per_block);

@@ -19,22 +19,34 @@ pub const EXT4_BG_EXCLUDE_UNINIT: u16 = 0x8;
 /// descriptors).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupDesc {
+    /// `bg_block_bitmap`: block of the group's block bitmap.
     pub bg_block_bitmap: u64,
+    /// `bg_inode_bitmap`: block of the group's inode bitmap.
     pub bg_inode_bitmap: u64,
+    /// `bg_inode_table`: first block of the group's inode table.
     pub bg_inode_table: u64,
+    /// `bg_free_blocks_count`: free blocks (clusters with bigalloc) in the group.
     pub bg_free_blocks_count: u32,
+    /// `bg_free_inodes_count`: free inodes in the group.
     pub bg_free_inodes_count: u32,
+    /// `bg_used_dirs_count`: directories in the group.
     pub bg_used_dirs_count: u32,
+    /// `bg_flags`: `EXT4_BG_*` lazy-init flags.
     pub bg_flags: u16,
-    /// Snapshots (`bg_exclude_bitmap_lo/hi`).
+    /// Snapshots (`bg_exclude_bitmap_lo/hi`): block of the group's exclude bitmap.
     pub bg_exclude_bitmap: u64,
+    /// `bg_itable_unused`: inodes at the end of the inode table never used.
     pub bg_itable_unused: u32,
+    /// `bg_checksum`: the descriptor's checksum.
     pub bg_checksum: u16,
 }
 
 impl GroupDesc {
     /// Parses one descriptor of `desc_size` bytes (32, or ≥ 64 with the `_hi` halves).
     /// `buf` must be at least `desc_size` bytes long; the caller guarantees it.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than 32 bytes.
     pub fn parse(buf: &[u8], desc_size: u32) -> GroupDesc {
         let wide = desc_size >= 64 && buf.len() >= 64;
         let hi32 = |off: usize| if wide { le32(buf, off) } else { 0 };
@@ -53,7 +65,7 @@ impl GroupDesc {
         }
     }
 
-    /// True if the flag is set and the filesystem has descriptor checksums (without them the
+    /// True if the flag (an `EXT4_BG_*` constant) is set and the filesystem has descriptor checksums (without them the
     /// lazy-init flags mean nothing and are ignored, as e2fsprogs does).
     pub fn has_flag(&self, sb: &Superblock, flag: u16) -> bool {
         sb.has_group_desc_csum() && self.bg_flags & flag != 0

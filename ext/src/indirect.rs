@@ -6,40 +6,43 @@
 //! Out-of-range pointers in one block are reported once per block (with the first offending
 //! offset and the count) and skipped. Each root also carries the first logical block it maps,
 //! so that the logical block of every mapped block follows from its slot position (reported
-//! to the collector's run sink, see [`crate::owners`]).
+//! to the collector's run sink).
+//!
+//! next3 snapshot files are indirect-mapped with a fixed offset: image block P of the
+//! snapshot is file block P + [`snapshot_block_offset`], and filesystems too large for the
+//! DIND and TIND ranges put further TIND roots in `i_block[0..3]` ([`snapshot_roots`]).
 
-use crate::blockset::BlockClass;
 use crate::bytes::le32;
+use crate::collect::{Collector, TreeClasses};
 use crate::error::{Corrupt, CorruptKind};
-use crate::extent::TreeClasses;
-use crate::inode::Inode;
-use crate::walk::Collector;
-use crate::InodeNr;
+use crate::inode::{Inode, I_BLOCK_OFFSET};
+use crate::superblock::Superblock;
+use crate::types::InodeNr;
 use std::collections::HashSet;
 
 /// Number of direct pointers in `i_block`.
-pub const EXT2_NDIR_BLOCKS: usize = 12;
+pub(crate) const EXT2_NDIR_BLOCKS: usize = 12;
 /// Slot of the IND pointer.
-pub const EXT2_IND_BLOCK: usize = 12;
+pub(crate) const EXT2_IND_BLOCK: usize = 12;
 /// Slot of the DIND pointer.
-pub const EXT2_DIND_BLOCK: usize = 13;
+pub(crate) const EXT2_DIND_BLOCK: usize = 13;
 /// Slot of the TIND pointer.
-pub const EXT2_TIND_BLOCK: usize = 14;
+pub(crate) const EXT2_TIND_BLOCK: usize = 14;
 
 /// One subtree root in `i_block`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Root {
+pub(crate) struct Root {
     /// Pointer slot in `i_block` (0..15).
-    pub slot: usize,
+    pub(crate) slot: usize,
     /// Level of the block it points at: 0 = data block, 1 = IND, 2 = DIND, 3 = TIND.
-    pub level: u8,
+    pub(crate) level: u8,
     /// First logical (file) block the subtree maps, in filesystem blocks.
-    pub logical: u64,
+    pub(crate) logical: u64,
 }
 
 /// The standard roots: 12 direct blocks at logical 0..12, IND at 12, DIND at
 /// 12 + apb, TIND at 12 + apb + apb², where apb = `block_size / 4` pointers per block.
-pub fn standard_roots(block_size: u32) -> Vec<Root> {
+pub(crate) fn standard_roots(block_size: u32) -> Vec<Root> {
     let apb = u64::from(block_size / 4);
     let mut roots: Vec<Root> = (0..EXT2_NDIR_BLOCKS)
         .map(|slot| Root {
@@ -66,7 +69,7 @@ pub fn standard_roots(block_size: u32) -> Vec<Root> {
 /// The extra TIND roots of next3 snapshot files of filesystems over 2^20 + 2^30 blocks
 /// (at 4 KiB): `i_block[0..3]` map the k-th TIND range after the standard one (k = 1..3),
 /// i.e. logical 12 + apb + apb² + k·apb³.
-pub fn snapshot_extra_roots(block_size: u32) -> Vec<Root> {
+pub(crate) fn snapshot_extra_roots(block_size: u32) -> Vec<Root> {
     let apb = u64::from(block_size / 4);
     let tind = EXT2_NDIR_BLOCKS as u64 + apb + apb * apb;
     (1..=3u64)
@@ -80,14 +83,19 @@ pub fn snapshot_extra_roots(block_size: u32) -> Vec<Root> {
 
 /// Walks the indirect map of `inode`, adding IND/DIND/TIND blocks as `classes.tree` and (when
 /// `classes.data` is set) the mapped blocks.
-pub fn walk_indirect(out: &mut Collector<'_>, ino: InodeNr, inode: &Inode, classes: TreeClasses) {
+pub(crate) fn walk_indirect(
+    out: &mut Collector<'_>,
+    ino: InodeNr,
+    inode: &Inode,
+    classes: TreeClasses,
+) {
     let roots = standard_roots(out.sb().block_size);
     walk_roots(out, ino, inode, &roots, classes);
 }
 
 /// Walks the subtrees rooted at `roots` of `inode` with one visited set, e.g. the standard
 /// roots, or nonstandard roots such as the extra TIND trees of snapshot files.
-pub fn walk_roots(
+pub(crate) fn walk_roots(
     out: &mut Collector<'_>,
     ino: InodeNr,
     inode: &Inode,
@@ -128,7 +136,7 @@ impl IndirectWalk<'_, '_> {
         if let Err(kind) = self.out.check_range(p, 1) {
             let c = Corrupt::new(kind)
                 .at_inode(self.ino)
-                .at_offset(0x28 + 4 * root.slot as u32);
+                .at_offset((I_BLOCK_OFFSET + 4 * root.slot) as u32);
             self.out.corrupt(c);
             return;
         }
@@ -189,10 +197,25 @@ impl IndirectWalk<'_, '_> {
     }
 }
 
-/// Class pair for indirect tree blocks of an ordinary file.
-pub const fn indirect_classes(data: Option<BlockClass>) -> TreeClasses {
-    TreeClasses {
-        tree: BlockClass::Indirect,
-        data,
+/// Logical block of a next3 snapshot file that holds image block 0: `12 + block_size / 4`,
+/// the first block the DIND pointer maps.
+pub fn snapshot_block_offset(block_size: u32) -> u64 {
+    EXT2_NDIR_BLOCKS as u64 + u64::from(block_size / 4)
+}
+
+/// Indirect roots of a snapshot file: the standard ones, except that on filesystems larger
+/// than the DIND and TIND ranges can map (apb² + apb³ image blocks) `i_block[0..3]` are the
+/// extra TIND roots rather than direct (snapshot meta) blocks.
+pub(crate) fn snapshot_roots(sb: &Superblock) -> Vec<Root> {
+    let apb = u64::from(sb.block_size / 4);
+    let reach = apb
+        .saturating_mul(apb)
+        .saturating_add(apb.saturating_pow(3));
+    let mut roots = standard_roots(sb.block_size);
+    if sb.s_blocks_count > reach {
+        let extra = snapshot_extra_roots(sb.block_size);
+        roots.retain(|r| !extra.iter().any(|e| e.slot == r.slot));
+        roots.extend(extra);
     }
+    roots
 }

@@ -1,39 +1,77 @@
-//! Inodes (kernel `struct ext4_inode`): the fields the walker needs and the decision of where
-//! an inode's blocks are (extent tree, indirect map, or nowhere: inline data, fast symlinks,
-//! device files).
+//! Inodes (kernel `struct ext4_inode`): the fields the walker needs, the reserved inode
+//! numbers, and the decision of where an inode's blocks are (extent tree, indirect map, or
+//! nowhere: inline data, fast symlinks, device files).
 
 use crate::bytes::{join, le16, le32};
-use crate::superblock::{ro_compat, Superblock, EXT2_OS_HURD};
+use crate::extent_header;
+use crate::features::ro_compat;
+use crate::superblock::{Superblock, EXT2_GOOD_OLD_INODE_SIZE, EXT2_OS_HURD};
+use crate::types::InodeNr;
 
+/// The bad-blocks inode: its indirect map lists the bad blocks (kernel `EXT2_BAD_INO`).
+pub const EXT2_BAD_INO: InodeNr = InodeNr(1);
+/// The root directory (kernel `EXT2_ROOT_INO`).
+pub const EXT2_ROOT_INO: InodeNr = InodeNr(2);
+/// The legacy user quota inode (kernel `EXT4_USR_QUOTA_INO`).
+pub const EXT4_USR_QUOTA_INO: InodeNr = InodeNr(3);
+/// The legacy group quota inode (kernel `EXT4_GRP_QUOTA_INO`).
+pub const EXT4_GRP_QUOTA_INO: InodeNr = InodeNr(4);
+/// The resize inode, owner of the reserved GDT blocks (kernel `EXT2_RESIZE_INO`).
+pub const EXT2_RESIZE_INO: InodeNr = InodeNr(7);
+/// next3 / ext4-snapshots: the inode owning the exclude bitmaps (`EXT4_EXCLUDE_INO`).
+pub const EXT4_EXCLUDE_INO: InodeNr = InodeNr(9);
+
+/// Byte offset of `osd1` (`l_i_version`, `i_next_snapshot`, the Hurd translator) in the
+/// inode record.
+pub const OSD1_OFFSET: usize = 0x24;
+/// Byte offset of `i_block` (the block map: extent tree root or 15 block pointers) in the
+/// inode record.
+pub const I_BLOCK_OFFSET: usize = 0x28;
 /// Bytes of `i_block` (15 × u32).
 pub const I_BLOCK_SIZE: usize = 60;
-/// Size of the base inode every inode record starts with.
-pub const GOOD_OLD_INODE_SIZE: usize = 128;
+/// Byte offset of `i_file_acl_lo` (the extended-attribute block) in the inode record.
+pub const I_FILE_ACL_OFFSET: usize = 0x68;
 
-/// `i_flags` bits.
-pub mod flags {
+/// `i_flags` bits (kernel `EXT4_*_FL`): `inode_flags::EXTENTS` is `EXT4_EXTENTS_FL`.
+pub mod inode_flags {
+    /// `EXT4_ENCRYPT_FL`: encrypted file.
     pub const ENCRYPT: u32 = 0x800;
+    /// `EXT4_INDEX_FL`: htree directory.
     pub const INDEX: u32 = 0x1000;
+    /// `EXT4_HUGE_FILE_FL`: `i_blocks` in filesystem blocks (with RO_COMPAT_HUGE_FILE).
     pub const HUGE_FILE: u32 = 0x40000;
+    /// `EXT4_EXTENTS_FL`: `i_block` holds an extent tree root.
     pub const EXTENTS: u32 = 0x80000;
+    /// `EXT4_VERITY_FL`: fs-verity file.
     pub const VERITY: u32 = 0x100000;
+    /// `EXT4_EA_INODE_FL`: the inode holds an extended attribute value.
     pub const EA_INODE: u32 = 0x200000;
     /// next3 / ext4-snapshots snapshot file.
     pub const SNAPFILE: u32 = 0x0100_0000;
+    /// Snapshot file deleted, kept only as a link for older snapshots.
     pub const SNAPFILE_DELETED: u32 = 0x0400_0000;
+    /// Snapshot file shrunk.
     pub const SNAPFILE_SHRUNK: u32 = 0x0800_0000;
+    /// `EXT4_INLINE_DATA_FL`: data in `i_block` and the `system.data` xattr.
     pub const INLINE_DATA: u32 = 0x1000_0000;
 }
 
 /// File type from `i_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileType {
+    /// `S_IFREG`.
     Regular,
+    /// `S_IFDIR`.
     Directory,
+    /// `S_IFLNK`.
     Symlink,
+    /// `S_IFCHR`.
     CharDevice,
+    /// `S_IFBLK`.
     BlockDevice,
+    /// `S_IFIFO`.
     Fifo,
+    /// `S_IFSOCK`.
     Socket,
     /// `i_mode` type bits 0 (unused reserved inodes, the bad-blocks inode) or invalid.
     Unknown,
@@ -42,6 +80,7 @@ pub enum FileType {
 /// The fields of one inode the walker uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
+    /// `i_mode`: file type (top four bits, see [`Inode::file_type`]) and permissions.
     pub i_mode: u16,
     /// `i_size_lo | i_size_high << 32`.
     pub i_size: u64,
@@ -49,14 +88,20 @@ pub struct Inode {
     pub i_ctime: u32,
     /// Data modification time, seconds (see [`Inode::mtime`]).
     pub i_mtime: u32,
+    /// `i_dtime`: deletion time, seconds (or the next orphan's inode number).
     pub i_dtime: u32,
+    /// `i_links_count`: hard links (0 for an orphan or a free inode).
     pub i_links_count: u16,
     /// `i_blocks_lo | l_i_blocks_hi << 32`, in 512-byte units unless HUGE_FILE.
     pub i_blocks: u64,
+    /// `i_flags`: [`inode_flags`] bits.
     pub i_flags: u32,
     /// osd1: `l_i_version`, or `i_next_snapshot` on snapshot files, or the Hurd translator.
     pub osd1: u32,
+    /// `i_block`: the raw block map (extent tree root, 15 block pointers, inline data or a
+    /// fast symlink's target).
     pub i_block: [u8; I_BLOCK_SIZE],
+    /// `i_generation`: file version (the snapshot id on snapshot files).
     pub i_generation: u32,
     /// `i_file_acl_lo | l_i_file_acl_high << 32` (no high half on Hurd).
     pub i_file_acl: u64,
@@ -103,13 +148,16 @@ impl InodeTime {
 impl Inode {
     /// Parses an inode record; `raw` is at least 128 bytes (the caller slices the inode table
     /// by `s_inode_size`, which is validated to be ≥ 128).
+    ///
+    /// # Panics
+    /// If `raw` is shorter than 128 bytes.
     pub fn parse(raw: &[u8], sb: &Superblock) -> Inode {
         let hurd = sb.s_creator_os == EXT2_OS_HURD;
         let mut i_block = [0u8; I_BLOCK_SIZE];
-        i_block.copy_from_slice(&raw[0x28..0x28 + I_BLOCK_SIZE]);
+        i_block.copy_from_slice(&raw[I_BLOCK_OFFSET..I_BLOCK_OFFSET + I_BLOCK_SIZE]);
         let blocks_hi = if hurd { 0 } else { u32::from(le16(raw, 0x74)) };
         let acl_hi = if hurd { 0 } else { u32::from(le16(raw, 0x76)) };
-        let room = raw.len().saturating_sub(GOOD_OLD_INODE_SIZE);
+        let room = raw.len().saturating_sub(EXT2_GOOD_OLD_INODE_SIZE);
         let extra = if room >= 2 {
             le16(raw, 0x80).min(u16::try_from(room).unwrap_or(u16::MAX))
         } else {
@@ -117,7 +165,7 @@ impl Inode {
         };
         // A field is there when i_extra_isize (clamped to the record) covers all of it.
         let field = |at: usize| {
-            if at + 4 <= GOOD_OLD_INODE_SIZE + usize::from(extra) {
+            if at + 4 <= EXT2_GOOD_OLD_INODE_SIZE + usize::from(extra) {
                 le32(raw, at)
             } else {
                 0
@@ -132,10 +180,10 @@ impl Inode {
             i_links_count: le16(raw, 0x1A),
             i_blocks: join(le32(raw, 0x1C), blocks_hi),
             i_flags: le32(raw, 0x20),
-            osd1: le32(raw, 0x24),
+            osd1: le32(raw, OSD1_OFFSET),
             i_block,
             i_generation: le32(raw, 0x64),
-            i_file_acl: join(le32(raw, 0x68), acl_hi),
+            i_file_acl: join(le32(raw, I_FILE_ACL_OFFSET), acl_hi),
             i_extra_isize: extra,
             i_ctime_extra: field(I_CTIME_EXTRA_AT),
             i_mtime_extra: field(I_MTIME_EXTRA_AT),
@@ -157,7 +205,7 @@ impl Inode {
     /// The creation time (`i_crtime` with `i_crtime_extra`), when `i_extra_isize` covers
     /// `i_crtime` (ext4 large inodes).
     pub fn crtime(&self) -> Option<InodeTime> {
-        (usize::from(self.i_extra_isize) + GOOD_OLD_INODE_SIZE >= I_CRTIME_AT + 4)
+        (usize::from(self.i_extra_isize) + EXT2_GOOD_OLD_INODE_SIZE >= I_CRTIME_AT + 4)
             .then(|| InodeTime::decode(self.i_crtime, self.i_crtime_extra))
     }
 
@@ -175,7 +223,7 @@ impl Inode {
         }
     }
 
-    /// True if the flag bit is set.
+    /// True if the [`inode_flags`] bit is set.
     pub fn has_flag(&self, bit: u32) -> bool {
         self.i_flags & bit != 0
     }
@@ -187,7 +235,7 @@ impl Inode {
 
     /// `i_blocks` in filesystem blocks.
     pub fn blocks_in_fs_blocks(&self, sb: &Superblock) -> u64 {
-        if sb.has_ro_compat(ro_compat::HUGE_FILE) && self.has_flag(flags::HUGE_FILE) {
+        if sb.has_ro_compat(ro_compat::HUGE_FILE) && self.has_flag(inode_flags::HUGE_FILE) {
             self.i_blocks
         } else {
             self.i_blocks / (u64::from(sb.block_size) / 512)
@@ -205,7 +253,7 @@ impl Inode {
     /// Where this inode's blocks are, following the kernel's rules: inline data and device
     /// files have none; symlinks are fast (target in `i_block`) unless they have blocks.
     pub fn block_map(&self, sb: &Superblock) -> BlockMap {
-        if self.has_flag(flags::INLINE_DATA) {
+        if self.has_flag(inode_flags::INLINE_DATA) {
             return BlockMap::None;
         }
         match self.file_type() {
@@ -215,7 +263,7 @@ impl Inode {
             FileType::Symlink if self.is_fast_symlink(sb) => return BlockMap::None,
             _ => {}
         }
-        if self.has_flag(flags::EXTENTS) {
+        if self.has_flag(inode_flags::EXTENTS) {
             BlockMap::Extents
         } else {
             BlockMap::Indirect
@@ -226,9 +274,8 @@ impl Inode {
     /// if `i_block` does not start with an extent header; otherwise a symlink shorter than 60
     /// bytes is fast when it owns no blocks besides its xattr block.
     fn is_fast_symlink(&self, sb: &Superblock) -> bool {
-        if self.has_flag(flags::EXTENTS) {
-            let magic = le16(&self.i_block, 0);
-            return magic != crate::extent::EXT4_EXT_MAGIC && self.i_size < I_BLOCK_SIZE as u64;
+        if self.has_flag(inode_flags::EXTENTS) {
+            return !extent_header::has_magic(&self.i_block) && self.i_size < I_BLOCK_SIZE as u64;
         }
         if self.i_size >= I_BLOCK_SIZE as u64 {
             return false;
@@ -258,19 +305,7 @@ mod tests {
     use super::*;
 
     fn sb() -> Superblock {
-        let mut b = vec![0u8; 1024];
-        let put = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-        put(&mut b, 0x00, 8192);
-        put(&mut b, 0x04, 32768);
-        put(&mut b, 0x18, 2);
-        put(&mut b, 0x1C, 2);
-        put(&mut b, 0x20, 32768);
-        put(&mut b, 0x24, 32768);
-        put(&mut b, 0x28, 8192);
-        b[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
-        put(&mut b, 0x4C, 1);
-        b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());
-        Superblock::parse(&b).unwrap()
+        Superblock::parse(&crate::superblock::tests::sample()).unwrap()
     }
 
     fn inode(mode: u16, size: u32, blocks: u32, flags_: u32) -> Inode {
@@ -299,7 +334,7 @@ mod tests {
     #[test]
     fn extent_flagged_fast_symlink_without_header() {
         assert_eq!(
-            inode(0xA1FF, 20, 0, flags::EXTENTS).block_map(&sb()),
+            inode(0xA1FF, 20, 0, inode_flags::EXTENTS).block_map(&sb()),
             BlockMap::None
         );
     }
@@ -307,7 +342,7 @@ mod tests {
     #[test]
     fn inline_data_and_devices_have_no_blocks() {
         assert_eq!(
-            inode(0x81A4, 20, 0, flags::INLINE_DATA).block_map(&sb()),
+            inode(0x81A4, 20, 0, inode_flags::INLINE_DATA).block_map(&sb()),
             BlockMap::None
         );
         assert_eq!(inode(0x2180, 0, 0, 0).block_map(&sb()), BlockMap::None);
@@ -363,7 +398,7 @@ mod tests {
     #[test]
     fn regular_file_maps() {
         assert_eq!(
-            inode(0x81A4, 20, 8, flags::EXTENTS).block_map(&sb()),
+            inode(0x81A4, 20, 8, inode_flags::EXTENTS).block_map(&sb()),
             BlockMap::Extents
         );
         assert_eq!(inode(0x81A4, 20, 8, 0).block_map(&sb()), BlockMap::Indirect);

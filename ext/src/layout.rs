@@ -6,7 +6,8 @@
 //! Everything returned is a block number that may still lie past the end of a corrupt
 //! filesystem; callers clamp.
 
-use crate::superblock::{compat, incompat, ro_compat, Superblock, SUPERBLOCK_OFFSET};
+use crate::features::{compat, incompat, ro_compat};
+use crate::superblock::{Superblock, SUPERBLOCK_OFFSET};
 
 /// True if `x` is a power of `base` (1 counts).
 fn is_power_of(mut x: u32, base: u32) -> bool {
@@ -17,7 +18,7 @@ fn is_power_of(mut x: u32, base: u32) -> bool {
 }
 
 /// True if group `g` holds a superblock copy (and, without meta_bg, a GDT copy).
-pub fn has_super(sb: &Superblock, g: u32) -> bool {
+pub(crate) fn has_super(sb: &Superblock, g: u32) -> bool {
     if g == 0 {
         return true;
     }
@@ -33,7 +34,7 @@ pub fn has_super(sb: &Superblock, g: u32) -> bool {
 /// The block holding group `g`'s superblock copy: the group's first block, except that the
 /// primary superblock is always at byte 1024 (block 1 with 1 KiB blocks, also on bigalloc
 /// where `s_first_data_block` is 0).
-pub fn group_base_block(sb: &Superblock, g: u32) -> u64 {
+pub(crate) fn group_base_block(sb: &Superblock, g: u32) -> u64 {
     if g == 0 {
         return SUPERBLOCK_OFFSET / u64::from(sb.block_size);
     }
@@ -42,7 +43,7 @@ pub fn group_base_block(sb: &Superblock, g: u32) -> u64 {
 
 /// Number of descriptor blocks in the classic layout (`s_first_meta_bg` with meta_bg, clamped
 /// to the table size).
-pub fn classic_desc_blocks(sb: &Superblock) -> u32 {
+pub(crate) fn classic_desc_blocks(sb: &Superblock) -> u32 {
     if sb.has_incompat(incompat::META_BG) {
         sb.s_first_meta_bg.min(sb.desc_blocks)
     } else {
@@ -52,7 +53,7 @@ pub fn classic_desc_blocks(sb: &Superblock) -> u32 {
 
 /// Reserved GDT blocks that follow each classic GDT copy, bounded by what the resize inode
 /// can address (one block of pointers).
-pub fn reserved_gdt_blocks(sb: &Superblock) -> u32 {
+pub(crate) fn reserved_gdt_blocks(sb: &Superblock) -> u32 {
     if sb.has_incompat(incompat::META_BG) {
         return 0;
     }
@@ -61,7 +62,7 @@ pub fn reserved_gdt_blocks(sb: &Superblock) -> u32 {
 
 /// Block of descriptor block `i` of the group descriptor table found through the superblock
 /// copy at block `sb_block` (the primary, or a backup chosen with `-b`).
-pub fn desc_block_location(sb: &Superblock, sb_block: u64, i: u32) -> u64 {
+pub(crate) fn desc_block_location(sb: &Superblock, sb_block: u64, i: u32) -> u64 {
     if i < classic_desc_blocks(sb) {
         return sb_block + 1 + u64::from(i);
     }
@@ -79,7 +80,7 @@ pub fn desc_block_location(sb: &Superblock, sb_block: u64, i: u32) -> u64 {
 
 /// Groups holding a copy of meta_bg descriptor block `m`: the first, second and last group of
 /// meta group `m` that exist.
-pub fn meta_bg_groups(sb: &Superblock, m: u32) -> Vec<u32> {
+pub(crate) fn meta_bg_groups(sb: &Superblock, m: u32) -> Vec<u32> {
     let dpb = sb.descs_per_block;
     let Some(first) = m.checked_mul(dpb) else {
         return Vec::new();
@@ -102,19 +103,27 @@ pub fn meta_bg_groups(sb: &Superblock, m: u32) -> Vec<u32> {
 
 /// One static metadata region: `[start, start + len)` and whether it is the primary copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    pub start: u64,
-    pub len: u64,
-    pub kind: RegionKind,
+pub(crate) struct Region {
+    /// First block.
+    pub(crate) start: u64,
+    /// Blocks (0 when the region is empty, e.g. no reserved GDT blocks).
+    pub(crate) len: u64,
+    /// What the region holds.
+    pub(crate) kind: RegionKind,
 }
 
 /// What a static region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RegionKind {
+pub(crate) enum RegionKind {
+    /// The primary superblock's block.
     PrimarySuperblock,
+    /// A backup superblock's block.
     BackupSuperblock,
+    /// Primary group descriptor blocks.
     PrimaryGdt,
+    /// Backup group descriptor blocks.
     BackupGdt,
+    /// Reserved GDT blocks after a classic GDT copy.
     ReservedGdt,
 }
 
@@ -122,7 +131,7 @@ pub enum RegionKind {
 /// group count), primary and backups, for classic, meta_bg (including hybrid
 /// `s_first_meta_bg` > 0), sparse_super and sparse_super2 layouts. The primary descriptor
 /// table is always listed whole.
-pub fn static_regions(sb: &Superblock, groups: u32) -> Vec<Region> {
+pub(crate) fn static_regions(sb: &Superblock, groups: u32) -> Vec<Region> {
     let groups = groups.min(sb.group_count);
     let mut out = Vec::new();
     let classic = u64::from(classic_desc_blocks(sb));
@@ -199,7 +208,7 @@ mod tests {
         put(&mut b, 0x20, bpg);
         put(&mut b, 0x24, bpg);
         put(&mut b, 0x28, 128);
-        b[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        b[0x38..0x3A].copy_from_slice(&crate::superblock::EXT4_SUPER_MAGIC.to_le_bytes());
         put(&mut b, 0x4C, 1);
         put(&mut b, 0x54, 11);
         b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());

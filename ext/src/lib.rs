@@ -1,61 +1,93 @@
 //! Read-only access to ext2/3/4 filesystems for e2image-rs.
 //!
 //! The crate never writes. Everything is read through a [`BlockView`], a read-only view of one
-//! state of a filesystem (a file or block device, later a reconstructed snapshot or a QCOW2
-//! image). On top of it, [`Filesystem`] parses and validates the superblock and the group
-//! descriptors, and [`walk`] computes the set of blocks to copy (the metadata, optionally the
-//! data), classified by what they hold, plus a list of the corrupt parts it skipped.
-//! [`file_runs`] lists which inode owns each block and at which file offset (for rollback
-//! safety checks), and [`inode_paths`] names inodes by a breadth-first directory walk.
+//! state of a filesystem (a file or block device, a reconstructed snapshot, a QCOW2 image). On
+//! top of it, [`Filesystem`] parses and validates the superblock and the group descriptors,
+//! and [`walk()`] computes the set of blocks to copy (the metadata, optionally the data),
+//! classified by what they hold, plus a list of the corrupt parts it skipped. [`file_runs`]
+//! lists which inode owns each block and at which file offset (for rollback safety checks),
+//! [`inode_paths`] names inodes by a breadth-first directory walk, and [`snapshot_list`] and
+//! [`SnapshotView`] read next3 in-filesystem snapshots.
 //!
-//! One on-disk concept per module, named after the kernel structure: `superblock`,
-//! `group_desc`, `inode`, `extent`, `indirect`, `layout` (where the static metadata lives).
-//! Field names follow the kernel (`s_blocks_count_lo`, `bg_inode_table`, `ee_start`).
+//! Layers, bottom to top; a module uses only modules below it (or beside it in its own
+//! layer, never in a circle), never one above:
+//!
+//! | layer | modules | holds |
+//! |---|---|---|
+//! | values | `types`, `bytes`, `view`, `blockset` | [`InodeNr`], [`BlockNr`]; little-endian fields and crc32c; [`BlockView`]; the copy set [`BlockSet`] |
+//! | problems | `error`, `warning` | [`Error`], [`Corrupt`]; [`Warning`]s bounded per kind |
+//! | on-disk structures | `features`, `superblock`, `group_desc`, `layout`, `extent_header`, `inode` | decoding and validation of one kernel structure each, no I/O; `layout` is where the static metadata lives |
+//! | collect | `collect` | the `Collector` every walk fills, [`WalkStats`], [`RunKind`], the tree classes |
+//! | trees, open | `extent`, `indirect`, `fs` | walks of one inode's extent tree or indirect map; [`Filesystem::open`] |
+//! | inode tables | `itable` | scans of the in-use inodes of a group or of the filesystem |
+//! | block maps | `blockmap` | one inode's blocks as [`FileRun`]s ([`inode_runs`]) |
+//! | directories | `dir` | [`read_dir`], [`DirEntry`] |
+//! | copy set | `walk` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied) |
+//! | owners, paths | `owners`, `paths` | [`file_runs`], [`inode_paths`] |
+//! | snapshots | `snapshot/` (`list`, `map`, `view`, `names`) | next3 snapshots |
+//!
+//! (The jbd2 journal will be a folder of its own above the on-disk structures.)
+//!
+//! The modules are private; this root re-exports the public API. One on-disk concept per
+//! module, named after the kernel structure; fields and constants keep the kernel's names
+//! (`s_blocks_count_lo`, `bg_inode_table`, `ee_start`, `EXT2_BAD_INO`). Block numbers and
+//! counts are in filesystem blocks, offsets in bytes, unless a name says otherwise.
 
-pub mod blockset;
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod blockmap;
+mod blockset;
 mod bytes;
-mod collector;
-pub mod dir;
-pub mod error;
-pub mod extent;
-pub mod fs;
-pub mod group_desc;
-pub mod indirect;
-pub mod inode;
-pub mod layout;
-pub mod owners;
-pub mod paths;
-pub mod snapshot;
-pub mod superblock;
-pub mod view;
-pub mod walk;
-pub mod warning;
+mod collect;
+mod dir;
+mod error;
+mod extent;
+mod extent_header;
+mod features;
+mod fs;
+mod group_desc;
+mod indirect;
+mod inode;
+mod itable;
+mod layout;
+mod owners;
+mod paths;
+mod snapshot;
+mod superblock;
+mod types;
+mod view;
+mod walk;
+mod warning;
 
+pub use blockmap::{inode_runs, FileRun};
 pub use blockset::{BlockClass, BlockSet, Extent};
+pub use collect::{RunKind, WalkStats};
+pub use dir::{dir_entries, read_dir, DirEntry, EXT4_FT_DIR, EXT4_FT_UNKNOWN};
 pub use error::{Corrupt, Error};
+pub use features::{compat, incompat, ro_compat};
 pub use fs::{Filesystem, OpenOptions};
-pub use owners::{file_runs, file_runs_and_inodes, inode_runs, FileRun, Owners, RunKind};
-pub use paths::inode_paths;
-pub use superblock::Superblock;
+pub use group_desc::{
+    GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_EXCLUDE_UNINIT, EXT4_BG_INODE_UNINIT,
+    EXT4_BG_INODE_ZEROED,
+};
+pub use indirect::snapshot_block_offset;
+pub use inode::{
+    inode_flags, BlockMap, FileType, Inode, InodeTime, EXT2_BAD_INO, EXT2_RESIZE_INO,
+    EXT2_ROOT_INO, EXT4_EXCLUDE_INO, EXT4_GRP_QUOTA_INO, EXT4_USR_QUOTA_INO, I_BLOCK_OFFSET,
+    I_BLOCK_SIZE, I_FILE_ACL_OFFSET, OSD1_OFFSET,
+};
+pub use owners::{file_runs, file_runs_and_inodes, Owners};
+pub use paths::{inode_paths, MAX_PATH_BYTES};
+pub use snapshot::{
+    snapshot_list, snapshot_names, SnapshotFile, SnapshotMap, SnapshotView, MAX_SNAPSHOT_BLOCKS,
+};
+pub use superblock::{
+    superblock_checksum, Superblock, EXT2_VALID_FS, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET,
+    SUPERBLOCK_SIZE, S_CHECKSUM_OFFSET, S_FEATURE_RO_COMPAT_OFFSET, S_LAST_MOUNTED_OFFSET,
+    S_LAST_MOUNTED_SIZE, S_MAGIC_OFFSET, S_STATE_OFFSET,
+};
+pub use types::{BlockNr, InodeNr};
 pub use view::{BlockView, FileView};
-pub use walk::{walk, WalkOptions, WalkResult, WalkStats, Warning};
-
-/// An inode number (1-based, as in the kernel).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InodeNr(pub u32);
-
-/// A filesystem block number, in units of the filesystem block size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BlockNr(pub u64);
-
-impl std::fmt::Display for InodeNr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl std::fmt::Display for BlockNr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+pub use walk::{walk, WalkOptions, WalkResult};
+pub use warning::{Warning, KEPT_PER_KIND};

@@ -1,7 +1,7 @@
 //! Absolute paths of given inodes, for naming the files a rollback would damage.
 //!
 //! A breadth-first walk of the directory tree from the root (inode 2) reads directories
-//! through [`crate::dir::read_dir`] and stops as soon as every wanted inode is named, so a
+//! through [`read_dir`] and stops as soon as every wanted inode is named, so a
 //! hard-linked inode gets its shallowest (first found) path. A visited set reads each
 //! directory at most once, whatever loops or duplicate entries a corrupt tree has, so the
 //! walk never reads more than the directories of the filesystem. Instead of a path per
@@ -10,17 +10,14 @@
 
 use crate::dir::{read_dir, DirEntry, EXT4_FT_DIR, EXT4_FT_UNKNOWN};
 use crate::fs::Filesystem;
+use crate::inode::EXT2_ROOT_INO;
+use crate::types::InodeNr;
 use crate::view::BlockView;
-use crate::walk::Warning;
-use crate::warning::WarningLog;
+use crate::warning::{Warning, WarningLog};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Warning kind of [`inode_paths`] (directories it could not read or follow).
 const KIND: &str = "directory tree";
-use crate::InodeNr;
-use std::collections::{HashMap, HashSet, VecDeque};
-
-/// The root directory's inode (kernel `EXT2_ROOT_INO`).
-pub const EXT2_ROOT_INO: u32 = 2;
 /// Longest path returned, in bytes; longer ones keep their last components after `.../`.
 pub const MAX_PATH_BYTES: usize = 1 << 16;
 
@@ -30,12 +27,12 @@ pub const MAX_PATH_BYTES: usize = 1 << 16;
 /// as lossy UTF-8. Unreadable directories and corrupt trees are warnings.
 pub fn inode_paths<V: BlockView>(
     fs: &Filesystem<V>,
-    inos: &[u32],
-) -> (HashMap<u32, String>, Vec<Warning>) {
-    let wanted: HashSet<u32> = inos
+    inos: &[InodeNr],
+) -> (HashMap<InodeNr, String>, Vec<Warning>) {
+    let wanted: HashSet<InodeNr> = inos
         .iter()
         .copied()
-        .filter(|&i| i >= 1 && i <= fs.sb.s_inodes_count)
+        .filter(|&i| i.0 >= 1 && i.0 <= fs.sb.s_inodes_count)
         .collect();
     let mut walk = TreeWalk {
         wanted,
@@ -45,7 +42,7 @@ pub fn inode_paths<V: BlockView>(
         warnings: WarningLog::default(),
         max_ino: fs.sb.s_inodes_count,
     };
-    walk.parents.insert(EXT2_ROOT_INO, (0, Vec::new()));
+    walk.parents.insert(EXT2_ROOT_INO, (InodeNr(0), Vec::new()));
     if walk.wanted.contains(&EXT2_ROOT_INO) {
         walk.found.insert(EXT2_ROOT_INO);
     }
@@ -58,7 +55,7 @@ pub fn inode_paths<V: BlockView>(
             walk.warnings.push(KIND, w);
         }
     }
-    let found: Vec<u32> = walk.found.iter().copied().collect();
+    let found: Vec<InodeNr> = walk.found.iter().copied().collect();
     let mut paths = HashMap::with_capacity(found.len());
     for ino in found {
         let path = walk.path(ino);
@@ -68,12 +65,12 @@ pub fn inode_paths<V: BlockView>(
 }
 
 struct TreeWalk {
-    wanted: HashSet<u32>,
-    found: HashSet<u32>,
+    wanted: HashSet<InodeNr>,
+    found: HashSet<InodeNr>,
     /// Every inode seen, with the directory it was first seen in and its name there.
-    parents: HashMap<u32, (u32, Vec<u8>)>,
+    parents: HashMap<InodeNr, (InodeNr, Vec<u8>)>,
     /// Directories (or, without a file type, maybe-directories) still to read.
-    queue: VecDeque<u32>,
+    queue: VecDeque<InodeNr>,
     /// Bounded per kind, so that a corrupt tree cannot make it grow without end.
     warnings: WarningLog,
     max_ino: u32,
@@ -85,9 +82,9 @@ impl TreeWalk {
     }
 
     /// Takes the entries of one block of directory `dir`; false once every inode is named.
-    fn entries(&mut self, dir: u32, entries: &[DirEntry]) -> bool {
+    fn entries(&mut self, dir: InodeNr, entries: &[DirEntry]) -> bool {
         for e in entries {
-            if e.name == b"." || e.name == b".." || e.inode == 0 || e.inode > self.max_ino {
+            if e.name == b"." || e.name == b".." || e.inode.0 == 0 || e.inode.0 > self.max_ino {
                 continue;
             }
             if self.parents.contains_key(&e.inode) {
@@ -111,7 +108,7 @@ impl TreeWalk {
 
     /// The path of a found inode, from its chain of parents (which ends at the root: each
     /// parent was visited before its children). Over-long paths keep their tail.
-    fn path(&mut self, ino: u32) -> String {
+    fn path(&mut self, ino: InodeNr) -> String {
         if ino == EXT2_ROOT_INO {
             return "/".into();
         }
@@ -140,7 +137,7 @@ impl TreeWalk {
             self.warnings.push(
                 KIND,
                 Warning {
-                    inode: Some(InodeNr(ino)),
+                    inode: Some(ino),
                     block: None,
                     offset: None,
                     reason: format!(

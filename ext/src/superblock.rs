@@ -14,148 +14,152 @@
 //! meta_bg, `s_first_meta_bg` past the descriptor table. The error names the fields, so that
 //! [`crate::Filesystem::open`] can report the primary unusable and suggest a backup.
 
-use crate::bytes::{crc32c_raw, join, le16, le32};
-use crate::error::{Corrupt, CorruptKind, Error};
+use crate::bytes::{crc32c_raw, join, le16, le32, le64};
+use crate::error::Error;
+use crate::features::{incompat, ro_compat};
 
-/// Size of the on-disk superblock in bytes.
+/// Size of the on-disk superblock (`struct ext4_super_block`), in bytes.
 pub const SUPERBLOCK_SIZE: usize = 1024;
-/// Byte offset of the primary superblock on the device.
+/// Byte offset of the primary superblock on the device, whatever the block size.
 pub const SUPERBLOCK_OFFSET: u64 = 1024;
-/// `s_magic`.
+/// `s_magic` of every ext2/3/4 superblock (kernel `EXT4_SUPER_MAGIC`).
 pub const EXT4_SUPER_MAGIC: u16 = 0xEF53;
+/// `s_state` bit: cleanly unmounted (kernel `EXT2_VALID_FS`).
+pub const EXT2_VALID_FS: u16 = 0x1;
+
+/// Byte offset of `s_magic` (u16) in the superblock.
+pub const S_MAGIC_OFFSET: usize = 0x38;
+/// Byte offset of `s_state` (u16) in the superblock.
+pub const S_STATE_OFFSET: usize = 0x3A;
+/// Byte offset of `s_feature_ro_compat` (u32) in the superblock.
+pub const S_FEATURE_RO_COMPAT_OFFSET: usize = 0x64;
+/// Byte offset of `s_last_mounted` (`char[64]`, NUL-padded) in the superblock.
+pub const S_LAST_MOUNTED_OFFSET: usize = 0x88;
+/// Size of `s_last_mounted`, in bytes.
+pub const S_LAST_MOUNTED_SIZE: usize = 64;
+/// Byte offset of `s_checksum` (u32), the end of the bytes it covers.
+pub const S_CHECKSUM_OFFSET: usize = 0x3FC;
+
+/// `s_rev_level` of the original format (fixed inode size and first inode).
+const EXT2_GOOD_OLD_REV: u32 = 0;
+/// `s_rev_level` with dynamic inode sizes and feature bits; the highest there is.
+const EXT2_DYNAMIC_REV: u32 = 1;
+/// `s_first_ino` of a revision 0 filesystem (kernel `EXT2_GOOD_OLD_FIRST_INO`).
+const EXT2_GOOD_OLD_FIRST_INO: u32 = 11;
+/// Inode record size of a revision 0 filesystem, and the base every larger inode record
+/// starts with, in bytes (kernel `EXT2_GOOD_OLD_INODE_SIZE`).
+pub(crate) const EXT2_GOOD_OLD_INODE_SIZE: usize = 128;
+/// Descriptor size without INCOMPAT_64BIT, in bytes (kernel `EXT2_MIN_DESC_SIZE`).
+const EXT2_MIN_DESC_SIZE: u32 = 32;
 /// Largest `s_log_block_size`: 64 KiB blocks (the kernel's EXT4_MAX_BLOCK_LOG_SIZE).
-pub const MAX_LOG_BLOCK_SIZE: u32 = 6;
+const MAX_LOG_BLOCK_SIZE: u32 = 6;
 /// Largest `s_log_cluster_size` we accept (bigalloc clusters up to 2^30 bytes, the kernel's
 /// limit of 2^16 blocks per cluster at 64 KiB blocks).
-pub const MAX_LOG_CLUSTER_SIZE: u32 = 20;
-
-/// COMPAT feature bits (`s_feature_compat`).
-pub mod compat {
-    pub const HAS_JOURNAL: u32 = 0x4;
-    pub const EXT_ATTR: u32 = 0x8;
-    pub const RESIZE_INODE: u32 = 0x10;
-    pub const DIR_INDEX: u32 = 0x20;
-    /// Snapshots: inode 9 owns the exclude bitmaps.
-    pub const EXCLUDE_INODE: u32 = 0x80;
-    /// Snapshots: group descriptors carry `bg_exclude_bitmap`.
-    pub const EXCLUDE_BITMAP: u32 = 0x100;
-    pub const SPARSE_SUPER2: u32 = 0x200;
-    pub const FAST_COMMIT: u32 = 0x400;
-    pub const ORPHAN_FILE: u32 = 0x1000;
-}
-
-/// INCOMPAT feature bits (`s_feature_incompat`).
-pub mod incompat {
-    pub const COMPRESSION: u32 = 0x1;
-    pub const FILETYPE: u32 = 0x2;
-    pub const RECOVER: u32 = 0x4;
-    pub const JOURNAL_DEV: u32 = 0x8;
-    pub const META_BG: u32 = 0x10;
-    pub const EXTENTS: u32 = 0x40;
-    pub const BIT64: u32 = 0x80;
-    pub const MMP: u32 = 0x100;
-    pub const FLEX_BG: u32 = 0x200;
-    pub const EA_INODE: u32 = 0x400;
-    pub const DIRDATA: u32 = 0x1000;
-    pub const CSUM_SEED: u32 = 0x2000;
-    pub const LARGEDIR: u32 = 0x4000;
-    pub const INLINE_DATA: u32 = 0x8000;
-    pub const ENCRYPT: u32 = 0x10000;
-    pub const CASEFOLD: u32 = 0x20000;
-    /// Every INCOMPAT bit whose block layout this crate understands.
-    pub const KNOWN: u32 = FILETYPE
-        | RECOVER
-        | META_BG
-        | EXTENTS
-        | BIT64
-        | MMP
-        | FLEX_BG
-        | EA_INODE
-        | DIRDATA
-        | CSUM_SEED
-        | LARGEDIR
-        | INLINE_DATA
-        | ENCRYPT
-        | CASEFOLD;
-}
-
-/// RO_COMPAT feature bits (`s_feature_ro_compat`).
-pub mod ro_compat {
-    pub const SPARSE_SUPER: u32 = 0x1;
-    pub const LARGE_FILE: u32 = 0x2;
-    pub const HUGE_FILE: u32 = 0x8;
-    pub const GDT_CSUM: u32 = 0x10;
-    pub const DIR_NLINK: u32 = 0x20;
-    pub const EXTRA_ISIZE: u32 = 0x40;
-    /// next3 / ext4-snapshots: the filesystem holds snapshots.
-    pub const HAS_SNAPSHOT: u32 = 0x80;
-    pub const QUOTA: u32 = 0x100;
-    pub const BIGALLOC: u32 = 0x200;
-    pub const METADATA_CSUM: u32 = 0x400;
-    pub const REPLICA: u32 = 0x800;
-    pub const READONLY: u32 = 0x1000;
-    pub const PROJECT: u32 = 0x2000;
-    pub const SHARED_BLOCKS: u32 = 0x4000;
-    pub const VERITY: u32 = 0x8000;
-    pub const ORPHAN_PRESENT: u32 = 0x10000;
-}
-
-/// Byte offset of `s_checksum`, the end of the bytes it covers.
-pub const S_CHECKSUM_OFFSET: usize = 0x3FC;
-/// `s_checksum_type` for crc32c, the only one defined.
-pub const EXT4_CRC32C_CHKSUM: u8 = 1;
+const MAX_LOG_CLUSTER_SIZE: u32 = 20;
+/// `s_checksum_type` for crc32c, the only one defined (kernel `EXT4_CRC32C_CHKSUM`).
+pub(crate) const EXT4_CRC32C_CHKSUM: u8 = 1;
 /// Largest `s_log_groups_per_flex` e2fsprogs accepts.
-pub const MAX_LOG_GROUPS_PER_FLEX: u8 = 31;
+const MAX_LOG_GROUPS_PER_FLEX: u8 = 31;
 
 /// `s_creator_os` value for GNU Hurd (changes the meaning of osd1/osd2 inode fields).
-pub const EXT2_OS_HURD: u32 = 1;
+pub(crate) const EXT2_OS_HURD: u32 = 1;
 
-/// A validated superblock with the derived geometry.
-#[derive(Clone, Debug)]
+/// The `s_checksum` that the superblock bytes `raw` (at least [`S_CHECKSUM_OFFSET`] bytes)
+/// should carry with metadata_csum: the raw CRC-32C (seed ~0, no final inversion) of the bytes
+/// before it, as the kernel (`ext4_superblock_csum`) and e2fsprogs compute it.
+///
+/// # Panics
+/// If `raw` is shorter than [`S_CHECKSUM_OFFSET`] bytes.
+pub fn superblock_checksum(raw: &[u8]) -> u32 {
+    crc32c_raw(!0, &raw[..S_CHECKSUM_OFFSET])
+}
+
+/// A validated superblock (kernel `struct ext4_super_block`) with the derived geometry.
+///
+/// Fields keep the kernel's names and units; `_lo`/`_hi` halves are joined. Counts of blocks
+/// and block numbers are in filesystem blocks of [`block_size`](Self::block_size) bytes.
+#[derive(Clone, Debug, Default)]
 pub struct Superblock {
     /// The raw 1024 bytes, as read.
     pub raw: Vec<u8>,
+    /// `s_inodes_count`: inodes in the filesystem (validated: group count ×
+    /// `s_inodes_per_group`).
     pub s_inodes_count: u32,
-    /// `s_blocks_count_lo | s_blocks_count_hi << 32` (hi only with INCOMPAT_64BIT).
+    /// `s_blocks_count_lo | s_blocks_count_hi << 32` (hi only with INCOMPAT_64BIT): blocks in
+    /// the filesystem.
     pub s_blocks_count: u64,
+    /// `s_first_data_block`: block of group 0's start (1 with 1 KiB blocks, else 0).
     pub s_first_data_block: u32,
+    /// `s_log_block_size`: block size is `1024 << s_log_block_size` bytes.
     pub s_log_block_size: u32,
+    /// `s_log_cluster_size`: cluster size is `1024 << s_log_cluster_size` bytes (bigalloc).
     pub s_log_cluster_size: u32,
+    /// `s_blocks_per_group`: blocks per block group.
     pub s_blocks_per_group: u32,
+    /// `s_clusters_per_group`: clusters per block group (= blocks without bigalloc).
     pub s_clusters_per_group: u32,
+    /// `s_inodes_per_group`: inodes per block group.
     pub s_inodes_per_group: u32,
+    /// `s_mtime`: last mount time, seconds since the epoch.
     pub s_mtime: u32,
+    /// `s_wtime`: last write time, seconds since the epoch.
     pub s_wtime: u32,
+    /// `s_state`: [`EXT2_VALID_FS`] when cleanly unmounted, plus error bits.
     pub s_state: u16,
+    /// `s_creator_os`: 0 Linux, 1 Hurd, ...
     pub s_creator_os: u32,
+    /// `s_rev_level`: 0 (original) or 1 (dynamic inode sizes and features).
     pub s_rev_level: u32,
+    /// `s_first_ino`: first non-reserved inode (11 on revision 0).
     pub s_first_ino: u32,
+    /// `s_inode_size`: inode record size in bytes (128 on revision 0).
     pub s_inode_size: u16,
+    /// `s_block_group_nr`: group holding this superblock copy.
     pub s_block_group_nr: u16,
+    /// `s_feature_compat`: [`compat`](crate::compat) bits (0 on revision 0).
     pub s_feature_compat: u32,
+    /// `s_feature_incompat`: [`incompat`] bits (0 on revision 0).
     pub s_feature_incompat: u32,
+    /// `s_feature_ro_compat`: [`ro_compat`] bits (0 on revision 0).
     pub s_feature_ro_compat: u32,
+    /// `s_uuid`: the filesystem's UUID.
     pub s_uuid: [u8; 16],
+    /// `s_reserved_gdt_blocks`: GDT blocks reserved for growth after each GDT copy.
     pub s_reserved_gdt_blocks: u16,
+    /// `s_journal_inum`: the journal's inode with COMPAT_HAS_JOURNAL.
     pub s_journal_inum: u32,
+    /// `s_last_orphan`: head of the orphan inode list.
     pub s_last_orphan: u32,
     /// Descriptor size in bytes: 32, or `s_desc_size` with INCOMPAT_64BIT.
     pub desc_size: u32,
+    /// `s_first_meta_bg`: first meta group with meta_bg (descriptor blocks before it are
+    /// classic).
     pub s_first_meta_bg: u32,
+    /// `s_mkfs_time`: creation time, seconds since the epoch.
     pub s_mkfs_time: u32,
+    /// `s_mmp_block`: the multi-mount protection block with INCOMPAT_MMP.
     pub s_mmp_block: u64,
+    /// `s_log_groups_per_flex`: a flex group is `2^s_log_groups_per_flex` groups.
     pub s_log_groups_per_flex: u8,
-    /// Checksum algorithm (1 = crc32c), meaningful with metadata_csum.
+    /// `s_checksum_type`: checksum algorithm (1 = crc32c), meaningful with metadata_csum.
     pub s_checksum_type: u8,
-    /// CRC-32C of the first 0x3FC bytes, meaningful with metadata_csum.
+    /// `s_checksum`: [`superblock_checksum`] of the raw bytes, meaningful with metadata_csum.
     pub s_checksum: u32,
+    /// `s_snapshot_inum` (next3): inode of the active snapshot.
     pub s_snapshot_inum: u32,
+    /// `s_snapshot_id` (next3): id of the active snapshot.
     pub s_snapshot_id: u32,
+    /// `s_snapshot_list` (next3): inode of the newest snapshot, head of the list.
     pub s_snapshot_list: u32,
+    /// `s_usr_quota_inum`: user quota inode.
     pub s_usr_quota_inum: u32,
+    /// `s_grp_quota_inum`: group quota inode.
     pub s_grp_quota_inum: u32,
+    /// `s_prj_quota_inum`: project quota inode.
     pub s_prj_quota_inum: u32,
+    /// `s_backup_bgs`: the two groups holding backups with COMPAT_SPARSE_SUPER2.
     pub s_backup_bgs: [u32; 2],
+    /// `s_orphan_file_inum`: the orphan file's inode with COMPAT_ORPHAN_FILE.
     pub s_orphan_file_inum: u32,
     /// Block size in bytes (1024 << `s_log_block_size`).
     pub block_size: u32,
@@ -186,20 +190,31 @@ impl Superblock {
             return Err(bad("superblock shorter than 1024 bytes"));
         }
         let b = &raw[..SUPERBLOCK_SIZE];
-        if le16(b, 0x38) != EXT4_SUPER_MAGIC {
+        let magic = le16(b, S_MAGIC_OFFSET);
+        if magic != EXT4_SUPER_MAGIC {
             return Err(Error::NotExt(format!(
-                "bad magic {:#06x} (want {EXT4_SUPER_MAGIC:#06x})",
-                le16(b, 0x38)
+                "bad magic {magic:#06x} (want {EXT4_SUPER_MAGIC:#06x})"
             )));
         }
-        let incompat = le32(b, 0x60);
-        let is64 = incompat & incompat::BIT64 != 0;
         let rev = le32(b, 0x4C);
-        if rev > 1 {
+        if rev > EXT2_DYNAMIC_REV {
             return Err(bad(&format!(
                 "s_rev_level {rev} is above 1 (EXT2_DYNAMIC_REV)"
             )));
         }
+        let mut sb = Superblock::read_fields(b, rev);
+        sb.verify_checksum()?;
+        sb.check_features()?;
+        sb.derive_geometry()?;
+        sb.check_consistency()?;
+        Ok(sb)
+    }
+
+    /// The fields of the 1024 bytes `b` of a revision `rev` superblock, as they are (with the
+    /// revision 0 defaults where the field did not exist yet); the geometry is left to
+    /// [`derive_geometry`](Self::derive_geometry).
+    fn read_fields(b: &[u8], rev: u32) -> Superblock {
+        let is64 = le32(b, 0x60) & incompat::BIT64 != 0;
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[0x68..0x78]);
         let mut sb = Superblock {
@@ -214,23 +229,27 @@ impl Superblock {
             s_inodes_per_group: le32(b, 0x28),
             s_mtime: le32(b, 0x2C),
             s_wtime: le32(b, 0x30),
-            s_state: le16(b, 0x3A),
+            s_state: le16(b, S_STATE_OFFSET),
             s_creator_os: le32(b, 0x48),
             s_rev_level: rev,
-            s_first_ino: if rev == 0 { 11 } else { le32(b, 0x54) },
-            s_inode_size: if rev == 0 { 128 } else { le16(b, 0x58) },
+            s_first_ino: le32(b, 0x54),
+            s_inode_size: le16(b, 0x58),
             s_block_group_nr: le16(b, 0x5A),
-            s_feature_compat: if rev == 0 { 0 } else { le32(b, 0x5C) },
-            s_feature_incompat: if rev == 0 { 0 } else { incompat },
-            s_feature_ro_compat: if rev == 0 { 0 } else { le32(b, 0x64) },
+            s_feature_compat: le32(b, 0x5C),
+            s_feature_incompat: le32(b, 0x60),
+            s_feature_ro_compat: le32(b, S_FEATURE_RO_COMPAT_OFFSET),
             s_uuid: uuid,
             s_reserved_gdt_blocks: le16(b, 0xCE),
             s_journal_inum: le32(b, 0xE0),
             s_last_orphan: le32(b, 0xE8),
-            desc_size: if is64 { u32::from(le16(b, 0xFE)) } else { 32 },
+            desc_size: if is64 {
+                u32::from(le16(b, 0xFE))
+            } else {
+                EXT2_MIN_DESC_SIZE
+            },
             s_first_meta_bg: le32(b, 0x104),
             s_mkfs_time: le32(b, 0x108),
-            s_mmp_block: crate::bytes::le64(b, 0x168),
+            s_mmp_block: le64(b, 0x168),
             s_log_groups_per_flex: b[0x174],
             s_checksum_type: b[0x175],
             s_checksum: le32(b, S_CHECKSUM_OFFSET),
@@ -242,23 +261,26 @@ impl Superblock {
             s_prj_quota_inum: le32(b, 0x26C),
             s_backup_bgs: [le32(b, 0x24C), le32(b, 0x250)],
             s_orphan_file_inum: le32(b, 0x280),
-            block_size: 0,
             cluster_ratio: 1,
-            group_count: 0,
-            descs_per_block: 0,
-            desc_blocks: 0,
-            inodes_per_block: 0,
-            inode_table_blocks: 0,
+            ..Superblock::default()
         };
-        sb.verify_checksum()?;
-        sb.check_features()?;
-        sb.derive_geometry()?;
-        sb.check_consistency()?;
-        Ok(sb)
+        if rev == EXT2_GOOD_OLD_REV {
+            sb.good_old_defaults();
+        }
+        sb
     }
 
-    /// With metadata_csum: `s_checksum_type` must be crc32c and `s_checksum` the raw CRC-32C
-    /// (seed ~0, no final inversion) of the bytes before it, as the kernel and e2fsprogs check.
+    /// Revision 0 has a fixed first inode and inode size, and no feature fields.
+    fn good_old_defaults(&mut self) {
+        self.s_first_ino = EXT2_GOOD_OLD_FIRST_INO;
+        self.s_inode_size = EXT2_GOOD_OLD_INODE_SIZE as u16;
+        self.s_feature_compat = 0;
+        self.s_feature_incompat = 0;
+        self.s_feature_ro_compat = 0;
+    }
+
+    /// With metadata_csum: `s_checksum_type` must be crc32c and `s_checksum` the
+    /// [`superblock_checksum`] of the bytes, as the kernel and e2fsprogs check.
     fn verify_checksum(&self) -> Result<(), Error> {
         if !self.has_ro_compat(ro_compat::METADATA_CSUM) {
             return Ok(());
@@ -269,7 +291,7 @@ impl Superblock {
                 self.s_checksum_type
             )));
         }
-        let computed = crc32c_raw(!0, &self.raw[..S_CHECKSUM_OFFSET]);
+        let computed = superblock_checksum(&self.raw);
         if self.s_checksum != computed {
             return Err(bad(&format!(
                 "s_checksum {:#010x} does not match the superblock (crc32c {computed:#010x})",
@@ -342,7 +364,28 @@ impl Superblock {
         Ok(())
     }
 
+    /// Checks the geometry fields, in this order: block size, clusters and blocks per group,
+    /// inodes per group, inode and descriptor sizes, filesystem size; then derives the
+    /// geometry (group count, descriptor and inode-table blocks).
     fn derive_geometry(&mut self) -> Result<(), Error> {
+        self.check_block_size()?;
+        self.check_blocks_per_group()?;
+        self.check_record_sizes()?;
+        self.check_size()?;
+        let groups = (self.s_blocks_count - u64::from(self.s_first_data_block))
+            .div_ceil(u64::from(self.s_blocks_per_group));
+        self.group_count = u32::try_from(groups)
+            .map_err(|_| bad(&format!("{groups} block groups is more than 2^32")))?;
+        let bs = self.block_size;
+        self.descs_per_block = bs / self.desc_size;
+        self.desc_blocks = self.group_count.div_ceil(self.descs_per_block);
+        self.inodes_per_block = bs / u32::from(self.s_inode_size);
+        self.inode_table_blocks = self.s_inodes_per_group.div_ceil(self.inodes_per_block);
+        Ok(())
+    }
+
+    /// `s_log_block_size` at most 64 KiB; sets [`block_size`](Self::block_size).
+    fn check_block_size(&mut self) -> Result<(), Error> {
         if self.s_log_block_size > MAX_LOG_BLOCK_SIZE {
             return Err(bad(&format!(
                 "s_log_block_size {} > 6",
@@ -350,6 +393,13 @@ impl Superblock {
             )));
         }
         self.block_size = 1024 << self.s_log_block_size;
+        Ok(())
+    }
+
+    /// With bigalloc, the cluster size and `s_clusters_per_group` (setting
+    /// [`cluster_ratio`](Self::cluster_ratio)) and `s_blocks_per_group` following from them;
+    /// without, `s_blocks_per_group` at most one bitmap block's bits. At least 8 either way.
+    fn check_blocks_per_group(&mut self) -> Result<(), Error> {
         let bs = self.block_size;
         if self.has_ro_compat(ro_compat::BIGALLOC) {
             let lc = self.s_log_cluster_size;
@@ -380,6 +430,14 @@ impl Superblock {
                 self.s_blocks_per_group
             )));
         }
+        Ok(())
+    }
+
+    /// `s_inodes_per_group` at most one bitmap block's bits; `s_inode_size` a power of two
+    /// from 128 to the block size; the descriptor size 32, or a power of two from 64 to 1024
+    /// and at most the block size.
+    fn check_record_sizes(&self) -> Result<(), Error> {
+        let bs = self.block_size;
         let ipg = self.s_inodes_per_group;
         if ipg == 0 || ipg > bs * 8 {
             return Err(bad(&format!("s_inodes_per_group {ipg} is invalid")));
@@ -389,10 +447,16 @@ impl Superblock {
             return Err(bad(&format!("s_inode_size {isz} is invalid")));
         }
         let ds = self.desc_size;
-        let ds_ok = ds == 32 || ((64..=1024).contains(&ds) && ds.is_power_of_two() && ds <= bs);
+        let ds_ok = ds == EXT2_MIN_DESC_SIZE
+            || ((64..=1024).contains(&ds) && ds.is_power_of_two() && ds <= bs);
         if !ds_ok {
             return Err(bad(&format!("s_desc_size {ds} is invalid")));
         }
+        Ok(())
+    }
+
+    /// `s_first_data_block` inside the filesystem, and its size in bytes within 64 bits.
+    fn check_size(&self) -> Result<(), Error> {
         let first = u64::from(self.s_first_data_block);
         if first >= self.s_blocks_count {
             return Err(bad(&format!(
@@ -400,30 +464,27 @@ impl Superblock {
                 self.s_blocks_count
             )));
         }
-        if self.s_blocks_count.checked_mul(u64::from(bs)).is_none() {
+        if self
+            .s_blocks_count
+            .checked_mul(u64::from(self.block_size))
+            .is_none()
+        {
             return Err(bad("filesystem size in bytes overflows 64 bits"));
         }
-        let groups = (self.s_blocks_count - first).div_ceil(u64::from(self.s_blocks_per_group));
-        self.group_count = u32::try_from(groups)
-            .map_err(|_| bad(&format!("{groups} block groups is more than 2^32")))?;
-        self.descs_per_block = bs / ds;
-        self.desc_blocks = self.group_count.div_ceil(self.descs_per_block);
-        self.inodes_per_block = bs / isz;
-        self.inode_table_blocks = ipg.div_ceil(self.inodes_per_block);
         Ok(())
     }
 
-    /// True if the COMPAT bit is set.
+    /// True if the COMPAT bit (a [`compat`](crate::compat) constant) is set.
     pub fn has_compat(&self, bit: u32) -> bool {
         self.s_feature_compat & bit != 0
     }
 
-    /// True if the INCOMPAT bit is set.
+    /// True if the INCOMPAT bit (an [`incompat`] constant) is set.
     pub fn has_incompat(&self, bit: u32) -> bool {
         self.s_feature_incompat & bit != 0
     }
 
-    /// True if the RO_COMPAT bit is set.
+    /// True if the RO_COMPAT bit (a [`ro_compat`] constant) is set.
     pub fn has_ro_compat(&self, bit: u32) -> bool {
         self.s_feature_ro_compat & bit != 0
     }
@@ -439,7 +500,8 @@ impl Superblock {
         self.s_blocks_count * u64::from(self.block_size)
     }
 
-    /// First block of group `g`.
+    /// First block of group `g` (`s_first_data_block + g × s_blocks_per_group`), as a raw
+    /// block number for the layout arithmetic.
     pub fn group_first_block(&self, g: u32) -> u64 {
         u64::from(self.s_first_data_block) + u64::from(g) * u64::from(self.s_blocks_per_group)
     }
@@ -450,16 +512,11 @@ impl Superblock {
         (self.s_blocks_count - start.min(self.s_blocks_count))
             .min(u64::from(self.s_blocks_per_group))
     }
-
-    /// Block number holding byte `offset` of the device.
-    pub fn block_of_byte(&self, offset: u64) -> u64 {
-        offset / u64::from(self.block_size)
-    }
 }
 
 fn bad(msg: &str) -> Error {
-    Error::Corrupt(Corrupt::new(CorruptKind::Superblock(msg.to_string())))
+    Error::bad_superblock(msg)
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,47 +1,39 @@
-//! The metadata walker: which blocks of a filesystem state to copy.
+//! The copy set: which blocks of a filesystem state to copy, classified by what they hold.
 //!
 //! The set is the static metadata computed from the geometry (every superblock, descriptor
 //! and reserved-GDT copy, bitmaps, used inode-table parts, MMP) plus what each in-use inode
 //! owns, found by scanning the inode tables (not the directory tree, so that EA inodes,
 //! orphans and special inodes are all seen). Groups are scanned in parallel, each rayon task
-//! folding its groups into one [`Collector`]; the results are merged in group order and
+//! folding its groups into one collector; the results are merged in group order and
 //! finished into a sorted [`BlockSet`]. Only the groups [`Filesystem::open`] kept (those
 //! inside the source) are walked; the others are one warning.
 //!
-//! An inode is in use when its bit is set in the inode bitmap, or when its link count is
-//! non-zero (e2image's rule, kept so that our set is a superset of e2image's on corrupt
-//! filesystems). Corruption never stops the walk: it becomes a [`Warning`] naming the inode,
-//! block and offset, and only the damaged part is skipped. Warnings are kept up to a few per
-//! kind and counted beyond ([`crate::warning`]), so memory stays bounded.
-//!
-//! The inode scan ([`scan_group`]) is shared with the block-owner scan of [`crate::owners`],
-//! which uses a [`Collector`] in run-recording mode: the tree walkers then report each run
-//! with its owner-relative meaning (logical block, tree, xattr) instead of a block class.
+//! This module is the policy alone: which classes an inode's blocks get (`classify`), and
+//! whether they are copied at all. Which inodes are in use is the inode-table scan's rule
+//! (`itable`); the trees are walked by `extent` and `indirect`. Corruption never stops the
+//! walk: it becomes a [`Warning`] naming the inode, block and offset, and only the damaged
+//! part is skipped. Warnings are kept up to a few per kind and counted beyond, so memory stays
+//! bounded.
 
 use crate::blockset::{BlockClass, BlockSet};
-pub use crate::collector::Collector;
+use crate::collect::{Collector, TreeClasses, WalkStats};
 use crate::error::CorruptKind;
-use crate::extent::{walk_extents, TreeClasses};
+use crate::extent::walk_extents;
+use crate::features::{compat, incompat};
 use crate::fs::Filesystem;
 use crate::group_desc::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
 use crate::indirect::{snapshot_extra_roots, walk_indirect, walk_roots};
-use crate::inode::{flags, BlockMap, FileType, Inode};
+use crate::inode::{
+    inode_flags, BlockMap, FileType, Inode, EXT2_BAD_INO, EXT2_RESIZE_INO, EXT4_EXCLUDE_INO,
+    EXT4_GRP_QUOTA_INO, EXT4_USR_QUOTA_INO,
+};
+use crate::itable::scan_group;
 use crate::layout::{static_regions, RegionKind};
-use crate::superblock::{compat, incompat, Superblock, EXT2_OS_HURD};
+use crate::superblock::{Superblock, EXT2_OS_HURD};
+use crate::types::InodeNr;
 use crate::view::BlockView;
-pub use crate::warning::Warning;
-use crate::warning::WarningLog;
-use crate::InodeNr;
+use crate::warning::{Warning, WarningLog};
 use rayon::prelude::*;
-
-/// Bytes of inode table read at once while scanning (bounds memory per thread).
-const ITABLE_CHUNK_BYTES: usize = 4 << 20;
-/// Reserved inode numbers with fixed roles.
-const EXT2_BAD_INO: u32 = 1;
-const EXT4_USR_QUOTA_INO: u32 = 3;
-const EXT4_GRP_QUOTA_INO: u32 = 4;
-const EXT2_RESIZE_INO: u32 = 7;
-const EXT4_EXCLUDE_INO: u32 = 9;
 
 /// What to walk.
 #[derive(Clone, Copy, Debug, Default)]
@@ -52,39 +44,13 @@ pub struct WalkOptions {
     pub no_snapshot_files: bool,
 }
 
-/// Counts gathered during the walk.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WalkStats {
-    /// Inodes processed as in use.
-    pub inodes_in_use: u64,
-    /// In-use inodes with link count 0 (orphans).
-    pub orphan_inodes: u64,
-    /// EA inodes.
-    pub ea_inodes: u64,
-    /// Inodes followed because their link count is non-zero although the inode bitmap says
-    /// they are free.
-    pub linked_but_free: u64,
-    /// Snapshot files seen.
-    pub snapshot_files: u64,
-}
-
-impl WalkStats {
-    fn add(&mut self, o: &WalkStats) {
-        self.inodes_in_use += o.inodes_in_use;
-        self.orphan_inodes += o.orphan_inodes;
-        self.ea_inodes += o.ea_inodes;
-        self.linked_but_free += o.linked_but_free;
-        self.snapshot_files += o.snapshot_files;
-    }
-}
-
 /// The result of a walk.
 #[derive(Clone, Debug, Default)]
 pub struct WalkResult {
     /// The finished set of blocks to copy.
     pub blocks: BlockSet,
     /// Corrupt or unreadable parts that were skipped: the first
-    /// [`KEPT_PER_KIND`](crate::warning::KEPT_PER_KIND) of each kind, in the order found.
+    /// [`KEPT_PER_KIND`](crate::KEPT_PER_KIND) of each kind, in the order found.
     pub warnings: Vec<Warning>,
     /// Per kind with more warnings than were kept: its label
     /// ([`crate::Corrupt::kind_label`]) and the number of warnings left out of `warnings`.
@@ -275,125 +241,15 @@ fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions)
     });
 }
 
-/// Calls `f` for every in-use inode of group `g` (see the module comment for "in use"):
-/// nothing for an INODE_UNINIT group, only the first `used_inodes` (`bg_itable_unused`)
-/// inodes otherwise. An inode table outside the filesystem or unreadable is reported.
-pub(crate) fn scan_group<'v>(
-    c: &mut Collector<'v>,
-    g: u32,
-    gd: &GroupDesc,
-    f: &mut dyn FnMut(&mut Collector<'v>, InodeNr, &Inode),
-) {
-    let sb = c.sb;
-    let inode_uninit = gd.has_flag(sb, EXT4_BG_INODE_UNINIT);
-    let bitmap_ok = !inode_uninit && c.check_range(gd.bg_inode_bitmap, 1).is_ok();
-    if gd.used_inode_table_blocks(sb) == 0 {
-        return;
-    }
-    if c.check_range(gd.bg_inode_table, u64::from(sb.inode_table_blocks))
-        .is_err()
-    {
-        let kind = CorruptKind::GroupMetadata(format!(
-            "group {g}: bg_inode_table {} is outside the filesystem; the group's {} inodes are skipped",
-            gd.bg_inode_table, sb.s_inodes_per_group
-        ));
-        c.warn(kind, None, None);
-        return;
-    }
-    let bitmap = if bitmap_ok {
-        read_inode_bitmap(c, g, gd)
-    } else {
-        None
-    };
-    scan_inodes(c, g, gd, bitmap.as_deref(), f);
-}
-
-/// Calls `f` for every in-use inode of the filesystem, group by group, in inode order.
-pub(crate) fn scan_all<'v>(
-    c: &mut Collector<'v>,
-    groups: &[GroupDesc],
-    f: &mut dyn FnMut(&mut Collector<'v>, InodeNr, &Inode),
-) {
-    for (g, gd) in (0..c.sb.group_count).zip(groups) {
-        scan_group(c, g, gd, f);
-    }
-}
-
-fn read_inode_bitmap(c: &mut Collector<'_>, g: u32, gd: &GroupDesc) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; c.sb.block_size as usize];
-    match c
-        .view
-        .read_blocks(c.sb.block_size, gd.bg_inode_bitmap, &mut buf)
-    {
-        Ok(()) => Some(buf),
-        Err(e) => {
-            let kind = CorruptKind::Unreadable(format!("group {g}: inode bitmap unreadable: {e}"));
-            c.warn(kind, None, Some(gd.bg_inode_bitmap));
-            None
-        }
-    }
-}
-
-/// Reads the used part of the inode table in chunks and calls `f` for every in-use inode.
-fn scan_inodes<'v>(
-    c: &mut Collector<'v>,
-    g: u32,
-    gd: &GroupDesc,
-    bitmap: Option<&[u8]>,
-    f: &mut dyn FnMut(&mut Collector<'v>, InodeNr, &Inode),
-) {
-    let sb = c.sb;
-    let isz = usize::from(sb.s_inode_size);
-    let bs = sb.block_size as usize;
-    let used = gd.used_inodes(sb).min(inodes_left(sb, g));
-    let chunk_blocks = (ITABLE_CHUNK_BYTES / bs).max(1) as u32;
-    let mut index = 0u32;
-    while index < used {
-        let first_block = index / sb.inodes_per_block;
-        let nblocks = chunk_blocks.min((used - index).div_ceil(sb.inodes_per_block));
-        let mut buf = vec![0u8; nblocks as usize * bs];
-        let table_block = gd.bg_inode_table + u64::from(first_block);
-        if let Err(e) = c.view.read_blocks(sb.block_size, table_block, &mut buf) {
-            let kind = CorruptKind::Unreadable(format!("group {g}: inode table unreadable: {e}"));
-            c.warn(kind, None, Some(table_block));
-            index += nblocks * sb.inodes_per_block;
-            continue;
-        }
-        let count = (nblocks * sb.inodes_per_block).min(used - index);
-        for k in 0..count {
-            let i = index + k;
-            let raw = &buf[k as usize * isz..(k as usize + 1) * isz];
-            // Below s_inodes_count (see `inodes_left`), so this cannot overflow.
-            let ino = g * sb.s_inodes_per_group + i + 1;
-            let in_bitmap = bitmap.is_some_and(|b| b[(i / 8) as usize] & (1 << (i % 8)) != 0);
-            let inode = Inode::parse(raw, sb);
-            if !in_bitmap && inode.i_links_count == 0 {
-                continue;
-            }
-            if !in_bitmap && bitmap.is_some() && !inode.is_blank() {
-                c.stats.linked_but_free += 1;
-            }
-            f(c, InodeNr(ino), &inode);
-        }
-        index += count;
-    }
-}
-
-/// Inodes of `s_inodes_count` numbered from group `g`'s first inode on (0 past the end).
-pub(crate) fn inodes_left(sb: &Superblock, g: u32) -> u32 {
-    let first = u64::from(g) * u64::from(sb.s_inodes_per_group);
-    u32::try_from(u64::from(sb.s_inodes_count).saturating_sub(first)).unwrap_or(u32::MAX)
-}
-
 /// Adds the blocks one in-use inode owns.
 fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &WalkOptions) {
     let sb = c.sb;
-    if ino.0 == EXT2_BAD_INO {
+    if ino == EXT2_BAD_INO {
         let classes = TreeClasses {
             tree: BlockClass::BadBlocksTree,
             data: None,
         };
-        if !inode.has_flag(flags::EXTENTS) {
+        if !inode.has_flag(inode_flags::EXTENTS) {
             walk_indirect(c, ino, inode, classes);
         }
         return;
@@ -404,24 +260,7 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
     c.stats.inodes_in_use += 1;
     let orphan = inode.i_links_count == 0;
     c.stats.orphan_inodes += u64::from(orphan);
-    if inode.i_file_acl != 0 {
-        c.add_checked(
-            inode.i_file_acl,
-            1,
-            BlockClass::Xattr,
-            CorruptKind::Pointer,
-            || format!("inode {ino}: i_file_acl"),
-        );
-    }
-    if sb.s_creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
-        c.add_checked(
-            u64::from(inode.osd1),
-            1,
-            BlockClass::Xattr,
-            CorruptKind::Pointer,
-            || format!("inode {ino}: Hurd translator"),
-        );
-    }
+    add_xattr_blocks(c, ino, inode);
     let Some(classes) = classify(c, ino, inode, opts) else {
         return;
     };
@@ -448,63 +287,59 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
     }
 }
 
-/// Classes of an inode's tree and mapped blocks, or `None` to skip the inode's blocks.
+/// The inode's extended-attribute block (`i_file_acl`) and, on Hurd, its translator block
+/// (`osd1`), each when set and inside the filesystem.
+fn add_xattr_blocks(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode) {
+    if inode.i_file_acl != 0 {
+        c.add_checked(
+            inode.i_file_acl,
+            1,
+            BlockClass::Xattr,
+            CorruptKind::Pointer,
+            || format!("inode {ino}: i_file_acl"),
+        );
+    }
+    if c.sb.s_creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
+        c.add_checked(
+            u64::from(inode.osd1),
+            1,
+            BlockClass::Xattr,
+            CorruptKind::Pointer,
+            || format!("inode {ino}: Hurd translator"),
+        );
+    }
+}
+
+/// Classes of an inode's tree and mapped blocks, or `None` to skip the inode's blocks:
+/// the reserved and special inodes first ([`special_classes`]), then snapshot files (left out
+/// with [`WalkOptions::no_snapshot_files`]), EA inodes, and by file type; regular file data
+/// only with [`WalkOptions::data`].
 fn classify(
     c: &mut Collector<'_>,
     ino: InodeNr,
     inode: &Inode,
     opts: &WalkOptions,
 ) -> Option<TreeClasses> {
-    let sb = c.sb;
-    let n = ino.0;
-    let tree = if inode.has_flag(flags::EXTENTS) {
-        BlockClass::ExtentTree
-    } else {
-        BlockClass::Indirect
-    };
-    let all = |class: BlockClass| {
-        Some(TreeClasses {
-            tree: class,
-            data: Some(class),
-        })
-    };
-    if n == EXT2_RESIZE_INO {
-        return Some(TreeClasses {
-            tree: BlockClass::ResizeInode,
-            data: Some(BlockClass::ReservedGdt),
-        });
+    if let Some(classes) = special_classes(c.sb, ino) {
+        return Some(classes);
     }
-    if n == sb.s_journal_inum && sb.has_compat(compat::HAS_JOURNAL) {
-        return all(BlockClass::Journal);
-    }
-    let quota = [
-        EXT4_USR_QUOTA_INO,
-        EXT4_GRP_QUOTA_INO,
-        sb.s_usr_quota_inum,
-        sb.s_grp_quota_inum,
-        sb.s_prj_quota_inum,
-    ];
-    if quota.contains(&n) {
-        return all(BlockClass::Quota);
-    }
-    if n == sb.s_orphan_file_inum && sb.has_compat(compat::ORPHAN_FILE) {
-        return all(BlockClass::OrphanFile);
-    }
-    if n == EXT4_EXCLUDE_INO && sb.has_compat(compat::EXCLUDE_INODE) {
-        return all(BlockClass::ExcludeBitmap);
-    }
-    if inode.has_flag(flags::SNAPFILE) && inode.file_type() == FileType::Regular {
+    if inode.has_flag(inode_flags::SNAPFILE) && inode.file_type() == FileType::Regular {
         c.stats.snapshot_files += 1;
         return if opts.no_snapshot_files {
             None
         } else {
-            all(BlockClass::SnapshotFile)
+            Some(all(BlockClass::SnapshotFile))
         };
     }
-    if inode.has_flag(flags::EA_INODE) {
+    if inode.has_flag(inode_flags::EA_INODE) {
         c.stats.ea_inodes += 1;
-        return all(BlockClass::EaInode);
+        return Some(all(BlockClass::EaInode));
     }
+    let tree = if inode.has_flag(inode_flags::EXTENTS) {
+        BlockClass::ExtentTree
+    } else {
+        BlockClass::Indirect
+    };
     let data = match inode.file_type() {
         FileType::Directory => Some(BlockClass::Directory),
         FileType::Symlink => Some(BlockClass::Symlink),
@@ -512,4 +347,44 @@ fn classify(
         _ => None,
     };
     Some(TreeClasses { tree, data })
+}
+
+/// Tree and mapped blocks both of `class`.
+fn all(class: BlockClass) -> TreeClasses {
+    TreeClasses {
+        tree: class,
+        data: Some(class),
+    }
+}
+
+/// Classes of the inodes with a role of their own: the resize inode, the journal, quota
+/// files, the orphan file and the snapshot exclude inode (each only with its feature).
+fn special_classes(sb: &Superblock, ino: InodeNr) -> Option<TreeClasses> {
+    let n = ino.0;
+    if ino == EXT2_RESIZE_INO {
+        return Some(TreeClasses {
+            tree: BlockClass::ResizeInode,
+            data: Some(BlockClass::ReservedGdt),
+        });
+    }
+    if n == sb.s_journal_inum && sb.has_compat(compat::HAS_JOURNAL) {
+        return Some(all(BlockClass::Journal));
+    }
+    let quota = [
+        EXT4_USR_QUOTA_INO.0,
+        EXT4_GRP_QUOTA_INO.0,
+        sb.s_usr_quota_inum,
+        sb.s_grp_quota_inum,
+        sb.s_prj_quota_inum,
+    ];
+    if quota.contains(&n) {
+        return Some(all(BlockClass::Quota));
+    }
+    if n == sb.s_orphan_file_inum && sb.has_compat(compat::ORPHAN_FILE) {
+        return Some(all(BlockClass::OrphanFile));
+    }
+    if ino == EXT4_EXCLUDE_INO && sb.has_compat(compat::EXCLUDE_INODE) {
+        return Some(all(BlockClass::ExcludeBitmap));
+    }
+    None
 }

@@ -8,7 +8,7 @@
 //! message text.
 
 use crate::error::Corrupt;
-use crate::{BlockNr, InodeNr};
+use crate::types::{BlockNr, InodeNr};
 use std::fmt;
 
 /// Warnings kept per kind; further warnings of the same kind are only counted.

@@ -25,9 +25,9 @@ impl Version {
 }
 
 /// Smallest supported `cluster_bits` (512-byte clusters; spec minimum).
-pub(crate) const MIN_CLUSTER_BITS: u32 = 9;
+pub const MIN_CLUSTER_BITS: u32 = 9;
 /// Largest supported `cluster_bits` (2 MiB clusters; QEMU's MAX_CLUSTER_BITS).
-pub(crate) const MAX_CLUSTER_BITS: u32 = 21;
+pub const MAX_CLUSTER_BITS: u32 = 21;
 /// Host offsets must be below 2^56 bytes: L1/L2 entries hold them in bits 9–55.
 pub(crate) const MAX_HOST_OFFSET: u64 = 1 << 56;
 /// Largest active or snapshot L1 table in bytes: 32 MiB (QEMU QCOW_MAX_L1_SIZE).
@@ -61,6 +61,12 @@ pub(crate) fn guest_clusters(size: u64, cluster_bits: u32) -> u64 {
 pub(crate) fn l1_entries_needed(size: u64, cluster_bits: u32) -> Option<u64> {
     let n = guest_clusters(size, cluster_bits).div_ceil(l2_entries(cluster_bits));
     u32::try_from(n).ok().map(u64::from)
+}
+
+/// Largest virtual disk size in bytes an image with `cluster_bits` can map within QEMU's
+/// 32 MiB L1 limit: 4 Mi L1 entries × C/8 L2 entries × C bytes = 2^(2·cb + 19).
+pub fn max_virtual_size(cluster_bits: u32) -> u64 {
+    1u64.checked_shl(2 * cluster_bits + 19).unwrap_or(u64::MAX)
 }
 
 /// [`l1_entries_needed`] when it is at most [`MAX_L1_ENTRIES`] (a 32 MiB L1 table), else

@@ -49,7 +49,7 @@ pub use format::extension::{
 };
 pub use format::header::{Header, QCOW2_MAGIC};
 pub use format::snapshot::{SnapshotInfo, SnapshotSpec};
-pub use geometry::Version;
+pub use geometry::{max_virtual_size, Version, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
 pub use stats::{LayerStats, STATS_WINDOW_CLUSTERS};
 pub use types::StateId;

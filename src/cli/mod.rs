@@ -294,7 +294,8 @@ pub fn unknown_subcommand(word: &std::ffi::OsStr) -> Option<String> {
 }
 
 /// Smallest and largest QCOW2 cluster sizes QEMU accepts, in bytes.
-pub const CLUSTER_SIZE_RANGE: std::ops::RangeInclusive<u64> = 512..=(2 << 20);
+pub const CLUSTER_SIZE_RANGE: std::ops::RangeInclusive<u64> =
+    1 << qcow::MIN_CLUSTER_BITS..=1 << qcow::MAX_CLUSTER_BITS;
 
 /// `--cluster-size`: a power of two in [`CLUSTER_SIZE_RANGE`].
 fn parse_cluster_size(s: &str) -> Result<u64, String> {

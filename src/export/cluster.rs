@@ -3,19 +3,10 @@
 
 use crate::exit::UsageError;
 use anyhow::Result;
+use qcow::{max_virtual_size, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 
-/// Smallest and largest QCOW2 cluster sizes QEMU accepts, as log2 of bytes.
-pub const MIN_CLUSTER_BITS: u32 = 9;
-/// See [`MIN_CLUSTER_BITS`].
-pub const MAX_CLUSTER_BITS: u32 = 21;
 /// Default cluster size with `-d`: 64 KiB, QEMU's default.
 const DATA_CLUSTER_BITS: u32 = 16;
-
-/// Largest virtual size QEMU addresses with cluster_bits `cb`: 4 Mi L1 entries (its 32 MiB L1
-/// limit) × C/8 L2 entries × C bytes = 2^(2·cb + 19) bytes.
-pub fn max_virtual_size(cb: u32) -> u64 {
-    1u64.checked_shl(2 * cb + 19).unwrap_or(u64::MAX)
-}
 
 /// The cluster size for an image of `size` bytes: the requested one (a power of two from 512
 /// to 2 MiB, checked by the command line), else the filesystem block size (`-Q`) or 64 KiB

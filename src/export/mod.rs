@@ -119,7 +119,7 @@ pub(super) fn write_states(
     early_warnings: Vec<Warning>,
     table: Option<Table>,
 ) -> Result<Summary> {
-    let (opened, mut reports, mut warnings) = open_states(states, plan)?;
+    let (opened, reports, mut warnings) = open_states(states, plan)?;
     warnings.splice(
         0..0,
         early_warnings
@@ -144,51 +144,12 @@ pub(super) fn write_states(
     };
     let mut out = sink::open(plan, &target)?;
     let mut notes = out.notes();
-    let walk_opts = WalkOptions {
-        data: plan.data,
-        no_snapshot_files: plan.no_snapshots,
+    let mut tally = Tally {
+        reports,
+        warnings,
+        ..Tally::default()
     };
-    let mut main_walk = None;
-    let mut stats_total = CopyStats::default();
-    let mut omitted = Vec::new();
-    let count = opened.iter().flatten().count();
-    let mut k = 0;
-    for (state, fs) in states.iter().zip(&opened) {
-        let Some(fs) = fs else { continue };
-        k += 1;
-        let label = match count {
-            1 => state.name.clone(),
-            n => format!("state {k}/{n}: {}", state.name),
-        };
-        let walked = ext::walk(fs, &walk_opts);
-        let (stats, copy_warnings) =
-            copy_state(out.sink.as_mut(), state, fs, &walked, plan.progress, &label)?;
-        stats_total.bytes_copied += stats.bytes_copied;
-        stats_total.unreadable_units += stats.unreadable_units;
-        let kinds = walked.omitted.iter().cloned();
-        let unreadable = summary::unreadable_omitted(stats, copy_warnings.len());
-        omitted.extend(
-            kinds
-                .chain(unreadable)
-                .map(|(kind, n)| (state.name.clone(), kind, n)),
-        );
-        let all: Vec<Warning> = walked
-            .warnings
-            .iter()
-            .cloned()
-            .chain(copy_warnings)
-            .collect();
-        reports.push(StateReport::walked(
-            &state.name,
-            state.date,
-            &walked,
-            all.len(),
-        ));
-        warnings.extend(all.into_iter().map(|w| (state.name.clone(), w)));
-        if main_walk.is_none() {
-            main_walk = Some((walked, fs.sb.clone()));
-        }
-    }
+    copy_states(out.sink.as_mut(), states, &opened, plan, &mut tally)?;
     let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
     let table = match (table, plan.archive.as_ref().and_then(|a| a.name.as_ref())) {
         (Some(t), _) => remap_table(t, &written),
@@ -197,22 +158,100 @@ pub(super) fn write_states(
     };
     let finished = out.complete(&table, plan.sync)?;
     notes.extend(finished.notes);
-    let (walked, sb) = main_walk.context("the current state was not written")?;
+    let (walked, sb) = tally.main.context("the current state was not written")?;
+    let mut reports = tally.reports;
     reports.sort_by_key(|r| states.iter().position(|s| s.name == r.name));
     Ok(Summary::export(
         plan,
         ExportFacts {
             sb: &sb,
             walked: &walked,
-            warnings,
-            stats: stats_total,
+            warnings: tally.warnings,
+            stats: tally.stats,
             cluster_size: finished.cluster_size,
             states: reports,
             notes,
-            omitted,
+            omitted: tally.omitted,
             extra: finished.json,
         },
     ))
+}
+
+/// What the copies of the states found, gathered for the summary.
+#[derive(Default)]
+struct Tally {
+    stats: CopyStats,
+    /// Warnings not listed: (state, kind, number).
+    omitted: Vec<(String, String, u64)>,
+    warnings: Vec<(String, Warning)>,
+    reports: Vec<StateReport>,
+    /// The first written state's walk and superblock.
+    main: Option<(ext::WalkResult, ext::Superblock)>,
+}
+
+impl Tally {
+    /// Adds one copied state.
+    fn add(
+        &mut self,
+        state: &StateInput<'_>,
+        sb: &ext::Superblock,
+        walked: ext::WalkResult,
+        stats: CopyStats,
+        copy_warnings: Vec<Warning>,
+    ) {
+        self.stats.bytes_copied += stats.bytes_copied;
+        self.stats.unreadable_units += stats.unreadable_units;
+        let unreadable = summary::unreadable_omitted(stats, copy_warnings.len());
+        let kinds = walked.omitted.iter().cloned().chain(unreadable);
+        self.omitted
+            .extend(kinds.map(|(kind, n)| (state.name.clone(), kind, n)));
+        let all: Vec<Warning> = walked
+            .warnings
+            .iter()
+            .cloned()
+            .chain(copy_warnings)
+            .collect();
+        self.reports.push(StateReport::walked(
+            &state.name,
+            state.date,
+            &walked,
+            all.len(),
+        ));
+        self.warnings
+            .extend(all.into_iter().map(|w| (state.name.clone(), w)));
+        if self.main.is_none() {
+            self.main = Some((walked, sb.clone()));
+        }
+    }
+}
+
+/// Walks and copies every opened state into the sink, in order.
+fn copy_states(
+    sink: &mut dyn Sink,
+    states: &[StateInput<'_>],
+    opened: &[Option<Filesystem<&dyn BlockView>>],
+    plan: &ExportPlan,
+    tally: &mut Tally,
+) -> Result<()> {
+    let walk_opts = WalkOptions {
+        data: plan.data,
+        no_snapshot_files: plan.no_snapshots,
+    };
+    let count = opened.iter().flatten().count();
+    let written = states
+        .iter()
+        .zip(opened)
+        .filter_map(|(s, f)| Some((s, f.as_ref()?)));
+    for (k, (state, fs)) in written.enumerate() {
+        let label = match count {
+            1 => state.name.clone(),
+            n => format!("state {}/{n}: {}", k + 1, state.name),
+        };
+        let walked = ext::walk(fs, &walk_opts);
+        let (stats, copy_warnings) = copy_state(sink, state, fs, &walked, plan.progress, &label)?;
+        tally.add(state, &fs.sb, walked, stats, copy_warnings);
+    }
+    Ok(())
 }
 
 /// How to write QCOW2: the cluster size for a `size`-byte disk and the export record.

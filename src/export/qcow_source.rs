@@ -47,19 +47,12 @@ pub(super) fn from_qcow2(plan: &ExportPlan) -> Result<Summary> {
     carry_states(&reader, plan)
 }
 
-/// Every state of a QCOW2 source with internal snapshots: the active layer, then the snapshots
-/// newest first; layers with the same L2 tables are written once and shared. The snapshot
-/// table keeps the source's ids, names and dates.
-fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
+/// Which layers to write, in writing order (the active layer, then the snapshots newest first;
+/// a layer over the same L2 tables as one already listed is not listed again), and for every
+/// layer the index of the written state that holds its content. Layer 0 is the active one,
+/// layer k > 0 snapshot k − 1.
+fn distinct_layers(reader: &Reader, layers: &[LayerReader<'_>]) -> (Vec<usize>, Vec<usize>) {
     let snaps = reader.snapshots();
-    let mut layers: Vec<LayerReader<'_>> = vec![reader.layer(Layer::Active)?];
-    for (i, s) in snaps.iter().enumerate() {
-        layers.push(
-            reader
-                .layer(Layer::Snapshot(i))
-                .with_context(|| format!("snapshot {} ({})", s.id, s.name))?,
-        );
-    }
     let mut order: Vec<usize> = (1..layers.len()).collect();
     order.sort_by_key(|&k| std::cmp::Reverse((snaps[k - 1].date_sec, snaps[k - 1].date_nsec)));
     order.insert(0, 0);
@@ -76,6 +69,23 @@ fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
             }
         }
     }
+    (written, state_of)
+}
+
+/// Every state of a QCOW2 source with internal snapshots: the active layer, then the snapshots
+/// newest first; layers with the same L2 tables are written once and shared. The snapshot
+/// table keeps the source's ids, names and dates.
+fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
+    let snaps = reader.snapshots();
+    let mut layers: Vec<LayerReader<'_>> = vec![reader.layer(Layer::Active)?];
+    for (i, s) in snaps.iter().enumerate() {
+        layers.push(
+            reader
+                .layer(Layer::Snapshot(i))
+                .with_context(|| format!("snapshot {} ({})", s.id, s.name))?,
+        );
+    }
+    let (written, state_of) = distinct_layers(reader, &layers);
     let size_of = |k: usize| match k {
         0 => reader.virtual_size(),
         _ => snaps[k - 1].disk_size.unwrap_or(reader.virtual_size()),

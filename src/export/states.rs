@@ -7,8 +7,10 @@
 //! to a snapshot id (QEMU looks `-l X` up as an id first).
 
 use anyhow::{bail, Context, Result};
-use ext::snapshot::{snapshot_list, snapshot_names, SnapshotFile, SnapshotMap, SnapshotView};
-use ext::{BlockView, FileView, Filesystem, OpenOptions, Warning};
+use ext::{
+    snapshot_list, snapshot_names, BlockView, FileView, Filesystem, InodeNr, OpenOptions,
+    SnapshotFile, SnapshotMap, SnapshotView, Warning,
+};
 use std::path::{Path, PathBuf};
 
 /// The name of the current state's snapshot entry.
@@ -76,10 +78,10 @@ impl Next3 {
 
     /// Finds a snapshot by name (directory entry) or id; deleted snapshots are not states.
     pub fn find<V: BlockView>(&self, fs: &Filesystem<V>, wanted: &str) -> Option<usize> {
-        let names = snapshot_names(fs, &self.list.iter().map(|s| s.ino.0).collect::<Vec<_>>());
+        let names = snapshot_names(fs, &self.list.iter().map(|s| s.ino).collect::<Vec<_>>());
         self.exported.iter().copied().find(|&i| {
             let s = &self.list[i];
-            names.get(&s.ino.0).is_some_and(|n| n == wanted) || s.id.to_string() == wanted
+            names.get(&s.ino).is_some_and(|n| n == wanted) || s.id.to_string() == wanted
         })
     }
 }
@@ -100,13 +102,13 @@ pub fn plan<V: BlockView>(
     let mut dates = vec![sb_date(&fs.sb)];
     let older = if fs_snapshots {
         let next3 = Next3::read(fs);
-        let inos: Vec<u32> = next3.list.iter().map(|s| s.ino.0).collect();
+        let inos: Vec<InodeNr> = next3.list.iter().map(|s| s.ino).collect();
         let found = snapshot_names(fs, &inos);
         for &i in &next3.exported {
             let s = &next3.list[i];
             names.push(
                 found
-                    .get(&s.ino.0)
+                    .get(&s.ino)
                     .cloned()
                     .unwrap_or_else(|| format!("snapshot-{}", s.id)),
             );

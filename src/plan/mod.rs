@@ -153,7 +153,7 @@ impl ExportPlan {
             data: a.data,
             progress: a.progress,
             open: ext::OpenOptions {
-                superblock: a.superblock,
+                superblock: a.superblock.map(ext::BlockNr),
                 block_size: a.block_size,
             },
             force: a.force,

@@ -38,10 +38,9 @@ use super::target::Target;
 use crate::qcow_view::QcowView;
 use crate::text::format_date;
 use anyhow::Result;
-use ext::inode::{FileType, Inode, InodeTime};
-use ext::owners::{file_runs_and_inodes, FileRun, RunKind};
 use ext::{
-    BlockClass, BlockSet, BlockView, FileView, Filesystem, InodeNr, OpenOptions, WalkOptions,
+    file_runs_and_inodes, BlockClass, BlockSet, BlockView, FileRun, FileType, FileView, Filesystem,
+    Inode, InodeNr, InodeTime, OpenOptions, RunKind, WalkOptions,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -189,8 +188,9 @@ pub fn check(
         }
     }
     if !out.by_inode.is_empty() {
-        let inos: Vec<u32> = out.by_inode.keys().copied().collect();
-        out.paths = ext::paths::inode_paths(fs, &inos).0;
+        let inos: Vec<InodeNr> = out.by_inode.keys().copied().map(InodeNr).collect();
+        let paths = ext::inode_paths(fs, &inos).0;
+        out.paths = paths.into_iter().map(|(i, p)| (i.0, p)).collect();
     }
     Ok(out)
 }
@@ -418,14 +418,14 @@ fn record(out: &mut Conflicts, sr: &FileRun, block: u64, n: u64, now: String) {
 pub fn owners_of<V: BlockView>(fs: &Filesystem<V>, written: &[Range<u64>]) -> Vec<(u32, String)> {
     let want = |p: u64, len: u64| overlaps(written, p..p.saturating_add(len));
     let (runs, _) = ext::file_runs(fs, &want);
-    let mut inos: Vec<u32> = runs.iter().map(|r| r.ino.0).collect();
+    let mut inos: Vec<InodeNr> = runs.iter().map(|r| r.ino).collect();
     inos.sort_unstable();
     inos.dedup();
-    let (paths, _) = ext::paths::inode_paths(fs, &inos);
+    let (paths, _) = ext::inode_paths(fs, &inos);
     inos.into_iter()
         .map(|i| {
             let p = paths.get(&i).cloned().unwrap_or_else(|| "(no path)".into());
-            (i, p)
+            (i.0, p)
         })
         .collect()
 }

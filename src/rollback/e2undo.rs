@@ -44,6 +44,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::bytes::{le16, put_le16, put_le32 as put_u32, put_le64 as put_u64};
 use anyhow::{bail, ensure, Context, Result};
+use ext::{EXT4_SUPER_MAGIC, S_MAGIC_OFFSET};
 
 /// Magic at byte 0 of the header.
 pub const E2UNDO_MAGIC: &[u8; 8] = b"E2UNDO02";
@@ -88,11 +89,6 @@ const HDR_HEADER_CRC: usize = 508;
 
 // Key-block field offsets (bytes).
 const KB_CRC: usize = 4;
-
-/// Offset of `s_magic` (u16 LE) inside the ext2/3/4 superblock.
-const SB_MAGIC_OFFSET: usize = 0x38;
-/// ext2/3/4 superblock magic.
-const EXT_SUPER_MAGIC: u16 = 0xEF53;
 
 /// e2fsprogs' CRC32C convention: `ext2fs_crc32c_le(0xFFFFFFFF, data)`, i.e. the standard
 /// CRC-32C without the final inversion.
@@ -277,16 +273,16 @@ impl UndoFileWriter {
             !self.failed,
             "undo file: writer unusable after an earlier error"
         );
-        let magic = le16(new_superblock, SB_MAGIC_OFFSET);
-        if magic != EXT_SUPER_MAGIC {
-            bail!("undo file: superblock magic is {magic:#06x}, expected {EXT_SUPER_MAGIC:#06x}");
+        let magic = le16(new_superblock, S_MAGIC_OFFSET);
+        if magic != EXT4_SUPER_MAGIC {
+            bail!("undo file: superblock magic is {magic:#06x}, expected {EXT4_SUPER_MAGIC:#06x}");
         }
         self.write_key_block()?;
 
         let bs = self.block_size as usize;
         let mut sb = vec![0u8; bs];
         sb[..E2UNDO_SUPERBLOCK_SIZE].copy_from_slice(new_superblock);
-        put_le16(&mut sb, SB_MAGIC_OFFSET, !magic);
+        put_le16(&mut sb, S_MAGIC_OFFSET, !magic);
         let offset = self.byte_offset(SUPER_OFFSET)?;
         self.out
             .write_all_at(&sb, offset)
@@ -472,7 +468,7 @@ mod tests {
     fn fake_superblock() -> [u8; 1024] {
         let mut sb = [0u8; 1024];
         sb[..1024].copy_from_slice(&pseudo_random(7, 1024));
-        sb[SB_MAGIC_OFFSET..SB_MAGIC_OFFSET + 2].copy_from_slice(&EXT_SUPER_MAGIC.to_le_bytes());
+        sb[S_MAGIC_OFFSET..S_MAGIC_OFFSET + 2].copy_from_slice(&EXT4_SUPER_MAGIC.to_le_bytes());
         sb
     }
 
@@ -518,7 +514,10 @@ mod tests {
         assert_eq!(u64_at(&hdr, HDR_FS_OFFSET), 0);
         assert!(hdr[HDR_F_INCOMPAT..HDR_HEADER_CRC].iter().all(|&x| x == 0));
         assert_eq!(u32_at(&hdr, HDR_SB_CRC), e2fs_crc32c(&sb));
-        assert_eq!(u16::from_le_bytes([rec[0x38], rec[0x39]]), !EXT_SUPER_MAGIC);
+        assert_eq!(
+            u16::from_le_bytes([rec[0x38], rec[0x39]]),
+            !EXT4_SUPER_MAGIC
+        );
         assert_eq!(&rec[..0x38], &sb[..0x38]);
         assert_eq!(&rec[0x3A..], &sb[0x3A..]);
         assert_eq!((keys[0].0, keys[0].2), (10, 511 * b as u32));

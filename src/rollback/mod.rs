@@ -25,9 +25,10 @@ use crate::plan::{ApplyPlan, RollbackPlan};
 use crate::text::uuid;
 use anyhow::{bail, Context, Result};
 use engine::{drive, DriveError, Faults, Goal};
+use ext::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use patch::{Patch, PatchState};
 use std::path::Path;
-use target::{part_way_patch, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
+use target::{part_way_patch, Target};
 
 /// Runs a rollback plan and returns the exit status (0 done; 1 refused or failed, and the
 /// message says where the target stands); prints its own messages.
@@ -133,7 +134,7 @@ fn stated(e: DriveError, patch: &Path, t: &Target, before: PatchState) -> anyhow
 
 /// The target's primary superblock bytes.
 fn read_target_sb_raw(t: &Target) -> Result<Vec<u8>> {
-    let mut raw = vec![0u8; SUPERBLOCK_BYTES];
+    let mut raw = vec![0u8; SUPERBLOCK_SIZE];
     t.read_at(SUPERBLOCK_OFFSET, &mut raw)?;
     Ok(raw)
 }

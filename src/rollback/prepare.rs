@@ -8,7 +8,7 @@ use super::e2undo::UndoFileWriter;
 use super::held::{self, Held};
 use super::patch::{self, PatchHeader, PatchWriter};
 use super::report;
-use super::target::{not_clean, part_way_patch, Target, SUPERBLOCK_BYTES, SUPERBLOCK_OFFSET};
+use super::target::{not_clean, part_way_patch, Target};
 use super::{read_target_sb, read_target_sb_raw};
 use crate::plan::ApplyPlan;
 use crate::qcow_view::{choose_layer, QcowView};
@@ -16,7 +16,7 @@ use crate::record::ExportRecord;
 use crate::sys::output::TempOutput;
 use crate::text::uuid;
 use anyhow::{bail, Context, Result};
-use ext::{Filesystem, OpenOptions, WalkOptions};
+use ext::{Filesystem, OpenOptions, WalkOptions, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use qcow::{LayerReader, Reader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -44,13 +44,7 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
     let view = QcowView::new(&layer, reader.virtual_size());
     let fs = Filesystem::open(view, &OpenOptions::default())
         .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
-    let t = Target::open(target, !args.dry_run)?;
-    if let Some(by) = part_way_patch(&read_target_sb_raw(&t)?) {
-        bail!(
-            "{tp} is part-way through the rollback of patch {by}: finish that one first with `e2image-rs rollback --resume PATCH {tp}`, or rewind it with `--undo PATCH {tp}`",
-            tp = t.path().display()
-        );
-    }
+    let t = open_target(target, args.dry_run)?;
     check_same_fs(&fs, &t, image, &label)?;
     let walk = ext::walk(
         &fs,
@@ -62,14 +56,7 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
     for w in &walk.warnings {
         eprintln!("e2image-rs: warning: [{label}] {w}");
     }
-    let sb = &fs.sb;
-    let geo = held::Geometry {
-        cluster_size: reader.cluster_size(),
-        block_size: u64::from(sb.block_size),
-        blocks_count: sb.s_blocks_count,
-        v3: reader.header().version == qcow::Version::V3,
-    };
-    let held = held::held_blocks(&layer, geo, &walk.blocks, ExportRecord::of(&reader))?;
+    let held = held_of(&reader, &layer, &fs, &walk.blocks)?;
     let conflicts = conflicts::check(&fs, &walk.blocks, &held, &t)?;
     let plan = Plan {
         image,
@@ -81,9 +68,52 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
         target: &t,
         label: &label,
     };
+    let Some(patch_path) = report_or_write(&plan, &conflicts, args)? else {
+        return Ok(None);
+    };
+    Ok(Some((patch_path, t, label)))
+}
+
+/// Opens the target (for writing unless `dry_run`), refused while an earlier rollback left it
+/// part-way.
+fn open_target(target: &Path, dry_run: bool) -> Result<Target> {
+    let t = Target::open(target, !dry_run)?;
+    if let Some(by) = part_way_patch(&read_target_sb_raw(&t)?) {
+        bail!(
+            "{tp} is part-way through the rollback of patch {by}: finish that one first with `e2image-rs rollback --resume PATCH {tp}`, or rewind it with `--undo PATCH {tp}`",
+            tp = t.path().display()
+        );
+    }
+    Ok(t)
+}
+
+/// The blocks the image state holds.
+fn held_of(
+    reader: &Reader,
+    layer: &LayerReader<'_>,
+    fs: &Filesystem<QcowView<'_>>,
+    walk: &ext::BlockSet,
+) -> Result<Held> {
+    let sb = &fs.sb;
+    let geo = held::Geometry {
+        cluster_size: reader.cluster_size(),
+        block_size: u64::from(sb.block_size),
+        blocks_count: sb.s_blocks_count,
+        v3: reader.header().version == qcow::Version::V3,
+    };
+    held::held_blocks(layer, geo, walk, ExportRecord::of(reader))
+}
+
+/// The dry run's report (returns `None`), or the refusal for conflicts without `--force`, or
+/// the patch written and reported (returns its path).
+fn report_or_write(
+    plan: &Plan<'_>,
+    conflicts: &conflicts::Conflicts,
+    args: &ApplyPlan,
+) -> Result<Option<PathBuf>> {
     if args.dry_run {
         let rep = plan.dry_run()?;
-        print!("{}", rep.render(&plan.subject(), &conflicts, true));
+        print!("{}", rep.render(&plan.subject(), conflicts, true));
         return Ok(None);
     }
     if !conflicts.is_empty() && !args.force {
@@ -91,11 +121,11 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
     }
     let patch_path = args.patch.clone().unwrap_or_default();
     let (rep, undo_line) = plan.write_patch(&patch_path, args.undo_file.as_deref())?;
-    print!("{}", rep.render(&plan.subject(), &conflicts, false));
+    print!("{}", rep.render(&plan.subject(), conflicts, false));
     if let Some(line) = undo_line {
         println!("{line}");
     }
-    Ok(Some((patch_path, t, label)))
+    Ok(Some(patch_path))
 }
 
 /// Refuses unless the target holds the image state's filesystem: same UUID, block size and
@@ -252,8 +282,8 @@ impl<'a> Plan<'a> {
         pw.finish(header, &not_clean(&sb_old, sb_at, path))?;
         let mut undo_line = None;
         if let (Some(u), Some(utmp), Some(name)) = (out.undo.take(), utmp, undo_file) {
-            let mut rec = [0u8; SUPERBLOCK_BYTES];
-            rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_BYTES]);
+            let mut rec = [0u8; SUPERBLOCK_SIZE];
+            rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_SIZE]);
             let (keys, bytes) = (u.num_keys(), u.file_size());
             let f = u.finish(&rec)?;
             f.sync_all().context("cannot flush the undo file")?;

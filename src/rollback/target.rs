@@ -10,25 +10,15 @@
 use crate::bytes::{get_str, le16, le32, put_le16, put_le32};
 use crate::sys::mounted::mounted_anywhere;
 use anyhow::{bail, Context, Result};
+use ext::{
+    ro_compat, superblock_checksum, EXT2_VALID_FS, SUPERBLOCK_SIZE, S_CHECKSUM_OFFSET,
+    S_FEATURE_RO_COMPAT_OFFSET, S_LAST_MOUNTED_OFFSET, S_LAST_MOUNTED_SIZE, S_STATE_OFFSET,
+};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Byte offset of the primary superblock in a filesystem.
-pub const SUPERBLOCK_OFFSET: u64 = 1024;
-/// Size of the superblock structure, in bytes.
-pub const SUPERBLOCK_BYTES: usize = 1024;
-/// `s_state` (u16) offset in the superblock, and its "cleanly unmounted" bit (EXT2_VALID_FS).
-const S_STATE_AT: usize = 0x3A;
-const EXT2_VALID_FS: u16 = 1;
-/// `s_feature_ro_compat` offset, its metadata_csum bit, and the `s_checksum` offset.
-const S_FEATURE_RO_COMPAT_AT: usize = 0x64;
-const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
-const S_CHECKSUM_AT: usize = 0x3FC;
-/// `s_last_mounted` (char[64]) offset and size.
-const S_LAST_MOUNTED_AT: usize = 0x88;
-const S_LAST_MOUNTED_BYTES: usize = 64;
 /// Prefix of the part-way mark in `s_last_mounted`.
 const PART_WAY_MARK: &str = "e2image-rs rollback: ";
 
@@ -140,16 +130,16 @@ impl Target {
 /// the block.
 pub fn not_clean(block: &[u8], sb_at: usize, patch: &Path) -> Vec<u8> {
     let mut b = block.to_vec();
-    let sb = &mut b[sb_at..sb_at + SUPERBLOCK_BYTES];
-    let state = le16(sb, S_STATE_AT) & !EXT2_VALID_FS;
-    put_le16(sb, S_STATE_AT, state);
+    let sb = &mut b[sb_at..sb_at + SUPERBLOCK_SIZE];
+    let state = le16(sb, S_STATE_OFFSET) & !EXT2_VALID_FS;
+    put_le16(sb, S_STATE_OFFSET, state);
     let mark = part_way_mark(patch);
-    let field = &mut sb[S_LAST_MOUNTED_AT..S_LAST_MOUNTED_AT + S_LAST_MOUNTED_BYTES];
+    let field = &mut sb[S_LAST_MOUNTED_OFFSET..S_LAST_MOUNTED_OFFSET + S_LAST_MOUNTED_SIZE];
     field.fill(0);
     field[..mark.len()].copy_from_slice(mark.as_bytes());
-    if le32(sb, S_FEATURE_RO_COMPAT_AT) & RO_COMPAT_METADATA_CSUM != 0 {
-        let c = !crc32c::crc32c(&sb[..S_CHECKSUM_AT]);
-        put_le32(sb, S_CHECKSUM_AT, c);
+    if le32(sb, S_FEATURE_RO_COMPAT_OFFSET) & ro_compat::METADATA_CSUM != 0 {
+        let c = superblock_checksum(sb);
+        put_le32(sb, S_CHECKSUM_OFFSET, c);
     }
     b
 }
@@ -159,7 +149,7 @@ pub fn not_clean(block: &[u8], sb_at: usize, patch: &Path) -> Vec<u8> {
 fn part_way_mark(patch: &Path) -> String {
     let path = std::path::absolute(patch).unwrap_or_else(|_| patch.to_path_buf());
     let path = path.display().to_string();
-    let room = S_LAST_MOUNTED_BYTES - 1 - PART_WAY_MARK.len();
+    let room = S_LAST_MOUNTED_SIZE - 1 - PART_WAY_MARK.len();
     if path.len() <= room {
         return format!("{PART_WAY_MARK}{path}");
     }
@@ -173,14 +163,14 @@ fn part_way_mark(patch: &Path) -> String {
 /// The patch a part-way rollback left its mark for in the superblock `sb` (1024 bytes), if the
 /// filesystem is marked not clean by one.
 pub fn part_way_patch(sb: &[u8]) -> Option<String> {
-    if sb.len() < SUPERBLOCK_BYTES {
+    if sb.len() < SUPERBLOCK_SIZE {
         return None;
     }
-    let state = le16(sb, S_STATE_AT);
+    let state = le16(sb, S_STATE_OFFSET);
     if state & EXT2_VALID_FS != 0 {
         return None;
     }
-    let text = get_str(sb, S_LAST_MOUNTED_AT, S_LAST_MOUNTED_BYTES);
+    let text = get_str(sb, S_LAST_MOUNTED_OFFSET, S_LAST_MOUNTED_SIZE);
     text.strip_prefix(PART_WAY_MARK).map(str::to_string)
 }
 
@@ -190,14 +180,14 @@ mod tests {
 
     #[test]
     fn part_way_mark_round_trips_and_fits() {
-        let mut sb = vec![0u8; SUPERBLOCK_BYTES];
-        sb[S_STATE_AT] = 1;
+        let mut sb = vec![0u8; SUPERBLOCK_SIZE];
+        sb[S_STATE_OFFSET] = 1;
         let long = format!("/{}/patch", "d".repeat(100));
         for p in ["/tmp/p1", long.as_str()] {
             let b = not_clean(&sb, 0, Path::new(p));
             let got = part_way_patch(&b).unwrap();
             assert!(p.ends_with(got.trim_start_matches('…')), "{got}");
-            assert!(b[S_LAST_MOUNTED_AT + S_LAST_MOUNTED_BYTES - 1] == 0);
+            assert!(b[S_LAST_MOUNTED_OFFSET + S_LAST_MOUNTED_SIZE - 1] == 0);
         }
         assert_eq!(part_way_patch(&sb), None);
     }

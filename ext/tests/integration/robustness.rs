@@ -5,9 +5,12 @@
 //! named. A patched superblock gets its metadata_csum checksum fixed up, so that the patched
 //! fields reach the geometry checks and the walker instead of failing the checksum.
 
-use ext::snapshot::{snapshot_list, SnapshotMap};
-use ext::{file_runs, inode_paths, walk, BlockView, Filesystem, OpenOptions, WalkOptions};
-use std::io::Read;
+use crate::common::{fixture, gunzip_bytes};
+use ext::{
+    file_runs, inode_paths, ro_compat, snapshot_list, superblock_checksum, walk, BlockView,
+    Filesystem, InodeNr, OpenOptions, SnapshotMap, WalkOptions, S_CHECKSUM_OFFSET,
+    S_FEATURE_RO_COMPAT_OFFSET,
+};
 
 /// An in-memory image.
 struct Mem(Vec<u8>);
@@ -27,12 +30,13 @@ impl BlockView for Mem {
     }
 }
 
-/// Recomputes `s_checksum` when the superblock has RO_COMPAT_METADATA_CSUM (0x400).
+/// Recomputes `s_checksum` when the superblock has RO_COMPAT_METADATA_CSUM.
 fn fix_superblock_checksum(img: &mut [u8]) {
     let sb = &mut img[1024..2048];
-    if u32::from_le_bytes(sb[0x64..0x68].try_into().unwrap()) & 0x400 != 0 {
-        let c = !crc32c::crc32c(&sb[..0x3FC]);
-        sb[0x3FC..].copy_from_slice(&c.to_le_bytes());
+    let at = S_FEATURE_RO_COMPAT_OFFSET;
+    if u32::from_le_bytes(sb[at..at + 4].try_into().unwrap()) & ro_compat::METADATA_CSUM != 0 {
+        let c = superblock_checksum(sb);
+        sb[S_CHECKSUM_OFFSET..].copy_from_slice(&c.to_le_bytes());
     }
 }
 
@@ -45,17 +49,6 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
-}
-
-fn image(name: &str) -> Vec<u8> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/images")
-        .join(name);
-    let mut v = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap())
-        .read_to_end(&mut v)
-        .unwrap();
-    v
 }
 
 /// Blocks worth patching: every block the unpatched walk would copy (metadata only).
@@ -84,57 +77,68 @@ fn patched_images_never_panic() {
         "ext3-4k.img.gz",
         "ext4-bigalloc.img.gz",
     ] {
-        let base = image(name);
+        let base = gunzip_bytes(&fixture(name));
         let (bs, blocks) = metadata_blocks(&base);
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ base.len() as u64);
         for _ in 0..iterations {
             let mut img = base.clone();
-            for _ in 0..(1 + rng.next() % 16) {
-                // Mostly metadata blocks, sometimes the superblock itself.
-                let off = if rng.next().is_multiple_of(8) {
-                    1024 + (rng.next() % 1024) as usize
-                } else {
-                    let b = blocks[(rng.next() % blocks.len() as u64) as usize];
-                    b as usize * bs as usize + (rng.next() % u64::from(bs)) as usize
-                };
-                let v = match rng.next() % 4 {
-                    0 => 0,
-                    1 => 0xff,
-                    _ => rng.next() as u8,
-                };
-                if let Some(byte) = img.get_mut(off) {
-                    *byte = v;
-                }
-            }
+            patch(&mut img, &mut rng, bs, &blocks);
             fix_superblock_checksum(&mut img);
             let Ok(fs) = Filesystem::open(Mem(img), &OpenOptions::default()) else {
                 continue;
             };
-            let r = walk(
-                &fs,
-                &WalkOptions {
-                    data: true,
-                    no_snapshot_files: false,
-                },
-            );
-            assert!(r
-                .blocks
-                .extents()
-                .iter()
-                .all(|e| e.end() <= fs.sb.s_blocks_count));
-            let (list, _) = snapshot_list(&fs);
-            for s in &list {
-                let _ = SnapshotMap::build(&fs, s);
-            }
-            let (runs, _) = file_runs(&fs, &|_, _| true);
-            assert!(runs.windows(2).all(|w| w[0].physical <= w[1].physical));
-            assert!(runs
-                .iter()
-                .all(|r| r.len > 0 && r.physical > 0 && r.end() <= fs.sb.s_blocks_count));
-            let (paths, _) = inode_paths(&fs, &(1..64).collect::<Vec<u32>>());
-            assert!(paths
-                .values()
-                .all(|p| p.starts_with('/') || p.starts_with("...")));
+            check_patched(&fs);
         }
     }
+}
+
+/// Overwrites 1 to 16 random bytes of `img`: mostly of the metadata `blocks` (of `bs` bytes),
+/// sometimes of the superblock itself.
+fn patch(img: &mut [u8], rng: &mut XorShift, bs: u32, blocks: &[u64]) {
+    for _ in 0..(1 + rng.next() % 16) {
+        let off = if rng.next().is_multiple_of(8) {
+            1024 + (rng.next() % 1024) as usize
+        } else {
+            let b = blocks[(rng.next() % blocks.len() as u64) as usize];
+            b as usize * bs as usize + (rng.next() % u64::from(bs)) as usize
+        };
+        let v = match rng.next() % 4 {
+            0 => 0,
+            1 => 0xff,
+            _ => rng.next() as u8,
+        };
+        if let Some(byte) = img.get_mut(off) {
+            *byte = v;
+        }
+    }
+}
+
+/// Walks, lists snapshots and their maps, block owners and paths of a patched image that
+/// opened: nothing may panic, and what is returned stays inside the filesystem.
+fn check_patched(fs: &Filesystem<Mem>) {
+    let r = walk(
+        fs,
+        &WalkOptions {
+            data: true,
+            no_snapshot_files: false,
+        },
+    );
+    assert!(r
+        .blocks
+        .extents()
+        .iter()
+        .all(|e| e.end() <= fs.sb.s_blocks_count));
+    let (list, _) = snapshot_list(fs);
+    for s in &list {
+        let _ = SnapshotMap::build(fs, s);
+    }
+    let (runs, _) = file_runs(fs, &|_, _| true);
+    assert!(runs.windows(2).all(|w| w[0].physical <= w[1].physical));
+    assert!(runs
+        .iter()
+        .all(|r| r.len > 0 && r.physical > 0 && r.end() <= fs.sb.s_blocks_count));
+    let (paths, _) = inode_paths(fs, &(1..64).map(InodeNr).collect::<Vec<_>>());
+    assert!(paths
+        .values()
+        .all(|p| p.starts_with('/') || p.starts_with("...")));
 }

@@ -1,19 +1,102 @@
-//! The [`Collector`]: what one part of a walk accumulates (blocks or, for the owner scan,
-//! runs; warnings bounded per kind; counts), with the bounds check every block pointer goes
-//! through and block reads that report instead of failing.
+//! What every walk accumulates, shared by the tree walkers below and the policies above.
+//!
+//! A [`Collector`] gathers, for one part of a walk, either classified blocks (a [`BlockSet`],
+//! for the copy set) or [`MappedRun`]s (for the block-owner scan), plus warnings bounded per
+//! kind and [`WalkStats`]. Every block pointer goes through its bounds check, and its block
+//! reads report an I/O error as a warning instead of failing. [`TreeClasses`] tells the tree
+//! walkers how to classify what an inode's tree holds.
 
 use crate::blockset::{BlockClass, BlockSet};
 use crate::error::{Corrupt, CorruptKind};
-use crate::owners::{MappedRun, RunKind};
 use crate::superblock::Superblock;
+use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
-use crate::walk::{WalkStats, Warning};
-use crate::warning::WarningLog;
-use crate::{BlockNr, InodeNr};
+use crate::warning::{Warning, WarningLog};
+use std::io;
+
+/// Counts gathered during the walk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    /// Inodes processed as in use.
+    pub inodes_in_use: u64,
+    /// In-use inodes with link count 0 (orphans).
+    pub orphan_inodes: u64,
+    /// EA inodes.
+    pub ea_inodes: u64,
+    /// Inodes followed because their link count is non-zero although the inode bitmap says
+    /// they are free.
+    pub linked_but_free: u64,
+    /// Snapshot files seen.
+    pub snapshot_files: u64,
+}
+
+impl WalkStats {
+    /// Adds the counts of `o`.
+    pub(crate) fn add(&mut self, o: &WalkStats) {
+        self.inodes_in_use += o.inodes_in_use;
+        self.orphan_inodes += o.orphan_inodes;
+        self.ea_inodes += o.ea_inodes;
+        self.linked_but_free += o.linked_but_free;
+        self.snapshot_files += o.snapshot_files;
+    }
+}
+
+/// What a run of blocks is to the inode that owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunKind {
+    /// Blocks mapped at file blocks `logical..logical + len` (file, directory or slow symlink
+    /// contents). `unwritten`: an uninitialized extent (`ee_len` > 32768), which reads as
+    /// zeros.
+    Data {
+        /// The extent is unwritten (preallocated, reads as zeros).
+        unwritten: bool,
+    },
+    /// Mapping metadata: extent index/leaf blocks, IND/DIND/TIND blocks. `logical` is
+    /// meaningless (0).
+    Tree,
+    /// The extended-attribute block `i_file_acl` (or the Hurd translator block `osd1`).
+    /// `logical` is meaningless (0); the block may be shared by many inodes.
+    Xattr,
+}
+
+/// A run recorded by the tree walkers for the inode being processed (owner added later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MappedRun {
+    /// First file block (data runs only).
+    pub(crate) logical: u64,
+    /// First filesystem block.
+    pub(crate) physical: u64,
+    /// Blocks.
+    pub(crate) len: u64,
+    /// What the blocks are.
+    pub(crate) kind: RunKind,
+}
+
+impl MappedRun {
+    /// True if `next` continues this run physically and, for data, logically.
+    pub(crate) fn continued_by(&self, next: &MappedRun) -> bool {
+        if self.kind != next.kind || self.physical.checked_add(self.len) != Some(next.physical) {
+            return false;
+        }
+        match self.kind {
+            RunKind::Data { .. } => self.logical.checked_add(self.len) == Some(next.logical),
+            RunKind::Tree | RunKind::Xattr => true,
+        }
+    }
+}
+
+/// What to record for one inode's tree.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TreeClasses {
+    /// Class of index and leaf blocks (and IND/DIND/TIND blocks for indirect maps).
+    pub(crate) tree: BlockClass,
+    /// Class of the mapped blocks, or `None` to skip them.
+    pub(crate) data: Option<BlockClass>,
+}
 
 /// Accumulates blocks, warnings and counts for one part of the walk, with bounds checks and
 /// block reads that report instead of failing.
-pub struct Collector<'v> {
+pub(crate) struct Collector<'v> {
     pub(crate) view: &'v dyn BlockView,
     pub(crate) sb: &'v Superblock,
     pub(crate) set: BlockSet,
@@ -56,7 +139,7 @@ impl<'v> Collector<'v> {
     }
 
     /// The superblock in use.
-    pub fn sb(&self) -> &'v Superblock {
+    pub(crate) fn sb(&self) -> &'v Superblock {
         self.sb
     }
 
@@ -166,6 +249,7 @@ impl<'v> Collector<'v> {
         self.warnings.push_corrupt(c);
     }
 
+    /// Records a corruption of `kind` found in `inode` and/or `block`.
     pub(crate) fn warn(&mut self, kind: CorruptKind, inode: Option<InodeNr>, block: Option<u64>) {
         let mut c = Corrupt::new(kind);
         c.inode = inode;
@@ -173,16 +257,63 @@ impl<'v> Collector<'v> {
         self.corrupt(c);
     }
 
-    /// Reads one block; an I/O error is recorded as a warning and gives `None`.
+    /// Reads one block of inode `ino`'s tree; an I/O error is recorded as a warning and gives
+    /// `None`.
     pub(crate) fn read_block(&mut self, ino: InodeNr, block: u64) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; self.sb.block_size as usize];
-        match self.view.read_blocks(self.sb.block_size, block, &mut buf) {
-            Ok(()) => Some(buf),
+        self.read_or_warn(block, &mut buf, Some(ino), |e| format!("unreadable: {e}"))
+            .then_some(buf)
+    }
+
+    /// Fills `buf` (whole blocks) from `block` on; an I/O error is recorded as an unreadable
+    /// block of `ino`, described by `what`, and gives false.
+    pub(crate) fn read_or_warn(
+        &mut self,
+        block: u64,
+        buf: &mut [u8],
+        ino: Option<InodeNr>,
+        what: impl FnOnce(&io::Error) -> String,
+    ) -> bool {
+        match self.view.read_blocks(self.sb.block_size, block, buf) {
+            Ok(()) => true,
             Err(e) => {
-                let kind = CorruptKind::Unreadable(format!("unreadable: {e}"));
-                self.warn(kind, Some(ino), Some(block));
-                None
+                self.warn(CorruptKind::Unreadable(what(&e)), ino, Some(block));
+                false
             }
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A mapped run (test shorthand).
+    pub(crate) fn run(logical: u64, physical: u64, len: u64, kind: RunKind) -> MappedRun {
+        MappedRun {
+            logical,
+            physical,
+            len,
+            kind,
+        }
+    }
+
+    /// A written data run's kind.
+    pub(crate) const DATA: RunKind = RunKind::Data { unwritten: false };
+
+    #[test]
+    fn data_runs_merge_only_when_logically_contiguous() {
+        assert!(run(0, 100, 2, DATA).continued_by(&run(2, 102, 1, DATA)));
+        assert!(!run(0, 100, 2, DATA).continued_by(&run(3, 102, 1, DATA)));
+        assert!(!run(0, 100, 2, DATA).continued_by(&run(2, 103, 1, DATA)));
+        let unwritten = RunKind::Data { unwritten: true };
+        assert!(!run(0, 100, 2, DATA).continued_by(&run(2, 102, 1, unwritten)));
+    }
+
+    #[test]
+    fn tree_runs_merge_physically() {
+        assert!(run(0, 7, 1, RunKind::Tree).continued_by(&run(0, 8, 1, RunKind::Tree)));
+        assert!(!run(0, 7, 1, RunKind::Tree).continued_by(&run(0, 8, 1, DATA)));
+        assert!(!run(0, u64::MAX, 1, RunKind::Tree).continued_by(&run(0, 0, 1, RunKind::Tree)));
     }
 }

@@ -4,43 +4,18 @@
 //! xattr block equal what `debugfs -R "stat <ino>"` prints, and our paths are among the
 //! names `debugfs -R "ncheck"` gives. Skips when e2fsprogs is not installed.
 
+use crate::common::{fixture, gunzip, have, mkfs, open, run, Scratch};
 use ext::{
-    file_runs, file_runs_and_inodes, inode_paths, FileRun, FileView, Filesystem, OpenOptions,
-    RunKind,
+    file_runs, file_runs_and_inodes, inode_paths, FileRun, FileView, Filesystem, InodeNr, RunKind,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Inodes compared in the images built here (all their used inodes are below this).
 const MAX_INO: u32 = 160;
 /// Inodes compared in the committed fixture images.
 const MAX_FIXTURE_INO: u32 = 1024;
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("-V").output().is_ok()
-}
-
-/// A scratch directory removed on drop (also when a test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let d =
-            std::env::temp_dir().join(format!("ext-owners-{}-{name}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Source tree: a file reaching DIND at 1 KiB blocks, a sparse file, a fragmented file (an
 /// extent index block on ext4), nested directories, a hard link, slow and fast symlinks and
@@ -66,26 +41,6 @@ fn populate(src: &Path) {
     for i in 0..60 {
         std::fs::write(src.join(format!("many/file_number_{i:03}")), "m").unwrap();
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn mkfs(dir: &Path, args: &[&str], size: &str) -> PathBuf {
-    let src = dir.join("src");
-    populate(&src);
-    let img = dir.join("fs.img");
-    run(Command::new("mke2fs")
-        .args(["-q", "-F"])
-        .args(args)
-        .arg("-d")
-        .arg(&src)
-        .arg(&img)
-        .arg(size));
-    img
 }
 
 fn debugfs(img: &Path, write: bool, request: &str) -> String {
@@ -175,10 +130,6 @@ fn our_owned(runs: &[FileRun], max_ino: u32) -> BTreeMap<u32, Owned> {
         }
     }
     map
-}
-
-fn open(img: &Path) -> Filesystem<FileView> {
-    Filesystem::open(FileView::open(img).unwrap(), &OpenOptions::default()).unwrap()
 }
 
 /// Compares every inode's runs with debugfs and checks the `want` filter; returns ours.
@@ -271,6 +222,13 @@ fn ino_of(img: &Path, path: &str) -> u32 {
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// [`inode_paths`] keyed by plain inode numbers.
+fn paths_of(fs: &Filesystem<FileView>, inos: &[u32]) -> (HashMap<u32, String>, Vec<ext::Warning>) {
+    let inos: Vec<InodeNr> = inos.iter().copied().map(InodeNr).collect();
+    let (paths, warnings) = inode_paths(fs, &inos);
+    (paths.into_iter().map(|(i, p)| (i.0, p)).collect(), warnings)
+}
+
 fn check_paths(img: &Path) {
     let fs = open(img);
     let names = [
@@ -282,7 +240,7 @@ fn check_paths(img: &Path) {
     ];
     let mut inos: Vec<u32> = names.iter().map(|p| ino_of(img, p)).collect();
     inos.extend([2, 8, 0, u32::MAX]);
-    let (paths, warnings) = inode_paths(&fs, &inos);
+    let (paths, warnings) = paths_of(&fs, &inos);
     assert!(warnings.is_empty(), "{warnings:?}");
     let ncheck = debugfs(
         img,
@@ -327,8 +285,8 @@ fn ext4_runs_and_paths_match_debugfs() {
         eprintln!("skipped: e2fsprogs (mke2fs, debugfs) not installed");
         return;
     }
-    let dir = Scratch::new("ext4");
-    let img = mkfs(&dir.0, &["-t", "ext4", "-b", "4096"], "16M");
+    let dir = Scratch::new("owners", "ext4");
+    let img = mkfs(&dir.0, &["-t", "ext4", "-b", "4096"], "16M", populate);
     debugfs(&img, true, "fallocate /holey 10 19");
     let value = dir.0.join("value");
     std::fs::write(&value, vec![b'v'; 1500]).unwrap();
@@ -358,8 +316,8 @@ fn indirect_runs_and_paths_match_debugfs() {
         ("ext2_1k", ["-t", "ext2", "-b", "1024"]),
         ("ext3_2k", ["-t", "ext3", "-b", "2048"]),
     ] {
-        let dir = Scratch::new(name);
-        let img = mkfs(&dir.0, &args, "8M");
+        let dir = Scratch::new("owners", name);
+        let img = mkfs(&dir.0, &args, "8M", populate);
         let value = dir.0.join("value");
         std::fs::write(&value, vec![b'v'; 700]).unwrap();
         let ea = format!("ea_set -f {} /frag user.big", value.display());
@@ -389,13 +347,10 @@ fn fixture_images_match_debugfs() {
         eprintln!("skipped: e2fsprogs (debugfs) not installed");
         return;
     }
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/images");
     for name in ["ext4-small", "ext2-1k", "ext3-4k", "ext4-bigalloc"] {
-        let dir = Scratch::new(name);
+        let dir = Scratch::new("owners", name);
         let img = dir.0.join("fs.img");
-        let gz = std::fs::File::open(fixtures.join(format!("{name}.img.gz"))).unwrap();
-        let mut out = std::fs::File::create(&img).unwrap();
-        std::io::copy(&mut flate2::read::GzDecoder::new(gz), &mut out).unwrap();
+        gunzip(&fixture(&format!("{name}.img.gz")), &img);
         let ours = check_runs(&img, &dir.0, MAX_FIXTURE_INO);
         let tind = &ours[&ino_of(&img, "/sparse/tind80m.bin")];
         assert_eq!(tind.data.len(), 4096 / open(&img).sb.block_size as usize);
@@ -410,7 +365,7 @@ fn fixture_images_match_debugfs() {
         let mut inos: Vec<u32> = names.iter().map(|p| ino_of(&img, p)).collect();
         let hard = ino_of(&img, "/links/hardlink");
         inos.push(hard);
-        let (paths, warnings) = inode_paths(&fs, &inos);
+        let (paths, warnings) = paths_of(&fs, &inos);
         assert!(warnings.is_empty(), "{warnings:?}");
         for (k, name) in names.iter().enumerate() {
             assert_eq!(paths[&inos[k]], *name);
@@ -426,11 +381,12 @@ fn inline_data_directories_are_named() {
         eprintln!("skipped: e2fsprogs (mke2fs, debugfs) not installed");
         return;
     }
-    let dir = Scratch::new("inline");
+    let dir = Scratch::new("owners", "inline");
     let img = mkfs(
         &dir.0,
         &["-t", "ext4", "-O", "inline_data", "-b", "4096"],
         "16M",
+        populate,
     );
     let stat = debugfs(&img, false, "stat /d/sub");
     assert!(stat.contains("Size of inline data"), "{stat}");

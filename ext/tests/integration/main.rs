@@ -1,0 +1,8 @@
+//! The ext crate's integration tests, one binary: the walker against e2image and the
+//! e2fsprogs corpus, block owners and paths against debugfs, and byte-patched images.
+
+mod common;
+mod corpus;
+mod e2image_oracle;
+mod owners_oracle;
+mod robustness;
