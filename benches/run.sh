@@ -2,7 +2,7 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: README.md, "Performance").
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback]
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
@@ -12,6 +12,9 @@
 #   rb/      a 1G ext4 holding a 256 MiB file, and a newer state where it was rewritten: the
 #            rollback of a copy of the newer state to the older one (-d image) is timed
 #            against dd writing as many bytes (both flushed: fsync included)
+#   usr2.img a copy of usr.img with about 5% of its data rewritten (files overwritten, added and
+#            removed through a loop mount), for the archive append: appending usr2 to an archive
+#            of usr is timed against a full export of usr2, -Q and -d
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -34,6 +37,10 @@ work=${work:-$top/target/bench}
 mkdir -p "$work"
 bin=$top/target/release/e2image-rs
 (cd "$top" && cargo build --release --quiet)
+# A second build with the test hooks (fault injection) for the measurements that need them;
+# the timed release binary has none.
+binf=$top/target/bench-hooks/release/e2image-rs
+(cd "$top" && cargo build --release --quiet --features fault-injection --target-dir target/bench-hooks)
 for t in e2image qemu-img mke2fs /usr/bin/time; do
   command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
 done
@@ -188,7 +195,7 @@ if [ -z "$only" ] || [ "$only" = rollback ]; then
   for r in $(seq 1 "$reps"); do
     fresh; full="$full $(secs "$bin" rollback "$q" "$tgt" --snapshot old.img --patch "$patch")"
     # Apply only: a prepared patch (stopped right after marking it applying), then --resume.
-    fresh; E2IMAGE_RS_FAULT_AFTER_WRITES=1 "$bin" rollback "$q" "$tgt" --snapshot old.img --patch "$patch" >/dev/null 2>&1 || true
+    fresh; E2IMAGE_RS_FAULT_AFTER_WRITES=1 "$binf" rollback "$q" "$tgt" --snapshot old.img --patch "$patch" >/dev/null 2>&1 || true
     sync; sleep 1; apply="$apply $(secs "$bin" rollback --resume "$patch" "$tgt")"
     fresh; ddt="$ddt $(secs dd if="$work/rb-bytes.bin" of="$tgt" bs=1M conv=notrunc,fsync)"
   done
@@ -201,4 +208,43 @@ if [ -z "$only" ] || [ "$only" = rollback ]; then
   printf '  %-40s median %6s s  %8s MB/s  (runs:%s)\n' "dd bs=1M conv=fsync, same bytes" "$td" "$(mbs "$td")" "$ddt"
   echo "  ratio rollback / dd: $(ratio "$tf" "$td");  apply only / dd: $(ratio "$ta" "$td")"
   rm -f "$q" "$tgt" "$patch" "$work/rb-bytes.bin" "$work/rb.out"
+fi
+
+if [ -z "$only" ] || [ "$only" = append ]; then
+  usr2=$work/usr2.img
+  if [ ! -s "$usr2" ]; then
+    echo "building $usr2 (usr.img with about 5% of its data rewritten)" >&2
+    cp --sparse=always "$usr" "$usr2.tmp"
+    mnt=$(mktemp -d); mount -o loop "$usr2.tmp" "$mnt"
+    used=$(df -B1 --output=used "$mnt" | tail -1); goal=$((used / 20)) done=0
+    # Rewrite whole files in place (new bytes, same size) until 4% of the used bytes changed,
+    # then add new files for 1% more.
+    while read -r f; do
+      sz=$(stat -c %s "$f"); head -c "$sz" /dev/urandom | dd of="$f" conv=notrunc status=none
+      done=$((done + sz)); [ "$done" -ge $((goal * 4 / 5)) ] && break
+    done < <(find "$mnt" -type f -size +64k | sort | awk 'NR % 7 == 0')
+    mkdir -p "$mnt/added"; head -c $((goal / 5)) /dev/urandom > "$mnt/added/new.bin"
+    umount "$mnt"; rmdir "$mnt"; mv "$usr2.tmp" "$usr2"
+  fi
+  for flag in "" -d; do
+    echo "== append: usr2.img onto an archive of usr.img ${flag:-(metadata)}"
+    base=$work/arch-base.qcow2 arch=$work/arch.qcow2 full=$work/full.qcow2
+    rm -f "$base"; "$bin" -Q $flag --name usr "$usr" "$base"
+    app="" fl=""
+    for r in $(seq 1 "$reps"); do
+      rm -f "$arch"; cp --sparse=always "$base" "$arch"; sync; sleep 1
+      app="$app $(/usr/bin/time -o "$work/.time" -f '%e' "$bin" -Q $flag --append "$usr2" "$arch" >/dev/null 2>&1; cat "$work/.time")"
+      rm -f "$full"; sync; sleep 1
+      fl="$fl $(/usr/bin/time -o "$work/.time" -f '%e' "$bin" -Q $flag "$usr2" "$full" >/dev/null 2>&1; cat "$work/.time")"
+    done
+    med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+    ta=$(med "$app") tf=$(med "$fl")
+    grew=$(( $(stat -c %b "$arch") * 512 - $(stat -c %b "$base") * 512 ))
+    printf '  %-40s median %6s s  (runs:%s)\n' "append usr2 to the archive" "$ta" "$app"
+    printf '  %-40s median %6s s  (runs:%s)\n' "full export of usr2" "$tf" "$fl"
+    echo "  ratio append / full export: $(ratio "$ta" "$tf")   (target <= 0.3)"
+    echo "  archive grew by $grew bytes (allocated); full export $(( $(stat -c %b "$full") * 512 )) bytes"
+    if qemu-img check "$arch" >/dev/null 2>&1; then echo "  qemu-img check: exit 0"; else echo "  qemu-img check: exit $?"; fi
+    rm -f "$base" "$arch" "$full"
+  done
 fi
