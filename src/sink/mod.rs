@@ -14,6 +14,7 @@ mod device;
 mod qcow;
 mod raw;
 mod stream;
+mod unchanged;
 
 use crate::plan::{ExportPlan, Format, Output};
 use crate::sys::output::{BackgroundSync, TempOutput};
