@@ -9,12 +9,73 @@
 //! `fallocate(ZERO_RANGE | KEEP_SIZE)` (as `qemu-img convert` does): writing into allocated,
 //! unwritten extents is cheaper for the filesystem than delayed allocation. What is allocated
 //! past the final length is released in [`OutFile::finish`].
+//!
+//! An [`OutFile`] over an existing image ([`OutFile::in_place`], used by the editor) writes only
+//! where it is told (free clusters and past the end), never preallocates (a zeroed range could
+//! hold live data), and reports every physical operation to an optional hook first
+//! ([`WriteEvent`]): the editor's tests stop an edit at any of them, as a crash would.
 
+use std::fmt;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
 use crate::error::Error;
+
+/// One physical operation on an image file, reported to a write hook before it happens
+/// ([`Editor::set_write_hook`](crate::Editor::set_write_hook)). Offsets and lengths in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteEvent {
+    /// `pwrite` of `len` bytes at host byte `offset`.
+    Write {
+        /// Host byte offset.
+        offset: u64,
+        /// Bytes written.
+        len: u64,
+    },
+    /// `fsync` of the file.
+    Sync,
+    /// `ftruncate` to `len` bytes.
+    Truncate {
+        /// New file length.
+        len: u64,
+    },
+    /// `fallocate(PUNCH_HOLE | KEEP_SIZE)` of `len` bytes at `offset`.
+    PunchHole {
+        /// Host byte offset.
+        offset: u64,
+        /// Bytes deallocated.
+        len: u64,
+    },
+}
+
+/// A hook called before every physical operation; an `Err` stops the operation (and the edit).
+pub(crate) type WriteHook = Box<dyn FnMut(WriteEvent) -> Result<(), Error> + Send>;
+
+/// The optional hook of an [`OutFile`]: in a mutex (only ever reached through `&mut`, so never
+/// locked) to keep [`OutFile`] `Sync`, and wrapped so that it can derive `Debug`.
+#[derive(Default)]
+struct Hook(Mutex<Option<WriteHook>>);
+
+impl Hook {
+    fn call(&mut self, event: WriteEvent) -> Result<(), Error> {
+        let hook = self
+            .0
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match hook {
+            Some(hook) => hook(event),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hook")
+    }
+}
 
 /// Reads exactly `buf.len()` bytes at host byte `offset`. A short file is reported as
 /// [`Error::Corrupt`] (a structure points past the end of the file), other failures as
@@ -60,8 +121,12 @@ pub(crate) struct OutFile {
     buf: Vec<u8>,
     buf_offset: u64,
     cap: usize,
-    /// End of the range allocated ahead with `fallocate`; `None` once the filesystem refused.
+    /// End of the range allocated ahead with `fallocate`; `None` once the filesystem refused
+    /// (or for an existing image, where preallocation is off).
     prealloc_end: Option<u64>,
+    hook: Hook,
+    /// Bytes physically written so far.
+    written: u64,
 }
 
 impl OutFile {
@@ -73,7 +138,87 @@ impl OutFile {
             buf_offset: start,
             cap,
             prealloc_end: Some(0),
+            hook: Hook::default(),
+            written: 0,
         }
+    }
+
+    /// Wraps an existing image `file` for in-place edits: no preallocation, appends anywhere.
+    pub(crate) fn in_place(file: File, cap: usize) -> OutFile {
+        OutFile {
+            prealloc_end: None,
+            ..OutFile::new(file, 0, cap)
+        }
+    }
+
+    /// Installs the hook called before every physical operation.
+    pub(crate) fn set_hook(&mut self, hook: WriteHook) {
+        self.hook = Hook(Mutex::new(Some(hook)));
+    }
+
+    /// Bytes physically written so far (data, tables, header).
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Reports `event` to the hook, if any.
+    fn before(&mut self, event: WriteEvent) -> Result<(), Error> {
+        self.hook.call(event)
+    }
+
+    /// `pwrite` of `data` at `offset`, reported to the hook first.
+    fn write_at(&mut self, data: &[u8], offset: u64, op: &'static str) -> Result<(), Error> {
+        self.before(WriteEvent::Write {
+            offset,
+            len: data.len() as u64,
+        })?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(Error::io(op, offset))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `data` at host byte `offset` right away (pending appends stay pending).
+    pub(crate) fn write_now(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.write_at(data, offset, "writing the header")
+    }
+
+    /// Flushes the pending appends and `fsync`s the file.
+    pub(crate) fn sync(&mut self) -> Result<(), Error> {
+        self.flush()?;
+        self.before(WriteEvent::Sync)?;
+        self.file
+            .sync_all()
+            .map_err(Error::io("syncing the image", 0))
+    }
+
+    /// The file's current length in bytes (after flushing pending appends).
+    pub(crate) fn len(&mut self) -> Result<u64, Error> {
+        self.flush()?;
+        Ok(self
+            .file
+            .metadata()
+            .map_err(Error::io("reading the file size", 0))?
+            .len())
+    }
+
+    /// Sets the file length to `len` bytes (pending appends must have been flushed).
+    pub(crate) fn set_len(&mut self, len: u64) -> Result<(), Error> {
+        self.before(WriteEvent::Truncate { len })?;
+        self.file
+            .set_len(len)
+            .map_err(Error::io("setting the file length", len))
+    }
+
+    /// Deallocates `len` bytes at `offset`, keeping the file size (best effort: a filesystem
+    /// without hole punching keeps the blocks; only the hook's error is returned).
+    pub(crate) fn punch_hole(&mut self, offset: u64, len: u64) -> Result<(), Error> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        self.before(WriteEvent::PunchHole { offset, len })?;
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        let _ = fallocate(&self.file, flags, offset, len);
+        Ok(())
     }
 
     fn buf_end(&self) -> u64 {
@@ -90,10 +235,7 @@ impl OutFile {
         if direct {
             self.preallocate(offset + data.len() as u64);
             self.buf_offset = offset + data.len() as u64;
-            return self
-                .file
-                .write_all_at(data, offset)
-                .map_err(Error::io("writing clusters", offset));
+            return self.write_at(data, offset, "writing clusters");
         }
         self.buf.extend_from_slice(data);
         Ok(())
@@ -122,9 +264,10 @@ impl OutFile {
         if !self.buf.is_empty() {
             self.preallocate(self.buf_end());
             let at = self.buf_offset;
-            self.file
-                .write_all_at(&self.buf, at)
-                .map_err(Error::io("writing clusters", at))?;
+            let buf = std::mem::take(&mut self.buf);
+            let result = self.write_at(&buf, at, "writing clusters");
+            self.buf = buf;
+            result?;
             self.buf_offset = self.buf_end();
             self.buf.clear();
         }
@@ -156,9 +299,7 @@ impl OutFile {
         if end > self.buf_offset && offset < self.buf_end() {
             self.flush()?;
         }
-        self.file
-            .write_all_at(data, offset)
-            .map_err(Error::io("rewriting a table", offset))
+        self.write_at(data, offset, "rewriting a table")
     }
 
     /// Flushes, sets the file length to `len` bytes, then writes `header` at offset 0 (last, so

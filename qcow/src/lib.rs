@@ -1,6 +1,7 @@
 //! QCOW2 images for e2image-rs: a streaming writer with any number of L1 tables (the active layer
-//! plus internal snapshots, sharing L2 tables and data clusters through refcounts), and a reader
-//! for v2/v3 images made by us or by QEMU.
+//! plus internal snapshots, sharing L2 tables and data clusters through refcounts), a reader
+//! for v2/v3 images made by us or by QEMU, and an editor that changes an existing image in
+//! place, crash-safely (adds states, makes one the active layer, removes snapshots).
 //!
 //! Design: the writer allocates host clusters with a bump allocator, so the file is written
 //! front to back: header placeholder, then data clusters and L2 tables interleaved as each L2
@@ -9,7 +10,10 @@
 //! and the header is written last, so an interrupted run leaves a file without the QCOW2 magic.
 //! The reader validates every on-disk value (checked arithmetic, bounded table sizes) and
 //! returns [`Error`] instead of panicking on corrupt input; its [`LayerReader`]s use positional
-//! reads only, so they can serve several threads.
+//! reads only, so they can serve several threads. The [`Editor`] drives a [`Writer`] over an
+//! existing image: it allocates clusters free in the committed refcounts or past the end,
+//! copies refcount blocks on write and commits with one header write, so an interrupted edit
+//! leaves the previous image intact.
 //!
 //! Layers, bottom to top; a module uses only modules below it, never one above:
 //!
@@ -19,10 +23,11 @@
 //! | geometry | `geometry` | [`Version`], the limits with their reasons, L1/L2 sizing |
 //! | types | `types` | [`StateId`] |
 //! | format | `format/` (`header/`, `extension`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; no I/O |
-//! | io | `io` | positional reads, the writer's buffered output file |
+//! | io | `io` | positional reads, the writer's buffered output file, [`WriteEvent`] |
 //! | reader | `reader/` (`image`, `snapshot_table`, `layer`, `inflate`) | [`Reader`], [`LayerReader`] |
 //! | stats | `stats` | [`LayerStats`]: per-layer cluster statistics, on top of the reader |
-//! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`) | [`Writer`] |
+//! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`, `free_runs`, `edit`) | [`Writer`]; its allocator over an existing image |
+//! | editor | `editor/` (`open`, `references`, `copied`, `refblocks`, `commit`) | [`Editor`]: in-place edits, on top of the reader and the writer |
 //!
 //! The modules are private; this root re-exports the public API.
 //!
@@ -33,6 +38,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod bytes;
+mod editor;
 mod error;
 mod format;
 mod geometry;
@@ -42,6 +48,7 @@ mod stats;
 mod types;
 mod writer;
 
+pub use editor::{CommitSummary, Editor};
 pub use error::Error;
 pub use format::extension::{
     HeaderExtension, EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_END, EXT_EXTERNAL_DATA_FILE,
@@ -50,6 +57,7 @@ pub use format::extension::{
 pub use format::header::{Header, QCOW2_MAGIC};
 pub use format::snapshot::{SnapshotInfo, SnapshotSpec};
 pub use geometry::{max_virtual_size, Version, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
+pub use io::WriteEvent;
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
 pub use stats::{LayerStats, STATS_WINDOW_CLUSTERS};
 pub use types::StateId;

@@ -1,6 +1,7 @@
 //! Scale: peak memory of a sparse multi-state 15 TiB export (must stay far below the 64 MiB
-//! budget), and an ignored throughput benchmark (3 GiB of data; run with
-//! `cargo test -p qcow --release --test scale -- --ignored --nocapture`).
+//! budget), and ignored benchmarks: writer throughput (3 GiB of data) and the editor on a
+//! 1000-state archive (run with `cargo test -p qcow --release --test scale -- --ignored
+//! --nocapture`).
 
 mod common;
 
@@ -113,4 +114,66 @@ fn throughput_3gib() {
         eprintln!("cluster_bits {cb}: {:.0} MB/s ({secs:.2} s, {written:.2} s before finish), {summary:?}", total as f64 / secs / 1e6);
         let _ = std::fs::remove_file(&img);
     }
+}
+
+/// Cost of the editor on a 1000-state archive (8 GiB disk, 4 KiB clusters, ~2 Ki data
+/// clusters per state, 5 % changed per state): prints the time and bytes written to append a
+/// state, then to remove the 100 oldest. Run with
+/// `cargo test -p qcow --release --test scale -- --ignored --nocapture editor`.
+#[test]
+#[ignore]
+fn editor_on_1000_states() {
+    use common::archive::*;
+    let dir = scratch("scale-editor");
+    let img = dir.join("archive.qcow2");
+    let geo = Geo {
+        cluster_bits: 12,
+        size: 8 << 30,
+        version: Version::V3,
+    };
+    let mut e = first_state(geo, 2048, 5);
+    let mut states = Vec::new();
+    for i in 0..1001 {
+        states.push(Named {
+            name: format!("s{i}"),
+            expect: e.clone(),
+        });
+        e = evolve(geo, &e, 5, 1000 + i);
+    }
+    let next = states.pop().unwrap();
+    states.reverse();
+    let start = Instant::now();
+    write_archive(&img, geo, &states);
+    let size = std::fs::metadata(&img).unwrap().len();
+    eprintln!(
+        "1000 states written in {:.1} s: {size} bytes",
+        start.elapsed().as_secs_f64()
+    );
+
+    let start = Instant::now();
+    let mut ed = open_editor(&img);
+    let opened = start.elapsed().as_secs_f64();
+    let s = append_state(&mut ed, geo, &next).unwrap();
+    let written = start.elapsed().as_secs_f64();
+    let summary = ed.commit(Some(s), &[spec(s, "1001", "s1000")]).unwrap();
+    let total = start.elapsed().as_secs_f64();
+    eprintln!("append: open {opened:.3} s, states written {written:.3} s, total {total:.3} s, {summary:?}");
+    eprintln!(
+        "file {} -> {} bytes",
+        size,
+        std::fs::metadata(&img).unwrap().len()
+    );
+
+    let start = Instant::now();
+    let mut ed = open_editor(&img);
+    (901..1001).for_each(|i| ed.remove_snapshot(i).unwrap());
+    let summary = ed.commit(None, &[]).unwrap();
+    eprintln!(
+        "remove 100 oldest: {:.3} s, {summary:?}",
+        start.elapsed().as_secs_f64()
+    );
+    require_qemu!();
+    let start = Instant::now();
+    check_clean(&img);
+    eprintln!("qemu-img check: {:.1} s", start.elapsed().as_secs_f64());
 }

@@ -177,6 +177,36 @@ pub(crate) fn validate_specs(specs: &[SnapshotSpec]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks snapshots to add to a table that keeps the entries `kept` (their infos): at most
+/// 65 536 entries in all, the new ones valid among themselves ([`validate_specs`]), and no new
+/// id or name equal to a kept entry's id or name. Errors: [`Error::InvalidArgument`],
+/// [`Error::Limit`].
+pub(crate) fn validate_new_specs<'a>(
+    specs: &[SnapshotSpec],
+    kept: impl Iterator<Item = &'a SnapshotInfo> + Clone,
+) -> Result<(), Error> {
+    let total = specs.len() + kept.clone().count();
+    if total > MAX_SNAPSHOTS as usize {
+        return Err(Error::Limit(format!(
+            "{total} snapshots exceed {MAX_SNAPSHOTS}"
+        )));
+    }
+    validate_specs(specs)?;
+    let taken: HashSet<&str> = kept
+        .flat_map(|k| [k.id.as_str(), k.name.as_str()])
+        .collect();
+    if let Some(s) = specs
+        .iter()
+        .find(|s| taken.contains(s.id.as_str()) || taken.contains(s.name.as_str()))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot id {:?} or name {:?} equals a kept snapshot's id or name",
+            s.id, s.name
+        )));
+    }
+    Ok(())
+}
+
 impl RawSnapshotEntry {
     /// Bytes of the entry's variable part (extra data, id, name) for entry `index` at host byte
     /// `offset`. Errors: [`Error::Limit`] for extra data over 1024 bytes.

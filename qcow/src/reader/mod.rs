@@ -37,6 +37,8 @@ use crate::format::snapshot::SnapshotInfo;
 pub struct Reader {
     image: Image,
     snapshots: Vec<SnapshotInfo>,
+    /// Byte extent of each snapshot table entry: (start, end before padding).
+    snapshot_extents: Vec<(u64, u64)>,
     active_l1: Vec<u64>,
     extensions: Vec<HeaderExtension>,
 }
@@ -53,12 +55,15 @@ impl Reader {
         let h = &image.header;
         let reftable_len = u64::from(h.refcount_table_clusters) * image.cluster_size();
         image.check_in_file("refcount table", h.refcount_table_offset, reftable_len)?;
-        let snapshots = read_snapshot_table(&image.file, h, image.file_len)?;
+        let (snapshots, snapshot_extents) = read_snapshot_table(&image.file, h, image.file_len)?
+            .into_iter()
+            .unzip();
         let active_l1 = image.read_l1(h.l1_table_offset, h.l1_size)?;
         let extensions = image.read_extensions()?;
         Ok(Reader {
             image,
             snapshots,
+            snapshot_extents,
             active_l1,
             extensions,
         })
@@ -146,6 +151,31 @@ impl Reader {
 }
 
 impl Reader {
+    /// The byte extent of snapshot table entry `i`: (start, end before padding).
+    pub(crate) fn snapshot_extent(&self, i: usize) -> Option<(u64, u64)> {
+        self.snapshot_extents.get(i).copied()
+    }
+
+    /// The active L1 table as read (entries with flags).
+    pub(crate) fn active_l1(&self) -> &[u64] {
+        &self.active_l1
+    }
+
+    /// Reads `len` bytes at host byte `offset`, which must lie inside the file (the caller
+    /// bounds `len`). Errors: [`Error::Corrupt`] past the end; [`Error::Io`].
+    pub(crate) fn read_bytes(&self, offset: u64, len: u64, op: &str) -> Result<Vec<u8>, Error> {
+        self.image.check_in_file(op, offset, len)?;
+        let mut buf = vec![0u8; len as usize];
+        crate::io::read_exact_at(&self.image.file, &mut buf, offset, "reading image metadata")?;
+        Ok(buf)
+    }
+
+    /// Reads an L1 table of `l1_size` entries at `offset` (at most 4 Mi entries, inside the
+    /// file). Errors: [`Error::Limit`], [`Error::Corrupt`], [`Error::Io`].
+    pub(crate) fn read_l1(&self, offset: u64, l1_size: u32) -> Result<Vec<u64>, Error> {
+        self.image.read_l1(offset, l1_size)
+    }
+
     /// Calls `f(host_cluster)` for every host cluster the L2 table at `l2` references (refcount
     /// semantics of spec §2.1: the table itself, each normal or preallocated-zero data cluster,
     /// every cluster a compressed payload touches), in entry order; a cluster referenced

@@ -10,14 +10,18 @@ use crate::format::snapshot::{RawSnapshotEntry, SnapshotInfo};
 use crate::geometry::MAX_SNAPSHOT_TABLE_BYTES;
 use crate::io::read_exact_at;
 
-/// Reads the snapshot table described by `header` from `file` (`file_len` bytes long).
+/// A snapshot table entry and its byte extent in the file (start, end before padding).
+pub(super) type EntryWithExtent = (SnapshotInfo, (u64, u64));
+
+/// Reads the snapshot table described by `header` from `file` (`file_len` bytes long): each
+/// entry, and its extent in the file.
 /// Errors: [`Error::Corrupt`] if an entry lies outside the file; [`Error::Limit`] for extra data
 /// over 1024 bytes or a table over 64 MiB; [`Error::Io`].
 pub(super) fn read_snapshot_table(
     file: &File,
     header: &Header,
     file_len: u64,
-) -> Result<Vec<SnapshotInfo>, Error> {
+) -> Result<Vec<EntryWithExtent>, Error> {
     let start = header.snapshots_offset;
     let mut offset = start;
     let mut out = Vec::with_capacity(header.nb_snapshots.min(1024) as usize);
@@ -29,7 +33,7 @@ pub(super) fn read_snapshot_table(
                 "snapshot table at {start:#x} exceeds {MAX_SNAPSHOT_TABLE_BYTES} bytes"
             )));
         }
-        out.push(info);
+        out.push((info, (offset, next)));
         offset = next;
     }
     Ok(out)

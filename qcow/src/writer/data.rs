@@ -32,17 +32,21 @@ impl Writer {
         let count = self.cluster_count(data)?;
         self.check_guest_range(s, guest_cluster, count)?;
         let epl = self.entries_per_l2();
+        let cb = self.cluster_bits;
         for (done, g, run) in window_runs(guest_cluster, count, epl) {
             // Open (and so finish the previous) window before allocating the data clusters.
             self.open_window(s, g / epl)?;
-            let host = self.refcounts.allocate(run)?;
-            let bytes = &data[(done << self.cluster_bits) as usize
-                ..((done + run) << self.cluster_bits) as usize];
-            self.out.append(host << self.cluster_bits, bytes)?;
-            let cb = self.cluster_bits;
-            let entries = self.window_entries(s, g, run)?;
-            for (i, e) in entries.iter_mut().enumerate() {
-                *e = (host + i as u64) << cb;
+            let mut k = 0;
+            while k < run {
+                // One run of consecutive host clusters (all of `run` for a new image).
+                let (host, n) = self.refcounts.allocate_up_to(run - k)?;
+                let bytes = &data[((done + k) << cb) as usize..((done + k + n) << cb) as usize];
+                self.out.append(host << cb, bytes)?;
+                let entries = self.window_entries(s, g + k, n)?;
+                for (i, e) in entries.iter_mut().enumerate() {
+                    *e = (host + i as u64) << cb;
+                }
+                k += n;
             }
         }
         self.summary.data_clusters += count;

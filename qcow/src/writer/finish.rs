@@ -28,7 +28,8 @@ impl Writer {
     /// A state may be used several times (e.g. active and newest snapshot) or not at all.
     ///
     /// Errors: [`Error::InvalidArgument`] for unknown states, empty/duplicate snapshot ids,
-    /// duplicate names, a name equal to another snapshot's id, or ids/names over 65 535 bytes;
+    /// duplicate names, a name equal to another snapshot's id, or ids/names over 65 535 bytes,
+    /// and for the writer of an editor (which commits instead);
     /// [`Error::Limit`] for over 65 536 snapshots, refcount overflow or a refcount table over
     /// 8 MiB; [`Error::Io`].
     pub fn finish(
@@ -36,6 +37,12 @@ impl Writer {
         active: StateId,
         snapshots: &[SnapshotSpec],
     ) -> Result<WriterSummary, Error> {
+        if self.editing {
+            return Err(Error::InvalidArgument(
+                "this writer adds states to an existing image: commit them with Editor::commit"
+                    .into(),
+            ));
+        }
         let a = self.state_index(active)?;
         let mut snapshot_states = Vec::with_capacity(snapshots.len());
         for spec in snapshots {
@@ -191,7 +198,7 @@ impl Writer {
     }
 
     /// Appends `bytes` zero-padded to whole clusters; returns the byte offset.
-    fn append_padded(&mut self, bytes: &[u8]) -> Result<u64, Error> {
+    pub(crate) fn append_padded(&mut self, bytes: &[u8]) -> Result<u64, Error> {
         let clusters = (bytes.len() as u64).div_ceil(self.cluster_size());
         let offset = self.refcounts.allocate(clusters)? << self.cluster_bits;
         let mut padded = bytes.to_vec();

@@ -14,21 +14,24 @@
 //!
 //! Files: `state.rs` (per-state bookkeeping), `data.rs` (guest clusters), `tables.rs` (L2
 //! windows and tables), `finish.rs` (everything after the last data cluster), `refcounts.rs`
-//! (the cluster allocator).
+//! (the cluster allocator), `free_runs.rs` (free clusters of an existing image), `edit.rs`
+//! (what the editor needs: a writer over an existing image and its snapshots as states).
 //!
 //! Zero clusters (v3, [`Writer::write_zero_clusters`]) are L2 entries with only the zero flag:
 //! no host cluster, no refcount, never COPIED. They are kept as such in windows and compare
 //! equal across states, so tables holding them stay shareable.
 
 mod data;
+mod edit;
 mod finish;
+mod free_runs;
 mod refcounts;
 mod state;
 mod tables;
 
 use std::fs::File;
 
-use refcounts::RefcountChunks;
+pub(crate) use refcounts::RefcountChunks;
 use state::State;
 
 use crate::error::Error;
@@ -76,6 +79,10 @@ pub struct WriterSummary {
 /// guest cluster order), sharing data clusters and identical L2 tables through refcounts;
 /// [`Writer::finish`] makes one state the active layer and others internal snapshots (spec
 /// "Snapshots") and writes the header last, so an interrupted run leaves no QCOW2 magic.
+///
+/// The editor (`Editor::writer`) lends a writer over an existing image: it allocates clusters
+/// free in the image first, may share the image's clusters and tables, and its states are
+/// committed by `Editor::commit` (`finish` is refused).
 #[derive(Debug)]
 pub struct Writer {
     out: OutFile,
@@ -95,6 +102,9 @@ pub struct Writer {
     /// Header extensions written after the header by [`Writer::finish`].
     extensions: Vec<HeaderExtension>,
     summary: WriterSummary,
+    /// Adding states to an existing image (`Writer::in_place`, for the editor): `finish` is
+    /// refused, the editor commits.
+    editing: bool,
 }
 
 impl Writer {
@@ -150,6 +160,7 @@ impl Writer {
             sync: true,
             extensions: Vec::new(),
             summary: WriterSummary::default(),
+            editing: false,
         })
     }
 
@@ -212,7 +223,8 @@ impl Writer {
         l2_entries(self.cluster_bits)
     }
 
-    pub(super) fn state_index(&self, state: StateId) -> Result<usize, Error> {
+    /// The index of `state`. Errors: [`Error::InvalidArgument`] for an unknown state.
+    pub(crate) fn state_index(&self, state: StateId) -> Result<usize, Error> {
         let i = state.index();
         if i >= self.states.len() {
             return Err(Error::InvalidArgument(format!(
@@ -230,6 +242,11 @@ impl Writer {
         guest_cluster: u64,
         count: u64,
     ) -> Result<(), Error> {
+        if self.states[s].loaded {
+            return Err(Error::InvalidArgument(format!(
+                "state {s} is a snapshot loaded from the image: it cannot be written to (write a new state, or clone it)"
+            )));
+        }
         let next = self.states[s].next_guest;
         if guest_cluster < next {
             return Err(Error::InvalidArgument(format!(

@@ -3,7 +3,7 @@
 
 use std::hash::{DefaultHasher, Hasher};
 
-use crate::format::table::{L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO};
+use crate::format::table::{L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
 
 /// A populated L1 entry of a state.
 #[derive(Clone, Copy, Debug)]
@@ -11,12 +11,15 @@ pub(super) struct L1Slot {
     pub(super) l1_index: u32,
     /// Hash of the L2 table's entries with COPIED masked off (to find identical tables); zero
     /// entries hash as themselves, so zero clusters in two states still share a table.
-    pub(super) hash: u32,
+    /// `None` for tables of an existing image (not read yet): compared entry by entry.
+    pub(super) hash: Option<u32>,
     pub(super) l2_offset: u64,
 }
 
 /// The L2 window a state is currently filling: plain host offsets, 0 = unallocated,
-/// [`OFLAG_ZERO`] alone = a zero cluster (v3; no host cluster). Never COPIED (set on write).
+/// [`OFLAG_ZERO`] alone = a zero cluster (v3; no host cluster); entries taken from an existing
+/// image's table may also be compressed descriptors or preallocated zero clusters (offset and
+/// zero flag). Never COPIED (set on write).
 #[derive(Debug)]
 pub(super) struct OpenWindow {
     pub(super) l1_index: u32,
@@ -32,6 +35,10 @@ pub(super) struct State {
     pub(super) open: Option<OpenWindow>,
     /// Guest clusters below this were already written (writes must be strictly increasing).
     pub(super) next_guest: u64,
+    /// A snapshot of the image being edited ([`Writer::load_state`](super::Writer)): its
+    /// tables are referenced by the snapshot's own L1 table, not by this state, and it cannot
+    /// be written to.
+    pub(super) loaded: bool,
 }
 
 impl State {
@@ -44,10 +51,14 @@ impl State {
     }
 }
 
-/// A stored L2 entry written by this writer, as a window entry: COPIED dropped, the host
-/// offset and the zero flag kept.
+/// A stored L2 entry as a window entry: COPIED dropped, the host offset and the zero flag kept;
+/// a compressed descriptor is kept whole (its offset and sector count use other bits).
 pub(super) fn window_entry(stored: u64) -> u64 {
-    stored & (L2E_OFFSET_MASK | OFLAG_ZERO)
+    if stored & OFLAG_COMPRESSED != 0 {
+        stored & !OFLAG_COPIED
+    } else {
+        stored & (L2E_OFFSET_MASK | OFLAG_ZERO)
+    }
 }
 
 /// Splits guest clusters `first..first + count` at L2 window boundaries (`epl` entries per

@@ -6,13 +6,13 @@ use super::state::{hash_entries, window_entry, L1Slot, OpenWindow, State};
 use super::Writer;
 use crate::bytes::{decode_be, encode_be};
 use crate::error::Error;
-use crate::format::table::{L2E_OFFSET_MASK, OFLAG_COPIED};
+use crate::format::table::{L2Entry, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
 use crate::types::StateId;
 
 impl Writer {
-    /// Host byte offset of `guest_cluster` in `state`, or `None` if unallocated or a zero
-    /// cluster there (no host cluster). Reads back finished L2 tables as needed (one table is
-    /// cached).
+    /// Host byte offset of `guest_cluster` in `state`, or `None` if it is not a plain data
+    /// cluster there (unallocated, a zero cluster, or compressed in an existing image). Reads
+    /// back finished L2 tables as needed (one table is cached).
     ///
     /// Errors: [`Error::InvalidArgument`] for an unknown state or a guest cluster past the end
     /// of the disk; [`Error::Io`].
@@ -35,7 +35,8 @@ impl Writer {
             }
             _ => 0,
         };
-        Ok(Some(entry & L2E_OFFSET_MASK).filter(|&o| o != 0))
+        let plain = entry & (OFLAG_COMPRESSED | OFLAG_ZERO) == 0;
+        Ok(Some(entry & L2E_OFFSET_MASK).filter(|&o| plain && o != 0))
     }
 
     pub(super) fn read_l2_cached(&mut self, offset: u64) -> Result<&[u64], Error> {
@@ -51,7 +52,7 @@ impl Writer {
     }
 
     /// Reads the L2 table at host byte `offset` (entries with their flags).
-    pub(super) fn read_l2(&mut self, offset: u64) -> Result<Vec<u64>, Error> {
+    pub(crate) fn read_l2(&mut self, offset: u64) -> Result<Vec<u64>, Error> {
         let mut bytes = vec![0u8; self.cluster_size() as usize];
         self.out.read_at(&mut bytes, offset)?;
         Ok(decode_be(&bytes))
@@ -78,25 +79,27 @@ impl Writer {
             l1: slots,
             open: None,
             next_guest,
+            loaded: false,
         });
         Ok(StateId::from_index(self.states.len() - 1))
     }
 
     /// Adds `delta` (may be negative) references to the L2 table at `l2_offset` and to every
-    /// cluster it maps: the effect of one more (or one fewer) L1 table referencing it. Zero
-    /// and unallocated entries (host offset 0) map no cluster.
+    /// cluster it maps: the effect of one more (or one fewer) L1 table referencing it (notes
+    /// §2.1: zero and unallocated entries map no cluster; a compressed payload counts every
+    /// host cluster it touches).
     pub(super) fn add_table_references(&mut self, l2_offset: u64, delta: i32) -> Result<(), Error> {
         let by = u16::try_from(delta.unsigned_abs())
             .map_err(|_| Error::Limit(format!("{delta} references to one table")))?;
         let mut clusters = vec![l2_offset >> self.cluster_bits];
         let table = self.read_l2(l2_offset)?;
-        clusters.extend(
-            table
-                .iter()
-                .map(|e| e & L2E_OFFSET_MASK)
-                .filter(|&o| o != 0)
-                .map(|o| o >> self.cluster_bits),
-        );
+        for (j, &raw) in table.iter().enumerate() {
+            let at = l2_offset + j as u64 * 8;
+            let entry = L2Entry::decode(raw, self.cluster_bits, self.version, at)?;
+            if let Some((first, last)) = entry.host_cluster_range(self.cluster_bits) {
+                clusters.extend(first..=last);
+            }
+        }
         for c in clusters {
             if delta >= 0 {
                 self.refcounts.increment(c, by)?;
@@ -152,7 +155,7 @@ impl Writer {
                 s,
                 L1Slot {
                     l1_index: w.l1_index,
-                    hash,
+                    hash: Some(hash),
                     l2_offset: shared,
                 },
             );
@@ -168,19 +171,22 @@ impl Writer {
             s,
             L1Slot {
                 l1_index: w.l1_index,
-                hash,
+                hash: Some(hash),
                 l2_offset: host,
             },
         );
         Ok(())
     }
 
-    /// `entry` (a window entry: a plain host offset, 0 or `OFLAG_ZERO`) with COPIED set iff
-    /// it maps a host cluster whose refcount is 1 now. Zero and unallocated entries never get
-    /// COPIED (their offset 0 is not a cluster; cluster 0 is the header).
-    pub(super) fn with_copied(&self, entry: u64) -> u64 {
+    /// `entry` (a window entry) with COPIED set iff it maps a host cluster whose refcount is 1
+    /// now (notes §2.2). Zero and unallocated entries never get COPIED (their offset 0 is not
+    /// a cluster; cluster 0 is the header), nor do compressed ones.
+    pub(crate) fn with_copied(&self, entry: u64) -> u64 {
         let host = entry & L2E_OFFSET_MASK;
-        if host != 0 && self.refcounts.get(host >> self.cluster_bits) == 1 {
+        if entry & OFLAG_COMPRESSED == 0
+            && host != 0
+            && self.refcounts.get(host >> self.cluster_bits) == 1
+        {
             entry | OFLAG_COPIED
         } else {
             entry
@@ -194,7 +200,8 @@ impl Writer {
     }
 
     /// An L2 table of another state at the same L1 index with the same entries (COPIED
-    /// ignored), found by hash and verified by reading it back.
+    /// ignored), found by hash and verified by reading it back (a table of the edited image,
+    /// whose hash is unknown, is read and compared).
     fn find_identical_table(
         &mut self,
         s: usize,
@@ -205,13 +212,13 @@ impl Writer {
         let mut candidates: Vec<u64> = (0..self.states.len())
             .filter(|&o| o != s)
             .filter_map(|o| self.states[o].slot(l1_index))
-            .filter(|slot| slot.hash == hash)
+            .filter(|slot| slot.hash.is_none_or(|h| h == hash))
             .map(|slot| slot.l2_offset)
             .collect();
         candidates.sort_unstable();
         candidates.dedup();
         for offset in candidates {
-            let table = self.read_l2(offset)?;
+            let table = self.read_l2_cached(offset)?;
             if table
                 .iter()
                 .zip(entries)

@@ -3,6 +3,7 @@
 //! that let a test skip cleanly when QEMU is not installed.
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod verify;
 
 use std::collections::BTreeMap;

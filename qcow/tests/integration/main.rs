@@ -8,6 +8,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod editor_append;
+mod editor_faults;
+mod editor_qemu;
+mod editor_remove;
 mod header_extensions;
 mod imago_cross;
 mod reader_qemu;

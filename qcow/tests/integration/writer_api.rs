@@ -186,6 +186,8 @@ fn reader_is_send_sync_and_parallel() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Reader>();
     assert_send_sync::<LayerReader<'static>>();
+    assert_send_sync::<qcow::Writer>();
+    assert_send_sync::<qcow::Editor>();
     let dir = scratch("api-parallel");
     let img = dir.join("x.qcow2");
     let mut w = new_writer(&img, opts(64 << 20));

@@ -99,6 +99,51 @@ fn corrupt(what: String, field_offset: usize) -> Error {
     Error::corrupt(what, field_offset as u64)
 }
 
+/// Bytes of the header sector that an in-place edit rewrites in one write (the first 512,
+/// which hold every header field; cluster 0 is at least that long).
+pub(crate) const HEADER_SECTOR_BYTES: usize = 512;
+
+/// The header fields that locate the image's tables: what an in-place edit changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TableFields {
+    /// Byte offset of the active L1 table.
+    pub(crate) l1_table_offset: u64,
+    /// Byte offset of the refcount table.
+    pub(crate) refcount_table_offset: u64,
+    /// Length of the refcount table in clusters.
+    pub(crate) refcount_table_clusters: u32,
+    /// Number of snapshot table entries.
+    pub(crate) nb_snapshots: u32,
+    /// Byte offset of the snapshot table (0 without snapshots).
+    pub(crate) snapshots_offset: u64,
+}
+
+/// Patches `fields` into `sector` (the image's first [`HEADER_SECTOR_BYTES`] bytes as read),
+/// leaving every other byte (other fields, header extensions) as it was. For a v3 image the
+/// auto-clear feature bits are cleared too: this crate does not know them, and the spec asks a
+/// writer that modifies an image without understanding them to clear them.
+pub(crate) fn patch_table_fields(sector: &mut [u8], fields: &TableFields, version: Version) {
+    use crate::bytes::BigEndian;
+    fields
+        .l1_table_offset
+        .put(sector, offset_of!(RawHeader, l1_table_offset));
+    fields
+        .refcount_table_offset
+        .put(sector, offset_of!(RawHeader, refcount_table_offset));
+    fields
+        .refcount_table_clusters
+        .put(sector, offset_of!(RawHeader, refcount_table_clusters));
+    fields
+        .nb_snapshots
+        .put(sector, offset_of!(RawHeader, nb_snapshots));
+    fields
+        .snapshots_offset
+        .put(sector, offset_of!(RawHeader, snapshots_offset));
+    if version == Version::V3 {
+        0u64.put(sector, offset_of!(RawHeader, autoclear_features));
+    }
+}
+
 impl Header {
     /// Parses and validates a header from the start of the image file. `buf` must hold at least
     /// the header (72 bytes for v2, `header_length` or 112 bytes, whichever is smaller, for v3).
