@@ -40,7 +40,12 @@ pub fn format_date(secs: i64) -> String {
 /// `E2IMAGE_RS_TEST_NOW=SECONDS` sets the clock.
 pub fn now_and_name() -> ((u32, u32), String) {
     let forced = cfg!(feature = "fault-injection")
-        .then(|| std::env::var("E2IMAGE_RS_TEST_NOW").ok()?.parse::<u64>().ok())
+        .then(|| {
+            std::env::var("E2IMAGE_RS_TEST_NOW")
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        })
         .flatten();
     let since = match forced {
         Some(secs) => std::time::Duration::from_secs(secs),

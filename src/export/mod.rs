@@ -26,6 +26,7 @@ use cluster::choose_cluster_bits;
 use ext::{BlockView, FileView, Filesystem, OpenOptions, WalkOptions, Warning};
 use qcow::Version;
 use states::{plan as plan_states, Next3, Older as OlderStates};
+use std::ops::Range;
 use summary::{ExportFacts, StateReport};
 
 /// Runs the export (or QCOW2 → raw conversion) the plan describes.
@@ -388,20 +389,64 @@ fn copy_state(
     label: &str,
 ) -> Result<(CopyStats, Vec<Warning>)> {
     let bs = fs.sb.block_size;
-    let bytes = walked.blocks.block_count() * u64::from(bs);
+    sink.begin_state()?;
+    let skip = sink.skip_unchanged(fs, walked)?;
+    let runs = without(
+        walked.blocks.extents().iter().map(|e| e.start..e.end()),
+        &skip,
+    );
+    let bytes = runs.iter().map(|r| r.end - r.start).sum::<u64>() * u64::from(bs);
     let progress = Progress::new(progress, bytes, label);
     let mut warnings = Vec::new();
-    let runs = walked.blocks.extents().iter().map(|e| (e.start, e.len));
-    sink.begin_state()?;
+    let runs = runs.into_iter().map(|r| (r.start, r.end - r.start));
     let stats = copy_runs(state.view, bs, runs, sink, &progress, &mut warnings)?;
     sink.end_state()?;
     progress.finish();
     Ok((stats, warnings))
 }
 
+/// The sorted ranges `runs` minus the sorted ranges `skip`.
+fn without(runs: impl Iterator<Item = Range<u64>>, skip: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    for r in runs {
+        let mut b = r.start;
+        while k < skip.len() && skip[k].end <= b {
+            k += 1;
+        }
+        let mut j = k;
+        while b < r.end {
+            match skip.get(j).filter(|s| s.start < r.end) {
+                Some(s) if s.start <= b => b = b.max(s.end),
+                Some(s) => {
+                    out.push(b..s.start);
+                    b = s.end;
+                }
+                None => {
+                    out.push(b..r.end);
+                    b = r.end;
+                }
+            }
+            j += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_without_skipped_ranges() {
+        let runs = vec![0..10, 20..30, 40..50];
+        let skip = vec![5..8, 9..25, 45..60];
+        assert_eq!(
+            without(runs.into_iter(), &skip),
+            vec![0..5, 8..9, 25..30, 40..45]
+        );
+        assert_eq!(without(std::iter::once(0..4), &[]), vec![0..4]);
+    }
 
     #[test]
     fn tables_follow_the_written_states() {

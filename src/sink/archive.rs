@@ -12,6 +12,7 @@
 //! hold the same filesystem (UUID, block size, block count) as SOURCE.
 
 use super::clusters::{Clusters, StateTarget};
+use super::unchanged;
 use super::{Finished, Sink, Table, Target};
 use crate::plan::ExportPlan;
 use crate::qcow_view::QcowView;
@@ -145,11 +146,21 @@ pub fn retention(
 pub struct ArchiveSink {
     archive: OpenArchive,
     base: StateId,
+    /// The base state's index in the snapshot table.
+    base_index: usize,
+    /// Guest clusters known equal to the base's, to map without their bytes (sorted), with
+    /// whether each holds copied blocks; the next one to emit is `shares[next_share]`.
+    shares: Vec<(u64, bool)>,
+    next_share: usize,
     state: Option<StateId>,
     clusters: Clusters,
     name: String,
     date: (u32, u32),
     policy: Policy,
+    /// The archive holds file data (`-d`): unchanged files' clusters are shared unread.
+    data: bool,
+    /// The archive leaves snapshot files out (`--no-snapshots`).
+    no_snapshots: bool,
 }
 
 impl ArchiveSink {
@@ -164,6 +175,7 @@ impl ArchiveSink {
         let base_index = newest_state(&archive)?;
         check_same_fs(&archive, base_index, target)?;
         let base = archive.editor.load_snapshot(base_index)?;
+        let data = plan.data;
         let (date, default_name) = crate::text::now_and_name();
         let a = plan.archive.as_ref().context("no archive plan")?;
         let name = unique_name(&archive.editor, a.name.as_deref(), &default_name)?;
@@ -171,12 +183,71 @@ impl ArchiveSink {
         Ok(ArchiveSink {
             archive,
             base,
+            base_index,
+            shares: Vec::new(),
+            next_share: 0,
             state: None,
             clusters,
             name,
             date,
             policy: a.policy,
+            data,
+            no_snapshots: plan.no_snapshots,
         })
+    }
+
+    /// Emits the known-equal clusters below `limit` (all with `None`), flushing the cluster
+    /// being assembled first when it comes before them, so guest clusters stay in order.
+    fn emit_shares(&mut self, limit: Option<u64>) -> Result<()> {
+        let state = self.state.context("no state begun")?;
+        while let Some(&(c, copied)) = self.shares.get(self.next_share) {
+            if limit.is_some_and(|l| c >= l) {
+                break;
+            }
+            let mut t = StateTarget::new(self.archive.editor.writer(), state, Some(self.base));
+            if self.clusters.pending_index().is_some_and(|p| p < c) {
+                self.clusters.flush(&mut t)?;
+            }
+            t.share_base(c, copied)?;
+            self.next_share += 1;
+        }
+        Ok(())
+    }
+
+    /// The base state's filesystem, walked with file data, and its owners.
+    fn unchanged(
+        &mut self,
+        fs: &ext::Filesystem<&dyn ext::BlockView>,
+        walked: &ext::WalkResult,
+    ) -> Result<Vec<(u64, bool)>> {
+        let reader = self.archive.editor.reader();
+        let layer = reader.layer(Layer::Snapshot(self.base_index))?;
+        let view = QcowView::new(&layer, reader.virtual_size());
+        let base_fs = ext::Filesystem::open(&view, &ext::OpenOptions::default())?;
+        let opts = ext::WalkOptions {
+            data: true,
+            no_snapshot_files: self.no_snapshots,
+        };
+        let base_walk = ext::walk(&base_fs, &opts);
+        let all = |_: u64, _: u64| true;
+        let keep = |_: ext::InodeNr, _: &[ext::FileRun]| true;
+        let b = ext::file_runs_and_inodes(&base_fs, &all, &keep);
+        let n = ext::file_runs_and_inodes(fs, &all, &keep);
+        let same = unchanged::unchanged_data(&n.runs, &n.inodes, &b.runs, &b.inodes);
+        let cluster = reader.cluster_size();
+        let bs = u64::from(fs.sb.block_size);
+        let clusters =
+            unchanged::equal_clusters(cluster, bs, &walked.blocks, &base_walk.blocks, &same);
+        let mut out = Vec::new();
+        for r in clusters {
+            for c in r {
+                let first = c * cluster / bs;
+                let last = ((c + 1) * cluster).div_ceil(bs);
+                let copied = (first..last).any(|b| walked.blocks.contains(b));
+                out.push((c, copied));
+            }
+        }
+        Ok(out)
     }
 
     /// The next snapshot id: one more than the largest numeric id (QEMU's rule).
@@ -201,15 +272,40 @@ impl Sink for ArchiveSink {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let cluster = self.archive.editor.reader().cluster_size();
+        self.emit_shares(Some(offset / cluster))?;
         let state = self.state.context("no state begun")?;
         let mut t = StateTarget::new(self.archive.editor.writer(), state, Some(self.base));
         self.clusters.write(&mut t, offset, data)
     }
 
     fn end_state(&mut self) -> Result<()> {
+        self.emit_shares(None)?;
         let state = self.state.context("no state begun")?;
         let mut t = StateTarget::new(self.archive.editor.writer(), state, Some(self.base));
         self.clusters.flush(&mut t)
+    }
+
+    fn skip_unchanged(
+        &mut self,
+        fs: &ext::Filesystem<&dyn ext::BlockView>,
+        walked: &ext::WalkResult,
+    ) -> Result<Vec<std::ops::Range<u64>>> {
+        if !self.data {
+            return Ok(Vec::new());
+        }
+        self.shares = self.unchanged(fs, walked)?;
+        let cluster = self.archive.editor.reader().cluster_size();
+        let bs = u64::from(fs.sb.block_size);
+        let mut skip: Vec<std::ops::Range<u64>> = Vec::new();
+        for &(c, _) in &self.shares {
+            let r = c * cluster / bs..((c + 1) * cluster).div_ceil(bs);
+            match skip.last_mut() {
+                Some(l) if l.end >= r.start => l.end = l.end.max(r.end),
+                _ => skip.push(r),
+            }
+        }
+        Ok(skip)
     }
 
     fn finish(self: Box<Self>, _table: &Table, _sync: bool) -> Result<Finished> {

@@ -18,6 +18,24 @@ pub struct StateTarget<'w> {
 }
 
 impl<'w> StateTarget<'w> {
+    /// Maps `guest_cluster` to the base state's cluster at the same place, without its bytes
+    /// (they are known equal): shared when the base has a host cluster there, a zero cluster
+    /// when the base holds zeros there (`copied`: the cluster holds copied blocks), nothing
+    /// otherwise.
+    ///
+    /// # Errors
+    /// No base state; those of the writer.
+    pub fn share_base(&mut self, guest_cluster: u64, copied: bool) -> Result<()> {
+        let base = self.base.context("no base state to share with")?;
+        let host = self.writer.lookup(base, guest_cluster)?;
+        match host {
+            Some(h) => self.writer.share_cluster(self.state, guest_cluster, h)?,
+            None if copied => self.put_zero(guest_cluster, 1)?,
+            None => {}
+        }
+        Ok(())
+    }
+
     /// Clusters of `state`, deduplicated against `base` when given.
     pub fn new(writer: &'w mut Writer, state: StateId, base: Option<StateId>) -> StateTarget<'w> {
         let zero_flag = writer.version() == Version::V3;
@@ -103,6 +121,11 @@ impl Clusters {
             data = &data[take..];
         }
         Ok(())
+    }
+
+    /// The guest cluster being assembled, if any.
+    pub fn pending_index(&self) -> Option<u64> {
+        self.pending.as_ref().map(|(i, _)| *i)
     }
 
     /// Writes the partial cluster being assembled, if any (at the end of a state).

@@ -45,6 +45,22 @@ pub trait Sink: Send {
     /// Write errors.
     fn end_state(&mut self) -> Result<()>;
 
+    /// For a sink writing against an earlier state of the same filesystem (an archive
+    /// append): the block ranges of the state being written (its filesystem `fs` and walk
+    /// `walked`) whose clusters the sink maps to the earlier state's without their bytes. The
+    /// pipeline leaves them out of the copy. Called after [`Sink::begin_state`]; the default
+    /// knows nothing and returns no range.
+    ///
+    /// # Errors
+    /// Reading the earlier state.
+    fn skip_unchanged(
+        &mut self,
+        _fs: &ext::Filesystem<&dyn ext::BlockView>,
+        _walked: &ext::WalkResult,
+    ) -> Result<Vec<std::ops::Range<u64>>> {
+        Ok(Vec::new())
+    }
+
     /// Completes the image: the snapshot table (QCOW2; ignored by single-state sinks) and
     /// the final flush (`sync`: to stable storage).
     ///

@@ -1,16 +1,19 @@
 //! Which guest clusters of a new state are known to equal the archive's newest state without
 //! reading them: the file data of unchanged inodes (an append with `-d`).
 //!
-//! Rule (backup tools' quick check, made stricter): an inode is unchanged when its parsed
-//! record is identical in both states (times with their nanoseconds, size, generation,
-//! flags, link count, block map root, ...; not the access time) and its data run is the same
-//! (same inode, file block, filesystem block and length) in both. Its data blocks then hold
-//! the same bytes: the kernel updates `i_mtime`/`i_ctime` on every write through the
-//! filesystem. A guest cluster is known equal when each of its blocks is such unchanged data,
-//! or is copied in neither state (zeros in both). Any other cluster is read and compared.
-//! Metadata is always read: it is small, and its bytes are what an archive is for.
+//! Rule (backup tools' quick check, made stricter): a regular file (not a snapshot file) is
+//! unchanged when its parsed inode record is identical in both states (times with their
+//! nanoseconds, size, generation, flags, link count, block map root, ...; not the access
+//! time), and a data run of it is taken as unchanged when it is the same (same inode, file
+//! block, filesystem block and length) in both. Its blocks then hold the same bytes: the
+//! kernel updates `i_mtime`/`i_ctime` on every write through the filesystem. (Writes that
+//! bypass it, to the device or with debugfs, are not seen; restic and rsync's quick check
+//! make the same assumption.) A guest cluster is known equal when each of its blocks is such
+//! unchanged data, or is copied in neither state (zeros in both). Any other cluster is read
+//! and compared. Metadata (directories included: debugfs changes them without touching the
+//! directory's times) is always read: it is small, and its bytes are what an archive is for.
 
-use ext::{BlockSet, FileRun, Inode, InodeNr, RunKind};
+use ext::{BlockSet, FileRun, FileType, Inode, InodeNr, RunKind};
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -25,21 +28,19 @@ pub fn unchanged_data(
     let base: HashMap<InodeNr, &Inode> = base_inodes.iter().map(|(n, i)| (*n, i)).collect();
     let same: std::collections::HashSet<InodeNr> = new_inodes
         .iter()
+        .filter(|(_, i)| i.file_type() == FileType::Regular)
         .filter(|(n, i)| base.get(n).is_some_and(|b| *b == i))
         .map(|(n, _)| *n)
         .collect();
+    let file_data = |r: &&FileRun| {
+        matches!(r.kind, RunKind::Data { .. }) && !r.snapfile && same.contains(&r.ino)
+    };
     let key = |r: &FileRun| (r.physical, r.ino, r.logical, r.len);
-    let mut base_data: Vec<(u64, InodeNr, u64, u64)> = base_runs
-        .iter()
-        .filter(|r| matches!(r.kind, RunKind::Data { .. }) && same.contains(&r.ino))
-        .map(key)
-        .collect();
+    let mut base_data: Vec<(u64, InodeNr, u64, u64)> =
+        base_runs.iter().filter(file_data).map(key).collect();
     base_data.sort_unstable();
     let mut out: Vec<Range<u64>> = Vec::new();
-    for r in new_runs
-        .iter()
-        .filter(|r| matches!(r.kind, RunKind::Data { .. }) && same.contains(&r.ino))
-    {
+    for r in new_runs.iter().filter(file_data) {
         if base_data.binary_search(&key(r)).is_ok() {
             push(&mut out, r.physical..r.end());
         }
@@ -65,7 +66,10 @@ pub fn equal_clusters(
         let last = (r.end * block).div_ceil(cluster);
         for c in first..last {
             let blocks = (c * cluster / block)..((c + 1) * cluster).div_ceil(block);
-            if blocks.clone().all(|b| in_ranges(same, b) || (!new.contains(b) && !base.contains(b))) {
+            if blocks
+                .clone()
+                .all(|b| in_ranges(same, b) || (!new.contains(b) && !base.contains(b)))
+            {
                 push(&mut out, c..c + 1);
             }
         }
