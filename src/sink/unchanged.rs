@@ -124,14 +124,14 @@ mod tests {
             (20, 2, BlockClass::Data),
         ]);
         let base = set(&[(8, 8, BlockClass::Data), (17, 1, BlockClass::InodeTable)]);
-        let same = [8..16];
-        assert_eq!(equal_clusters(16384, 4096, &new, &base, &same), vec![2..4]);
+        let same: &[Range<u64>] = &[8..16];
+        assert_eq!(equal_clusters(16384, 4096, &new, &base, same), vec![2..4]);
         // A cluster half unchanged data, half in neither set, qualifies too.
-        let same = [8..10];
+        let same: &[Range<u64>] = &[8..10];
         let new = set(&[(8, 2, BlockClass::Data)]);
         let base = set(&[(8, 2, BlockClass::Data)]);
-        assert_eq!(equal_clusters(16384, 4096, &new, &base, &same), vec![2..3]);
+        assert_eq!(equal_clusters(16384, 4096, &new, &base, same), vec![2..3]);
         // Clusters smaller than a block.
-        assert_eq!(equal_clusters(1024, 4096, &new, &base, &same), vec![32..40]);
+        assert_eq!(equal_clusters(1024, 4096, &new, &base, same), vec![32..40]);
     }
 }
