@@ -124,10 +124,10 @@ mod tests {
             (20, 2, BlockClass::Data),
         ]);
         let base = set(&[(8, 8, BlockClass::Data), (17, 1, BlockClass::InodeTable)]);
-        let same: &[Range<u64>] = &[8..16];
+        let same: &[Range<u64>] = &[Range { start: 8, end: 16 }];
         assert_eq!(equal_clusters(16384, 4096, &new, &base, same), vec![2..4]);
         // A cluster half unchanged data, half in neither set, qualifies too.
-        let same: &[Range<u64>] = &[8..10];
+        let same: &[Range<u64>] = &[Range { start: 8, end: 10 }];
         let new = set(&[(8, 2, BlockClass::Data)]);
         let base = set(&[(8, 2, BlockClass::Data)]);
         assert_eq!(equal_clusters(16384, 4096, &new, &base, same), vec![2..3]);
