@@ -462,3 +462,71 @@ fn data_appends_see_files_rewritten_in_place() {
     assert!(state(&q, "b", &dir) == raw_of(&b, &dir, true));
     assert!(state(&q, "a", &dir) == raw_of(&a, &dir, true));
 }
+
+/// The archive's states work with QEMU's tools and with rollback; a corrupt archive is
+/// refused, never repaired.
+#[test]
+fn archives_are_ordinary_images_and_corrupt_ones_are_refused() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("arch-tools");
+    let (q, [a, b, c]) = appended(&dir, false);
+    let o = sh("qemu-img", &[&"snapshot", &"-l", &q]);
+    assert_eq!(code(&o), 0);
+    let list = stdout(&o);
+    assert!(list.contains(" a ") && list.contains(" b "), "{list}");
+    // snapshot -a on a copy moves the active layer to state b.
+    let moved = sparse_copy(&q, &dir.join("moved.qcow2"));
+    assert_eq!(
+        code(&sh("qemu-img", &[&"snapshot", &"-a", &"b", &moved])),
+        0
+    );
+    assert_qemu_check(&moved);
+    let active = dir.join("moved.raw");
+    assert_eq!(
+        code(&sh(
+            "qemu-img",
+            &[&"convert", &"-O", &"raw", &moved, &active]
+        )),
+        0
+    );
+    assert!(read(&active) == raw_of(&b, &dir, false));
+    // An append after QEMU moved the active layer still works and keeps every state.
+    at(
+        MONDAY + 9 * DAY,
+        &[&"-Q", &"--append", &"--name", &"d", &c, &moved],
+        0,
+    );
+    assert_qemu_check(&moved);
+    assert!(state(&moved, "a", &dir) == raw_of(&a, &dir, false));
+    // Rollback accepts every state (dry run onto a copy of the newest image).
+    let t = sparse_copy(&c, &dir.join("t.img"));
+    let o = expect(
+        &[
+            &"rollback",
+            &q,
+            &t,
+            &"--snapshot",
+            &"a",
+            &"--dry-run",
+            &"--force",
+        ],
+        0,
+    );
+    assert!(stdout(&o).contains("snapshot 1 (a)"), "{}", stdout(&o));
+    // A corrupt refcount table: refused, nothing written.
+    let bad = sparse_copy(&q, &dir.join("bad.qcow2"));
+    let raw = read(&bad);
+    let reftable = u64::from_be_bytes(raw[48..56].try_into().unwrap()) as usize;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&bad).unwrap();
+    use std::io::{Seek, Write};
+    f.seek(std::io::SeekFrom::Start(reftable as u64)).unwrap();
+    f.write_all(&[0xff; 8]).unwrap();
+    drop(f);
+    let before = sha256(&bad);
+    let e = stderr(&expect(&[&"-Q", &"--append", &c, &bad], 1));
+    assert!(e.contains("not a usable QCOW2 archive"), "{e}");
+    expect(&[&"prune", &bad, &"--keep-last", &"1"], 1);
+    assert_eq!(sha256(&bad), before);
+}
