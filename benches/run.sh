@@ -47,7 +47,7 @@ done
 
 usr=${usr:-$work/usr.img}
 big=${big:-$work/big.img}
-if { [ -z "$only" ] || [ "$only" = usr ]; } && [ ! -s "$usr" ]; then
+if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ]; } && [ ! -s "$usr" ]; then
   echo "building $usr from /usr (8G, this takes a few minutes)" >&2
   rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
 fi
