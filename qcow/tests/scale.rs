@@ -172,6 +172,19 @@ fn editor_on_1000_states() {
         "remove 100 oldest: {:.3} s, {summary:?}",
         start.elapsed().as_secs_f64()
     );
+
+    let size = std::fs::metadata(&img).unwrap().len();
+    let next = Named {
+        name: "s1001".into(),
+        expect: evolve(geo, &next.expect, 5, 7),
+    };
+    let start = Instant::now();
+    let mut ed = open_editor(&img);
+    let s = append_state(&mut ed, geo, &next).unwrap();
+    let summary = ed.commit(Some(s), &[spec(s, "1002", "s1001")]).unwrap();
+    let after = std::fs::metadata(&img).unwrap().len();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("append after the removal: {secs:.3} s, file {size} -> {after} bytes, {summary:?}");
     require_qemu!();
     let start = Instant::now();
     check_clean(&img);

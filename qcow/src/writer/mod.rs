@@ -173,9 +173,15 @@ impl Writer {
     /// Adds a header extension of `ext_type` (a private type, not one the spec defines) with
     /// `data`, written after the header by [`Writer::finish`] (spec "Header extensions").
     ///
-    /// Errors: [`Error::InvalidArgument`] for a spec-defined or repeated type or data over
-    /// 64 KiB; [`Error::Limit`] when the header and its extensions would not fit in cluster 0.
+    /// Errors: [`Error::InvalidArgument`] for a spec-defined or repeated type, data over
+    /// 64 KiB, or the writer of an editor; [`Error::Limit`] when the header and its extensions
+    /// would not fit in cluster 0.
     pub fn add_header_extension(&mut self, ext_type: u32, data: &[u8]) -> Result<(), Error> {
+        if self.editing {
+            return Err(Error::InvalidArgument(
+                "the editor keeps the image's header extensions as they are".into(),
+            ));
+        }
         extension::check_new(&self.extensions, ext_type, data.len())?;
         self.extensions.push(HeaderExtension {
             ext_type,
