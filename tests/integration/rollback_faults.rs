@@ -286,6 +286,10 @@ fn chosen_and_random_points_of_a_large_rollback() {
 
 /// Flipped bytes anywhere in a patch are found before anything is written.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "fault injection needs `--features fault-injection` (an interrupted rollback's patch)"
+)]
 fn corrupt_patches_are_refused() {
     if skip() {
         return;
