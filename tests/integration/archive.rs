@@ -94,6 +94,10 @@ fn appended(dir: &Path, data: bool) -> (PathBuf, [PathBuf; 3]) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test clock E2IMAGE_RS_TEST_NOW (`--features fault-injection`)"
+)]
 fn appended_states_equal_the_one_shot_export() {
     if skip() {
         return;
@@ -192,6 +196,10 @@ fn appends_are_refused_when_they_do_not_fit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test clock E2IMAGE_RS_TEST_NOW (`--features fault-injection`)"
+)]
 fn prune_applies_each_rule_and_keeps_states_intact() {
     if skip() {
         return;
@@ -371,6 +379,10 @@ fn a_kill_at_any_write_leaves_the_archive_intact() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test clock E2IMAGE_RS_TEST_NOW (`--features fault-injection`)"
+)]
 fn the_systemd_unit_appends_and_prunes() {
     if skip() {
         return;
