@@ -127,23 +127,7 @@ pub(super) fn write_states(
             .into_iter()
             .map(|w| (states[0].name.clone(), w)),
     );
-    let first = opened[0]
-        .as_ref()
-        .context("the current state cannot be opened")?;
-    let size = opened
-        .iter()
-        .flatten()
-        .map(|f| f.sb.size_bytes())
-        .max()
-        .unwrap_or(0);
-    let target = Target {
-        size,
-        qcow: qcow_options(plan, size, first.sb.block_size)?,
-        uuid: first.sb.s_uuid,
-        block_size: first.sb.block_size,
-        blocks_count: first.sb.s_blocks_count,
-    };
-    let mut out = sink::open(plan, &target)?;
+    let mut out = sink::open(plan, &target_of(&opened, plan)?)?;
     let mut notes = out.notes();
     let mut tally = Tally {
         reports,
@@ -176,6 +160,26 @@ pub(super) fn write_states(
             extra: finished.json,
         },
     ))
+}
+
+/// What the output is for: the largest state's size, the first state's filesystem.
+fn target_of(opened: &[Option<Filesystem<&dyn BlockView>>], plan: &ExportPlan) -> Result<Target> {
+    let first = opened[0]
+        .as_ref()
+        .context("the current state cannot be opened")?;
+    let size = opened
+        .iter()
+        .flatten()
+        .map(|f| f.sb.size_bytes())
+        .max()
+        .unwrap_or(0);
+    Ok(Target {
+        size,
+        qcow: qcow_options(plan, size, first.sb.block_size)?,
+        uuid: first.sb.s_uuid,
+        block_size: first.sb.block_size,
+        blocks_count: first.sb.s_blocks_count,
+    })
 }
 
 /// What the copies of the states found, gathered for the summary.
