@@ -20,6 +20,7 @@
 
 mod bytes;
 mod cli;
+mod delta_record;
 mod copy;
 mod exit;
 mod export;

@@ -108,6 +108,14 @@ impl<V: BlockView> Filesystem<V> {
             })
     }
 
+    /// Block numbers of the descriptor table this filesystem was opened with (the primary's,
+    /// or the backup's with `-b`), in order: `desc_blocks` of them, meta_bg aware.
+    pub fn descriptor_blocks(&self) -> Vec<BlockNr> {
+        (0..self.sb.desc_blocks)
+            .map(|i| BlockNr(desc_block_location(&self.sb, self.sb_block.0, i)))
+            .collect()
+    }
+
     /// Reads the raw record of inode `ino` (`s_inode_size` bytes).
     ///
     /// # Errors
