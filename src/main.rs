@@ -20,8 +20,8 @@
 
 mod bytes;
 mod cli;
-mod delta_record;
 mod copy;
+mod delta_record;
 mod exit;
 mod export;
 mod plan;

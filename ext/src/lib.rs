@@ -80,7 +80,8 @@ pub use inode::{
 pub use owners::{file_runs, file_runs_and_inodes, Owners};
 pub use paths::{inode_paths, MAX_PATH_BYTES};
 pub use snapshot::{
-    snapshot_list, snapshot_names, SnapshotFile, SnapshotMap, SnapshotView, MAX_SNAPSHOT_BLOCKS,
+    snapshot_list, snapshot_names, BlockSource, SnapshotFile, SnapshotMap, SnapshotView,
+    MAX_SNAPSHOT_BLOCKS,
 };
 pub use superblock::{
     superblock_checksum, Superblock, EXT2_VALID_FS, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET,

@@ -210,6 +210,20 @@ pub struct ExportArgs {
     /// Retention after an append (see `e2image-rs prune`).
     #[command(flatten)]
     pub keep: KeepArgs,
+    /// Write a delta between two states of SOURCE (QCOW2 v3): FROM..TO, each an internal
+    /// snapshot of a QCOW2 SOURCE or a filesystem snapshot (by name or id), or `current`;
+    /// FROM alone means FROM..current. Only clusters that differ are stored; blocks FROM used
+    /// and TO frees read as zeros.
+    #[arg(short = 'x', value_name = "FROM[..TO]", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name", "base"])]
+    pub delta: Option<String>,
+    /// Write a delta from BASE, another image of the same filesystem (a raw image, a QCOW2
+    /// export's active state, or IMAGE.qcow2@SNAPSHOT), to SOURCE's current state.
+    #[arg(long, value_name = "BASE", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name"])]
+    pub base: Option<PathBuf>,
+    /// Record FILE, a full export (raw or QCOW2) of the delta's FROM state, as the delta's
+    /// backing file, so that QEMU reads the delta as state TO; stored relative to the delta.
+    #[arg(long, value_name = "FILE")]
+    pub backing: Option<PathBuf>,
     /// The filesystem (image file or block device), or a QCOW2 image.
     #[arg(required = true)]
     pub source: Option<PathBuf>,

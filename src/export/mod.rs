@@ -10,6 +10,7 @@
 
 mod cluster;
 mod convert;
+mod delta;
 mod qcow_source;
 mod states;
 mod summary;
@@ -34,6 +35,9 @@ use summary::{ExportFacts, StateReport};
 /// # Errors
 /// Anything that stops the run; nothing is left under OUT (a file) then.
 pub fn run(plan: &ExportPlan) -> Result<Summary> {
+    if let Some(d) = &plan.delta {
+        return delta::run(plan, d);
+    }
     if is_qcow2(&plan.source)? {
         return qcow_source::from_qcow2(plan);
     }
@@ -277,6 +281,7 @@ fn qcow_options(plan: &ExportPlan, size: u64, block_size: u32) -> Result<QcowOpt
         cluster_bits: choose_cluster_bits(size, block_size, plan.data, cluster_size)?,
         version,
         extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
+        backing: None,
     })
 }
 
@@ -303,7 +308,11 @@ fn chain_table(states: &[StateInput<'_>], written: &[bool]) -> Table {
     } else {
         Vec::new()
     };
-    Table { active: 0, entries }
+    Table {
+        active: 0,
+        entries,
+        extensions: Vec::new(),
+    }
 }
 
 /// A new archive's table: its only state, named `name`, dated now, id 1.
@@ -317,6 +326,7 @@ fn archive_table(name: &str) -> Table {
             name: name.to_string(),
             date,
         }],
+        extensions: Vec::new(),
     }
 }
 
@@ -338,6 +348,7 @@ fn remap_table(t: Table, written: &[bool]) -> Table {
             .into_iter()
             .filter_map(|e| index[e.state].map(|s| TableEntry { state: s, ..e }))
             .collect(),
+        extensions: t.extensions,
     }
 }
 
@@ -455,6 +466,7 @@ mod tests {
     #[test]
     fn tables_follow_the_written_states() {
         let t = Table {
+            extensions: Vec::new(),
             active: 0,
             entries: (0..3)
                 .map(|s| TableEntry {

@@ -121,6 +121,7 @@ fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
                 date: (s.date_sec, s.date_nsec),
             })
             .collect(),
+        extensions: Vec::new(),
     };
     write_states(&states, plan, Vec::new(), Some(table))
 }

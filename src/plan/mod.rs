@@ -9,9 +9,11 @@
 //! refusals (exit 1); nothing has been written when they are returned.
 
 mod archive;
+mod delta;
 mod rollback;
 
 pub use archive::{check_name, ArchivePlan, PrunePlan, PRUNE_USAGE};
+pub use delta::{backing_path, DeltaPlan, StateRef};
 pub use rollback::{ApplyPlan, RollbackPlan, ROLLBACK_USAGE};
 
 use crate::cli::{unknown_subcommand, Compat, ExportArgs};
@@ -102,6 +104,8 @@ pub struct ExportPlan {
     pub no_snapshots: bool,
     /// Creating or appending to an archive.
     pub archive: Option<ArchivePlan>,
+    /// Writing a delta between two states.
+    pub delta: Option<DeltaPlan>,
 }
 
 impl ExportPlan {
@@ -137,6 +141,7 @@ impl ExportPlan {
         let source = a.source.clone().ok_or_else(|| usage("SOURCE is missing"))?;
         let out = a.output.as_deref().ok_or_else(|| usage("OUT is missing"))?;
         let archive = archive_plan(a, format)?;
+        let delta = delta::delta_plan(a, format, out)?;
         let output = match &archive {
             Some(p) if p.append => archive_output(out)?,
             _ => output_kind(out, format, a.json)?,
@@ -163,6 +168,7 @@ impl ExportPlan {
             from_snapshot: a.from_snapshot.clone(),
             no_snapshots: a.no_snapshots,
             archive,
+            delta,
         };
         plan.check_output_is_no_input()?;
         Ok(plan)

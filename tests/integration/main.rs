@@ -10,6 +10,7 @@ mod committed;
 mod convert;
 mod copy_set;
 mod corpus;
+mod delta;
 mod export_matrix;
 mod hostile;
 mod large;
