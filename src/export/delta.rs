@@ -43,22 +43,7 @@ pub(super) fn run(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
         bail!("TO is a state of SOURCE");
     }
     if is_qcow2(&plan.source)? {
-        let reader = open_qcow(&plan.source)?;
-        let to_layer = reader.layer(qcow_layer(&reader, &d.to, &plan.source)?)?;
-        let to_view = QcowView::new(&to_layer, reader.virtual_size());
-        if let StateRef::Image { path, snapshot } = &d.from {
-            return with_image(path, snapshot.as_deref(), &|from| {
-                build(from, &to_view, &Oracle::None, plan, d)
-            });
-        }
-        let from_layer = reader.layer(qcow_layer(&reader, &d.from, &plan.source)?)?;
-        let from_view = QcowView::new(&from_layer, reader.virtual_size());
-        let oracle = Oracle::Qcow {
-            from: &from_layer,
-            to: &to_layer,
-            cluster: reader.cluster_size(),
-        };
-        return build(&from_view, &to_view, &oracle, plan, d);
+        return from_qcow(plan, d);
     }
     if !plan.force {
         if let Some(mnt) = crate::sys::mounted::mounted_rw(&plan.source) {
@@ -71,7 +56,32 @@ pub(super) fn run(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
     }
     let file = FileView::open(&plan.source)
         .with_context(|| format!("cannot open {} read-only", plan.source.display()))?;
-    let fs = Filesystem::open(&file, &plan.open)
+    from_device(&file, plan, d)
+}
+
+/// States of a QCOW2 SOURCE: internal snapshots and the active layer.
+fn from_qcow(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
+    let reader = open_qcow(&plan.source)?;
+    let to_layer = reader.layer(qcow_layer(&reader, &d.to, &plan.source)?)?;
+    let to_view = QcowView::new(&to_layer, reader.virtual_size());
+    if let StateRef::Image { path, snapshot } = &d.from {
+        return with_image(path, snapshot.as_deref(), &|from| {
+            build(from, &to_view, &Oracle::None, plan, d)
+        });
+    }
+    let from_layer = reader.layer(qcow_layer(&reader, &d.from, &plan.source)?)?;
+    let from_view = QcowView::new(&from_layer, reader.virtual_size());
+    let oracle = Oracle::Qcow {
+        from: &from_layer,
+        to: &to_layer,
+        cluster: reader.cluster_size(),
+    };
+    build(&from_view, &to_view, &oracle, plan, d)
+}
+
+/// States of a device or image file: its next3 snapshots and the live state.
+fn from_device(file: &FileView, plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
+    let fs = Filesystem::open(file, &plan.open)
         .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))?;
     let next3 = Next3::read(&fs);
     let find = |r: &StateRef| -> Result<Option<usize>> {
@@ -90,7 +100,7 @@ pub(super) fn run(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
     let (from_snap, to_snap) = (snap(fi), snap(ti));
     let to_view: &dyn BlockView = match &to_snap {
         Some(v) => v,
-        None => &file,
+        None => file,
     };
     if let StateRef::Image { path, snapshot } = &d.from {
         return with_image(path, snapshot.as_deref(), &|from| {
@@ -99,7 +109,7 @@ pub(super) fn run(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
     }
     let from_view: &dyn BlockView = match &from_snap {
         Some(v) => v,
-        None => &file,
+        None => file,
     };
     let oracle = Oracle::Next3 {
         from: from_snap.as_ref(),
@@ -169,54 +179,38 @@ fn build(
     let (from_walk, to_walk) = (ext::walk(&from_fs, &opts), ext::walk(&to_fs, &opts));
     let from_fingerprint = fingerprint(&from_fs)?;
     let target = delta_target(plan, d, &to_fs, &from_fingerprint)?;
-    let cluster = 1u64 << target.qcow.cluster_bits;
-    let mut out = sink::open(plan, &target)?;
-    let mut notes = out.notes();
-    out.sink.begin_state()?;
     let geo = Geometry {
-        cluster,
+        cluster: 1u64 << target.qcow.cluster_bits,
         block: u64::from(to_fs.sb.block_size),
         size: target.size,
     };
+    let mut out = sink::open(plan, &target)?;
+    let mut notes = out.notes();
+    out.sink.begin_state()?;
     let mut diff = Diff::default();
     for run in cluster_runs(&geo, &from_walk.blocks, &to_walk.blocks) {
-        compare_run(
-            &geo,
-            run,
-            (from, &from_walk.blocks),
-            (to, &to_walk.blocks),
-            oracle,
-            out.sink.as_mut(),
-            &mut diff,
-        )?;
+        let states = ((from, &from_walk.blocks), (to, &to_walk.blocks));
+        compare_run(&geo, run, states, oracle, out.sink.as_mut(), &mut diff)?;
     }
     out.sink.end_state()?;
-    let record = DeltaRecord {
-        flags: flags(plan, d),
-        fs_uuid: to_fs.sb.s_uuid,
-        block_size: to_fs.sb.block_size,
-        blocks_count: to_fs.sb.s_blocks_count,
-        from_fingerprint,
-        to_fingerprint: fingerprint(&to_fs)?,
-        from_digest: diff.digest.clone().finalize().into(),
-        replaced_clusters: diff.changed_clusters + diff.discarded_clusters,
-        from_name: fl.clone(),
-        to_name: tl.clone(),
-    };
-    let table = Table {
-        extensions: vec![(EXT_DELTA_RECORD, record.encode())],
-        ..Table::default()
-    };
-    let finished = out.complete(&table, plan.sync)?;
-    notes.extend(finished.notes);
-    let mut warnings: Vec<ext::Warning> = from_walk.warnings;
+    let to_fingerprint = fingerprint(&to_fs)?;
+    let record = record_of(
+        plan,
+        d,
+        &to_fs.sb,
+        [from_fingerprint, to_fingerprint],
+        &diff,
+    );
+    let table = record_table(&record);
+    notes.extend(out.complete(&table, plan.sync)?.notes);
+    let mut warnings = from_walk.warnings;
     warnings.extend(to_walk.warnings);
     Ok(Summary::delta(
         plan,
         DeltaFacts {
             from: fl,
             to: tl,
-            cluster_size: cluster,
+            cluster_size: geo.cluster,
             changed_clusters: diff.changed_clusters,
             discarded_clusters: diff.discarded_clusters,
             unchanged_bytes: (to_walk.blocks.block_count() * geo.block)
@@ -225,6 +219,36 @@ fn build(
             notes,
         },
     ))
+}
+
+/// The delta record: the filesystem, both states' fingerprints (FROM, TO), FROM's digest.
+fn record_of(
+    plan: &ExportPlan,
+    d: &DeltaPlan,
+    sb: &ext::Superblock,
+    [from_fingerprint, to_fingerprint]: [[u8; 32]; 2],
+    diff: &Diff,
+) -> DeltaRecord {
+    DeltaRecord {
+        flags: flags(plan, d),
+        fs_uuid: sb.s_uuid,
+        block_size: sb.block_size,
+        blocks_count: sb.s_blocks_count,
+        from_fingerprint,
+        to_fingerprint,
+        from_digest: diff.digest.clone().finalize().into(),
+        replaced_clusters: diff.changed_clusters + diff.discarded_clusters,
+        from_name: d.from.label(),
+        to_name: d.to.label(),
+    }
+}
+
+/// The table that adds the delta record to the image.
+fn record_table(record: &DeltaRecord) -> Table {
+    Table {
+        extensions: vec![(EXT_DELTA_RECORD, record.encode())],
+        ..Table::default()
+    }
 }
 
 /// Refuses two states that are not states of one filesystem.
@@ -455,8 +479,7 @@ impl Oracle<'_> {
 fn compare_run(
     g: &Geometry,
     run: Range<u64>,
-    (from, from_set): (&dyn BlockView, &BlockSet),
-    (to, to_set): (&dyn BlockView, &BlockSet),
+    ((from, from_set), (to, to_set)): StatePair<'_>,
     oracle: &Oracle<'_>,
     sink: &mut dyn Sink,
     diff: &mut Diff,
@@ -493,6 +516,12 @@ fn compare_run(
     }
     Ok(())
 }
+
+/// FROM's and TO's views with their copy sets.
+type StatePair<'a> = (
+    (&'a dyn BlockView, &'a BlockSet),
+    (&'a dyn BlockView, &'a BlockSet),
+);
 
 /// One batch read from both states: its first block, each state's bytes and copy-set runs.
 struct Batch<'b> {
