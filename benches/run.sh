@@ -2,7 +2,7 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: README.md, "Performance").
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append]
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
@@ -14,7 +14,9 @@
 #            against dd writing as many bytes (both flushed: fsync included)
 #   usr2.img a copy of usr.img with about 5% of its data rewritten (files overwritten, added and
 #            removed through a loop mount), for the archive append: appending usr2 to an archive
-#            of usr is timed against a full export of usr2, -Q and -d
+#            of usr is timed against a full export of usr2, -Q and -d; and for the deltas:
+#            a delta usr..usr2 from the two image files against qemu-img compare and
+#            qemu-img convert -B, and between two archive states (L2 entries compared)
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --big) big="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +49,7 @@ done
 
 usr=${usr:-$work/usr.img}
 big=${big:-$work/big.img}
-if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ]; } && [ ! -s "$usr" ]; then
+if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ]; } && [ ! -s "$usr" ]; then
   echo "building $usr from /usr (8G, this takes a few minutes)" >&2
   rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
 fi
@@ -76,7 +78,7 @@ run_round() {
       n=${names[$(( (r + i) % k ))]}
       rm -f "${OUTS[$n]}"; sync; sleep 1
       eval "/usr/bin/time -o $stat -f '%e %M' ${CMDS[$n]}" >/dev/null 2>&1 || true
-      read -r t m < "$stat"
+      read -r t m < <(tail -n1 "$stat")   # time prefixes a line when the command exits non-zero
       rm -f "${OUTS[$n]}"   # free its page cache before the next command runs
       times[$n]="${times[$n]:-} $t"
       if [ "$m" -gt "${R[$n]}" ]; then R[$n]=$m; fi
@@ -210,7 +212,7 @@ if [ -z "$only" ] || [ "$only" = rollback ]; then
   rm -f "$q" "$tgt" "$patch" "$work/rb-bytes.bin" "$work/rb.out"
 fi
 
-if [ -z "$only" ] || [ "$only" = append ]; then
+build_usr2() {
   usr2=$work/usr2.img
   if [ ! -s "$usr2" ]; then
     echo "building $usr2 (usr.img with about 5% of its data rewritten)" >&2
@@ -226,6 +228,10 @@ if [ -z "$only" ] || [ "$only" = append ]; then
     mkdir -p "$mnt/added"; head -c $((goal / 5)) /dev/urandom > "$mnt/added/new.bin"
     umount "$mnt"; rmdir "$mnt"; mv "$usr2.tmp" "$usr2"
   fi
+}
+
+if [ -z "$only" ] || [ "$only" = append ]; then
+  build_usr2
   for flag in "" -d; do
     echo "== append: usr2.img onto an archive of usr.img ${flag:-(metadata)}"
     base=$work/arch-base.qcow2 arch=$work/arch.qcow2 full=$work/full.qcow2
@@ -247,4 +253,30 @@ if [ -z "$only" ] || [ "$only" = append ]; then
     if qemu-img check "$arch" >/dev/null 2>&1; then echo "  qemu-img check: exit 0"; else echo "  qemu-img check: exit $?"; fi
     rm -f "$base" "$arch" "$full"
   done
+fi
+
+if [ -z "$only" ] || [ "$only" = delta ]; then
+  build_usr2
+  d=$work/delta.qcow2 qd=$work/qdelta.qcow2 arch=$work/darch.qcow2
+  echo "== delta usr.img..usr2.img with data (image files: both are read)"
+  # qemu-img compare stops at the first difference (here the superblock, at offset 1024), so the
+  # baseline is qemu-img compare of usr2.img against a copy of itself: both read in full, what
+  # comparing two images costs when they differ late. qemu-img convert -B is shown for the size:
+  # it does not compare contents with a raw source, it writes every allocated cluster.
+  [ -s "$work/usr2-copy.img" ] || cp --sparse=always "$usr2" "$work/usr2-copy.img"
+  cmd "qemu-img compare (full)" "$work/none" qemu-img compare -f raw -F raw "$usr2" "$work/usr2-copy.img"
+  cmd "qemu-img convert -B" "$qd" qemu-img convert -f raw -O qcow2 -B "$usr" -F raw "$usr2" "$qd"
+  cmd "e2image-rs -Q -d --base" "$d" "$bin" -Q -d --base "$usr" "$usr2" "$d"
+  run_round
+  echo "  ratio e2image-rs --base / qemu-img compare (full): $(ratio "${T[e2image-rs -Q -d --base]}" "${T[qemu-img compare (full)]}")"
+  echo "  ratio e2image-rs --base / qemu-img convert -B: $(ratio "${T[e2image-rs -Q -d --base]}" "${T[qemu-img convert -B]}")"
+  "$bin" -Q -d --base "$usr" "$usr2" "$d" --json 2>/dev/null | grep -o '"delta":{[^}]*}' | sed 's/^/  /' || true
+  qemu-img convert -f raw -O qcow2 -B "$usr" -F raw "$usr2" "$qd"
+  echo "  delta file: $(stat -c %s "$d") bytes; qemu-img convert -B overlay: $(stat -c %s "$qd") bytes"
+  echo "== delta between two archive states with data (L2 entries compared, differing clusters read)"
+  rm -f "$arch"; "$bin" -Q -d --name usr "$usr" "$arch" && "$bin" -Q -d --append --name usr2 "$usr2" "$arch"
+  cmd "e2image-rs -Q -d -x usr..usr2" "$d" "$bin" -Q -d -x usr..usr2 "$arch" "$d"
+  cmd "e2image-rs -Q -x usr..usr2" "$d.m" "$bin" -Q -x usr..usr2 "$arch" "$d.m"
+  run_round
+  rm -f "$d" "$d.m" "$qd" "$arch"
 fi
