@@ -83,6 +83,8 @@ pub(crate) struct Passes<'j, 'a> {
     pub(crate) end: Option<u32>,
     /// The first non-fatal error (jbd2 `success`).
     pub(crate) error: Option<String>,
+    /// The transaction whose commit block failed its checksum (jbd2 `j_failed_commit`).
+    pub(crate) failed_commit: Option<u32>,
     revokes: HashMap<u64, u32>,
     pub(crate) revoke_hits: u64,
     pub(crate) overlay: BTreeMap<u64, OverlayBlock>,
@@ -105,6 +107,7 @@ impl<'j, 'a> Passes<'j, 'a> {
             crc32_sum: !0,
             end: None,
             error: None,
+            failed_commit: None,
             revokes: HashMap::new(),
             revoke_hits: 0,
             overlay: BTreeMap::new(),
@@ -339,6 +342,7 @@ impl<'j, 'a> Passes<'j, 'a> {
             return Step::Done;
         }
         if self.j.sb.has_compat(f::COMPAT_CHECKSUM) && self.end.is_some() {
+            self.failed_commit = self.end;
             return Step::Done;
         }
         if !self.commit_ok(buf, &c) {
@@ -355,6 +359,7 @@ impl<'j, 'a> Passes<'j, 'a> {
             );
             self.end = Some(self.tid);
             if !self.j.sb.has_incompat(f::INCOMPAT_ASYNC_COMMIT) {
+                self.failed_commit = Some(self.tid);
                 return Step::Done;
             }
         }

@@ -9,9 +9,11 @@
 //! After a recovery jbd2 restarts the log: e2fsprogs writes the journal superblock with
 //! `s_start` = 0 and, when the recovery succeeded, `s_sequence` = end tid + 1; after an error
 //! (a fatal pass, a data block with a bad tag checksum, passes ending at different tids) it
-//! keeps `s_sequence` and clears EXT2_VALID_FS in `s_state` [verified against e2fsprogs 1.47
-//! `debugfs jr` and `e2fsck -E journal_only`]. [`Recovery::new_sequence`] and
-//! [`Recovery::error`] carry that.
+//! keeps `s_sequence` and clears EXT2_VALID_FS in `s_state`; a commit block with a bad
+//! checksum ([`Recovery::failed_commit`]) or a journal superblock with `s_errno` set marks the
+//! filesystem with errors (EXT2_ERROR_FS) and clears `s_errno` [verified against e2fsprogs
+//! 1.47 `debugfs jr` and `e2fsck -E journal_only`]. [`Recovery::new_sequence`],
+//! [`Recovery::error`] and [`Recovery::failed_commit`] carry that.
 
 use super::fast_commit::{scan_fast_commit, FastCommit};
 use super::locate::Journal;
@@ -53,6 +55,9 @@ pub struct Recovery {
     /// (nothing replayed when it is SCAN or REVOKE), a data block with a bad tag checksum
     /// (that block skipped), an I/O error, passes ending at different tids.
     pub error: Option<String>,
+    /// The transaction whose commit block failed its checksum and ended the log (jbd2
+    /// `j_failed_commit`): e2fsprogs then marks the filesystem with errors.
+    pub failed_commit: Option<u32>,
     /// Problems, each naming the journal block (journal blocks are logical: block n of the
     /// journal inode or device).
     pub warnings: Vec<Warning>,
@@ -116,6 +121,7 @@ impl Journal<'_> {
             overlay: BTreeMap::new(),
             revoke_hits: 0,
             error: None,
+            failed_commit: None,
             warnings: Vec::new(),
             fast_commit: None,
         };
@@ -131,6 +137,7 @@ impl Journal<'_> {
             r.end_tid = p.end.unwrap_or(start_tid);
             r.error = fatal.or(p.error.take());
             r.revoke_hits = p.revoke_hits;
+            r.failed_commit = p.failed_commit;
             r.overlay = std::mem::take(&mut p.overlay);
         }
         let end = (replay && self.sb.s_start != 0).then_some(r.end_tid);

@@ -17,6 +17,8 @@ pub const JOURNAL_SUPERBLOCK_SIZE: usize = 1024;
 pub const JSB_S_SEQUENCE_OFFSET: usize = 0x18;
 /// Byte offset of `s_start` (u32 BE).
 pub const JSB_S_START_OFFSET: usize = 0x1C;
+/// Byte offset of `s_errno` (i32 BE).
+const S_ERRNO_OFFSET: usize = 0x20;
 /// Byte offset of the journal superblock's `s_checksum` (u32 BE).
 pub const JSB_S_CHECKSUM_OFFSET: usize = 0xFC;
 
@@ -162,7 +164,7 @@ impl JournalSuperblock {
             s_first: be32(b, 0x14),
             s_sequence: be32(b, JSB_S_SEQUENCE_OFFSET),
             s_start: be32(b, JSB_S_START_OFFSET),
-            s_errno: be32(b, 0x20) as i32,
+            s_errno: be32(b, S_ERRNO_OFFSET) as i32,
             s_feature_compat: v2_field(0x24),
             s_feature_incompat: v2_field(0x28),
             s_feature_ro_compat: v2_field(0x2C),
@@ -249,10 +251,11 @@ impl JournalSuperblock {
         crc32c_raw(!0, &self.s_uuid)
     }
 
-    /// These bytes with `s_start` = 0 and `s_sequence` = `sequence`, the checksum recomputed
-    /// with v2/v3: the superblock jbd2 writes after a recovery.
+    /// These bytes with `s_start` = 0, `s_sequence` = `sequence` and `s_errno` = 0, the
+    /// checksum recomputed with v2/v3: the superblock e2fsprogs writes after a recovery.
     pub fn emptied(&self, sequence: u32) -> Vec<u8> {
         let mut b = self.raw.clone();
+        b[S_ERRNO_OFFSET..S_ERRNO_OFFSET + 4].fill(0);
         b[JSB_S_SEQUENCE_OFFSET..JSB_S_SEQUENCE_OFFSET + 4]
             .copy_from_slice(&sequence.to_be_bytes());
         b[JSB_S_START_OFFSET..JSB_S_START_OFFSET + 4].fill(0);

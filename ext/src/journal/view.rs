@@ -9,8 +9,9 @@
 //! * **Replayed**: the overlay plus what a recovery writes besides the logged blocks, as
 //!   e2fsprogs 1.47 does (`debugfs -w -R jr`, `e2fsck -E journal_only`): the primary
 //!   superblock with INCOMPAT_RECOVER cleared, EXT2_VALID_FS cleared in `s_state` after a
-//!   recovery error, `s_checksum` recomputed with metadata_csum; and the journal superblock
-//!   with `s_start` = 0 and `s_sequence` = [`Recovery::new_sequence`], its checksum
+//!   recovery error, EXT2_ERROR_FS set after a failed commit or with a journal `s_errno`,
+//!   `s_checksum` recomputed with metadata_csum; and the journal superblock with `s_start` =
+//!   0, `s_errno` = 0 and `s_sequence` = [`Recovery::new_sequence`], its checksum
 //!   recomputed with v2/v3 (an external journal's superblock is not on this device: see
 //!   [`Journal::replayed_superblock`]). Both tools also update times and counters (`s_wtime`,
 //!   `s_kbytes_written`; `jr` sets `s_lastcheck` to 0xFFFFFFFF): those are left as they were.
@@ -33,6 +34,8 @@ use std::io;
 
 /// Byte offset of `s_feature_incompat` in the ext4 superblock.
 const S_FEATURE_INCOMPAT_OFFSET: usize = 0x60;
+/// `s_state` bit: errors detected (kernel `EXT2_ERROR_FS`).
+const EXT2_ERROR_FS: u16 = 0x2;
 
 /// What a [`ReplayedView`] shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +97,8 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
             blocks,
         };
         if mode == ReplayMode::Replayed && recovery.replayed {
-            v.patch_superblock(recovery.error.is_some())?;
+            let errors = recovery.failed_commit.is_some() || journal.sb.s_errno != 0;
+            v.patch_superblock(recovery.error.is_some(), errors)?;
             if let JournalLocation::Inode { .. } = journal.location {
                 if let Some((b, bytes)) = journal.replayed_superblock(recovery)? {
                     v.blocks.insert(b.0, Source::Bytes(bytes));
@@ -115,13 +119,13 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
     }
 
     /// Replaces the block holding the primary superblock with its replayed bytes.
-    fn patch_superblock(&mut self, error: bool) -> io::Result<()> {
+    fn patch_superblock(&mut self, error: bool, errors: bool) -> io::Result<()> {
         let bs = u64::from(self.block_size);
         let block = SUPERBLOCK_OFFSET / bs;
         let mut buf = vec![0u8; self.block_size as usize];
         self.read_at(block * bs, &mut buf)?;
         let at = (SUPERBLOCK_OFFSET - block * bs) as usize;
-        replayed_superblock(&mut buf[at..at + SUPERBLOCK_SIZE], error);
+        replayed_superblock(&mut buf[at..at + SUPERBLOCK_SIZE], error, errors);
         self.blocks.insert(block, Source::Bytes(buf));
         Ok(())
     }
@@ -146,17 +150,21 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
     }
 }
 
-/// Clears INCOMPAT_RECOVER in the superblock `sb` (1024 bytes), and EXT2_VALID_FS after a
-/// recovery `error`; recomputes `s_checksum` with metadata_csum.
-fn replayed_superblock(sb: &mut [u8], error: bool) {
+/// Clears INCOMPAT_RECOVER in the superblock `sb` (1024 bytes), EXT2_VALID_FS after a
+/// recovery `error`, sets EXT2_ERROR_FS for `errors` (a failed commit, a journal `s_errno`);
+/// recomputes `s_checksum` with metadata_csum.
+fn replayed_superblock(sb: &mut [u8], error: bool, errors: bool) {
     let inc = le32(sb, S_FEATURE_INCOMPAT_OFFSET) & !incompat::RECOVER;
     sb[S_FEATURE_INCOMPAT_OFFSET..S_FEATURE_INCOMPAT_OFFSET + 4]
         .copy_from_slice(&inc.to_le_bytes());
+    let mut state = u16::from_le_bytes([sb[S_STATE_OFFSET], sb[S_STATE_OFFSET + 1]]);
     if error {
-        let state = u16::from_le_bytes([sb[S_STATE_OFFSET], sb[S_STATE_OFFSET + 1]]);
-        let state = state & !EXT2_VALID_FS;
-        sb[S_STATE_OFFSET..S_STATE_OFFSET + 2].copy_from_slice(&state.to_le_bytes());
+        state &= !EXT2_VALID_FS;
     }
+    if errors {
+        state |= EXT2_ERROR_FS;
+    }
+    sb[S_STATE_OFFSET..S_STATE_OFFSET + 2].copy_from_slice(&state.to_le_bytes());
     if le32(sb, S_FEATURE_RO_COMPAT_OFFSET) & ro_compat::METADATA_CSUM != 0 {
         let c = superblock_checksum(sb);
         sb[S_CHECKSUM_OFFSET..S_CHECKSUM_OFFSET + 4].copy_from_slice(&c.to_le_bytes());
