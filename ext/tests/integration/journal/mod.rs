@@ -216,8 +216,16 @@ pub(super) fn compare_except(img: &Path, want: &Path, force: bool, skip: &[u64])
         j.recover()
     };
     let view = ReplayedView::new(fs.view(), &j, &rec, ReplayMode::Replayed).unwrap();
+    same_state(&view, fs.sb.block_size as usize, want, skip);
+    drop(view);
+    assert_eq!(sha(img), before, "the source changed");
+    rec
+}
+
+/// Every block of `view` but `skip` equals the image `want` (superblock normalized), and both
+/// walk to the same copy set.
+pub(super) fn same_state(view: &dyn BlockView, bs: usize, want: &Path, skip: &[u64]) {
     let want_bytes = std::fs::read(want).unwrap();
-    let bs = fs.sb.block_size as usize;
     let sb_block = 1024 / bs;
     for (i, theirs) in want_bytes.chunks(bs).enumerate() {
         if skip.contains(&(i as u64)) {
@@ -228,22 +236,14 @@ pub(super) fn compare_except(img: &Path, want: &Path, force: bool, skip: &[u64])
         if i == sb_block {
             normalize_superblock(&mut ours[1024 % bs..1024 % bs + 1024], &theirs[1024 % bs..]);
         }
-        assert!(
-            ours == theirs,
-            "{}: block {i} differs from {}",
-            img.display(),
-            want.display()
-        );
+        assert!(ours == theirs, "block {i} differs from {}", want.display());
     }
     let ours = walk(
-        &Filesystem::open(&view, &OpenOptions::default()).unwrap(),
+        &Filesystem::open(view, &OpenOptions::default()).unwrap(),
         &WalkOptions::default(),
     );
     let theirs = walk(&crate::common::open(want), &WalkOptions::default());
     assert_eq!(ours.blocks.extents(), theirs.blocks.extents());
-    drop(view);
-    assert_eq!(sha(img), before, "the source changed");
-    rec
 }
 
 /// Copies the fields the tools update with times and counters from `theirs`.

@@ -209,3 +209,77 @@ fn superblock_fallback() {
     assert!(used.is_none());
     assert_eq!(fs.sb_block.0, 3 * 8192 + 1);
 }
+
+/// An external journal device (a file: `mke2fs -O journal_dev`, attached by setting
+/// `s_journal_uuid`), replayed against `e2fsck -E journal_only -j`.
+#[test]
+fn external_journal_device() {
+    if !tools() {
+        return;
+    }
+    let dir = Scratch::new("journal", "external");
+    let jd = dir.0.join("jd.img");
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-O", "journal_dev", "-b", "1024"])
+        .arg(&jd)
+        .arg("2M"));
+    let img = mkfs(
+        &dir.0,
+        &["-t", "ext4", "-O", "^has_journal", "-b", "1024"],
+        "16M",
+    );
+    let dump = run(Command::new("dumpe2fs").arg("-h").arg(&jd));
+    let uuid = dump
+        .lines()
+        .find(|l| l.starts_with("Filesystem UUID:"))
+        .unwrap();
+    let uuid = uuid.split_whitespace().last().unwrap();
+    debugfs(
+        &img,
+        &format!("ssv journal_uuid {uuid}\nfeature has_journal\n"),
+    );
+    let free = free_blocks(&img, 2, 3000);
+    std::fs::write(
+        dir.0.join("p.bin"),
+        [vec![0x31; 1024], vec![0x32; 1024]].concat(),
+    )
+    .unwrap();
+    debugfs(
+        &img,
+        &format!(
+            "jo -f {}\njw -b {},{} {}\njc\n",
+            jd.display(),
+            free[0],
+            free[1],
+            dir.0.join("p.bin").display()
+        ),
+    );
+    let (want, want_jd) = (img.with_extension("e2fsck"), dir.0.join("jd.e2fsck"));
+    std::fs::copy(&img, &want).unwrap();
+    std::fs::copy(&jd, &want_jd).unwrap();
+    run(Command::new("e2fsck")
+        .args(["-E", "journal_only", "-y", "-j"])
+        .arg(&want_jd)
+        .arg(&want));
+    let (before, before_jd) = (sha(&img), sha(&jd));
+    let fs = crate::common::open(&img);
+    let none = Journal::locate(&fs, None).unwrap();
+    assert!(matches!(
+        none.lookup,
+        JournalLookup::ExternalNotGiven { .. }
+    ));
+    let jv = FileView::open(&jd).unwrap();
+    let located = Journal::locate(&fs, Some(&jv)).unwrap();
+    let JournalLookup::Found(j) = located.lookup else {
+        panic!("the external journal must be found");
+    };
+    assert_eq!(j.location, JournalLocation::External);
+    let rec = j.recover();
+    assert_eq!((rec.transactions(), rec.overlay.len()), (1, 2));
+    let view = ReplayedView::new(fs.view(), &j, &rec, ReplayMode::Replayed).unwrap();
+    same_state(&view, 1024, &want, &[]);
+    let (b, bytes) = j.replayed_superblock(&rec).unwrap().unwrap();
+    let theirs = std::fs::read(&want_jd).unwrap();
+    assert_eq!(bytes, theirs[b.0 as usize * 1024..][..1024]);
+    assert_eq!((sha(&img), sha(&jd)), (before, before_jd));
+}
