@@ -357,8 +357,9 @@ fn all(class: BlockClass) -> TreeClasses {
     }
 }
 
-/// Classes of the inodes with a role of their own: the resize inode, the journal, quota
-/// files, the orphan file and the snapshot exclude inode (each only with its feature).
+/// Classes of the inodes with a role of their own: the resize inode, the journal
+/// (`s_journal_inum`, with or without COMPAT_HAS_JOURNAL), quota files, the orphan file and the
+/// snapshot exclude inode (these with their feature).
 fn special_classes(sb: &Superblock, ino: InodeNr) -> Option<TreeClasses> {
     let n = ino.0;
     if ino == EXT2_RESIZE_INO {
@@ -367,7 +368,9 @@ fn special_classes(sb: &Superblock, ino: InodeNr) -> Option<TreeClasses> {
             data: Some(BlockClass::ReservedGdt),
         });
     }
-    if n == sb.s_journal_inum && sb.has_compat(compat::HAS_JOURNAL) {
+    // The journal inode whatever COMPAT_HAS_JOURNAL says (as e2image does): with the flag
+    // clear (e.g. `debugfs feature ^has_journal`) the inode and its blocks are still there.
+    if n != 0 && n == sb.s_journal_inum {
         return Some(all(BlockClass::Journal));
     }
     let quota = [
