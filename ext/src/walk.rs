@@ -152,9 +152,6 @@ fn warn_past_source<V: BlockView>(c: &mut Collector<'_>, fs: &Filesystem<V>) {
 fn notes(fs: &Filesystem<impl BlockView>, view: &dyn BlockView) -> Vec<String> {
     let sb = &fs.sb;
     let mut v = Vec::new();
-    if sb.has_incompat(incompat::RECOVER) {
-        v.push("the journal needs recovery; metadata is exported as it is on disk, with the whole journal".into());
-    }
     if view.size() < sb.size_bytes() {
         v.push(format!(
             "the source ({} bytes) is shorter than the filesystem ({} bytes); the missing part reads as zeros",

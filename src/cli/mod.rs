@@ -224,6 +224,16 @@ pub struct ExportArgs {
     /// backing file, so that QEMU reads the delta as state TO; stored relative to the delta.
     #[arg(long, value_name = "FILE")]
     pub backing: Option<PathBuf>,
+    /// Write the replayed state of a filesystem whose journal needs recovery (built in memory
+    /// from the journal and the disk; the source is never written): as after `e2fsck -E
+    /// journal_only`. Without it the image holds the blocks as they are on disk, the whole
+    /// journal and every block the replay needs.
+    #[arg(long)]
+    pub replay: bool,
+    /// The external journal device (or image) of a filesystem whose journal is not internal;
+    /// read only.
+    #[arg(long, value_name = "PATH")]
+    pub journal_dev: Option<PathBuf>,
     /// The filesystem (image file or block device), or a QCOW2 image.
     #[arg(required = true)]
     pub source: Option<PathBuf>,

@@ -313,6 +313,7 @@ fn delta_target<V: BlockView>(
         file_data: plan.data,
         snapshot_files: !plan.no_snapshots,
         zeros_recorded: true,
+        replayed: false,
     };
     let backing = match (&d.backing, &plan.output) {
         (Some(b), crate::plan::Output::File(out)) => Some(backing_of(b, out, from_fingerprint)?),

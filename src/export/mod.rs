@@ -11,6 +11,7 @@
 mod cluster;
 mod convert;
 mod delta;
+mod journal;
 mod qcow_source;
 mod states;
 mod summary;
@@ -55,10 +56,34 @@ pub fn run(plan: &ExportPlan) -> Result<Summary> {
     export_fs(&view, plan)
 }
 
-/// Opens the filesystem on `view`, plans its states and writes the image.
+/// Opens the filesystem on `view`, plans its states and writes the image. With `--replay`
+/// the source's journal is replayed first, so that its states (next3 snapshots included) are
+/// planned on the replayed filesystem.
 pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summary> {
-    let fs = Filesystem::open(view, &plan.open)
-        .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))?;
+    let external = match &plan.journal_dev {
+        Some(p) if plan.replay => Some(journal::open_journal_dev(p)?),
+        _ => None,
+    };
+    let replayed = match plan.replay {
+        true => Some(journal::recover(
+            view,
+            external.as_ref().map(|v| v as &dyn BlockView),
+            &plan.open,
+            plan,
+        )?),
+        false => None,
+    };
+    let view: &dyn BlockView = match replayed.as_ref().and_then(|j| j.view.as_ref()) {
+        Some(v) => v,
+        None => view,
+    };
+    let mut early = Early::default();
+    if let Some(j) = &replayed {
+        early.journal_done = true;
+        early.warnings.extend(j.warnings.iter().cloned());
+        early.notes.extend(j.notes.iter().cloned());
+    }
+    let (fs, _) = open_with_fallback(view, plan)?;
     if let Some(name) = &plan.from_snapshot {
         let next3 = Next3::read(&fs);
         let i = next3.find(&fs, name).with_context(|| {
@@ -73,7 +98,8 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
             date: (0, 0),
             view: &snap,
         }];
-        return write_states(&states, plan, next3.warnings.clone(), None);
+        early.warnings.extend(next3.warnings.iter().cloned());
+        return write_states(&states, plan, early, None);
     }
     let images = match &plan.older {
         Older::Images(v) => v.as_slice(),
@@ -92,10 +118,9 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         }
         OlderStates::None => {}
     }
-    let early = match &sp.older {
-        OlderStates::Next3(n) => n.warnings.clone(),
-        _ => Vec::new(),
-    };
+    if let OlderStates::Next3(n) = &sp.older {
+        early.warnings.extend(n.warnings.iter().cloned());
+    }
     let states: Vec<StateInput<'_>> = views
         .into_iter()
         .enumerate()
@@ -106,6 +131,25 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         })
         .collect();
     write_states(&states, plan, early, None)
+}
+
+/// Opens the source's filesystem with `-b`/`-B`, or through the first backup superblock that
+/// validates when the primary one is unusable (the caller warns: see `open_states`).
+fn open_with_fallback<'v>(
+    view: &'v dyn BlockView,
+    plan: &ExportPlan,
+) -> Result<(Filesystem<&'v dyn BlockView>, Option<ext::BackupUsed>)> {
+    Filesystem::open_with_fallback(view, &plan.open)
+        .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))
+}
+
+/// What the caller found before the states were written: warnings and notes of the current
+/// state, and whether its journal was already recovered (`--replay`).
+#[derive(Default)]
+pub(super) struct Early {
+    pub(super) warnings: Vec<Warning>,
+    pub(super) notes: Vec<String>,
+    pub(super) journal_done: bool,
 }
 
 /// One state to write: its view, name and date.
@@ -121,24 +165,52 @@ pub(super) struct StateInput<'a> {
 pub(super) fn write_states(
     states: &[StateInput<'_>],
     plan: &ExportPlan,
-    early_warnings: Vec<Warning>,
+    early: Early,
     table: Option<Table>,
 ) -> Result<Summary> {
+    let external = match &plan.journal_dev {
+        Some(p) if !early.journal_done => Some(journal::open_journal_dev(p)?),
+        _ => None,
+    };
+    let views: Vec<&dyn BlockView> = states.iter().map(|s| s.view).collect();
+    let ext_view = external.as_ref().map(|v| v as &dyn BlockView);
+    let journals = journal::recover_states(&views, ext_view, plan, early.journal_done)?;
+    let replayed: Vec<StateInput<'_>> = states
+        .iter()
+        .zip(&journals)
+        .map(|(s, j)| StateInput {
+            name: s.name.clone(),
+            date: s.date,
+            view: match (&j.view, plan.replay) {
+                (Some(v), true) => v,
+                _ => s.view,
+            },
+        })
+        .collect();
+    let states = &replayed[..];
     let (opened, reports, mut warnings) = open_states(states, plan)?;
-    warnings.splice(
-        0..0,
-        early_warnings
-            .into_iter()
-            .map(|w| (states[0].name.clone(), w)),
-    );
+    let first = states[0].name.clone();
+    warnings.splice(0..0, early.warnings.into_iter().map(|w| (first.clone(), w)));
     let mut out = sink::open(plan, &target_of(&opened, plan)?)?;
-    let mut notes = out.notes();
+    let mut notes = early.notes;
+    notes.extend(out.notes());
+    for (s, j) in states.iter().zip(&journals) {
+        warnings.extend(j.warnings.iter().map(|w| (s.name.clone(), w.clone())));
+        notes.extend(j.notes.iter().cloned());
+    }
     let mut tally = Tally {
         reports,
         warnings,
         ..Tally::default()
     };
-    copy_states(out.sink.as_mut(), states, &opened, plan, &mut tally)?;
+    copy_states(
+        out.sink.as_mut(),
+        states,
+        &opened,
+        &journals,
+        plan,
+        &mut tally,
+    )?;
     let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
     let table = match (table, plan.archive.as_ref().and_then(|a| a.name.as_ref())) {
         (Some(t), _) => remap_table(t, &written),
@@ -239,6 +311,7 @@ fn copy_states(
     sink: &mut dyn Sink,
     states: &[StateInput<'_>],
     opened: &[Option<Filesystem<&dyn BlockView>>],
+    journals: &[journal::StateJournal<'_>],
     plan: &ExportPlan,
     tally: &mut Tally,
 ) -> Result<()> {
@@ -250,13 +323,15 @@ fn copy_states(
     let written = states
         .iter()
         .zip(opened)
-        .filter_map(|(s, f)| Some((s, f.as_ref()?)));
-    for (k, (state, fs)) in written.enumerate() {
+        .zip(journals)
+        .filter_map(|((s, f), j)| Some((s, f.as_ref()?, j)));
+    for (k, (state, fs, j)) in written.enumerate() {
         let label = match count {
             1 => state.name.clone(),
             n => format!("state {}/{n}: {}", k + 1, state.name),
         };
-        let walked = ext::walk(fs, &walk_opts);
+        let mut walked = ext::walk(fs, &walk_opts);
+        journal::complete(&mut walked, &fs.sb, j, &walk_opts, plan.replay);
         let (stats, copy_warnings) = copy_state(sink, state, fs, &walked, plan.progress, &label)?;
         tally.add(state, &fs.sb, walked, stats, copy_warnings);
     }
@@ -276,6 +351,7 @@ fn qcow_options(plan: &ExportPlan, size: u64, block_size: u32) -> Result<QcowOpt
         file_data: plan.data,
         snapshot_files: !plan.no_snapshots,
         zeros_recorded: version == Version::V3,
+        replayed: plan.replay,
     };
     Ok(QcowOptions {
         cluster_bits: choose_cluster_bits(size, block_size, plan.data, cluster_size)?,
@@ -360,19 +436,22 @@ type Opened<'a> = (
     Vec<(String, Warning)>,
 );
 
-/// Opens every state's filesystem. The first state must open (it uses `-b`/`-B`); another
-/// one that does not is reported and left out.
+/// Opens every state's filesystem. The first state must open (it uses `-b`/`-B`, or falls
+/// back to a backup superblock that validates, with a warning); another one that does not is
+/// reported and left out.
 fn open_states<'a>(states: &[StateInput<'a>], plan: &ExportPlan) -> Result<Opened<'a>> {
     let (mut opened, mut reports, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
     for (k, s) in states.iter().enumerate() {
-        let opts = if k == 0 {
-            plan.open
-        } else {
-            OpenOptions::default()
-        };
-        match Filesystem::open(s.view, &opts) {
+        if k == 0 {
+            let (fs, backup) = open_with_fallback(s.view, plan)?;
+            if let Some(b) = backup {
+                warnings.push((s.name.clone(), fallback_warning(&b)));
+            }
+            opened.push(Some(fs));
+            continue;
+        }
+        match Filesystem::open(s.view, &OpenOptions::default()) {
             Ok(fs) => opened.push(Some(fs)),
-            Err(e) if k == 0 => bail!("{}: cannot open the filesystem: {e}", plan.source.display()),
             Err(e) => {
                 let report = StateReport::unopenable(&s.name, &e.to_string());
                 let reason = report.error.clone().unwrap_or_default();
@@ -391,6 +470,19 @@ fn open_states<'a>(states: &[StateInput<'a>], plan: &ExportPlan) -> Result<Opene
         }
     }
     Ok((opened, reports, warnings))
+}
+
+/// The warning for an export through a backup superblock chosen automatically.
+fn fallback_warning(b: &ext::BackupUsed) -> Warning {
+    Warning {
+        inode: None,
+        block: None,
+        offset: None,
+        reason: format!(
+            "the primary superblock (byte 1024) is unusable ({}); exported through the backup superblock at block {} (block size {}, as e2fsck does); the primary's bytes are copied as they are",
+            b.primary_error, b.block.0, b.block_size
+        ),
+    }
 }
 
 /// Copies one walked state into the sink as its next state. Returns the counts and the

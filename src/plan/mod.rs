@@ -106,6 +106,10 @@ pub struct ExportPlan {
     pub archive: Option<ArchivePlan>,
     /// Writing a delta between two states.
     pub delta: Option<DeltaPlan>,
+    /// `--replay`: write the replayed state of a filesystem whose journal needs recovery.
+    pub replay: bool,
+    /// `--journal-dev`: the external journal device.
+    pub journal_dev: Option<PathBuf>,
 }
 
 impl ExportPlan {
@@ -169,7 +173,10 @@ impl ExportPlan {
             no_snapshots: a.no_snapshots,
             archive,
             delta,
+            replay: a.replay,
+            journal_dev: a.journal_dev.clone(),
         };
+        plan.check_replay()?;
         plan.check_output_is_no_input()?;
         Ok(plan)
     }
@@ -184,7 +191,20 @@ impl ExportPlan {
                     .map(|p| ("--snapshot".to_string(), p.as_path())),
             );
         }
+        if let Some(j) = &self.journal_dev {
+            v.push(("--journal-dev".to_string(), j.as_path()));
+        }
         v
+    }
+
+    /// Refuses `--replay` where it does not apply yet.
+    fn check_replay(&self) -> Result<(), UsageError> {
+        if self.replay && self.delta.is_some() {
+            return Err(usage(
+                "--replay is not supported with deltas (-x, --base) yet: export the replayed states first (e2image-rs -Q --replay), then make the delta between those images",
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses an OUT that resolves to an input.

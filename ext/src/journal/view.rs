@@ -59,7 +59,8 @@ enum Source {
 /// A read-only view of the replayed filesystem (module comment).
 pub struct ReplayedView<'a, B> {
     base: B,
-    journal_dev: &'a dyn BlockView,
+    /// The device holding the journal copies; `None`: `base` (an internal journal).
+    journal_dev: Option<&'a dyn BlockView>,
     block_size: u32,
     blocks: BTreeMap<u64, Source>,
 }
@@ -74,6 +75,43 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
     pub fn new(
         base: B,
         journal: &Journal<'a>,
+        recovery: &Recovery,
+        mode: ReplayMode,
+    ) -> io::Result<ReplayedView<'a, B>> {
+        ReplayedView::build(base, journal, Some(journal.device()), recovery, mode)
+    }
+
+    /// Like [`ReplayedView::new`], without borrowing the filesystem `journal` was located
+    /// on, so that the view can outlive it: an internal journal's copies are read from `base`
+    /// (which must be the device the filesystem was opened on), an external journal's from
+    /// `external` (the view given to [`Journal::locate`]).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] for an external journal without `external`; a read
+    /// error of the superblock or journal superblock (Replayed mode).
+    pub fn on_base(
+        base: B,
+        journal: &Journal<'_>,
+        external: Option<&'a dyn BlockView>,
+        recovery: &Recovery,
+        mode: ReplayMode,
+    ) -> io::Result<ReplayedView<'a, B>> {
+        let dev = match journal.location {
+            JournalLocation::Inode { .. } => None,
+            JournalLocation::External => Some(external.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the external journal device is needed to read its copies",
+                )
+            })?),
+        };
+        ReplayedView::build(base, journal, dev, recovery, mode)
+    }
+
+    fn build(
+        base: B,
+        journal: &Journal<'_>,
+        journal_dev: Option<&'a dyn BlockView>,
         recovery: &Recovery,
         mode: ReplayMode,
     ) -> io::Result<ReplayedView<'a, B>> {
@@ -92,7 +130,7 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
         }
         let mut v = ReplayedView {
             base,
-            journal_dev: journal.device(),
+            journal_dev,
             block_size: journal.block_size,
             blocks,
         };
@@ -139,8 +177,12 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
                 escaped,
             } => {
                 let mut buf = vec![0u8; self.block_size as usize];
-                self.journal_dev
-                    .read_blocks(self.block_size, *device_block, &mut buf)?;
+                match self.journal_dev {
+                    Some(dev) => dev.read_blocks(self.block_size, *device_block, &mut buf)?,
+                    None => self
+                        .base
+                        .read_blocks(self.block_size, *device_block, &mut buf)?,
+                }
                 if *escaped {
                     buf[..4].copy_from_slice(&JBD2_MAGIC_NUMBER.to_be_bytes());
                 }
