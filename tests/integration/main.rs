@@ -13,6 +13,7 @@ mod corpus;
 mod delta;
 mod export_matrix;
 mod hostile;
+mod journal;
 mod large;
 mod messages;
 mod rollback;
