@@ -6,11 +6,14 @@
 //!
 //! 1. `sys` (mounts, path identity, temporary outputs, locks, signals, test hooks), `exit`
 //!    (exit codes, error printing), `text` (UUIDs, dates), `probe` (what a file holds),
-//!    `record` (the export record header extension), `qcow_view` (a QCOW2 layer as a block
-//!    view), `retention` (which states a policy keeps);
+//!    `record` (the export record header extension), `delta_record` (the delta record),
+//!    `qcow_view` (a QCOW2 layer as a block view), `retention` (which states a policy keeps),
+//!    `ranges` (sorted block ranges);
 //! 2. `cli` (clap structures only), `plan` (the validated plans built once from them: the
 //!    only thing the pipelines see);
-//! 3. `copy` (the parallel copy engine), `sink` (one trait, one file per output kind);
+//! 3. `copy` (the parallel copy engine), `sink` (one trait, one file per output kind),
+//!    `patching` (changing a target in place through a patch file: what rollback and apply
+//!    share);
 //! 4. the pipelines: `export` (export, QCOW2 → raw, archive append), `snapshots` (listing),
 //!    `prune` (archive retention), `rollback`;
 //! 5. `main`: parse, plan, run, exit status (0 complete, 1 failed, 2 usage error, 3 complete
@@ -20,14 +23,16 @@
 
 mod bytes;
 mod cli;
-mod delta_record;
 mod copy;
+mod delta_record;
 mod exit;
 mod export;
+mod patching;
 mod plan;
 mod probe;
 mod prune;
 mod qcow_view;
+mod ranges;
 mod record;
 mod retention;
 mod rollback;
