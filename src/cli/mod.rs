@@ -1,9 +1,13 @@
 //! Command line, compatible with e2image where the options overlap.
 //!
 //! `e2image-rs -Q|-r [options] SOURCE OUT` exports; `e2image-rs snapshots IMAGE` lists the
-//! states stored in a QCOW2 image; `e2image-rs rollback` writes one back onto a device. Usage
-//! errors exit with status 2 (clap's default).
+//! states stored in a QCOW2 image; `e2image-rs rollback` writes one back onto a device;
+//! `e2image-rs apply` replays a delta onto a replica. Usage errors exit with status 2 (clap's
+//! default).
 
+mod apply;
+
+pub use apply::ApplyArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -39,6 +43,9 @@ pub enum Command {
     /// Remove states of an archive by a retention policy (restic's --keep-* rules), in place;
     /// freed space is reused by later appends and returned to the filesystem.
     Prune(PruneArgs),
+    /// Replay a delta (`-x FROM..TO`) onto a device or image file holding FROM, so that it
+    /// holds TO, crash-safely through a patch file.
+    Apply(ApplyArgs),
 }
 
 /// `e2image-rs prune ARCHIVE --keep-* N... [--dry-run] [--json]`.
@@ -302,7 +309,7 @@ impl UnsupportedArgs {
 }
 
 /// The subcommands, for the message about an unknown one.
-pub const SUBCOMMANDS: &str = "snapshots, rollback, prune";
+pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply";
 
 /// If `word` (the first positional argument) names no file and looks like a subcommand name
 /// (lower-case letters and dashes), the message saying it is not one.

@@ -1,6 +1,6 @@
 //! The validated plans, built once from the command line: the only description of a run that
 //! the pipelines see (they never see clap's structures). [`ExportPlan`] here, the rollback's
-//! [`RollbackPlan`] in `rollback`.
+//! [`RollbackPlan`] in `rollback`, the apply's [`ApplyDeltaPlan`] in `apply`.
 //!
 //! Building it checks everything that can be checked before opening the source: the mode, the
 //! e2image options not implemented yet, what OUT is (a file, a block device, standard output,
@@ -8,10 +8,12 @@
 //! to it, the same device, a loop device over it). Errors are usage errors (exit 2) or
 //! refusals (exit 1); nothing has been written when they are returned.
 
+mod apply;
 mod archive;
 mod delta;
 mod rollback;
 
+pub use apply::{ApplyDeltaPlan, ApplyStart, APPLY_USAGE};
 pub use archive::{check_name, ArchivePlan, PrunePlan, PRUNE_USAGE};
 pub use delta::{backing_path, DeltaPlan, StateRef};
 pub use rollback::{ApplyPlan, RollbackPlan, ROLLBACK_USAGE};

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod apply;
 mod archive;
 mod cli;
 mod committed;
