@@ -1,4 +1,5 @@
-//! Deltas for the apply tests, made without `e2image-rs -x`, by the definition in
+//! Deltas for the apply tests: `make_delta` runs `e2image-rs --base`; `oracle_delta` builds
+//! the same delta without `e2image-rs -x`/`--base`, by the definition in
 //! `src/delta_record.rs`, with qemu's tools and this module's own record encoder:
 //!
 //! 1. FROM's and TO's copy sets as raw images (`e2image-rs -r [-d]`: each state's copied
@@ -193,8 +194,28 @@ pub fn add_extension(img: &Path, ext_type: u32, data: &[u8]) {
 }
 
 /// A delta from state `from` to state `to` (image files of one filesystem), metadata only or
-/// with file data, written to `out`. Returns the replaced blocks (one per cluster).
+/// with file data, made by `e2image-rs -Q [-d] --base FROM TO OUT` with one block per cluster.
+/// Returns the replaced blocks (allocated or zero clusters).
 pub fn make_delta(from: &Path, to: &Path, data: bool, out: &Path) -> Vec<u64> {
+    let bs = geometry(from).block_size;
+    let _ = std::fs::remove_file(out);
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-Q", &"--base", &from];
+    if data {
+        args.push(&"-d");
+    }
+    args.push(&to);
+    args.push(&out);
+    expect(&args, 0);
+    let mut replaced = Vec::new();
+    for (start, len, _) in qemu_map(out, "qcow2") {
+        replaced.extend(start / bs..(start + len) / bs);
+    }
+    replaced
+}
+
+/// The same delta as `make_delta`, built independently of `e2image-rs -x`/`--base` (see the
+/// module comment): the oracle the real deltas are checked against.
+pub fn oracle_delta(from: &Path, to: &Path, data: bool, out: &Path) -> Vec<u64> {
     let dir = out.parent().unwrap().join(format!(
         "{}.work",
         out.file_name().unwrap().to_string_lossy()
