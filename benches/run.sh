@@ -2,7 +2,7 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: README.md, "Performance").
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta]
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
@@ -16,7 +16,10 @@
 #            removed through a loop mount), for the archive append: appending usr2 to an archive
 #            of usr is timed against a full export of usr2, -Q and -d; and for the deltas:
 #            a delta usr..usr2 from the two image files against qemu-img compare and
-#            qemu-img convert -B, and between two archive states (L2 entries compared)
+#            qemu-img convert -B, and between two archive states (L2 entries compared); the
+#            apply of that delta onto a copy of usr.img is timed against dd writing as many bytes
+#   tib/     a sparse 1 TiB ext4 and a copy where a 1 GiB file was written (debugfs): the apply
+#            of their delta must take time proportional to the 1 GiB, not to the 1 TiB
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -49,7 +52,7 @@ done
 
 usr=${usr:-$work/usr.img}
 big=${big:-$work/big.img}
-if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ]; } && [ ! -s "$usr" ]; then
+if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ] || [ "$only" = apply ]; } && [ ! -s "$usr" ]; then
   echo "building $usr from /usr (8G, this takes a few minutes)" >&2
   rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
 fi
@@ -279,4 +282,50 @@ if [ -z "$only" ] || [ "$only" = delta ]; then
   cmd "e2image-rs -Q -x usr..usr2" "$d.m" "$bin" -Q -x usr..usr2 "$arch" "$d.m"
   run_round
   rm -f "$d" "$d.m" "$qd" "$arch"
+fi
+
+# apply DELTA onto a fresh sparse copy of FROM (the copy is not timed), against dd writing as
+# many bytes as the apply wrote and discarded, both durable (apply syncs; dd conv=fdatasync).
+time_apply() {
+  local label="$1" delta="$2" from="$3" t="$work/apply-target.img" p="$work/apply.patch"
+  local ap="" dd="" bytes=0 r
+  for r in $(seq 1 "$reps"); do
+    rm -f "$t" "$p" "$p.undo"; cp --sparse=always "$from" "$t"; sync; sleep 1
+    ap="$ap $(/usr/bin/time -o "$work/.time" -f '%e' "$bin" apply "$delta" "$t" --patch "$p" >/dev/null 2>&1; tail -n1 "$work/.time")"
+  done
+  rm -f "$t" "$p" "$p.undo"; cp --sparse=always "$from" "$t"
+  bytes=$("$bin" apply "$delta" "$t" --patch "$p" --dry-run --json 2>/dev/null \
+    | awk -F'[:,]' '/"bytes_written"|"bytes_discarded"/ {s += $2} END {print s + 0}')
+  for r in $(seq 1 "$reps"); do
+    rm -f "$work/dd.out"; sync; sleep 1
+    dd="$dd $(/usr/bin/time -o "$work/.time" -f '%e' dd if=/dev/zero of="$work/dd.out" bs=1M count=$(( (bytes + 1048575) / 1048576 )) conv=fdatasync >/dev/null 2>&1; tail -n1 "$work/.time")"
+  done
+  med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  local ta td; ta=$(med "$ap"); td=$(med "$dd")
+  printf '  %-40s median %6s s  (runs:%s)\n' "apply $label" "$ta" "$ap"
+  printf '  %-40s median %6s s  (runs:%s)\n' "dd of $bytes bytes" "$td" "$dd"
+  echo "  ratio apply / dd: $(ratio "$ta" "$td")   (target <= 1.5)"
+  rm -f "$t" "$p" "$p.undo" "$work/dd.out"
+}
+
+if [ -z "$only" ] || [ "$only" = apply ]; then
+  build_usr2
+  d=$work/apply-delta.qcow2
+  echo "== apply usr.img..usr2.img (-d delta) onto a copy of usr.img"
+  rm -f "$d"; "$bin" -Q -d --base "$usr" "$usr2" "$d" >/dev/null
+  time_apply "usr..usr2" "$d" "$usr"
+  echo "== apply onto a sparse 1 TiB filesystem: 1 GiB written"
+  tib=$work/tib; mkdir -p "$tib"
+  if [ ! -s "$tib/to.img" ]; then
+    rm -f "$tib/from.img" "$tib/to.tmp"; truncate -s 1T "$tib/from.img"
+    mke2fs -q -F -t ext4 -E lazy_itable_init=1,nodiscard "$tib/from.img"
+    head -c 1G /dev/urandom > "$tib/payload"
+    cp --sparse=always "$tib/from.img" "$tib/to.tmp"
+    debugfs -w -R "write $tib/payload payload" "$tib/to.tmp" >/dev/null 2>&1
+    rm -f "$tib/payload"; mv "$tib/to.tmp" "$tib/to.img"
+  fi
+  rm -f "$d"; "$bin" -Q -d --base "$tib/from.img" "$tib/to.img" "$d" >/dev/null
+  echo "  delta: $(stat -c %s "$d") bytes for a $(stat -c %s "$tib/from.img")-byte filesystem"
+  time_apply "1 TiB + 1 GiB" "$d" "$tib/from.img"
+  rm -f "$d"
 fi

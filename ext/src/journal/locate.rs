@@ -473,7 +473,9 @@ fn external_journal<'a>(
 }
 
 /// An external journal lists the filesystems using it in `s_users` (`s_nr_users` of them);
-/// e2fsck refuses more than one.
+/// e2fsck refuses more than one. A journal device no filesystem was attached to yet (no
+/// users: `mke2fs -O journal_dev`, then `s_journal_uuid` set by hand) is accepted by the
+/// tools, and here.
 fn check_users(j: &Journal<'_>, sb: &Superblock, warnings: &mut Vec<Warning>) {
     let n = j.sb.s_nr_users.min(48) as usize;
     let users = &j.sb.raw[0x100..0x100 + 16 * n];
@@ -483,7 +485,7 @@ fn check_users(j: &Journal<'_>, sb: &Superblock, warnings: &mut Vec<Warning>) {
             j.sb.s_nr_users
         )));
     }
-    if !users.chunks(16).any(|u| u == &sb.raw[0x68..0x78]) {
+    if n > 0 && !users.chunks(16).any(|u| u == &sb.raw[0x68..0x78]) {
         warnings.push(note(
             "the filesystem's UUID is not among the external journal's s_users".into(),
         ));

@@ -127,8 +127,10 @@ pub(super) fn make_dirty(
 }
 
 /// Writes `meta` (at least 3 blocks) into the journal of `img`: T1 the first half and a junk
-/// copy of the last block Y; T2 the next block and a revoke of Y (cancelling T1's copy); T3
-/// the rest, Y included (replayed: after the revoke); then an uncommitted T4 of junk.
+/// copy of the last block Y; T2 a revoke of Y (cancelling T1's copy); T3 the next block; T4
+/// the rest, Y included (replayed: after the revoke); then an uncommitted T5 of junk. (The
+/// revoke has a transaction of its own: debugfs 1.47's `jw -b B -r R` leaves that
+/// transaction without its commit block.)
 fn journal(img: &Path, jo: &str, meta: &[(u64, Vec<u8>)]) {
     assert!(
         meta.len() >= 3,
@@ -157,7 +159,8 @@ fn journal(img: &Path, jo: &str, meta: &[(u64, Vec<u8>)]) {
     let cmds = [
         format!("jo {jo}"),
         format!("jw -b {} {}", list(&t1), payload(1, &t1)),
-        format!("jw -b {} -r {y} {}", list(&t2), payload(2, &t2)),
+        format!("jw -r {y}"),
+        format!("jw -b {} {}", list(&t2), payload(2, &t2)),
         format!("jw -b {} {}", list(&t3), payload(3, &t3)),
         format!("jw -b {} -c {}", list(&t4), payload(4, &t4)),
         "jc".to_string(),
