@@ -9,8 +9,8 @@ use super::report::{self, Report};
 use super::states::{self, FromDigest, States};
 use crate::delta_record::DeltaRecord;
 use crate::patching::{
-    open_target, read_target_sb, Command, PatchFiles, PatchHeader, RunSink, Target,
-    FLAG_DISCARD_ZEROS,
+    open_target, read_target_sb, refuse_dirty_journal, Command, PatchFiles, PatchHeader, RunSink,
+    Target, FLAG_DISCARD_ZEROS,
 };
 use crate::plan::ApplyStart;
 use anyhow::{bail, Result};
@@ -60,6 +60,7 @@ pub fn prepare(s: &ApplyStart) -> Result<(Report, Option<Ready>)> {
     let record = record_of(&delta, s.force)?;
     let t = open_target(&s.target, s.dry_run)?;
     let tsb = read_target_sb(&t)?;
+    refuse_dirty_journal(&t, &tsb, Command::Apply, s.force, s.dry_run)?;
     check_sizes(&delta, &t, &tsb, record.as_ref())?;
     let st = States::of(record, &delta, &t, &tsb)?;
     let (mut rep, files) = compare(s, &st, &delta, &t, &tsb)?;

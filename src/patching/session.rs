@@ -163,6 +163,43 @@ pub fn read_target_sb_raw(t: &Target) -> Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// Refuses (unless `force`) a target whose journal needs recovery (`INCOMPAT_RECOVER`):
+/// the next mount or e2fsck would replay the journal over the blocks `command` writes.
+/// With `force`, or in a dry run, a warning on stderr instead.
+///
+/// # Errors
+/// The refusal, naming the target and how to replay its journal first.
+pub fn refuse_dirty_journal(
+    t: &Target,
+    tsb: &ext::Superblock,
+    command: Command,
+    force: bool,
+    dry_run: bool,
+) -> Result<()> {
+    if !tsb.has_incompat(ext::incompat::RECOVER) {
+        return Ok(());
+    }
+    let path = t.path().display();
+    let why = format!(
+        "{path}: its journal needs recovery (needs_recovery is set): mounting it or e2fsck would replay the journal over the blocks {} writes",
+        command.name()
+    );
+    let how = format!(
+        "replay it first with `e2fsck -E journal_only {path}` (or mount and unmount it), then run {} again",
+        command.name()
+    );
+    if force || dry_run {
+        let then = if force {
+            "--force: going on"
+        } else {
+            "a run without --force will be refused"
+        };
+        eprintln!("e2image-rs: warning: {why}; {then}");
+        return Ok(());
+    }
+    bail!("{why}; nothing was written.\n{how}; --force writes anyway");
+}
+
 /// The target's primary superblock, parsed.
 ///
 /// # Errors

@@ -7,7 +7,8 @@ use super::diff;
 use super::held::{self, Held};
 use super::report;
 use crate::patching::{
-    open_target, read_target_sb, sha256, Command, PatchFiles, PatchHeader, RunSink, Target,
+    open_target, read_target_sb, refuse_dirty_journal, sha256, Command, PatchFiles, PatchHeader,
+    RunSink, Target,
 };
 use crate::plan::ApplyPlan;
 use crate::qcow_view::{choose_layer, QcowView};
@@ -44,6 +45,8 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
         .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
     let t = open_target(target, args.dry_run)?;
     check_same_fs(&fs, &t, image, &label)?;
+    let tsb = read_target_sb(&t)?;
+    refuse_dirty_journal(&t, &tsb, Command::Rollback, args.force, args.dry_run)?;
     let walk = ext::walk(
         &fs,
         &WalkOptions {

@@ -200,11 +200,7 @@ fn real_deltas_give_to_on_its_copy_set() {
         let t = sparse_copy(&a, &dir.join("t.img"));
         let p = dir.join(format!("ab-{data}.patch"));
         let o = apply(&[&d, &t, &"--patch", &p], 0);
-        assert!(
-            stdout(&o).contains("a.img..current: "),
-            "{}",
-            stdout(&o)
-        );
+        assert!(stdout(&o).contains("a.img..current: "), "{}", stdout(&o));
         let bad = differing_on_copy_set(&b, &t, data, &dir);
         assert!(
             bad.is_empty(),
@@ -596,7 +592,12 @@ fn real_deltas_equal_the_oracles() {
         return;
     }
     let (dir, [a, b, c]) = chain_in("ap-oracle");
-    for (from, to, data) in [(&a, &b, false), (&a, &b, true), (&b, &c, true), (&a, &c, true)] {
+    for (from, to, data) in [
+        (&a, &b, false),
+        (&a, &b, true),
+        (&b, &c, true),
+        (&a, &c, true),
+    ] {
         let (real, oracle) = (dir.join("real.qcow2"), dir.join("oracle.qcow2"));
         make_delta(from, to, data, &real);
         builder::oracle_delta(from, to, data, &oracle);
@@ -626,7 +627,11 @@ fn archive_and_next3_deltas_apply() {
         &[&"-Q", &"-d", &"--snapshot", &a, &"--snapshot", &b, &c, &q],
         0,
     );
-    for (range, from, to) in [("a.img..b.img", &a, &b), ("b.img", &b, &c), ("a.img", &a, &c)] {
+    for (range, from, to) in [
+        ("a.img..b.img", &a, &b),
+        ("b.img", &b, &c),
+        ("a.img", &a, &c),
+    ] {
         let d = dir.join("d.qcow2");
         let _ = std::fs::remove_file(&d);
         expect(&[&"-Q", &"-d", &"-x", &range, &q, &d], 0);

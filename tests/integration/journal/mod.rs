@@ -10,6 +10,7 @@
 
 mod export;
 mod special;
+mod targets;
 
 use crate::common::{block_at, code, debugfs_w, for_each_nonzero_block, sh, sha256, skip, skipped};
 use std::path::{Path, PathBuf};

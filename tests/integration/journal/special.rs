@@ -122,7 +122,10 @@ fn fast_commits_are_copied_and_not_replayed() {
         block_at(&d.oracle, jsb / bs, d.bs),
     );
     ours[0x28..0x2C].copy_from_slice(&theirs[0x28..0x2C]);
-    assert!(ours == theirs, "the journal superblock differs beyond s_feature_incompat");
+    assert!(
+        ours == theirs,
+        "the journal superblock differs beyond s_feature_incompat"
+    );
     assert_eq!(crate::common::sha256(&d.img), sha);
 }
 
