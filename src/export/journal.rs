@@ -94,19 +94,7 @@ pub(super) fn recover<'v>(
         }
     };
     let recovery = journal.recover();
-    out.warnings.extend(recovery.warnings.iter().cloned());
-    if let Some(e) = &recovery.error {
-        out.warnings
-            .push(journal_warning(format!("journal recovery error: {e}")));
-    }
-    if let Some(fc) = &recovery.fast_commit {
-        out.fast_commit_blocks = fc.referenced.iter().map(|&(b, n)| (b.0, n)).collect();
-        if fc.pending && plan.replay {
-            out.warnings.push(journal_warning(
-                "the journal has fast commits for the last transaction; they are not replayed (only the block journal is): the replayed state misses them".into(),
-            ));
-        }
-    }
+    recovery_findings(&mut out, &recovery, plan.replay);
     if journal.state() == JournalState::LogWithoutRecoverFlag {
         out.notes.push(
             "the journal holds a log but needs_recovery is clear: not replayed (as the kernel does)"
@@ -126,6 +114,24 @@ pub(super) fn recover<'v>(
         .push(replay_note(&recovery, view.changed_blocks().len(), plan));
     out.view = Some(view);
     Ok(out)
+}
+
+/// The recovery's warnings and errors, and the fast-commit area's blocks (a warning when
+/// `--replay` leaves pending fast commits out).
+fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, replay: bool) {
+    out.warnings.extend(recovery.warnings.iter().cloned());
+    if let Some(e) = &recovery.error {
+        out.warnings
+            .push(journal_warning(format!("journal recovery error: {e}")));
+    }
+    if let Some(fc) = &recovery.fast_commit {
+        out.fast_commit_blocks = fc.referenced.iter().map(|&(b, n)| (b.0, n)).collect();
+        if fc.pending && replay {
+            out.warnings.push(journal_warning(
+                "the journal has fast commits for the last transaction; they are not replayed (only the block journal is): the replayed state misses them".into(),
+            ));
+        }
+    }
 }
 
 /// The note for a recovered journal.

@@ -64,18 +64,10 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         Some(p) if plan.replay => Some(journal::open_journal_dev(p)?),
         _ => None,
     };
+    let ext_view = external.as_ref().map(|v| v as &dyn BlockView);
     let replayed = match plan.replay {
-        true => Some(journal::recover(
-            view,
-            external.as_ref().map(|v| v as &dyn BlockView),
-            &plan.open,
-            plan,
-        )?),
+        true => Some(journal::recover(view, ext_view, &plan.open, plan)?),
         false => None,
-    };
-    let view: &dyn BlockView = match replayed.as_ref().and_then(|j| j.view.as_ref()) {
-        Some(v) => v,
-        None => view,
     };
     let mut early = Early::default();
     if let Some(j) = &replayed {
@@ -83,23 +75,13 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         early.warnings.extend(j.warnings.iter().cloned());
         early.notes.extend(j.notes.iter().cloned());
     }
+    let view: &dyn BlockView = match replayed.as_ref().and_then(|j| j.view.as_ref()) {
+        Some(v) => v,
+        None => view,
+    };
     let (fs, _) = open_with_fallback(view, plan)?;
     if let Some(name) = &plan.from_snapshot {
-        let next3 = Next3::read(&fs);
-        let i = next3.find(&fs, name).with_context(|| {
-            format!(
-                "{}: no filesystem snapshot with name or id {name:?}",
-                plan.source.display()
-            )
-        })?;
-        let snap = next3.view(&fs, i);
-        let states = [StateInput {
-            name: name.clone(),
-            date: (0, 0),
-            view: &snap,
-        }];
-        early.warnings.extend(next3.warnings.iter().cloned());
-        return write_states(&states, plan, early, None);
+        return export_fs_snapshot(&fs, name, plan, early);
     }
     let images = match &plan.older {
         Older::Images(v) => v.as_slice(),
@@ -112,14 +94,14 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
     };
     let mut views: Vec<&dyn BlockView> = vec![view];
     match &sp.older {
-        OlderStates::Next3(_) => views.extend(snap_views.iter().map(|v| v as &dyn BlockView)),
+        OlderStates::Next3(n) => {
+            views.extend(snap_views.iter().map(|v| v as &dyn BlockView));
+            early.warnings.extend(n.warnings.iter().cloned());
+        }
         OlderStates::Images(images) => {
             views.extend(images.iter().map(|(_, v)| v as &dyn BlockView))
         }
         OlderStates::None => {}
-    }
-    if let OlderStates::Next3(n) = &sp.older {
-        early.warnings.extend(n.warnings.iter().cloned());
     }
     let states: Vec<StateInput<'_>> = views
         .into_iter()
@@ -130,6 +112,30 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
             view: v,
         })
         .collect();
+    write_states(&states, plan, early, None)
+}
+
+/// `--from-snapshot NAME` of a filesystem with next3 snapshots: that snapshot alone.
+fn export_fs_snapshot(
+    fs: &Filesystem<&dyn BlockView>,
+    name: &str,
+    plan: &ExportPlan,
+    mut early: Early,
+) -> Result<Summary> {
+    let next3 = Next3::read(fs);
+    let i = next3.find(fs, name).with_context(|| {
+        format!(
+            "{}: no filesystem snapshot with name or id {name:?}",
+            plan.source.display()
+        )
+    })?;
+    let snap = next3.view(fs, i);
+    let states = [StateInput {
+        name: name.to_string(),
+        date: (0, 0),
+        view: &snap,
+    }];
+    early.warnings.extend(next3.warnings.iter().cloned());
     write_states(&states, plan, early, None)
 }
 
@@ -175,18 +181,7 @@ pub(super) fn write_states(
     let views: Vec<&dyn BlockView> = states.iter().map(|s| s.view).collect();
     let ext_view = external.as_ref().map(|v| v as &dyn BlockView);
     let journals = journal::recover_states(&views, ext_view, plan, early.journal_done)?;
-    let replayed: Vec<StateInput<'_>> = states
-        .iter()
-        .zip(&journals)
-        .map(|(s, j)| StateInput {
-            name: s.name.clone(),
-            date: s.date,
-            view: match (&j.view, plan.replay) {
-                (Some(v), true) => v,
-                _ => s.view,
-            },
-        })
-        .collect();
+    let replayed = replayed_inputs(states, &journals, plan);
     let states = &replayed[..];
     let (opened, reports, mut warnings) = open_states(states, plan)?;
     let first = states[0].name.clone();
@@ -203,22 +198,47 @@ pub(super) fn write_states(
         warnings,
         ..Tally::default()
     };
-    copy_states(
-        out.sink.as_mut(),
-        states,
-        &opened,
-        &journals,
-        plan,
-        &mut tally,
-    )?;
+    let sink = out.sink.as_mut();
+    copy_states(sink, states, &opened, &journals, plan, &mut tally)?;
     let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
     let table = match (table, plan.archive.as_ref().and_then(|a| a.name.as_ref())) {
         (Some(t), _) => remap_table(t, &written),
         (None, Some(name)) => archive_table(name),
         (None, None) => chain_table(states, &written),
     };
-    let finished = out.complete(&table, plan.sync)?;
-    notes.extend(finished.notes);
+    let mut finished = out.complete(&table, plan.sync)?;
+    notes.append(&mut finished.notes);
+    summarize(plan, states, tally, notes, finished)
+}
+
+/// The states as exported: with `--replay`, each through its replayed view.
+fn replayed_inputs<'a>(
+    states: &[StateInput<'a>],
+    journals: &'a [journal::StateJournal<'a>],
+    plan: &ExportPlan,
+) -> Vec<StateInput<'a>> {
+    states
+        .iter()
+        .zip(journals)
+        .map(|(s, j)| StateInput {
+            name: s.name.clone(),
+            date: s.date,
+            view: match (&j.view, plan.replay) {
+                (Some(v), true) => v,
+                _ => s.view,
+            },
+        })
+        .collect()
+}
+
+/// The export's summary from what was copied and how the output was finished.
+fn summarize(
+    plan: &ExportPlan,
+    states: &[StateInput<'_>],
+    tally: Tally,
+    notes: Vec<String>,
+    finished: sink::Finished,
+) -> Result<Summary> {
     let (walked, sb) = tally.main.context("the current state was not written")?;
     let mut reports = tally.reports;
     reports.sort_by_key(|r| states.iter().position(|s| s.name == r.name));
