@@ -21,8 +21,8 @@
 #   tib/     a sparse 1 TiB ext4 and a copy where a 1 GiB file was written (debugfs): the apply
 #            of their delta must take time proportional to the 1 GiB, not to the 1 TiB
 #   jfs.img  a 4 GiB ext4 made from /usr/share with a 128 MiB journal filled by debugfs (30
-#            committed transactions of 1000 inode-table blocks each, their own bytes: replay
-#            changes nothing): -Q --replay is timed against -Q (the faithful export)
+#            committed transactions of 1000 blocks of random bytes each, for the blocks of a
+#            120 MiB file): -Q --replay is timed against -Q (the faithful export)
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -338,18 +338,17 @@ if [ -z "$only" ] || [ "$only" = journal ]; then
   if [ ! -s "$jfs" ]; then
     echo "building $jfs (4G from /usr/share, 128 MiB journal filled with 30 transactions)" >&2
     rm -f "$jfs.tmp"; mke2fs -q -F -t ext4 -J size=128 -d /usr/share "$jfs.tmp" 4G
-    mapfile -t itb < <(dumpe2fs "$jfs.tmp" 2>/dev/null | sed -n 's/.*Inode table at \([0-9]*\)-\([0-9]*\).*/\1 \2/p' \
-      | while read -r a b; do seq "$a" "$b"; done | head -n 30000)
+    head -c 120M /dev/urandom > "$work/jbig"
+    debugfs -w -R "write $work/jbig /big.bin" "$jfs.tmp" >/dev/null 2>&1
+    mapfile -t fb < <(debugfs -R "blocks /big.bin" "$jfs.tmp" 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+$' | head -n 30000)
     { echo "jo"
       for t in $(seq 0 29); do
-        list=$(printf '%s\n' "${itb[@]:$((t * 1000)):1000}" | paste -sd,)
-        pay=$work/jpay$t; : > "$pay"
-        for b in ${itb[@]:$((t * 1000)):1000}; do dd if="$jfs.tmp" bs=4096 skip="$b" count=1 status=none >> "$pay"; done
-        echo "jw -b $list $pay"
+        head -c 4096000 /dev/urandom > "$work/jpay$t"
+        echo "jw -b $(printf '%s\n' "${fb[@]:$((t * 1000)):1000}" | paste -sd,) $work/jpay$t"
       done
       echo "jc"; } > "$work/jcmds"
     debugfs -w -f "$work/jcmds" "$jfs.tmp" >/dev/null 2>&1
-    rm -f "$work"/jpay* "$work/jcmds"
+    rm -f "$work"/jpay* "$work/jcmds" "$work/jbig"
     dumpe2fs -h "$jfs.tmp" 2>/dev/null | grep -q needs_recovery || { echo "the journal fixture does not need recovery" >&2; exit 1; }
     mv "$jfs.tmp" "$jfs"
   fi
