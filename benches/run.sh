@@ -2,7 +2,7 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: README.md, "Performance").
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append]
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
@@ -14,7 +14,15 @@
 #            against dd writing as many bytes (both flushed: fsync included)
 #   usr2.img a copy of usr.img with about 5% of its data rewritten (files overwritten, added and
 #            removed through a loop mount), for the archive append: appending usr2 to an archive
-#            of usr is timed against a full export of usr2, -Q and -d
+#            of usr is timed against a full export of usr2, -Q and -d; and for the deltas:
+#            a delta usr..usr2 from the two image files against qemu-img compare and
+#            qemu-img convert -B, and between two archive states (L2 entries compared); the
+#            apply of that delta onto a copy of usr.img is timed against dd writing as many bytes
+#   tib/     a sparse 1 TiB ext4 and a copy where a 1 GiB file was written (debugfs): the apply
+#            of their delta must take time proportional to the 1 GiB, not to the 1 TiB
+#   jfs.img  a 4 GiB ext4 made from /usr/share with a 128 MiB journal filled by debugfs (30
+#            committed transactions of 1000 blocks of random bytes each, for the blocks of a
+#            120 MiB file): -Q --replay is timed against -Q (the faithful export)
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -27,7 +35,7 @@ while [ $# -gt 0 ]; do
     --big) big="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +55,7 @@ done
 
 usr=${usr:-$work/usr.img}
 big=${big:-$work/big.img}
-if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ]; } && [ ! -s "$usr" ]; then
+if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ] || [ "$only" = apply ]; } && [ ! -s "$usr" ]; then
   echo "building $usr from /usr (8G, this takes a few minutes)" >&2
   rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
 fi
@@ -76,7 +84,7 @@ run_round() {
       n=${names[$(( (r + i) % k ))]}
       rm -f "${OUTS[$n]}"; sync; sleep 1
       eval "/usr/bin/time -o $stat -f '%e %M' ${CMDS[$n]}" >/dev/null 2>&1 || true
-      read -r t m < "$stat"
+      read -r t m < <(tail -n1 "$stat")   # time prefixes a line when the command exits non-zero
       rm -f "${OUTS[$n]}"   # free its page cache before the next command runs
       times[$n]="${times[$n]:-} $t"
       if [ "$m" -gt "${R[$n]}" ]; then R[$n]=$m; fi
@@ -210,7 +218,7 @@ if [ -z "$only" ] || [ "$only" = rollback ]; then
   rm -f "$q" "$tgt" "$patch" "$work/rb-bytes.bin" "$work/rb.out"
 fi
 
-if [ -z "$only" ] || [ "$only" = append ]; then
+build_usr2() {
   usr2=$work/usr2.img
   if [ ! -s "$usr2" ]; then
     echo "building $usr2 (usr.img with about 5% of its data rewritten)" >&2
@@ -226,6 +234,10 @@ if [ -z "$only" ] || [ "$only" = append ]; then
     mkdir -p "$mnt/added"; head -c $((goal / 5)) /dev/urandom > "$mnt/added/new.bin"
     umount "$mnt"; rmdir "$mnt"; mv "$usr2.tmp" "$usr2"
   fi
+}
+
+if [ -z "$only" ] || [ "$only" = append ]; then
+  build_usr2
   for flag in "" -d; do
     echo "== append: usr2.img onto an archive of usr.img ${flag:-(metadata)}"
     base=$work/arch-base.qcow2 arch=$work/arch.qcow2 full=$work/full.qcow2
@@ -247,4 +259,104 @@ if [ -z "$only" ] || [ "$only" = append ]; then
     if qemu-img check "$arch" >/dev/null 2>&1; then echo "  qemu-img check: exit 0"; else echo "  qemu-img check: exit $?"; fi
     rm -f "$base" "$arch" "$full"
   done
+fi
+
+if [ -z "$only" ] || [ "$only" = delta ]; then
+  build_usr2
+  d=$work/delta.qcow2 qd=$work/qdelta.qcow2 arch=$work/darch.qcow2
+  echo "== delta usr.img..usr2.img with data (image files: both are read)"
+  # qemu-img compare stops at the first difference (here the superblock, at offset 1024), so the
+  # baseline is qemu-img compare of usr2.img against a copy of itself: both read in full, what
+  # comparing two images costs when they differ late. qemu-img convert -B is shown for the size:
+  # it does not compare contents with a raw source, it writes every allocated cluster.
+  [ -s "$work/usr2-copy.img" ] || cp --sparse=always "$usr2" "$work/usr2-copy.img"
+  cmd "qemu-img compare (full)" "$work/none" qemu-img compare -f raw -F raw "$usr2" "$work/usr2-copy.img"
+  cmd "qemu-img convert -B" "$qd" qemu-img convert -f raw -O qcow2 -B "$usr" -F raw "$usr2" "$qd"
+  cmd "e2image-rs -Q -d --base" "$d" "$bin" -Q -d --base "$usr" "$usr2" "$d"
+  run_round
+  echo "  ratio e2image-rs --base / qemu-img compare (full): $(ratio "${T[e2image-rs -Q -d --base]}" "${T[qemu-img compare (full)]}")"
+  echo "  ratio e2image-rs --base / qemu-img convert -B: $(ratio "${T[e2image-rs -Q -d --base]}" "${T[qemu-img convert -B]}")"
+  "$bin" -Q -d --base "$usr" "$usr2" "$d" --json 2>/dev/null | grep -o '"delta":{[^}]*}' | sed 's/^/  /' || true
+  qemu-img convert -f raw -O qcow2 -B "$usr" -F raw "$usr2" "$qd"
+  echo "  delta file: $(stat -c %s "$d") bytes; qemu-img convert -B overlay: $(stat -c %s "$qd") bytes"
+  echo "== delta between two archive states with data (L2 entries compared, differing clusters read)"
+  rm -f "$arch"; "$bin" -Q -d --name usr "$usr" "$arch" && "$bin" -Q -d --append --name usr2 "$usr2" "$arch"
+  cmd "e2image-rs -Q -d -x usr..usr2" "$d" "$bin" -Q -d -x usr..usr2 "$arch" "$d"
+  cmd "e2image-rs -Q -x usr..usr2" "$d.m" "$bin" -Q -x usr..usr2 "$arch" "$d.m"
+  run_round
+  rm -f "$d" "$d.m" "$qd" "$arch"
+fi
+
+# apply DELTA onto a fresh sparse copy of FROM (the copy is not timed), against dd writing as
+# many bytes as the apply wrote and discarded, both durable (apply syncs; dd conv=fdatasync).
+time_apply() {
+  local label="$1" delta="$2" from="$3" t="$work/apply-target.img" p="$work/apply.patch"
+  local ap="" dd="" bytes=0 r
+  for r in $(seq 1 "$reps"); do
+    rm -f "$t" "$p" "$p.undo"; cp --sparse=always "$from" "$t"; sync; sleep 1
+    ap="$ap $(/usr/bin/time -o "$work/.time" -f '%e' "$bin" apply "$delta" "$t" --patch "$p" >/dev/null 2>&1; tail -n1 "$work/.time")"
+  done
+  rm -f "$t" "$p" "$p.undo"; cp --sparse=always "$from" "$t"
+  bytes=$("$bin" apply "$delta" "$t" --patch "$p" --dry-run --json 2>/dev/null \
+    | awk -F'[:,]' '/"bytes_written"|"bytes_discarded"/ {s += $2} END {print s + 0}')
+  for r in $(seq 1 "$reps"); do
+    rm -f "$work/dd.out"; sync; sleep 1
+    dd="$dd $(/usr/bin/time -o "$work/.time" -f '%e' dd if=/dev/zero of="$work/dd.out" bs=1M count=$(( (bytes + 1048575) / 1048576 )) conv=fdatasync >/dev/null 2>&1; tail -n1 "$work/.time")"
+  done
+  med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  local ta td; ta=$(med "$ap"); td=$(med "$dd")
+  printf '  %-40s median %6s s  (runs:%s)\n' "apply $label" "$ta" "$ap"
+  printf '  %-40s median %6s s  (runs:%s)\n' "dd of $bytes bytes" "$td" "$dd"
+  echo "  ratio apply / dd: $(ratio "$ta" "$td")   (crash-safe: the patch takes the old and the new bytes, flushed, before TARGET is written)"
+  rm -f "$t" "$p" "$p.undo" "$work/dd.out"
+}
+
+if [ -z "$only" ] || [ "$only" = apply ]; then
+  build_usr2
+  d=$work/apply-delta.qcow2
+  echo "== apply usr.img..usr2.img (-d delta) onto a copy of usr.img"
+  rm -f "$d"; "$bin" -Q -d --base "$usr" "$usr2" "$d" >/dev/null
+  time_apply "usr..usr2" "$d" "$usr"
+  echo "== apply onto a sparse 1 TiB filesystem: 1 GiB written"
+  tib=$work/tib; mkdir -p "$tib"
+  if [ ! -s "$tib/to.img" ]; then
+    rm -f "$tib/from.img" "$tib/to.tmp"; truncate -s 1T "$tib/from.img"
+    mke2fs -q -F -t ext4 -E lazy_itable_init=1,nodiscard "$tib/from.img"
+    head -c 1G /dev/urandom > "$tib/payload"
+    cp --sparse=always "$tib/from.img" "$tib/to.tmp"
+    debugfs -w -R "write $tib/payload payload" "$tib/to.tmp" >/dev/null 2>&1
+    rm -f "$tib/payload"; mv "$tib/to.tmp" "$tib/to.img"
+  fi
+  rm -f "$d"; "$bin" -Q -d --base "$tib/from.img" "$tib/to.img" "$d" >/dev/null
+  echo "  delta: $(stat -c %s "$d") bytes for a $(stat -c %s "$tib/from.img")-byte filesystem"
+  time_apply "1 TiB + 1 GiB" "$d" "$tib/from.img"
+  rm -f "$d"
+fi
+
+if [ -z "$only" ] || [ "$only" = journal ]; then
+  jfs=$work/jfs.img
+  if [ ! -s "$jfs" ]; then
+    echo "building $jfs (4G from /usr/share, 128 MiB journal filled with 30 transactions)" >&2
+    rm -f "$jfs.tmp"; mke2fs -q -F -t ext4 -J size=128 -d /usr/share "$jfs.tmp" 4G
+    head -c 120M /dev/urandom > "$work/jbig"
+    debugfs -w -R "write $work/jbig /big.bin" "$jfs.tmp" >/dev/null 2>&1
+    mapfile -t fb < <(debugfs -R "blocks /big.bin" "$jfs.tmp" 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+$' | head -n 30000)
+    { echo "jo"
+      for t in $(seq 0 29); do
+        head -c 4096000 /dev/urandom > "$work/jpay$t"
+        echo "jw -b $(printf '%s\n' "${fb[@]:$((t * 1000)):1000}" | paste -sd,) $work/jpay$t"
+      done
+      echo "jc"; } > "$work/jcmds"
+    debugfs -w -f "$work/jcmds" "$jfs.tmp" >/dev/null 2>&1
+    rm -f "$work"/jpay* "$work/jcmds" "$work/jbig"
+    dumpe2fs -h "$jfs.tmp" 2>/dev/null | grep -q needs_recovery || { echo "the journal fixture does not need recovery" >&2; exit 1; }
+    mv "$jfs.tmp" "$jfs"
+  fi
+  echo "== $jfs: a full 128 MiB journal (-Q as on disk, replay-complete; -Q --replay)"
+  cmd "e2image-rs -Q" "$work/j.qcow2" "$bin" -Q "$jfs" "$work/j.qcow2"
+  cmd "e2image-rs -Q --replay" "$work/jr.qcow2" "$bin" -Q --replay "$jfs" "$work/jr.qcow2"
+  cmd "e2image -Q" "$work/je.qcow2" e2image -Q "$jfs" "$work/je.qcow2"
+  run_round
+  echo "  ratio -Q --replay / -Q: $(ratio "${T[e2image-rs -Q --replay]}" "${T[e2image-rs -Q]}")   (target <= 1.10)"
+  echo "  ratio -Q --replay / e2image -Q: $(ratio "${T[e2image-rs -Q --replay]}" "${T[e2image -Q]}")"
 fi

@@ -1,32 +1,39 @@
 //! e2image-rs: images ext2/3/4 filesystems into QCOW2 or sparse raw files, lists the states
-//! of an image and rolls a device back to one of them.
+//! of an image, rolls a device back to one of them and replays deltas onto replicas.
 //!
 //! Layers, bottom to top; a module imports only from layers below it, and data flows one
 //! way: source → `ext` (what to copy, through a block view) → pipeline → `qcow` or raw sink.
 //!
 //! 1. `sys` (mounts, path identity, temporary outputs, locks, signals, test hooks), `exit`
 //!    (exit codes, error printing), `text` (UUIDs, dates), `probe` (what a file holds),
-//!    `record` (the export record header extension), `qcow_view` (a QCOW2 layer as a block
-//!    view), `retention` (which states a policy keeps);
+//!    `record` (the export record header extension), `delta_record` (the delta record),
+//!    `qcow_view` (a QCOW2 layer as a block view), `retention` (which states a policy keeps),
+//!    `ranges` (sorted block ranges);
 //! 2. `cli` (clap structures only), `plan` (the validated plans built once from them: the
 //!    only thing the pipelines see);
-//! 3. `copy` (the parallel copy engine), `sink` (one trait, one file per output kind);
+//! 3. `copy` (the parallel copy engine), `sink` (one trait, one file per output kind),
+//!    `patching` (changing a target in place through a patch file: what rollback and apply
+//!    share);
 //! 4. the pipelines: `export` (export, QCOW2 → raw, archive append), `snapshots` (listing),
-//!    `prune` (archive retention), `rollback`;
+//!    `prune` (archive retention), `rollback`, `apply` (a delta replayed onto a replica);
 //! 5. `main`: parse, plan, run, exit status (0 complete, 1 failed, 2 usage error, 3 complete
 //!    with reported skips, 128 + N interrupted by signal N).
 //!
 //! Library errors become one-line messages here; the libraries never print.
 
+mod apply;
 mod bytes;
 mod cli;
 mod copy;
+mod delta_record;
 mod exit;
 mod export;
+mod patching;
 mod plan;
 mod probe;
 mod prune;
 mod qcow_view;
+mod ranges;
 mod record;
 mod retention;
 mod rollback;
@@ -38,7 +45,8 @@ mod text;
 use clap::Parser;
 use exit::{fail, usage_error, EXIT_OK, EXIT_USAGE};
 use plan::{
-    ExportPlan, PrunePlan, RollbackPlan, UsageError, EXPORT_USAGE, PRUNE_USAGE, ROLLBACK_USAGE,
+    ApplyDeltaPlan, ExportPlan, PrunePlan, RollbackPlan, UsageError, APPLY_USAGE, EXPORT_USAGE,
+    PRUNE_USAGE, ROLLBACK_USAGE,
 };
 
 fn main() {
@@ -56,6 +64,10 @@ fn main() {
         Some(cli::Command::Rollback(args)) => match RollbackPlan::from_args(args) {
             Ok(plan) => rollback::run(&plan),
             Err(UsageError(m)) => usage_error(&m, false, ROLLBACK_USAGE),
+        },
+        Some(cli::Command::Apply(args)) => match ApplyDeltaPlan::from_args(args) {
+            Ok(plan) => apply::run(&plan),
+            Err(UsageError(m)) => usage_error(&m, args.json, APPLY_USAGE),
         },
         Some(cli::Command::Prune(args)) => match PrunePlan::from_args(args) {
             Ok(plan) => match prune::run(&plan) {

@@ -9,7 +9,8 @@
 //! from qemu-img convert, from older e2image-rs) are read as before, by inference.
 //!
 //! Layout (8 bytes, big-endian): u32 record version (1), u32 flags ([`FLAG_FILE_DATA`],
-//! [`FLAG_SNAPSHOT_FILES`], [`FLAG_ZEROS_RECORDED`]; unknown bits are ignored).
+//! [`FLAG_SNAPSHOT_FILES`], [`FLAG_ZEROS_RECORDED`], [`FLAG_REPLAYED`]; unknown bits are
+//! ignored).
 
 use crate::bytes::{be32, put_be32};
 
@@ -24,6 +25,9 @@ pub const FLAG_SNAPSHOT_FILES: u32 = 2;
 /// Copied all-zero blocks are mapped as QCOW2 zero clusters (v3); without it they were left
 /// unallocated, so every block of a state's walk is held, as zeros where unallocated.
 pub const FLAG_ZEROS_RECORDED: u32 = 4;
+/// The states hold the replayed filesystem (`--replay`): the journal applied in memory,
+/// needs_recovery cleared.
+pub const FLAG_REPLAYED: u32 = 8;
 
 /// What an e2image-rs export copied into every state of the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +38,8 @@ pub struct ExportRecord {
     pub snapshot_files: bool,
     /// All-zero copied blocks are zero clusters rather than unallocated.
     pub zeros_recorded: bool,
+    /// The journal was replayed into the states (`--replay`).
+    pub replayed: bool,
 }
 
 impl ExportRecord {
@@ -44,6 +50,7 @@ impl ExportRecord {
             (self.file_data, FLAG_FILE_DATA),
             (self.snapshot_files, FLAG_SNAPSHOT_FILES),
             (self.zeros_recorded, FLAG_ZEROS_RECORDED),
+            (self.replayed, FLAG_REPLAYED),
         ] {
             if set {
                 flags |= bit;
@@ -64,21 +71,27 @@ impl ExportRecord {
             file_data: flags & FLAG_FILE_DATA != 0,
             snapshot_files: flags & FLAG_SNAPSHOT_FILES != 0,
             zeros_recorded: flags & FLAG_ZEROS_RECORDED != 0,
+            replayed: flags & FLAG_REPLAYED != 0,
         })
     }
 
     /// One line for people: "file data yes, snapshot files no, all-zero blocks as zero
-    /// clusters".
+    /// clusters, journal as on disk".
     pub fn summary(&self) -> String {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         format!(
-            "file data {}, snapshot files {}, all-zero blocks {}",
+            "file data {}, snapshot files {}, all-zero blocks {}, journal {}",
             yes_no(self.file_data),
             yes_no(self.snapshot_files),
             if self.zeros_recorded {
                 "as zero clusters"
             } else {
                 "unallocated"
+            },
+            if self.replayed {
+                "replayed"
+            } else {
+                "as on disk"
             }
         )
     }
@@ -97,11 +110,12 @@ mod tests {
 
     #[test]
     fn round_trip_and_other_versions() {
-        for bits in 0..8u32 {
+        for bits in 0..16u32 {
             let r = ExportRecord {
                 file_data: bits & 1 != 0,
                 snapshot_files: bits & 2 != 0,
                 zeros_recorded: bits & 4 != 0,
+                replayed: bits & 8 != 0,
             };
             assert_eq!(ExportRecord::decode(&r.encode()), Some(r));
         }

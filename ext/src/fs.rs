@@ -77,6 +77,55 @@ impl<V: BlockView> Filesystem<V> {
         })
     }
 
+    /// Opens the filesystem on `view` like [`open`](Self::open), except that when the
+    /// primary superblock is unusable ([`Error::BadPrimary`]) and no backup was chosen in
+    /// `opts`, it opens through the first backup superblock that validates (probed at the
+    /// usual places of groups 1, 3, 5, 7, 9, 25, 27, 49 and 81 for every block size) and says
+    /// which one in [`BackupUsed`]. The primary superblock's bytes are not changed: a walk
+    /// still lists its block, so an export copies it as it is. With `opts.superblock` set,
+    /// that backup is used as with [`open`](Self::open), never another.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`Error::BadPrimary`] when no backup validates either.
+    pub fn open_with_fallback(
+        view: V,
+        opts: &OpenOptions,
+    ) -> Result<(Filesystem<V>, Option<BackupUsed>), Error> {
+        if opts.superblock.is_some() {
+            return Filesystem::open(view, opts).map(|fs| (fs, None));
+        }
+        let reason = match open_primary(&view) {
+            Ok(_) => return Filesystem::open(view, opts).map(|fs| (fs, None)),
+            Err(Error::BadPrimary { reason, .. }) => reason,
+            Err(e) => return Err(e),
+        };
+        for (block, bs) in backup_candidates(&view) {
+            let Ok((sb, sb_block)) = open_backup(&view, block, Some(bs)) else {
+                continue;
+            };
+            let kept = groups_in_source(&sb, view.size());
+            let Ok(groups) = read_group_descs(&view, &sb, sb_block.0, kept) else {
+                continue;
+            };
+            let used = BackupUsed {
+                block,
+                block_size: bs,
+                primary_error: reason,
+            };
+            let fs = Filesystem {
+                view,
+                sb,
+                sb_block,
+                groups,
+            };
+            return Ok((fs, Some(used)));
+        }
+        Err(Error::BadPrimary {
+            reason,
+            suggestion: None,
+        })
+    }
+
     /// Number of groups left out because they lie past the end of the source (module
     /// comment); 0 when the source holds the whole filesystem.
     pub fn groups_past_source(&self) -> u32 {
@@ -106,6 +155,14 @@ impl<V: BlockView> Filesystem<V> {
                 offset: first.saturating_mul(u64::from(bs)),
                 source,
             })
+    }
+
+    /// Block numbers of the descriptor table this filesystem was opened with (the primary's,
+    /// or the backup's with `-b`), in order: `desc_blocks` of them, meta_bg aware.
+    pub fn descriptor_blocks(&self) -> Vec<BlockNr> {
+        (0..self.sb.desc_blocks)
+            .map(|i| BlockNr(desc_block_location(&self.sb, self.sb_block.0, i)))
+            .collect()
     }
 
     /// Reads the raw record of inode `ino` (`s_inode_size` bytes).
@@ -164,6 +221,42 @@ fn open_primary<V: BlockView>(view: &V) -> Result<Superblock, Error> {
             suggestion: probe_backup(view),
         }),
     }
+}
+
+/// The backup superblock used by [`Filesystem::open_with_fallback`] because the primary is
+/// unusable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupUsed {
+    /// Block of the backup superblock, in units of `block_size`.
+    pub block: BlockNr,
+    /// The block size it was read with, in bytes.
+    pub block_size: u32,
+    /// Why the primary superblock was refused.
+    pub primary_error: String,
+}
+
+/// Groups whose backup superblocks are probed: those of sparse_super up to 81 (group 1 is
+/// also sparse_super2's default first backup).
+const PROBE_GROUPS: [u64; 9] = [1, 3, 5, 7, 9, 25, 27, 49, 81];
+
+/// Backup superblocks that parse and sit where their geometry puts them, at e2fsprogs'
+/// default geometry (8 × block size blocks per group): (block, block size in bytes).
+fn backup_candidates<V: BlockView>(view: &V) -> Vec<(BlockNr, u32)> {
+    let mut out = Vec::new();
+    for bs in PROBE_BLOCK_SIZES {
+        for g in PROBE_GROUPS {
+            let block = g * u64::from(bs) * 8 + u64::from(bs == 1024);
+            let Ok(sb) = read_sb_at(view, block * u64::from(bs)) else {
+                continue;
+            };
+            let at_home = u32::try_from(g)
+                .is_ok_and(|g| g < sb.group_count && sb.group_first_block(g) == block);
+            if sb.block_size == bs && at_home {
+                out.push((BlockNr(block), bs));
+            }
+        }
+    }
+    out
 }
 
 /// Looks for group 1's backup superblock for each candidate block size (e2fsprogs' default

@@ -6,8 +6,9 @@
 //! and [`walk()`] computes the set of blocks to copy (the metadata, optionally the data),
 //! classified by what they hold, plus a list of the corrupt parts it skipped. [`file_runs`]
 //! lists which inode owns each block and at which file offset (for rollback safety checks),
-//! [`inode_paths`] names inodes by a breadth-first directory walk, and [`snapshot_list`] and
-//! [`SnapshotView`] read next3 in-filesystem snapshots.
+//! [`inode_paths`] names inodes by a breadth-first directory walk, [`snapshot_list`] and
+//! [`SnapshotView`] read next3 in-filesystem snapshots, and [`Journal`] finds and recovers the
+//! jbd2 journal into a [`ReplayedView`] (journal + disk, built in memory).
 //!
 //! Layers, bottom to top; a module uses only modules below it (or beside it in its own
 //! layer, never in a circle), never one above:
@@ -21,12 +22,14 @@
 //! | trees, open | `extent`, `indirect`, `fs` | walks of one inode's extent tree or indirect map; [`Filesystem::open`] |
 //! | inode tables | `itable` | scans of the in-use inodes of a group or of the filesystem |
 //! | block maps | `blockmap` | one inode's blocks as [`FileRun`]s ([`inode_runs`]) |
+//! | journal | `journal/` (`superblock`, `log`; `locate`; `passes`, `fast_commit`; `recovery`; `view`) | the jbd2 journal: [`Journal::locate`], [`Journal::recover`], the [`ReplayedView`] |
 //! | directories | `dir` | [`read_dir`], [`DirEntry`] |
 //! | copy set | `walk` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied) |
 //! | owners, paths | `owners`, `paths` | [`file_runs`], [`inode_paths`] |
 //! | snapshots | `snapshot/` (`list`, `map`, `view`, `names`) | next3 snapshots |
 //!
-//! (The jbd2 journal will be a folder of its own above the on-disk structures.)
+//! The journal sits above the block maps because finding it maps the journal inode; its
+//! replayed view is a [`BlockView`] that every layer reads like a device.
 //!
 //! The modules are private; this root re-exports the public API. One on-disk concept per
 //! module, named after the kernel structure; fields and constants keep the kernel's names
@@ -50,6 +53,7 @@ mod group_desc;
 mod indirect;
 mod inode;
 mod itable;
+mod journal;
 mod layout;
 mod owners;
 mod paths;
@@ -66,7 +70,7 @@ pub use collect::{RunKind, WalkStats};
 pub use dir::{dir_entries, read_dir, DirEntry, EXT4_FT_DIR, EXT4_FT_UNKNOWN};
 pub use error::{Corrupt, Error};
 pub use features::{compat, incompat, ro_compat};
-pub use fs::{Filesystem, OpenOptions};
+pub use fs::{BackupUsed, Filesystem, OpenOptions};
 pub use group_desc::{
     GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_EXCLUDE_UNINIT, EXT4_BG_INODE_UNINIT,
     EXT4_BG_INODE_ZEROED,
@@ -77,10 +81,17 @@ pub use inode::{
     EXT2_ROOT_INO, EXT4_EXCLUDE_INO, EXT4_GRP_QUOTA_INO, EXT4_USR_QUOTA_INO, I_BLOCK_OFFSET,
     I_BLOCK_SIZE, I_FILE_ACL_OFFSET, OSD1_OFFSET,
 };
+pub use journal::{
+    blocktype, jbd2_feature, journal_superblock_checksum, tag_flags, FastCommit, Journal,
+    JournalLocation, JournalLookup, JournalRun, JournalState, JournalSuperblock, Located,
+    OverlayBlock, Recovery, ReplayMode, ReplayedView, JBD2_MAGIC_NUMBER, JOURNAL_SUPERBLOCK_SIZE,
+    JSB_S_CHECKSUM_OFFSET, JSB_S_SEQUENCE_OFFSET, JSB_S_START_OFFSET,
+};
 pub use owners::{file_runs, file_runs_and_inodes, Owners};
 pub use paths::{inode_paths, MAX_PATH_BYTES};
 pub use snapshot::{
-    snapshot_list, snapshot_names, SnapshotFile, SnapshotMap, SnapshotView, MAX_SNAPSHOT_BLOCKS,
+    snapshot_list, snapshot_names, BlockSource, SnapshotFile, SnapshotMap, SnapshotView,
+    MAX_SNAPSHOT_BLOCKS,
 };
 pub use superblock::{
     superblock_checksum, Superblock, EXT2_VALID_FS, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET,

@@ -152,9 +152,6 @@ fn warn_past_source<V: BlockView>(c: &mut Collector<'_>, fs: &Filesystem<V>) {
 fn notes(fs: &Filesystem<impl BlockView>, view: &dyn BlockView) -> Vec<String> {
     let sb = &fs.sb;
     let mut v = Vec::new();
-    if sb.has_incompat(incompat::RECOVER) {
-        v.push("the journal needs recovery; metadata is exported as it is on disk, with the whole journal".into());
-    }
     if view.size() < sb.size_bytes() {
         v.push(format!(
             "the source ({} bytes) is shorter than the filesystem ({} bytes); the missing part reads as zeros",
@@ -357,8 +354,9 @@ fn all(class: BlockClass) -> TreeClasses {
     }
 }
 
-/// Classes of the inodes with a role of their own: the resize inode, the journal, quota
-/// files, the orphan file and the snapshot exclude inode (each only with its feature).
+/// Classes of the inodes with a role of their own: the resize inode, the journal
+/// (`s_journal_inum`, with or without COMPAT_HAS_JOURNAL), quota files, the orphan file and the
+/// snapshot exclude inode (these with their feature).
 fn special_classes(sb: &Superblock, ino: InodeNr) -> Option<TreeClasses> {
     let n = ino.0;
     if ino == EXT2_RESIZE_INO {
@@ -367,7 +365,9 @@ fn special_classes(sb: &Superblock, ino: InodeNr) -> Option<TreeClasses> {
             data: Some(BlockClass::ReservedGdt),
         });
     }
-    if n == sb.s_journal_inum && sb.has_compat(compat::HAS_JOURNAL) {
+    // The journal inode whatever COMPAT_HAS_JOURNAL says (as e2image does): with the flag
+    // clear (e.g. `debugfs feature ^has_journal`) the inode and its blocks are still there.
+    if n != 0 && n == sb.s_journal_inum {
         return Some(all(BlockClass::Journal));
     }
     let quota = [

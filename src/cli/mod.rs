@@ -1,9 +1,13 @@
 //! Command line, compatible with e2image where the options overlap.
 //!
 //! `e2image-rs -Q|-r [options] SOURCE OUT` exports; `e2image-rs snapshots IMAGE` lists the
-//! states stored in a QCOW2 image; `e2image-rs rollback` writes one back onto a device. Usage
-//! errors exit with status 2 (clap's default).
+//! states stored in a QCOW2 image; `e2image-rs rollback` writes one back onto a device;
+//! `e2image-rs apply` replays a delta onto a replica. Usage errors exit with status 2 (clap's
+//! default).
 
+mod apply;
+
+pub use apply::ApplyArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -39,6 +43,9 @@ pub enum Command {
     /// Remove states of an archive by a retention policy (restic's --keep-* rules), in place;
     /// freed space is reused by later appends and returned to the filesystem.
     Prune(PruneArgs),
+    /// Replay a delta (`-x FROM..TO`) onto a device or image file holding FROM, so that it
+    /// holds TO, crash-safely through a patch file.
+    Apply(ApplyArgs),
 }
 
 /// `e2image-rs prune ARCHIVE --keep-* N... [--dry-run] [--json]`.
@@ -210,6 +217,30 @@ pub struct ExportArgs {
     /// Retention after an append (see `e2image-rs prune`).
     #[command(flatten)]
     pub keep: KeepArgs,
+    /// Write a delta between two states of SOURCE (QCOW2 v3): FROM..TO, each an internal
+    /// snapshot of a QCOW2 SOURCE or a filesystem snapshot (by name or id), or `current`;
+    /// FROM alone means FROM..current. Only clusters that differ are stored; blocks FROM used
+    /// and TO frees read as zeros.
+    #[arg(short = 'x', value_name = "FROM[..TO]", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name", "base"])]
+    pub delta: Option<String>,
+    /// Write a delta from BASE, another image of the same filesystem (a raw image, a QCOW2
+    /// export's active state, or IMAGE.qcow2@SNAPSHOT), to SOURCE's current state.
+    #[arg(long, value_name = "BASE", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name"])]
+    pub base: Option<PathBuf>,
+    /// Record FILE, a full export (raw or QCOW2) of the delta's FROM state, as the delta's
+    /// backing file, so that QEMU reads the delta as state TO; stored relative to the delta.
+    #[arg(long, value_name = "FILE")]
+    pub backing: Option<PathBuf>,
+    /// Write the replayed state of a filesystem whose journal needs recovery (built in memory
+    /// from the journal and the disk; the source is never written): as after `e2fsck -E
+    /// journal_only`. Without it the image holds the blocks as they are on disk, the whole
+    /// journal and every block the replay needs.
+    #[arg(long)]
+    pub replay: bool,
+    /// The external journal device (or image) of a filesystem whose journal is not internal;
+    /// read only.
+    #[arg(long, value_name = "PATH")]
+    pub journal_dev: Option<PathBuf>,
     /// The filesystem (image file or block device), or a QCOW2 image.
     #[arg(required = true)]
     pub source: Option<PathBuf>,
@@ -278,7 +309,7 @@ impl UnsupportedArgs {
 }
 
 /// The subcommands, for the message about an unknown one.
-pub const SUBCOMMANDS: &str = "snapshots, rollback, prune";
+pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply";
 
 /// If `word` (the first positional argument) names no file and looks like a subcommand name
 /// (lower-case letters and dashes), the message saying it is not one.

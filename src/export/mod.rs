@@ -10,6 +10,8 @@
 
 mod cluster;
 mod convert;
+mod delta;
+mod journal;
 mod qcow_source;
 mod states;
 mod summary;
@@ -34,6 +36,9 @@ use summary::{ExportFacts, StateReport};
 /// # Errors
 /// Anything that stops the run; nothing is left under OUT (a file) then.
 pub fn run(plan: &ExportPlan) -> Result<Summary> {
+    if let Some(d) = &plan.delta {
+        return delta::run(plan, d);
+    }
     if is_qcow2(&plan.source)? {
         return qcow_source::from_qcow2(plan);
     }
@@ -51,25 +56,32 @@ pub fn run(plan: &ExportPlan) -> Result<Summary> {
     export_fs(&view, plan)
 }
 
-/// Opens the filesystem on `view`, plans its states and writes the image.
+/// Opens the filesystem on `view`, plans its states and writes the image. With `--replay`
+/// the source's journal is replayed first, so that its states (next3 snapshots included) are
+/// planned on the replayed filesystem.
 pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summary> {
-    let fs = Filesystem::open(view, &plan.open)
-        .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))?;
+    let external = match &plan.journal_dev {
+        Some(p) if plan.replay => Some(journal::open_journal_dev(p)?),
+        _ => None,
+    };
+    let ext_view = external.as_ref().map(|v| v as &dyn BlockView);
+    let replayed = match plan.replay {
+        true => Some(journal::recover(view, ext_view, &plan.open, plan)?),
+        false => None,
+    };
+    let mut early = Early::default();
+    if let Some(j) = &replayed {
+        early.journal_done = true;
+        early.warnings.extend(j.warnings.iter().cloned());
+        early.notes.extend(j.notes.iter().cloned());
+    }
+    let view: &dyn BlockView = match replayed.as_ref().and_then(|j| j.view.as_ref()) {
+        Some(v) => v,
+        None => view,
+    };
+    let (fs, _) = open_with_fallback(view, plan)?;
     if let Some(name) = &plan.from_snapshot {
-        let next3 = Next3::read(&fs);
-        let i = next3.find(&fs, name).with_context(|| {
-            format!(
-                "{}: no filesystem snapshot with name or id {name:?}",
-                plan.source.display()
-            )
-        })?;
-        let snap = next3.view(&fs, i);
-        let states = [StateInput {
-            name: name.clone(),
-            date: (0, 0),
-            view: &snap,
-        }];
-        return write_states(&states, plan, next3.warnings.clone(), None);
+        return export_fs_snapshot(&fs, name, plan, early);
     }
     let images = match &plan.older {
         Older::Images(v) => v.as_slice(),
@@ -82,16 +94,15 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
     };
     let mut views: Vec<&dyn BlockView> = vec![view];
     match &sp.older {
-        OlderStates::Next3(_) => views.extend(snap_views.iter().map(|v| v as &dyn BlockView)),
+        OlderStates::Next3(n) => {
+            views.extend(snap_views.iter().map(|v| v as &dyn BlockView));
+            early.warnings.extend(n.warnings.iter().cloned());
+        }
         OlderStates::Images(images) => {
             views.extend(images.iter().map(|(_, v)| v as &dyn BlockView))
         }
         OlderStates::None => {}
     }
-    let early = match &sp.older {
-        OlderStates::Next3(n) => n.warnings.clone(),
-        _ => Vec::new(),
-    };
     let states: Vec<StateInput<'_>> = views
         .into_iter()
         .enumerate()
@@ -102,6 +113,49 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         })
         .collect();
     write_states(&states, plan, early, None)
+}
+
+/// `--from-snapshot NAME` of a filesystem with next3 snapshots: that snapshot alone.
+fn export_fs_snapshot(
+    fs: &Filesystem<&dyn BlockView>,
+    name: &str,
+    plan: &ExportPlan,
+    mut early: Early,
+) -> Result<Summary> {
+    let next3 = Next3::read(fs);
+    let i = next3.find(fs, name).with_context(|| {
+        format!(
+            "{}: no filesystem snapshot with name or id {name:?}",
+            plan.source.display()
+        )
+    })?;
+    let snap = next3.view(fs, i);
+    let states = [StateInput {
+        name: name.to_string(),
+        date: (0, 0),
+        view: &snap,
+    }];
+    early.warnings.extend(next3.warnings.iter().cloned());
+    write_states(&states, plan, early, None)
+}
+
+/// Opens the source's filesystem with `-b`/`-B`, or through the first backup superblock that
+/// validates when the primary one is unusable (the caller warns: see `open_states`).
+fn open_with_fallback<'v>(
+    view: &'v dyn BlockView,
+    plan: &ExportPlan,
+) -> Result<(Filesystem<&'v dyn BlockView>, Option<ext::BackupUsed>)> {
+    Filesystem::open_with_fallback(view, &plan.open)
+        .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))
+}
+
+/// What the caller found before the states were written: warnings and notes of the current
+/// state, and whether its journal was already recovered (`--replay`).
+#[derive(Default)]
+pub(super) struct Early {
+    pub(super) warnings: Vec<Warning>,
+    pub(super) notes: Vec<String>,
+    pub(super) journal_done: bool,
 }
 
 /// One state to write: its view, name and date.
@@ -117,32 +171,74 @@ pub(super) struct StateInput<'a> {
 pub(super) fn write_states(
     states: &[StateInput<'_>],
     plan: &ExportPlan,
-    early_warnings: Vec<Warning>,
+    early: Early,
     table: Option<Table>,
 ) -> Result<Summary> {
+    let external = match &plan.journal_dev {
+        Some(p) if !early.journal_done => Some(journal::open_journal_dev(p)?),
+        _ => None,
+    };
+    let views: Vec<&dyn BlockView> = states.iter().map(|s| s.view).collect();
+    let ext_view = external.as_ref().map(|v| v as &dyn BlockView);
+    let journals = journal::recover_states(&views, ext_view, plan, early.journal_done)?;
+    let replayed = replayed_inputs(states, &journals, plan);
+    let states = &replayed[..];
     let (opened, reports, mut warnings) = open_states(states, plan)?;
-    warnings.splice(
-        0..0,
-        early_warnings
-            .into_iter()
-            .map(|w| (states[0].name.clone(), w)),
-    );
+    let first = states[0].name.clone();
+    warnings.splice(0..0, early.warnings.into_iter().map(|w| (first.clone(), w)));
     let mut out = sink::open(plan, &target_of(&opened, plan)?)?;
-    let mut notes = out.notes();
+    let mut notes = early.notes;
+    notes.extend(out.notes());
+    for (s, j) in states.iter().zip(&journals) {
+        warnings.extend(j.warnings.iter().map(|w| (s.name.clone(), w.clone())));
+        notes.extend(j.notes.iter().cloned());
+    }
     let mut tally = Tally {
         reports,
         warnings,
         ..Tally::default()
     };
-    copy_states(out.sink.as_mut(), states, &opened, plan, &mut tally)?;
+    let sink = out.sink.as_mut();
+    copy_states(sink, states, &opened, &journals, plan, &mut tally)?;
     let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
     let table = match (table, plan.archive.as_ref().and_then(|a| a.name.as_ref())) {
         (Some(t), _) => remap_table(t, &written),
         (None, Some(name)) => archive_table(name),
         (None, None) => chain_table(states, &written),
     };
-    let finished = out.complete(&table, plan.sync)?;
-    notes.extend(finished.notes);
+    let mut finished = out.complete(&table, plan.sync)?;
+    notes.append(&mut finished.notes);
+    summarize(plan, states, tally, notes, finished)
+}
+
+/// The states as exported: with `--replay`, each through its replayed view.
+fn replayed_inputs<'a>(
+    states: &[StateInput<'a>],
+    journals: &'a [journal::StateJournal<'a>],
+    plan: &ExportPlan,
+) -> Vec<StateInput<'a>> {
+    states
+        .iter()
+        .zip(journals)
+        .map(|(s, j)| StateInput {
+            name: s.name.clone(),
+            date: s.date,
+            view: match (&j.view, plan.replay) {
+                (Some(v), true) => v,
+                _ => s.view,
+            },
+        })
+        .collect()
+}
+
+/// The export's summary from what was copied and how the output was finished.
+fn summarize(
+    plan: &ExportPlan,
+    states: &[StateInput<'_>],
+    tally: Tally,
+    notes: Vec<String>,
+    finished: sink::Finished,
+) -> Result<Summary> {
     let (walked, sb) = tally.main.context("the current state was not written")?;
     let mut reports = tally.reports;
     reports.sort_by_key(|r| states.iter().position(|s| s.name == r.name));
@@ -235,6 +331,7 @@ fn copy_states(
     sink: &mut dyn Sink,
     states: &[StateInput<'_>],
     opened: &[Option<Filesystem<&dyn BlockView>>],
+    journals: &[journal::StateJournal<'_>],
     plan: &ExportPlan,
     tally: &mut Tally,
 ) -> Result<()> {
@@ -246,13 +343,15 @@ fn copy_states(
     let written = states
         .iter()
         .zip(opened)
-        .filter_map(|(s, f)| Some((s, f.as_ref()?)));
-    for (k, (state, fs)) in written.enumerate() {
+        .zip(journals)
+        .filter_map(|((s, f), j)| Some((s, f.as_ref()?, j)));
+    for (k, (state, fs, j)) in written.enumerate() {
         let label = match count {
             1 => state.name.clone(),
             n => format!("state {}/{n}: {}", k + 1, state.name),
         };
-        let walked = ext::walk(fs, &walk_opts);
+        let mut walked = ext::walk(fs, &walk_opts);
+        journal::complete(&mut walked, &fs.sb, j, &walk_opts, plan.replay);
         let (stats, copy_warnings) = copy_state(sink, state, fs, &walked, plan.progress, &label)?;
         tally.add(state, &fs.sb, walked, stats, copy_warnings);
     }
@@ -272,11 +371,13 @@ fn qcow_options(plan: &ExportPlan, size: u64, block_size: u32) -> Result<QcowOpt
         file_data: plan.data,
         snapshot_files: !plan.no_snapshots,
         zeros_recorded: version == Version::V3,
+        replayed: plan.replay,
     };
     Ok(QcowOptions {
         cluster_bits: choose_cluster_bits(size, block_size, plan.data, cluster_size)?,
         version,
         extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
+        backing: None,
     })
 }
 
@@ -303,7 +404,11 @@ fn chain_table(states: &[StateInput<'_>], written: &[bool]) -> Table {
     } else {
         Vec::new()
     };
-    Table { active: 0, entries }
+    Table {
+        active: 0,
+        entries,
+        extensions: Vec::new(),
+    }
 }
 
 /// A new archive's table: its only state, named `name`, dated now, id 1.
@@ -317,6 +422,7 @@ fn archive_table(name: &str) -> Table {
             name: name.to_string(),
             date,
         }],
+        extensions: Vec::new(),
     }
 }
 
@@ -338,6 +444,7 @@ fn remap_table(t: Table, written: &[bool]) -> Table {
             .into_iter()
             .filter_map(|e| index[e.state].map(|s| TableEntry { state: s, ..e }))
             .collect(),
+        extensions: t.extensions,
     }
 }
 
@@ -349,19 +456,22 @@ type Opened<'a> = (
     Vec<(String, Warning)>,
 );
 
-/// Opens every state's filesystem. The first state must open (it uses `-b`/`-B`); another
-/// one that does not is reported and left out.
+/// Opens every state's filesystem. The first state must open (it uses `-b`/`-B`, or falls
+/// back to a backup superblock that validates, with a warning); another one that does not is
+/// reported and left out.
 fn open_states<'a>(states: &[StateInput<'a>], plan: &ExportPlan) -> Result<Opened<'a>> {
     let (mut opened, mut reports, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
     for (k, s) in states.iter().enumerate() {
-        let opts = if k == 0 {
-            plan.open
-        } else {
-            OpenOptions::default()
-        };
-        match Filesystem::open(s.view, &opts) {
+        if k == 0 {
+            let (fs, backup) = open_with_fallback(s.view, plan)?;
+            if let Some(b) = backup {
+                warnings.push((s.name.clone(), fallback_warning(&b)));
+            }
+            opened.push(Some(fs));
+            continue;
+        }
+        match Filesystem::open(s.view, &OpenOptions::default()) {
             Ok(fs) => opened.push(Some(fs)),
-            Err(e) if k == 0 => bail!("{}: cannot open the filesystem: {e}", plan.source.display()),
             Err(e) => {
                 let report = StateReport::unopenable(&s.name, &e.to_string());
                 let reason = report.error.clone().unwrap_or_default();
@@ -380,6 +490,19 @@ fn open_states<'a>(states: &[StateInput<'a>], plan: &ExportPlan) -> Result<Opene
         }
     }
     Ok((opened, reports, warnings))
+}
+
+/// The warning for an export through a backup superblock chosen automatically.
+fn fallback_warning(b: &ext::BackupUsed) -> Warning {
+    Warning {
+        inode: None,
+        block: None,
+        offset: None,
+        reason: format!(
+            "the primary superblock (byte 1024) is unusable ({}); exported through the backup superblock at block {} (block size {}, as e2fsck does); the primary's bytes are copied as they are",
+            b.primary_error, b.block.0, b.block_size
+        ),
+    }
 }
 
 /// Copies one walked state into the sink as its next state. Returns the counts and the
@@ -455,6 +578,7 @@ mod tests {
     #[test]
     fn tables_follow_the_written_states() {
         let t = Table {
+            extensions: Vec::new(),
             active: 0,
             entries: (0..3)
                 .map(|s| TableEntry {

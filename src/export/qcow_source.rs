@@ -5,7 +5,7 @@
 use super::convert::qcow_to_raw;
 use super::states::CURRENT;
 use super::summary::Summary;
-use super::{export_fs, write_states, StateInput};
+use super::{export_fs, write_states, Early, StateInput};
 use crate::plan::{ExportPlan, Format, Older};
 use crate::qcow_view::{choose_layer, QcowView};
 use crate::sink::{Table, TableEntry};
@@ -18,7 +18,7 @@ pub(super) fn from_qcow2(plan: &ExportPlan) -> Result<Summary> {
         .with_context(|| format!("cannot open {}", plan.source.display()))?;
     let reader = Reader::open(file)
         .with_context(|| format!("{}: invalid QCOW2 image", plan.source.display()))?;
-    if plan.format == Format::Raw {
+    if plan.format == Format::Raw && !plan.replay {
         return qcow_to_raw(&reader, plan);
     }
     if let Some(name) = &plan.from_snapshot {
@@ -31,9 +31,9 @@ pub(super) fn from_qcow2(plan: &ExportPlan) -> Result<Summary> {
             date: chosen.date,
             view: &view,
         }];
-        return write_states(&states, plan, Vec::new(), None);
+        return write_states(&states, plan, Early::default(), None);
     }
-    if reader.snapshots().is_empty() {
+    if reader.snapshots().is_empty() || plan.format == Format::Raw {
         let layer = reader.layer(Layer::Active)?;
         return export_fs(&QcowView::new(&layer, reader.virtual_size()), plan);
     }
@@ -121,6 +121,7 @@ fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
                 date: (s.date_sec, s.date_nsec),
             })
             .collect(),
+        extensions: Vec::new(),
     };
-    write_states(&states, plan, Vec::new(), Some(table))
+    write_states(&states, plan, Early::default(), Some(table))
 }

@@ -108,6 +108,56 @@ impl Summary {
         }
     }
 
+    /// Summary of a delta: the changed, discarded and unchanged bytes.
+    pub fn delta(plan: &ExportPlan, f: DeltaFacts) -> Summary {
+        let mut m = Map::new();
+        m.insert("source".into(), json!(plan.source.display().to_string()));
+        m.insert("output".into(), json!(plan.output.display()));
+        m.insert("format".into(), json!("qcow2"));
+        m.insert("data".into(), json!(plan.data));
+        m.insert("cluster_size".into(), json!(f.cluster_size));
+        m.insert(
+            "delta".into(),
+            json!({
+                "from": f.from, "to": f.to,
+                "changed_clusters": f.changed_clusters,
+                "discarded_clusters": f.discarded_clusters,
+                "changed_bytes": f.changed_clusters * f.cluster_size,
+                "discarded_bytes": f.discarded_clusters * f.cluster_size,
+                "unchanged_bytes": f.unchanged_bytes,
+            }),
+        );
+        m.insert(
+            "bytes_written".into(),
+            json!(bytes_written(&plan.output, CopyStats::default(), 0)),
+        );
+        let mut notes = f.notes;
+        notes.push(format!(
+            "delta {}..{}: {} bytes changed, {} discarded, {} unchanged",
+            f.from,
+            f.to,
+            f.changed_clusters * f.cluster_size,
+            f.discarded_clusters * f.cluster_size,
+            f.unchanged_bytes
+        ));
+        Summary {
+            warnings: f.warnings.into_iter().map(|w| (None, w)).collect(),
+            omitted: Vec::new(),
+            notes,
+            json: m,
+        }
+    }
+
+    /// A summary with nothing in it.
+    pub fn empty() -> Summary {
+        Summary {
+            warnings: Vec::new(),
+            omitted: Vec::new(),
+            notes: Vec::new(),
+            json: Map::new(),
+        }
+    }
+
     /// Prints the notes and warnings on stderr and, with `json`, the JSON document on stdout.
     pub fn print(&self, json: bool) {
         for n in &self.notes {
@@ -277,6 +327,26 @@ pub struct ExportFacts<'a> {
     pub omitted: Vec<(String, String, u64)>,
     /// Extra members of the JSON document (from the sink).
     pub extra: Vec<(String, Value)>,
+}
+
+/// What a delta found, for [`Summary::delta`].
+pub struct DeltaFacts {
+    /// FROM's name.
+    pub from: String,
+    /// TO's name.
+    pub to: String,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// Clusters stored with TO's bytes.
+    pub changed_clusters: u64,
+    /// Zero clusters (FROM's blocks TO frees).
+    pub discarded_clusters: u64,
+    /// Bytes of TO's copy set not in a changed cluster.
+    pub unchanged_bytes: u64,
+    /// Corrupt parts the walks skipped.
+    pub warnings: Vec<Warning>,
+    /// Notes of the run.
+    pub notes: Vec<String>,
 }
 
 /// Kind label of unreadable source blocks beyond those listed.

@@ -1,6 +1,6 @@
 //! The validated plans, built once from the command line: the only description of a run that
 //! the pipelines see (they never see clap's structures). [`ExportPlan`] here, the rollback's
-//! [`RollbackPlan`] in `rollback`.
+//! [`RollbackPlan`] in `rollback`, the apply's [`ApplyDeltaPlan`] in `apply`.
 //!
 //! Building it checks everything that can be checked before opening the source: the mode, the
 //! e2image options not implemented yet, what OUT is (a file, a block device, standard output,
@@ -8,10 +8,14 @@
 //! to it, the same device, a loop device over it). Errors are usage errors (exit 2) or
 //! refusals (exit 1); nothing has been written when they are returned.
 
+mod apply;
 mod archive;
+mod delta;
 mod rollback;
 
+pub use apply::{ApplyDeltaPlan, ApplyStart, APPLY_USAGE};
 pub use archive::{check_name, ArchivePlan, PrunePlan, PRUNE_USAGE};
+pub use delta::{backing_path, DeltaPlan, StateRef};
 pub use rollback::{ApplyPlan, RollbackPlan, ROLLBACK_USAGE};
 
 use crate::cli::{unknown_subcommand, Compat, ExportArgs};
@@ -102,6 +106,12 @@ pub struct ExportPlan {
     pub no_snapshots: bool,
     /// Creating or appending to an archive.
     pub archive: Option<ArchivePlan>,
+    /// Writing a delta between two states.
+    pub delta: Option<DeltaPlan>,
+    /// `--replay`: write the replayed state of a filesystem whose journal needs recovery.
+    pub replay: bool,
+    /// `--journal-dev`: the external journal device.
+    pub journal_dev: Option<PathBuf>,
 }
 
 impl ExportPlan {
@@ -137,6 +147,7 @@ impl ExportPlan {
         let source = a.source.clone().ok_or_else(|| usage("SOURCE is missing"))?;
         let out = a.output.as_deref().ok_or_else(|| usage("OUT is missing"))?;
         let archive = archive_plan(a, format)?;
+        let delta = delta::delta_plan(a, format, out)?;
         let output = match &archive {
             Some(p) if p.append => archive_output(out)?,
             _ => output_kind(out, format, a.json)?,
@@ -163,7 +174,11 @@ impl ExportPlan {
             from_snapshot: a.from_snapshot.clone(),
             no_snapshots: a.no_snapshots,
             archive,
+            delta,
+            replay: a.replay,
+            journal_dev: a.journal_dev.clone(),
         };
+        plan.check_replay()?;
         plan.check_output_is_no_input()?;
         Ok(plan)
     }
@@ -178,7 +193,20 @@ impl ExportPlan {
                     .map(|p| ("--snapshot".to_string(), p.as_path())),
             );
         }
+        if let Some(j) = &self.journal_dev {
+            v.push(("--journal-dev".to_string(), j.as_path()));
+        }
         v
+    }
+
+    /// Refuses `--replay` where it does not apply yet.
+    fn check_replay(&self) -> Result<(), UsageError> {
+        if self.replay && self.delta.is_some() {
+            return Err(usage(
+                "--replay is not supported with deltas (-x, --base) yet: export the replayed states first (e2image-rs -Q --replay), then make the delta between those images",
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses an OUT that resolves to an input.

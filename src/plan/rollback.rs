@@ -109,7 +109,7 @@ fn usage(msg: &str) -> UsageError {
 /// Refuses when two of the named paths are the same file or device, or the same name for
 /// files still to be created: a patch or undo file written over the target or the image
 /// would destroy it.
-fn check_distinct(named: &[(&str, &Path)]) -> Result<(), UsageError> {
+pub(super) fn check_distinct(named: &[(&str, &Path)]) -> Result<(), UsageError> {
     for (i, (ra, a)) in named.iter().enumerate() {
         for (rb, b) in &named[i + 1..] {
             if same_name_or_target(a, b) {

@@ -33,14 +33,15 @@
 //! conflicts too (the message says so). Not seen: bytes written to the device behind the
 //! filesystem's back, and blocks freed, reused by a file deleted since, and now free again.
 
-use super::held::{overlaps, push, Held};
-use super::target::Target;
+use super::held::Held;
+use crate::patching::Target;
 use crate::qcow_view::QcowView;
+use crate::ranges::{overlaps, push};
 use crate::text::format_date;
 use anyhow::Result;
 use ext::{
-    file_runs_and_inodes, BlockClass, BlockSet, BlockView, FileRun, FileType, FileView, Filesystem,
-    Inode, InodeNr, InodeTime, OpenOptions, RunKind, WalkOptions,
+    file_runs_and_inodes, BlockClass, BlockSet, FileRun, FileType, FileView, Filesystem, Inode,
+    InodeNr, InodeTime, OpenOptions, RunKind, WalkOptions,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -411,23 +412,6 @@ fn record(out: &mut Conflicts, sr: &FileRun, block: u64, n: u64, now: String) {
         now,
     });
     b.blocks += n;
-}
-
-/// Inodes of `fs` owning any of the `written` blocks, with their paths ("(no path)" for
-/// inodes without a directory entry, such as the journal).
-pub fn owners_of<V: BlockView>(fs: &Filesystem<V>, written: &[Range<u64>]) -> Vec<(u32, String)> {
-    let want = |p: u64, len: u64| overlaps(written, p..p.saturating_add(len));
-    let (runs, _) = ext::file_runs(fs, &want);
-    let mut inos: Vec<InodeNr> = runs.iter().map(|r| r.ino).collect();
-    inos.sort_unstable();
-    inos.dedup();
-    let (paths, _) = ext::inode_paths(fs, &inos);
-    inos.into_iter()
-        .map(|i| {
-            let p = paths.get(&i).cloned().unwrap_or_else(|| "(no path)".into());
-            (i.0, p)
-        })
-        .collect()
 }
 
 #[cfg(test)]

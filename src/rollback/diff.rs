@@ -5,18 +5,12 @@
 //! engine writes it last, after a "not clean" variant of it was written first.
 
 use super::held::Held;
-use super::target::Target;
+use crate::patching::{emit_differing, RunSink, Target};
 use anyhow::{Context, Result};
 use qcow::LayerReader;
 
 /// Blocks compared per read, at most (bounds the two buffers to 2 MiB).
 const CHUNK_BYTES: u64 = 1 << 20;
-
-/// Receives the runs that differ, in increasing block order.
-pub trait RunSink {
-    /// A run at block `first`: `old` (target) and `new` (image) hold the same whole blocks.
-    fn run(&mut self, first: u64, old: &[u8], new: &[u8]) -> Result<()>;
-}
 
 /// Totals of a comparison.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,47 +53,9 @@ pub fn diff(
                 .with_context(|| format!("cannot read block {b} of the image state"))?;
             target.read_at(b * bs, &mut old)?;
             stats.compared += n;
-            stats.differ += emit(b, &old, &new, bs as usize, sb_block, sink)?;
+            stats.differ += emit_differing(b, &old, &new, bs as usize, sb_block, sink)?;
             b += n;
         }
     }
     Ok(stats)
-}
-
-/// Hands the differing runs of one chunk starting at block `first` to `sink`; returns the
-/// number of differing blocks.
-fn emit(
-    first: u64,
-    old: &[u8],
-    new: &[u8],
-    bs: usize,
-    sb_block: u64,
-    sink: &mut dyn RunSink,
-) -> Result<u64> {
-    let n = old.len() / bs;
-    let blk = |v: &[u8], i: usize| v[i * bs..(i + 1) * bs].to_vec();
-    let same = |i: usize| old[i * bs..(i + 1) * bs] == new[i * bs..(i + 1) * bs];
-    let is_sb = |i: usize| first + i as u64 == sb_block;
-    let mut differ = 0;
-    let mut i = 0;
-    while i < n {
-        if is_sb(i) {
-            differ += u64::from(!same(i));
-            sink.run(sb_block, &blk(old, i), &blk(new, i))?;
-            i += 1;
-            continue;
-        }
-        if same(i) {
-            i += 1;
-            continue;
-        }
-        let mut j = i + 1;
-        while j < n && !same(j) && !is_sb(j) {
-            j += 1;
-        }
-        sink.run(first + i as u64, &old[i * bs..j * bs], &new[i * bs..j * bs])?;
-        differ += (j - i) as u64;
-        i = j;
-    }
-    Ok(differ)
 }

@@ -13,6 +13,7 @@
 //! allocated. A record without zero clusters (a v2 export) also makes every block of the
 //! walk held, as zeros where its cluster is unallocated: the exporter copied exactly those.
 
+use crate::ranges::{contains, overlaps, push, union};
 use crate::record::ExportRecord;
 use anyhow::Result;
 use ext::{BlockClass, BlockSet};
@@ -44,12 +45,6 @@ impl Held {
     pub fn blocks(&self) -> u64 {
         self.ranges.iter().map(|r| r.end - r.start).sum()
     }
-}
-
-/// True if `b` lies in one of the sorted disjoint `ranges`.
-pub fn contains(ranges: &[Range<u64>], b: u64) -> bool {
-    let i = ranges.partition_point(|r| r.end <= b);
-    ranges.get(i).is_some_and(|r| r.start <= b)
 }
 
 /// Shape of the image and the filesystem, for [`held_blocks`].
@@ -221,46 +216,4 @@ fn holds_only(
         }
     }
     false
-}
-
-/// The union of two sorted disjoint range lists, sorted and disjoint.
-pub fn union(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
-    let mut all: Vec<Range<u64>> = a.iter().chain(b).cloned().collect();
-    all.sort_by_key(|r| r.start);
-    let mut out = Vec::with_capacity(all.len());
-    for r in all {
-        push(&mut out, r);
-    }
-    out
-}
-
-/// True if `r` overlaps one of the sorted disjoint `ranges`.
-pub fn overlaps(ranges: &[Range<u64>], r: Range<u64>) -> bool {
-    let i = ranges.partition_point(|x| x.end <= r.start);
-    ranges.get(i).is_some_and(|x| x.start < r.end)
-}
-
-/// Appends `r` to sorted `ranges`, merging it with the last one when they touch.
-pub fn push(ranges: &mut Vec<Range<u64>>, r: Range<u64>) {
-    match ranges.last_mut() {
-        Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
-        _ => ranges.push(r),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_merge_and_search() {
-        let mut v = Vec::new();
-        push(&mut v, 0..2);
-        push(&mut v, 2..4);
-        push(&mut v, 6..7);
-        assert_eq!(v, vec![0..4, 6..7]);
-        assert!(contains(&v, 3) && !contains(&v, 4) && contains(&v, 6) && !contains(&v, 7));
-        assert!(overlaps(&v, 3..5) && !overlaps(&v, 4..6) && overlaps(&v, 5..9));
-        assert_eq!(union(&v, &[1..2, 4..5, 8..9]), vec![0..5, 6..7, 8..9]);
-    }
 }

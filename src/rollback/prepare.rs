@@ -3,20 +3,19 @@
 //! conflicts, then write the patch (and the undo file) — or, for a dry run, only report.
 
 use super::conflicts;
-use super::diff::{self, RunSink};
-use super::e2undo::UndoFileWriter;
+use super::diff;
 use super::held::{self, Held};
-use super::patch::{self, PatchHeader, PatchWriter};
 use super::report;
-use super::target::{not_clean, part_way_patch, Target};
-use super::{read_target_sb, read_target_sb_raw};
+use crate::patching::{
+    open_target, read_target_sb, refuse_dirty_journal, sha256, Command, PatchFiles, PatchHeader,
+    RunSink, Target,
+};
 use crate::plan::ApplyPlan;
 use crate::qcow_view::{choose_layer, QcowView};
 use crate::record::ExportRecord;
-use crate::sys::output::TempOutput;
 use crate::text::uuid;
 use anyhow::{bail, Context, Result};
-use ext::{Filesystem, OpenOptions, WalkOptions, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use ext::{Filesystem, OpenOptions, WalkOptions};
 use qcow::{LayerReader, Reader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -46,6 +45,8 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
         .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
     let t = open_target(target, args.dry_run)?;
     check_same_fs(&fs, &t, image, &label)?;
+    let tsb = read_target_sb(&t)?;
+    refuse_dirty_journal(&t, &tsb, Command::Rollback, args.force, args.dry_run)?;
     let walk = ext::walk(
         &fs,
         &WalkOptions {
@@ -72,19 +73,6 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
         return Ok(None);
     };
     Ok(Some((patch_path, t, label)))
-}
-
-/// Opens the target (for writing unless `dry_run`), refused while an earlier rollback left it
-/// part-way.
-fn open_target(target: &Path, dry_run: bool) -> Result<Target> {
-    let t = Target::open(target, !dry_run)?;
-    if let Some(by) = part_way_patch(&read_target_sb_raw(&t)?) {
-        bail!(
-            "{tp} is part-way through the rollback of patch {by}: finish that one first with `e2image-rs rollback --resume PATCH {tp}`, or rewind it with `--undo PATCH {tp}`",
-            tp = t.path().display()
-        );
-    }
-    Ok(t)
 }
 
 /// The blocks the image state holds.
@@ -192,18 +180,14 @@ pub(super) struct Plan<'a> {
 /// Feeds differing runs to the report and, when writing, to the patch and undo file.
 struct Outputs {
     report: report::Report,
-    patch: Option<PatchWriter>,
-    undo: Option<UndoFileWriter>,
+    files: Option<PatchFiles>,
 }
 
 impl RunSink for Outputs {
     fn run(&mut self, first: u64, old: &[u8], new: &[u8]) -> Result<()> {
-        self.report.add(first, old, new);
-        if let Some(p) = &mut self.patch {
-            p.add_run(first, old, new)?;
-        }
-        if let Some(u) = &mut self.undo {
-            u.add(first, old)?;
+        self.report.add(first, old.len());
+        if let Some(f) = &mut self.files {
+            f.run(first, old, new)?;
         }
         Ok(())
     }
@@ -241,9 +225,8 @@ impl<'a> Plan<'a> {
     /// Compares without writing anything.
     fn dry_run(&self) -> Result<report::Report> {
         let mut out = Outputs {
-            report: report::Report::new(self.fs.sb.block_size, self.sb_block()),
-            patch: None,
-            undo: None,
+            report: report::Report::new(self.fs.sb.block_size),
+            files: None,
         };
         out.report.stats = self.diff(&mut out)?;
         Ok(out.report)
@@ -257,50 +240,13 @@ impl<'a> Plan<'a> {
         undo_file: Option<&Path>,
     ) -> Result<(report::Report, Option<String>)> {
         let bs = self.fs.sb.block_size;
-        let (tmp, file) = TempOutput::create(path)?;
-        let (utmp, uw) = match undo_file {
-            Some(u) => {
-                let (utmp, ufile) = TempOutput::create(u)?;
-                (Some(utmp), Some(UndoFileWriter::create(ufile, bs)?))
-            }
-            None => (None, None),
-        };
         let mut out = Outputs {
-            report: report::Report::new(bs, self.sb_block()),
-            patch: Some(PatchWriter::new(file, bs)),
-            undo: uw,
+            report: report::Report::new(bs),
+            files: Some(PatchFiles::create(path, undo_file, bs, self.sb_block())?),
         };
         out.report.stats = self.diff(&mut out)?;
-        let (sb_old, sb_new) = out
-            .report
-            .sb_blocks
-            .clone()
-            .context("the superblock block was not compared")?;
-        let sb_at = (SUPERBLOCK_OFFSET % u64::from(bs)) as usize;
-        let header = self.header()?;
-        let pw = out.patch.take().context("no patch writer")?;
-        pw.finish(header, &not_clean(&sb_old, sb_at, path))?;
-        let mut undo_line = None;
-        if let (Some(u), Some(utmp), Some(name)) = (out.undo.take(), utmp, undo_file) {
-            let mut rec = [0u8; SUPERBLOCK_SIZE];
-            rec.copy_from_slice(&sb_new[sb_at..sb_at + SUPERBLOCK_SIZE]);
-            let (keys, bytes) = (u.num_keys(), u.file_size());
-            let f = u.finish(&rec)?;
-            f.sync_all().context("cannot flush the undo file")?;
-            utmp.commit_new()?;
-            undo_line = Some(format!(
-                "  undo file {}: {keys} keys, {bytes} bytes; `e2undo {} {}` rewinds the rollback",
-                name.display(),
-                name.display(),
-                self.target.path().display()
-            ));
-        }
-        if let Err(e) = tmp.commit_new() {
-            if let Some(u) = undo_file {
-                let _ = std::fs::remove_file(u);
-            }
-            return Err(e);
-        }
+        let files = out.files.take().context("no patch writer")?;
+        let undo_line = files.finish(self.header()?, Command::Rollback, self.target.path())?;
         Ok((out.report, undo_line))
     }
 
@@ -317,7 +263,7 @@ impl<'a> Plan<'a> {
             target_size: self.target.size(),
             sb_block: self.sb_block(),
             image_size: self.reader.file_len(),
-            image_sha256: patch::sha256(&first),
+            image_sha256: sha256(&first),
             state_label: self.label.to_string(),
             image_path: absolute(self.image).display().to_string(),
             ..PatchHeader::default()

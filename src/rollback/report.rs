@@ -1,14 +1,13 @@
 //! What a rollback writes, for `--dry-run` and the summary: blocks per class, bytes, runs, and
 //! the files whose blocks change.
 
-use super::conflicts::{owners_of, Conflicts};
+use super::conflicts::Conflicts;
 use super::diff::DiffStats;
-use super::held::push;
 use super::held::Held;
+use crate::patching::{by_class, owners_of};
 use crate::qcow_view::QcowView;
+use crate::ranges::push;
 use crate::record::ExportRecord;
-use ext::BlockSet;
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::ops::Range;
 
@@ -26,7 +25,7 @@ pub struct Subject<'a> {
     /// The blocks the state holds.
     pub held: &'a Held,
     /// The state's walk (block classes).
-    pub walk: &'a BlockSet,
+    pub walk: &'a ext::BlockSet,
     /// The image (for its export record).
     pub reader: &'a qcow::Reader,
     /// The state's filesystem (for file names).
@@ -37,38 +36,30 @@ pub struct Subject<'a> {
 #[derive(Debug)]
 pub struct Report {
     block_size: u32,
-    sb_block: u64,
     /// Comparison totals.
     pub stats: DiffStats,
     /// Runs handed over (the superblock block's included).
     pub runs: u64,
     /// Block ranges that will be written (differing blocks, plus the superblock block).
     pub written: Vec<Range<u64>>,
-    /// Old and new bytes of the superblock block.
-    pub sb_blocks: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Report {
-    /// An empty report for `block_size`-byte blocks, the superblock being in block `sb_block`.
-    pub fn new(block_size: u32, sb_block: u64) -> Report {
+    /// An empty report for `block_size`-byte blocks.
+    pub fn new(block_size: u32) -> Report {
         Report {
             block_size,
-            sb_block,
             stats: DiffStats::default(),
             runs: 0,
             written: Vec::new(),
-            sb_blocks: None,
         }
     }
 
-    /// Counts one run.
-    pub fn add(&mut self, first: u64, old: &[u8], new: &[u8]) {
-        let n = (old.len() / self.block_size as usize) as u64;
+    /// Counts one run of `bytes` bytes at block `first`.
+    pub fn add(&mut self, first: u64, bytes: usize) {
+        let n = (bytes / self.block_size as usize) as u64;
         self.runs += 1;
         push(&mut self.written, first..first + n);
-        if first == self.sb_block {
-            self.sb_blocks = Some((old.to_vec(), new.to_vec()));
-        }
     }
 
     /// Blocks written (the superblock block always counts).
@@ -129,31 +120,6 @@ impl Report {
         }
         s
     }
-}
-
-/// Written blocks per class of the state's walk ("other" for blocks the walk does not list).
-fn by_class(walk: &BlockSet, written: &[Range<u64>]) -> BTreeMap<&'static str, u64> {
-    let mut m = BTreeMap::new();
-    let ext = walk.extents();
-    for r in written {
-        let mut b = r.start;
-        while b < r.end {
-            let i = ext.partition_point(|e| e.end() <= b);
-            match ext.get(i) {
-                Some(e) if e.start <= b => {
-                    let end = e.end().min(r.end);
-                    *m.entry(e.class.name()).or_insert(0) += end - b;
-                    b = end;
-                }
-                next => {
-                    let end = next.map_or(r.end, |e| e.start.min(r.end));
-                    *m.entry("other").or_insert(0) += end - b;
-                    b = end;
-                }
-            }
-        }
-    }
-    m
 }
 
 /// One line on what the image's export record says (see `crate::export_record`).

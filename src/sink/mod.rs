@@ -106,14 +106,17 @@ pub struct Target {
     pub blocks_count: u64,
 }
 
-/// The snapshot table of a multi-state image: which written state (by its index in writing
-/// order) is the active layer, and one entry per internal snapshot.
+/// What a QCOW2 image gets when it is finished: which written state (by its index in writing
+/// order) is the active layer, one entry per internal snapshot, and header extensions known
+/// only at the end (a delta's record).
 #[derive(Clone, Debug, Default)]
 pub struct Table {
     /// Index of the active state.
     pub active: usize,
     /// Snapshot entries, in table order.
     pub entries: Vec<TableEntry>,
+    /// Private header extensions to add: (type, data).
+    pub extensions: Vec<(u32, Vec<u8>)>,
 }
 
 /// One internal snapshot.

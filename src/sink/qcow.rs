@@ -22,6 +22,8 @@ pub struct QcowOptions {
     pub version: Version,
     /// Private header extensions to add: (type, data).
     pub extensions: Vec<(u32, Vec<u8>)>,
+    /// Backing file name (as stored: relative to the image) and format ("raw" or "qcow2").
+    pub backing: Option<(String, String)>,
 }
 
 impl Default for QcowOptions {
@@ -30,6 +32,7 @@ impl Default for QcowOptions {
             cluster_bits: 16,
             version: Version::V3,
             extensions: Vec::new(),
+            backing: None,
         }
     }
 }
@@ -57,6 +60,9 @@ impl QcowSink {
         let mut writer = Writer::create(file, opts).context("cannot start the QCOW2 image")?;
         for (t, data) in &o.extensions {
             writer.add_header_extension(*t, data)?;
+        }
+        if let Some((name, format)) = &o.backing {
+            writer.set_backing_file(name, format)?;
         }
         Ok(QcowSink::new(writer))
     }
@@ -118,6 +124,9 @@ impl Sink for QcowSink {
                 date_sec: e.date.0,
                 date_nsec: e.date.1,
             });
+        }
+        for (t, data) in &table.extensions {
+            writer.add_header_extension(*t, data)?;
         }
         let cluster = writer.cluster_size();
         writer.set_sync(sync);

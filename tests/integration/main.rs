@@ -4,14 +4,17 @@
 
 mod common;
 
+mod apply;
 mod archive;
 mod cli;
 mod committed;
 mod convert;
 mod copy_set;
 mod corpus;
+mod delta;
 mod export_matrix;
 mod hostile;
+mod journal;
 mod large;
 mod messages;
 mod rollback;

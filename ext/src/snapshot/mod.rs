@@ -10,4 +10,4 @@ mod view;
 pub use list::{snapshot_list, SnapshotFile, MAX_SNAPSHOT_BLOCKS};
 pub use map::SnapshotMap;
 pub use names::snapshot_names;
-pub use view::SnapshotView;
+pub use view::{SnapshotView, Source as BlockSource};

@@ -11,9 +11,11 @@ use crate::view::BlockView;
 use std::collections::{HashMap, HashSet};
 use std::io;
 
-/// Where one image block of a snapshot view comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
+/// Where one image block of a snapshot view is read from. Two views of one device that give
+/// the same source for a block read the same bytes there, so states can be compared without
+/// reading (the live device's block P is `Device(P)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
     /// A block of the device (a snapshot's copy, or the live block).
     Device(u64),
     /// A live block bitmap masked with this exclude bitmap block.
@@ -74,7 +76,8 @@ impl<'a> SnapshotView<'a> {
         self.blocks
     }
 
-    fn source(&self, p: u64) -> Source {
+    /// Where image block `p` is read from.
+    pub fn source(&self, p: u64) -> Source {
         if p >= self.blocks {
             return Source::Zero;
         }

@@ -4,5 +4,6 @@
 mod common;
 mod corpus;
 mod e2image_oracle;
+mod journal;
 mod owners_oracle;
 mod robustness;

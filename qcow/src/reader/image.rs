@@ -25,14 +25,15 @@ pub(super) struct Image {
     pub(super) header: Header,
 }
 
-/// Refuses valid images whose content this reader cannot produce faithfully.
-fn check_supported(h: &Header) -> Result<(), Error> {
+/// Refuses valid images whose content this reader cannot produce faithfully (a backing file
+/// only when `backing_ok` is false).
+fn check_supported(h: &Header, backing_ok: bool) -> Result<(), Error> {
     let refuse = |what: &str| Err(Error::Unsupported(what.to_string()));
     if h.crypt_method != 0 {
         return refuse(&format!("encryption (crypt_method {})", h.crypt_method));
     }
-    if h.backing_file_offset != 0 {
-        return refuse("backing file");
+    if h.backing_file_offset != 0 && !backing_ok {
+        return refuse("backing file (the image is not complete on its own)");
     }
     if h.incompatible_features & INCOMPAT_EXTERNAL_DATA != 0 {
         return refuse("external data file (incompatible bit 2)");
@@ -51,7 +52,7 @@ impl Image {
     ///
     /// Errors: those of [`Header::parse`]; [`Error::Unsupported`] for encryption, a backing
     /// file, an external data file, extended L2 entries or zstd compression; [`Error::Io`].
-    pub(super) fn open(file: File) -> Result<Image, Error> {
+    pub(super) fn open(file: File, backing_ok: bool) -> Result<Image, Error> {
         let file_len = file
             .metadata()
             .map_err(Error::io("reading the file size", 0))?
@@ -59,7 +60,7 @@ impl Image {
         let mut buf = vec![0u8; file_len.min(V3_HEADER_LENGTH.into()) as usize];
         read_exact_at(&file, &mut buf, 0, "reading the header")?;
         let header = Header::parse(&buf)?;
-        check_supported(&header)?;
+        check_supported(&header, backing_ok)?;
         Ok(Image {
             file,
             file_len,
@@ -70,6 +71,23 @@ impl Image {
     /// Cluster size in bytes.
     pub(super) fn cluster_size(&self) -> u64 {
         self.header.cluster_size()
+    }
+
+    /// The backing file name stored in cluster 0, if any (lossy UTF-8).
+    pub(super) fn backing_file(&self) -> Result<Option<String>, Error> {
+        let h = &self.header;
+        if h.backing_file_offset == 0 {
+            return Ok(None);
+        }
+        // Header::parse checked the name lies in cluster 0 and is at most 1023 bytes.
+        let mut name = vec![0u8; h.backing_file_size as usize];
+        read_exact_at(
+            &self.file,
+            &mut name,
+            h.backing_file_offset,
+            "reading the backing file name",
+        )?;
+        Ok(Some(String::from_utf8_lossy(&name).into_owned()))
     }
 
     /// Checks that `[offset, offset + len)` lies inside the file. Errors: [`Error::Corrupt`].
@@ -86,15 +104,18 @@ impl Image {
         Ok(())
     }
 
-    /// Reads the header extensions: from the end of the header to the end of cluster 0 (the
-    /// reader refuses backing files, so no backing file name ends the area earlier).
+    /// Reads the header extensions: from the end of the header to the backing file name, or
+    /// to the end of cluster 0 without one.
     pub(super) fn read_extensions(&self) -> Result<Vec<HeaderExtension>, Error> {
         let h = &self.header;
         let start = u64::from(match h.version {
             Version::V2 => V2_HEADER_LENGTH,
             Version::V3 => h.header_length,
         });
-        let end = h.cluster_size().min(self.file_len);
+        let mut end = h.cluster_size().min(self.file_len);
+        if h.backing_file_offset != 0 {
+            end = end.min(h.backing_file_offset);
+        }
         if end <= start {
             return Ok(Vec::new());
         }

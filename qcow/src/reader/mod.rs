@@ -51,7 +51,27 @@ impl Reader {
     /// [`Error::Corrupt`] if the active L1 table, the refcount table or the snapshot table is
     /// outside the file; [`Error::Limit`] for an oversized snapshot table; [`Error::Io`].
     pub fn open(file: File) -> Result<Reader, Error> {
-        let image = Image::open(file)?;
+        Reader::open_image(Image::open(file, false)?)
+    }
+
+    /// Like [`Reader::open`], but also opens an image with a backing file: a delta, whose
+    /// unallocated clusters belong to the backing image. Its layers then read only what the
+    /// image itself maps (unallocated clusters read as zeros, not as the backing file's); use
+    /// [`Reader::backing_file`] and the cluster mappings to tell them apart.
+    ///
+    /// Errors: as [`Reader::open`], a backing file excepted.
+    pub fn open_with_backing(file: File) -> Result<Reader, Error> {
+        Reader::open_image(Image::open(file, true)?)
+    }
+
+    /// The backing file name recorded in the header, if any (lossy UTF-8).
+    ///
+    /// Errors: [`Error::Io`] reading cluster 0.
+    pub fn backing_file(&self) -> Result<Option<String>, Error> {
+        self.image.backing_file()
+    }
+
+    fn open_image(image: Image) -> Result<Reader, Error> {
         let h = &image.header;
         let reftable_len = u64::from(h.refcount_table_clusters) * image.cluster_size();
         image.check_in_file("refcount table", h.refcount_table_offset, reftable_len)?;

@@ -40,6 +40,7 @@ impl Writer {
             refcounts_changed: true,
             sync: true,
             extensions: Vec::new(),
+            backing: None,
             summary: WriterSummary::default(),
             editing: true,
         }

@@ -57,7 +57,7 @@ impl Writer {
         let l1_table_offset = self.write_l1(a)?;
         let snapshots_offset = self.write_snapshot_table(snapshots, &snapshot_states)?;
         let (refcount_table_offset, refcount_table_clusters) = self.write_refcounts()?;
-        let header = Header {
+        let mut header = Header {
             l1_table_offset,
             refcount_table_offset,
             refcount_table_clusters,
@@ -66,11 +66,7 @@ impl Writer {
             ..self.header_without_tables()
         };
         let file_size = self.refcounts.allocated() << self.cluster_bits;
-        // The header, its extensions and their end marker; the rest of cluster 0 stays a hole.
-        let mut head = header.to_bytes();
-        if !self.extensions.is_empty() {
-            head.extend_from_slice(&extension::encode(&self.extensions));
-        }
+        let head = self.cluster0(&mut header)?;
         let file = self.out.finish(file_size, &head)?;
         if self.sync {
             file.sync_all().map_err(Error::io("syncing the image", 0))?;
@@ -80,6 +76,42 @@ impl Writer {
             states: 1 + snapshots.len() as u32,
             ..self.summary
         })
+    }
+
+    /// Cluster 0's bytes: the header, its extensions and their end marker, then the backing
+    /// file name if any (its offset and size set in `header`); the rest stays a hole.
+    ///
+    /// Errors: [`Error::Limit`] when they do not fit in cluster 0.
+    fn cluster0(&self, header: &mut Header) -> Result<Vec<u8>, Error> {
+        let mut exts = self.extensions.clone();
+        if let Some((_, format)) = &self.backing {
+            exts.insert(
+                0,
+                extension::HeaderExtension {
+                    ext_type: extension::EXT_BACKING_FORMAT,
+                    data: format.as_bytes().to_vec(),
+                },
+            );
+        }
+        let mut tail = Vec::new();
+        if !exts.is_empty() {
+            tail = extension::encode(&exts);
+        }
+        let head_len = header.to_bytes().len() as u64;
+        if let Some((name, _)) = &self.backing {
+            header.backing_file_offset = head_len + tail.len() as u64;
+            header.backing_file_size = name.len() as u32;
+            tail.extend_from_slice(name.as_bytes());
+        }
+        let mut head = header.to_bytes();
+        head.extend_from_slice(&tail);
+        if head.len() as u64 > self.cluster_size() {
+            return Err(Error::Limit(format!(
+                "the header, its extensions and the backing file name need {} bytes, more than cluster 0",
+                head.len()
+            )));
+        }
+        Ok(head)
     }
 
     /// The header of this image with every table offset and count still 0.

@@ -101,6 +101,9 @@ pub struct Writer {
     sync: bool,
     /// Header extensions written after the header by [`Writer::finish`].
     extensions: Vec<HeaderExtension>,
+    /// Backing file name and format (spec "Header": backing_file_offset; extension
+    /// "Backing file format name").
+    backing: Option<(String, String)>,
     summary: WriterSummary,
     /// Adding states to an existing image (`Writer::in_place`, for the editor): `finish` is
     /// refused, the editor commits.
@@ -159,6 +162,7 @@ impl Writer {
             refcounts_changed: false,
             sync: true,
             extensions: Vec::new(),
+            backing: None,
             summary: WriterSummary::default(),
             editing: false,
         })
@@ -195,6 +199,27 @@ impl Writer {
                 1u64 << self.cluster_bits
             )));
         }
+        Ok(())
+    }
+
+    /// Names a backing file (`name` as stored, e.g. a path relative to the image; `format`
+    /// "raw" or "qcow2"): unallocated clusters then read from it, zero clusters read zeros
+    /// (spec "Header", backing_file_offset, and the backing file format extension).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an empty name or one over 1023 bytes, a format
+    /// other than "raw" or "qcow2", or an image being edited in place.
+    pub fn set_backing_file(&mut self, name: &str, format: &str) -> Result<(), Error> {
+        if self.editing {
+            return Err(Error::InvalidArgument(
+                "an image edited in place keeps its header (no backing file)".into(),
+            ));
+        }
+        if name.is_empty() || name.len() > 1023 || !matches!(format, "raw" | "qcow2") {
+            return Err(Error::InvalidArgument(format!(
+                "backing file {name:?} ({format}): a name of 1 to 1023 bytes and format raw or qcow2"
+            )));
+        }
+        self.backing = Some((name.to_string(), format.to_string()));
         Ok(())
     }
 

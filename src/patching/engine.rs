@@ -9,21 +9,26 @@
 //! 2. record "applying"/"undoing" in the patch (flushed);
 //! 3. write the "not clean" superblock block, flush, so a half-written target is never taken
 //!    for a consistent filesystem;
-//! 4. write the other runs' goal bytes where the target does not hold them yet, flush;
+//! 4. write the other runs' goal bytes where the target does not hold them yet, flush; when
+//!    the patch says so ([`FLAG_DISCARD_ZEROS`], apply's patches), blocks whose new bytes are
+//!    all zero are discarded instead ([`Target::discard`]: BLKZEROOUT or a punched hole, which
+//!    read back as zeros, so a block whose discard was cut short still holds, sector by sector,
+//!    its old bytes or zeros, and is classified like a torn write);
 //! 5. write the goal superblock block, flush;
 //! 6. record "done"/"undone".
 //!
 //! Writes go out in pieces of at most [`WRITE_PIECE_BYTES`]. A power cut can tear a piece, so
 //! while the patch says applying or undoing, a block holding neither side is accepted when each
 //! of its 512-byte sectors (the unit a disk writes atomically) holds the old, the new or the
-//! "not clean" bytes: it is one we were writing. Fault injection for the tests (compiled in only with the cargo feature `fault-injection`): with
-//! `E2IMAGE_RS_FAULT_AFTER_WRITES=k` the process stops right after its k-th write (to the
-//! target or the patch state record), by returning an error, with `E2IMAGE_RS_FAULT_ABORT=1` by
-//! aborting, and with `E2IMAGE_RS_FAULT_TORN=1` by writing only part of a target write (ending
+//! "not clean" bytes: it is one we were writing. Fault injection for the tests (compiled in
+//! only with the cargo feature `fault-injection`): with `E2IMAGE_RS_FAULT_AFTER_WRITES=k` the
+//! process stops right after its k-th write (to the target, a discard included, or the patch
+//! state record), by returning an error, with `E2IMAGE_RS_FAULT_ABORT=1` by aborting, and with
+//! `E2IMAGE_RS_FAULT_TORN=1` by writing (or discarding) only part of a target write (ending
 //! inside a block, on a sector boundary) and aborting.
 
-use super::patch::{sha256, Patch, PatchState, Run};
-use super::target::Target;
+use super::patch::{sha256, Patch, PatchState, Run, FLAG_DISCARD_ZEROS};
+use super::target::{Discard, Target};
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
 
@@ -46,11 +51,15 @@ pub enum Goal {
 /// What a drive did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Driven {
-    /// Blocks that received their goal bytes (each counted once; the superblock block's
-    /// "not clean" mark written first is not counted).
+    /// Blocks that received their goal bytes by a write (each counted once; the superblock
+    /// block's "not clean" mark written first is not counted).
     pub blocks_written: u64,
     /// Bytes of those blocks.
     pub bytes_written: u64,
+    /// Blocks that received their goal bytes (zeros) by a discard.
+    pub blocks_discarded: u64,
+    /// Bytes of those blocks.
+    pub bytes_discarded: u64,
     /// The target held the goal side already: nothing was written.
     pub already: bool,
 }
@@ -148,6 +157,8 @@ struct Driver<'a> {
     goal: Goal,
     touched: bool,
     out: Driven,
+    /// SHA-256 of an all-zero block when goal blocks of zeros are discarded, else `None`.
+    discard_digest: Option<[u8; 32]>,
 }
 
 /// Brings `target` to the `goal` side of `patch`; see the module comment for the order.
@@ -161,6 +172,8 @@ pub fn drive(
     goal: Goal,
     faults: &mut Faults,
 ) -> Result<Driven, DriveError> {
+    let discards = goal == Goal::New && patch.header.has(FLAG_DISCARD_ZEROS);
+    let discard_digest = discards.then(|| sha256(&vec![0u8; patch.header.block_size as usize]));
     let mut d = Driver {
         patch,
         target,
@@ -168,6 +181,7 @@ pub fn drive(
         goal,
         touched: false,
         out: Driven::default(),
+        discard_digest,
     };
     // A signal now only stops the drive between two writes (see `Driver::write`).
     let _deferred = crate::sys::signals::Deferred::enter();
@@ -308,7 +322,8 @@ impl Driver<'_> {
         }))
     }
 
-    /// Writes the goal bytes of the blocks of `r` that do not hold them yet.
+    /// Writes the goal bytes of the blocks of `r` that do not hold them yet, in pieces of
+    /// blocks that are all discarded or all written.
     fn write_run(&mut self, r: &Run, holds: &[Holds]) -> Result<()> {
         let bs = self.patch.header.block_size as usize;
         let max = (WRITE_PIECE_BYTES / bs).max(1) as u64;
@@ -320,16 +335,32 @@ impl Driver<'_> {
                 i += 1;
                 continue;
             }
+            let zero = self.discarded(r, i);
             let mut n = 1;
-            while i + n < r.nb_blocks && n < max && !h(i + n).reached(self.goal) {
+            while i + n < r.nb_blocks
+                && n < max
+                && !h(i + n).reached(self.goal)
+                && self.discarded(r, i + n) == zero
+            {
                 n += 1;
             }
-            buf.resize(n as usize * bs, 0);
-            self.read_goal(r, i, &mut buf)?;
-            self.write(r.first_block + i, &buf, true)?;
+            if zero {
+                self.discard(r.first_block + i, n)?;
+            } else {
+                buf.resize(n as usize * bs, 0);
+                self.read_goal(r, i, &mut buf)?;
+                self.write(r.first_block + i, &buf, true)?;
+            }
             i += n;
         }
         Ok(())
+    }
+
+    /// True if block `i` of run `r` is to be discarded: the patch discards zeros, the goal is
+    /// the new side, and the block's new bytes are all zero.
+    fn discarded(&self, r: &Run, i: u64) -> bool {
+        self.discard_digest
+            .is_some_and(|z| self.patch.digests[(r.digest_index + i) as usize].new == z)
     }
 
     /// Reads goal bytes of run `r` from block `i` (verified when the patch was opened).
@@ -340,10 +371,7 @@ impl Driver<'_> {
     /// Writes `data` at `block`; `counted`: these are goal bytes (not the "not clean" mark).
     /// Stops before writing when the run was interrupted (a signal), between two writes.
     fn write(&mut self, block: u64, data: &[u8], counted: bool) -> Result<()> {
-        crate::sys::faults::stall();
-        if let Some(sig) = crate::sys::signals::interrupted() {
-            bail!("interrupted by {}", crate::sys::signals::name(sig));
-        }
+        self.before_write()?;
         let bs = u64::from(self.patch.header.block_size);
         self.touched = true;
         let part = self.faults.written_part(data.len(), bs as usize);
@@ -353,5 +381,36 @@ impl Driver<'_> {
             self.out.bytes_written += data.len() as u64;
         }
         self.faults.wrote()
+    }
+
+    /// Discards `n` blocks from `block` (their goal bytes are zeros); counted as a write by the
+    /// fault injection, and cut short like one by a torn fault. Where the target cannot
+    /// discard, zeros are written (and counted as written).
+    fn discard(&mut self, block: u64, n: u64) -> Result<()> {
+        self.before_write()?;
+        let bs = u64::from(self.patch.header.block_size);
+        let len = n * bs;
+        self.touched = true;
+        let part = self.faults.written_part(len as usize, bs as usize) as u64;
+        match self.target.discard(block * bs, part)? {
+            Discard::Discarded => {
+                self.out.blocks_discarded += n;
+                self.out.bytes_discarded += len;
+            }
+            Discard::ZerosWritten => {
+                self.out.blocks_written += n;
+                self.out.bytes_written += len;
+            }
+        }
+        self.faults.wrote()
+    }
+
+    /// The test stall point, then a stop if a signal came: between two writes.
+    fn before_write(&self) -> Result<()> {
+        crate::sys::faults::stall();
+        if let Some(sig) = crate::sys::signals::interrupted() {
+            bail!("interrupted by {}", crate::sys::signals::name(sig));
+        }
+        Ok(())
     }
 }

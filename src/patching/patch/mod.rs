@@ -1,6 +1,6 @@
-//! The rollback patch file: everything needed to finish (redo) or rewind (undo) a rollback,
-//! written and flushed before the target is touched. The format is described in README.md
-//! ("Rollback patch file"); in short:
+//! The patch file of rollback and apply: everything needed to finish (redo) or rewind (undo)
+//! the change of a target, written and flushed before the target is touched. The format is
+//! described in README.md ("Rollback patch file"); in short:
 //!
 //! ```text
 //! 0      header (512 bytes, CRC32C at 508)         identity, geometry, table offsets, digests
@@ -14,11 +14,14 @@
 //! All integers are little-endian. Every byte of the file is covered by a checksum: the header
 //! and state record by their CRC32C, the tables by the header's SHA-256, the data by the
 //! per-block digests, and the file length is fixed by the header. [`Patch::open`] checks all of
-//! it, so a corrupt patch is refused before anything is written.
+//! it, so a corrupt patch is refused before anything is written. All-zero data (the new bytes
+//! of a delta's discards) is left as holes, which read back as the same zeros.
 
 mod format;
 
-pub use format::{sha256, BlockDigests, PatchHeader, PatchState, Run};
+pub use format::{
+    sha256, BlockDigests, PatchHeader, PatchState, Run, FLAG_APPLY, FLAG_DISCARD_ZEROS,
+};
 
 use crate::bytes::le32 as get_u32;
 use anyhow::{bail, Context, Result};
@@ -83,15 +86,23 @@ impl PatchWriter {
                         new: sha256(w),
                     }),
             );
-        self.file
-            .write_all_at(old, self.cursor)
-            .context("cannot write the patch")?;
-        self.file
-            .write_all_at(new, self.cursor + old.len() as u64)
-            .context("cannot write the patch")?;
+        self.write_data(old, self.cursor)?;
+        self.write_data(new, self.cursor + old.len() as u64)?;
         self.cursor += 2 * old.len() as u64;
         self.next_block = first + n;
         Ok(())
+    }
+
+    /// Writes `data` at byte `at`, or leaves a hole there when it is all zeros (the discards of
+    /// a delta: reading the hole gives the same bytes, and the file stays small). The tables
+    /// written last always extend the file past every hole.
+    fn write_data(&self, data: &[u8], at: u64) -> Result<()> {
+        if data.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(data, at)
+            .context("cannot write the patch")
     }
 
     /// Writes the "not clean" superblock block, the tables, the header (completing `header`'s

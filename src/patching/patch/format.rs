@@ -1,4 +1,4 @@
-//! The rollback patch file format (version 1): constants, the header and state record codecs,
+//! The patch file format (version 1): constants, the header and state record codecs,
 //! the run and digest tables, and the checks of their sizes against each other and the file.
 //! See the module above for the layout.
 
@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// File magic, "e2image-rs rollback patch".
+/// File magic, "e2image-rs rollback patch" (apply writes the same format).
 pub const PATCH_MAGIC: [u8; 8] = *b"E2RSRBPT";
 /// State record magic.
 pub const STATE_MAGIC: [u8; 8] = *b"E2RSRBST";
@@ -37,6 +37,11 @@ const PATH_BYTES: usize = 168;
 const MAX_PATCH_BLOCKS: u64 = 1 << 32;
 /// Bytes read at once while verifying the data region.
 pub(super) const VERIFY_CHUNK_BYTES: usize = 8 << 20;
+/// Header flag: blocks whose new bytes are all zero are discarded on the target (a hole
+/// punched in an image file, BLKZEROOUT on a block device) instead of written.
+pub const FLAG_DISCARD_ZEROS: u32 = 1;
+/// Header flag: the patch was made by `apply` (a delta), not by `rollback`.
+pub const FLAG_APPLY: u32 = 2;
 
 /// Where a rollback stands, as recorded in the state record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +87,9 @@ impl PatchState {
 pub struct PatchHeader {
     /// Filesystem block size, in bytes; every run is in these units.
     pub block_size: u32,
+    /// [`FLAG_DISCARD_ZEROS`], [`FLAG_APPLY`] (0 in rollback patches, and in patches written
+    /// before the field existed).
+    pub flags: u32,
     /// `s_uuid` of the filesystem.
     pub fs_uuid: [u8; 16],
     /// `s_blocks_count` of the filesystem.
@@ -141,12 +149,18 @@ pub(super) fn crc(data: &[u8]) -> u32 {
 }
 
 impl PatchHeader {
+    /// True if `flag` is set.
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
     pub(super) fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut b = [0u8; HEADER_BYTES];
         b[0..8].copy_from_slice(&PATCH_MAGIC);
         put_u32(&mut b, 8, PATCH_VERSION);
         put_u32(&mut b, 12, HEADER_BYTES as u32);
         put_u32(&mut b, 16, self.block_size);
+        put_u32(&mut b, 20, self.flags);
         b[24..40].copy_from_slice(&self.fs_uuid);
         put_u64(&mut b, 40, self.s_blocks_count);
         put_u64(&mut b, 48, self.target_size);
@@ -180,6 +194,7 @@ impl PatchHeader {
         }
         Ok(PatchHeader {
             block_size: get_u32(b, 16),
+            flags: get_u32(b, 20),
             fs_uuid: b[24..40].try_into().unwrap_or_default(),
             s_blocks_count: get_u64(b, 40),
             target_size: get_u64(b, 48),

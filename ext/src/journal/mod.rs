@@ -1,0 +1,26 @@
+//! The jbd2 journal: finding it (`locate`), its superblock (`superblock`) and log blocks
+//! (`log`), the three recovery passes (`passes`, `recovery`), the fast-commit area
+//! (`fast_commit`), and the replayed view built in memory (`view`). Nothing is ever written:
+//! a recovery is an overlay of journal copies over the device view.
+//!
+//! Inside the folder, bottom to top: `superblock`, `log` (decoding, no I/O); `locate` (the
+//! journal's map and its reads); `passes`, `fast_commit`; `recovery`; `view`.
+
+mod fast_commit;
+mod locate;
+mod log;
+mod passes;
+mod recovery;
+mod superblock;
+mod view;
+
+pub use fast_commit::FastCommit;
+pub use locate::{Journal, JournalLocation, JournalLookup, JournalRun, Located};
+pub use log::tag_flags;
+pub use passes::OverlayBlock;
+pub use recovery::{JournalState, Recovery};
+pub use superblock::{
+    blocktype, jbd2_feature, journal_superblock_checksum, JournalSuperblock, JBD2_MAGIC_NUMBER,
+    JOURNAL_SUPERBLOCK_SIZE, JSB_S_CHECKSUM_OFFSET, JSB_S_SEQUENCE_OFFSET, JSB_S_START_OFFSET,
+};
+pub use view::{ReplayMode, ReplayedView};

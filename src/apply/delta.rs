@@ -1,0 +1,221 @@
+//! A delta image, opened for replaying: its record, and the map of the guest clusters it
+//! replaces, found through its L1/L2 tables (so the cost follows the delta's size, not the
+//! filesystem's), in guest order.
+//!
+//! An allocated cluster (data or compressed) holds new bytes; a zero cluster (QCOW2 v3) is a
+//! discard, new bytes all zero; an unallocated cluster keeps the target's bytes. Consecutive
+//! data clusters stored consecutively in the file are one run, read with one `pread`.
+
+use crate::delta_record::DeltaRecord;
+use crate::ranges::push;
+use anyhow::{Context, Result};
+use qcow::{ClusterMapping, Layer, Reader};
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// How a run of guest clusters is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Uncompressed, the run's clusters one after the other from this host byte offset.
+    Data {
+        /// Host byte offset of the run's first cluster.
+        host: u64,
+    },
+    /// One compressed cluster (read through the QCOW2 reader).
+    Compressed,
+    /// Zero clusters: a discard.
+    Zero,
+}
+
+/// A run of replaced guest clusters, stored alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterRun {
+    /// First guest cluster.
+    pub first: u64,
+    /// Number of clusters.
+    pub count: u64,
+    /// How they are stored.
+    pub stored: Stored,
+}
+
+impl ClusterRun {
+    fn end(&self) -> u64 {
+        self.first + self.count
+    }
+}
+
+/// An opened delta.
+pub struct Delta {
+    /// Its path.
+    pub path: PathBuf,
+    /// The QCOW2 reader (for compressed clusters and the first cluster's bytes).
+    pub reader: Reader,
+    /// Its own handle, for the data reads.
+    file: File,
+    /// The delta record, if it has one.
+    pub record: Option<DeltaRecord>,
+    /// The replaced clusters, in guest order.
+    pub runs: Vec<ClusterRun>,
+    /// Cluster size in bytes.
+    pub cluster: u64,
+    /// Guest disk size in bytes.
+    pub size: u64,
+}
+
+impl Delta {
+    /// Opens `path` and maps its replaced clusters.
+    ///
+    /// # Errors
+    /// Not a usable QCOW2 image; corrupt L1/L2 tables; I/O errors.
+    pub fn open(path: &Path) -> Result<Delta> {
+        let open = || File::open(path).with_context(|| format!("cannot open {}", path.display()));
+        let reader = Reader::open(open()?)
+            .with_context(|| format!("{}: not a usable QCOW2 image", path.display()))?;
+        let record = DeltaRecord::of(&reader);
+        let cluster = reader.cluster_size();
+        let runs =
+            map_runs(&reader).with_context(|| format!("delta {} is corrupt", path.display()))?;
+        Ok(Delta {
+            path: path.to_path_buf(),
+            file: open()?,
+            size: reader.virtual_size(),
+            record,
+            runs,
+            cluster,
+            reader,
+        })
+    }
+
+    /// Number of replaced clusters (allocated or zero).
+    pub fn replaced_clusters(&self) -> u64 {
+        self.runs.iter().map(|r| r.count).sum()
+    }
+
+    /// Number of zero clusters.
+    pub fn zero_clusters(&self) -> u64 {
+        let zero = self.runs.iter().filter(|r| r.stored == Stored::Zero);
+        zero.map(|r| r.count).sum()
+    }
+
+    /// The filesystem blocks (of `bs` bytes) the replaced clusters touch, as sorted ranges.
+    pub fn blocks(&self, bs: u64) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        for r in &self.runs {
+            let (start, end) = self.byte_span(r.first..r.end());
+            push(&mut out, start / bs..end.div_ceil(bs));
+        }
+        out
+    }
+
+    /// Bytes `[start, end)` of guest clusters `c`, clipped to the disk.
+    fn byte_span(&self, c: Range<u64>) -> (u64, u64) {
+        let end = c.end.saturating_mul(self.cluster).min(self.size);
+        (c.start * self.cluster, end)
+    }
+
+    /// Number of replaced clusters touching bytes `[start, end)`.
+    pub fn clusters_touching(&self, start: u64, end: u64) -> u64 {
+        let (first, last) = (start / self.cluster, end.div_ceil(self.cluster));
+        let i = self.runs.partition_point(|r| r.end() <= first);
+        self.runs[i..]
+            .iter()
+            .take_while(|r| r.first < last)
+            .map(|r| r.end().min(last) - r.first.max(first))
+            .sum()
+    }
+
+    /// Lays the delta's bytes over `buf`, which holds the target's bytes at guest byte
+    /// `offset`: data where clusters are allocated, zeros where they are zero clusters.
+    ///
+    /// # Errors
+    /// Read errors of the delta (a cluster past its end included).
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let first = offset / self.cluster;
+        let i = self.runs.partition_point(|r| r.end() <= first);
+        for r in self.runs[i..]
+            .iter()
+            .take_while(|r| r.first * self.cluster < end)
+        {
+            let (s, e) = self.byte_span(r.first..r.end());
+            let (s, e) = (s.max(offset), e.min(end));
+            if s >= e {
+                continue;
+            }
+            let part = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            match r.stored {
+                Stored::Zero => part.fill(0),
+                Stored::Data { host } => {
+                    let at = host + (s - r.first * self.cluster);
+                    self.file.read_exact_at(part, at).with_context(|| {
+                        format!("cannot read {} at byte {at}", self.path.display())
+                    })?;
+                }
+                Stored::Compressed => self.read_compressed(r.first, s, part)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads guest bytes from `at` of compressed cluster `c` into `part`.
+    fn read_compressed(&self, c: u64, at: u64, part: &mut [u8]) -> Result<()> {
+        let mut whole = vec![0u8; self.cluster as usize];
+        self.reader
+            .layer(Layer::Active)?
+            .read_cluster(c, &mut whole)
+            .with_context(|| format!("delta {} is corrupt", self.path.display()))?;
+        let within = (at - c * self.cluster) as usize;
+        part.copy_from_slice(&whole[within..within + part.len()]);
+        Ok(())
+    }
+
+    /// SHA-256 of the delta's first cluster (or of the whole file when shorter), for the
+    /// patch header.
+    ///
+    /// # Errors
+    /// Read errors.
+    pub fn first_cluster_sha256(&self) -> Result<[u8; 32]> {
+        let mut first = vec![0u8; self.cluster.min(self.reader.file_len()) as usize];
+        self.file
+            .read_exact_at(&mut first, 0)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        Ok(crate::patching::sha256(&first))
+    }
+}
+
+/// The replaced clusters of the active layer, as runs.
+fn map_runs(reader: &Reader) -> Result<Vec<ClusterRun>> {
+    let layer = reader.layer(Layer::Active)?;
+    let cluster = reader.cluster_size();
+    let mut runs: Vec<ClusterRun> = Vec::new();
+    layer.for_each_allocated(|g, m| {
+        let stored = match m {
+            ClusterMapping::Normal { host_offset } => Stored::Data { host: host_offset },
+            ClusterMapping::Compressed { .. } => Stored::Compressed,
+            ClusterMapping::Zero => Stored::Zero,
+            ClusterMapping::Unallocated => return Ok(()),
+        };
+        if let Some(last) = runs.last_mut().filter(|l| l.end() == g) {
+            let follows = match (last.stored, stored) {
+                (Stored::Zero, Stored::Zero) => true,
+                (Stored::Data { host: a }, Stored::Data { host: b }) => {
+                    a + last.count * cluster == b
+                }
+                _ => false,
+            };
+            if follows {
+                last.count += 1;
+                return Ok(());
+            }
+        }
+        runs.push(ClusterRun {
+            first: g,
+            count: 1,
+            stored,
+        });
+        Ok(())
+    })?;
+    Ok(runs)
+}

@@ -1,0 +1,196 @@
+//! The delta record: a private QCOW2 header extension saying which two states of which
+//! filesystem a delta image goes between, so that `apply` can refuse a target that does not
+//! hold the FROM state.
+//!
+//! A delta (`e2image-rs -Q -x FROM..TO`) maps a cluster only where TO's copy set differs from
+//! FROM (allocated, with TO's bytes) or where FROM used blocks that TO frees (zero clusters, the
+//! discards); everything else is unallocated. The record names the states and pins FROM down:
+//!
+//! * `from_fingerprint`: SHA-256 of FROM's primary superblock (the 1024 bytes at byte 1024)
+//!   followed by its primary group descriptor blocks, in order (what `Filesystem` reads);
+//! * `from_digest`: SHA-256 over, for every cluster the delta replaces (allocated or zero), in
+//!   guest order, for every filesystem block of that cluster in FROM's copy set, the block
+//!   number (u64, big-endian) then the block's bytes in FROM. `apply` recomputes it on the
+//!   target (whose own walk gives FROM's copy set when it holds FROM) before writing.
+//!
+//! Layout (big-endian; 148 bytes plus the names): u32 version (1), u32 flags
+//! ([`FLAG_FILE_DATA`], [`FLAG_SNAPSHOT_FILES`], [`FLAG_ZEROS_RECORDED`], [`FLAG_BACKING`]),
+//! 16 bytes `s_uuid`, u32 block size, u32 reserved (0), u64 `s_blocks_count`, 32 bytes
+//! `from_fingerprint`, 32 bytes `to_fingerprint`, 32 bytes `from_digest`, u64 number of
+//! replaced clusters, u16 and u16 the lengths of the FROM and TO names, then the names (UTF-8,
+//! at most [`MAX_NAME_BYTES`] each).
+
+use crate::bytes::{be32, get_array, put_be32};
+
+/// Header extension type of the record: "e2id".
+pub const EXT_DELTA_RECORD: u32 = 0x6532_6964;
+/// The only record version so far.
+const RECORD_VERSION: u32 = 1;
+/// The delta holds file data (`-d`).
+pub const FLAG_FILE_DATA: u32 = 1;
+/// Snapshot files' blocks are part of the copy sets.
+pub const FLAG_SNAPSHOT_FILES: u32 = 2;
+/// Discards are zero clusters (v3).
+pub const FLAG_ZEROS_RECORDED: u32 = 4;
+/// The delta names FROM's full export as its backing file.
+pub const FLAG_BACKING: u32 = 8;
+/// Longest state name kept in the record, in bytes (longer names are cut): keeps the
+/// header and its extensions within one 512-byte cluster.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Bytes before the names.
+const FIXED_BYTES: usize = 148;
+
+/// What a delta goes between.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaRecord {
+    /// Flags (see the module comment).
+    pub flags: u32,
+    /// The filesystem's `s_uuid`.
+    pub fs_uuid: [u8; 16],
+    /// Its block size in bytes.
+    pub block_size: u32,
+    /// Its `s_blocks_count`.
+    pub blocks_count: u64,
+    /// SHA-256 of FROM's superblock and primary group descriptor blocks.
+    pub from_fingerprint: [u8; 32],
+    /// The same for TO.
+    pub to_fingerprint: [u8; 32],
+    /// SHA-256 of FROM's bytes on the replaced clusters (see the module comment).
+    pub from_digest: [u8; 32],
+    /// Clusters the delta replaces (allocated or zero).
+    pub replaced_clusters: u64,
+    /// FROM's name ("current", a snapshot's name, an image path).
+    pub from_name: String,
+    /// TO's name.
+    pub to_name: String,
+}
+
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    put_be32(b, at, (v >> 32) as u32);
+    put_be32(b, at + 4, v as u32);
+}
+
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
+}
+
+/// `s` cut to [`MAX_NAME_BYTES`] at a character boundary.
+fn cut(s: &str) -> &str {
+    let mut n = s.len().min(MAX_NAME_BYTES);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
+impl DeltaRecord {
+    /// True if `flag` is set.
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// The extension's data.
+    pub fn encode(&self) -> Vec<u8> {
+        let (from, to) = (cut(&self.from_name), cut(&self.to_name));
+        let mut b = vec![0u8; FIXED_BYTES];
+        put_be32(&mut b, 0, RECORD_VERSION);
+        put_be32(&mut b, 4, self.flags);
+        b[8..24].copy_from_slice(&self.fs_uuid);
+        put_be32(&mut b, 24, self.block_size);
+        put_u64(&mut b, 32, self.blocks_count);
+        b[40..72].copy_from_slice(&self.from_fingerprint);
+        b[72..104].copy_from_slice(&self.to_fingerprint);
+        b[104..136].copy_from_slice(&self.from_digest);
+        put_u64(&mut b, 136, self.replaced_clusters);
+        b[144..146].copy_from_slice(&(from.len() as u16).to_be_bytes());
+        b[146..148].copy_from_slice(&(to.len() as u16).to_be_bytes());
+        b.extend_from_slice(from.as_bytes());
+        b.extend_from_slice(to.as_bytes());
+        b
+    }
+
+    /// Decodes the extension's data; `None` when it is not a well-formed version-1 record.
+    pub fn decode(data: &[u8]) -> Option<DeltaRecord> {
+        let b = data.get(..FIXED_BYTES)?;
+        if be32(b, 0) != RECORD_VERSION {
+            return None;
+        }
+        let from_len = usize::from(u16::from_be_bytes([b[144], b[145]]));
+        let to_len = usize::from(u16::from_be_bytes([b[146], b[147]]));
+        let names = data.get(FIXED_BYTES..FIXED_BYTES.checked_add(from_len + to_len)?)?;
+        let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
+        Some(DeltaRecord {
+            flags: be32(b, 4),
+            fs_uuid: get_array(b, 8),
+            block_size: be32(b, 24),
+            blocks_count: get_u64(b, 32),
+            from_fingerprint: get_array(b, 40),
+            to_fingerprint: get_array(b, 72),
+            from_digest: get_array(b, 104),
+            replaced_clusters: get_u64(b, 136),
+            from_name: text(&names[..from_len]),
+            to_name: text(&names[from_len..]),
+        })
+    }
+
+    /// The record of a delta image, if it has one.
+    pub fn of(reader: &qcow::Reader) -> Option<DeltaRecord> {
+        reader
+            .header_extension(EXT_DELTA_RECORD)
+            .and_then(DeltaRecord::decode)
+    }
+}
+
+/// SHA-256 of `fs`'s superblock (the 1024 bytes at byte 1024) followed by its group
+/// descriptor blocks, in order: what pins a filesystem state down (mount counts and write
+/// times included).
+///
+/// # Errors
+/// Read errors.
+pub fn fingerprint<V: ext::BlockView>(fs: &ext::Filesystem<V>) -> anyhow::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut sb = vec![0u8; ext::SUPERBLOCK_SIZE];
+    fs.view()
+        .read_at(ext::SUPERBLOCK_OFFSET, &mut sb)
+        .map_err(|e| anyhow::anyhow!("cannot read the superblock: {e}"))?;
+    h.update(&sb);
+    let mut block = vec![0u8; fs.sb.block_size as usize];
+    for b in fs.descriptor_blocks() {
+        fs.read_blocks(b, &mut block)?;
+        h.update(&block);
+    }
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_cut_names() {
+        let r = DeltaRecord {
+            flags: FLAG_FILE_DATA | FLAG_ZEROS_RECORDED,
+            fs_uuid: [7; 16],
+            block_size: 4096,
+            blocks_count: 1 << 40,
+            from_fingerprint: [1; 32],
+            to_fingerprint: [2; 32],
+            from_digest: [3; 32],
+            replaced_clusters: 12345,
+            from_name: "monday".into(),
+            to_name: "current".into(),
+        };
+        assert_eq!(DeltaRecord::decode(&r.encode()), Some(r.clone()));
+        let long = DeltaRecord {
+            from_name: "é".repeat(100),
+            ..r
+        };
+        let back = DeltaRecord::decode(&long.encode()).unwrap();
+        assert!(back.from_name.len() <= MAX_NAME_BYTES);
+        assert!(DeltaRecord::decode(&[0u8; 10]).is_none());
+        let mut bad = long.encode();
+        bad[3] = 9;
+        assert!(DeltaRecord::decode(&bad).is_none());
+    }
+}

@@ -1,0 +1,242 @@
+//! The journal of each state, recovered in memory ("journal + disk = consistent state"); the
+//! source is never written.
+//!
+//! * Default (faithful, replay-complete): the image holds the blocks as they are on disk and
+//!   the whole journal, plus every block the replayed state's walk needs besides (with `-d`,
+//!   the data of files that exist only after replay) and the blocks the fast-commit area
+//!   names. Replaying the image (the kernel at mount, `e2fsck`, `debugfs jr`) then gives the
+//!   replayed source on every block a walk of it copies.
+//! * `--replay`: the image holds the replayed state (ext's [`ReplayMode::Replayed`] view):
+//!   the newest journal copies, needs_recovery cleared, the journal emptied.
+//!
+//! Journal problems (an unusable journal, a corrupt log) are warnings naming the journal
+//! block; the rest is exported.
+
+use crate::plan::ExportPlan;
+use anyhow::Result;
+use ext::{
+    BlockClass, BlockSet, BlockView, FileView, Filesystem, Journal, JournalLookup, JournalState,
+    OpenOptions, ReplayMode, ReplayedView, WalkOptions, WalkResult, Warning,
+};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// What the journal of one state asks of the export.
+pub(super) struct StateJournal<'v> {
+    /// The recovery as a view: the overlay alone (default) or the replayed state
+    /// (`--replay`); `None` when nothing is replayed.
+    pub(super) view: Option<ReplayedView<'v, &'v dyn BlockView>>,
+    /// Filesystem extents (first block, blocks) the fast-commit area names: copied as they are.
+    pub(super) fast_commit_blocks: Vec<(u64, u64)>,
+    /// Problems: journal blocks named in each.
+    pub(super) warnings: Vec<Warning>,
+    /// What was found and done, for the summary.
+    pub(super) notes: Vec<String>,
+}
+
+impl StateJournal<'_> {
+    fn nothing() -> Self {
+        StateJournal {
+            view: None,
+            fast_commit_blocks: Vec::new(),
+            warnings: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Opens the external journal device `path` read-only.
+///
+/// # Errors
+/// The device cannot be opened.
+pub(super) fn open_journal_dev(path: &Path) -> Result<FileView> {
+    use anyhow::Context;
+    FileView::open(path)
+        .with_context(|| format!("--journal-dev: cannot open {} read-only", path.display()))
+}
+
+/// Finds and recovers the journal of the filesystem on `view` (opened with `opts`);
+/// `external` is the external journal device, if given. A filesystem that cannot be opened
+/// has nothing to recover here (the export reports it).
+///
+/// # Errors
+/// An I/O error reading the journal.
+pub(super) fn recover<'v>(
+    view: &'v dyn BlockView,
+    external: Option<&'v dyn BlockView>,
+    opts: &OpenOptions,
+    plan: &ExportPlan,
+) -> Result<StateJournal<'v>> {
+    let Ok((fs, _)) = Filesystem::open_with_fallback(view, opts) else {
+        return Ok(StateJournal::nothing());
+    };
+    let located = Journal::locate(&fs, external)?;
+    let mut out = StateJournal::nothing();
+    out.warnings = located.warnings;
+    let dirty = fs.sb.has_incompat(ext::incompat::RECOVER);
+    let journal = match located.lookup {
+        JournalLookup::Found(j) => j,
+        JournalLookup::None => return Ok(out),
+        JournalLookup::ExternalNotGiven { uuid } => {
+            not_given(&mut out, &uuid, dirty, plan.replay);
+            return Ok(out);
+        }
+        JournalLookup::Unusable { reason } => {
+            out.warnings.push(journal_warning(format!(
+                "the journal is unusable: {reason}{}",
+                if dirty {
+                    "; it needs recovery, the image holds the blocks as they are on disk"
+                } else {
+                    ""
+                }
+            )));
+            return Ok(out);
+        }
+    };
+    let recovery = journal.recover();
+    recovery_findings(&mut out, &recovery, plan.replay);
+    if journal.state() == JournalState::LogWithoutRecoverFlag {
+        out.notes.push(
+            "the journal holds a log but needs_recovery is clear: not replayed (as the kernel does)"
+                .into(),
+        );
+    }
+    if !recovery.replayed {
+        return Ok(out);
+    }
+    let mode = if plan.replay {
+        ReplayMode::Replayed
+    } else {
+        ReplayMode::Overlay
+    };
+    let view = ReplayedView::on_base(view, &journal, external, &recovery, mode)?;
+    out.notes
+        .push(replay_note(&recovery, view.changed_blocks().len(), plan));
+    out.view = Some(view);
+    Ok(out)
+}
+
+/// The recovery's warnings and errors, and the fast-commit area's blocks (a warning when
+/// `--replay` leaves pending fast commits out).
+fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, replay: bool) {
+    out.warnings.extend(recovery.warnings.iter().cloned());
+    if let Some(e) = &recovery.error {
+        out.warnings
+            .push(journal_warning(format!("journal recovery error: {e}")));
+    }
+    if let Some(fc) = &recovery.fast_commit {
+        out.fast_commit_blocks = fc.referenced.iter().map(|&(b, n)| (b.0, n)).collect();
+        if fc.pending && replay {
+            out.warnings.push(journal_warning(
+                "the journal has fast commits for the last transaction; they are not replayed (only the block journal is): the replayed state misses them".into(),
+            ));
+        }
+    }
+}
+
+/// The note for a recovered journal.
+fn replay_note(r: &ext::Recovery, changed: usize, plan: &ExportPlan) -> String {
+    let what = format!(
+        "{} transactions (tids {}..{}), {} blocks",
+        r.transactions(),
+        r.start_tid,
+        r.end_tid,
+        changed
+    );
+    if plan.replay {
+        format!("the journal was replayed in memory: {what}; the image holds the replayed state (the source was not written)")
+    } else {
+        format!("the journal needs recovery: {what}; the image holds the blocks as they are on disk, the whole journal and what the replayed state needs besides (--replay writes the replayed state)")
+    }
+}
+
+/// An external journal that was not given.
+fn not_given(out: &mut StateJournal<'_>, uuid: &[u8; 16], dirty: bool, replay: bool) {
+    let uuid: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+    let msg = format!("the journal is on an external device (journal UUID {uuid}), not given (--journal-dev PATH)");
+    match (dirty, replay) {
+        (true, true) => out.warnings.push(journal_warning(format!(
+            "{msg}: it needs recovery and was not replayed; the image holds the blocks as they are on disk"
+        ))),
+        (true, false) => out
+            .notes
+            .push(format!("{msg}; the filesystem needs recovery from it")),
+        (false, _) => out.notes.push(msg),
+    }
+}
+
+fn journal_warning(reason: String) -> Warning {
+    Warning {
+        inode: None,
+        block: None,
+        offset: None,
+        reason,
+    }
+}
+
+/// Recovers the journal of every state; state 0 (the source) uses `-b`/`-B` and the external
+/// journal device, unless `skip_first` (its journal was handled before).
+///
+/// # Errors
+/// An I/O error reading a journal.
+pub(super) fn recover_states<'v>(
+    views: &[&'v dyn BlockView],
+    external: Option<&'v dyn BlockView>,
+    plan: &ExportPlan,
+    skip_first: bool,
+) -> Result<Vec<StateJournal<'v>>> {
+    views
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| match k {
+            0 if skip_first => Ok(StateJournal::nothing()),
+            0 => recover(v, external, &plan.open, plan),
+            _ => recover(v, None, &OpenOptions::default(), plan),
+        })
+        .collect()
+}
+
+/// Completes the walk `walked` of a state for its journal `j`: the blocks the fast-commit
+/// area names and, in a faithful export (not `--replay`), every block a walk of the replayed
+/// state needs, so that replaying the image gives the replayed source. Warnings of that walk
+/// that the on-disk walk did not give are added, marked "after replay".
+pub(super) fn complete(
+    walked: &mut WalkResult,
+    sb: &ext::Superblock,
+    j: &StateJournal<'_>,
+    opts: &WalkOptions,
+    replay: bool,
+) {
+    let mut extra = BlockSet::new();
+    for &(b, n) in &j.fast_commit_blocks {
+        extra.add(b, n, BlockClass::Journal);
+    }
+    if let (Some(v), false) = (&j.view, replay) {
+        match Filesystem::open_with_fallback(v as &dyn BlockView, &OpenOptions::default()) {
+            Ok((rfs, _)) => {
+                let mut r = ext::walk(&rfs, opts);
+                extra.append(&mut r.blocks);
+                let seen: HashSet<String> =
+                    walked.warnings.iter().map(|w| w.to_string()).collect();
+                walked.warnings.extend(
+                    r.warnings
+                        .into_iter()
+                        .filter(|w| !seen.contains(&w.to_string()))
+                        .map(|w| Warning {
+                            reason: format!("after replay: {}", w.reason),
+                            ..w
+                        }),
+                );
+            }
+            Err(e) => walked.warnings.push(journal_warning(format!(
+                "the replayed state cannot be opened ({e}); only the on-disk state's blocks were copied"
+            ))),
+        }
+    }
+    if extra.extents().is_empty() {
+        return;
+    }
+    extra.append(&mut walked.blocks);
+    extra.finish(sb.cluster_ratio, sb.s_blocks_count);
+    walked.blocks = extra;
+}

@@ -1,0 +1,282 @@
+//! The device or image file a rollback or apply writes to: refused when mounted, opened
+//! exclusively when it is a block device, locked (flock) against other e2image-rs runs, read
+//! and written in whole filesystem blocks, and discarded (zeroed deterministically).
+//!
+//! While a rollback or apply is part-way, the target's primary superblock is the "not clean"
+//! variant ([`not_clean`]): `s_state` without EXT2_VALID_FS, and `s_last_mounted` naming the
+//! patch (`e2image-rs rollback: PATH` or `e2image-rs apply: PATH`, cut from the left to fit
+//! its 64 bytes), so that a later run (or a person reading `dumpe2fs`) can tell which patch
+//! finishes or rewinds it.
+//!
+//! A discard ([`Target::discard`]) leaves zeros that read back the same on every later read,
+//! so that `--resume` and `--undo` can tell a discarded block from any other: on a block
+//! device BLKZEROOUT, on an image file a hole punched (`FALLOC_FL_PUNCH_HOLE |
+//! FALLOC_FL_KEEP_SIZE`); where either is not supported, zeros are written.
+
+use super::command::Command;
+use crate::bytes::{get_str, le16, le32, put_le16, put_le32};
+use crate::sys::mounted::mounted_anywhere;
+use anyhow::{bail, Context, Result};
+use ext::{
+    ro_compat, superblock_checksum, EXT2_VALID_FS, SUPERBLOCK_SIZE, S_CHECKSUM_OFFSET,
+    S_FEATURE_RO_COMPAT_OFFSET, S_LAST_MOUNTED_OFFSET, S_LAST_MOUNTED_SIZE, S_STATE_OFFSET,
+};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// `BLKZEROOUT`, `_IO(0x12, 127)`: zero a byte range of a block device (its argument points
+/// at two u64, start and length, both multiples of 512).
+const BLKZEROOUT: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(0x12, 127);
+/// Zeros written at once where a discard falls back to writing.
+const ZERO_PIECE_BYTES: u64 = 1 << 20;
+
+/// An opened rollback or apply target.
+pub struct Target {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    block_device: bool,
+}
+
+/// How a discard was done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// BLKZEROOUT on a block device, or a hole punched in a file.
+    Discarded,
+    /// Neither is supported here: zeros were written.
+    ZerosWritten,
+}
+
+impl Target {
+    /// Opens `path` for reading, or for reading and writing when `write`; refuses a mounted
+    /// target (any mount, read-only included) and opens block devices with O_EXCL, which the
+    /// kernel refuses while anything else holds the device exclusively (a mount included).
+    ///
+    /// # Errors
+    /// Mounted or busy target, I/O errors.
+    pub fn open(path: &Path, write: bool) -> Result<Target> {
+        let t = Target::open_unlocked(path, write)?;
+        if write {
+            crate::sys::lock::exclusive(&t.file, path, "the target")?;
+        } else {
+            crate::sys::lock::shared(&t.file, path, "the target")?;
+        }
+        Ok(t)
+    }
+
+    fn open_unlocked(path: &Path, write: bool) -> Result<Target> {
+        if let Some(at) = mounted_anywhere(path) {
+            bail!(
+                "{} is mounted on {}: unmount it first; nothing was written",
+                path.display(),
+                at.display()
+            );
+        }
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut o = OpenOptions::new();
+        o.read(true).write(write);
+        if meta.file_type().is_block_device() {
+            o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        } else if !meta.is_file() {
+            bail!("{}: not a block device or a regular file", path.display());
+        }
+        let mut file = o.open(path).with_context(|| {
+            format!(
+                "cannot open {} {}",
+                path.display(),
+                if write { "for writing" } else { "" }
+            )
+        })?;
+        let size = file.seek(SeekFrom::End(0))?;
+        Ok(Target {
+            file,
+            path: path.to_path_buf(),
+            size,
+            block_device: meta.file_type().is_block_device(),
+        })
+    }
+
+    /// Size of the target in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The path it was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads `buf.len()` bytes at byte `offset`.
+    ///
+    /// # Errors
+    /// I/O errors, naming the offset.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .with_context(|| format!("cannot read {} at byte {offset}", self.path.display()))
+    }
+
+    /// Writes `buf` at byte `offset`.
+    ///
+    /// # Errors
+    /// I/O errors, naming the offset.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .with_context(|| format!("cannot write {} at byte {offset}", self.path.display()))
+    }
+
+    /// Zeros `len` bytes at byte `offset` (both multiples of 512) by discarding them (see the
+    /// module comment); falls back to writing zeros where discarding is not supported.
+    ///
+    /// # Errors
+    /// I/O errors, naming the offset.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<Discard> {
+        let done = if self.block_device {
+            // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer that
+            // `Setter` passes, and writes nothing back.
+            unsafe {
+                let ctl = rustix::ioctl::Setter::<BLKZEROOUT, [u64; 2]>::new([offset, len]);
+                rustix::ioctl::ioctl(&self.file, ctl)
+            }
+        } else {
+            use rustix::fs::FallocateFlags as F;
+            rustix::fs::fallocate(&self.file, F::PUNCH_HOLE | F::KEEP_SIZE, offset, len)
+        };
+        match done {
+            Ok(()) => Ok(Discard::Discarded),
+            Err(e) if unsupported(e) => {
+                self.write_zeros(offset, len)?;
+                Ok(Discard::ZerosWritten)
+            }
+            Err(e) => Err(std::io::Error::from(e)).with_context(|| {
+                format!(
+                    "cannot discard {len} bytes of {} at byte {offset}",
+                    self.path.display()
+                )
+            }),
+        }
+    }
+
+    fn write_zeros(&self, offset: u64, len: u64) -> Result<()> {
+        let zeros = vec![0u8; len.min(ZERO_PIECE_BYTES) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZERO_PIECE_BYTES);
+            self.write_at(offset + done, &zeros[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Flushes written data to stable storage.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("cannot flush {}", self.path.display()))
+    }
+
+    /// The underlying file (for read-only filesystem views).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// True for the errors that say a discard is not supported by this file or device.
+fn unsupported(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    [Errno::OPNOTSUPP, Errno::NOTTY, Errno::NOSYS, Errno::INVAL].contains(&e)
+}
+
+/// The superblock block `block` with `s_state` saying "not cleanly unmounted" (EXT2_VALID_FS
+/// cleared), `s_last_mounted` naming `patch` of `command` (see the module comment) and, with
+/// metadata_csum, `s_checksum` recomputed. `sb_at` is the superblock's byte offset inside
+/// the block.
+pub fn not_clean(block: &[u8], sb_at: usize, patch: &Path, command: Command) -> Vec<u8> {
+    let mut b = block.to_vec();
+    let sb = &mut b[sb_at..sb_at + SUPERBLOCK_SIZE];
+    let state = le16(sb, S_STATE_OFFSET) & !EXT2_VALID_FS;
+    put_le16(sb, S_STATE_OFFSET, state);
+    let mark = part_way_mark(patch, command);
+    let field = &mut sb[S_LAST_MOUNTED_OFFSET..S_LAST_MOUNTED_OFFSET + S_LAST_MOUNTED_SIZE];
+    field.fill(0);
+    field[..mark.len()].copy_from_slice(mark.as_bytes());
+    if le32(sb, S_FEATURE_RO_COMPAT_OFFSET) & ro_compat::METADATA_CSUM != 0 {
+        let c = superblock_checksum(sb);
+        put_le32(sb, S_CHECKSUM_OFFSET, c);
+    }
+    b
+}
+
+/// `e2image-rs rollback: PATH` (or `apply`) in at most 63 bytes (NUL-terminated field): the
+/// path is cut from the left, at a character boundary, marked with `…`.
+fn part_way_mark(patch: &Path, command: Command) -> String {
+    let prefix = command.mark();
+    let path = std::path::absolute(patch).unwrap_or_else(|_| patch.to_path_buf());
+    let path = path.display().to_string();
+    let room = S_LAST_MOUNTED_SIZE - 1 - prefix.len();
+    if path.len() <= room {
+        return format!("{prefix}{path}");
+    }
+    let mut cut = path.len() + '…'.len_utf8() - room;
+    while !path.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("{prefix}…{}", &path[cut..])
+}
+
+/// A part-way mark found in a target's superblock: which command left it, naming which patch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartWay {
+    /// The command whose interrupted run left the mark.
+    pub command: Command,
+    /// The patch that finishes or rewinds it (as the mark names it).
+    pub patch: String,
+}
+
+/// The patch a part-way rollback or apply left its mark for in the superblock `sb` (1024
+/// bytes), if the filesystem is marked not clean by one.
+pub fn part_way(sb: &[u8]) -> Option<PartWay> {
+    if sb.len() < SUPERBLOCK_SIZE {
+        return None;
+    }
+    let state = le16(sb, S_STATE_OFFSET);
+    if state & EXT2_VALID_FS != 0 {
+        return None;
+    }
+    let text = get_str(sb, S_LAST_MOUNTED_OFFSET, S_LAST_MOUNTED_SIZE);
+    Command::ALL.into_iter().find_map(|command| {
+        text.strip_prefix(command.mark()).map(|p| PartWay {
+            command,
+            patch: p.to_string(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_way_mark_round_trips_and_fits() {
+        let mut sb = vec![0u8; SUPERBLOCK_SIZE];
+        sb[S_STATE_OFFSET] = 1;
+        let long = format!("/{}/patch", "d".repeat(100));
+        for command in Command::ALL {
+            for p in ["/tmp/p1", long.as_str()] {
+                let b = not_clean(&sb, 0, Path::new(p), command);
+                let got = part_way(&b).unwrap();
+                assert_eq!(got.command, command);
+                assert!(p.ends_with(got.patch.trim_start_matches('…')), "{got:?}");
+                assert!(b[S_LAST_MOUNTED_OFFSET + S_LAST_MOUNTED_SIZE - 1] == 0);
+            }
+        }
+        assert_eq!(part_way(&sb), None);
+    }
+}

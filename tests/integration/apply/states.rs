@@ -1,0 +1,80 @@
+//! Deltas made by `e2image-rs` itself: `--base` equals the qemu-built oracle delta, and
+//! deltas between archive states and next3 snapshots apply onto FROM to give TO.
+
+use super::{apply, builder, chain_in, differing_on_copy_set};
+use crate::common::*;
+use builder::make_delta;
+use std::path::Path;
+
+/// `e2image-rs --base` makes the delta the definition gives (`builder::oracle_delta`, built
+/// with qemu's tools): the same replaced clusters, the same zero clusters, the same bytes.
+#[test]
+fn real_deltas_equal_the_oracles() {
+    if skip() {
+        return;
+    }
+    let (dir, [a, b, c]) = chain_in("ap-oracle");
+    for (from, to, data) in [
+        (&a, &b, false),
+        (&a, &b, true),
+        (&b, &c, true),
+        (&a, &c, true),
+    ] {
+        let (real, oracle) = (dir.join("real.qcow2"), dir.join("oracle.qcow2"));
+        make_delta(from, to, data, &real);
+        builder::oracle_delta(from, to, data, &oracle);
+        let bs = 4096;
+        let zeros = |q: &Path| -> Vec<(u64, bool)> {
+            builder::qemu_map(q, "qcow2")
+                .into_iter()
+                .flat_map(|(s, l, z)| (s / bs..(s + l) / bs).map(move |x| (x, z)))
+                .collect()
+        };
+        assert_eq!(zeros(&real), zeros(&oracle), "{from:?}..{to:?} data {data}");
+        let o = sh("qemu-img", &[&"compare", &"-q", &real, &oracle]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+}
+
+/// Deltas between the states of a QCOW2 archive (`-x`, with file data) and between next3
+/// snapshots, applied onto a copy of FROM: the target then holds TO on TO's copy set.
+#[test]
+fn archive_and_next3_deltas_apply() {
+    if skip() {
+        return;
+    }
+    let (dir, [a, b, c]) = chain_in("ap-states");
+    let q = dir.join("arch.qcow2");
+    expect(
+        &[&"-Q", &"-d", &"--snapshot", &a, &"--snapshot", &b, &c, &q],
+        0,
+    );
+    for (range, from, to) in [
+        ("a.img..b.img", &a, &b),
+        ("b.img", &b, &c),
+        ("a.img", &a, &c),
+    ] {
+        let d = dir.join("d.qcow2");
+        let _ = std::fs::remove_file(&d);
+        expect(&[&"-Q", &"-d", &"-x", &range, &q, &d], 0);
+        let t = sparse_copy(from, &dir.join("t.img"));
+        let p = dir.join("p.patch");
+        let _ = std::fs::remove_file(&p);
+        apply(&[&d, &t, &"--patch", &p], 0);
+        let bad = differing_on_copy_set(to, &t, true, &dir);
+        assert!(bad.is_empty(), "{range}: blocks of TO differ: {bad:?}");
+        assert_eq!(fsck(&t), fsck(to), "{range}");
+    }
+    let f = snapshot_fixtures(&["next3_3snap"])
+        .remove("next3_3snap")
+        .unwrap();
+    let live: Vec<_> = f.snapshots.iter().filter(|r| !r.deleted).collect();
+    let (older, newer) = (live[live.len() - 1], live[0]);
+    let d = dir.join("n3.qcow2");
+    let range = format!("{}..{}", older.name, newer.name);
+    expect(&[&"-Q", &"-x", &range, &f.path, &d], 0);
+    let t = sparse_copy(&older.expected, &dir.join("n3.img"));
+    apply(&[&d, &t, &"--patch", &dir.join("n3.patch")], 0);
+    let bad = differing_on_copy_set(&newer.expected, &t, false, &dir);
+    assert!(bad.is_empty(), "next3 {range}: blocks differ: {bad:?}");
+}
