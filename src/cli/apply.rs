@@ -22,7 +22,8 @@ pub struct ApplyArgs {
     pub dry_run: bool,
     /// Apply a delta that has no delta record (not made by `e2image-rs -x`): unallocated
     /// clusters keep TARGET's bytes, allocated ones are written, zero ones discarded, and
-    /// nothing checks that TARGET holds FROM.
+    /// nothing checks that TARGET holds FROM. Also applies onto a TARGET whose journal needs
+    /// recovery.
     #[arg(long)]
     pub force: bool,
     /// Write zeros where the delta discards blocks, instead of punching holes (image files)

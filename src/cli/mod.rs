@@ -132,7 +132,7 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Roll back although restored files would read data blocks the target now uses for
-    /// other files or offsets (metadata-only images).
+    /// other files or offsets (metadata-only images), or the target's journal needs recovery.
     #[arg(long)]
     pub force: bool,
     /// Finish an interrupted rollback: `--resume PATCH TARGET`.
