@@ -238,8 +238,8 @@ fn record_of(
         to_fingerprint,
         from_digest: diff.digest.clone().finalize().into(),
         replaced_clusters: diff.changed_clusters + diff.discarded_clusters,
-        from_name: d.from.label(),
-        to_name: d.to.label(),
+        from_name: d.from.record_name(),
+        to_name: d.to.record_name(),
     }
 }
 

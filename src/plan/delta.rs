@@ -37,6 +37,24 @@ impl StateRef {
             },
         }
     }
+
+    /// How the delta record names it: as [`StateRef::label`], but an image by its file name
+    /// alone (a delta travels to other machines; the directories it came from stay here).
+    pub fn record_name(&self) -> String {
+        match self {
+            StateRef::Image { path, snapshot } => {
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into(),
+                );
+                match snapshot {
+                    Some(s) => format!("{name}@{s}"),
+                    None => name,
+                }
+            }
+            _ => self.label(),
+        }
+    }
 }
 
 /// A delta to write.
