@@ -8,9 +8,8 @@
 
 use super::delta::Delta;
 use crate::delta_record::{fingerprint, DeltaRecord, FLAG_FILE_DATA, FLAG_SNAPSHOT_FILES};
-use crate::patching::Target;
+use crate::patching::{identity_diffs, Target};
 use crate::ranges::push;
-use crate::text::uuid;
 use anyhow::{bail, Context, Result};
 use ext::{BlockSet, BlockView, FileView, Filesystem, OpenOptions, WalkOptions};
 use sha2::{Digest, Sha256};
@@ -129,23 +128,7 @@ fn copy_set<V: BlockView>(fs: &Filesystem<V>, r: &DeltaRecord, who: &str) -> Blo
 /// # Errors
 /// The differences, named.
 fn check_identity(r: &DeltaRecord, tsb: &ext::Superblock, t: &Target, d: &Delta) -> Result<()> {
-    let mut diffs = Vec::new();
-    if tsb.s_uuid != r.fs_uuid {
-        diffs.push(format!(
-            "UUID {} vs {}",
-            uuid(&tsb.s_uuid),
-            uuid(&r.fs_uuid)
-        ));
-    }
-    if tsb.block_size != r.block_size {
-        diffs.push(format!("block size {} vs {}", tsb.block_size, r.block_size));
-    }
-    if tsb.s_blocks_count != r.blocks_count {
-        diffs.push(format!(
-            "block count {} vs {}",
-            tsb.s_blocks_count, r.blocks_count
-        ));
-    }
+    let diffs = identity_diffs(tsb, &r.fs_uuid, r.block_size, r.blocks_count);
     if !diffs.is_empty() {
         bail!(
             "{} does not hold the filesystem of delta {} ({}..{}): {}",

@@ -25,6 +25,8 @@ pub use affected::{by_class, owners_of};
 pub use command::Command;
 pub use engine::{Driven, Goal};
 pub use patch::{sha256, PatchHeader, FLAG_DISCARD_ZEROS};
-pub use session::{drive_fresh, finish, open_target, read_target_sb, refuse_dirty_journal, then};
+pub use session::{
+    drive_fresh, finish, identity_diffs, open_target, read_target_sb, refuse_dirty_journal, then,
+};
 pub use target::Target;
 pub use writer::{emit_differing, PatchFiles, RunSink};

@@ -163,6 +163,31 @@ pub fn read_target_sb_raw(t: &Target) -> Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// How the target's filesystem (superblock `tsb`) differs from the one a state or delta is
+/// of (`uuid`, `block_size` in bytes, `blocks_count`): "UUID a vs b", "block size …",
+/// "block count …" (target first); empty when it is the same filesystem.
+pub fn identity_diffs(
+    tsb: &ext::Superblock,
+    fs_uuid: &[u8; 16],
+    block_size: u32,
+    blocks_count: u64,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    if &tsb.s_uuid != fs_uuid {
+        diffs.push(format!("UUID {} vs {}", uuid(&tsb.s_uuid), uuid(fs_uuid)));
+    }
+    if tsb.block_size != block_size {
+        diffs.push(format!("block size {} vs {block_size}", tsb.block_size));
+    }
+    if tsb.s_blocks_count != blocks_count {
+        diffs.push(format!(
+            "block count {} vs {blocks_count}",
+            tsb.s_blocks_count
+        ));
+    }
+    diffs
+}
+
 /// Refuses (unless `force`) a target whose journal needs recovery (`INCOMPAT_RECOVER`):
 /// the next mount or e2fsck would replay the journal over the blocks `command` writes.
 /// With `force`, or in a dry run, a warning on stderr instead.

@@ -7,13 +7,12 @@ use super::diff;
 use super::held::{self, Held};
 use super::report;
 use crate::patching::{
-    open_target, read_target_sb, refuse_dirty_journal, sha256, Command, PatchFiles, PatchHeader,
-    RunSink, Target,
+    identity_diffs, open_target, read_target_sb, refuse_dirty_journal, sha256, Command, PatchFiles,
+    PatchHeader, RunSink, Target,
 };
 use crate::plan::ApplyPlan;
 use crate::qcow_view::{choose_layer, QcowView};
 use crate::record::ExportRecord;
-use crate::text::uuid;
 use anyhow::{bail, Context, Result};
 use ext::{Filesystem, OpenOptions, WalkOptions};
 use qcow::{LayerReader, Reader};
@@ -126,26 +125,7 @@ fn check_same_fs<V: ext::BlockView>(
 ) -> Result<()> {
     let tsb = read_target_sb(t)?;
     let sb = &fs.sb;
-    let mut diffs = Vec::new();
-    if tsb.s_uuid != sb.s_uuid {
-        diffs.push(format!(
-            "UUID {} vs {}",
-            uuid(&tsb.s_uuid),
-            uuid(&sb.s_uuid)
-        ));
-    }
-    if tsb.block_size != sb.block_size {
-        diffs.push(format!(
-            "block size {} vs {}",
-            tsb.block_size, sb.block_size
-        ));
-    }
-    if tsb.s_blocks_count != sb.s_blocks_count {
-        diffs.push(format!(
-            "block count {} vs {}",
-            tsb.s_blocks_count, sb.s_blocks_count
-        ));
-    }
+    let diffs = identity_diffs(&tsb, &sb.s_uuid, sb.block_size, sb.s_blocks_count);
     if !diffs.is_empty() {
         bail!(
             "{} does not hold the filesystem of {} ({label}): {}",
