@@ -10,44 +10,11 @@ use super::builder::make_delta;
 use super::Loop;
 use crate::common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-/// How an injected fault stops the process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    Error,
-    Abort,
-    Torn,
-}
-
-impl Stop {
-    fn nth(k: u64) -> Stop {
-        [Stop::Error, Stop::Abort, Stop::Torn][(k % 3) as usize]
-    }
-}
-
-/// Runs `e2image-rs apply ARGS`, stopping after write `k` as `stop` says.
+/// Runs `e2image-rs apply ARGS`, stopping after write `k` of `fault` as it says.
 fn apply_faulty(args: &[&dyn AsRef<std::ffi::OsStr>], fault: Option<(u64, Stop)>) -> Output {
-    let mut c = Command::new(bin());
-    c.arg("apply");
-    for a in args {
-        c.arg(a);
-    }
-    if let Some((k, stop)) = fault {
-        c.env("E2IMAGE_RS_FAULT_AFTER_WRITES", k.to_string());
-        match stop {
-            Stop::Error => {}
-            Stop::Abort => {
-                c.env("E2IMAGE_RS_FAULT_ABORT", "1");
-            }
-            Stop::Torn => {
-                c.env("E2IMAGE_RS_FAULT_TORN", "1");
-            }
-        }
-    }
-    let o = c.output().unwrap();
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    o
+    run_faulty("apply", args, fault)
 }
 
 fn ok(o: &Output, what: &str) {

@@ -4,6 +4,9 @@
 //! return early.
 #![allow(dead_code)]
 
+mod faults;
+pub use faults::{run_faulty, Stop};
+
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
