@@ -188,26 +188,11 @@ fn chosen_and_random_points_of_a_large_rollback() {
     let dir = scratch("rbf-large");
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let mut g = Xorshift::new(0x2545_f491_4f6c_dd1d);
+    let mut rnd = |n: usize| g.bytes(n);
     std::fs::write(src.join("big.bin"), rnd(24 << 20)).unwrap();
     let a = dir.join("a.img");
-    let o = sh(
-        "mke2fs",
-        &[
-            &"-q", &"-F", &"-t", &"ext4", &"-b", &"4096", &"-d", &src, &a, &"64M",
-        ],
-    );
-    assert!(o.status.success());
+    mkfs_from(&src, &a, "64M");
     let b = sparse_copy(&a, &dir.join("b.img"));
     let new = dir.join("new.bin");
     std::fs::write(&new, rnd(24 << 20)).unwrap();
@@ -233,12 +218,10 @@ fn chosen_and_random_points_of_a_large_rollback() {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
             t.map_or(1, |d| d.as_nanos() as u64 | 1)
         });
-    let mut x = seed;
+    let mut g = Xorshift::new(seed);
     let points: Vec<(u64, Stop)> = (0..6)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = g.next_u64();
             (1 + x % w, Stop::nth(x >> 32))
         })
         .collect();

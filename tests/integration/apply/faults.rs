@@ -190,27 +190,12 @@ fn every_write_of_a_larger_apply() {
     let dir = scratch("apf-large");
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let mut g = Xorshift::new(0x2545_f491_4f6c_dd1d);
+    let mut rnd = |n: usize| g.bytes(n);
     std::fs::write(src.join("old.bin"), rnd(8 << 20)).unwrap();
     std::fs::write(src.join("keep.bin"), rnd(1 << 20)).unwrap();
     let a = dir.join("a.img");
-    let o = sh(
-        "mke2fs",
-        &[
-            &"-q", &"-F", &"-t", &"ext4", &"-b", &"4096", &"-d", &src, &a, &"64M",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    mkfs_from(&src, &a, "64M");
     let b = sparse_copy(&a, &dir.join("b.img"));
     let new = dir.join("new.bin");
     std::fs::write(&new, rnd(8 << 20)).unwrap();

@@ -4,7 +4,9 @@
 //! return early.
 #![allow(dead_code)]
 
+mod data;
 mod faults;
+pub use data::{mkfs_from, Xorshift};
 pub use faults::{run_faulty, Stop};
 
 use sha2::{Digest, Sha256};
