@@ -375,38 +375,6 @@ fn paths_and_usage() {
     }
 }
 
-/// Detaches a loop device (after unmounting its mount point, if any) on drop.
-struct Loop {
-    dev: String,
-    mnt: Option<PathBuf>,
-}
-
-impl Loop {
-    fn attach(file: &Path) -> Option<Loop> {
-        let o = std::process::Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(file)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())?;
-        Some(Loop {
-            dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            mnt: None,
-        })
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        if let Some(m) = &self.mnt {
-            let _ = std::process::Command::new("umount").arg(m).status();
-        }
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.dev])
-            .status();
-    }
-}
-
 /// A loop device as TARGET: applied (BLKZEROOUT for the discards), undone; refused while
 /// mounted (also through its backing file).
 #[test]

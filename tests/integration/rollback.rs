@@ -12,7 +12,7 @@
 mod reused;
 
 use crate::common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn skip() -> bool {
     if have_oracles() && have("e2undo") {
@@ -367,23 +367,6 @@ fn refusals_leave_the_target_untouched() {
     assert_eq!(sha256(&t), before);
 }
 
-/// Detaches a loop device (after unmounting its mount point, if any) on drop.
-struct Loop {
-    dev: String,
-    mnt: Option<PathBuf>,
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        if let Some(m) = &self.mnt {
-            let _ = std::process::Command::new("umount").arg(m).status();
-        }
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.dev])
-            .status();
-    }
-}
-
 /// A block device target (a loop device) is rolled back and undone; while it, or the image
 /// file behind it, is mounted (even read-only), the rollback is refused.
 #[test]
@@ -397,19 +380,10 @@ fn block_device_target_and_mounted_refusal() {
     export_json(&[&"-Q", &"-d", &"--snapshot", &a, &c, &q]);
     let t = sparse_copy(&c, &dir.join("target.img"));
     let before = sha256(&t);
-    let o = std::process::Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&t)
-        .output();
-    let Some(dev) = o
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    else {
+    let Some(mut lo) = Loop::attach(&t) else {
         eprintln!("skipped: cannot set up a loop device here");
         return;
     };
-    let mut lo = Loop { dev, mnt: None };
     let p = dir.join("dev.patch");
     rollback(&[&q, &lo.dev, &"--snapshot", &"a.img", &"--patch", &p], 0);
     let state = dir.join("state.raw");

@@ -13,7 +13,7 @@
 
 use crate::common::*;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The stderr of [`expect`].
@@ -29,27 +29,6 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".tmp"))
         .collect()
-}
-
-/// Attaches a loop device over `file`; detached on drop.
-struct Loop(PathBuf);
-
-impl Loop {
-    fn attach(file: &Path) -> Option<Loop> {
-        let o = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
-        let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        (o.status.success() && !dev.is_empty()).then(|| Loop(PathBuf::from(dev)))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
 }
 
 #[test]
@@ -100,9 +79,9 @@ fn loop_device_over_the_source_is_the_source() {
         skipped("loop devices are not available here");
         return;
     };
-    let e = stderr_of_expect(&[&"-r", &img, &lo.0], 2);
+    let e = stderr_of_expect(&[&"-r", &img, &lo.path()], 2);
     assert!(e.contains("SOURCE"), "{e}");
-    let e = stderr_of_expect(&[&"-r", &lo.0, &img], 2);
+    let e = stderr_of_expect(&[&"-r", &lo.path(), &img], 2);
     assert!(e.contains("same file or device"), "{e}");
     drop(lo);
     assert_eq!(sha256(&img), before);
@@ -174,14 +153,14 @@ fn raw_image_onto_a_block_device() {
         return;
     };
     // -Q onto a device is a usage error; a device smaller than the filesystem is refused.
-    expect(&[&"-Q", &img, &lo.0], 2);
-    let e = stderr_of_expect(&[&"-r", &img, &lo_small.0], 1);
+    expect(&[&"-Q", &img, &lo.path()], 2);
+    let e = stderr_of_expect(&[&"-r", &img, &lo_small.path()], 1);
     assert!(e.contains("smaller"), "{e}");
     // -r writes every copied block in place, zeros included (the device held 0xa5 before).
     let raw = dir.join("ref.raw");
     expect(&[&"-r", &img, &raw], 0);
-    expect(&[&"-r", &img, &lo.0], 0);
-    assert!(std::fs::metadata(&lo.0)
+    expect(&[&"-r", &img, &lo.path()], 0);
+    assert!(std::fs::metadata(&lo.path())
         .unwrap()
         .file_type()
         .is_block_device());

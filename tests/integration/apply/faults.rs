@@ -7,7 +7,6 @@
 //! by running it again. On an image file and on a loop device (BLKZEROOUT discards).
 
 use super::builder::make_delta;
-use super::Loop;
 use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -6,8 +6,10 @@
 
 mod data;
 mod faults;
+mod loopdev;
 pub use data::{mkfs_from, Xorshift};
 pub use faults::{run_faulty, Stop};
+pub use loopdev::Loop;
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
