@@ -160,7 +160,7 @@ fn raw_image_onto_a_block_device() {
     let raw = dir.join("ref.raw");
     expect(&[&"-r", &img, &raw], 0);
     expect(&[&"-r", &img, &lo.path()], 0);
-    assert!(std::fs::metadata(&lo.path())
+    assert!(std::fs::metadata(lo.path())
         .unwrap()
         .file_type()
         .is_block_device());
