@@ -21,21 +21,7 @@ use std::path::{Path, PathBuf};
 
 /// Runs `e2image-rs apply ARGS`, expecting exit status `want`.
 pub fn apply(args: &[&dyn AsRef<std::ffi::OsStr>], want: i32) -> std::process::Output {
-    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"apply"];
-    a.extend_from_slice(args);
-    let o = run(&a);
-    assert_eq!(
-        code(&o),
-        want,
-        "apply {:?}\nstdout: {}\nstderr: {}",
-        args.iter()
-            .map(|a| a.as_ref().to_owned())
-            .collect::<Vec<_>>(),
-        stdout(&o),
-        stderr(&o)
-    );
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    o
+    expect_sub("apply", args, want)
 }
 
 /// Blocks of the copy set of `state` (with file data when `data`) where `target` differs.

@@ -24,20 +24,7 @@ fn skip() -> bool {
 
 /// Runs `rollback` with `args`, expecting `want` as exit code.
 fn rollback(args: &[&dyn AsRef<std::ffi::OsStr>], want: i32) -> std::process::Output {
-    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"rollback"];
-    a.extend_from_slice(args);
-    let o = run(&a);
-    assert_eq!(
-        code(&o),
-        want,
-        "rollback {:?}\nstdout: {}\nstderr: {}",
-        args.iter()
-            .map(|a| a.as_ref().to_owned())
-            .collect::<Vec<_>>(),
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    o
+    expect_sub("rollback", args, want)
 }
 
 /// Dry run of rolling `target` back to state `snapshot` of `image` with patch `patch`; its

@@ -212,6 +212,24 @@ pub fn expect(args: &[&dyn AsRef<std::ffi::OsStr>], want: i32) -> Output {
     o
 }
 
+/// Runs `e2image-rs SUBCOMMAND ARGS`, expecting exit status `want` (else panics with the
+/// arguments, stdout and stderr); never a panic of the tool.
+pub fn expect_sub(subcommand: &str, args: &[&dyn AsRef<std::ffi::OsStr>], want: i32) -> Output {
+    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&subcommand];
+    a.extend_from_slice(args);
+    let o = run(&a);
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    assert_eq!(
+        code(&o),
+        want,
+        "{subcommand} {shown:?}\nstdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    o
+}
+
 /// The stderr of an output, as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
