@@ -152,8 +152,10 @@ fn replay_note(r: &ext::Recovery, changed: usize, plan: &ExportPlan) -> String {
 
 /// An external journal that was not given.
 fn not_given(out: &mut StateJournal<'_>, uuid: &[u8; 16], dirty: bool, replay: bool) {
-    let uuid: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
-    let msg = format!("the journal is on an external device (journal UUID {uuid}), not given (--journal-dev PATH)");
+    let msg = format!(
+        "the journal is on an external device (journal UUID {}), not given (--journal-dev PATH)",
+        crate::text::uuid(uuid)
+    );
     match (dirty, replay) {
         (true, true) => out.warnings.push(journal_warning(format!(
             "{msg}: it needs recovery and was not replayed; the image holds the blocks as they are on disk"
