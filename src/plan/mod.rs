@@ -75,7 +75,7 @@ pub enum Older {
 }
 
 /// Usage line of the export.
-pub const EXPORT_USAGE: &str = "Usage: e2image-rs -Q|-r [OPTIONS] SOURCE OUT; e2image-rs snapshots IMAGE; e2image-rs rollback IMAGE TARGET --patch PATCH (see --help)";
+pub const EXPORT_USAGE: &str = "Usage: e2image-rs -Q|-r [OPTIONS] SOURCE OUT; e2image-rs snapshots IMAGE; e2image-rs rollback IMAGE TARGET --patch PATCH; e2image-rs apply DELTA TARGET --patch PATCH; e2image-rs prune ARCHIVE --keep-* N (see --help)";
 
 /// Everything an export needs to know.
 #[derive(Clone, Debug)]
@@ -183,18 +183,24 @@ impl ExportPlan {
         Ok(plan)
     }
 
-    /// Every input of the run with its role in messages.
-    fn inputs(&self) -> Vec<(String, &Path)> {
-        let mut v = vec![("SOURCE".to_string(), self.source.as_path())];
+    /// Every input of the run with its role in messages: SOURCE, the `--snapshot` images,
+    /// the journal device, a delta's `--base` image and its `--backing` file (read to check
+    /// it holds FROM, and referenced by the delta).
+    fn inputs(&self) -> Vec<(String, PathBuf)> {
+        let mut v = vec![("SOURCE".to_string(), self.source.clone())];
         if let Older::Images(images) = &self.older {
-            v.extend(
-                images
-                    .iter()
-                    .map(|p| ("--snapshot".to_string(), p.as_path())),
-            );
+            v.extend(images.iter().map(|p| ("--snapshot".to_string(), p.clone())));
         }
         if let Some(j) = &self.journal_dev {
-            v.push(("--journal-dev".to_string(), j.as_path()));
+            v.push(("--journal-dev".to_string(), j.clone()));
+        }
+        if let Some(d) = &self.delta {
+            if let StateRef::Image { path, .. } = &d.from {
+                v.push(("--base".to_string(), path.clone()));
+            }
+            if let (Some(b), Output::File(out)) = (&d.backing, &self.output) {
+                v.push(("--backing".to_string(), backing_path(b, out)));
+            }
         }
         v
     }
@@ -222,7 +228,7 @@ impl ExportPlan {
         };
         let Some(out) = out else { return Ok(()) };
         for (role, p) in self.inputs() {
-            if Identity::of(p).is_some_and(|i| i.overlaps(&out)) {
+            if Identity::of(&p).is_some_and(|i| i.overlaps(&out)) {
                 return Err(usage(&format!(
                     "OUT {} is {role} {} (the same file or device): writing it would destroy the input; choose another OUT",
                     self.output.display(),

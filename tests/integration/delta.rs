@@ -222,4 +222,30 @@ fn wrong_deltas_are_refused() {
     ));
     assert!(e.contains("does not hold FROM"), "{e}");
     assert!(!out.exists());
+    // OUT is never an input: the --base image (also through a symlink) or the --backing file.
+    let (sa, sf) = (sha256(&a), sha256(&full_b));
+    let link = dir.join("a-link");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    for base in [&a, &link] {
+        let e = stderr(&expect(&[&"-Q", &"--base", base, &c, &a], 2));
+        assert!(e.contains("is --base"), "{e}");
+    }
+    let e = stderr(&expect(
+        &[
+            &"-Q",
+            &"--base",
+            &b,
+            &"--backing",
+            &"full-b.qcow2",
+            &c,
+            &full_b,
+        ],
+        2,
+    ));
+    assert!(e.contains("is --backing"), "{e}");
+    assert_eq!(
+        (sha256(&a), sha256(&full_b)),
+        (sa, sf),
+        "an input was written"
+    );
 }
