@@ -65,13 +65,15 @@ pub struct Delta {
 }
 
 impl Delta {
-    /// Opens `path` and maps its replaced clusters.
+    /// Opens `path` and maps its replaced clusters. A backing file (`-x … --backing FULL`,
+    /// for QEMU) is not read: apply needs only the clusters the delta itself maps, and an
+    /// unallocated cluster keeps TARGET's bytes.
     ///
     /// # Errors
     /// Not a usable QCOW2 image; corrupt L1/L2 tables; I/O errors.
     pub fn open(path: &Path) -> Result<Delta> {
         let open = || File::open(path).with_context(|| format!("cannot open {}", path.display()));
-        let reader = Reader::open(open()?)
+        let reader = Reader::open_with_backing(open()?)
             .with_context(|| format!("{}: not a usable QCOW2 image", path.display()))?;
         let record = DeltaRecord::of(&reader);
         let cluster = reader.cluster_size();
