@@ -18,9 +18,19 @@ pub fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(get_array(b, at))
 }
 
+/// Big-endian u16 at `at`.
+pub fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes(get_array(b, at))
+}
+
 /// Big-endian u32 at `at`.
 pub fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(get_array(b, at))
+}
+
+/// Big-endian u64 at `at`.
+pub fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(get_array(b, at))
 }
 
 /// Writes `v` little-endian at `at`.
@@ -39,8 +49,27 @@ pub fn put_le64(b: &mut [u8], at: usize, v: u64) {
 }
 
 /// Writes `v` big-endian at `at`.
+pub fn put_be16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Writes `v` big-endian at `at`.
 pub fn put_be32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Writes `v` big-endian at `at`.
+pub fn put_be64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn cut_str(s: &str, max: usize) -> &str {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
 }
 
 /// The `N` bytes at `at`.
@@ -53,11 +82,8 @@ pub fn get_array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
 /// Writes `s` into the `len`-byte field at `at`, cut at a character boundary so that at least
 /// one NUL byte ends it.
 pub fn put_str(b: &mut [u8], at: usize, len: usize, s: &str) {
-    let mut n = s.len().min(len - 1);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    b[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
+    let s = cut_str(s, len - 1);
+    b[at..at + s.len()].copy_from_slice(s.as_bytes());
 }
 
 /// The NUL-terminated string in the `len`-byte field at `at` (lossy UTF-8).
@@ -78,6 +104,11 @@ mod tests {
         put_le32(&mut b, 2, 0xdead_beef);
         put_le64(&mut b, 6, 0x0102_0304_0506_0708);
         put_be32(&mut b, 14, 0x6532_6972);
+        let mut c = [0u8; 10];
+        put_be16(&mut c, 0, 0x0102);
+        put_be64(&mut c, 2, 0x0304_0506_0708_090a);
+        assert_eq!((be16(&c, 0), be64(&c, 2)), (0x0102, 0x0304_0506_0708_090a));
+        assert_eq!(c, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(le16(&b, 0), 0x1234);
         assert_eq!(le32(&b, 2), 0xdead_beef);
         assert_eq!(le64(&b, 6), 0x0102_0304_0506_0708);

@@ -20,7 +20,7 @@
 //! replaced clusters, u16 and u16 the lengths of the FROM and TO names, then the names (UTF-8,
 //! at most [`MAX_NAME_BYTES`] each).
 
-use crate::bytes::{be32, get_array, put_be32};
+use crate::bytes::{be16, be32, be64, cut_str, get_array, put_be16, put_be32, put_be64};
 
 /// Header extension type of the record: "e2id".
 pub const EXT_DELTA_RECORD: u32 = 0x6532_6964;
@@ -65,24 +65,6 @@ pub struct DeltaRecord {
     pub to_name: String,
 }
 
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    put_be32(b, at, (v >> 32) as u32);
-    put_be32(b, at + 4, v as u32);
-}
-
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
-}
-
-/// `s` cut to [`MAX_NAME_BYTES`] at a character boundary.
-fn cut(s: &str) -> &str {
-    let mut n = s.len().min(MAX_NAME_BYTES);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    &s[..n]
-}
-
 impl DeltaRecord {
     /// True if `flag` is set.
     pub fn has(&self, flag: u32) -> bool {
@@ -91,19 +73,22 @@ impl DeltaRecord {
 
     /// The extension's data.
     pub fn encode(&self) -> Vec<u8> {
-        let (from, to) = (cut(&self.from_name), cut(&self.to_name));
+        let (from, to) = (
+            cut_str(&self.from_name, MAX_NAME_BYTES),
+            cut_str(&self.to_name, MAX_NAME_BYTES),
+        );
         let mut b = vec![0u8; FIXED_BYTES];
         put_be32(&mut b, 0, RECORD_VERSION);
         put_be32(&mut b, 4, self.flags);
         b[8..24].copy_from_slice(&self.fs_uuid);
         put_be32(&mut b, 24, self.block_size);
-        put_u64(&mut b, 32, self.blocks_count);
+        put_be64(&mut b, 32, self.blocks_count);
         b[40..72].copy_from_slice(&self.from_fingerprint);
         b[72..104].copy_from_slice(&self.to_fingerprint);
         b[104..136].copy_from_slice(&self.from_digest);
-        put_u64(&mut b, 136, self.replaced_clusters);
-        b[144..146].copy_from_slice(&(from.len() as u16).to_be_bytes());
-        b[146..148].copy_from_slice(&(to.len() as u16).to_be_bytes());
+        put_be64(&mut b, 136, self.replaced_clusters);
+        put_be16(&mut b, 144, from.len() as u16);
+        put_be16(&mut b, 146, to.len() as u16);
         b.extend_from_slice(from.as_bytes());
         b.extend_from_slice(to.as_bytes());
         b
@@ -115,19 +100,19 @@ impl DeltaRecord {
         if be32(b, 0) != RECORD_VERSION {
             return None;
         }
-        let from_len = usize::from(u16::from_be_bytes([b[144], b[145]]));
-        let to_len = usize::from(u16::from_be_bytes([b[146], b[147]]));
+        let from_len = usize::from(be16(b, 144));
+        let to_len = usize::from(be16(b, 146));
         let names = data.get(FIXED_BYTES..FIXED_BYTES.checked_add(from_len + to_len)?)?;
         let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
         Some(DeltaRecord {
             flags: be32(b, 4),
             fs_uuid: get_array(b, 8),
             block_size: be32(b, 24),
-            blocks_count: get_u64(b, 32),
+            blocks_count: be64(b, 32),
             from_fingerprint: get_array(b, 40),
             to_fingerprint: get_array(b, 72),
             from_digest: get_array(b, 104),
-            replaced_clusters: get_u64(b, 136),
+            replaced_clusters: be64(b, 136),
             from_name: text(&names[..from_len]),
             to_name: text(&names[from_len..]),
         })

@@ -137,11 +137,8 @@ fn parent_dir(target: &Path) -> PathBuf {
 
 /// `.NAME.e2image-rs.PID.tmp`, with NAME cut to [`MAX_NAME_IN_TEMP`] bytes.
 fn temp_name(name: &str, pid: u32) -> String {
-    let mut n = name.len().min(MAX_NAME_IN_TEMP);
-    while !name.is_char_boundary(n) {
-        n -= 1;
-    }
-    format!(".{}{TEMP_TAG}{pid}.tmp", &name[..n])
+    let name = crate::bytes::cut_str(name, MAX_NAME_IN_TEMP);
+    format!(".{name}{TEMP_TAG}{pid}.tmp")
 }
 
 /// The PID in a temporary name of ours, if `name` is one.
