@@ -21,7 +21,7 @@
 use super::locate::{Journal, JournalLocation};
 use super::recovery::Recovery;
 use super::superblock::JBD2_MAGIC_NUMBER;
-use crate::bytes::le32;
+use crate::bytes::{le16, le32};
 use crate::features::{incompat, ro_compat};
 use crate::superblock::{
     superblock_checksum, EXT2_VALID_FS, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, S_CHECKSUM_OFFSET,
@@ -199,7 +199,7 @@ fn replayed_superblock(sb: &mut [u8], error: bool, errors: bool) {
     let inc = le32(sb, S_FEATURE_INCOMPAT_OFFSET) & !incompat::RECOVER;
     sb[S_FEATURE_INCOMPAT_OFFSET..S_FEATURE_INCOMPAT_OFFSET + 4]
         .copy_from_slice(&inc.to_le_bytes());
-    let mut state = u16::from_le_bytes([sb[S_STATE_OFFSET], sb[S_STATE_OFFSET + 1]]);
+    let mut state = le16(sb, S_STATE_OFFSET);
     if error {
         state &= !EXT2_VALID_FS;
     }
