@@ -12,20 +12,26 @@
 //!   guest order, for every filesystem block of that cluster in FROM's copy set, the block
 //!   number (u64, big-endian) then the block's bytes in FROM. `apply` recomputes it on the
 //!   target (whose own walk gives FROM's copy set when it holds FROM) before writing.
+//! * `to_digest` (version 2): SHA-256 over, for every replaced cluster in guest order, its
+//!   index (u64, big-endian) then the SHA-256 of its bytes as the delta maps them (zeros for a
+//!   zero cluster; the last cluster cut at the disk's end) ([`ClusterDigest`]). `apply` checks
+//!   it before writing: a delta damaged in transit or storage is refused.
 //!
-//! Layout (big-endian; 148 bytes plus the names): u32 version (1), u32 flags
-//! ([`FLAG_FILE_DATA`], [`FLAG_SNAPSHOT_FILES`], [`FLAG_ZEROS_RECORDED`], [`FLAG_BACKING`]),
-//! 16 bytes `s_uuid`, u32 block size, u32 reserved (0), u64 `s_blocks_count`, 32 bytes
-//! `from_fingerprint`, 32 bytes `to_fingerprint`, 32 bytes `from_digest`, u64 number of
-//! replaced clusters, u16 and u16 the lengths of the FROM and TO names, then the names (UTF-8,
-//! at most [`MAX_NAME_BYTES`] each).
+//! Layout (big-endian; 148 bytes, 180 in version 2, plus the names): u32 version (1 or 2), u32
+//! flags ([`FLAG_FILE_DATA`], [`FLAG_SNAPSHOT_FILES`], [`FLAG_ZEROS_RECORDED`],
+//! [`FLAG_BACKING`]), 16 bytes `s_uuid`, u32 block size, u32 reserved (0), u64
+//! `s_blocks_count`, 32 bytes `from_fingerprint`, 32 bytes `to_fingerprint`, 32 bytes
+//! `from_digest`, u64 number of replaced clusters, u16 and u16 the lengths of the FROM and TO
+//! names, (version 2) 32 bytes `to_digest`, then the names (UTF-8, at most
+//! [`MAX_NAME_BYTES`] each).
 
 use crate::bytes::{be16, be32, be64, cut_str, get_array, put_be16, put_be32, put_be64};
+use sha2::{Digest, Sha256};
 
 /// Header extension type of the record: "e2id".
 pub const EXT_DELTA_RECORD: u32 = 0x6532_6964;
-/// The only record version so far.
-const RECORD_VERSION: u32 = 1;
+/// The record version written: 2 (1 has no `to_digest`, and is still read).
+const RECORD_VERSION: u32 = 2;
 /// The delta holds file data (`-d`).
 pub const FLAG_FILE_DATA: u32 = 1;
 /// Snapshot files' blocks are part of the copy sets.
@@ -37,8 +43,10 @@ pub const FLAG_BACKING: u32 = 8;
 /// Longest state name kept in the record, in bytes (longer names are cut): keeps the
 /// header and its extensions within one 512-byte cluster.
 pub const MAX_NAME_BYTES: usize = 64;
-/// Bytes before the names.
-const FIXED_BYTES: usize = 148;
+/// Bytes before the names in version 1.
+const FIXED_BYTES_V1: usize = 148;
+/// Bytes before the names in version 2 (`to_digest` added).
+const FIXED_BYTES: usize = 180;
 
 /// What a delta goes between.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +67,9 @@ pub struct DeltaRecord {
     pub from_digest: [u8; 32],
     /// Clusters the delta replaces (allocated or zero).
     pub replaced_clusters: u64,
+    /// SHA-256 of the delta's bytes on the replaced clusters ([`ClusterDigest`]); `None` in a
+    /// version-1 record.
+    pub to_digest: Option<[u8; 32]>,
     /// FROM's name ("current", a snapshot's name, an image path).
     pub from_name: String,
     /// TO's name.
@@ -71,14 +82,18 @@ impl DeltaRecord {
         self.flags & flag != 0
     }
 
-    /// The extension's data.
+    /// The extension's data: version 2, or 1 without a `to_digest`.
     pub fn encode(&self) -> Vec<u8> {
         let (from, to) = (
             cut_str(&self.from_name, MAX_NAME_BYTES),
             cut_str(&self.to_name, MAX_NAME_BYTES),
         );
-        let mut b = vec![0u8; FIXED_BYTES];
-        put_be32(&mut b, 0, RECORD_VERSION);
+        let (version, fixed) = match self.to_digest {
+            Some(_) => (RECORD_VERSION, FIXED_BYTES),
+            None => (1, FIXED_BYTES_V1),
+        };
+        let mut b = vec![0u8; fixed];
+        put_be32(&mut b, 0, version);
         put_be32(&mut b, 4, self.flags);
         b[8..24].copy_from_slice(&self.fs_uuid);
         put_be32(&mut b, 24, self.block_size);
@@ -89,20 +104,26 @@ impl DeltaRecord {
         put_be64(&mut b, 136, self.replaced_clusters);
         put_be16(&mut b, 144, from.len() as u16);
         put_be16(&mut b, 146, to.len() as u16);
+        if let Some(d) = &self.to_digest {
+            b[148..180].copy_from_slice(d);
+        }
         b.extend_from_slice(from.as_bytes());
         b.extend_from_slice(to.as_bytes());
         b
     }
 
-    /// Decodes the extension's data; `None` when it is not a well-formed version-1 record.
+    /// Decodes the extension's data; `None` when it is not a well-formed version-1 or -2
+    /// record.
     pub fn decode(data: &[u8]) -> Option<DeltaRecord> {
-        let b = data.get(..FIXED_BYTES)?;
-        if be32(b, 0) != RECORD_VERSION {
-            return None;
-        }
+        let fixed = match be32(data.get(..4)?, 0) {
+            1 => FIXED_BYTES_V1,
+            RECORD_VERSION => FIXED_BYTES,
+            _ => return None,
+        };
+        let b = data.get(..fixed)?;
         let from_len = usize::from(be16(b, 144));
         let to_len = usize::from(be16(b, 146));
-        let names = data.get(FIXED_BYTES..FIXED_BYTES.checked_add(from_len + to_len)?)?;
+        let names = data.get(fixed..fixed.checked_add(from_len + to_len)?)?;
         let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
         Some(DeltaRecord {
             flags: be32(b, 4),
@@ -113,6 +134,7 @@ impl DeltaRecord {
             to_fingerprint: get_array(b, 72),
             from_digest: get_array(b, 104),
             replaced_clusters: be64(b, 136),
+            to_digest: (fixed == FIXED_BYTES).then(|| get_array(b, 148)),
             from_name: text(&names[..from_len]),
             to_name: text(&names[from_len..]),
         })
@@ -126,6 +148,34 @@ impl DeltaRecord {
     }
 }
 
+/// The record's `to_digest`, fed the replaced clusters in guest order (see the module
+/// comment): each cluster's own hash can be computed apart ([`cluster_hash`], in parallel).
+#[derive(Clone, Default)]
+pub struct ClusterDigest(Sha256);
+
+impl ClusterDigest {
+    /// Adds cluster `index` holding `bytes` (cut at the disk's end).
+    pub fn add(&mut self, index: u64, bytes: &[u8]) {
+        self.add_hashed(index, &cluster_hash(bytes));
+    }
+
+    /// Adds cluster `index` whose bytes hash to `hash` ([`cluster_hash`]).
+    pub fn add_hashed(&mut self, index: u64, hash: &[u8; 32]) {
+        self.0.update(index.to_be_bytes());
+        self.0.update(hash);
+    }
+
+    /// The digest.
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
+/// SHA-256 of one cluster's bytes.
+pub fn cluster_hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
 /// SHA-256 of `fs`'s superblock (the 1024 bytes at byte 1024) followed by its group
 /// descriptor blocks, in order: what pins a filesystem state down (mount counts and write
 /// times included).
@@ -133,7 +183,6 @@ impl DeltaRecord {
 /// # Errors
 /// Read errors.
 pub fn fingerprint<V: ext::BlockView>(fs: &ext::Filesystem<V>) -> anyhow::Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let mut sb = vec![0u8; ext::SUPERBLOCK_SIZE];
     fs.view()
@@ -163,10 +212,17 @@ mod tests {
             to_fingerprint: [2; 32],
             from_digest: [3; 32],
             replaced_clusters: 12345,
+            to_digest: Some([4; 32]),
             from_name: "monday".into(),
             to_name: "current".into(),
         };
         assert_eq!(DeltaRecord::decode(&r.encode()), Some(r.clone()));
+        let v1 = DeltaRecord {
+            to_digest: None,
+            ..r.clone()
+        };
+        assert_eq!(be32(&v1.encode(), 0), 1);
+        assert_eq!(DeltaRecord::decode(&v1.encode()), Some(v1));
         let long = DeltaRecord {
             from_name: "é".repeat(100),
             ..r

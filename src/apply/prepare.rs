@@ -58,6 +58,9 @@ pub fn prepare(s: &ApplyStart) -> Result<(Report, Option<Ready>)> {
     }
     let delta = Delta::open(&s.delta)?;
     let record = record_of(&delta, s.force)?;
+    if let Some(r) = &record {
+        delta.check_to_digest(r)?;
+    }
     let t = open_target(&s.target, s.dry_run)?;
     let tsb = read_target_sb(&t)?;
     refuse_dirty_journal(&t, &tsb, Command::Apply, s.force, s.dry_run)?;

@@ -14,7 +14,7 @@ use super::cluster::choose_cluster_bits;
 use super::states::Next3;
 use super::summary::{DeltaFacts, Summary};
 use crate::delta_record::{
-    fingerprint, DeltaRecord, EXT_DELTA_RECORD, FLAG_BACKING, FLAG_FILE_DATA, FLAG_SNAPSHOT_FILES,
+    fingerprint, ClusterDigest, DeltaRecord, EXT_DELTA_RECORD, FLAG_BACKING, FLAG_FILE_DATA, FLAG_SNAPSHOT_FILES,
     FLAG_ZEROS_RECORDED,
 };
 use crate::plan::{DeltaPlan, ExportPlan, StateRef};
@@ -237,6 +237,7 @@ fn record_of(
         from_fingerprint,
         to_fingerprint,
         from_digest: diff.digest.clone().finalize().into(),
+        to_digest: Some(diff.to_digest.clone().finish()),
         replaced_clusters: diff.changed_clusters + diff.discarded_clusters,
         from_name: d.from.record_name(),
         to_name: d.to.record_name(),
@@ -382,6 +383,8 @@ struct Diff {
     to_bytes_replaced: u64,
     /// SHA-256 of FROM's bytes on the replaced clusters (delta_record's definition).
     digest: Sha256,
+    /// The delta's bytes on the replaced clusters (the record's `to_digest`).
+    to_digest: ClusterDigest,
 }
 
 /// Runs of guest clusters touching either copy set, in order.
@@ -553,14 +556,16 @@ fn compare_cluster(
     }
     let offset = k * g.cluster;
     let keep = ((g.size - offset).min(g.cluster) as usize).min(end - at);
-    if changed {
+    let bytes: std::borrow::Cow<'_, [u8]> = if changed {
         diff.changed_clusters += 1;
         diff.to_bytes_replaced += covered(to_runs, cb.clone()) * g.block;
-        sink.write(offset, &tb[at..at + keep])?;
+        (&tb[at..at + keep]).into()
     } else {
         diff.discarded_clusters += 1;
-        sink.write(offset, &vec![0u8; keep])?;
-    }
+        vec![0u8; keep].into()
+    };
+    sink.write(offset, &bytes)?;
+    diff.to_digest.add(k, &bytes);
     for blk in set_runs(from_set, cb).into_iter().flatten() {
         let i = ((blk - b.first_block) * g.block) as usize;
         diff.digest.update(blk.to_be_bytes());

@@ -489,6 +489,26 @@ fn corrupt_deltas_never_panic() {
     }
     eprintln!("flipped L2 bytes: {refused} refused, {applied} applied");
     assert!(refused > applied, "{refused} refused, {applied} applied");
+    // A byte flipped in any data cluster (damage in transit): the record's to_digest
+    // refuses it before anything is written.
+    let o = sh("qemu-img", &[&"map", &"--output=json", &d]);
+    let map: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hosts: Vec<u64> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true && e["zero"] == false)
+        .filter_map(|e| e["offset"].as_u64())
+        .collect();
+    assert!(!hosts.is_empty());
+    for (i, &h) in hosts.iter().enumerate() {
+        let mut bytes = good.clone();
+        bytes[h as usize + 17 * i % 4096] ^= 0x20;
+        let bad = dir.join("bad.qcow2");
+        std::fs::write(&bad, &bytes).unwrap();
+        let o = apply(&[&bad, &t, &"--patch", &dir.join("y.patch")], 1);
+        assert!(stderr(&o).contains("is corrupt"), "{}", stderr(&o));
+    }
     for (what, bytes) in [
         ("truncated", good[..good.len() / 2].to_vec()),
         ("empty", Vec::new()),
