@@ -9,8 +9,8 @@
 use crate::delta_record::{cluster_hash, ClusterDigest, DeltaRecord};
 use crate::ranges::push;
 use anyhow::{bail, Context, Result};
-use rayon::prelude::*;
 use qcow::{ClusterMapping, Layer, Reader};
+use rayon::prelude::*;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;

@@ -14,8 +14,8 @@ use super::cluster::choose_cluster_bits;
 use super::states::Next3;
 use super::summary::{DeltaFacts, Summary};
 use crate::delta_record::{
-    fingerprint, ClusterDigest, DeltaRecord, EXT_DELTA_RECORD, FLAG_BACKING, FLAG_FILE_DATA, FLAG_SNAPSHOT_FILES,
-    FLAG_ZEROS_RECORDED,
+    fingerprint, ClusterDigest, DeltaRecord, EXT_DELTA_RECORD, FLAG_BACKING, FLAG_FILE_DATA,
+    FLAG_SNAPSHOT_FILES, FLAG_ZEROS_RECORDED,
 };
 use crate::plan::{DeltaPlan, ExportPlan, StateRef};
 use crate::probe::is_qcow2;
