@@ -4,7 +4,7 @@
 //! its own) are read; the pass goes in increasing block order, in pieces of at most
 //! [`CHUNK_BYTES`].
 
-use super::delta::Delta;
+use super::delta::{Delta, ToHashes};
 use super::states::FromDigest;
 use crate::patching::{emit_differing, RunSink, Target};
 use crate::ranges::{contains, push, union};
@@ -40,13 +40,18 @@ pub struct PassStats {
 }
 
 impl Pass<'_> {
-    /// Runs the pass: feeds `digest` (if any) and hands the differing runs to `sink`.
+    /// Runs the pass: feeds `digest` (if any) with the target's bytes and `to` (if any) with
+    /// the delta's bytes of every replaced cluster that lies whole in a piece, and hands the
+    /// differing runs to `sink`. Pieces are whole clusters, so every replaced cluster is
+    /// hashed unless the delta's clusters are smaller than a block; the caller compares the
+    /// count with [`Delta::replaced_clusters`].
     ///
     /// # Errors
     /// Read errors of the target or the delta; errors of the sink.
     pub fn run(
         &self,
         mut digest: Option<&mut FromDigest<'_>>,
+        mut to: Option<&mut ToHashes>,
         sink: &mut dyn RunSink,
     ) -> Result<PassStats> {
         let bs = self.block_size;
@@ -55,7 +60,8 @@ impl Pass<'_> {
             differ: 0,
         };
         let sb = self.sb_block..self.sb_block + 1;
-        let per = (CHUNK_BYTES / bs).max(1);
+        let per_cluster = (self.delta.cluster / bs).max(1);
+        let per = ((CHUNK_BYTES / bs).max(1) / per_cluster).max(1) * per_cluster;
         let (mut old, mut new) = (Vec::new(), Vec::new());
         for r in union(self.replaced, std::slice::from_ref(&sb)) {
             let mut b = r.start;
@@ -69,6 +75,9 @@ impl Pass<'_> {
                 new.clear();
                 new.extend_from_slice(&old);
                 self.delta.overlay(b * bs, &mut new)?;
+                if let Some(t) = to.as_deref_mut() {
+                    t.feed(b * bs, &new, self.delta);
+                }
                 self.keep_unmasked(b, &old, &mut new);
                 stats.differ += emit_differing(b, &old, &new, bs as usize, self.sb_block, sink)?;
                 b += n;

@@ -178,15 +178,33 @@ impl Delta {
     }
 
     /// Refuses a delta whose replaced clusters do not hash to its record's `to_digest` (damaged
-    /// in transit or storage); a version-1 record has none to check. Reads the delta once, in
-    /// guest order, in pieces of at most [`DIGEST_PIECE_BYTES`], hashing clusters in parallel.
+    /// in transit or storage); a version-1 record has none to check. `hashed` is what the
+    /// comparison pass computed; when it could not hash every replaced cluster (clusters
+    /// smaller than a block), the delta is read once more, in guest order, in pieces of at
+    /// most [`DIGEST_PIECE_BYTES`].
     ///
     /// # Errors
     /// The digest differs; read errors.
-    pub fn check_to_digest(&self, r: &DeltaRecord) -> Result<()> {
+    pub fn check_to_digest(&self, r: &DeltaRecord, hashed: ToHashes) -> Result<()> {
         let Some(want) = r.to_digest else {
             return Ok(());
         };
+        let got = if hashed.clusters == self.replaced_clusters() {
+            hashed.finish()
+        } else {
+            self.to_digest()?
+        };
+        if got != want {
+            bail!(
+                "delta {} is corrupt: the bytes of the clusters it replaces are not those its record was made with (damaged in transit or storage?)",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The `to_digest` of the delta's replaced clusters, read in guest order.
+    fn to_digest(&self) -> Result<[u8; 32]> {
         let mut digest = ClusterDigest::default();
         let per = (DIGEST_PIECE_BYTES / self.cluster).max(1);
         let mut buf = Vec::new();
@@ -208,13 +226,7 @@ impl Delta {
                 c += n;
             }
         }
-        if digest.finish() != want {
-            bail!(
-                "delta {} is corrupt: the bytes of the clusters it replaces are not those its record was made with (damaged in transit or storage?)",
-                self.path.display()
-            );
-        }
-        Ok(())
+        Ok(digest.finish())
     }
 
     /// SHA-256 of the delta's first cluster (or of the whole file when shorter), for the
@@ -264,4 +276,39 @@ fn map_runs(reader: &Reader) -> Result<Vec<ClusterRun>> {
         Ok(())
     })?;
     Ok(runs)
+}
+
+/// The delta record's `to_digest` computed during the pass, from the delta's bytes laid over
+/// the target: every replaced cluster lying whole in a piece, in guest order.
+#[derive(Default)]
+pub struct ToHashes {
+    digest: ClusterDigest,
+    /// Clusters hashed.
+    pub clusters: u64,
+}
+
+impl ToHashes {
+    /// Hashes the replaced clusters lying whole in `buf` (guest bytes from `offset`, the
+    /// delta laid over them), in parallel.
+    pub fn feed(&mut self, offset: u64, buf: &[u8], d: &Delta) {
+        let (cs, end) = (d.cluster, offset + buf.len() as u64);
+        let whole: Vec<(u64, &[u8])> = (offset.div_ceil(cs)..end.div_ceil(cs))
+            .filter_map(|k| {
+                let (s, e) = (k * cs, ((k + 1) * cs).min(d.size));
+                let inside = s >= offset && e <= end && s < e;
+                (inside && d.clusters_touching(s, s + 1) > 0)
+                    .then(|| (k, &buf[(s - offset) as usize..(e - offset) as usize]))
+            })
+            .collect();
+        let hashes: Vec<[u8; 32]> = whole.par_iter().map(|(_, b)| cluster_hash(b)).collect();
+        for ((k, _), h) in whole.iter().zip(&hashes) {
+            self.digest.add_hashed(*k, h);
+        }
+        self.clusters += whole.len() as u64;
+    }
+
+    /// The digest of the clusters hashed.
+    pub fn finish(self) -> [u8; 32] {
+        self.digest.finish()
+    }
 }

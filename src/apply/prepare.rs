@@ -4,7 +4,7 @@
 //! write the patch (and the undo file) — or, for a dry run, only report.
 
 use super::compare::{Pass, Written};
-use super::delta::Delta;
+use super::delta::{Delta, ToHashes};
 use super::report::{self, Report};
 use super::states::{self, FromDigest, States};
 use crate::delta_record::DeltaRecord;
@@ -58,9 +58,6 @@ pub fn prepare(s: &ApplyStart) -> Result<(Report, Option<Ready>)> {
     }
     let delta = Delta::open(&s.delta)?;
     let record = record_of(&delta, s.force)?;
-    if let Some(r) = &record {
-        delta.check_to_digest(r)?;
-    }
     let t = open_target(&s.target, s.dry_run)?;
     let tsb = read_target_sb(&t)?;
     refuse_dirty_journal(&t, &tsb, Command::Apply, s.force, s.dry_run)?;
@@ -111,7 +108,11 @@ fn compare(
         mask: st.mask.as_deref(),
     };
     let mut digest = st.from_set.as_ref().map(FromDigest::new);
-    let stats = pass.run(digest.as_mut(), &mut out)?;
+    let mut to = ToHashes::default();
+    let stats = pass.run(digest.as_mut(), Some(&mut to), &mut out)?;
+    if let Some(r) = &st.record {
+        delta.check_to_digest(r, to)?;
+    }
     if let (Some(d), Some(r)) = (digest, &st.record) {
         d.check(r, t, delta)?;
     }
