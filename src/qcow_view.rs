@@ -1,9 +1,34 @@
 //! A QCOW2 layer as a block view, so the walker can read a filesystem stored in a QCOW2 image,
 //! and the choice of that layer by the user (`--from-snapshot`, rollback's `--snapshot`).
 
+use anyhow::Context;
 use ext::BlockView;
 use qcow::{Layer, LayerReader, Reader};
 use std::io;
+use std::path::Path;
+
+/// Opens the QCOW2 image `path` for reading its states; with `complete`, refuses an image
+/// with a backing file (a delta or an overlay, which holds only what changed) with a message
+/// saying so. Without, such an image opens too and its unallocated clusters read as zeros
+/// (listing its states, applying it as a delta).
+///
+/// # Errors
+/// The file cannot be opened; not a usable QCOW2 image; a backing file when `complete`.
+pub fn open_image(path: &Path, complete: bool) -> anyhow::Result<Reader> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = Reader::open_with_backing(file)
+        .with_context(|| format!("{}: not a usable QCOW2 image", path.display()))?;
+    if complete {
+        if let Some(b) = reader.backing_file()? {
+            anyhow::bail!(
+                "{} has a backing file ({b}): it holds only what changed since it (a delta or an overlay); `e2image-rs apply` replays a delta onto a replica, `qemu-img convert` reads the whole chain",
+                path.display()
+            );
+        }
+    }
+    Ok(reader)
+}
 
 /// One layer (active or snapshot) of a QCOW2 image, read as a block device.
 pub struct QcowView<'a> {

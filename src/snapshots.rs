@@ -1,6 +1,7 @@
 //! `e2image-rs snapshots IMAGE [--json]`: the states stored in a QCOW2 image, with the
 //! clusters each shares with other states and the clusters it owns alone.
 
+use crate::delta_record::DeltaRecord;
 use crate::record::ExportRecord;
 use anyhow::{bail, Context, Result};
 use qcow::{Layer, Reader};
@@ -37,13 +38,19 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
         .collect();
     let active = count(Layer::Active);
     let record = ExportRecord::of(&reader);
+    let (delta, backing) = (DeltaRecord::of(&reader), reader.backing_file()?);
     if as_json {
         let record = record.map(|r| {
             json!({ "file_data": r.file_data, "snapshot_files": r.snapshot_files,
                     "zeros_recorded": r.zeros_recorded })
         });
+        let delta = delta.map(|d| {
+            json!({ "from": d.from_name, "to": d.to_name,
+                    "replaced_clusters": d.replaced_clusters })
+        });
         let active = json!({ "shared_clusters": active.0, "own_clusters": active.1 });
         let doc = json!({ "cluster_size": reader.cluster_size(), "export_record": record,
+                          "delta": delta, "backing_file": backing,
                           "snapshots": rows, "active": active });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -52,6 +59,15 @@ pub fn list(image: &Path, as_json: bool) -> Result<()> {
     match record {
         Some(r) => println!("written by e2image-rs: {}", r.summary()),
         None => println!("no export record (not written by e2image-rs)"),
+    }
+    if let Some(d) = delta {
+        println!(
+            "delta {}..{}: {} clusters replaced (`e2image-rs apply` replays it onto FROM)",
+            d.from_name, d.to_name, d.replaced_clusters
+        );
+    }
+    if let Some(b) = backing {
+        println!("backing file {b}");
     }
     print_table(&rows, active);
     Ok(())
@@ -69,9 +85,7 @@ fn open(image: &Path) -> Result<Reader> {
             }
         );
     }
-    let file =
-        std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
-    Reader::open(file).with_context(|| format!("{}: invalid QCOW2 image", image.display()))
+    crate::qcow_view::open_image(image, false)
 }
 
 /// The text table: one row per snapshot, then the active layer's (shared, own) counts.

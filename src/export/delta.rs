@@ -119,9 +119,7 @@ fn from_device(file: &FileView, plan: &ExportPlan, d: &DeltaPlan) -> Result<Summ
 }
 
 fn open_qcow(path: &Path) -> Result<Reader> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Reader::open(file).with_context(|| format!("{}: invalid QCOW2 image", path.display()))
+    crate::qcow_view::open_image(path, true)
 }
 
 /// The layer of a QCOW2 SOURCE a state names (`current`: the active layer).

@@ -14,10 +14,7 @@ use qcow::{Layer, LayerReader, Reader};
 
 /// A QCOW2 source: converted to raw, one state exported, or every state carried across.
 pub(super) fn from_qcow2(plan: &ExportPlan) -> Result<Summary> {
-    let file = std::fs::File::open(&plan.source)
-        .with_context(|| format!("cannot open {}", plan.source.display()))?;
-    let reader = Reader::open(file)
-        .with_context(|| format!("{}: invalid QCOW2 image", plan.source.display()))?;
+    let reader = crate::qcow_view::open_image(&plan.source, true)?;
     if plan.format == Format::Raw && !plan.replay {
         return qcow_to_raw(&reader, plan);
     }

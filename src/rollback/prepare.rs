@@ -29,10 +29,7 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
             p.display()
         );
     }
-    let reader = Reader::open(
-        File::open(image).with_context(|| format!("cannot open {}", image.display()))?,
-    )
-    .with_context(|| format!("{}: not a usable QCOW2 image", image.display()))?;
+    let reader = crate::qcow_view::open_image(image, true)?;
     let chosen = choose_layer(&reader, args.snapshot.as_deref())
         .with_context(|| image.display().to_string())?;
     let (layer_id, label) = (chosen.layer, chosen.label);

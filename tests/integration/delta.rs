@@ -92,6 +92,22 @@ fn base_images_with_backing_read_as_to_and_commit() {
             size <= changed + 64 * 1024,
             "{size} bytes for {changed} changed"
         );
+        // `snapshots` names the delta and its backing file; taken for a complete image (-r,
+        // -Q, rollback) it is refused with a message saying what it is.
+        let l = stdout(&expect(&[&"snapshots", &d], 0));
+        assert!(
+            l.contains("delta a.img..current") && l.contains("backing file full-a.qcow2"),
+            "{l}"
+        );
+        let lj = snapshot_list(&d);
+        assert_eq!(lj["backing_file"], "full-a.qcow2");
+        assert_eq!(lj["delta"]["from"], "a.img");
+        let out = dir.join("x.raw");
+        let e = stderr(&expect(&[&"-r", &d, &out], 1));
+        assert!(e.contains("has a backing file (full-a.qcow2)"), "{e}");
+        let p = dir.join("x.patch");
+        let e = stderr(&expect(&[&"rollback", &d, &a, &"--patch", &p], 1));
+        assert!(e.contains("has a backing file"), "{e}");
         // qemu-img commit turns the backing file into TO.
         assert_eq!(code(&sh("qemu-img", &[&"commit", &d])), 0);
         let committed = dir.join("committed.raw");
