@@ -73,6 +73,12 @@ pub(super) fn recover<'v>(
     let located = Journal::locate(&fs, external)?;
     let mut out = StateJournal::nothing();
     out.warnings = located.warnings;
+    if external.is_some() && fs.sb.s_journal_inum != 0 {
+        out.notes.push(format!(
+            "--journal-dev was not used: the filesystem's journal is internal (inode {})",
+            fs.sb.s_journal_inum
+        ));
+    }
     let dirty = fs.sb.has_incompat(ext::incompat::RECOVER);
     let journal = match located.lookup {
         JournalLookup::Found(j) => j,

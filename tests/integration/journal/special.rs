@@ -193,6 +193,21 @@ fn an_external_journal_is_read_from_journal_dev() {
     // OUT must not be the journal device.
     let o = run(&[&"-r", &"--journal-dev", &jd, &img, &jd]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
+    // A filesystem whose journal is internal: --journal-dev is not used, and a note says so.
+    let internal = dir.join("internal.img");
+    let o = sh(
+        "mke2fs",
+        &[
+            &"-q", &"-F", &"-t", &"ext4", &"-b", &"4096", &internal, &"32M",
+        ],
+    );
+    assert_eq!(code(&o), 0);
+    let o = expect(&[&"-r", &"--journal-dev", &jd, &internal, &out], 0);
+    assert!(
+        stderr(&o).contains("--journal-dev was not used"),
+        "{}",
+        stderr(&o)
+    );
     d.assert_unchanged();
     assert_eq!(
         crate::common::sha256(&jd),
