@@ -149,7 +149,16 @@ fn check_identity(r: &DeltaRecord, tsb: &ext::Superblock, t: &Target, d: &Delta)
 fn from_copy_set(r: &DeltaRecord, t: &Target, d: &Delta) -> Result<BlockSet> {
     let fs = Filesystem::open(target_view(t)?, &OpenOptions::default())
         .with_context(|| format!("{}: cannot open the filesystem", t.path().display()))?;
-    if fingerprint(&fs)? != r.from_fingerprint {
+    let held = fingerprint(&fs)?;
+    if held == r.to_fingerprint && held != r.from_fingerprint {
+        bail!(
+            "{} already holds TO ({}) of delta {}: its superblock and group descriptors are TO's; nothing to apply",
+            t.path().display(),
+            r.to_name,
+            d.path.display()
+        );
+    }
+    if held != r.from_fingerprint {
         bail!(
             "{} does not hold FROM ({}) of delta {}: its superblock or group descriptors differ from FROM's (the filesystem was changed, mounted or checked since, or holds another state)",
             t.path().display(),

@@ -315,9 +315,9 @@ fn targets_not_holding_from_are_refused() {
         f.write_all_at(b"scribbled", victim * 4096 + 100).unwrap();
     }
     refused(&t, "blocks the delta replaces differ from FROM's");
-    // TO itself is not FROM either.
+    // TO itself is not FROM either: it already holds TO.
     let t = sparse_copy(&b, &dir.join("t.img"));
-    refused(&t, "does not hold FROM");
+    refused(&t, "already holds TO");
 }
 
 #[test]
@@ -559,5 +559,5 @@ fn chained_deltas_equal_the_direct_one() {
     assert_eq!((fsck(&t1), fsck(&t2)), (fsck(&c), fsck(&c)));
     // Applying a delta twice: the second time the target holds TO, not FROM.
     let o = apply(&[&ac, &t2, &"--patch", &dir.join("4.patch")], 1);
-    assert!(stderr(&o).contains("does not hold FROM"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already holds TO"), "{}", stderr(&o));
 }
