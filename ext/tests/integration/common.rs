@@ -42,6 +42,18 @@ pub fn corpus_dir() -> Option<PathBuf> {
     d.is_dir().then_some(d)
 }
 
+/// The corpus's gzipped images, sorted by name.
+pub fn corpus_images(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+        .collect();
+    entries.sort();
+    entries
+}
+
 /// A committed fixture image (`fixtures/images/NAME`, gzip-compressed).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

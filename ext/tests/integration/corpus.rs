@@ -6,7 +6,7 @@
 //! EXT2_FLAG_IGNORE_CSUM_ERRORS), we refuse the primary like the kernel does and suggest a
 //! backup. There the image is opened through the suggested backup and compared the same way.
 
-use crate::common::{corpus_dir, gunzip, have, missing_blocks, Scratch};
+use crate::common::{corpus_dir, corpus_images, gunzip, have, missing_blocks, Scratch};
 use ext::{walk, Error, FileView, Filesystem, OpenOptions, WalkOptions};
 use std::path::Path;
 use std::process::Command;
@@ -42,18 +42,9 @@ fn corpus_never_panics_and_is_superset_of_e2image() {
     };
     let have_e2image = have("e2image");
     let tmp = Scratch::new("corpus", "images");
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
     let mut failures = Vec::new();
-    for gz in entries
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
-    {
-        failures.extend(check_image(gz, &tmp.0, have_e2image));
+    for gz in corpus_images(&dir) {
+        failures.extend(check_image(&gz, &tmp.0, have_e2image));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

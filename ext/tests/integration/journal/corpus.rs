@@ -80,18 +80,9 @@ fn corpus_dirty_journals() {
         return;
     }
     let tmp = Scratch::new("journal", "corpus");
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
     let mut seen = Vec::new();
-    for gz in entries
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
-    {
-        if let Some(r) = corpus_case(gz, &tmp.0) {
+    for gz in corpus_images(&dir) {
+        if let Some(r) = corpus_case(&gz, &tmp.0) {
             eprintln!("{}: {}", r.0, r.1);
             seen.push(r);
         }

@@ -14,7 +14,7 @@ mod corrupt;
 mod scenarios;
 mod special;
 
-use crate::common::{corpus_dir, gunzip, have, missing_blocks, run, Scratch};
+use crate::common::{corpus_dir, corpus_images, gunzip, have, missing_blocks, run, Scratch};
 use ext::{
     ro_compat, superblock_checksum, walk, BlockView, FileView, Filesystem, Journal,
     JournalLocation, JournalLookup, JournalState, OpenOptions, Recovery, ReplayMode, ReplayedView,
