@@ -165,11 +165,16 @@ fn every_write_of_an_apply_with_discards() {
     if skip() {
         return;
     }
-    let dir = scratch("apf-file");
-    let [_a, b, c] = chain(&dir);
+    every_write_of_the_bc_delta(&scratch("apf-file"), false);
+}
+
+/// The chain's b → c delta with file data, applied onto b (a loop device over it when
+/// `on_device`), stopped at every write in turn.
+fn every_write_of_the_bc_delta(dir: &Path, on_device: bool) {
+    let [_a, b, c] = chain(dir);
     let d = dir.join("bc.qcow2");
     make_delta(&b, &c, true, &d);
-    let case = Case::new(&dir, d, b, false);
+    let case = Case::new(dir, d, b, on_device);
     let n = case.every_write();
     eprintln!("{n} writes, each a stop point");
     assert!(n > 5, "only {n} writes: the apply is too small to test");
@@ -227,13 +232,7 @@ fn every_write_of_an_apply_on_a_block_device() {
         skipped("cannot set up a loop device here");
         return;
     }
-    let [_a, b, c] = chain(&dir);
-    let d = dir.join("bc.qcow2");
-    make_delta(&b, &c, true, &d);
-    let case = Case::new(&dir, d, b, true);
-    let n = case.every_write();
-    eprintln!("{n} writes, each a stop point");
-    assert!(n > 5, "only {n} writes: the apply is too small to test");
+    every_write_of_the_bc_delta(&dir, true);
 }
 
 /// An apply stopped part-way leaves the target marked with its patch: another apply, or a
