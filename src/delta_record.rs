@@ -18,8 +18,7 @@
 //!   it before writing: a delta damaged in transit or storage is refused.
 //!
 //! Layout (big-endian; 148 bytes, 180 in version 2, plus the names): u32 version (1 or 2), u32
-//! flags ([`FLAG_FILE_DATA`], [`FLAG_SNAPSHOT_FILES`], [`FLAG_ZEROS_RECORDED`],
-//! [`FLAG_BACKING`]), 16 bytes `s_uuid`, u32 block size, u32 reserved (0), u64
+//! flags ([`DeltaFlags`]: file data, snapshot files, zeros recorded, backing), 16 bytes `s_uuid`, u32 block size, u32 reserved (0), u64
 //! `s_blocks_count`, 32 bytes `from_fingerprint`, 32 bytes `to_fingerprint`, 32 bytes
 //! `from_digest`, u64 number of replaced clusters, u16 and u16 the lengths of the FROM and TO
 //! names, (version 2) 32 bytes `to_digest`, then the names (UTF-8, at most
@@ -32,14 +31,33 @@ use sha2::{Digest, Sha256};
 pub const EXT_DELTA_RECORD: u32 = 0x6532_6964;
 /// The record version written: 2 (1 has no `to_digest`, and is still read).
 const RECORD_VERSION: u32 = 2;
-/// The delta holds file data (`-d`).
-pub const FLAG_FILE_DATA: u32 = 1;
-/// Snapshot files' blocks are part of the copy sets.
-pub const FLAG_SNAPSHOT_FILES: u32 = 2;
-/// Discards are zero clusters (v3).
-pub const FLAG_ZEROS_RECORDED: u32 = 4;
-/// The delta names FROM's full export as its backing file.
-pub const FLAG_BACKING: u32 = 8;
+/// The delta record's flags: a namespace of their own (the export record's bits differ).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeltaFlags(u32);
+
+impl DeltaFlags {
+    /// The delta holds file data (`-d`).
+    pub const FILE_DATA: DeltaFlags = DeltaFlags(1);
+    /// Snapshot files' blocks are part of the copy sets.
+    pub const SNAPSHOT_FILES: DeltaFlags = DeltaFlags(2);
+    /// Discards are zero clusters (v3).
+    pub const ZEROS_RECORDED: DeltaFlags = DeltaFlags(4);
+    /// The delta names FROM's full export as its backing file.
+    pub const BACKING: DeltaFlags = DeltaFlags(8);
+
+    /// True if every bit of `f` is set.
+    pub fn contains(self, f: DeltaFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+
+    /// `self` with the bits of `f` set when `on`.
+    pub fn with(self, f: DeltaFlags, on: bool) -> DeltaFlags {
+        match on {
+            true => DeltaFlags(self.0 | f.0),
+            false => self,
+        }
+    }
+}
 /// Longest state name kept in the record, in bytes (longer names are cut): keeps the
 /// header and its extensions within one 512-byte cluster.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -51,8 +69,8 @@ const FIXED_BYTES: usize = 180;
 /// What a delta goes between.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeltaRecord {
-    /// Flags (see the module comment).
-    pub flags: u32,
+    /// Flags.
+    pub flags: DeltaFlags,
     /// The filesystem's `s_uuid`.
     pub fs_uuid: [u8; 16],
     /// Its block size in bytes.
@@ -78,8 +96,8 @@ pub struct DeltaRecord {
 
 impl DeltaRecord {
     /// True if `flag` is set.
-    pub fn has(&self, flag: u32) -> bool {
-        self.flags & flag != 0
+    pub fn has(&self, flag: DeltaFlags) -> bool {
+        self.flags.contains(flag)
     }
 
     /// The extension's data: version 2, or 1 without a `to_digest`.
@@ -94,7 +112,7 @@ impl DeltaRecord {
         };
         let mut b = vec![0u8; fixed];
         put_be32(&mut b, 0, version);
-        put_be32(&mut b, 4, self.flags);
+        put_be32(&mut b, 4, self.flags.0);
         b[8..24].copy_from_slice(&self.fs_uuid);
         put_be32(&mut b, 24, self.block_size);
         put_be64(&mut b, 32, self.blocks_count);
@@ -126,7 +144,7 @@ impl DeltaRecord {
         let names = data.get(fixed..fixed.checked_add(from_len + to_len)?)?;
         let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
         Some(DeltaRecord {
-            flags: be32(b, 4),
+            flags: DeltaFlags(be32(b, 4)),
             fs_uuid: get_array(b, 8),
             block_size: be32(b, 24),
             blocks_count: be64(b, 32),
@@ -204,7 +222,7 @@ mod tests {
     #[test]
     fn round_trip_and_cut_names() {
         let r = DeltaRecord {
-            flags: FLAG_FILE_DATA | FLAG_ZEROS_RECORDED,
+            flags: DeltaFlags::FILE_DATA.with(DeltaFlags::ZEROS_RECORDED, true),
             fs_uuid: [7; 16],
             block_size: 4096,
             blocks_count: 1 << 40,

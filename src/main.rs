@@ -11,9 +11,10 @@
 //!    `ranges` (sorted block ranges);
 //! 2. `cli` (clap structures only), `plan` (the validated plans built once from them: the
 //!    only thing the pipelines see);
-//! 3. `copy` (the parallel copy engine), `sink` (one trait, one file per output kind),
-//!    `patching` (changing a target in place through a patch file: what rollback and apply
-//!    share);
+//! 3. `copy` (the parallel copy engine), `archive` (an archive's states: opened for change,
+//!    the newest, names and ids, retention decisions), `sink` (one trait, one file per output
+//!    kind; sinks only write), `patching` (changing a target in place through a patch file:
+//!    what rollback and apply share);
 //! 4. the pipelines: `export` (export, QCOW2 → raw, archive append), `snapshots` (listing),
 //!    `prune` (archive retention), `rollback`, `apply` (a delta replayed onto a replica);
 //! 5. `main`: parse, plan, run, exit status (0 complete, 1 failed, 2 usage error, 3 complete
@@ -22,6 +23,7 @@
 //! Library errors become one-line messages here; the libraries never print.
 
 mod apply;
+mod archive;
 mod bytes;
 mod cli;
 mod copy;
@@ -78,7 +80,10 @@ fn main() {
         },
         None => match ExportPlan::from_args(&cli.export) {
             Ok(plan) => export(&plan),
-            Err(UsageError(m)) => usage_error(&m, cli.export.json, EXPORT_USAGE),
+            Err(e) => match e.downcast_ref::<UsageError>() {
+                Some(UsageError(m)) => usage_error(m, cli.export.json, EXPORT_USAGE),
+                None => fail(&e, cli.export.json),
+            },
         },
     };
     let code = match sys::signals::interrupted() {
@@ -92,9 +97,9 @@ fn main() {
 fn export(plan: &ExportPlan) -> i32 {
     let summary = match export::run(plan) {
         Ok(s) => s,
-        Err(e) => return fail(&e, plan.json),
+        Err(e) => return fail(&e, plan.json()),
     };
-    summary.print(plan.json);
+    summary.print(plan.json());
     summary.exit_status()
 }
 

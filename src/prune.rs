@@ -5,8 +5,8 @@
 //! state the active layer shows is always kept. `--dry-run` says which states would go and
 //! which rule keeps each kept one, and changes nothing.
 
+use crate::archive::{decide, decisions_json, open_archive, Decision};
 use crate::plan::PrunePlan;
-use crate::sink::{decisions_json, open_archive, retention, Decision};
 use crate::text::format_date;
 use anyhow::{Context, Result};
 use std::fmt::Write;
@@ -18,8 +18,9 @@ use std::fmt::Write;
 /// then as it was: the header is written last).
 pub fn run(plan: &PrunePlan) -> Result<()> {
     let mut archive = open_archive(&plan.archive)?;
+    archive.record()?;
     let active = archive.editor.snapshot_matching_active();
-    let decisions = retention(&archive.editor, &plan.policy, None, active);
+    let decisions = decide(&archive.editor, &plan.policy, None, active);
     let before = file_size(&plan.archive);
     let going: Vec<usize> = decisions
         .iter()
@@ -74,13 +75,19 @@ fn render(plan: &PrunePlan, decisions: &[Decision], before: u64, after: u64) -> 
     );
     for x in d {
         let (what, why) = match &x.kept {
-            Some(r) => ("keep  ", r.as_str()),
-            None => ("remove", ""),
+            Some(r) => ("keep  ", r.words().join(", ")),
+            None => ("remove", String::new()),
         };
-        let _ = writeln!(s, "  {what} {:<24} {}  {why}", x.name, format_date(x.date));
+        let date = format_date(i64::from(x.date.0));
+        let _ = writeln!(s, "  {what} {:<24} {date}  {why}", x.name);
     }
     if !plan.dry_run {
-        let _ = writeln!(s, "  archive: {before} → {after} bytes (apparent size)");
+        let _ = writeln!(
+            s,
+            "  archive: {} → {} (apparent size)",
+            crate::text::size(before),
+            crate::text::size(after)
+        );
     }
     s
 }

@@ -17,6 +17,15 @@ use std::path::Path;
 pub fn open_image(path: &Path, complete: bool) -> anyhow::Result<Reader> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    open_image_file(file, path, complete)
+}
+
+/// [`open_image`] over a file already open (read-only is enough); `path` names it in
+/// messages.
+///
+/// # Errors
+/// Not a usable QCOW2 image; a backing file when `complete`.
+pub fn open_image_file(file: std::fs::File, path: &Path, complete: bool) -> anyhow::Result<Reader> {
     let reader = Reader::open_with_backing(file)
         .with_context(|| format!("{}: not a usable QCOW2 image", path.display()))?;
     if complete {
@@ -108,4 +117,56 @@ pub fn choose_layer(reader: &Reader, wanted: Option<&str>) -> anyhow::Result<Cho
         date: (s.date_sec, s.date_nsec),
         label: format!("snapshot {} ({})", s.id, s.name),
     })
+}
+
+/// Refuses a state whose disk is too small for the filesystem it holds: a header (or a
+/// snapshot's `disk_size`) of `size` bytes that cuts the filesystem short would make every
+/// reader of the state miss its end — or, below 2 KiB, its superblock. A state larger than
+/// the image's virtual size is refused too: QCOW2 reads stop at the virtual size (and QEMU
+/// refuses to load a snapshot whose size differs). The filesystem's size
+/// is `s_blocks_count` × block size from the superblock at byte 1024 (or the first backup that
+/// validates, as the export opens it); a state without one is not checked, unless `expect_fs` (the image is an export of
+/// a filesystem: e2image-rs's export record), which then refuses it. `label` names the state.
+///
+/// # Errors
+/// The disk is smaller than the filesystem, or holds no superblock while one is expected.
+pub fn check_state_size(
+    reader: &Reader,
+    layer: &LayerReader<'_>,
+    size: u64,
+    label: &str,
+    expect_fs: bool,
+) -> anyhow::Result<()> {
+    if size > reader.virtual_size() {
+        anyhow::bail!(
+            "{label}: its disk is {size} bytes, larger than the image's virtual size ({} bytes), past which nothing can be read: the header's size is wrong; nothing was written",
+            reader.virtual_size()
+        );
+    }
+    let sb_end = ext::SUPERBLOCK_OFFSET + ext::SUPERBLOCK_SIZE as u64;
+    let view = QcowView::new(layer, size);
+    let sb = match size >= sb_end {
+        true => ext::Filesystem::open_with_fallback(&view as &dyn BlockView, &Default::default())
+            .ok()
+            .map(|(fs, _)| fs.sb),
+        false => None,
+    };
+    let Some(sb) = sb else {
+        if expect_fs {
+            anyhow::bail!(
+                "{label}: its disk is {size} bytes (the image's virtual size{}) and holds no ext superblock at byte 1024: the size is wrong or the state is damaged; nothing was written",
+                if size < sb_end { " is smaller than the superblock's end" } else { "" }
+            );
+        }
+        return Ok(());
+    };
+    let fs_size = sb.size_bytes();
+    if fs_size > size {
+        anyhow::bail!(
+            "{label}: its disk is {size} bytes, smaller than the filesystem it holds ({fs_size} bytes: {} blocks of {}); the image's virtual size is wrong; nothing was written",
+            sb.s_blocks_count,
+            sb.block_size
+        );
+    }
+    Ok(())
 }

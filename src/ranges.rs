@@ -35,6 +35,34 @@ pub fn push(ranges: &mut Vec<Range<u64>>, r: Range<u64>) {
     }
 }
 
+/// The sorted disjoint ranges `runs` minus the sorted disjoint ranges `skip`.
+pub fn without(runs: impl Iterator<Item = Range<u64>>, skip: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    for r in runs {
+        let mut b = r.start;
+        while k < skip.len() && skip[k].end <= b {
+            k += 1;
+        }
+        let mut j = k;
+        while b < r.end {
+            match skip.get(j).filter(|s| s.start < r.end) {
+                Some(s) if s.start <= b => b = b.max(s.end),
+                Some(s) => {
+                    out.push(b..s.start);
+                    b = s.end;
+                }
+                None => {
+                    out.push(b..r.end);
+                    b = r.end;
+                }
+            }
+            j += 1;
+        }
+    }
+    out
+}
+
 /// Number of values in the ranges.
 pub fn total(ranges: &[Range<u64>]) -> u64 {
     ranges.iter().map(|r| r.end - r.start).sum()
@@ -55,5 +83,16 @@ mod tests {
         assert!(overlaps(&v, 3..5) && !overlaps(&v, 4..6) && overlaps(&v, 5..9));
         assert_eq!(union(&v, &[1..2, 4..5, 8..9]), vec![0..5, 6..7, 8..9]);
         assert_eq!(total(&v), 5);
+    }
+
+    #[test]
+    fn runs_without_skipped_ranges() {
+        let runs = vec![0..10, 20..30, 40..50];
+        let skip = vec![5..8, 9..25, 45..60];
+        assert_eq!(
+            without(runs.into_iter(), &skip),
+            vec![0..5, 8..9, 25..30, 40..45]
+        );
+        assert_eq!(without(std::iter::once(0..4), &[]), vec![0..4]);
     }
 }

@@ -8,9 +8,9 @@
 //! header (notes §1.3), and `qemu-img check` stays clean. Images without it (from e2image,
 //! from qemu-img convert, from older e2image-rs) are read as before, by inference.
 //!
-//! Layout (8 bytes, big-endian): u32 record version (1), u32 flags ([`FLAG_FILE_DATA`],
-//! [`FLAG_SNAPSHOT_FILES`], [`FLAG_ZEROS_RECORDED`], [`FLAG_REPLAYED`]; unknown bits are
-//! ignored).
+//! Layout (8 bytes, big-endian): u32 record version (1), u32 flags (the export record's own
+//! namespace, [`export_flag`]: file data, snapshot files, zeros recorded, replayed; unknown
+//! bits are ignored).
 
 use crate::bytes::{be32, put_be32};
 
@@ -18,16 +18,21 @@ use crate::bytes::{be32, put_be32};
 pub const EXT_EXPORT_RECORD: u32 = 0x6532_6972;
 /// The only record version so far.
 const RECORD_VERSION: u32 = 1;
-/// File data blocks were copied (`-d`).
-pub const FLAG_FILE_DATA: u32 = 1;
-/// Blocks of snapshot files (next3) were copied (no `--no-snapshots`).
-pub const FLAG_SNAPSHOT_FILES: u32 = 2;
-/// Copied all-zero blocks are mapped as QCOW2 zero clusters (v3); without it they were left
-/// unallocated, so every block of a state's walk is held, as zeros where unallocated.
-pub const FLAG_ZEROS_RECORDED: u32 = 4;
-/// The states hold the replayed filesystem (`--replay`): the journal applied in memory,
-/// needs_recovery cleared.
-pub const FLAG_REPLAYED: u32 = 8;
+/// The export record's flag bits (a namespace of their own: the delta record's differ).
+pub mod export_flag {
+    /// File data blocks were copied (`-d`).
+    pub const FILE_DATA: u32 = 1;
+    /// Blocks of snapshot files (next3) were copied (no `--no-snapshots`).
+    pub const SNAPSHOT_FILES: u32 = 2;
+    /// Copied all-zero blocks are mapped as QCOW2 zero clusters (v3); without it they were
+    /// left unallocated, so every block of a state's walk is held, as zeros where unallocated.
+    pub const ZEROS_RECORDED: u32 = 4;
+    /// The states hold the replayed filesystem (`--replay`): the journal applied in memory,
+    /// needs_recovery cleared.
+    pub const REPLAYED: u32 = 8;
+}
+
+use export_flag::{FILE_DATA, REPLAYED, SNAPSHOT_FILES, ZEROS_RECORDED};
 
 /// What an e2image-rs export copied into every state of the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +52,10 @@ impl ExportRecord {
     pub fn encode(&self) -> [u8; 8] {
         let mut flags = 0;
         for (set, bit) in [
-            (self.file_data, FLAG_FILE_DATA),
-            (self.snapshot_files, FLAG_SNAPSHOT_FILES),
-            (self.zeros_recorded, FLAG_ZEROS_RECORDED),
-            (self.replayed, FLAG_REPLAYED),
+            (self.file_data, FILE_DATA),
+            (self.snapshot_files, SNAPSHOT_FILES),
+            (self.zeros_recorded, ZEROS_RECORDED),
+            (self.replayed, REPLAYED),
         ] {
             if set {
                 flags |= bit;
@@ -68,10 +73,10 @@ impl ExportRecord {
         let data = data.get(..8)?;
         let (version, flags) = (be32(data, 0), be32(data, 4));
         (version == RECORD_VERSION).then_some(ExportRecord {
-            file_data: flags & FLAG_FILE_DATA != 0,
-            snapshot_files: flags & FLAG_SNAPSHOT_FILES != 0,
-            zeros_recorded: flags & FLAG_ZEROS_RECORDED != 0,
-            replayed: flags & FLAG_REPLAYED != 0,
+            file_data: flags & FILE_DATA != 0,
+            snapshot_files: flags & SNAPSHOT_FILES != 0,
+            zeros_recorded: flags & ZEROS_RECORDED != 0,
+            replayed: flags & REPLAYED != 0,
         })
     }
 

@@ -73,20 +73,50 @@ impl Rule {
         }
     }
 
-    /// The calendar period of `secs` (seconds since the epoch, UTC) for this rule; `Last` puts
-    /// every state in its own period.
-    fn period(self, secs: i64, index: usize) -> i64 {
-        let days = secs.div_euclid(86_400);
-        let (y, m, _) = civil_from_days(days);
+    /// The calendar period (in UTC) of a state dated `secs` seconds since the epoch, at rank
+    /// `rank` in the newest-first order; `Last` puts every state in its own period.
+    fn period(self, secs: i64, rank: usize) -> i64 {
+        let date = civil_date(secs);
         match self {
-            Rule::Last => index as i64,
+            Rule::Last => rank as i64,
             Rule::Hourly => secs.div_euclid(3600),
-            Rule::Daily => days,
-            Rule::Weekly => iso_week(days),
-            Rule::Monthly => y * 12 + i64::from(m),
-            Rule::Yearly => y,
+            Rule::Daily => secs.div_euclid(86_400),
+            Rule::Weekly => {
+                let w = date.iso_week_date();
+                i64::from(w.year()) * 100 + i64::from(w.week())
+            }
+            Rule::Monthly => i64::from(date.year()) * 12 + i64::from(date.month()),
+            Rule::Yearly => i64::from(date.year()),
         }
     }
+}
+
+/// The UTC calendar date of `secs` seconds since the epoch (clamped to jiff's range, years
+/// -9999..=9999, far beyond the 32-bit dates QCOW2 stores).
+fn civil_date(secs: i64) -> jiff::civil::Date {
+    let ts = jiff::Timestamp::from_second(secs).unwrap_or(if secs < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    jiff::tz::Offset::UTC.to_datetime(ts).date()
+}
+
+/// Where a state stands in an archive's history; a newer state has a greater key. States are
+/// ordered by their date (seconds, then nanoseconds), then by their numeric snapshot id
+/// (QEMU's ids grow, so of two states of the same instant the later one has the greater id),
+/// then by their position in the snapshot table (a state being appended comes after every
+/// entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StateOrder {
+    /// Seconds since the epoch (UTC).
+    pub sec: i64,
+    /// Nanoseconds within that second.
+    pub nsec: u32,
+    /// The snapshot id as a number (`None`, sorting first, for an id that is not one).
+    pub id: Option<u64>,
+    /// Position in the snapshot table.
+    pub position: usize,
 }
 
 /// Why a state is kept: each rule that keeps it (`oldest` when it is kept as the oldest state
@@ -95,39 +125,34 @@ impl Rule {
 pub struct Reasons(pub Vec<(Rule, bool)>);
 
 impl Reasons {
-    /// "daily, weekly", "oldest yearly".
-    pub fn text(&self) -> String {
-        let words: Vec<String> = self
-            .0
+    /// One word per rule that keeps the state: `["daily", "weekly"]`, `["oldest yearly"]`.
+    pub fn words(&self) -> Vec<String> {
+        self.0
             .iter()
-            .map(|(r, oldest)| {
-                if *oldest {
-                    format!("oldest {}", r.name())
-                } else {
-                    r.name().to_string()
-                }
+            .map(|(r, oldest)| match oldest {
+                true => format!("oldest {}", r.name()),
+                false => r.name().to_string(),
             })
-            .collect();
-        words.join(", ")
+            .collect()
     }
 }
 
-/// Applies `policy` to states dated `dates` (seconds since the epoch, any order). Returns, per
-/// state, `Some(reasons)` if it is kept, `None` if it goes.
-pub fn apply(policy: &Policy, dates: &[i64]) -> Vec<Option<Reasons>> {
-    let mut order: Vec<usize> = (0..dates.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse((dates[i], i)));
-    let mut kept: Vec<Option<Reasons>> = vec![None; dates.len()];
+/// Applies `policy` to `states` (any order). Returns, per state, `Some(reasons)` if it is
+/// kept, `None` if it goes.
+pub fn apply(policy: &Policy, states: &[StateOrder]) -> Vec<Option<Reasons>> {
+    let mut order: Vec<usize> = (0..states.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(states[i]));
+    let mut kept: Vec<Option<Reasons>> = vec![None; states.len()];
     for (rule, count) in policy.rules() {
         let Some(mut left) = count.filter(|&n| n > 0) else {
             continue;
         };
         let mut last_period = None;
-        for (k, &i) in order.iter().enumerate() {
+        for (rank, &i) in order.iter().enumerate() {
             if left == 0 {
                 break;
             }
-            let p = rule.period(dates[i], k);
+            let p = rule.period(states[i].sec, rank);
             if last_period == Some(p) {
                 continue;
             }
@@ -150,26 +175,6 @@ pub fn apply(policy: &Policy, dates: &[i64]) -> Vec<Option<Reasons>> {
     kept
 }
 
-/// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// A number identifying the ISO week (Monday to Sunday) holding day `days` since 1970-01-01
-/// (a Thursday): the day count of that week's Monday.
-fn iso_week(days: i64) -> i64 {
-    let weekday_from_monday = (days + 3).rem_euclid(7);
-    days - weekday_from_monday
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,13 +183,38 @@ mod tests {
     /// 2019-09-01 11:00:00 UTC, a Sunday.
     const SUNDAY: i64 = 1_567_335_600;
 
-    fn kept(policy: Policy, dates: &[i64]) -> Vec<usize> {
-        apply(&policy, dates)
+    /// States dated `dates` (whole seconds), ids 1.. in table order.
+    fn states(dates: &[i64]) -> Vec<StateOrder> {
+        dates
+            .iter()
+            .enumerate()
+            .map(|(i, &sec)| StateOrder {
+                sec,
+                nsec: 0,
+                id: Some(i as u64 + 1),
+                position: i,
+            })
+            .collect()
+    }
+
+    fn kept_of(policy: Policy, s: &[StateOrder]) -> Vec<usize> {
+        apply(&policy, s)
             .iter()
             .enumerate()
             .filter(|(_, r)| r.is_some())
             .map(|(i, _)| i)
             .collect()
+    }
+
+    fn kept(policy: Policy, dates: &[i64]) -> Vec<usize> {
+        kept_of(policy, &states(dates))
+    }
+
+    fn last(n: u32) -> Policy {
+        Policy {
+            last: Some(n),
+            ..Policy::default()
+        }
     }
 
     #[test]
@@ -211,17 +241,24 @@ mod tests {
         };
         // last: 29, 28; daily: newest of days 9, 8, 7 = 29, 26, 23.
         assert_eq!(kept(p, &dates), vec![23, 26, 28, 29]);
-        let r = apply(&p, &dates);
-        assert_eq!(r[29].as_ref().unwrap().text(), "last, daily");
-        assert_eq!(r[26].as_ref().unwrap().text(), "daily");
+        let r = apply(&p, &states(&dates));
+        assert_eq!(r[29].as_ref().unwrap().words().join(", "), "last, daily");
+        assert_eq!(r[26].as_ref().unwrap().words().join(", "), "daily");
     }
 
     #[test]
     fn weeks_run_monday_to_sunday() {
         // Sunday 2019-09-01 and Monday 2019-09-02 are in different ISO weeks;
         // Monday 09-02 and Sunday 09-08 share one.
-        assert_ne!(iso_week(SUNDAY / DAY), iso_week(SUNDAY / DAY + 1));
-        assert_eq!(iso_week(SUNDAY / DAY + 1), iso_week(SUNDAY / DAY + 7));
+        let week = |s: i64| Rule::Weekly.period(s, 0);
+        assert_ne!(week(SUNDAY), week(SUNDAY + DAY));
+        assert_eq!(week(SUNDAY + DAY), week(SUNDAY + 7 * DAY));
+        // ISO week 1 of 2021 starts on Monday 2021-01-04; Sunday 2021-01-03 is in week 53 of
+        // 2020, and so is Thursday 2020-12-31.
+        let jan3_2021 = 1_609_632_000;
+        assert_eq!(week(jan3_2021), 202_053);
+        assert_eq!(week(jan3_2021 - 3 * DAY), 202_053);
+        assert_eq!(week(jan3_2021 + DAY), 202_101);
         let dates = [SUNDAY, SUNDAY + DAY, SUNDAY + 7 * DAY];
         let p = Policy {
             weekly: Some(5),
@@ -230,7 +267,14 @@ mod tests {
         // Two weeks with states: 0 alone, then {1, 2} whose newest is 2; too few weeks, so the
         // oldest (0) is kept too, as "oldest weekly" — it is already the newest of its week.
         assert_eq!(kept(p, &dates), vec![0, 2]);
-        assert_eq!(apply(&p, &dates)[0].as_ref().unwrap().text(), "weekly");
+        assert_eq!(
+            apply(&p, &states(&dates))[0]
+                .as_ref()
+                .unwrap()
+                .words()
+                .join(", "),
+            "weekly"
+        );
     }
 
     #[test]
@@ -240,16 +284,17 @@ mod tests {
             yearly: Some(3),
             ..Policy::default()
         };
-        let r = apply(&p, &dates);
-        assert_eq!(r[2].as_ref().unwrap().text(), "yearly");
-        assert_eq!(r[0].as_ref().unwrap().text(), "oldest yearly");
+        let r = apply(&p, &states(&dates));
+        assert_eq!(r[2].as_ref().unwrap().words().join(", "), "yearly");
+        assert_eq!(r[0].as_ref().unwrap().words().join(", "), "oldest yearly");
         assert!(r[1].is_none());
     }
 
     #[test]
     fn months_and_years() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(18_140), (2019, 9, 1));
+        assert_eq!(civil_date(0).to_string(), "1970-01-01");
+        assert_eq!(civil_date(SUNDAY).to_string(), "2019-09-01");
+        assert_eq!(civil_date(-1).to_string(), "1969-12-31");
         let jan31 = 1_580_428_800; // 2020-01-31 00:00
         let dates = [jan31, jan31 + DAY, jan31 + 2 * DAY];
         let p = Policy {
@@ -259,5 +304,85 @@ mod tests {
         assert_eq!(kept(p, &dates), vec![2]); // the newest of February
         assert!(Policy::default().is_empty());
         assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn states_of_one_second_rank_by_nanoseconds_then_id_then_position() {
+        // Six states within one second, listed in a shuffled table order.
+        let nsec = [500, 100, 600, 200, 400, 300];
+        let s: Vec<StateOrder> = nsec
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| StateOrder {
+                sec: SUNDAY,
+                nsec: n,
+                id: Some(i as u64 + 1),
+                position: i,
+            })
+            .collect();
+        assert_eq!(kept_of(last(2), &s), vec![0, 2]);
+        assert_eq!(kept_of(last(1), &s), vec![2]);
+        // The same instant: the greater id is newer, whatever the table order.
+        let tie: Vec<StateOrder> = [3u64, 1, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| StateOrder {
+                sec: SUNDAY,
+                nsec: 7,
+                id: Some(id),
+                position: i,
+            })
+            .collect();
+        assert_eq!(kept_of(last(1), &tie), vec![0]);
+        assert_eq!(kept_of(last(2), &tie), vec![0, 2]);
+        // Ids that are not numbers: the later table position is newer.
+        let named: Vec<StateOrder> = (0..3)
+            .map(|i| StateOrder {
+                sec: SUNDAY,
+                nsec: 7,
+                id: None,
+                position: i,
+            })
+            .collect();
+        assert_eq!(kept_of(last(1), &named), vec![2]);
+    }
+
+    #[test]
+    fn calendar_rules_pick_the_newest_of_a_shared_hour_and_day() {
+        // restic: for each of the last N hours (days) holding states, the most recent state
+        // of that hour (day). Two hours of one day, three states each, one second apart, the
+        // newest of each hour by nanoseconds inside a shared second.
+        let mut s = Vec::new();
+        for (k, (off, nsec)) in [(0, 0), (1, 9), (1, 3), (3600, 0), (3601, 5), (3601, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            s.push(StateOrder {
+                sec: SUNDAY + off,
+                nsec,
+                id: Some(k as u64 + 1),
+                position: k,
+            });
+        }
+        let hourly = Policy {
+            hourly: Some(2),
+            ..Policy::default()
+        };
+        assert_eq!(kept_of(hourly, &s), vec![1, 4]);
+        let daily = Policy {
+            daily: Some(1),
+            ..Policy::default()
+        };
+        assert_eq!(kept_of(daily, &s), vec![4]);
+        // One day only while three are asked for: the oldest state is kept as well.
+        let daily3 = Policy {
+            daily: Some(3),
+            ..Policy::default()
+        };
+        assert_eq!(kept_of(daily3, &s), vec![0, 4]);
+        assert_eq!(
+            apply(&daily3, &s)[0].as_ref().unwrap().words().join(", "),
+            "oldest daily"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! target is touched, the closing line and the `--json` summary.
 
 use super::compare::{PassStats, Written};
-use crate::delta_record::{DeltaRecord, FLAG_FILE_DATA, FLAG_SNAPSHOT_FILES};
+use crate::delta_record::{DeltaFlags, DeltaRecord};
 use crate::patching::{by_class, owners_of, Driven};
 use crate::ranges::total;
 use ext::{BlockSet, BlockView, Filesystem};
@@ -129,8 +129,8 @@ impl Report {
             "delta record: FROM {}, TO {}, file data {}, snapshot files {}; TARGET holds FROM (superblock, group descriptors and the replaced blocks checked)",
             r.from_name,
             r.to_name,
-            yes(FLAG_FILE_DATA),
-            yes(FLAG_SNAPSHOT_FILES)
+            yes(DeltaFlags::FILE_DATA),
+            yes(DeltaFlags::SNAPSHOT_FILES)
         )
     }
 

@@ -7,7 +7,7 @@
 //! state's copy and read as zeros in the delta.
 
 use super::delta::Delta;
-use crate::delta_record::{fingerprint, DeltaRecord, FLAG_FILE_DATA, FLAG_SNAPSHOT_FILES};
+use crate::delta_record::{fingerprint, DeltaFlags, DeltaRecord};
 use crate::patching::{identity_diffs, Target};
 use crate::ranges::push;
 use anyhow::{bail, Context, Result};
@@ -109,8 +109,8 @@ pub fn target_view(t: &Target) -> Result<FileView> {
 /// The walk options a record's copy sets were made with.
 fn walk_options(r: &DeltaRecord) -> WalkOptions {
     WalkOptions {
-        data: r.has(FLAG_FILE_DATA),
-        no_snapshot_files: !r.has(FLAG_SNAPSHOT_FILES),
+        data: r.has(DeltaFlags::FILE_DATA),
+        no_snapshot_files: !r.has(DeltaFlags::SNAPSHOT_FILES),
     }
 }
 

@@ -7,7 +7,8 @@
 use super::summary::Summary;
 use crate::copy::{copy_runs, Progress};
 use crate::plan::ExportPlan;
-use crate::qcow_view::{choose_layer, QcowView};
+use crate::qcow_view::{check_state_size, choose_layer, QcowView};
+use crate::record::ExportRecord;
 use crate::sink::{self, QcowOptions, Table, Target};
 use anyhow::{Context, Result};
 use qcow::{ClusterMapping, Reader};
@@ -17,12 +18,21 @@ use qcow::{ClusterMapping, Reader};
 /// # Errors
 /// Unknown snapshot; read errors of the L1/L2 tables; write errors.
 pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
-    let chosen = choose_layer(reader, plan.from_snapshot.as_deref())
-        .with_context(|| plan.source.display().to_string())?;
+    let source = plan.source().path();
+    let wanted = plan.source().view().snapshot();
+    let chosen = choose_layer(reader, wanted).with_context(|| source.display().to_string())?;
     let size = chosen.size;
     let layer = reader
         .layer(chosen.layer)
         .context("cannot read the L1 table")?;
+    let label = format!("{}: {}", source.display(), chosen.label);
+    check_state_size(
+        reader,
+        &layer,
+        size,
+        &label,
+        ExportRecord::of(reader).is_some(),
+    )?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
     layer.for_each_allocated(|gc, m| {
         if !matches!(m, ClusterMapping::Zero | ClusterMapping::Unallocated) {
@@ -38,21 +48,18 @@ pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
     let target = Target {
         size,
         qcow: QcowOptions::default(),
-        uuid: [0; 16],
-        block_size: cluster,
-        blocks_count: 0,
     };
     let mut out = sink::open(plan, &target)?;
     let mut notes = out.notes();
     let others = reader.snapshots().len();
-    if plan.from_snapshot.is_none() && others > 0 {
+    if wanted.is_none() && others > 0 {
         notes.push(format!(
             "{} has {others} internal snapshot(s); a raw image holds one state, so only the active layer was converted (choose another with --from-snapshot)",
-            plan.source.display()
+            source.display()
         ));
     }
     let total: u64 = runs.iter().map(|r| r.1).sum::<u64>() * u64::from(cluster);
-    let progress = Progress::new(plan.progress, total, "converting");
+    let progress = Progress::new(plan.progress(), total, "converting");
     let mut warnings = Vec::new();
     out.sink.begin_state()?;
     let stats = copy_runs(
@@ -65,6 +72,6 @@ pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
     )?;
     out.sink.end_state()?;
     progress.finish();
-    notes.extend(out.complete(&Table::default(), plan.sync)?.notes);
+    notes.extend(out.complete(&Table::default(), plan.sync())?.notes);
     Ok(Summary::conversion(plan, size, warnings, stats, notes))
 }

@@ -13,11 +13,8 @@
 use super::cluster::choose_cluster_bits;
 use super::states::Next3;
 use super::summary::{DeltaFacts, Summary};
-use crate::delta_record::{
-    fingerprint, ClusterDigest, DeltaRecord, EXT_DELTA_RECORD, FLAG_BACKING, FLAG_FILE_DATA,
-    FLAG_SNAPSHOT_FILES, FLAG_ZEROS_RECORDED,
-};
-use crate::plan::{DeltaPlan, ExportPlan, StateRef};
+use crate::delta_record::{fingerprint, ClusterDigest, DeltaFlags, DeltaRecord, EXT_DELTA_RECORD};
+use crate::plan::{DeltaPlan, ExportPlan, SourceKind, StateRef};
 use crate::probe::is_qcow2;
 use crate::qcow_view::{choose_layer, QcowView};
 use crate::record::{ExportRecord, EXT_EXPORT_RECORD};
@@ -42,34 +39,26 @@ pub(super) fn run(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
     if matches!(d.to, StateRef::Image { .. }) {
         bail!("TO is a state of SOURCE");
     }
-    if is_qcow2(&plan.source)? {
+    let source = plan.source();
+    if source.kind() == SourceKind::Qcow2 {
         return from_qcow(plan, d);
     }
-    if !plan.force {
-        if let Some(mnt) = crate::sys::mounted::mounted_rw(&plan.source) {
-            bail!(
-                "{} is mounted read-write on {}; the delta could be inconsistent. Use -f to make it anyway",
-                plan.source.display(),
-                mnt.display()
-            );
-        }
-    }
-    let file = FileView::open(&plan.source)
-        .with_context(|| format!("cannot open {} read-only", plan.source.display()))?;
-    from_device(&file, plan, d)
+    source.check_not_mounted("the delta")?;
+    from_device(&source.file_view()?, plan, d)
 }
 
 /// States of a QCOW2 SOURCE: internal snapshots and the active layer.
 fn from_qcow(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
-    let reader = open_qcow(&plan.source)?;
-    let to_layer = reader.layer(qcow_layer(&reader, &d.to, &plan.source)?)?;
+    let reader = plan.source().qcow_reader()?;
+    let source = plan.source().path();
+    let to_layer = reader.layer(qcow_layer(&reader, &d.to, source)?)?;
     let to_view = QcowView::new(&to_layer, reader.virtual_size());
     if let StateRef::Image { path, snapshot } = &d.from {
         return with_image(path, snapshot.as_deref(), &|from| {
             build(from, &to_view, &Oracle::None, plan, d)
         });
     }
-    let from_layer = reader.layer(qcow_layer(&reader, &d.from, &plan.source)?)?;
+    let from_layer = reader.layer(qcow_layer(&reader, &d.from, source)?)?;
     let from_view = QcowView::new(&from_layer, reader.virtual_size());
     let oracle = Oracle::Qcow {
         from: &from_layer,
@@ -81,15 +70,16 @@ fn from_qcow(plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
 
 /// States of a device or image file: its next3 snapshots and the live state.
 fn from_device(file: &FileView, plan: &ExportPlan, d: &DeltaPlan) -> Result<Summary> {
-    let fs = Filesystem::open(file, &plan.open)
-        .with_context(|| format!("{}: cannot open the filesystem", plan.source.display()))?;
+    let source = plan.source().path();
+    let fs = Filesystem::open(file, plan.source().open_options())
+        .with_context(|| format!("{}: cannot open the filesystem", source.display()))?;
     let next3 = Next3::read(&fs);
     let find = |r: &StateRef| -> Result<Option<usize>> {
         match r {
             StateRef::Named(n) => next3.find(&fs, n).map(Some).with_context(|| {
                 format!(
                     "{}: no filesystem snapshot with name or id {n:?}",
-                    plan.source.display()
+                    source.display()
                 )
             }),
             _ => Ok(None),
@@ -167,12 +157,12 @@ fn build(
     let (fl, tl) = (d.from.label(), d.to.label());
     let from_fs = Filesystem::open(from, &OpenOptions::default())
         .with_context(|| format!("FROM ({fl}): cannot open the filesystem"))?;
-    let to_fs = Filesystem::open(to, &plan.open)
+    let to_fs = Filesystem::open(to, plan.source().open_options())
         .with_context(|| format!("TO ({tl}): cannot open the filesystem"))?;
     same_filesystem(&from_fs, &to_fs, &fl, &tl)?;
     let opts = WalkOptions {
-        data: plan.data,
-        no_snapshot_files: plan.no_snapshots,
+        data: plan.data(),
+        no_snapshot_files: plan.no_snapshots(),
     };
     let (from_walk, to_walk) = (ext::walk(&from_fs, &opts), ext::walk(&to_fs, &opts));
     let from_fingerprint = fingerprint(&from_fs)?;
@@ -200,7 +190,7 @@ fn build(
         &diff,
     );
     let table = record_table(&record);
-    notes.extend(out.complete(&table, plan.sync)?.notes);
+    notes.extend(out.complete(&table, plan.sync())?.notes);
     let mut warnings = from_walk.warnings;
     warnings.extend(to_walk.warnings);
     Ok(Summary::delta(
@@ -274,18 +264,11 @@ fn same_filesystem<V: BlockView>(
 }
 
 /// The delta record's flags.
-fn flags(plan: &ExportPlan, d: &DeltaPlan) -> u32 {
-    let mut f = FLAG_ZEROS_RECORDED;
-    if plan.data {
-        f |= FLAG_FILE_DATA;
-    }
-    if !plan.no_snapshots {
-        f |= FLAG_SNAPSHOT_FILES;
-    }
-    if d.backing.is_some() {
-        f |= FLAG_BACKING;
-    }
-    f
+fn flags(plan: &ExportPlan, d: &DeltaPlan) -> DeltaFlags {
+    DeltaFlags::ZEROS_RECORDED
+        .with(DeltaFlags::FILE_DATA, plan.data())
+        .with(DeltaFlags::SNAPSHOT_FILES, !plan.no_snapshots())
+        .with(DeltaFlags::BACKING, d.backing.is_some())
 }
 
 /// The output of a delta: v3, the block size as cluster size (grown for QEMU's L1 limit)
@@ -297,7 +280,7 @@ fn delta_target<V: BlockView>(
     from_fingerprint: &[u8; 32],
 ) -> Result<Target> {
     let size = to.sb.size_bytes();
-    let requested = match plan.format {
+    let requested = match plan.format() {
         crate::plan::Format::Qcow2 { cluster_size, .. } => cluster_size,
         crate::plan::Format::Raw => None,
     };
@@ -309,12 +292,12 @@ fn delta_target<V: BlockView>(
         .into());
     }
     let record = ExportRecord {
-        file_data: plan.data,
-        snapshot_files: !plan.no_snapshots,
+        file_data: plan.data(),
+        snapshot_files: !plan.no_snapshots(),
         zeros_recorded: true,
         replayed: false,
     };
-    let backing = match (&d.backing, &plan.output) {
+    let backing = match (&d.backing, plan.output()) {
         (Some(b), crate::plan::Output::File(out)) => Some(backing_of(b, out, from_fingerprint)?),
         _ => None,
     };
@@ -326,9 +309,6 @@ fn delta_target<V: BlockView>(
             extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
             backing,
         },
-        uuid: to.sb.s_uuid,
-        block_size: to.sb.block_size,
-        blocks_count: to.sb.s_blocks_count,
     })
 }
 

@@ -32,6 +32,10 @@ pub(super) struct StateJournal<'v> {
     pub(super) warnings: Vec<Warning>,
     /// What was found and done, for the summary.
     pub(super) notes: Vec<String>,
+    /// The filesystem's journal needs recovery (needs_recovery set).
+    pub(super) needs_recovery: bool,
+    /// The journal is on an external device.
+    pub(super) external: bool,
 }
 
 impl StateJournal<'_> {
@@ -41,6 +45,25 @@ impl StateJournal<'_> {
             fast_commit_blocks: Vec::new(),
             warnings: Vec::new(),
             notes: Vec::new(),
+            needs_recovery: false,
+            external: false,
+        }
+    }
+
+    /// Why the on-disk inodes of this state may lag behind what its journal commits, if they
+    /// may: its journal needs recovery, or is on an external device (whose log this export
+    /// may not see).
+    pub(super) fn dirty_reason(&self) -> Option<String> {
+        match (self.needs_recovery, self.external) {
+            (true, _) => Some(
+                "SOURCE's journal needs recovery (its on-disk inodes lag behind what the journal commits)"
+                    .into(),
+            ),
+            (false, true) => Some(
+                "SOURCE's journal is on an external device (its log may hold changes the on-disk inodes do not show)"
+                    .into(),
+            ),
+            (false, false) => None,
         }
     }
 }
@@ -73,6 +96,8 @@ pub(super) fn recover<'v>(
     let located = Journal::locate(&fs, external)?;
     let mut out = StateJournal::nothing();
     out.warnings = located.warnings;
+    out.needs_recovery = fs.sb.has_incompat(ext::incompat::RECOVER);
+    out.external = fs.sb.s_journal_inum == 0 && fs.sb.has_compat(ext::compat::HAS_JOURNAL);
     if external.is_some() && fs.sb.s_journal_inum != 0 {
         out.notes.push(format!(
             "--journal-dev was not used: the filesystem's journal is internal (inode {})",
@@ -84,7 +109,7 @@ pub(super) fn recover<'v>(
         JournalLookup::Found(j) => j,
         JournalLookup::None => return Ok(out),
         JournalLookup::ExternalNotGiven { uuid } => {
-            not_given(&mut out, &uuid, dirty, plan.replay);
+            not_given(&mut out, &uuid, dirty, plan.replay());
             return Ok(out);
         }
         JournalLookup::Unusable { reason } => {
@@ -100,7 +125,7 @@ pub(super) fn recover<'v>(
         }
     };
     let recovery = journal.recover();
-    recovery_findings(&mut out, &recovery, plan.replay);
+    recovery_findings(&mut out, &recovery, plan.replay());
     if journal.state() == JournalState::LogWithoutRecoverFlag {
         out.notes.push(
             "the journal holds a log but needs_recovery is clear: not replayed (as the kernel does)"
@@ -110,7 +135,7 @@ pub(super) fn recover<'v>(
     if !recovery.replayed {
         return Ok(out);
     }
-    let mode = if plan.replay {
+    let mode = if plan.replay() {
         ReplayMode::Replayed
     } else {
         ReplayMode::Overlay
@@ -149,7 +174,7 @@ fn replay_note(r: &ext::Recovery, changed: usize, plan: &ExportPlan) -> String {
         r.end_tid,
         changed
     );
-    if plan.replay {
+    if plan.replay() {
         format!("the journal was replayed in memory: {what}; the image holds the replayed state (the source was not written)")
     } else {
         format!("the journal needs recovery: {what}; the image holds the blocks as they are on disk, the whole journal and what the replayed state needs besides (--replay writes the replayed state)")
@@ -198,7 +223,7 @@ pub(super) fn recover_states<'v>(
         .enumerate()
         .map(|(k, &v)| match k {
             0 if skip_first => Ok(StateJournal::nothing()),
-            0 => recover(v, external, &plan.open, plan),
+            0 => recover(v, external, plan.source().open_options(), plan),
             _ => recover(v, None, &OpenOptions::default(), plan),
         })
         .collect()

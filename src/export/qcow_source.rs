@@ -2,42 +2,45 @@
 //! (`--from-snapshot`), or every state carried across into the new image with its id, name
 //! and date (the default); layers that share their L2 tables are written once.
 
-use super::convert::qcow_to_raw;
 use super::states::CURRENT;
 use super::summary::Summary;
 use super::{export_fs, write_states, Early, StateInput};
-use crate::plan::{ExportPlan, Format, Older};
-use crate::qcow_view::{choose_layer, QcowView};
+use crate::plan::{ExportPlan, Format, Mode, Older};
+use crate::qcow_view::{check_state_size, choose_layer, QcowView};
+use crate::record::ExportRecord;
 use crate::sink::{Table, TableEntry};
 use anyhow::{bail, Context, Result};
 use qcow::{Layer, LayerReader, Reader};
 
 /// A QCOW2 source: converted to raw, one state exported, or every state carried across.
 pub(super) fn from_qcow2(plan: &ExportPlan) -> Result<Summary> {
-    let reader = crate::qcow_view::open_image(&plan.source, true)?;
-    if plan.format == Format::Raw && !plan.replay {
-        return qcow_to_raw(&reader, plan);
-    }
-    if let Some(name) = &plan.from_snapshot {
+    let reader = plan.source().qcow_reader()?;
+    let path = plan.source().path();
+    let ours = ExportRecord::of(&reader).is_some();
+    if let Some(name) = plan.source().view().snapshot() {
         let chosen =
-            choose_layer(&reader, Some(name)).with_context(|| plan.source.display().to_string())?;
+            choose_layer(&reader, Some(name)).with_context(|| path.display().to_string())?;
         let layer = reader.layer(chosen.layer)?;
+        let label = format!("{}: {}", path.display(), chosen.label);
+        check_state_size(&reader, &layer, chosen.size, &label, ours)?;
         let view = QcowView::new(&layer, chosen.size);
         let states = [StateInput {
-            name: name.clone(),
+            name: name.to_string(),
             date: chosen.date,
             view: &view,
         }];
         return write_states(&states, plan, Early::default(), None);
     }
-    if reader.snapshots().is_empty() || plan.format == Format::Raw {
+    if reader.snapshots().is_empty() || plan.format() == Format::Raw {
         let layer = reader.layer(Layer::Active)?;
+        let label = format!("{}: the active state", path.display());
+        check_state_size(&reader, &layer, reader.virtual_size(), &label, ours)?;
         return export_fs(&QcowView::new(&layer, reader.virtual_size()), plan);
     }
-    if plan.older != Older::None {
+    if !matches!(plan.mode(), Mode::Export { older: Older::None }) {
         bail!(
-            "{} has {} internal snapshots, which the export keeps as its older states; --snapshot and --fs-snapshots cannot add others to them (export one state with --from-snapshot)",
-            plan.source.display(),
+            "{} has {} internal snapshots, which the export keeps as its older states; --snapshot, --fs-snapshots, --name and --append cannot add others to them (export one state with --from-snapshot)",
+            path.display(),
             reader.snapshots().len()
         );
     }
@@ -87,6 +90,18 @@ fn carry_states(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
         0 => reader.virtual_size(),
         _ => snaps[k - 1].disk_size.unwrap_or(reader.virtual_size()),
     };
+    let ours = ExportRecord::of(reader).is_some();
+    for &k in &written {
+        let label = match k {
+            0 => format!("{}: the active state", plan.source().path().display()),
+            _ => format!(
+                "{}: snapshot {:?}",
+                plan.source().path().display(),
+                snaps[k - 1].name
+            ),
+        };
+        check_state_size(reader, &layers[k], size_of(k), &label, ours)?;
+    }
     let views: Vec<QcowView<'_>> = written
         .iter()
         .map(|&k| QcowView::new(&layers[k], size_of(k)))

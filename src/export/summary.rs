@@ -25,15 +25,18 @@ impl Summary {
     /// state under `states`.
     pub fn export(plan: &ExportPlan, f: ExportFacts<'_>) -> Summary {
         let mut m = Map::new();
-        m.insert("source".into(), json!(plan.source.display().to_string()));
-        m.insert("output".into(), json!(plan.output.display()));
-        let format = if plan.format == Format::Raw {
+        m.insert(
+            "source".into(),
+            json!(plan.source().path().display().to_string()),
+        );
+        m.insert("output".into(), json!(plan.output().display()));
+        let format = if plan.format() == Format::Raw {
             "raw"
         } else {
             "qcow2"
         };
         m.insert("format".into(), json!(format));
-        m.insert("data".into(), json!(plan.data));
+        m.insert("data".into(), json!(plan.data()));
         m.insert("block_size".into(), json!(f.sb.block_size));
         m.insert("blocks_count".into(), json!(f.sb.s_blocks_count));
         m.insert("cluster_size".into(), json!(f.cluster_size));
@@ -43,7 +46,7 @@ impl Summary {
             json!(f.walked.blocks.block_count()),
         );
         m.insert("bytes_read".into(), json!(f.stats.bytes_copied));
-        let written = bytes_written(&plan.output, f.stats, f.sb.size_bytes());
+        let written = bytes_written(plan.output(), f.stats, f.sb.size_bytes());
         m.insert("bytes_written".into(), json!(written));
         m.insert("inodes_in_use".into(), json!(f.walked.stats.inodes_in_use));
         m.insert("orphan_inodes".into(), json!(f.walked.stats.orphan_inodes));
@@ -90,14 +93,17 @@ impl Summary {
             .into_iter()
             .collect();
         let mut m = Map::new();
-        m.insert("source".into(), json!(plan.source.display().to_string()));
-        m.insert("output".into(), json!(plan.output.display()));
+        m.insert(
+            "source".into(),
+            json!(plan.source().path().display().to_string()),
+        );
+        m.insert("output".into(), json!(plan.output().display()));
         m.insert("format".into(), json!("raw"));
         m.insert("virtual_size".into(), json!(size));
         m.insert("bytes_read".into(), json!(stats.bytes_copied));
         m.insert(
             "bytes_written".into(),
-            json!(bytes_written(&plan.output, stats, size)),
+            json!(bytes_written(plan.output(), stats, size)),
         );
         let warnings = warnings.into_iter().map(|w| (None, w)).collect();
         Summary {
@@ -111,10 +117,13 @@ impl Summary {
     /// Summary of a delta: the changed, discarded and unchanged bytes.
     pub fn delta(plan: &ExportPlan, f: DeltaFacts) -> Summary {
         let mut m = Map::new();
-        m.insert("source".into(), json!(plan.source.display().to_string()));
-        m.insert("output".into(), json!(plan.output.display()));
+        m.insert(
+            "source".into(),
+            json!(plan.source().path().display().to_string()),
+        );
+        m.insert("output".into(), json!(plan.output().display()));
         m.insert("format".into(), json!("qcow2"));
-        m.insert("data".into(), json!(plan.data));
+        m.insert("data".into(), json!(plan.data()));
         m.insert("cluster_size".into(), json!(f.cluster_size));
         m.insert(
             "delta".into(),
@@ -129,7 +138,7 @@ impl Summary {
         );
         m.insert(
             "bytes_written".into(),
-            json!(bytes_written(&plan.output, CopyStats::default(), 0)),
+            json!(bytes_written(plan.output(), CopyStats::default(), 0)),
         );
         let mut notes = f.notes;
         notes.push(format!(

@@ -1,5 +1,5 @@
-//! The archive parts of the plans: creating an archive (`--name`), appending to one
-//! (`--append`, with retention), and `prune`.
+//! The archive parts of the plans: state names (`--name`), retention policies (`--keep-*`),
+//! and `prune`.
 
 use super::UsageError;
 use crate::cli::{KeepArgs, PruneArgs};
@@ -11,17 +11,6 @@ pub const PRUNE_USAGE: &str = "usage: e2image-rs prune ARCHIVE [--keep-last N] [
 
 /// Longest state name accepted, in bytes (QEMU lists names up to 256 bytes).
 pub const MAX_NAME_BYTES: usize = 255;
-
-/// What an export does with archives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArchivePlan {
-    /// The state's name (`None`: the export time).
-    pub name: Option<String>,
-    /// Add to the existing archive in place; otherwise a new archive is created.
-    pub append: bool,
-    /// Retention applied in the same commit as an append.
-    pub policy: Policy,
-}
 
 /// `e2image-rs prune`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,8 +58,9 @@ pub fn policy(k: &KeepArgs) -> Policy {
     }
 }
 
-/// Checks a state name: non-empty, at most [`MAX_NAME_BYTES`], no control characters, and
-/// not all digits (QEMU looks `-l X` up as a snapshot id first, and ids are numbers).
+/// Checks a state name: non-empty, at most [`MAX_NAME_BYTES`], no control characters, not
+/// all digits (QEMU looks `-l X` up as a snapshot id first, and ids are numbers), and not
+/// `current` (reserved: `-x current..NAME` means the active layer).
 ///
 /// # Errors
 /// [`UsageError`] saying what is wrong.
@@ -83,6 +73,8 @@ pub fn check_name(name: &str) -> Result<(), UsageError> {
         Some("contains control characters")
     } else if name.chars().all(|c| c.is_ascii_digit()) {
         Some("is a number (QEMU would take it for a snapshot id)")
+    } else if name == super::delta::CURRENT {
+        Some("is reserved: `current` names the active layer (as in -x current..NAME)")
     } else {
         None
     };
@@ -100,7 +92,7 @@ mod tests {
     fn names() {
         assert!(check_name("2026-11-29T20:18:39Z").is_ok());
         assert!(check_name("nightly").is_ok());
-        for bad in ["", "42", "a\nb", &"x".repeat(256)] {
+        for bad in ["", "42", "a\nb", &"x".repeat(256), "current"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -36,7 +36,10 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
     let layer = reader
         .layer(layer_id)
         .context("cannot read the image state")?;
-    let view = QcowView::new(&layer, reader.virtual_size());
+    let ours = crate::record::ExportRecord::of(&reader).is_some();
+    let state = format!("{} ({label})", image.display());
+    crate::qcow_view::check_state_size(&reader, &layer, chosen.size, &state, ours)?;
+    let view = QcowView::new(&layer, chosen.size);
     let fs = Filesystem::open(view, &OpenOptions::default())
         .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
     let t = open_target(target, args.dry_run)?;

@@ -4,9 +4,13 @@
 //! One file per sink: `raw` (a sparse regular file), `device` (a block device written in
 //! place), `stream` (standard output, sequential), `qcow` (QCOW2, any number of states),
 //! `archive` (a state appended to an existing QCOW2 archive in place).
-//! [`open`] picks the sink from the plan; adding a sink is one file and one line there.
-//! Files are written under a temporary name (`crate::sys::output`) and renamed by
-//! [`Opened::complete`]; devices and streams are written directly.
+//! [`open`] picks the sink from the plan's output; adding a sink is one file and one line
+//! there; [`open_append`] wraps an archive the pipeline opened and checked. Files are written
+//! under a temporary name (`crate::sys::output`) and renamed by [`Opened::complete`]; devices
+//! and streams are written directly.
+//!
+//! Sinks only write: what to copy, what is unchanged and may be shared, what an archive holds
+//! are decided above them (they never read a filesystem).
 
 mod archive;
 mod clusters;
@@ -14,14 +18,24 @@ mod device;
 mod qcow;
 mod raw;
 mod stream;
-mod unchanged;
 
 use crate::plan::{ExportPlan, Format, Output};
 use crate::sys::output::{BackgroundSync, TempOutput};
 use anyhow::Result;
 
-pub use archive::{decisions_json, open_archive, retention, Decision};
+pub use archive::Append;
 pub use qcow::QcowOptions;
+
+/// A guest cluster of the state being written that holds the same bytes as the base state's
+/// cluster at the same place (an archive append): mapped to it without its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedCluster {
+    /// The guest cluster number.
+    pub guest: u64,
+    /// True if it holds blocks of the state's copy set (a zero cluster is recorded when the
+    /// base holds zeros there); false if it holds none (left unallocated then).
+    pub copied: bool,
+}
 
 /// Where copied bytes go.
 pub trait Sink: Send {
@@ -45,20 +59,15 @@ pub trait Sink: Send {
     /// Write errors.
     fn end_state(&mut self) -> Result<()>;
 
-    /// For a sink writing against an earlier state of the same filesystem (an archive
-    /// append): the block ranges of the state being written (its filesystem `fs` and walk
-    /// `walked`) whose clusters the sink maps to the earlier state's without their bytes. The
-    /// pipeline leaves them out of the copy. Called after [`Sink::begin_state`]; the default
-    /// knows nothing and returns no range.
+    /// Hands over the guest clusters (sorted) of the state just begun that equal the base
+    /// state's and are mapped to it without their bytes; the pipeline leaves their blocks out
+    /// of the copy. Only a sink writing against an earlier state (an archive append) takes
+    /// them.
     ///
     /// # Errors
-    /// Reading the earlier state.
-    fn skip_unchanged(
-        &mut self,
-        _fs: &ext::Filesystem<&dyn ext::BlockView>,
-        _walked: &ext::WalkResult,
-    ) -> Result<Vec<std::ops::Range<u64>>> {
-        Ok(Vec::new())
+    /// A sink without a base state; clusters out of order or handed over twice.
+    fn share(&mut self, _clusters: Vec<SharedCluster>) -> Result<()> {
+        anyhow::bail!("this output has no earlier state to share clusters with")
     }
 
     /// Completes the image: the snapshot table (QCOW2; ignored by single-state sinks) and
@@ -90,20 +99,13 @@ impl Finished {
     }
 }
 
-/// What the output is for: the disk size, how to write QCOW2, and the filesystem (an archive
-/// checks it is the one it holds).
+/// What the output is for: the disk size and how to write QCOW2.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// Disk size in bytes.
     pub size: u64,
     /// How to write a new QCOW2 image.
     pub qcow: QcowOptions,
-    /// The current state's `s_uuid`.
-    pub uuid: [u8; 16],
-    /// Its block size in bytes.
-    pub block_size: u32,
-    /// Its `s_blocks_count`.
-    pub blocks_count: u64,
 }
 
 /// What a QCOW2 image gets when it is finished: which written state (by its index in writing
@@ -169,24 +171,24 @@ impl Opened {
     }
 }
 
-/// Opens the output the plan names for `target`.
+/// Opens the output the plan names for `target` (an archive to append to is opened by the
+/// pipeline: [`open_append`]).
 ///
 /// # Errors
-/// The output cannot be created; a device is mounted, busy or too small; an archive is not
-/// one, holds another filesystem or is in use.
+/// The output cannot be created; a device is mounted, busy or too small; the plan's output
+/// is an archive.
 pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
     let (size, qcow) = (target.size, &target.qcow);
-    let (sink, temp, background): (Box<dyn Sink>, _, _) = match (&plan.output, plan.format) {
+    let (sink, temp, background): (Box<dyn Sink>, _, _) = match (plan.output(), plan.format()) {
         (Output::Stdout, _) => (Box::new(stream::StreamSink::new(size)), None, None),
         (Output::Device(p), _) => (Box::new(device::DeviceSink::open(p, size)?), None, None),
-        (Output::Archive(p), _) => (
-            Box::new(archive::ArchiveSink::open(p, plan, target)?),
-            None,
-            None,
+        (Output::Archive(p), _) => anyhow::bail!(
+            "{}: an archive is opened by the append (sink::open_append)",
+            p.display()
         ),
         (Output::File(p), format) => {
             let (temp, file) = TempOutput::create(p)?;
-            let bg = BackgroundSync::start(&file, plan.sync);
+            let bg = BackgroundSync::start(&file, plan.sync());
             let sink: Box<dyn Sink> = match format {
                 Format::Raw => Box::new(raw::RawSink::new(file, size)?),
                 Format::Qcow2 { .. } => Box::new(qcow::QcowSink::create(file, size, qcow)?),
@@ -198,6 +200,19 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
         sink,
         temp,
         background: background.unwrap_or_else(BackgroundSync::start_none),
+    })
+}
+
+/// The output of an append: `archive`, opened and checked by the pipeline, written as
+/// `append` says.
+///
+/// # Errors
+/// The base state cannot be loaded.
+pub fn open_append(archive: crate::archive::OpenArchive, append: Append) -> Result<Opened> {
+    Ok(Opened {
+        sink: Box::new(archive::ArchiveSink::new(archive, append)?),
+        temp: None,
+        background: BackgroundSync::start_none(),
     })
 }
 

@@ -6,6 +6,8 @@ mod common;
 
 mod apply;
 mod archive;
+mod archive_checks;
+mod archive_kernel;
 mod cli;
 mod committed;
 mod convert;

@@ -6,6 +6,7 @@
 
 mod data;
 mod faults;
+pub mod kernel;
 mod loopdev;
 pub use data::{mkfs_from, Xorshift};
 pub use faults::{run_faulty, Stop};

@@ -1,0 +1,208 @@
+//! The source part of the export plan: SOURCE opened read-only once, what it holds (a
+//! filesystem or a QCOW2 image), how its filesystem is opened (`-b`/`-B`, `-f`, the external
+//! journal) and which view of it is exported (as on disk, replayed, one snapshot).
+
+use crate::qcow_view::open_image_file;
+use crate::sys::identity::Identity;
+use anyhow::{bail, Context, Result};
+use ext::FileView;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// What SOURCE holds, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// An ext2/3/4 filesystem (an image file or a block device).
+    Filesystem,
+    /// A QCOW2 image (its states are read through its layers).
+    Qcow2,
+}
+
+/// Which view of SOURCE is exported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceView {
+    /// The current state as it is on disk (a journal that needs recovery is copied with
+    /// every block its replay needs).
+    Plain,
+    /// The current state with its journal replayed in memory (`--replay`).
+    Replayed,
+    /// One snapshot (`--from-snapshot`): an internal snapshot of a QCOW2 SOURCE or a
+    /// filesystem (next3) snapshot, by name or id; with `replayed`, its journal replayed.
+    Snapshot {
+        /// The snapshot's name or id.
+        name: String,
+        /// Its journal is replayed in memory.
+        replayed: bool,
+    },
+}
+
+impl SourceView {
+    /// The view for `--from-snapshot` and `--replay`.
+    pub fn of(from_snapshot: Option<&str>, replay: bool) -> SourceView {
+        match (from_snapshot, replay) {
+            (Some(n), replayed) => SourceView::Snapshot {
+                name: n.to_string(),
+                replayed,
+            },
+            (None, true) => SourceView::Replayed,
+            (None, false) => SourceView::Plain,
+        }
+    }
+
+    /// True if the journal is replayed in memory.
+    pub fn replayed(&self) -> bool {
+        matches!(
+            self,
+            SourceView::Replayed | SourceView::Snapshot { replayed: true, .. }
+        )
+    }
+
+    /// The snapshot exported, if one is.
+    pub fn snapshot(&self) -> Option<&str> {
+        match self {
+            SourceView::Snapshot { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// SOURCE, opened read-only once when the plan is built.
+#[derive(Debug)]
+pub struct Source {
+    path: PathBuf,
+    file: File,
+    kind: SourceKind,
+    open: ext::OpenOptions,
+    force: bool,
+    journal_dev: Option<PathBuf>,
+    view: SourceView,
+}
+
+/// How SOURCE is opened and read, as the arguments give it.
+pub(super) struct SourceArgs {
+    pub(super) open: ext::OpenOptions,
+    pub(super) force: bool,
+    pub(super) journal_dev: Option<PathBuf>,
+    pub(super) view: SourceView,
+}
+
+impl Source {
+    /// Opens `path` read-only and reads what it holds.
+    ///
+    /// # Errors
+    /// It cannot be opened or read.
+    pub(super) fn open(path: &Path, a: SourceArgs) -> Result<Source> {
+        let file = File::open(path)
+            .with_context(|| format!("cannot open {} read-only", path.display()))?;
+        let mut magic = [0u8; 4];
+        let n = read_prefix(&file, &mut magic)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let kind = match n == 4 && magic == qcow::QCOW2_MAGIC {
+            true => SourceKind::Qcow2,
+            false => SourceKind::Filesystem,
+        };
+        Ok(Source {
+            path: path.to_path_buf(),
+            file,
+            kind,
+            open: a.open,
+            force: a.force,
+            journal_dev: a.journal_dev,
+            view: a.view,
+        })
+    }
+
+    /// SOURCE as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What it holds.
+    pub fn kind(&self) -> SourceKind {
+        self.kind
+    }
+
+    /// `-b` / `-B`: how the current state's filesystem is opened.
+    pub fn open_options(&self) -> &ext::OpenOptions {
+        &self.open
+    }
+
+    /// `-f`: image a source mounted read-write.
+    pub fn force(&self) -> bool {
+        self.force
+    }
+
+    /// `--journal-dev`: the external journal device.
+    pub fn journal_dev(&self) -> Option<&Path> {
+        self.journal_dev.as_deref()
+    }
+
+    /// Which view is exported.
+    pub fn view(&self) -> &SourceView {
+        &self.view
+    }
+
+    /// What the opened file is, for the check that OUT is not SOURCE.
+    pub fn identity(&self) -> Option<Identity> {
+        Identity::from_meta(&self.file.metadata().ok()?)
+    }
+
+    /// The filesystem source as a block view (over the file opened once).
+    ///
+    /// # Errors
+    /// Duplicating the file handle or reading its size fails.
+    pub fn file_view(&self) -> Result<FileView> {
+        let f = self
+            .file
+            .try_clone()
+            .context("duplicating SOURCE's handle")?;
+        FileView::from_file(f).with_context(|| format!("cannot read {}", self.path.display()))
+    }
+
+    /// The QCOW2 source's reader (over the file opened once); a delta or overlay (a backing
+    /// file) is refused with a message saying what it is.
+    ///
+    /// # Errors
+    /// Not a usable QCOW2 image; a backing file.
+    pub fn qcow_reader(&self) -> Result<qcow::Reader> {
+        let f = self
+            .file
+            .try_clone()
+            .context("duplicating SOURCE's handle")?;
+        open_image_file(f, &self.path, true)
+    }
+
+    /// Refuses a source mounted read-write unless `-f`; `what` names the result ("the image",
+    /// "the delta").
+    ///
+    /// # Errors
+    /// SOURCE is mounted read-write and `-f` was not given.
+    pub fn check_not_mounted(&self, what: &str) -> Result<()> {
+        if self.force {
+            return Ok(());
+        }
+        if let Some(mnt) = crate::sys::mounted::mounted_rw(&self.path) {
+            bail!(
+                "{} is mounted read-write on {}; {what} could be inconsistent. Use -f to make it anyway",
+                self.path.display(),
+                mnt.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads up to `buf.len()` bytes from the start of `file`; returns how many were read.
+fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
