@@ -302,6 +302,13 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_files_are_flagged_regular_files() {
+        assert!(inode(0x8180, 0, 0, inode_flags::SNAPFILE).is_snapshot_file());
+        assert!(!inode(0x8180, 0, 0, 0).is_snapshot_file());
+        assert!(!inode(0x41ED, 0, 0, inode_flags::SNAPFILE).is_snapshot_file(), "a directory");
+    }
+
+    #[test]
     fn fast_symlink_has_no_blocks() {
         assert_eq!(inode(0xA1FF, 20, 0, 0).block_map(&sb()), BlockMap::None);
     }
