@@ -305,7 +305,10 @@ mod tests {
     fn snapshot_files_are_flagged_regular_files() {
         assert!(inode(0x8180, 0, 0, inode_flags::SNAPFILE).is_snapshot_file());
         assert!(!inode(0x8180, 0, 0, 0).is_snapshot_file());
-        assert!(!inode(0x41ED, 0, 0, inode_flags::SNAPFILE).is_snapshot_file(), "a directory");
+        assert!(
+            !inode(0x41ED, 0, 0, inode_flags::SNAPFILE).is_snapshot_file(),
+            "a directory"
+        );
     }
 
     #[test]
