@@ -1,12 +1,7 @@
 //! Integers, byte arrays and NUL-padded strings at byte offsets of a buffer: the one set of
-//! byte readers and writers of the binary (patch files, undo files, superblock edits, the
-//! export record). Offsets are checked by the callers' fixed-size buffers; an offset past the
-//! end is a bug and panics.
-
-/// Little-endian u16 at `at`.
-pub fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(get_array(b, at))
-}
+//! byte readers and writers of the binary (patch files, undo files, the export record;
+//! superblock fields are edited through `ext::SuperblockBytes`). Offsets are checked by the
+//! callers' fixed-size buffers; an offset past the end is a bug and panics.
 
 /// Little-endian u32 at `at`.
 pub fn le32(b: &[u8], at: usize) -> u32 {
@@ -31,11 +26,6 @@ pub fn be32(b: &[u8], at: usize) -> u32 {
 /// Big-endian u64 at `at`.
 pub fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(get_array(b, at))
-}
-
-/// Writes `v` little-endian at `at`.
-pub fn put_le16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Writes `v` little-endian at `at`.
@@ -100,7 +90,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut b = [0u8; 32];
-        put_le16(&mut b, 0, 0x1234);
+        b[..2].copy_from_slice(&[0x34, 0x12]);
         put_le32(&mut b, 2, 0xdead_beef);
         put_le64(&mut b, 6, 0x0102_0304_0506_0708);
         put_be32(&mut b, 14, 0x6532_6972);
@@ -109,7 +99,6 @@ mod tests {
         put_be64(&mut c, 2, 0x0304_0506_0708_090a);
         assert_eq!((be16(&c, 0), be64(&c, 2)), (0x0102, 0x0304_0506_0708_090a));
         assert_eq!(c, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
-        assert_eq!(le16(&b, 0), 0x1234);
         assert_eq!(le32(&b, 2), 0xdead_beef);
         assert_eq!(le64(&b, 6), 0x0102_0304_0506_0708);
         assert_eq!(&b[14..18], b"e2ir");

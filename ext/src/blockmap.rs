@@ -13,11 +13,9 @@ use crate::error::Corrupt;
 use crate::extent::walk_extents;
 use crate::fs::Filesystem;
 use crate::indirect::{snapshot_block_offset, snapshot_roots, standard_roots, walk_roots};
-use crate::inode::{
-    inode_flags, BlockMap, FileType, Inode, EXT2_BAD_INO, I_FILE_ACL_OFFSET, OSD1_OFFSET,
-};
+use crate::inode::{inode_flags, BlockMap, FileType, Inode, I_FILE_ACL_OFFSET, OSD1_OFFSET};
 use crate::superblock::EXT2_OS_HURD;
-use crate::types::InodeNr;
+use crate::types::{InodeNr, EXT2_BAD_INO};
 use crate::view::BlockView;
 use crate::warning::Warning;
 
@@ -35,7 +33,8 @@ pub struct FileRun {
     /// What the blocks are to the inode.
     pub kind: RunKind,
     /// The owner is a next3 / ext4-snapshots snapshot file (`i_flags` SNAPFILE on a regular
-    /// file): its data run at logical L holds image block L - [`snapshot_block_offset`].
+    /// file): its data run at logical L holds image block L - (12 + block size / 4), the
+    /// offset of the first block the DIND pointer maps.
     pub snapfile: bool,
 }
 
@@ -46,8 +45,8 @@ impl FileRun {
     }
 
     /// True for a snapshot file's data run of blocks "moved" into the snapshot in place:
-    /// image block P stored in fs block P, i.e. mapped at logical P +
-    /// [`snapshot_block_offset`]`(block_size)`. A run is contiguous both physically and
+    /// image block P stored in fs block P, i.e. mapped at logical P + 12 + `block_size` / 4
+    /// (`block_size` in bytes). A run is contiguous both physically and
     /// logically, so this holds for all of its blocks or none.
     pub fn moved_into_snapshot(&self, block_size: u32) -> bool {
         self.snapfile
@@ -58,7 +57,7 @@ impl FileRun {
 
 /// The runs of one inode (read by the caller), in the order its map lists them (file order
 /// for sane trees), with the warnings for the parts skipped.
-pub fn inode_runs<V: BlockView>(
+pub(crate) fn inode_runs<V: BlockView>(
     fs: &Filesystem<V>,
     ino: InodeNr,
     inode: &Inode,
@@ -116,7 +115,7 @@ pub(crate) fn record_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode) -
     ) {
         return false;
     }
-    let snapfile = file_type == FileType::Regular && inode.has_flag(inode_flags::SNAPFILE);
+    let snapfile = inode.is_snapshot_file();
     match inode.block_map(sb) {
         BlockMap::None => {}
         BlockMap::Extents => walk_extents(c, ino, &inode.i_block, classes),

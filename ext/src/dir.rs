@@ -28,9 +28,9 @@ const UNREADABLE_KIND: &str = "unreadable directory block";
 /// Size of the fixed part of an entry, in bytes.
 pub(crate) const DIRENT_HEADER: usize = 8;
 /// `file_type` of a directory entry naming a directory (kernel `EXT4_FT_DIR`).
-pub const EXT4_FT_DIR: u8 = 2;
+pub(crate) const EXT4_FT_DIR: u8 = 2;
 /// `file_type` when unknown (kernel `EXT4_FT_UNKNOWN`; always so without INCOMPAT_FILETYPE).
-pub const EXT4_FT_UNKNOWN: u8 = 0;
+pub(crate) const EXT4_FT_UNKNOWN: u8 = 0;
 /// `e_name_index` of the `system.` xattr namespace (`EXT4_XATTR_INDEX_SYSTEM`).
 const EXT4_XATTR_INDEX_SYSTEM: u8 = 7;
 /// `h_magic` of the in-inode xattr area (`EXT4_XATTR_MAGIC`).
@@ -40,7 +40,7 @@ const XATTR_ENTRY_HEADER: usize = 16;
 
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirEntry {
+pub(crate) struct DirEntry {
     /// `inode`: the inode the entry names (never 0: unused entries are left out).
     pub inode: InodeNr,
     /// The name bytes.
@@ -93,7 +93,7 @@ pub(crate) fn parse_block(block: &[u8], filetype: bool) -> Vec<DirEntry> {
 /// Reads directory `ino` and calls `f` with the entries of each of its blocks (and of its
 /// inline data), in file order, until `f` returns false. Nothing is read when `ino` is not a
 /// directory. Unreadable blocks and corrupt trees are returned as warnings and skipped.
-pub fn read_dir<V: BlockView>(
+pub(crate) fn read_dir<V: BlockView>(
     fs: &Filesystem<V>,
     ino: InodeNr,
     f: &mut dyn FnMut(&[DirEntry]) -> bool,
@@ -146,7 +146,7 @@ pub fn read_dir<V: BlockView>(
 }
 
 /// All entries of directory `ino` (empty when it is not a directory or cannot be read).
-pub fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: InodeNr) -> Vec<DirEntry> {
+pub(crate) fn dir_entries<V: BlockView>(fs: &Filesystem<V>, ino: InodeNr) -> Vec<DirEntry> {
     let mut out = Vec::new();
     read_dir(fs, ino, &mut |entries| {
         out.extend_from_slice(entries);

@@ -8,7 +8,8 @@ use crate::types::{BlockNr, InodeNr};
 use std::fmt;
 use std::io;
 
-/// A fatal error opening or reading a filesystem.
+/// A fatal error opening or reading a filesystem, or a value refused by a
+/// [`SuperblockBytes`](crate::SuperblockBytes) setter.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the source failed.
@@ -40,6 +41,14 @@ pub enum Error {
         reason: String,
         /// A backup superblock that parses: (block number, block size in bytes).
         suggestion: Option<(BlockNr, u32)>,
+    },
+    /// A value does not fit the superblock field it was given for (nothing was changed).
+    #[error("{field}: {reason}")]
+    BadValue {
+        /// The field, by its kernel name (`s_last_mounted`).
+        field: &'static str,
+        /// Why the value does not fit.
+        reason: String,
     },
 }
 

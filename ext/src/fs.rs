@@ -48,7 +48,7 @@ pub struct Filesystem<V> {
     pub sb_block: BlockNr,
     /// One descriptor per group inside the source: every group, unless the source is shorter
     /// than the filesystem (module comment).
-    pub groups: Vec<GroupDesc>,
+    pub(crate) groups: Vec<GroupDesc>,
 }
 
 impl<V: BlockView> Filesystem<V> {

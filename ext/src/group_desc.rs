@@ -7,18 +7,14 @@ use crate::bytes::{join, le16, le32};
 use crate::superblock::Superblock;
 
 /// `bg_flags`: inode table and inode bitmap not initialized.
-pub const EXT4_BG_INODE_UNINIT: u16 = 0x1;
+pub(crate) const EXT4_BG_INODE_UNINIT: u16 = 0x1;
 /// `bg_flags`: block bitmap not initialized.
-pub const EXT4_BG_BLOCK_UNINIT: u16 = 0x2;
-/// `bg_flags`: inode table zeroed.
-pub const EXT4_BG_INODE_ZEROED: u16 = 0x4;
-/// `bg_flags` (snapshots): exclude bitmap not initialized.
-pub const EXT4_BG_EXCLUDE_UNINIT: u16 = 0x8;
+pub(crate) const EXT4_BG_BLOCK_UNINIT: u16 = 0x2;
 
 /// One group descriptor, with `_lo`/`_hi` halves joined (the `_hi` halves only with 64-byte
 /// descriptors).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GroupDesc {
+pub(crate) struct GroupDesc {
     /// `bg_block_bitmap`: block of the group's block bitmap.
     pub bg_block_bitmap: u64,
     /// `bg_inode_bitmap`: block of the group's inode bitmap.
@@ -47,7 +43,7 @@ impl GroupDesc {
     ///
     /// # Panics
     /// If `buf` is shorter than 32 bytes.
-    pub fn parse(buf: &[u8], desc_size: u32) -> GroupDesc {
+    pub(crate) fn parse(buf: &[u8], desc_size: u32) -> GroupDesc {
         let wide = desc_size >= 64 && buf.len() >= 64;
         let hi32 = |off: usize| if wide { le32(buf, off) } else { 0 };
         let hi16 = |off: usize| if wide { u32::from(le16(buf, off)) } else { 0 };
@@ -67,14 +63,14 @@ impl GroupDesc {
 
     /// True if the flag (an `EXT4_BG_*` constant) is set and the filesystem has descriptor checksums (without them the
     /// lazy-init flags mean nothing and are ignored, as e2fsprogs does).
-    pub fn has_flag(&self, sb: &Superblock, flag: u16) -> bool {
+    pub(crate) fn has_flag(&self, sb: &Superblock, flag: u16) -> bool {
         sb.has_group_desc_csum() && self.bg_flags & flag != 0
     }
 
     /// Number of inodes of this group that may be in use: `s_inodes_per_group` minus
     /// `bg_itable_unused` when descriptors are checksummed (the tail was never used and may
     /// hold garbage), 0 for an INODE_UNINIT group.
-    pub fn used_inodes(&self, sb: &Superblock) -> u32 {
+    pub(crate) fn used_inodes(&self, sb: &Superblock) -> u32 {
         if self.has_flag(sb, EXT4_BG_INODE_UNINIT) {
             return 0;
         }
@@ -87,7 +83,7 @@ impl GroupDesc {
     /// Inode-table blocks that may hold used inodes: the whole table less the whole blocks of
     /// the unused tail (e2image's rule, which never copies less than the blocks holding the
     /// first [`used_inodes`](Self::used_inodes) inodes); 0 for an INODE_UNINIT group.
-    pub fn used_inode_table_blocks(&self, sb: &Superblock) -> u32 {
+    pub(crate) fn used_inode_table_blocks(&self, sb: &Superblock) -> u32 {
         if self.has_flag(sb, EXT4_BG_INODE_UNINIT) {
             return 0;
         }

@@ -199,7 +199,7 @@ impl IndirectWalk<'_, '_> {
 
 /// Logical block of a next3 snapshot file that holds image block 0: `12 + block_size / 4`,
 /// the first block the DIND pointer maps.
-pub fn snapshot_block_offset(block_size: u32) -> u64 {
+pub(crate) fn snapshot_block_offset(block_size: u32) -> u64 {
     EXT2_NDIR_BLOCKS as u64 + u64::from(block_size / 4)
 }
 

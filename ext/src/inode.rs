@@ -1,59 +1,36 @@
-//! Inodes (kernel `struct ext4_inode`): the fields the walker needs, the reserved inode
-//! numbers, and the decision of where an inode's blocks are (extent tree, indirect map, or
+//! Inodes (kernel `struct ext4_inode`): the fields the walker needs and the decision of where an inode's blocks are (extent tree, indirect map, or
 //! nowhere: inline data, fast symlinks, device files).
 
 use crate::bytes::{join, le16, le32};
 use crate::extent_header;
 use crate::features::ro_compat;
 use crate::superblock::{Superblock, EXT2_GOOD_OLD_INODE_SIZE, EXT2_OS_HURD};
-use crate::types::InodeNr;
-
-/// The bad-blocks inode: its indirect map lists the bad blocks (kernel `EXT2_BAD_INO`).
-pub const EXT2_BAD_INO: InodeNr = InodeNr(1);
-/// The root directory (kernel `EXT2_ROOT_INO`).
-pub const EXT2_ROOT_INO: InodeNr = InodeNr(2);
-/// The legacy user quota inode (kernel `EXT4_USR_QUOTA_INO`).
-pub const EXT4_USR_QUOTA_INO: InodeNr = InodeNr(3);
-/// The legacy group quota inode (kernel `EXT4_GRP_QUOTA_INO`).
-pub const EXT4_GRP_QUOTA_INO: InodeNr = InodeNr(4);
-/// The resize inode, owner of the reserved GDT blocks (kernel `EXT2_RESIZE_INO`).
-pub const EXT2_RESIZE_INO: InodeNr = InodeNr(7);
-/// next3 / ext4-snapshots: the inode owning the exclude bitmaps (`EXT4_EXCLUDE_INO`).
-pub const EXT4_EXCLUDE_INO: InodeNr = InodeNr(9);
 
 /// Byte offset of `osd1` (`l_i_version`, `i_next_snapshot`, the Hurd translator) in the
 /// inode record.
-pub const OSD1_OFFSET: usize = 0x24;
+pub(crate) const OSD1_OFFSET: usize = 0x24;
 /// Byte offset of `i_block` (the block map: extent tree root or 15 block pointers) in the
 /// inode record.
-pub const I_BLOCK_OFFSET: usize = 0x28;
+pub(crate) const I_BLOCK_OFFSET: usize = 0x28;
 /// Bytes of `i_block` (15 × u32).
-pub const I_BLOCK_SIZE: usize = 60;
+pub(crate) const I_BLOCK_SIZE: usize = 60;
 /// Byte offset of `i_file_acl_lo` (the extended-attribute block) in the inode record.
-pub const I_FILE_ACL_OFFSET: usize = 0x68;
+pub(crate) const I_FILE_ACL_OFFSET: usize = 0x68;
 
 /// `i_flags` bits (kernel `EXT4_*_FL`): `inode_flags::EXTENTS` is `EXT4_EXTENTS_FL`.
-pub mod inode_flags {
-    /// `EXT4_ENCRYPT_FL`: encrypted file.
-    pub const ENCRYPT: u32 = 0x800;
-    /// `EXT4_INDEX_FL`: htree directory.
-    pub const INDEX: u32 = 0x1000;
+pub(crate) mod inode_flags {
     /// `EXT4_HUGE_FILE_FL`: `i_blocks` in filesystem blocks (with RO_COMPAT_HUGE_FILE).
-    pub const HUGE_FILE: u32 = 0x40000;
+    pub(crate) const HUGE_FILE: u32 = 0x40000;
     /// `EXT4_EXTENTS_FL`: `i_block` holds an extent tree root.
-    pub const EXTENTS: u32 = 0x80000;
-    /// `EXT4_VERITY_FL`: fs-verity file.
-    pub const VERITY: u32 = 0x100000;
+    pub(crate) const EXTENTS: u32 = 0x80000;
     /// `EXT4_EA_INODE_FL`: the inode holds an extended attribute value.
-    pub const EA_INODE: u32 = 0x200000;
+    pub(crate) const EA_INODE: u32 = 0x200000;
     /// next3 / ext4-snapshots snapshot file.
-    pub const SNAPFILE: u32 = 0x0100_0000;
+    pub(crate) const SNAPFILE: u32 = 0x0100_0000;
     /// Snapshot file deleted, kept only as a link for older snapshots.
-    pub const SNAPFILE_DELETED: u32 = 0x0400_0000;
-    /// Snapshot file shrunk.
-    pub const SNAPFILE_SHRUNK: u32 = 0x0800_0000;
+    pub(crate) const SNAPFILE_DELETED: u32 = 0x0400_0000;
     /// `EXT4_INLINE_DATA_FL`: data in `i_block` and the `system.data` xattr.
-    pub const INLINE_DATA: u32 = 0x1000_0000;
+    pub(crate) const INLINE_DATA: u32 = 0x1000_0000;
 }
 
 /// File type from `i_mode`.
@@ -94,7 +71,7 @@ pub struct Inode {
     pub i_links_count: u16,
     /// `i_blocks_lo | l_i_blocks_hi << 32`, in 512-byte units unless HUGE_FILE.
     pub i_blocks: u64,
-    /// `i_flags`: [`inode_flags`] bits.
+    /// `i_flags`: kernel `EXT4_*_FL` bits.
     pub i_flags: u32,
     /// osd1: `l_i_version`, or `i_next_snapshot` on snapshot files, or the Hurd translator.
     pub osd1: u32,
@@ -224,8 +201,15 @@ impl Inode {
     }
 
     /// True if the [`inode_flags`] bit is set.
-    pub fn has_flag(&self, bit: u32) -> bool {
+    pub(crate) fn has_flag(&self, bit: u32) -> bool {
         self.i_flags & bit != 0
+    }
+
+    /// True for a next3 / ext4-snapshots snapshot file: a regular file with the SNAPFILE
+    /// `i_flags` bit (0x0100_0000). Its blocks are old copies of the filesystem's, not user
+    /// data; see also [`Superblock::is_special_inode`].
+    pub fn is_snapshot_file(&self) -> bool {
+        self.has_flag(inode_flags::SNAPFILE) && self.file_type() == FileType::Regular
     }
 
     /// `i_block[n]` as a 32-bit block pointer (n < 15).
@@ -252,7 +236,7 @@ impl Inode {
 
     /// Where this inode's blocks are, following the kernel's rules: inline data and device
     /// files have none; symlinks are fast (target in `i_block`) unless they have blocks.
-    pub fn block_map(&self, sb: &Superblock) -> BlockMap {
+    pub(crate) fn block_map(&self, sb: &Superblock) -> BlockMap {
         if self.has_flag(inode_flags::INLINE_DATA) {
             return BlockMap::None;
         }
@@ -291,7 +275,7 @@ impl Inode {
 
 /// How an inode maps its logical blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockMap {
+pub(crate) enum BlockMap {
     /// No blocks (inline data, fast symlink, device, fifo, socket).
     None,
     /// An extent tree rooted in `i_block`.
@@ -315,6 +299,16 @@ mod tests {
         raw[0x1C..0x20].copy_from_slice(&blocks.to_le_bytes());
         raw[0x20..0x24].copy_from_slice(&flags_.to_le_bytes());
         Inode::parse(&raw, &sb())
+    }
+
+    #[test]
+    fn snapshot_files_are_flagged_regular_files() {
+        assert!(inode(0x8180, 0, 0, inode_flags::SNAPFILE).is_snapshot_file());
+        assert!(!inode(0x8180, 0, 0, 0).is_snapshot_file());
+        assert!(
+            !inode(0x41ED, 0, 0, inode_flags::SNAPFILE).is_snapshot_file(),
+            "a directory"
+        );
     }
 
     #[test]

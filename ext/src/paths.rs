@@ -10,8 +10,7 @@
 
 use crate::dir::{read_dir, DirEntry, EXT4_FT_DIR, EXT4_FT_UNKNOWN};
 use crate::fs::Filesystem;
-use crate::inode::EXT2_ROOT_INO;
-use crate::types::InodeNr;
+use crate::types::{InodeNr, EXT2_ROOT_INO};
 use crate::view::BlockView;
 use crate::warning::{Warning, WarningLog};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 /// Warning kind of [`inode_paths`] (directories it could not read or follow).
 const KIND: &str = "directory tree";
 /// Longest path returned, in bytes; longer ones keep their last components after `.../`.
-pub const MAX_PATH_BYTES: usize = 1 << 16;
+pub(crate) const MAX_PATH_BYTES: usize = 1 << 16;
 
 /// Absolute paths ("/dir/file") of the inodes `inos`, found by a breadth-first walk of the
 /// directory tree from the root. A hard-linked inode gets the first path found; inodes no

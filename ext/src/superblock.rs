@@ -17,6 +17,15 @@
 use crate::bytes::{crc32c_raw, join, le16, le32, le64};
 use crate::error::Error;
 use crate::features::{incompat, ro_compat};
+use edit::{
+    S_CHECKSUM_OFFSET, S_FEATURE_COMPAT_OFFSET, S_FEATURE_INCOMPAT_OFFSET,
+    S_FEATURE_RO_COMPAT_OFFSET, S_MAGIC_OFFSET, S_STATE_OFFSET,
+};
+
+mod edit;
+mod special;
+
+pub use edit::{SuperblockBytes, LAST_MOUNTED_MAX};
 
 /// Size of the on-disk superblock (`struct ext4_super_block`), in bytes.
 pub const SUPERBLOCK_SIZE: usize = 1024;
@@ -26,19 +35,6 @@ pub const SUPERBLOCK_OFFSET: u64 = 1024;
 pub const EXT4_SUPER_MAGIC: u16 = 0xEF53;
 /// `s_state` bit: cleanly unmounted (kernel `EXT2_VALID_FS`).
 pub const EXT2_VALID_FS: u16 = 0x1;
-
-/// Byte offset of `s_magic` (u16) in the superblock.
-pub const S_MAGIC_OFFSET: usize = 0x38;
-/// Byte offset of `s_state` (u16) in the superblock.
-pub const S_STATE_OFFSET: usize = 0x3A;
-/// Byte offset of `s_feature_ro_compat` (u32) in the superblock.
-pub const S_FEATURE_RO_COMPAT_OFFSET: usize = 0x64;
-/// Byte offset of `s_last_mounted` (`char[64]`, NUL-padded) in the superblock.
-pub const S_LAST_MOUNTED_OFFSET: usize = 0x88;
-/// Size of `s_last_mounted`, in bytes.
-pub const S_LAST_MOUNTED_SIZE: usize = 64;
-/// Byte offset of `s_checksum` (u32), the end of the bytes it covers.
-pub const S_CHECKSUM_OFFSET: usize = 0x3FC;
 
 /// `s_rev_level` of the original format (fixed inode size and first inode).
 const EXT2_GOOD_OLD_REV: u32 = 0;
@@ -64,13 +60,13 @@ const MAX_LOG_GROUPS_PER_FLEX: u8 = 31;
 /// `s_creator_os` value for GNU Hurd (changes the meaning of osd1/osd2 inode fields).
 pub(crate) const EXT2_OS_HURD: u32 = 1;
 
-/// The `s_checksum` that the superblock bytes `raw` (at least [`S_CHECKSUM_OFFSET`] bytes)
-/// should carry with metadata_csum: the raw CRC-32C (seed ~0, no final inversion) of the bytes
-/// before it, as the kernel (`ext4_superblock_csum`) and e2fsprogs compute it.
+/// The `s_checksum` that the superblock bytes `raw` (at least `S_CHECKSUM_OFFSET`, 0x3FC,
+/// bytes) should carry with metadata_csum: the raw CRC-32C (seed ~0, no final inversion) of
+/// the bytes before it, as the kernel (`ext4_superblock_csum`) and e2fsprogs compute it.
 ///
 /// # Panics
-/// If `raw` is shorter than [`S_CHECKSUM_OFFSET`] bytes.
-pub fn superblock_checksum(raw: &[u8]) -> u32 {
+/// If `raw` is shorter than 0x3FC bytes.
+pub(crate) fn superblock_checksum(raw: &[u8]) -> u32 {
     crc32c_raw(!0, &raw[..S_CHECKSUM_OFFSET])
 }
 
@@ -126,8 +122,13 @@ pub struct Superblock {
     pub s_uuid: [u8; 16],
     /// `s_reserved_gdt_blocks`: GDT blocks reserved for growth after each GDT copy.
     pub s_reserved_gdt_blocks: u16,
+    /// `s_journal_uuid`: the UUID of the external journal device; all zero for an internal
+    /// journal (see [`has_external_journal`](Self::has_external_journal)).
+    pub s_journal_uuid: [u8; 16],
     /// `s_journal_inum`: the journal's inode with COMPAT_HAS_JOURNAL.
     pub s_journal_inum: u32,
+    /// `s_journal_dev`: device number of the external journal (a hint; the UUID decides).
+    pub s_journal_dev: u32,
     /// `s_last_orphan`: head of the orphan inode list.
     pub s_last_orphan: u32,
     /// Descriptor size in bytes: 32, or `s_desc_size` with INCOMPAT_64BIT.
@@ -143,7 +144,8 @@ pub struct Superblock {
     pub s_log_groups_per_flex: u8,
     /// `s_checksum_type`: checksum algorithm (1 = crc32c), meaningful with metadata_csum.
     pub s_checksum_type: u8,
-    /// `s_checksum`: [`superblock_checksum`] of the raw bytes, meaningful with metadata_csum.
+    /// `s_checksum`: the CRC-32C of the raw bytes before it (kernel `ext4_superblock_csum`),
+    /// meaningful with metadata_csum.
     pub s_checksum: u32,
     /// `s_snapshot_inum` (next3): inode of the active snapshot.
     pub s_snapshot_inum: u32,
@@ -214,9 +216,12 @@ impl Superblock {
     /// revision 0 defaults where the field did not exist yet); the geometry is left to
     /// [`derive_geometry`](Self::derive_geometry).
     fn read_fields(b: &[u8], rev: u32) -> Superblock {
-        let is64 = le32(b, 0x60) & incompat::BIT64 != 0;
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&b[0x68..0x78]);
+        let is64 = le32(b, S_FEATURE_INCOMPAT_OFFSET) & incompat::BIT64 != 0;
+        let uuid_at = |at: usize| -> [u8; 16] {
+            let mut u = [0u8; 16];
+            u.copy_from_slice(&b[at..at + 16]);
+            u
+        };
         let mut sb = Superblock {
             raw: b.to_vec(),
             s_inodes_count: le32(b, 0x00),
@@ -235,12 +240,14 @@ impl Superblock {
             s_first_ino: le32(b, 0x54),
             s_inode_size: le16(b, 0x58),
             s_block_group_nr: le16(b, 0x5A),
-            s_feature_compat: le32(b, 0x5C),
-            s_feature_incompat: le32(b, 0x60),
+            s_feature_compat: le32(b, S_FEATURE_COMPAT_OFFSET),
+            s_feature_incompat: le32(b, S_FEATURE_INCOMPAT_OFFSET),
             s_feature_ro_compat: le32(b, S_FEATURE_RO_COMPAT_OFFSET),
-            s_uuid: uuid,
+            s_uuid: uuid_at(0x68),
             s_reserved_gdt_blocks: le16(b, 0xCE),
+            s_journal_uuid: uuid_at(0xD0),
             s_journal_inum: le32(b, 0xE0),
+            s_journal_dev: le32(b, 0xE4),
             s_last_orphan: le32(b, 0xE8),
             desc_size: if is64 {
                 u32::from(le16(b, 0xFE))

@@ -23,14 +23,14 @@ use crate::features::{compat, incompat};
 use crate::fs::Filesystem;
 use crate::group_desc::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
 use crate::indirect::{snapshot_extra_roots, walk_indirect, walk_roots};
-use crate::inode::{
-    inode_flags, BlockMap, FileType, Inode, EXT2_BAD_INO, EXT2_RESIZE_INO, EXT4_EXCLUDE_INO,
-    EXT4_GRP_QUOTA_INO, EXT4_USR_QUOTA_INO,
-};
+use crate::inode::{inode_flags, BlockMap, FileType, Inode};
 use crate::itable::scan_group;
 use crate::layout::{static_regions, RegionKind};
 use crate::superblock::{Superblock, EXT2_OS_HURD};
-use crate::types::InodeNr;
+use crate::types::{
+    InodeNr, EXT2_BAD_INO, EXT2_RESIZE_INO, EXT4_EXCLUDE_INO, EXT4_GRP_QUOTA_INO,
+    EXT4_USR_QUOTA_INO,
+};
 use crate::view::BlockView;
 use crate::warning::{Warning, WarningLog};
 use rayon::prelude::*;
@@ -50,7 +50,7 @@ pub struct WalkResult {
     /// The finished set of blocks to copy.
     pub blocks: BlockSet,
     /// Corrupt or unreadable parts that were skipped: the first
-    /// [`KEPT_PER_KIND`](crate::KEPT_PER_KIND) of each kind, in the order found.
+    /// 16 (`KEPT_PER_KIND`) of each kind, in the order found.
     pub warnings: Vec<Warning>,
     /// Per kind with more warnings than were kept: its label
     /// ([`crate::Corrupt::kind_label`]) and the number of warnings left out of `warnings`.
@@ -320,7 +320,7 @@ fn classify(
     if let Some(classes) = special_classes(c.sb, ino) {
         return Some(classes);
     }
-    if inode.has_flag(inode_flags::SNAPFILE) && inode.file_type() == FileType::Regular {
+    if inode.is_snapshot_file() {
         c.stats.snapshot_files += 1;
         return if opts.no_snapshot_files {
             None

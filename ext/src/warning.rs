@@ -12,7 +12,7 @@ use crate::types::{BlockNr, InodeNr};
 use std::fmt;
 
 /// Warnings kept per kind; further warnings of the same kind are only counted.
-pub const KEPT_PER_KIND: usize = 16;
+pub(crate) const KEPT_PER_KIND: usize = 16;
 
 /// A corrupt or unreadable part that was skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]

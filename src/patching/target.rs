@@ -14,13 +14,9 @@
 //! FALLOC_FL_KEEP_SIZE`); where either is not supported, zeros are written.
 
 use super::command::Command;
-use crate::bytes::{get_str, le16, le32, put_le16, put_le32};
 use crate::sys::mounted::mounted_anywhere;
 use anyhow::{bail, Context, Result};
-use ext::{
-    ro_compat, superblock_checksum, EXT2_VALID_FS, SUPERBLOCK_SIZE, S_CHECKSUM_OFFSET,
-    S_FEATURE_RO_COMPAT_OFFSET, S_LAST_MOUNTED_OFFSET, S_LAST_MOUNTED_SIZE, S_STATE_OFFSET,
-};
+use ext::{SuperblockBytes, EXT2_VALID_FS, LAST_MOUNTED_MAX, SUPERBLOCK_SIZE};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
@@ -198,20 +194,18 @@ fn unsupported(e: rustix::io::Errno) -> bool {
 /// cleared), `s_last_mounted` naming `patch` of `command` (see the module comment) and, with
 /// metadata_csum, `s_checksum` recomputed. `sb_at` is the superblock's byte offset inside
 /// the block.
-pub fn not_clean(block: &[u8], sb_at: usize, patch: &Path, command: Command) -> Vec<u8> {
+///
+/// # Errors
+/// The block does not hold 1024 bytes at `sb_at`.
+pub fn not_clean(block: &[u8], sb_at: usize, patch: &Path, command: Command) -> Result<Vec<u8>> {
     let mut b = block.to_vec();
-    let sb = &mut b[sb_at..sb_at + SUPERBLOCK_SIZE];
-    let state = le16(sb, S_STATE_OFFSET) & !EXT2_VALID_FS;
-    put_le16(sb, S_STATE_OFFSET, state);
-    let mark = part_way_mark(patch, command);
-    let field = &mut sb[S_LAST_MOUNTED_OFFSET..S_LAST_MOUNTED_OFFSET + S_LAST_MOUNTED_SIZE];
-    field.fill(0);
-    field[..mark.len()].copy_from_slice(mark.as_bytes());
-    if le32(sb, S_FEATURE_RO_COMPAT_OFFSET) & ro_compat::METADATA_CSUM != 0 {
-        let c = superblock_checksum(sb);
-        put_le32(sb, S_CHECKSUM_OFFSET, c);
-    }
-    b
+    let at = sb_at..sb_at.saturating_add(SUPERBLOCK_SIZE);
+    let field = b.get_mut(at).context("the superblock block is too short")?;
+    let mut sb = SuperblockBytes::new(field)?;
+    sb.clear_state_bits(EXT2_VALID_FS);
+    sb.set_last_mounted(part_way_mark(patch, command).as_bytes())?;
+    sb.update_checksum();
+    Ok(b)
 }
 
 /// `e2image-rs rollback: PATH` (or `apply`) in at most 63 bytes (NUL-terminated field): the
@@ -220,7 +214,7 @@ fn part_way_mark(patch: &Path, command: Command) -> String {
     let prefix = command.mark();
     let path = std::path::absolute(patch).unwrap_or_else(|_| patch.to_path_buf());
     let path = path.display().to_string();
-    let room = S_LAST_MOUNTED_SIZE - 1 - prefix.len();
+    let room = LAST_MOUNTED_MAX - prefix.len();
     if path.len() <= room {
         return format!("{prefix}{path}");
     }
@@ -243,14 +237,11 @@ pub struct PartWay {
 /// The patch a part-way rollback or apply left its mark for in the superblock `sb` (1024
 /// bytes), if the filesystem is marked not clean by one.
 pub fn part_way(sb: &[u8]) -> Option<PartWay> {
-    if sb.len() < SUPERBLOCK_SIZE {
+    let sb = SuperblockBytes::new(sb.get(..SUPERBLOCK_SIZE)?).ok()?;
+    if sb.s_state() & EXT2_VALID_FS != 0 {
         return None;
     }
-    let state = le16(sb, S_STATE_OFFSET);
-    if state & EXT2_VALID_FS != 0 {
-        return None;
-    }
-    let text = get_str(sb, S_LAST_MOUNTED_OFFSET, S_LAST_MOUNTED_SIZE);
+    let text = String::from_utf8_lossy(sb.s_last_mounted());
     Command::ALL.into_iter().find_map(|command| {
         text.strip_prefix(command.mark()).map(|p| PartWay {
             command,
@@ -266,15 +257,18 @@ mod tests {
     #[test]
     fn part_way_mark_round_trips_and_fits() {
         let mut sb = vec![0u8; SUPERBLOCK_SIZE];
-        sb[S_STATE_OFFSET] = 1;
+        SuperblockBytes::new(&mut sb[..])
+            .unwrap()
+            .set_state_bits(EXT2_VALID_FS);
         let long = format!("/{}/patch", "d".repeat(100));
         for command in Command::ALL {
             for p in ["/tmp/p1", long.as_str()] {
-                let b = not_clean(&sb, 0, Path::new(p), command);
+                let b = not_clean(&sb, 0, Path::new(p), command).unwrap();
                 let got = part_way(&b).unwrap();
                 assert_eq!(got.command, command);
                 assert!(p.ends_with(got.patch.trim_start_matches('…')), "{got:?}");
-                assert!(b[S_LAST_MOUNTED_OFFSET + S_LAST_MOUNTED_SIZE - 1] == 0);
+                let mark = SuperblockBytes::new(&b[..]).unwrap().s_last_mounted().len();
+                assert!(mark <= LAST_MOUNTED_MAX, "{mark} bytes");
             }
         }
         assert_eq!(part_way(&sb), None);

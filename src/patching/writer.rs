@@ -133,7 +133,7 @@ impl PatchFiles {
         let sb_at = (SUPERBLOCK_OFFSET % u64::from(self.block_size)) as usize;
         header.flags |= command.header_flags();
         self.writer
-            .finish(header, &not_clean(&sb_old, sb_at, &self.path, command))?;
+            .finish(header, &not_clean(&sb_old, sb_at, &self.path, command)?)?;
         let mut undo_line = None;
         let undo_path = self.undo.as_ref().map(|u| u.path.clone());
         if let Some(u) = self.undo {

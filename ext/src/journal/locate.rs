@@ -23,16 +23,14 @@ use crate::error::Error;
 use crate::features::{compat, incompat};
 use crate::fs::Filesystem;
 use crate::inode::{FileType, Inode, I_BLOCK_OFFSET, I_BLOCK_SIZE};
-use crate::superblock::{Superblock, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET, S_MAGIC_OFFSET};
+use crate::superblock::{Superblock, SuperblockBytes, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET};
 use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
 use crate::warning::Warning;
 
 /// Smallest journal jbd2 accepts, in blocks (`JBD2_MIN_JOURNAL_BLOCKS`).
 const JBD2_MIN_JOURNAL_BLOCKS: u64 = 1024;
-/// Byte offsets in the ext4 superblock: `s_journal_uuid[16]`, `s_jnl_backup_type` (u8),
-/// `s_jnl_blocks[17]`.
-const S_JOURNAL_UUID: usize = 0xD0;
+/// Byte offsets in the ext4 superblock: `s_jnl_backup_type` (u8), `s_jnl_blocks[17]`.
 const S_JNL_BACKUP_TYPE: usize = 0xFD;
 const S_JNL_BLOCKS: usize = 0x10C;
 /// `s_jnl_backup_type` when `s_jnl_blocks` holds the journal inode's `i_block` and size.
@@ -56,7 +54,7 @@ pub enum JournalLocation {
 /// A run of journal blocks `[journal_block, journal_block + len)` stored at device blocks
 /// `[device_block, device_block + len)` (filesystem blocks of the device holding the journal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JournalRun {
+pub(crate) struct JournalRun {
     /// First journal (logical) block.
     pub journal_block: u64,
     /// First device block.
@@ -71,7 +69,7 @@ pub struct Journal<'a> {
     /// Where it is.
     pub location: JournalLocation,
     /// The journal superblock (`journal_superblock_t`), as on disk.
-    pub sb: JournalSuperblock,
+    pub(crate) sb: JournalSuperblock,
     /// Journal block holding the journal superblock: 0 for an internal journal, 1 or 2 (the
     /// device's `s_first_data_block + 1`) for an external one.
     pub sb_block: u64,
@@ -138,8 +136,8 @@ impl<'a> Journal<'a> {
                 warnings,
             });
         }
-        let uuid = journal_uuid(sb);
-        let lookup = if uuid != [0; 16] {
+        let lookup = if sb.has_external_journal() {
+            let uuid = sb.s_journal_uuid;
             match external {
                 None => JournalLookup::ExternalNotGiven { uuid },
                 Some(dev) => external_journal(sb, dev, uuid, &mut warnings),
@@ -165,11 +163,6 @@ impl<'a> Journal<'a> {
             .collect();
         v.extend(self.map_blocks.iter().copied());
         v
-    }
-
-    /// The journal's map: journal blocks to device blocks, sorted by journal block.
-    pub fn runs(&self) -> &[JournalRun] {
-        &self.runs
     }
 
     /// The device block of journal block `jblock`, if mapped.
@@ -198,12 +191,6 @@ fn note(reason: String) -> Warning {
         offset: None,
         reason,
     }
-}
-
-fn journal_uuid(sb: &Superblock) -> [u8; 16] {
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&sb.raw[S_JOURNAL_UUID..S_JOURNAL_UUID + 16]);
-    u
 }
 
 /// The internal journal: the inode, or its backup in `s_jnl_blocks`.
@@ -439,8 +426,11 @@ fn external_journal<'a>(
     if let Err(e) = dev.read_at(SUPERBLOCK_OFFSET, &mut raw) {
         return unusable(format!("journal device superblock: {e}"));
     }
-    if le16(&raw, S_MAGIC_OFFSET) != EXT4_SUPER_MAGIC
-        || le32(&raw, 0x60) & incompat::JOURNAL_DEV == 0
+    let Ok(bytes) = SuperblockBytes::new(&raw[..]) else {
+        return unusable("the journal device superblock is not 1024 bytes".into());
+    };
+    if bytes.s_magic() != EXT4_SUPER_MAGIC
+        || bytes.s_feature_incompat() & incompat::JOURNAL_DEV == 0
     {
         return unusable("the given journal device has no journal_dev ext2 superblock".into());
     }

@@ -24,15 +24,13 @@ const H_CHKSUM: usize = 0x10;
 const H_COMMIT_SEC: usize = 0x30;
 
 /// Tag flag bits (jbd2 `JBD2_FLAG_*`).
-pub mod tag_flags {
+pub(crate) mod tag_flags {
     /// `JBD2_FLAG_ESCAPE`: the block began with the jbd2 magic, zeroed in the log copy.
-    pub const ESCAPE: u16 = 0x1;
+    pub(crate) const ESCAPE: u16 = 0x1;
     /// `JBD2_FLAG_SAME_UUID`: no 16-byte UUID follows the tag.
-    pub const SAME_UUID: u16 = 0x2;
-    /// `JBD2_FLAG_DELETED`: unused.
-    pub const DELETED: u16 = 0x4;
+    pub(crate) const SAME_UUID: u16 = 0x2;
     /// `JBD2_FLAG_LAST_TAG`: the descriptor's last tag.
-    pub const LAST_TAG: u16 = 0x8;
+    pub(crate) const LAST_TAG: u16 = 0x8;
 }
 
 /// The header of a log block: `h_magic` checked, `h_blocktype` and `h_sequence` (the tid).

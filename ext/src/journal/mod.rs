@@ -15,12 +15,7 @@ mod superblock;
 mod view;
 
 pub use fast_commit::FastCommit;
-pub use locate::{Journal, JournalLocation, JournalLookup, JournalRun, Located};
-pub use log::tag_flags;
+pub use locate::{Journal, JournalLocation, JournalLookup, Located};
 pub use passes::OverlayBlock;
 pub use recovery::{JournalState, Recovery};
-pub use superblock::{
-    blocktype, jbd2_feature, journal_superblock_checksum, JournalSuperblock, JBD2_MAGIC_NUMBER,
-    JOURNAL_SUPERBLOCK_SIZE, JSB_S_CHECKSUM_OFFSET, JSB_S_SEQUENCE_OFFSET, JSB_S_START_OFFSET,
-};
 pub use view::{ReplayMode, ReplayedView};

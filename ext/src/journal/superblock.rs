@@ -10,50 +10,50 @@
 use crate::bytes::{be32, crc32c_raw};
 
 /// `h_magic` of every jbd2 block header (jbd2 `JBD2_MAGIC_NUMBER`).
-pub const JBD2_MAGIC_NUMBER: u32 = 0xC03B_3998;
+pub(super) const JBD2_MAGIC_NUMBER: u32 = 0xC03B_3998;
 /// Size of the journal superblock, in bytes.
-pub const JOURNAL_SUPERBLOCK_SIZE: usize = 1024;
+pub(super) const JOURNAL_SUPERBLOCK_SIZE: usize = 1024;
 /// Byte offset of `s_sequence` (u32 BE).
-pub const JSB_S_SEQUENCE_OFFSET: usize = 0x18;
+pub(super) const JSB_S_SEQUENCE_OFFSET: usize = 0x18;
 /// Byte offset of `s_start` (u32 BE).
-pub const JSB_S_START_OFFSET: usize = 0x1C;
+pub(super) const JSB_S_START_OFFSET: usize = 0x1C;
 /// Byte offset of `s_errno` (i32 BE).
 const S_ERRNO_OFFSET: usize = 0x20;
 /// Byte offset of the journal superblock's `s_checksum` (u32 BE).
-pub const JSB_S_CHECKSUM_OFFSET: usize = 0xFC;
+pub(super) const JSB_S_CHECKSUM_OFFSET: usize = 0xFC;
 
 /// `h_blocktype` values (jbd2 `JBD2_*_BLOCK`).
-pub mod blocktype {
+pub(super) mod blocktype {
     /// `JBD2_DESCRIPTOR_BLOCK`: tags, then the logged blocks.
-    pub const DESCRIPTOR: u32 = 1;
+    pub(crate) const DESCRIPTOR: u32 = 1;
     /// `JBD2_COMMIT_BLOCK`: ends a transaction.
-    pub const COMMIT: u32 = 2;
+    pub(crate) const COMMIT: u32 = 2;
     /// `JBD2_SUPERBLOCK_V1`.
-    pub const SUPERBLOCK_V1: u32 = 3;
+    pub(crate) const SUPERBLOCK_V1: u32 = 3;
     /// `JBD2_SUPERBLOCK_V2`: with feature fields.
-    pub const SUPERBLOCK_V2: u32 = 4;
+    pub(crate) const SUPERBLOCK_V2: u32 = 4;
     /// `JBD2_REVOKE_BLOCK`: revoke records.
-    pub const REVOKE: u32 = 5;
+    pub(crate) const REVOKE: u32 = 5;
 }
 
 /// jbd2 feature bits of the journal superblock (`JBD2_FEATURE_*`).
-pub mod jbd2_feature {
+pub(super) mod jbd2_feature {
     /// COMPAT `JBD2_FEATURE_COMPAT_CHECKSUM`: v1 transaction checksums (crc32_be).
-    pub const COMPAT_CHECKSUM: u32 = 0x1;
+    pub(crate) const COMPAT_CHECKSUM: u32 = 0x1;
     /// INCOMPAT `JBD2_FEATURE_INCOMPAT_REVOKE`: revoke blocks.
-    pub const INCOMPAT_REVOKE: u32 = 0x1;
+    pub(crate) const INCOMPAT_REVOKE: u32 = 0x1;
     /// INCOMPAT `JBD2_FEATURE_INCOMPAT_64BIT`: 64-bit block numbers in tags and revokes.
-    pub const INCOMPAT_64BIT: u32 = 0x2;
+    pub(crate) const INCOMPAT_64BIT: u32 = 0x2;
     /// INCOMPAT `JBD2_FEATURE_INCOMPAT_ASYNC_COMMIT`: a bad commit does not end the scan.
-    pub const INCOMPAT_ASYNC_COMMIT: u32 = 0x4;
+    pub(crate) const INCOMPAT_ASYNC_COMMIT: u32 = 0x4;
     /// INCOMPAT `JBD2_FEATURE_INCOMPAT_CSUM_V2`: crc32c checksums, 16-bit tag checksums.
-    pub const INCOMPAT_CSUM_V2: u32 = 0x8;
+    pub(crate) const INCOMPAT_CSUM_V2: u32 = 0x8;
     /// INCOMPAT `JBD2_FEATURE_INCOMPAT_CSUM_V3`: crc32c checksums, 16-byte tags.
-    pub const INCOMPAT_CSUM_V3: u32 = 0x10;
+    pub(crate) const INCOMPAT_CSUM_V3: u32 = 0x10;
     /// INCOMPAT `JBD2_FEATURE_INCOMPAT_FAST_COMMIT`: a fast-commit area after the log.
-    pub const INCOMPAT_FAST_COMMIT: u32 = 0x20;
+    pub(crate) const INCOMPAT_FAST_COMMIT: u32 = 0x20;
     /// Every INCOMPAT bit this reader understands.
-    pub const INCOMPAT_KNOWN: u32 = INCOMPAT_REVOKE
+    pub(crate) const INCOMPAT_KNOWN: u32 = INCOMPAT_REVOKE
         | INCOMPAT_64BIT
         | INCOMPAT_ASYNC_COMMIT
         | INCOMPAT_CSUM_V2
@@ -71,7 +71,7 @@ pub(crate) const JBD2_DEFAULT_FAST_COMMIT_BLOCKS: u32 = 256;
 /// A validated journal superblock. Block numbers and counts are in journal blocks
 /// (`s_blocksize` bytes, equal to the filesystem block size).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JournalSuperblock {
+pub(crate) struct JournalSuperblock {
     /// The raw 1024 bytes, as read.
     pub raw: Vec<u8>,
     /// `h_blocktype`: 3 (v1) or 4 (v2).
@@ -108,7 +108,7 @@ pub struct JournalSuperblock {
 
 /// crc32c of the journal superblock's 1024 bytes with `s_checksum` taken as zero, seeded with
 /// `~0` (jbd2 `jbd2_superblock_csum`).
-pub fn journal_superblock_checksum(raw: &[u8]) -> u32 {
+pub(super) fn journal_superblock_checksum(raw: &[u8]) -> u32 {
     let mut b = raw[..JOURNAL_SUPERBLOCK_SIZE].to_vec();
     b[JSB_S_CHECKSUM_OFFSET..JSB_S_CHECKSUM_OFFSET + 4].fill(0);
     crc32c_raw(!0, &b)
@@ -120,7 +120,7 @@ impl JournalSuperblock {
     ///
     /// # Errors
     /// A description of the first rule broken (module comment).
-    pub fn parse(raw: &[u8], block_size: u32) -> Result<JournalSuperblock, String> {
+    pub(crate) fn parse(raw: &[u8], block_size: u32) -> Result<JournalSuperblock, String> {
         if raw.len() < JOURNAL_SUPERBLOCK_SIZE {
             return Err("journal superblock shorter than 1024 bytes".into());
         }
@@ -219,23 +219,23 @@ impl JournalSuperblock {
     }
 
     /// True if the COMPAT bit (a [`jbd2_feature`] `COMPAT_*` constant) is set.
-    pub fn has_compat(&self, bit: u32) -> bool {
+    pub(crate) fn has_compat(&self, bit: u32) -> bool {
         self.s_feature_compat & bit != 0
     }
 
     /// True if the INCOMPAT bit (a [`jbd2_feature`] `INCOMPAT_*` constant) is set.
-    pub fn has_incompat(&self, bit: u32) -> bool {
+    pub(crate) fn has_incompat(&self, bit: u32) -> bool {
         self.s_feature_incompat & bit != 0
     }
 
     /// True with CSUM_V2 or CSUM_V3 (crc32c checksums on every log block).
-    pub fn has_csum_v2_or_v3(&self) -> bool {
+    pub(crate) fn has_csum_v2_or_v3(&self) -> bool {
         self.has_incompat(f::INCOMPAT_CSUM_V2 | f::INCOMPAT_CSUM_V3)
     }
 
     /// Fast-commit blocks after the log: 0 without FAST_COMMIT, else `s_num_fc_blks` or the
     /// default 256 (jbd2 `jbd2_journal_get_num_fc_blks`).
-    pub fn fast_commit_blocks(&self) -> u32 {
+    pub(crate) fn fast_commit_blocks(&self) -> u32 {
         if !self.has_incompat(f::INCOMPAT_FAST_COMMIT) {
             return 0;
         }
@@ -247,13 +247,13 @@ impl JournalSuperblock {
 
     /// The checksum seed of v2/v3 log blocks: crc32c of `s_uuid` from `~0` (jbd2
     /// `j_csum_seed`).
-    pub fn checksum_seed(&self) -> u32 {
+    pub(crate) fn checksum_seed(&self) -> u32 {
         crc32c_raw(!0, &self.s_uuid)
     }
 
     /// These bytes with `s_start` = 0, `s_sequence` = `sequence` and `s_errno` = 0, the
     /// checksum recomputed with v2/v3: the superblock e2fsprogs writes after a recovery.
-    pub fn emptied(&self, sequence: u32) -> Vec<u8> {
+    pub(crate) fn emptied(&self, sequence: u32) -> Vec<u8> {
         let mut b = self.raw.clone();
         b[S_ERRNO_OFFSET..S_ERRNO_OFFSET + 4].fill(0);
         b[JSB_S_SEQUENCE_OFFSET..JSB_S_SEQUENCE_OFFSET + 4]

@@ -21,19 +21,13 @@
 use super::locate::{Journal, JournalLocation};
 use super::recovery::Recovery;
 use super::superblock::JBD2_MAGIC_NUMBER;
-use crate::bytes::{le16, le32};
-use crate::features::{incompat, ro_compat};
-use crate::superblock::{
-    superblock_checksum, EXT2_VALID_FS, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, S_CHECKSUM_OFFSET,
-    S_FEATURE_RO_COMPAT_OFFSET, S_STATE_OFFSET,
-};
+use crate::features::incompat;
+use crate::superblock::{SuperblockBytes, EXT2_VALID_FS, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::types::BlockNr;
 use crate::view::BlockView;
 use std::collections::BTreeMap;
 use std::io;
 
-/// Byte offset of `s_feature_incompat` in the ext4 superblock.
-const S_FEATURE_INCOMPAT_OFFSET: usize = 0x60;
 /// `s_state` bit: errors detected (kernel `EXT2_ERROR_FS`).
 const EXT2_ERROR_FS: u16 = 0x2;
 
@@ -163,7 +157,8 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
         let mut buf = vec![0u8; self.block_size as usize];
         self.read_at(block * bs, &mut buf)?;
         let at = (SUPERBLOCK_OFFSET - block * bs) as usize;
-        replayed_superblock(&mut buf[at..at + SUPERBLOCK_SIZE], error, errors);
+        replayed_superblock(&mut buf[at..at + SUPERBLOCK_SIZE], error, errors)
+            .map_err(io::Error::other)?;
         self.blocks.insert(block, Source::Bytes(buf));
         Ok(())
     }
@@ -195,22 +190,20 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
 /// Clears INCOMPAT_RECOVER in the superblock `sb` (1024 bytes), EXT2_VALID_FS after a
 /// recovery `error`, sets EXT2_ERROR_FS for `errors` (a failed commit, a journal `s_errno`);
 /// recomputes `s_checksum` with metadata_csum.
-fn replayed_superblock(sb: &mut [u8], error: bool, errors: bool) {
-    let inc = le32(sb, S_FEATURE_INCOMPAT_OFFSET) & !incompat::RECOVER;
-    sb[S_FEATURE_INCOMPAT_OFFSET..S_FEATURE_INCOMPAT_OFFSET + 4]
-        .copy_from_slice(&inc.to_le_bytes());
-    let mut state = le16(sb, S_STATE_OFFSET);
+///
+/// # Errors
+/// `sb` is not 1024 bytes (a bug of the caller).
+fn replayed_superblock(sb: &mut [u8], error: bool, errors: bool) -> Result<(), crate::Error> {
+    let mut sb = SuperblockBytes::new(sb)?;
+    sb.clear_incompat(incompat::RECOVER);
     if error {
-        state &= !EXT2_VALID_FS;
+        sb.clear_state_bits(EXT2_VALID_FS);
     }
     if errors {
-        state |= EXT2_ERROR_FS;
+        sb.set_state_bits(EXT2_ERROR_FS);
     }
-    sb[S_STATE_OFFSET..S_STATE_OFFSET + 2].copy_from_slice(&state.to_le_bytes());
-    if le32(sb, S_FEATURE_RO_COMPAT_OFFSET) & ro_compat::METADATA_CSUM != 0 {
-        let c = superblock_checksum(sb);
-        sb[S_CHECKSUM_OFFSET..S_CHECKSUM_OFFSET + 4].copy_from_slice(&c.to_le_bytes());
-    }
+    sb.update_checksum();
+    Ok(())
 }
 
 impl Journal<'_> {

@@ -3,7 +3,7 @@
 use crate::features::ro_compat;
 use crate::fs::Filesystem;
 use crate::indirect::snapshot_block_offset;
-use crate::inode::{inode_flags, FileType, Inode};
+use crate::inode::{inode_flags, Inode};
 use crate::types::InodeNr;
 use crate::view::BlockView;
 use crate::warning::Warning;
@@ -29,7 +29,7 @@ pub struct SnapshotFile {
 }
 
 /// Largest snapshot image, in blocks: the format addresses 2^32 blocks (16 TiB at 4 KiB).
-pub const MAX_SNAPSHOT_BLOCKS: u64 = 1 << 32;
+pub(super) const MAX_SNAPSHOT_BLOCKS: u64 = 1 << 32;
 
 /// Reads the snapshot list (newest first). Problems (a loop, a non-snapshot inode on the
 /// list, an unreadable inode) end the list early and are reported.
@@ -84,7 +84,7 @@ fn read_snapshot<V: BlockView>(
         Ok(raw) => Inode::parse(&raw, sb),
         Err(e) => return Err(format!("snapshot list: {e}; list cut here")),
     };
-    if !inode.has_flag(inode_flags::SNAPFILE) || inode.file_type() != FileType::Regular {
+    if !inode.is_snapshot_file() {
         return Err(
             "snapshot list entry is not a snapshot file (no SNAPFILE flag); list cut here".into(),
         );

@@ -7,7 +7,7 @@ mod map;
 mod names;
 mod view;
 
-pub use list::{snapshot_list, SnapshotFile, MAX_SNAPSHOT_BLOCKS};
+pub use list::{snapshot_list, SnapshotFile};
 pub use map::SnapshotMap;
 pub use names::snapshot_names;
 pub use view::{SnapshotView, Source as BlockSource};

@@ -3,9 +3,9 @@
 use crate::collect::Collector;
 use crate::dir::{dir_entries, DirEntry};
 use crate::fs::Filesystem;
-use crate::inode::{inode_flags, FileType, EXT2_ROOT_INO};
+use crate::inode::{inode_flags, FileType};
 use crate::itable::scan_all;
-use crate::types::InodeNr;
+use crate::types::{InodeNr, EXT2_ROOT_INO};
 use crate::view::BlockView;
 use std::collections::{HashMap, HashSet};
 

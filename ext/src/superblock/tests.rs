@@ -130,7 +130,7 @@ fn bigalloc_inconsistent_blocks_per_group() {
 }
 
 /// `sample()` with metadata_csum, `s_checksum_type` 1 and a valid `s_checksum`.
-fn with_csum() -> Vec<u8> {
+pub(crate) fn with_csum() -> Vec<u8> {
     let mut b = sample();
     b[0x64..0x68].copy_from_slice(&ro_compat::METADATA_CSUM.to_le_bytes());
     b[0x175] = EXT4_CRC32C_CHKSUM;

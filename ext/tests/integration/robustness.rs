@@ -7,9 +7,8 @@
 
 use crate::common::{fixture, gunzip_bytes};
 use ext::{
-    file_runs, inode_paths, ro_compat, snapshot_list, superblock_checksum, walk, BlockView,
-    Filesystem, InodeNr, OpenOptions, SnapshotMap, WalkOptions, S_CHECKSUM_OFFSET,
-    S_FEATURE_RO_COMPAT_OFFSET,
+    file_runs, inode_paths, snapshot_list, walk, BlockView, Filesystem, InodeNr, OpenOptions,
+    SnapshotMap, SuperblockBytes, WalkOptions,
 };
 
 /// An in-memory image.
@@ -32,12 +31,9 @@ impl BlockView for Mem {
 
 /// Recomputes `s_checksum` when the superblock has RO_COMPAT_METADATA_CSUM.
 fn fix_superblock_checksum(img: &mut [u8]) {
-    let sb = &mut img[1024..2048];
-    let at = S_FEATURE_RO_COMPAT_OFFSET;
-    if u32::from_le_bytes(sb[at..at + 4].try_into().unwrap()) & ro_compat::METADATA_CSUM != 0 {
-        let c = superblock_checksum(sb);
-        sb[S_CHECKSUM_OFFSET..].copy_from_slice(&c.to_le_bytes());
-    }
+    SuperblockBytes::new(&mut img[1024..2048])
+        .unwrap()
+        .update_checksum();
 }
 
 struct XorShift(u64);

@@ -40,9 +40,9 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use crate::bytes::{le16, put_le16, put_le32 as put_u32, put_le64 as put_u64};
+use crate::bytes::{put_le32 as put_u32, put_le64 as put_u64};
 use anyhow::{bail, ensure, Context, Result};
-use ext::{EXT4_SUPER_MAGIC, S_MAGIC_OFFSET};
+use ext::{SuperblockBytes, EXT4_SUPER_MAGIC};
 
 /// Magic at byte 0 of the header.
 pub const E2UNDO_MAGIC: &[u8; 8] = b"E2UNDO02";
@@ -271,7 +271,7 @@ impl UndoFileWriter {
             !self.failed,
             "undo file: writer unusable after an earlier error"
         );
-        let magic = le16(new_superblock, S_MAGIC_OFFSET);
+        let magic = SuperblockBytes::new(new_superblock)?.s_magic();
         if magic != EXT4_SUPER_MAGIC {
             bail!("undo file: superblock magic is {magic:#06x}, expected {EXT4_SUPER_MAGIC:#06x}");
         }
@@ -280,7 +280,7 @@ impl UndoFileWriter {
         let bs = self.block_size as usize;
         let mut sb = vec![0u8; bs];
         sb[..E2UNDO_SUPERBLOCK_SIZE].copy_from_slice(new_superblock);
-        put_le16(&mut sb, S_MAGIC_OFFSET, !magic);
+        SuperblockBytes::new(&mut sb[..E2UNDO_SUPERBLOCK_SIZE])?.set_s_magic(!magic);
         let offset = self.byte_offset(SUPER_OFFSET)?;
         self.out
             .write_all_at(&sb, offset)

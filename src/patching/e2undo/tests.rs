@@ -108,7 +108,9 @@ fn parse(file: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<ParsedKey>) {
 fn fake_superblock() -> [u8; 1024] {
     let mut sb = [0u8; 1024];
     sb[..1024].copy_from_slice(&pseudo_random(7, 1024));
-    sb[S_MAGIC_OFFSET..S_MAGIC_OFFSET + 2].copy_from_slice(&EXT4_SUPER_MAGIC.to_le_bytes());
+    SuperblockBytes::new(&mut sb)
+        .unwrap()
+        .set_s_magic(EXT4_SUPER_MAGIC);
     sb
 }
 
@@ -154,12 +156,10 @@ fn layout_merging_and_splitting() {
     assert_eq!(u64_at(&hdr, HDR_FS_OFFSET), 0);
     assert!(hdr[HDR_F_INCOMPAT..HDR_HEADER_CRC].iter().all(|&x| x == 0));
     assert_eq!(u32_at(&hdr, HDR_SB_CRC), e2fs_crc32c(&sb));
-    assert_eq!(
-        u16::from_le_bytes([rec[0x38], rec[0x39]]),
-        !EXT4_SUPER_MAGIC
-    );
-    assert_eq!(&rec[..0x38], &sb[..0x38]);
-    assert_eq!(&rec[0x3A..], &sb[0x3A..]);
+    let mut rec = SuperblockBytes::new(rec).unwrap();
+    assert_eq!(rec.s_magic(), !EXT4_SUPER_MAGIC);
+    rec.set_s_magic(EXT4_SUPER_MAGIC);
+    assert_eq!(rec.as_bytes(), &sb[..], "only s_magic differs");
     assert_eq!((keys[0].0, keys[0].2), (10, 511 * b as u32));
     assert_eq!((keys[1].0, keys[1].2), (521, 489 * b as u32));
     assert_eq!(&keys[0].3[..], &run[..511 * b]);
@@ -253,14 +253,12 @@ fn e2undo(bin: &Path, undo: &Path, img: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Changes harmless superblock bytes (volume name) and fixes s_checksum if metadata_csum.
+/// Changes a harmless superblock field (`s_last_mounted`) and fixes s_checksum if
+/// metadata_csum.
 fn touch_superblock(sb: &mut [u8]) {
-    sb[0x78..0x88].copy_from_slice(b"rolled-back-name");
-    let ro_compat = u32_at(sb, 0x64);
-    if ro_compat & 0x400 != 0 {
-        let c = e2fs_crc32c(&sb[..0x3FC]);
-        sb[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
-    }
+    let mut sb = SuperblockBytes::new(sb).unwrap();
+    sb.set_last_mounted(b"/rolled-back").unwrap();
+    sb.update_checksum();
 }
 
 /// Simulates a rollback over `runs` (first block, block count) of `img` recording an undo

@@ -16,9 +16,8 @@ mod special;
 
 use crate::common::{corpus_dir, corpus_images, gunzip, have, missing_blocks, run, Scratch};
 use ext::{
-    ro_compat, superblock_checksum, walk, BlockView, FileView, Filesystem, Journal,
-    JournalLocation, JournalLookup, JournalState, OpenOptions, Recovery, ReplayMode, ReplayedView,
-    WalkOptions, S_CHECKSUM_OFFSET, S_FEATURE_RO_COMPAT_OFFSET,
+    walk, BlockView, FileView, Filesystem, Journal, JournalLocation, JournalLookup, JournalState,
+    OpenOptions, Recovery, ReplayMode, ReplayedView, SuperblockBytes, WalkOptions,
 };
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -251,9 +250,5 @@ pub(super) fn normalize_superblock(ours: &mut [u8], theirs: &[u8]) {
     for (off, len) in [(0x30, 4), (0x40, 4), (0x178, 8)] {
         ours[off..off + len].copy_from_slice(&theirs[off..off + len]);
     }
-    let ro = u32::from_le_bytes(ours[S_FEATURE_RO_COMPAT_OFFSET..][..4].try_into().unwrap());
-    if ro & ro_compat::METADATA_CSUM != 0 {
-        let c = superblock_checksum(ours);
-        ours[S_CHECKSUM_OFFSET..S_CHECKSUM_OFFSET + 4].copy_from_slice(&c.to_le_bytes());
-    }
+    SuperblockBytes::new(ours).unwrap().update_checksum();
 }
