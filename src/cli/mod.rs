@@ -311,12 +311,13 @@ impl UnsupportedArgs {
 /// The subcommands, for the message about an unknown one.
 pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply";
 
-/// If `word` (the first positional argument) names no file and looks like a subcommand name
-/// (lower-case letters and dashes), the message saying it is not one.
+/// If `word` (the first positional argument) names no file, is no subcommand and looks like a
+/// subcommand name (lower-case letters and dashes), the message saying it is not one.
 pub fn unknown_subcommand(word: &std::ffi::OsStr) -> Option<String> {
     let w = word.to_str()?;
     let wordlike = !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '-');
-    if !wordlike || w.starts_with('-') || std::path::Path::new(w).exists() {
+    let known = SUBCOMMANDS.split(", ").any(|s| s == w);
+    if known || !wordlike || w.starts_with('-') || std::path::Path::new(w).exists() {
         return None;
     }
     Some(format!(

@@ -163,7 +163,7 @@ fn read_base(
             )
         })?;
     check_same_fs(&archive.path, &base_fs.sb, size, fs, target)?;
-    if base_fs.sb.has_incompat(ext::incompat::RECOVER) {
+    if base_fs.sb.needs_recovery() {
         let why = format!(
             "the archive's newest state {:?} needs journal recovery",
             snap.name

@@ -96,8 +96,8 @@ pub(super) fn recover<'v>(
     let located = Journal::locate(&fs, external)?;
     let mut out = StateJournal::nothing();
     out.warnings = located.warnings;
-    out.needs_recovery = fs.sb.has_incompat(ext::incompat::RECOVER);
-    out.external = fs.sb.s_journal_inum == 0 && fs.sb.has_compat(ext::compat::HAS_JOURNAL);
+    out.needs_recovery = fs.sb.needs_recovery();
+    out.external = fs.sb.has_external_journal();
     if external.is_some() && fs.sb.s_journal_inum != 0 {
         out.notes.push(format!(
             "--journal-dev was not used: the filesystem's journal is internal (inode {})",

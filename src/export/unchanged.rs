@@ -4,7 +4,7 @@
 //!
 //! Rule (backup tools' quick check, made stricter): a user file is a regular file that is no
 //! special inode (below `s_first_ino`, or named by the superblock: journal, quota, orphan
-//! file, snapshots; see [`is_special_inode`]) and no snapshot file. It is unchanged when its
+//! file, snapshots: `ext::Superblock::is_special_inode`) and no snapshot file. It is unchanged when its
 //! parsed inode record is identical in both states (times with their nanoseconds, size,
 //! generation, flags, link count, block map root, ...; not the access time), and a data run of
 //! it is unchanged when it is the same (same inode, file block, filesystem block and length)
@@ -74,7 +74,7 @@ fn user_files(fs: &Filesystem<&dyn BlockView>) -> (Vec<FileRun>, Vec<(InodeNr, I
     let all = |_: u64, _: u64| true;
     let keep = |_: InodeNr, _: &[FileRun]| true;
     let o = ext::file_runs_and_inodes(fs, &all, &keep);
-    let user = |ino: InodeNr| !is_special_inode(&fs.sb, ino);
+    let user = |ino: InodeNr| !fs.sb.is_special_inode(ino);
     let runs = o
         .runs
         .into_iter()
@@ -83,27 +83,9 @@ fn user_files(fs: &Filesystem<&dyn BlockView>) -> (Vec<FileRun>, Vec<(InodeNr, I
     let inodes = o
         .inodes
         .into_iter()
-        .filter(|(n, i)| i.file_type() == FileType::Regular && user(*n))
+        .filter(|(n, i)| i.file_type() == FileType::Regular && !i.is_snapshot_file() && user(*n))
         .collect();
     (runs, inodes)
-}
-
-/// True for an inode that is filesystem metadata: a reserved one (below `s_first_ino`: bad
-/// blocks, the old quota files, boot loader, undelete, resize, journal, exclude bitmap, ...) or
-/// one the superblock names (journal, quota, orphan file, next3 snapshots).
-pub(super) fn is_special_inode(sb: &ext::Superblock, ino: InodeNr) -> bool {
-    let n = ino.0;
-    n < sb.s_first_ino
-        || [
-            sb.s_journal_inum,
-            sb.s_usr_quota_inum,
-            sb.s_grp_quota_inum,
-            sb.s_prj_quota_inum,
-            sb.s_orphan_file_inum,
-            sb.s_snapshot_inum,
-            sb.s_snapshot_list,
-        ]
-        .contains(&n)
 }
 
 /// Blocks (filesystem block ranges, sorted, disjoint) that hold unchanged file data: data runs
@@ -198,22 +180,5 @@ mod tests {
         assert_eq!(equal_clusters(16384, 4096, &new, &base, same), vec![2..3]);
         // Clusters smaller than a block.
         assert_eq!(equal_clusters(1024, 4096, &new, &base, same), vec![32..40]);
-    }
-
-    #[test]
-    fn reserved_and_named_inodes_are_special() {
-        let sb = ext::Superblock {
-            s_first_ino: 11,
-            s_journal_inum: 8,
-            s_prj_quota_inum: 12,
-            s_orphan_file_inum: 13,
-            ..ext::Superblock::default()
-        };
-        for n in [1, 7, 8, 9, 10, 12, 13] {
-            assert!(is_special_inode(&sb, InodeNr(n)), "{n}");
-        }
-        for n in [11, 14, 100] {
-            assert!(!is_special_inode(&sb, InodeNr(n)), "{n}");
-        }
     }
 }
