@@ -1,4 +1,6 @@
-//! Tools, the e2fsprogs corpus, and skipping a test visibly (or failing it under CI).
+//! Tools, the e2fsprogs corpus, and skipping a test visibly (or failing it under CI). The same
+//! API as the other crates' test helpers (`ext/tests/integration/common/skip.rs`,
+//! `qcow/tests/common/skip.rs`), plus [`ORACLES`] and [`skip`].
 //!
 //! A test that cannot run here returns early after one of these calls. Each writes one line,
 //! `SKIPPED <test>: <why>`, to the process's stderr handle (`std::io::stderr().write_all`),
