@@ -50,18 +50,21 @@ pub fn ci() -> bool {
 
 /// True if every one of `tools` runs. Otherwise reports the skip of the calling test naming
 /// the missing ones (panics under `CI=true`) and returns false: the caller returns.
+#[track_caller]
 pub fn require(tools: &[&str]) -> bool {
     require_part(None, tools)
 }
 
 /// [`require`] for a part of a test (`part` names it): false means the caller leaves that
 /// part out and goes on.
+#[track_caller]
 pub fn require_for(part: &str, tools: &[&str]) -> bool {
     require_part(Some(part), tools)
 }
 
 /// Reports that something an oracle must provide is missing (`what`, e.g. a debugfs without
 /// journal commands): a visible skip, or a panic under `CI=true`. The caller returns.
+#[track_caller]
 pub fn skip_missing(what: &str) {
     if ci() {
         panic!("{}: {what}; CI=true makes this fatal", test_name());
@@ -76,6 +79,7 @@ pub fn skipped(why: &str) {
     report(&format!("SKIPPED {}: {why}", test_name()));
 }
 
+#[track_caller]
 fn require_part(part: Option<&str>, tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
     if missing.is_empty() {

@@ -38,18 +38,21 @@ pub fn ci() -> bool {
 
 /// True if every one of `tools` runs. Otherwise reports the skip of the calling test naming
 /// the missing ones (panics under `CI=true`) and returns false: the caller returns.
+#[track_caller]
 pub fn require(tools: &[&str]) -> bool {
     require_part(None, tools)
 }
 
 /// [`require`] for a part of a test (`part` names it): false means the caller leaves that
 /// part out and goes on.
+#[track_caller]
 pub fn require_for(part: &str, tools: &[&str]) -> bool {
     require_part(Some(part), tools)
 }
 
 /// Reports that something an oracle must provide is missing (`what`, e.g. a debugfs without
 /// journal commands): a visible skip, or a panic under `CI=true`. The caller returns.
+#[track_caller]
 pub fn skip_missing(what: &str) {
     if ci() {
         panic!("{}: {what}; CI=true makes this fatal", test_name());
@@ -67,6 +70,7 @@ pub fn skipped(why: &str) {
 /// The e2fsprogs test-suite images, `../shared/corpus/e2fsprogs` beside the checkout
 /// (relative to the workspace root, the parent of this crate's directory). When absent: a
 /// visible skip and `None` (the caller returns), or a panic under `CI=true`.
+#[track_caller]
 pub fn shared_corpus() -> Option<PathBuf> {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
     if d.is_dir() {
@@ -79,6 +83,7 @@ pub fn shared_corpus() -> Option<PathBuf> {
     None
 }
 
+#[track_caller]
 fn require_part(part: Option<&str>, tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
     if missing.is_empty() {
