@@ -86,13 +86,19 @@ pub fn skipped(why: &str) {
 /// returns), or a panic under `CI=true`.
 #[track_caller]
 pub fn shared_corpus() -> Option<PathBuf> {
-    let d = super::root().join("../shared/corpus/e2fsprogs");
-    if d.is_dir() {
-        return Some(d);
+    let root = super::root();
+    let root = root.canonicalize().unwrap_or(root);
+    let beside = root
+        .parent()
+        .unwrap_or(&root)
+        .join("shared/corpus/e2fsprogs");
+    if beside.is_dir() {
+        return Some(beside);
     }
     skip_missing(&format!(
-        "the e2fsprogs corpus {} is absent (README.md, Tests, says how to get it)",
-        d.display()
+        "the e2fsprogs corpus ../shared/corpus/e2fsprogs ({}) is absent (README.md, Tests, \
+         says how to get it)",
+        beside.display()
     ));
     None
 }
