@@ -16,9 +16,7 @@ use std::path::Path;
 
 /// [`common::skip`](crate::common::skip), with e2undo besides the oracles.
 fn skip() -> bool {
-    !require(&[
-        "mke2fs", "e2image", "e2fsck", "debugfs", "qemu-img", "e2undo",
-    ])
+    !require(&[&ORACLES[..], &["e2undo"]].concat())
 }
 
 /// Runs `rollback` with `args`, expecting `want` as exit code.

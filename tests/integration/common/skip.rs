@@ -19,8 +19,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// The oracles most tests need: e2fsprogs (mke2fs, e2image, e2fsck, debugfs) and qemu-img.
-pub const ORACLES: [&str; 5] = ["mke2fs", "e2image", "e2fsck", "debugfs", "qemu-img"];
+/// The tools most tests need: the oracles e2fsprogs (mke2fs, e2image, e2fsck, debugfs) and
+/// qemu-img, and python3, which the fixture scripts (`fixtures/*.sh`) run.
+pub const ORACLES: [&str; 6] = [
+    "mke2fs", "e2image", "e2fsck", "debugfs", "qemu-img", "python3",
+];
 
 /// True if `tool` can be started (found on PATH). Says nothing when it cannot: tests that
 /// need it call [`require`].
