@@ -77,8 +77,9 @@ fn sparse_15tib_three_states_memory() {
         })
         .unwrap();
     assert_eq!(n, gs.len());
-    require_qemu!();
-    check_clean(&img);
+    if require_for("the qemu-img check", &QEMU) {
+        check_clean(&img);
+    }
 }
 
 /// 3 GiB of data at 64 KiB and 4 KiB clusters: prints MB/s of `write_clusters` + `finish`.

@@ -353,7 +353,7 @@ fn paths_and_usage() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["exit_status"], 1);
     // With an undo file: e2undo rewinds the apply.
-    if have("e2undo") {
+    if require_for("the e2undo part", &["e2undo"]) {
         let (p, u) = (dir.join("u.patch"), dir.join("u.e2undo"));
         apply(&[&d, &t, &"--patch", &p, &"--undo-file", &u], 0);
         expect_ok(sh("e2undo", &[&u, &t]));

@@ -88,8 +88,7 @@ fn existing_output_is_replaced_not_patched() {
 
 #[test]
 fn qcow2_options() {
-    if !have("qemu-img") {
-        eprintln!("skipped: qemu-img missing");
+    if !require(&["qemu-img"]) {
         return;
     }
     let dir = scratch("cli-qcow2");
@@ -129,8 +128,7 @@ fn qcow2_options() {
 
 #[test]
 fn filesystem_inside_a_qcow2_image() {
-    if !have("qemu-img") {
-        eprintln!("skipped: qemu-img missing");
+    if !require(&["qemu-img"]) {
         return;
     }
     // A filesystem stored in a QCOW2 image (here: a full -d export) is walked through the
@@ -178,7 +176,7 @@ fn mounted_read_write_source_needs_f() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipped: cannot loop-mount here");
+        skipped("cannot loop-mount here");
         return;
     }
     let _guard = Mounted(mnt.clone());

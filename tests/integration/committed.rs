@@ -61,7 +61,7 @@ fn check(img: &Path, dir: &Path, flags: &[&str]) {
             "block {b} differs from the source"
         );
     }
-    if have("qemu-img") {
+    if require_for("the qemu-img check and compare", &["qemu-img"]) {
         assert_qemu_check(&q);
         assert_qemu_identical(&q, &r);
     }

@@ -47,8 +47,7 @@ fn convert_and_compare(q: &Path, expected: &Path, dir: &Path) {
 
 #[test]
 fn qemu_made_images_convert_exactly() {
-    if !have("qemu-img") || !have("qemu-io") {
-        eprintln!("skipped: qemu-img/qemu-io missing");
+    if !require(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = scratch("convert");
@@ -81,8 +80,7 @@ fn qemu_made_images_convert_exactly() {
 
 #[test]
 fn zero_clusters_and_snapshots() {
-    if !have("qemu-img") || !have("qemu-io") {
-        eprintln!("skipped: qemu-img/qemu-io missing");
+    if !require(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = scratch("convert-zero");
@@ -119,8 +117,7 @@ fn zero_clusters_and_snapshots() {
 
 #[test]
 fn l2_tables_past_the_virtual_size_are_read() {
-    if !have("qemu-img") {
-        eprintln!("skipped: qemu-img missing");
+    if !require(&["qemu-img"]) {
         return;
     }
     // A fully allocated disk at 512-byte clusters: its metadata pushes L2 tables to host

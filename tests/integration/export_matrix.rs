@@ -97,8 +97,7 @@ fn e2image(f: &Fixture, flags: &str, out: &Path) -> bool {
 }
 
 fn check_fixture(name: &str) {
-    if !have_oracles() {
-        eprintln!("skipped: e2fsprogs or qemu-img missing");
+    if skip() {
         return;
     }
     let f = fixtures(&[name]).remove(name).unwrap();

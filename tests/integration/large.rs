@@ -6,8 +6,7 @@ use crate::common::*;
 
 #[test]
 fn nine_tib_filesystem_opens_in_qemu() {
-    if !have_oracles() {
-        eprintln!("skipped: e2fsprogs or qemu-img missing");
+    if skip() {
         return;
     }
     let dir = scratch("large");
@@ -35,10 +34,10 @@ fn nine_tib_filesystem_opens_in_qemu() {
         ],
     );
     if code(&o) != 0 {
-        eprintln!(
-            "skipped: mke2fs cannot make a 9 TiB filesystem here: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        skipped(&format!(
+            "mke2fs cannot make a 9 TiB filesystem here: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
         return;
     }
     let out = dir.join("nine.qcow2");

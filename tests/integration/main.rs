@@ -22,5 +22,6 @@ mod messages;
 mod rollback;
 mod rollback_faults;
 mod safety;
+mod skips;
 mod snapshots_next3;
 mod snapshots_pit;

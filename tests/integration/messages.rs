@@ -140,8 +140,7 @@ fn write_errors_are_said_once_without_temporary_names() {
 
 #[test]
 fn rollback_reports_agree_with_themselves() {
-    if !have_oracles() {
-        skipped("e2fsprogs or qemu-img missing");
+    if skip() {
         return;
     }
     let dir = scratch("msg-rollback");
@@ -232,8 +231,8 @@ fn part_way_targets_name_their_patch() {
 
 #[test]
 fn progress_names_each_state() {
-    if !have("script") {
-        skipped("script(1) missing: no terminal to show a progress bar on");
+    // script(1) gives the progress bar a terminal to be shown on.
+    if !require(&["script"]) {
         return;
     }
     let dir = scratch("msg-progress");

@@ -14,12 +14,9 @@ mod reused;
 use crate::common::*;
 use std::path::Path;
 
+/// [`common::skip`](crate::common::skip), with e2undo besides the oracles.
 fn skip() -> bool {
-    if have_oracles() && have("e2undo") {
-        return false;
-    }
-    eprintln!("skipped: e2fsprogs (with e2undo) or qemu-img missing");
-    true
+    !require(&[&ORACLES[..], &["e2undo"]].concat())
 }
 
 /// Runs `rollback` with `args`, expecting `want` as exit code.
@@ -368,7 +365,7 @@ fn block_device_target_and_mounted_refusal() {
     let t = sparse_copy(&c, &dir.join("target.img"));
     let before = sha256(&t);
     let Some(mut lo) = Loop::attach(&t) else {
-        eprintln!("skipped: cannot set up a loop device here");
+        skipped("cannot set up a loop device here");
         return;
     };
     let p = dir.join("dev.patch");
@@ -389,7 +386,7 @@ fn block_device_target_and_mounted_refusal() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !m {
-        eprintln!("skipped the mounted part: cannot mount here");
+        skipped("the mounted part: cannot mount here");
         return;
     }
     lo.mnt = Some(mnt);

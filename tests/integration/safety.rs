@@ -138,8 +138,7 @@ fn non_regular_outputs_are_refused() {
 
 #[test]
 fn raw_image_onto_a_block_device() {
-    if !have_oracles() {
-        skipped("e2fsprogs or qemu-img missing");
+    if skip() {
         return;
     }
     let dir = scratch("safe-blockdev");
@@ -187,8 +186,7 @@ fn raw_image_onto_a_block_device() {
 
 #[test]
 fn outputs_are_private_whatever_the_umask() {
-    if !have_oracles() {
-        skipped("e2fsprogs or qemu-img missing");
+    if skip() {
         return;
     }
     let dir = scratch("safe-mode");
@@ -305,8 +303,7 @@ fn interrupted_exports_remove_their_temporary() {
 
 #[test]
 fn locked_targets_and_patches_are_refused() {
-    if !have_oracles() {
-        skipped("e2fsprogs or qemu-img missing");
+    if skip() {
         return;
     }
     let dir = scratch("safe-locks");
@@ -391,8 +388,7 @@ fn two_rollbacks_started_together() {
 
 #[test]
 fn rollback_paths_never_name_an_input() {
-    if !have_oracles() {
-        skipped("e2fsprogs or qemu-img missing");
+    if skip() {
         return;
     }
     let dir = scratch("safe-rb-paths");

@@ -6,7 +6,7 @@
 //! EXT2_FLAG_IGNORE_CSUM_ERRORS), we refuse the primary like the kernel does and suggest a
 //! backup. There the image is opened through the suggested backup and compared the same way.
 
-use crate::common::{corpus_dir, corpus_images, gunzip, have, missing_blocks, Scratch};
+use crate::common::{corpus_images, gunzip, missing_blocks, require_for, shared_corpus, Scratch};
 use ext::{walk, Error, FileView, Filesystem, OpenOptions, WalkOptions};
 use std::path::Path;
 use std::process::Command;
@@ -30,17 +30,11 @@ fn open_or_backup(img: &Path) -> Result<Filesystem<FileView>, Error> {
 }
 
 #[test]
-#[cfg_attr(no_shared_corpus, ignore = "../shared/corpus/e2fsprogs is absent")]
 fn corpus_never_panics_and_is_superset_of_e2image() {
-    let Some(dir) = corpus_dir() else {
-        // Shown even under cargo's output capture: a run without the corpus must not look
-        // like a run with it.
-        use std::io::Write;
-        let _ = std::io::stderr()
-            .write_all(b"SKIPPED: ../shared/corpus/e2fsprogs is absent (corpus test not run)\n");
+    let Some(dir) = shared_corpus() else {
         return;
     };
-    let have_e2image = have("e2image");
+    let have_e2image = require_for("the comparison with e2image -r", &["e2image"]);
     let tmp = Scratch::new("corpus", "images");
     let mut failures = Vec::new();
     for gz in corpus_images(&dir) {

@@ -1,7 +1,7 @@
 //! The walker's block set against e2image's: every non-zero block that `e2image -r` copies
 //! must be in our set. Skips when e2fsprogs is not installed.
 
-use crate::common::{have, missing_blocks, mkfs, open, Scratch};
+use crate::common::{missing_blocks, mkfs, open, require, Scratch};
 use ext::{walk, WalkOptions};
 use std::path::Path;
 use std::process::Command;
@@ -43,8 +43,7 @@ fn check_superset(img: &Path, dir: &Path) {
 
 #[test]
 fn ext4_superset_of_e2image() {
-    if !have("mke2fs") || !have("e2image") {
-        eprintln!("skipped: e2fsprogs not installed");
+    if !require(&["mke2fs", "e2image"]) {
         return;
     }
     for (name, args) in [

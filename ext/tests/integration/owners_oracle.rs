@@ -4,7 +4,7 @@
 //! xattr block equal what `debugfs -R "stat <ino>"` prints, and our paths are among the
 //! names `debugfs -R "ncheck"` gives. Skips when e2fsprogs is not installed.
 
-use crate::common::{fixture, gunzip, have, mkfs, open, run, Scratch};
+use crate::common::{fixture, gunzip, mkfs, open, require, run, Scratch};
 use ext::{
     file_runs, file_runs_and_inodes, inode_paths, FileRun, FileView, Filesystem, InodeNr, RunKind,
 };
@@ -281,8 +281,7 @@ fn check_paths(img: &Path) {
 
 #[test]
 fn ext4_runs_and_paths_match_debugfs() {
-    if !have("mke2fs") || !have("debugfs") {
-        eprintln!("skipped: e2fsprogs (mke2fs, debugfs) not installed");
+    if !require(&["mke2fs", "debugfs"]) {
         return;
     }
     let dir = Scratch::new("owners", "ext4");
@@ -308,8 +307,7 @@ fn ext4_runs_and_paths_match_debugfs() {
 
 #[test]
 fn indirect_runs_and_paths_match_debugfs() {
-    if !have("mke2fs") || !have("debugfs") {
-        eprintln!("skipped: e2fsprogs (mke2fs, debugfs) not installed");
+    if !require(&["mke2fs", "debugfs"]) {
         return;
     }
     for (name, args) in [
@@ -343,8 +341,7 @@ fn indirect_runs_and_paths_match_debugfs() {
 /// The committed fixtures: htree directories, TIND, bigalloc, fifo and device inodes.
 #[test]
 fn fixture_images_match_debugfs() {
-    if !have("debugfs") {
-        eprintln!("skipped: e2fsprogs (debugfs) not installed");
+    if !require(&["debugfs"]) {
         return;
     }
     for name in ["ext4-small", "ext2-1k", "ext3-4k", "ext4-bigalloc"] {
@@ -377,8 +374,7 @@ fn fixture_images_match_debugfs() {
 
 #[test]
 fn inline_data_directories_are_named() {
-    if !have("mke2fs") || !have("debugfs") {
-        eprintln!("skipped: e2fsprogs (mke2fs, debugfs) not installed");
+    if !require(&["mke2fs", "debugfs"]) {
         return;
     }
     let dir = Scratch::new("owners", "inline");

@@ -1,10 +1,15 @@
 //! Shared helpers of the integration tests: scratch directories, a tiny xorshift generator,
-//! expected-content models of guest states, raw files, and `qemu-img` / `qemu-io` wrappers
-//! that let a test skip cleanly when QEMU is not installed.
+//! expected-content models of guest states, raw files, and `qemu-img` / `qemu-io` wrappers;
+//! `skip` says (past the output capture) when a test skips because QEMU is not installed,
+//! and fails it instead under `CI=true`.
 #![allow(dead_code)]
 
 pub mod archive;
+#[macro_use]
+mod skip;
 pub mod verify;
+
+pub use skip::*;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -13,27 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use qcow::{Layer, Reader, Writer, WriterOptions};
-
-/// Returns early from a test (with a message) when `qemu-img` is not on PATH.
-#[macro_export]
-macro_rules! require_qemu {
-    () => {
-        if !$crate::common::qemu_available() {
-            eprintln!("skipping: qemu-img not on PATH");
-            return;
-        }
-    };
-}
-
-/// Whether `qemu-img` and `qemu-io` can be run.
-pub fn qemu_available() -> bool {
-    ["qemu-img", "qemu-io"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 /// A fresh, empty scratch directory for test `name`.
 pub fn scratch(name: &str) -> PathBuf {

@@ -47,7 +47,7 @@ fn written_read_back_and_kept_by_qemu() {
         assert_eq!(ext(&img, OTHER), Some(vec![7; 16]));
         assert_eq!(ext(&img, 1), None);
         assert_layer_equals(&img, qcow::Layer::Active, &model());
-        if !qemu_available() {
+        if !require_for("the QEMU checks", &QEMU) {
             continue;
         }
         check_clean(&img);

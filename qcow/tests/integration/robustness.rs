@@ -84,8 +84,7 @@ fn our_image(dir: &Path) -> Vec<u8> {
 
 /// A small compressed image made by QEMU, when QEMU is installed.
 fn qemu_compressed_image(dir: &Path) -> Option<Vec<u8>> {
-    if !qemu_available() {
-        eprintln!("qemu-img not on PATH: fuzzing only this crate's images");
+    if !require_for("fuzzing a QEMU-made image", &QEMU) {
         return None;
     }
     let src = dir.join("src.raw");

@@ -12,7 +12,9 @@ mod export;
 mod special;
 mod targets;
 
-use crate::common::{block_at, code, debugfs_w, for_each_nonzero_block, sh, sha256, skip, skipped};
+use crate::common::{
+    block_at, code, debugfs_w, for_each_nonzero_block, sh, sha256, skip, skip_missing,
+};
 use std::path::{Path, PathBuf};
 
 /// A dirty filesystem and its replayed copy.
@@ -280,7 +282,7 @@ pub(super) fn unavailable() -> bool {
     }
     let o = sh("debugfs", &[&"-R", &"help", &"/dev/null"]);
     if !String::from_utf8_lossy(&o.stdout).contains("journal_open") {
-        skipped("debugfs without journal commands (jo/jw/jc)");
+        skip_missing("debugfs without journal commands (jo/jw/jc)");
         return true;
     }
     false

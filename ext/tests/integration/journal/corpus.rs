@@ -71,9 +71,8 @@ fn corpus_replay(img: &Path, fs: &Filesystem<FileView>, j: &Journal<'_>) -> Stri
 }
 
 #[test]
-#[cfg_attr(no_shared_corpus, ignore = "../shared/corpus/e2fsprogs is absent")]
 fn corpus_dirty_journals() {
-    let Some(dir) = corpus_dir() else {
+    let Some(dir) = shared_corpus() else {
         return;
     };
     if !tools() {

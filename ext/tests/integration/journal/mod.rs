@@ -14,7 +14,7 @@ mod corrupt;
 mod scenarios;
 mod special;
 
-use crate::common::{corpus_dir, corpus_images, gunzip, have, missing_blocks, run, Scratch};
+use crate::common::{corpus_images, gunzip, missing_blocks, require, run, shared_corpus, Scratch};
 use ext::{
     walk, BlockView, FileView, Filesystem, Journal, JournalLocation, JournalLookup, JournalState,
     OpenOptions, Recovery, ReplayMode, ReplayedView, SuperblockBytes, WalkOptions,
@@ -23,8 +23,13 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The oracles of the journal tests.
+pub(super) const TOOLS: [&str; 3] = ["mke2fs", "debugfs", "e2fsck"];
+
+/// True if [`TOOLS`] are installed; otherwise a visible skip (a panic under `CI=true`) and
+/// false: the caller returns.
 pub(super) fn tools() -> bool {
-    ["mke2fs", "debugfs", "e2fsck"].iter().all(|t| have(t))
+    require(&TOOLS)
 }
 
 pub(super) fn sha(p: &Path) -> Vec<u8> {

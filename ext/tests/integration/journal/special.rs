@@ -150,7 +150,7 @@ fn log_without_recover_flag() {
 /// journal superblock used to be missing next to e2image's copy).
 #[test]
 fn journal_inode_copied_without_has_journal() {
-    if !tools() || !have("e2image") {
+    if !require(&["mke2fs", "debugfs", "e2fsck", "e2image"]) {
         return;
     }
     let dir = Scratch::new("journal", "nohasjournal");

@@ -1,14 +1,14 @@
-//! Helpers shared by the integration tests: tools, scratch directories, fixture images.
+//! Helpers shared by the integration tests: tools and skips (`skip`: visible past the output
+//! capture, fatal under `CI=true`), the `../shared` corpus, scratch directories, fixture
+//! images.
+
+mod skip;
+pub use skip::*;
 
 use ext::{BlockSet, FileView, Filesystem, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// True if `tool` runs (`tool -V`): e2fsprogs' tools are optional, tests that need them skip.
-pub fn have(tool: &str) -> bool {
-    Command::new(tool).arg("-V").output().is_ok()
-}
 
 /// A scratch directory under the temporary directory, removed on drop (also when a test
 /// fails).
@@ -33,13 +33,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The e2fsprogs test-suite images beside the checkout (`../shared/corpus/e2fsprogs`), if
-/// present.
-pub fn corpus_dir() -> Option<PathBuf> {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
-    d.is_dir().then_some(d)
 }
 
 /// The corpus's gzipped images, sorted by name.
