@@ -3,20 +3,43 @@
 //! the changed refcount blocks, then the header sector), frees the clusters only they used
 //! (holes punched, reused by later appends) and leaves every kept state byte-identical. The
 //! state the active layer shows is always kept. `--dry-run` says which states would go and
-//! which rule keeps each kept one, and changes nothing.
+//! which rule keeps each kept one, and changes nothing. A QCOW2 image that is not an archive
+//! (not written by e2image-rs, or without states) is refused before it is opened for writing.
 
 use crate::plan::PrunePlan;
-use crate::sink::{decisions_json, open_archive, retention, Decision};
-use crate::text::format_date;
-use anyhow::{Context, Result};
+use crate::record::ExportRecord;
+use crate::sink::{open_archive, retention, Decision, DecisionDoc};
+use crate::sys::report;
+use crate::text::{format_date, size};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
 use std::fmt::Write;
+use std::path::Path;
 
-/// Runs the prune; prints its report (text or JSON) on stdout and notes on stderr.
+/// The `--json` document of `prune`.
+#[derive(Debug, Serialize)]
+struct PruneDoc {
+    archive: String,
+    dry_run: bool,
+    /// Every state, in snapshot-table order (the states of a dry run, or before the prune).
+    states: Vec<DecisionDoc>,
+    /// States removed (a dry run: that would be).
+    removed: usize,
+    /// The archive's apparent size before and after, bytes.
+    bytes_before: u64,
+    bytes_after: u64,
+    exit_status: i32,
+}
+
+/// Runs the prune; prints its report (text or JSON) on stdout once the prune is committed
+/// (or, for a dry run, decided), and notes on stderr.
 ///
 /// # Errors
-/// The archive cannot be opened, is locked or not usable; the commit fails (the archive is
-/// then as it was: the header is written last).
+/// Not a QCOW2 image, or not an archive (no export record, no states); the archive cannot
+/// be opened, is locked or not usable; the commit fails (the archive is then as it was: the
+/// header is written last).
 pub fn run(plan: &PrunePlan) -> Result<()> {
+    refuse_non_archive(&plan.archive)?;
     let mut archive = open_archive(&plan.archive)?;
     let active = archive.editor.snapshot_matching_active();
     let decisions = retention(&archive.editor, &plan.policy, None, active);
@@ -27,7 +50,7 @@ pub fn run(plan: &PrunePlan) -> Result<()> {
         .filter_map(|d| d.snapshot)
         .collect();
     for n in &archive.notes {
-        eprintln!("e2image-rs: note: {n}");
+        report::note(n);
     }
     if !plan.dry_run && !going.is_empty() {
         for &i in &going {
@@ -40,17 +63,39 @@ pub fn run(plan: &PrunePlan) -> Result<()> {
     }
     let after = file_size(&plan.archive);
     if plan.json {
-        let doc = serde_json::json!({
-            "archive": plan.archive.display().to_string(),
-            "dry_run": plan.dry_run,
-            "states": decisions_json(&decisions),
-            "removed": going.len(),
-            "bytes_before": before,
-            "bytes_after": after,
+        report::json(&PruneDoc {
+            archive: plan.archive.display().to_string(),
+            dry_run: plan.dry_run,
+            states: decisions.iter().map(DecisionDoc::from).collect(),
+            removed: going.len(),
+            bytes_before: before,
+            bytes_after: after,
+            exit_status: crate::exit::EXIT_OK,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print!("{}", render(plan, &decisions, before, after));
+        report::text(&render(plan, &decisions, before, after));
+    }
+    Ok(())
+}
+
+/// Refuses, before anything opens it for writing, a file that is not an archive: not a QCOW2
+/// image, not written by e2image-rs (no export record), or without states (a plain export).
+fn refuse_non_archive(path: &Path) -> Result<()> {
+    let p = path.display();
+    if !crate::probe::is_qcow2(path)? {
+        bail!("{p} is not a QCOW2 image, so not an archive; nothing was changed");
+    }
+    let reader = crate::qcow_view::open_image(path, false)
+        .with_context(|| format!("{p}: not a usable QCOW2 archive; nothing was changed"))?;
+    if ExportRecord::of(&reader).is_none() {
+        bail!(
+            "{p} is not an archive: it was not written by e2image-rs (no export record); nothing was changed"
+        );
+    }
+    if reader.snapshots().is_empty() {
+        bail!(
+            "{p} is not an archive: it has no states (a plain export; `e2image-rs -Q --name NAME` creates an archive); nothing was changed"
+        );
     }
     Ok(())
 }
@@ -58,7 +103,7 @@ pub fn run(plan: &PrunePlan) -> Result<()> {
 /// The text report: one line per state, newest first.
 fn render(plan: &PrunePlan, decisions: &[Decision], before: u64, after: u64) -> String {
     let mut d: Vec<&Decision> = decisions.iter().collect();
-    d.sort_by_key(|x| std::cmp::Reverse(x.date));
+    d.sort_by_key(|x| std::cmp::Reverse((x.date, x.date_nsec)));
     let kept = d.iter().filter(|x| x.kept.is_some()).count();
     let mut s = String::new();
     let _ = writeln!(
@@ -74,17 +119,22 @@ fn render(plan: &PrunePlan, decisions: &[Decision], before: u64, after: u64) -> 
     );
     for x in d {
         let (what, why) = match &x.kept {
-            Some(r) => ("keep  ", r.as_str()),
-            None => ("remove", ""),
+            Some(r) => ("keep  ", r.join(", ")),
+            None => ("remove", String::new()),
         };
         let _ = writeln!(s, "  {what} {:<24} {}  {why}", x.name, format_date(x.date));
     }
     if !plan.dry_run {
-        let _ = writeln!(s, "  archive: {before} → {after} bytes (apparent size)");
+        let _ = writeln!(
+            s,
+            "  archive: {} → {} (apparent size)",
+            size(before),
+            size(after)
+        );
     }
     s
 }
 
-fn file_size(p: &std::path::Path) -> u64 {
+fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }

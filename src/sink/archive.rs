@@ -100,46 +100,58 @@ pub struct Decision {
     pub name: String,
     /// Its date, seconds since the epoch.
     pub date: i64,
-    /// Why it is kept (`None`: it goes).
-    pub kept: Option<String>,
+    /// Nanoseconds of its date.
+    pub date_nsec: u32,
+    /// Why it is kept (`None`: it goes): rule names ("last", "daily", "oldest weekly"; see
+    /// [`reason_names`]) or "active".
+    pub kept: Option<Vec<String>>,
 }
 
-/// Applies `policy` to the archive's states plus, when appending, the new one (`new`: name
-/// and date). The state the active layer shows (`active`) is always kept.
+/// Applies `policy` to the archive's states plus, when appending, the new one (`new`: name,
+/// date in seconds and nanoseconds). The state the active layer shows (`active`) is always
+/// kept.
 pub fn retention(
     editor: &Editor,
     policy: &Policy,
-    new: Option<(&str, i64)>,
+    new: Option<(&str, i64, u32)>,
     active: Option<usize>,
 ) -> Vec<Decision> {
-    let mut states: Vec<(Option<usize>, String, i64)> = editor
+    let mut states: Vec<(Option<usize>, String, i64, u32)> = editor
         .snapshots()
         .iter()
         .enumerate()
-        .map(|(i, s)| (Some(i), s.name.clone(), i64::from(s.date_sec)))
+        .map(|(i, s)| (Some(i), s.name.clone(), i64::from(s.date_sec), s.date_nsec))
         .collect();
-    if let Some((name, date)) = new {
-        states.push((None, name.to_string(), date));
+    if let Some((name, date, nsec)) = new {
+        states.push((None, name.to_string(), date, nsec));
     }
     let dates: Vec<i64> = states.iter().map(|s| s.2).collect();
     let reasons = retention::apply(policy, &dates);
     states
         .into_iter()
         .zip(reasons)
-        .map(|((snapshot, name, date), r)| {
-            let mut kept = r.as_ref().map(Reasons::text);
+        .map(|((snapshot, name, date, date_nsec), r)| {
+            let mut kept = r.as_ref().map(reason_names);
             let shows_active = new.is_none() && snapshot.is_some() && snapshot == active;
             if kept.is_none() && shows_active {
-                kept = Some("the active layer".into());
+                kept = Some(vec!["active".into()]);
             }
             Decision {
                 snapshot,
                 name,
                 date,
+                date_nsec,
                 kept,
             }
         })
         .collect()
+}
+
+/// The rules that keep a state, by name: "last", "hourly", "daily", "weekly", "monthly",
+/// "yearly", or "oldest RULE" for the oldest state kept by a rule that found fewer periods
+/// than it may keep (the words of [`Reasons::text`], one per rule).
+fn reason_names(r: &Reasons) -> Vec<String> {
+    r.text().split(", ").map(str::to_string).collect()
 }
 
 /// The archive sink (see the module comment).
@@ -317,7 +329,7 @@ impl Sink for ArchiveSink {
             retention(
                 &me.archive.editor,
                 &me.policy,
-                Some((&me.name, i64::from(me.date.0))),
+                Some((&me.name, i64::from(me.date.0), me.date.1)),
                 None,
             )
         };
@@ -361,19 +373,36 @@ impl Sink for ArchiveSink {
     }
 }
 
-/// The decisions as JSON: `[{name, date, kept, reasons}]`.
+/// One state of the JSON lists of retention decisions (prune's `states`, an append's
+/// `pruned`).
+#[derive(Debug, serde::Serialize)]
+pub struct DecisionDoc {
+    /// The state's name.
+    pub name: String,
+    /// Its date (`date`, `date_sec`, `date_nsec`).
+    #[serde(flatten)]
+    pub date: crate::text::Date,
+    /// Whether it stays.
+    pub kept: bool,
+    /// Why it stays (see [`Decision::kept`]); empty when it goes.
+    pub reasons: Vec<String>,
+}
+
+impl From<&Decision> for DecisionDoc {
+    fn from(d: &Decision) -> DecisionDoc {
+        DecisionDoc {
+            name: d.name.clone(),
+            date: crate::text::Date::new(d.date, d.date_nsec),
+            kept: d.kept.is_some(),
+            reasons: d.kept.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The decisions as JSON: an array of [`DecisionDoc`].
 pub fn decisions_json(decisions: &[Decision]) -> serde_json::Value {
-    serde_json::Value::Array(
-        decisions
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "name": d.name, "date_sec": d.date, "kept": d.kept.is_some(),
-                    "reasons": d.kept,
-                })
-            })
-            .collect(),
-    )
+    let docs: Vec<DecisionDoc> = decisions.iter().map(DecisionDoc::from).collect();
+    serde_json::to_value(docs).unwrap_or_default()
 }
 
 /// Refuses an archive that is not ours or was made in another mode.

@@ -20,7 +20,7 @@ use crate::plan::{ExportPlan, Format, Output};
 use crate::sys::output::{BackgroundSync, TempOutput};
 use anyhow::Result;
 
-pub use archive::{decisions_json, open_archive, retention, Decision};
+pub use archive::{open_archive, retention, Decision, DecisionDoc};
 pub use qcow::QcowOptions;
 
 /// Where copied bytes go.
