@@ -127,7 +127,7 @@ fn render(plan: &PrunePlan, decisions: &[Decision], before: u64, after: u64) -> 
     if !plan.dry_run {
         let _ = writeln!(
             s,
-            "  archive: {} → {} (apparent size)",
+            "  apparent size of the archive: {} → {}",
             size(before),
             size(after)
         );

@@ -5,7 +5,7 @@ use super::compare::{PassStats, Written};
 use crate::delta_record::{DeltaRecord, FLAG_FILE_DATA, FLAG_SNAPSHOT_FILES};
 use crate::patching::{by_class, owners_of, Driven};
 use crate::ranges::total;
-use crate::text::{size, size_short};
+use crate::text::size_short;
 use ext::{BlockSet, BlockView, Filesystem};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -87,10 +87,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  clusters the delta replaces: {} of {} ({}; {} zero: discards), touching {} blocks",
+            "  clusters the delta replaces: {} of {}, {} in all ({} zero: discards), touching {} blocks",
             self.replaced_clusters,
             size_short(self.cluster_size),
-            size(self.replaced_clusters * self.cluster_size),
+            size_short(self.replaced_clusters * self.cluster_size),
             self.zero_clusters,
             self.stats.compared
         );
@@ -99,8 +99,8 @@ impl Report {
             s,
             "  differing from the target: {} blocks; to write: {w} blocks ({}), to discard: {d} blocks ({}), in {} runs (superblock block included)",
             self.stats.differ,
-            size(w * self.block_size),
-            size(d * self.block_size),
+            size_short(w * self.block_size),
+            size_short(d * self.block_size),
             self.written.runs
         );
         if !self.classes.is_empty() {
@@ -167,8 +167,8 @@ impl Report {
             self.label(),
             d.blocks_written,
             d.blocks_discarded,
-            size(d.bytes_written),
-            size(d.bytes_discarded)
+            size_short(d.bytes_written),
+            size_short(d.bytes_discarded)
         )
     }
 

@@ -8,7 +8,7 @@ use super::engine::{drive, DriveError, Driven, Faults, Goal};
 use super::patch::{Patch, PatchState};
 use super::target::{part_way, Target};
 use crate::sys::report::{self, Progress};
-use crate::text::{size, uuid};
+use crate::text::{size_short, uuid};
 use anyhow::{bail, Context, Result};
 use ext::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use std::path::Path;
@@ -43,7 +43,7 @@ impl Finished {
             format!(
                 ", {} blocks ({}) discarded",
                 d.blocks_discarded,
-                size(d.bytes_discarded)
+                size_short(d.bytes_discarded)
             )
         } else {
             String::new()
@@ -51,7 +51,7 @@ impl Finished {
         format!(
             "{tp} holds {side}: {} blocks ({}) written{discarded}; patch {pp} is {}",
             d.blocks_written,
-            size(d.bytes_written),
+            size_short(d.bytes_written),
             self.state.name()
         )
     }

@@ -21,7 +21,7 @@ use crate::exit::{fail, EXIT_OK};
 use crate::patching::{drive_fresh, finish, then, Command, Goal};
 use crate::plan::{ApplyPlan, RollbackPlan};
 use crate::sys::report::{self as out, Reporting};
-use crate::text::size;
+use crate::text::size_short;
 use anyhow::Result;
 use std::path::Path;
 
@@ -84,7 +84,7 @@ fn apply(a: &ApplyPlan, how: Reporting) -> Result<()> {
         t.path().display(),
         facts.state(),
         d.blocks_written,
-        size(d.bytes_written),
+        size_short(d.bytes_written),
         patch_path.display(),
         t.path().display()
     ));

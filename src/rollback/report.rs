@@ -8,7 +8,7 @@ use crate::patching::{by_class, owners_of, Driven};
 use crate::qcow_view::QcowView;
 use crate::ranges::push;
 use crate::record::ExportRecord;
-use crate::text::size;
+use crate::text::size_short;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -152,7 +152,7 @@ impl Facts {
             "  blocks held by the state: {}; differing from the target: {} ({} to write in {} runs, superblock block included)",
             self.blocks_held,
             self.blocks_differing,
-            size(self.blocks_written * self.block_size),
+            size_short(self.blocks_written * self.block_size),
             self.runs
         );
         let list: Vec<String> = self
