@@ -205,10 +205,10 @@ impl Driver<'_> {
         let h = &self.patch.header;
         if self.target.size() < h.s_blocks_count * u64::from(h.block_size) {
             bail!(
-                "{} is {} bytes, the patch is for a {}-byte filesystem; nothing was written",
+                "{} is {}, the patch is for a filesystem of {}; nothing was written",
                 self.target.path().display(),
-                self.target.size(),
-                h.s_blocks_count * u64::from(h.block_size)
+                crate::text::size(self.target.size()),
+                crate::text::size(h.s_blocks_count * u64::from(h.block_size))
             );
         }
         let holds = self.classify()?;
