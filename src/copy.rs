@@ -9,9 +9,7 @@
 use crate::sink::Sink;
 use anyhow::Result;
 use ext::{BlockNr, BlockView, Warning};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use std::io::IsTerminal;
 
 /// Largest single read, in bytes.
 const MAX_READ_BYTES: u64 = 2 << 20;
@@ -21,46 +19,7 @@ pub const MAX_UNREADABLE_LISTED: usize = 16;
 /// Bytes read per batch (two batches are in memory at once).
 const BATCH_BYTES: u64 = 2 << 20;
 
-/// A progress bar on stderr, shown only when asked for and stderr is a terminal. It names
-/// what it copies ("state 2/3: tuesday.img") and, when done, leaves one summary line.
-pub struct Progress(Option<(ProgressBar, String)>);
-
-impl Progress {
-    /// A bar counting `total` bytes labelled `what`, or a silent one.
-    pub fn new(wanted: bool, total: u64, what: &str) -> Progress {
-        if !wanted || !std::io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template(
-            "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_message(what.to_string());
-        crate::sys::signals::set_progress_shown(true);
-        Progress(Some((bar, what.to_string())))
-    }
-
-    fn inc(&self, n: u64) {
-        if let Some((b, _)) = &self.0 {
-            b.inc(n);
-        }
-    }
-
-    /// Replaces the bar by one line: what was copied, how much, how fast.
-    pub fn finish(&self) {
-        if let Some((b, what)) = &self.0 {
-            let (bytes, secs) = (b.position(), b.elapsed().as_secs_f64());
-            b.finish_and_clear();
-            crate::sys::signals::set_progress_shown(false);
-            eprintln!(
-                "e2image-rs: {what}: {} copied in {secs:.1} s",
-                indicatif::HumanBytes(bytes)
-            );
-        }
-    }
-}
+pub use crate::sys::report::Progress;
 
 /// Counts from one copy.
 #[derive(Clone, Copy, Debug, Default)]

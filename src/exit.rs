@@ -1,5 +1,8 @@
 //! Exit statuses and how failures are printed: one set of codes for every command, one error
-//! prefix (`e2image-rs: error: `), and with `--json` a JSON object on standard output.
+//! prefix (`e2image-rs: error: `), and with `--json` a JSON object on standard output, both
+//! written through `sys::report`.
+
+use crate::sys::report;
 
 /// Exit status: done completely.
 pub const EXIT_OK: i32 = 0;
@@ -32,18 +35,19 @@ pub fn fail(e: &anyhow::Error, json: bool) -> i32 {
 /// Prints a usage error followed by `usage` (one or more lines); returns 2.
 pub fn usage_error(msg: &str, json: bool, usage: &str) -> i32 {
     print_error(msg, EXIT_USAGE, json);
-    eprintln!("{usage}");
+    report::stderr(&format!("{usage}\n"));
     EXIT_USAGE
 }
 
-/// `e2image-rs: error: MSG` on stderr, and with `json` `{"error", "exit_status"}` on stdout.
+/// `e2image-rs: error: MSG` on stderr, and with `json` `{"error", "exit_status"}` on stdout
+/// ([`report::ErrorReport`]).
 pub fn print_error(msg: &str, code: i32, json: bool) {
-    eprintln!("e2image-rs: error: {msg}");
+    report::error(msg);
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "error": msg, "exit_status": code })
-        );
+        report::json(&report::ErrorReport {
+            error: msg,
+            exit_status: code,
+        });
     }
 }
 

@@ -4,8 +4,9 @@
 //! Layers, bottom to top; a module imports only from layers below it, and data flows one
 //! way: source → `ext` (what to copy, through a block view) → pipeline → `qcow` or raw sink.
 //!
-//! 1. `sys` (mounts, path identity, temporary outputs, locks, signals, test hooks), `exit`
-//!    (exit codes, error printing), `text` (UUIDs, dates), `probe` (what a file holds),
+//! 1. `sys` (mounts, path identity, temporary outputs, locks, signals, the writer of every
+//!    report and message, test hooks), `exit` (exit codes, error printing), `text` (UUIDs,
+//!    dates, sizes), `probe` (what a file holds),
 //!    `record` (the export record header extension), `delta_record` (the delta record),
 //!    `qcow_view` (a QCOW2 layer as a block view), `retention` (which states a policy keeps),
 //!    `ranges` (sorted block ranges);
@@ -20,7 +21,9 @@
 //! 5. `main`: parse, plan, run, exit status (0 complete, 1 failed, 2 usage error, 3 complete
 //!    with reported skips, 128 + N interrupted by signal N).
 //!
-//! Library errors become one-line messages here; the libraries never print.
+//! Library errors become one-line messages here; the libraries never print. Everything the
+//! binary prints goes through `sys::report` (a closed standard output ends in exit status 1,
+//! never a panic).
 
 mod apply;
 mod archive;
@@ -64,11 +67,11 @@ fn main() {
             Err(e) => fail(&e, *json),
         },
         Some(cli::Command::Rollback(args)) => match RollbackPlan::from_args(args) {
-            Ok(plan) => rollback::run(&plan),
-            Err(UsageError(m)) => usage_error(&m, false, ROLLBACK_USAGE),
+            Ok(plan) => rollback::run(&plan, reporting(args.json, args.progress)),
+            Err(UsageError(m)) => usage_error(&m, args.json, ROLLBACK_USAGE),
         },
         Some(cli::Command::Apply(args)) => match ApplyDeltaPlan::from_args(args) {
-            Ok(plan) => apply::run(&plan),
+            Ok(plan) => apply::run(&plan, reporting(args.json, args.progress)),
             Err(UsageError(m)) => usage_error(&m, args.json, APPLY_USAGE),
         },
         Some(cli::Command::Prune(args)) => match PrunePlan::from_args(args) {
@@ -90,7 +93,12 @@ fn main() {
         Some(sig) if code != EXIT_OK => sys::signals::exit_status(sig),
         _ => code,
     };
-    std::process::exit(code);
+    std::process::exit(sys::report::exit_status(code));
+}
+
+/// How a subcommand reports, from its `--json` and `-p`.
+fn reporting(json: bool, progress: bool) -> sys::report::Reporting {
+    sys::report::Reporting { json, progress }
 }
 
 /// The export (or conversion): run, print the summary; returns the exit status.
@@ -125,15 +133,13 @@ fn clap_error(e: &clap::Error, json: bool) -> i32 {
         _ => body.to_string(),
     };
     let first = msg.lines().next().unwrap_or_default().to_string();
-    eprint!("e2image-rs: error: {msg}");
-    if !msg.ends_with('\n') {
-        eprintln!();
-    }
+    let nl = if msg.ends_with('\n') { "" } else { "\n" };
+    sys::report::stderr(&format!("e2image-rs: error: {msg}{nl}"));
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "error": first, "exit_status": EXIT_USAGE })
-        );
+        sys::report::json(&sys::report::ErrorReport {
+            error: &first,
+            exit_status: EXIT_USAGE,
+        });
     }
     EXIT_USAGE
 }

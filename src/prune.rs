@@ -3,22 +3,42 @@
 //! the changed refcount blocks, then the header sector), frees the clusters only they used
 //! (holes punched, reused by later appends) and leaves every kept state byte-identical. The
 //! state the active layer shows is always kept. `--dry-run` says which states would go and
-//! which rule keeps each kept one, and changes nothing.
+//! which rule keeps each kept one, and changes nothing. A QCOW2 image that is not an archive
+//! (not written by e2image-rs, or without states) is refused before it is opened for writing.
 
-use crate::archive::{decide, decisions_json, open_archive, Decision};
+use crate::archive::{decide, open_archive, Decision, DecisionDoc};
 use crate::plan::PrunePlan;
-use crate::text::format_date;
+use crate::sys::report;
+use crate::text::{format_date, size};
 use anyhow::{Context, Result};
+use serde::Serialize;
 use std::fmt::Write;
+use std::path::Path;
 
-/// Runs the prune; prints its report (text or JSON) on stdout and notes on stderr.
+/// The `--json` document of `prune`.
+#[derive(Debug, Serialize)]
+struct PruneDoc {
+    archive: String,
+    dry_run: bool,
+    /// Every state, in snapshot-table order (the states of a dry run, or before the prune).
+    states: Vec<DecisionDoc>,
+    /// States removed (a dry run: that would be).
+    removed: usize,
+    /// The archive's apparent size before and after, bytes.
+    bytes_before: u64,
+    bytes_after: u64,
+    exit_status: i32,
+}
+
+/// Runs the prune; prints its report (text or JSON) on stdout once the prune is committed
+/// (or, for a dry run, decided), and notes on stderr.
 ///
 /// # Errors
-/// The archive cannot be opened, is locked or not usable; the commit fails (the archive is
-/// then as it was: the header is written last).
+/// Not a QCOW2 image, or not an archive (no export record, no states); the archive cannot
+/// be opened, is locked or not usable; the commit fails (the archive is then as it was: the
+/// header is written last).
 pub fn run(plan: &PrunePlan) -> Result<()> {
     let mut archive = open_archive(&plan.archive)?;
-    archive.record()?;
     let active = archive.editor.snapshot_matching_active();
     let decisions = decide(&archive.editor, &plan.policy, None, active);
     let before = file_size(&plan.archive);
@@ -28,7 +48,7 @@ pub fn run(plan: &PrunePlan) -> Result<()> {
         .filter_map(|d| d.snapshot)
         .collect();
     for n in &archive.notes {
-        eprintln!("e2image-rs: note: {n}");
+        report::note(n);
     }
     if !plan.dry_run && !going.is_empty() {
         for &i in &going {
@@ -41,17 +61,17 @@ pub fn run(plan: &PrunePlan) -> Result<()> {
     }
     let after = file_size(&plan.archive);
     if plan.json {
-        let doc = serde_json::json!({
-            "archive": plan.archive.display().to_string(),
-            "dry_run": plan.dry_run,
-            "states": decisions_json(&decisions),
-            "removed": going.len(),
-            "bytes_before": before,
-            "bytes_after": after,
+        report::json(&PruneDoc {
+            archive: plan.archive.display().to_string(),
+            dry_run: plan.dry_run,
+            states: decisions.iter().map(DecisionDoc::from).collect(),
+            removed: going.len(),
+            bytes_before: before,
+            bytes_after: after,
+            exit_status: crate::exit::EXIT_OK,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print!("{}", render(plan, &decisions, before, after));
+        report::text(&render(plan, &decisions, before, after));
     }
     Ok(())
 }
@@ -59,7 +79,7 @@ pub fn run(plan: &PrunePlan) -> Result<()> {
 /// The text report: one line per state, newest first.
 fn render(plan: &PrunePlan, decisions: &[Decision], before: u64, after: u64) -> String {
     let mut d: Vec<&Decision> = decisions.iter().collect();
-    d.sort_by_key(|x| std::cmp::Reverse(x.date));
+    d.sort_by_key(|x| std::cmp::Reverse(x.order));
     let kept = d.iter().filter(|x| x.kept.is_some()).count();
     let mut s = String::new();
     let _ = writeln!(
@@ -84,14 +104,14 @@ fn render(plan: &PrunePlan, decisions: &[Decision], before: u64, after: u64) -> 
     if !plan.dry_run {
         let _ = writeln!(
             s,
-            "  archive: {} → {} (apparent size)",
-            crate::text::size(before),
-            crate::text::size(after)
+            "  apparent size of the archive: {} → {}",
+            size(before),
+            size(after)
         );
     }
     s
 }
 
-fn file_size(p: &std::path::Path) -> u64 {
+fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }

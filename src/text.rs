@@ -1,4 +1,9 @@
-//! Text forms shared by the reports: UUIDs and dates.
+//! Text forms shared by the reports: UUIDs, dates and sizes, in the messages and in the JSON
+//! documents (where a date is [`Date`]: RFC 3339 in UTC with nanoseconds, beside the epoch
+//! seconds and nanoseconds).
+
+use jiff::fmt::temporal::DateTimePrinter;
+use jiff::Timestamp;
 
 /// A UUID in its usual text form (`12345678-9abc-def0-0102-030405060708`).
 pub fn uuid(u: &[u8; 16]) -> String {
@@ -13,67 +18,117 @@ pub fn uuid(u: &[u8; 16]) -> String {
     )
 }
 
-/// RFC 3339 in UTC with nanoseconds: `2026-12-07T23:20:41.123456789Z`.
-pub fn rfc3339(secs: u32, nsec: u32) -> String {
-    match jiff::Timestamp::new(i64::from(secs), nsec.min(999_999_999) as i32) {
-        Ok(t) => format!("{t:.9}"),
-        Err(_) => format!("{secs}"),
+/// The instant `secs` seconds and `nsecs` nanoseconds after the epoch (negative: before
+/// 1970), if jiff can represent it (years -9999 to 9999).
+fn timestamp(secs: i64, nsecs: u32) -> Option<Timestamp> {
+    let n = i32::try_from(nsecs).ok().filter(|&n| n < 1_000_000_000)?;
+    Timestamp::new(secs, n).ok()
+}
+
+/// `YYYY-MM-DD hh:mm:ss` (UTC) for seconds since the epoch (negative: before 1970), for the
+/// text reports; `@SECONDS` for an instant outside years -9999 to 9999.
+pub fn format_date(secs: i64) -> String {
+    match timestamp(secs, 0) {
+        Some(t) => t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        None => format!("@{secs}"),
     }
 }
 
-/// A size in bytes with binary units: `512 bytes`, `4.6 MiB`, `1.0 TiB`.
+/// RFC 3339 in UTC with nanoseconds (`2026-12-07T23:20:41.123456789Z`), the form of every
+/// date in the JSON documents; `@SECONDS.NANOSECONDS` outside years -9999 to 9999.
+pub fn rfc3339(secs: i64, nsecs: u32) -> String {
+    match timestamp(secs, nsecs) {
+        Some(t) => DateTimePrinter::new()
+            .precision(Some(9))
+            .timestamp_to_string(&t),
+        None => format!("@{secs}.{nsecs:09}"),
+    }
+}
+
+/// A date in a JSON document: `date` (RFC 3339, UTC, nanoseconds), `date_sec` and
+/// `date_nsec` since the epoch. Flattened into the object it dates.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Date {
+    /// RFC 3339 in UTC with nanoseconds.
+    pub date: String,
+    /// Seconds since the epoch.
+    pub date_sec: i64,
+    /// Nanoseconds within the second.
+    pub date_nsec: u32,
+}
+
+impl Date {
+    /// The date `secs` seconds and `nsecs` nanoseconds after the epoch.
+    pub fn new(secs: i64, nsecs: u32) -> Date {
+        Date {
+            date: rfc3339(secs, nsecs),
+            date_sec: secs,
+            date_nsec: nsecs,
+        }
+    }
+}
+
+/// A size with binary units and the exact count: `4.6 MiB (4823449 bytes)`; below 1 KiB
+/// only `512 bytes`. Every message, note and text report that gives a size uses it (or
+/// [`size_short`]).
 pub fn size(bytes: u64) -> String {
+    if bytes < 1024 {
+        return size_short(bytes);
+    }
+    format!("{} ({bytes} bytes)", size_short(bytes))
+}
+
+/// A size with binary units only: `4.6 MiB`, `64 KiB`, `512 bytes` (one decimal, dropped
+/// when it is 0).
+pub fn size_short(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
-        return format!("{bytes} bytes");
+        return if bytes == 1 {
+            "1 byte".into()
+        } else {
+            format!("{bytes} bytes")
+        };
     }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
+    let mut k = 0;
+    while k + 1 < UNITS.len() && bytes >= 1u64 << (10 * (k + 2)) {
+        k += 1;
     }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
-/// `YYYY-MM-DD hh:mm:ss` (UTC) for seconds since the epoch (negative: before 1970).
-pub fn format_date(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let tenths = |k: usize| {
+        let d = 1u128 << (10 * (k + 1));
+        (u128::from(bytes) * 10 + d / 2) / d
+    };
+    let mut t = tenths(k);
+    if t >= 10240 && k + 1 < UNITS.len() {
+        k += 1;
+        t = tenths(k);
+    }
+    if t % 10 == 0 {
+        format!("{} {}", t / 10, UNITS[k])
+    } else {
+        format!("{}.{} {}", t / 10, t % 10, UNITS[k])
+    }
 }
 
 /// Now: the date (seconds and nanoseconds since the epoch) and its name as a state name
-/// (`2026-11-29T20:18:39Z`, RFC 3339 in UTC). Tests may set the clock: [`test_clock`].
+/// (`2026-11-29T20:18:39Z`, RFC 3339 in UTC to the second). Tests may set the clock:
+/// [`test_clock`].
 pub fn now_and_name() -> ((u32, u32), String) {
     let since = test_clock().unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
     });
-    let secs = since.as_secs();
-    let text = format_date(i64::try_from(secs).unwrap_or(i64::MAX));
+    let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
+    let name = match timestamp(secs, 0) {
+        Some(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        None => format!("@{secs}"),
+    };
     (
         (
-            u32::try_from(secs).unwrap_or(u32::MAX),
+            u32::try_from(since.as_secs()).unwrap_or(u32::MAX),
             since.subsec_nanos(),
         ),
-        format!("{}Z", text.replace(' ', "T")),
+        name,
     )
 }
 
@@ -102,27 +157,43 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_with_nanoseconds() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(
-            rfc3339(1_796_685_641, 123_456_789),
-            "2026-12-07T23:20:41.123456789Z"
-        );
-    }
-
-    #[test]
-    fn sizes_have_units() {
-        assert_eq!(size(512), "512 bytes");
-        assert_eq!(size(4_823_449), "4.6 MiB");
-        assert_eq!(size(1 << 40), "1.0 TiB");
-    }
-
-    #[test]
     fn dates() {
         assert_eq!(format_date(0), "1970-01-01 00:00:00");
         assert_eq!(format_date(1_704_067_200), "2024-01-01 00:00:00");
         assert_eq!(format_date(951_782_400 + 3661), "2000-02-29 01:01:01");
         assert_eq!(format_date(-1), "1969-12-31 23:59:59");
         assert_eq!(format_date((3 << 32) - 1), "2378-04-22 19:24:47");
+        assert_eq!(format_date(i64::MAX), format!("@{}", i64::MAX));
+    }
+
+    #[test]
+    fn rfc3339_dates_have_nanoseconds() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(1_796_685_641, 123_456_789),
+            "2026-12-07T23:20:41.123456789Z"
+        );
+        assert_eq!(rfc3339(-1, 5), "1969-12-31T23:59:59.000000005Z");
+        assert_eq!(rfc3339(0, 2_000_000_000), "@0.2000000000");
+        let d = serde_json::to_value(Date::new(86_400, 1)).unwrap();
+        assert_eq!(d["date"], "1970-01-02T00:00:00.000000001Z");
+        assert_eq!(
+            (d["date_sec"].as_i64(), d["date_nsec"].as_u64()),
+            (Some(86_400), Some(1))
+        );
+    }
+
+    #[test]
+    fn sizes_in_binary_units() {
+        assert_eq!(size(0), "0 bytes");
+        assert_eq!(size(1), "1 byte");
+        assert_eq!(size(1023), "1023 bytes");
+        assert_eq!(size(1024), "1 KiB (1024 bytes)");
+        assert_eq!(size(4_823_449), "4.6 MiB (4823449 bytes)");
+        assert_eq!(size_short(65_536), "64 KiB");
+        assert_eq!(size_short(1536), "1.5 KiB");
+        assert_eq!(size_short((1 << 20) - 1), "1 MiB");
+        assert_eq!(size_short((1 << 30) * 3 / 2), "1.5 GiB");
+        assert_eq!(size_short(u64::MAX), "16 EiB");
     }
 }

@@ -23,21 +23,22 @@ mod states;
 use crate::exit::{fail, EXIT_OK};
 use crate::patching::{drive_fresh, finish, then, Command, Goal};
 use crate::plan::{ApplyDeltaPlan, ApplyStart};
+use crate::sys::report::{self as out, Reporting};
 use anyhow::Result;
-use serde_json::json;
 use std::path::Path;
 
 /// Runs an apply plan and returns the exit status (0 done; 1 refused or failed, and the
-/// message says where the target stands); prints its own messages.
-pub fn run(plan: &ApplyDeltaPlan) -> i32 {
+/// message says where the target stands); prints its own messages and its report (`how`:
+/// text or JSON, progress bar) before the target is touched (a dry run) or after the drive.
+pub fn run(plan: &ApplyDeltaPlan, how: Reporting) -> i32 {
     let r = match plan {
-        ApplyDeltaPlan::Start(s) => start(s),
+        ApplyDeltaPlan::Start(s) => start(s, how),
         ApplyDeltaPlan::Finish {
             patch,
             target,
             resume,
-            json,
-        } => resume_or_undo(patch, target, *resume, *json),
+            ..
+        } => resume_or_undo(patch, target, *resume, how),
     };
     match r {
         Ok(()) => EXIT_OK,
@@ -46,32 +47,20 @@ pub fn run(plan: &ApplyDeltaPlan) -> i32 {
 }
 
 /// `--resume` / `--undo`: verify the patch, then drive the target to TO or back to FROM.
-fn resume_or_undo(patch: &Path, target: &Path, resume: bool, json: bool) -> Result<()> {
+fn resume_or_undo(patch: &Path, target: &Path, resume: bool, how: Reporting) -> Result<()> {
     let goal = if resume { Goal::New } else { Goal::Old };
-    let f = finish(patch, target, goal)?;
-    if json {
-        let d = &f.driven;
-        let doc = json!({
-            "target": target.display().to_string(),
-            "patch": patch.display().to_string(),
-            "goal": if resume { "to" } else { "from" },
-            "already": d.already,
-            "blocks_written": d.blocks_written,
-            "bytes_written": d.bytes_written,
-            "blocks_discarded": d.blocks_discarded,
-            "bytes_discarded": d.bytes_discarded,
-            "patch_state": f.state.name(),
-            "exit_status": EXIT_OK,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+    let f = finish(patch, target, goal, how.progress)?;
+    if how.json {
+        out::json(&f.doc(target, patch, goal));
     } else {
-        println!("{}", f.line(target, patch, goal));
+        out::line(&f.line(target, patch, goal));
     }
     Ok(())
 }
 
-/// The first run: check, write the patch (and undo file), then drive the target.
-fn start(s: &ApplyStart) -> Result<()> {
+/// The first run: check, write the patch (and undo file), drive the target, then report
+/// (the text report also when the drive failed, before its error).
+fn start(s: &ApplyStart, how: Reporting) -> Result<()> {
     let untouched = |e: anyhow::Error| {
         then(
             e,
@@ -82,23 +71,20 @@ fn start(s: &ApplyStart) -> Result<()> {
         )
     };
     let (rep, ready) = prepare::prepare(s).map_err(untouched)?;
-    if !s.json {
-        print!("{}", rep.render(s.dry_run));
-    }
     let Some(ready) = ready else {
-        if s.json {
-            println!("{}", serde_json::to_string_pretty(&rep.json(true, None))?);
+        if how.json {
+            out::json(&rep.doc(true, None));
+        } else {
+            out::text(&rep.render(true));
         }
         return Ok(());
     };
-    let d = drive_fresh(&ready.patch, &ready.target, Command::Apply)?;
-    if s.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rep.json(false, Some(&d)))?
-        );
+    let d = drive_fresh(&ready.patch, &ready.target, Command::Apply, how.progress);
+    if how.json {
+        out::json(&rep.doc(false, Some(&d?)));
     } else {
-        println!("{}", rep.done_line(&d));
+        out::text(&rep.render(false));
+        out::line(&rep.done_line(&d?));
     }
     Ok(())
 }

@@ -161,8 +161,10 @@ fn record_of(d: &Delta, force: bool) -> Result<Option<DeltaRecord>> {
     let fs_bytes = r.blocks_count.checked_mul(u64::from(r.block_size));
     if fs_bytes != Some(d.size) {
         return Err(corrupt(format!(
-            "its disk is {} bytes, its record names a filesystem of {} {}-byte blocks",
-            d.size, r.blocks_count, r.block_size
+            "its disk is {}, its record names a filesystem of {} {}-byte blocks",
+            crate::text::size(d.size),
+            r.blocks_count,
+            r.block_size
         )));
     }
     Ok(Some(r))
@@ -175,20 +177,23 @@ fn check_sizes(
     tsb: &ext::Superblock,
     r: Option<&DeltaRecord>,
 ) -> Result<()> {
+    use crate::text::size;
     let fs = tsb.size_bytes();
     if r.is_none() && d.size > fs {
         bail!(
-            "delta {} is {} bytes, larger than the {fs}-byte filesystem of {}",
+            "delta {} is {}, larger than the filesystem of {} ({})",
             d.path.display(),
-            d.size,
-            t.path().display()
+            size(d.size),
+            t.path().display(),
+            size(fs)
         );
     }
     if t.size() < fs {
         bail!(
-            "{} is {} bytes, smaller than its {fs}-byte filesystem",
+            "{} is {}, smaller than its filesystem ({})",
             t.path().display(),
-            t.size()
+            size(t.size()),
+            size(fs)
         );
     }
     Ok(())

@@ -5,8 +5,9 @@ use super::compare::{PassStats, Written};
 use crate::delta_record::{DeltaFlags, DeltaRecord};
 use crate::patching::{by_class, owners_of, Driven};
 use crate::ranges::total;
+use crate::text::size_short;
 use ext::{BlockSet, BlockView, Filesystem};
-use serde_json::json;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -86,16 +87,20 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  clusters the delta replaces: {} of {} bytes ({} zero: discards), touching {} blocks",
-            self.replaced_clusters, self.cluster_size, self.zero_clusters, self.stats.compared
+            "  clusters the delta replaces: {} of {}, {} in all ({} zero: discards), touching {} blocks",
+            self.replaced_clusters,
+            size_short(self.cluster_size),
+            size_short(self.replaced_clusters * self.cluster_size),
+            self.zero_clusters,
+            self.stats.compared
         );
         let (w, d) = self.planned();
         let _ = writeln!(
             s,
-            "  differing from the target: {} blocks; to write: {w} blocks ({} bytes), to discard: {d} blocks ({} bytes), in {} runs (superblock block included)",
+            "  differing from the target: {} blocks; to write: {w} blocks ({}), to discard: {d} blocks ({}), in {} runs (superblock block included)",
             self.stats.differ,
-            w * self.block_size,
-            d * self.block_size,
+            size_short(w * self.block_size),
+            size_short(d * self.block_size),
             self.written.runs
         );
         if !self.classes.is_empty() {
@@ -158,56 +163,122 @@ impl Report {
             format!("; `e2image-rs apply --undo {p} {t}` rewinds it")
         });
         format!(
-            "{t}: applied delta {}: {} blocks written, {} discarded ({} bytes written, {} bytes discarded){undo}",
+            "{t}: applied delta {}: {} blocks written, {} discarded ({} written, {} discarded){undo}",
             self.label(),
             d.blocks_written,
             d.blocks_discarded,
-            d.bytes_written,
-            d.bytes_discarded
+            size_short(d.bytes_written),
+            size_short(d.bytes_discarded)
         )
     }
 
     /// The `--json` summary: planned counts in a dry run, what was done otherwise.
-    pub fn json(&self, dry_run: bool, driven: Option<&Driven>) -> serde_json::Value {
+    pub fn doc(&self, dry_run: bool, driven: Option<&Driven>) -> ApplyDoc {
         let (w, d) = self.planned();
-        let bs = self.block_size;
-        let (bw, yw, bd, yd) = match driven {
-            Some(x) => (
-                x.blocks_written,
-                x.bytes_written,
-                x.blocks_discarded,
-                x.bytes_discarded,
-            ),
-            None => (w, w * bs, d, d * bs),
-        };
-        let files: Vec<serde_json::Value> = self
-            .files
-            .iter()
-            .map(|(ino, path, from)| json!({ "inode": ino, "path": path, "in_from": from }))
-            .collect();
-        json!({
-            "delta": self.delta.display().to_string(),
-            "target": self.target.display().to_string(),
-            "from": self.record.as_ref().map(|r| r.from_name.clone()),
-            "to": self.record.as_ref().map(|r| r.to_name.clone()),
-            "record": self.record.is_some(),
-            "dry_run": dry_run,
-            "cluster_size": self.cluster_size,
-            "replaced_clusters": self.replaced_clusters,
-            "zero_clusters": self.zero_clusters,
-            "blocks_differing": self.stats.differ,
-            "blocks_written": bw,
-            "bytes_written": yw,
-            "blocks_discarded": bd,
-            "bytes_discarded": yd,
-            "runs": self.written.runs,
-            "by_class": self.classes,
-            "files_affected": files,
-            "patch": self.patch.as_ref().map(|p| p.display().to_string()),
-            "undo_file": self.undo.as_ref().map(|(p, _)| p.display().to_string()),
-            "exit_status": 0,
-        })
+        let (bs, cs) = (self.block_size, self.cluster_size);
+        let done = driven.copied().unwrap_or(Driven {
+            blocks_written: w,
+            bytes_written: w * bs,
+            blocks_discarded: d,
+            bytes_discarded: d * bs,
+            already: false,
+        });
+        let files = self.files.iter().map(|(ino, path, from)| FileDoc {
+            inode: *ino,
+            path: path.clone(),
+            in_from: *from,
+        });
+        ApplyDoc {
+            delta: self.delta.display().to_string(),
+            target: self.target.display().to_string(),
+            from: self.record.as_ref().map(|r| r.from_name.clone()),
+            to: self.record.as_ref().map(|r| r.to_name.clone()),
+            record: self.record.is_some(),
+            dry_run,
+            block_size: bs,
+            cluster_size: cs,
+            replaced_clusters: self.replaced_clusters,
+            replaced_bytes: self.replaced_clusters * cs,
+            zero_clusters: self.zero_clusters,
+            zero_bytes: self.zero_clusters * cs,
+            blocks_differing: self.stats.differ,
+            bytes_differing: self.stats.differ * bs,
+            blocks_written: done.blocks_written,
+            bytes_written: done.bytes_written,
+            blocks_discarded: done.blocks_discarded,
+            bytes_discarded: done.bytes_discarded,
+            runs: self.written.runs,
+            by_class: self.classes.clone(),
+            files_affected: files.collect(),
+            patch: self.patch.as_ref().map(|p| p.display().to_string()),
+            undo_file: self.undo.as_ref().map(|(p, _)| p.display().to_string()),
+            exit_status: 0,
+        }
     }
+}
+
+/// The `--json` document of an apply's first run (or dry run).
+#[derive(Debug, Serialize)]
+pub struct ApplyDoc {
+    /// The delta's path.
+    pub delta: String,
+    /// The target's path.
+    pub target: String,
+    /// FROM's name (absent without a delta record).
+    pub from: Option<String>,
+    /// TO's name (absent without a delta record).
+    pub to: Option<String>,
+    /// The delta has a record.
+    pub record: bool,
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// Filesystem block size, bytes.
+    pub block_size: u64,
+    /// The delta's cluster size, bytes.
+    pub cluster_size: u64,
+    /// Clusters the delta replaces.
+    pub replaced_clusters: u64,
+    /// Bytes of the replaced clusters.
+    pub replaced_bytes: u64,
+    /// Zero clusters among them (discards).
+    pub zero_clusters: u64,
+    /// Bytes of the zero clusters.
+    pub zero_bytes: u64,
+    /// Blocks that differ from the target.
+    pub blocks_differing: u64,
+    /// Bytes of the differing blocks.
+    pub bytes_differing: u64,
+    /// Blocks written (planned in a dry run).
+    pub blocks_written: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Blocks discarded (planned in a dry run).
+    pub blocks_discarded: u64,
+    /// Bytes discarded.
+    pub bytes_discarded: u64,
+    /// Runs in the patch (the superblock block's included).
+    pub runs: u64,
+    /// Changed blocks per class of FROM's walk.
+    pub by_class: BTreeMap<&'static str, u64>,
+    /// Files whose blocks change.
+    pub files_affected: Vec<FileDoc>,
+    /// The patch written.
+    pub patch: Option<String>,
+    /// The undo file written.
+    pub undo_file: Option<String>,
+    /// 0.
+    pub exit_status: i32,
+}
+
+/// A file whose blocks change.
+#[derive(Debug, Serialize)]
+pub struct FileDoc {
+    /// Its inode number.
+    pub inode: u32,
+    /// Its path.
+    pub path: String,
+    /// The path is FROM's (TO no longer has the file there).
+    pub in_from: bool,
 }
 
 /// Changed blocks per class of FROM's copy set.

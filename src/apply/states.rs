@@ -118,7 +118,7 @@ fn walk_options(r: &DeltaRecord) -> WalkOptions {
 fn copy_set<V: BlockView>(fs: &Filesystem<V>, r: &DeltaRecord, who: &str) -> BlockSet {
     let walk = ext::walk(fs, &walk_options(r));
     for w in &walk.warnings {
-        eprintln!("e2image-rs: warning: [{who}] {w}");
+        crate::sys::report::warning(&format!("[{who}] {w}"));
     }
     walk.blocks
 }

@@ -27,6 +27,8 @@ pub struct Decision {
     pub id: String,
     /// Its date: seconds and nanoseconds since the epoch.
     pub date: (u32, u32),
+    /// Where it stands in the archive's order (newest: greatest).
+    pub order: StateOrder,
     /// Why it is kept (`None`: it goes).
     pub kept: Option<Kept>,
 }
@@ -41,11 +43,12 @@ pub enum Kept {
 }
 
 impl Kept {
-    /// The reasons as words: `["last", "daily"]`, `["oldest yearly"]`, `["the active layer"]`.
+    /// The reasons as words: `["last", "daily"]`, `["oldest yearly"]`, `["active"]` (the
+    /// active layer shows it).
     pub fn words(&self) -> Vec<String> {
         match self {
             Kept::Rules(r) => r.words(),
-            Kept::ActiveLayer => vec!["the active layer".into()],
+            Kept::ActiveLayer => vec!["active".into()],
         }
     }
 }
@@ -74,33 +77,35 @@ pub fn decide(
     active: Option<usize>,
 ) -> Vec<Decision> {
     let snaps = editor.snapshots();
-    let mut order = orders(snaps);
     let mut states: Vec<Decision> = snaps
         .iter()
+        .zip(orders(snaps))
         .enumerate()
-        .map(|(i, s)| Decision {
+        .map(|(i, (s, order))| Decision {
             snapshot: Some(i),
             name: s.name.clone(),
             id: s.id.clone(),
             date: (s.date_sec, s.date_nsec),
+            order,
             kept: None,
         })
         .collect();
     if let Some(n) = new {
-        order.push(StateOrder {
-            sec: i64::from(n.date.0),
-            nsec: n.date.1,
-            id: Some(n.id),
-            position: snaps.len(),
-        });
         states.push(Decision {
             snapshot: None,
             name: n.name.clone(),
             id: n.id.to_string(),
             date: n.date,
+            order: StateOrder {
+                sec: i64::from(n.date.0),
+                nsec: n.date.1,
+                id: Some(n.id),
+                position: snaps.len(),
+            },
             kept: None,
         });
     }
+    let order: Vec<StateOrder> = states.iter().map(|d| d.order).collect();
     let reasons = retention::apply(policy, &order);
     for (d, r) in states.iter_mut().zip(reasons) {
         d.kept = r.map(Kept::Rules);
@@ -112,21 +117,31 @@ pub fn decide(
     states
 }
 
-/// The decisions as JSON: one object per state with its name, id, date (RFC 3339 and epoch
-/// seconds and nanoseconds), whether it is kept and why (an array of reasons).
-pub fn decisions_json(decisions: &[Decision]) -> serde_json::Value {
-    serde_json::Value::Array(
-        decisions
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "name": d.name, "id": d.id,
-                    "date": crate::text::rfc3339(d.date.0, d.date.1),
-                    "date_sec": d.date.0, "date_nsec": d.date.1,
-                    "kept": d.kept.is_some(),
-                    "reasons": d.kept.as_ref().map(Kept::words).unwrap_or_default(),
-                })
-            })
-            .collect(),
-    )
+/// One state of the JSON lists of retention decisions (prune's `states`, an append's
+/// `pruned`).
+#[derive(Debug, serde::Serialize)]
+pub struct DecisionDoc {
+    /// The state's name.
+    pub name: String,
+    /// Its snapshot id.
+    pub id: String,
+    /// Its date (`date`, `date_sec`, `date_nsec`).
+    #[serde(flatten)]
+    pub date: crate::text::Date,
+    /// Whether it stays.
+    pub kept: bool,
+    /// Why it stays ([`Kept::words`]); empty when it goes.
+    pub reasons: Vec<String>,
+}
+
+impl From<&Decision> for DecisionDoc {
+    fn from(d: &Decision) -> DecisionDoc {
+        DecisionDoc {
+            name: d.name.clone(),
+            id: d.id.clone(),
+            date: crate::text::Date::new(i64::from(d.date.0), d.date.1),
+            kept: d.kept.is_some(),
+            reasons: d.kept.as_ref().map(Kept::words).unwrap_or_default(),
+        }
+    }
 }

@@ -10,7 +10,7 @@
 
 mod decisions;
 
-pub use decisions::{decide, decisions_json, Decision, NewState};
+pub use decisions::{decide, Decision, DecisionDoc, NewState};
 
 use crate::record::ExportRecord;
 use anyhow::{bail, Context, Result};
@@ -27,13 +27,16 @@ pub struct OpenArchive {
     pub notes: Vec<String>,
 }
 
-/// Opens `path` for an in-place change: exclusive lock, [`Editor::open`], and the
+/// Opens `path` for an in-place change: first read-only, refusing a file that is not an
+/// archive ([`refuse_non_archive`]); then for writing, with an exclusive lock,
+/// [`Editor::open`] (which truncates the leftovers of an interrupted edit) and the
 /// fault-injection hook of test builds.
 ///
 /// # Errors
-/// Not openable, locked by another run, not a usable QCOW2 image (refcounts that disagree
-/// with the references included).
+/// Not an archive; not openable, locked by another run, not a usable QCOW2 image
+/// (refcounts that disagree with the references included).
 pub fn open_archive(path: &Path) -> Result<OpenArchive> {
+    refuse_non_archive(path)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -62,6 +65,31 @@ pub fn open_archive(path: &Path) -> Result<OpenArchive> {
     })
 }
 
+/// Refuses, before anything opens it for writing, a file that is not an archive: not a QCOW2
+/// image, not written by e2image-rs (no export record), or without states (a plain export).
+///
+/// # Errors
+/// What it is instead.
+fn refuse_non_archive(path: &Path) -> Result<()> {
+    let p = path.display();
+    if !crate::probe::is_qcow2(path)? {
+        bail!("{p} is not a QCOW2 image, so not an archive; nothing was changed");
+    }
+    let reader = crate::qcow_view::open_image(path, false)
+        .with_context(|| format!("{p}: not a usable QCOW2 archive; nothing was changed"))?;
+    if ExportRecord::of(&reader).is_none() {
+        bail!(
+            "{p} is not an archive: it was not written by e2image-rs (no export record); nothing was changed"
+        );
+    }
+    if reader.snapshots().is_empty() {
+        bail!(
+            "{p} is not an archive: it has no states (a plain export; `e2image-rs -Q --name NAME` creates an archive); nothing was changed"
+        );
+    }
+    Ok(())
+}
+
 /// With the `fault-injection` feature: `E2IMAGE_RS_FAULT_AFTER_WRITES=k` aborts the process
 /// right after the k-th write, flush, truncation or hole punch of the edit (a crash at that
 /// point). Release builds read nothing.
@@ -86,25 +114,13 @@ fn hook_faults(editor: &mut Editor) {
 }
 
 impl OpenArchive {
-    /// The export record, refusing an image e2image-rs did not write and one that holds no
-    /// states (a plain export).
+    /// The export record ([`open_archive`] refused an image without one).
     ///
     /// # Errors
-    /// No export record; no internal snapshot.
+    /// No export record (the image changed since it was checked).
     pub fn record(&self) -> Result<ExportRecord> {
-        let Some(r) = ExportRecord::of(self.editor.reader()) else {
-            bail!(
-                "{} was not written by e2image-rs (no export record); it is not an archive; nothing was written",
-                self.path.display()
-            );
-        };
-        if self.editor.snapshots().is_empty() {
-            bail!(
-                "{} has no states (it is a plain export, not an archive): create an archive with `-Q --name NAME`; nothing was written",
-                self.path.display()
-            );
-        }
-        Ok(r)
+        ExportRecord::of(self.editor.reader())
+            .with_context(|| format!("{}: the export record is gone", self.path.display()))
     }
 
     /// The snapshot holding the newest state: the one the active layer shows, else the

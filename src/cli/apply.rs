@@ -33,6 +33,10 @@ pub struct ApplyArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Show a progress bar on stderr over the bytes written to TARGET (only when stderr is a
+    /// terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
     /// Finish an interrupted apply: `--resume PATCH TARGET`.
     #[arg(long, value_name = "PATCH", conflicts_with_all = ["undo", "dry_run", "force", "no_discard"])]
     pub resume: Option<PathBuf>,

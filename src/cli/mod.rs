@@ -141,6 +141,13 @@ pub struct RollbackArgs {
     /// Rewind a finished or interrupted rollback to the exact old bytes: `--undo PATCH TARGET`.
     #[arg(long, value_name = "PATCH", conflicts_with_all = ["dry_run", "force"])]
     pub undo: Option<PathBuf>,
+    /// Show a progress bar on stderr over the bytes written to TARGET (only when stderr is a
+    /// terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// QCOW2 version to write.
@@ -164,8 +171,8 @@ pub struct ExportArgs {
     /// Write a raw sparse image (or convert a QCOW2 SOURCE to raw).
     #[arg(short = 'r')]
     pub raw: bool,
-    /// Include file data: every block referenced by an in-use inode.
-    #[arg(short = 'd', short_alias = 'a')]
+    /// Include file data: every block referenced by an in-use inode (also `-a`, as in e2image).
+    #[arg(short = 'd', visible_short_alias = 'a')]
     pub data: bool,
     /// Show a progress bar on stderr (only when stderr is a terminal).
     #[arg(short = 'p')]

@@ -71,7 +71,11 @@ pub(super) fn report_retention(
             .filter(|d| d.kept.is_none())
             .map(|d| format!("pruned state {:?} (no --keep-* rule keeps it)", d.name)),
     );
-    json.push(("pruned".into(), crate::archive::decisions_json(decisions)));
+    let docs: Vec<crate::archive::DecisionDoc> = decisions.iter().map(Into::into).collect();
+    json.push((
+        "pruned".into(),
+        serde_json::to_value(docs).unwrap_or_default(),
+    ));
 }
 
 /// Prepares the append of SOURCE's current state, whose filesystem is `fs` on a disk of

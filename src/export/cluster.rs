@@ -23,7 +23,7 @@ pub fn choose_cluster_bits(
     if let Some(c) = requested {
         let cb = c.trailing_zeros().clamp(MIN_CLUSTER_BITS, MAX_CLUSTER_BITS);
         if max_virtual_size(cb) < size {
-            return Err(UsageError(format!("--cluster-size {c}: QEMU cannot address a {size}-byte image with it (L1 table over 32 MiB); use a larger one")).into());
+            return Err(UsageError(format!("--cluster-size {c}: QEMU cannot address an image of {} with it (L1 table over 32 MiB); use a larger one", crate::text::size(size))).into());
         }
         return Ok(cb);
     }

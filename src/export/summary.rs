@@ -1,11 +1,17 @@
 //! What a run did: printed as warnings on stderr, optionally as JSON on stdout, and turned into
-//! the exit status (0 complete, 3 complete except for the reported skipped parts).
+//! the exit status (0 complete, 3 complete except for the reported skipped parts). The JSON
+//! document is one of the serde structures below (export, conversion or delta, then the
+//! warnings, notes and exit status common to all), written by `sys::report`.
 
 use crate::copy::CopyStats;
 use crate::exit::{EXIT_OK, EXIT_WARNINGS};
 use crate::plan::{ExportPlan, Format, Output};
+use crate::sys::report;
+use crate::text::{size, Date};
 use ext::{BlockClass, Superblock, WalkResult, Warning};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// The outcome of an export or conversion.
 pub struct Summary {
@@ -16,51 +22,150 @@ pub struct Summary {
     pub omitted: Vec<(Option<String>, String, u64)>,
     /// Informational notes.
     pub notes: Vec<String>,
-    /// The JSON document (without the warnings, added at print time).
-    json: Map<String, Value>,
+    /// What the JSON document says besides the warnings, notes and exit status.
+    doc: Option<Doc>,
+}
+
+/// The part of the JSON document that depends on what was run.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Doc {
+    Export(ExportDoc),
+    Conversion(ConversionDoc),
+    Delta(DeltaDoc),
+}
+
+/// An export's JSON document (the current state's counts at the top level).
+#[derive(Debug, Serialize)]
+struct ExportDoc {
+    source: String,
+    output: String,
+    format: &'static str,
+    data: bool,
+    /// Filesystem block size, bytes.
+    block_size: u32,
+    blocks_count: u64,
+    /// The filesystem's size, bytes (`blocks_count` blocks).
+    fs_bytes: u64,
+    /// QCOW2 cluster size, bytes (absent for raw).
+    cluster_size: Option<u64>,
+    blocks_copied: BTreeMap<&'static str, u64>,
+    blocks_copied_total: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+    inodes_in_use: u64,
+    orphan_inodes: u64,
+    ea_inodes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    states: Option<Vec<StateReport>>,
+    /// Members the sink adds (an append's `state_name` and `pruned`).
+    #[serde(flatten)]
+    extra: BTreeMap<String, Value>,
+}
+
+/// A QCOW2 → raw conversion's JSON document.
+#[derive(Debug, Serialize)]
+struct ConversionDoc {
+    source: String,
+    output: String,
+    format: &'static str,
+    /// The disk's size, bytes.
+    virtual_size: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+}
+
+/// A delta's JSON document.
+#[derive(Debug, Serialize)]
+struct DeltaDoc {
+    source: String,
+    output: String,
+    format: &'static str,
+    data: bool,
+    cluster_size: u64,
+    delta: DeltaCounts,
+    bytes_written: u64,
+}
+
+/// What a delta holds, in clusters and bytes.
+#[derive(Debug, Serialize)]
+struct DeltaCounts {
+    from: String,
+    to: String,
+    changed_clusters: u64,
+    discarded_clusters: u64,
+    changed_bytes: u64,
+    discarded_bytes: u64,
+    unchanged_bytes: u64,
+}
+
+/// The whole JSON document: what was run, then the members every summary has.
+#[derive(Serialize)]
+struct Full<'a> {
+    #[serde(flatten)]
+    doc: &'a Option<Doc>,
+    warnings: Vec<WarningDoc<'a>>,
+    warnings_omitted: Vec<OmittedDoc<'a>>,
+    notes: &'a [String],
+    exit_status: i32,
+}
+
+/// One listed warning.
+#[derive(Serialize)]
+struct WarningDoc<'a> {
+    state: Option<&'a str>,
+    inode: Option<u64>,
+    block: Option<u64>,
+    offset: Option<u32>,
+    reason: &'a str,
+}
+
+/// Warnings of one kind left out of the list.
+#[derive(Serialize)]
+struct OmittedDoc<'a> {
+    state: Option<&'a str>,
+    kind: &'a str,
+    count: u64,
+}
+
+/// `plan.source` and `plan.output` as text.
+fn paths(plan: &ExportPlan) -> (String, String) {
+    (
+        plan.source().path().display().to_string(),
+        plan.output().display(),
+    )
 }
 
 impl Summary {
     /// Summary of an export: the current state's counts at the top level, and one entry per
     /// state under `states`.
     pub fn export(plan: &ExportPlan, f: ExportFacts<'_>) -> Summary {
-        let mut m = Map::new();
-        m.insert(
-            "source".into(),
-            json!(plan.source().path().display().to_string()),
-        );
-        m.insert("output".into(), json!(plan.output().display()));
+        let (source, output) = paths(plan);
         let format = if plan.format() == Format::Raw {
             "raw"
         } else {
             "qcow2"
         };
-        m.insert("format".into(), json!(format));
-        m.insert("data".into(), json!(plan.data()));
-        m.insert("block_size".into(), json!(f.sb.block_size));
-        m.insert("blocks_count".into(), json!(f.sb.s_blocks_count));
-        m.insert("cluster_size".into(), json!(f.cluster_size));
-        m.insert("blocks_copied".into(), class_counts(f.walked));
-        m.insert(
-            "blocks_copied_total".into(),
-            json!(f.walked.blocks.block_count()),
-        );
-        m.insert("bytes_read".into(), json!(f.stats.bytes_copied));
-        let written = bytes_written(plan.output(), f.stats, f.sb.size_bytes());
-        m.insert("bytes_written".into(), json!(written));
-        m.insert("inodes_in_use".into(), json!(f.walked.stats.inodes_in_use));
-        m.insert("orphan_inodes".into(), json!(f.walked.stats.orphan_inodes));
-        m.insert("ea_inodes".into(), json!(f.walked.stats.ea_inodes));
-        for (k, v) in f.extra {
-            m.insert(k, v);
-        }
-        if f.states.len() > 1 {
-            m.insert(
-                "states".into(),
-                Value::Array(f.states.iter().map(StateReport::to_json).collect()),
-            );
-        }
         let single = f.states.len() <= 1;
+        let doc = ExportDoc {
+            source,
+            output,
+            format,
+            data: plan.data(),
+            block_size: f.sb.block_size,
+            blocks_count: f.sb.s_blocks_count,
+            fs_bytes: f.sb.size_bytes(),
+            cluster_size: f.cluster_size,
+            blocks_copied: class_counts(f.walked),
+            blocks_copied_total: f.walked.blocks.block_count(),
+            bytes_read: f.stats.bytes_copied,
+            bytes_written: bytes_written(plan.output(), f.stats, f.sb.size_bytes()),
+            inodes_in_use: f.walked.stats.inodes_in_use,
+            orphan_inodes: f.walked.stats.orphan_inodes,
+            ea_inodes: f.walked.stats.ea_inodes,
+            states: (!single).then_some(f.states),
+            extra: f.extra.into_iter().collect(),
+        };
         let warnings = f
             .warnings
             .into_iter()
@@ -76,7 +181,7 @@ impl Summary {
                 .map(|(state, kind, n)| (if single { None } else { Some(state) }, kind, n))
                 .collect(),
             notes,
-            json: m,
+            doc: Some(Doc::Export(doc)),
         }
     }
 
@@ -92,68 +197,61 @@ impl Summary {
             .map(|(kind, n)| (None, kind, n))
             .into_iter()
             .collect();
-        let mut m = Map::new();
-        m.insert(
-            "source".into(),
-            json!(plan.source().path().display().to_string()),
-        );
-        m.insert("output".into(), json!(plan.output().display()));
-        m.insert("format".into(), json!("raw"));
-        m.insert("virtual_size".into(), json!(size));
-        m.insert("bytes_read".into(), json!(stats.bytes_copied));
-        m.insert(
-            "bytes_written".into(),
-            json!(bytes_written(plan.output(), stats, size)),
-        );
-        let warnings = warnings.into_iter().map(|w| (None, w)).collect();
+        let (source, output) = paths(plan);
+        let doc = ConversionDoc {
+            source,
+            output,
+            format: "raw",
+            virtual_size: size,
+            bytes_read: stats.bytes_copied,
+            bytes_written: bytes_written(plan.output(), stats, size),
+        };
         Summary {
-            warnings,
+            warnings: warnings.into_iter().map(|w| (None, w)).collect(),
             omitted,
             notes,
-            json: m,
+            doc: Some(Doc::Conversion(doc)),
         }
     }
 
     /// Summary of a delta: the changed, discarded and unchanged bytes.
     pub fn delta(plan: &ExportPlan, f: DeltaFacts) -> Summary {
-        let mut m = Map::new();
-        m.insert(
-            "source".into(),
-            json!(plan.source().path().display().to_string()),
-        );
-        m.insert("output".into(), json!(plan.output().display()));
-        m.insert("format".into(), json!("qcow2"));
-        m.insert("data".into(), json!(plan.data()));
-        m.insert("cluster_size".into(), json!(f.cluster_size));
-        m.insert(
-            "delta".into(),
-            json!({
-                "from": f.from, "to": f.to,
-                "changed_clusters": f.changed_clusters,
-                "discarded_clusters": f.discarded_clusters,
-                "changed_bytes": f.changed_clusters * f.cluster_size,
-                "discarded_bytes": f.discarded_clusters * f.cluster_size,
-                "unchanged_bytes": f.unchanged_bytes,
-            }),
-        );
-        m.insert(
-            "bytes_written".into(),
-            json!(bytes_written(plan.output(), CopyStats::default(), 0)),
+        let (source, output) = paths(plan);
+        let (changed, discarded) = (
+            f.changed_clusters * f.cluster_size,
+            f.discarded_clusters * f.cluster_size,
         );
         let mut notes = f.notes;
         notes.push(format!(
-            "delta {}..{}: {} bytes changed, {} discarded, {} unchanged",
+            "delta {}..{}: {} changed, {} discarded, {} unchanged",
             f.from,
             f.to,
-            f.changed_clusters * f.cluster_size,
-            f.discarded_clusters * f.cluster_size,
-            f.unchanged_bytes
+            size(changed),
+            size(discarded),
+            size(f.unchanged_bytes)
         ));
+        let doc = DeltaDoc {
+            source,
+            output,
+            format: "qcow2",
+            data: plan.data(),
+            cluster_size: f.cluster_size,
+            delta: DeltaCounts {
+                from: f.from,
+                to: f.to,
+                changed_clusters: f.changed_clusters,
+                discarded_clusters: f.discarded_clusters,
+                changed_bytes: changed,
+                discarded_bytes: discarded,
+                unchanged_bytes: f.unchanged_bytes,
+            },
+            bytes_written: bytes_written(plan.output(), CopyStats::default(), 0),
+        };
         Summary {
             warnings: f.warnings.into_iter().map(|w| (None, w)).collect(),
             omitted: Vec::new(),
             notes,
-            json: m,
+            doc: Some(Doc::Delta(doc)),
         }
     }
 
@@ -163,19 +261,20 @@ impl Summary {
             warnings: Vec::new(),
             omitted: Vec::new(),
             notes: Vec::new(),
-            json: Map::new(),
+            doc: None,
         }
     }
 
-    /// Prints the notes and warnings on stderr and, with `json`, the JSON document on stdout.
+    /// Prints the notes and warnings on stderr and, with `json`, the JSON document on stdout
+    /// (through `sys::report`: the run's work is committed by now).
     pub fn print(&self, json: bool) {
         for n in &self.notes {
-            eprintln!("e2image-rs: note: {n}");
+            report::note(n);
         }
         for (state, w) in &self.warnings {
             match state {
-                Some(s) => eprintln!("e2image-rs: warning: [{s}] {w}"),
-                None => eprintln!("e2image-rs: warning: {w}"),
+                Some(s) => report::warning(&format!("[{s}] {w}")),
+                None => report::warning(&w.to_string()),
             }
         }
         for (state, kind, n) in &self.omitted {
@@ -183,13 +282,12 @@ impl Summary {
                 .as_ref()
                 .map(|s| format!("[{s}] "))
                 .unwrap_or_default();
-            eprintln!("e2image-rs: warning: {at}… and {n} more of kind \"{kind}\" (not listed)");
+            report::warning(&format!(
+                "{at}… and {n} more of kind \"{kind}\" (not listed)"
+            ));
         }
         if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&self.to_json()).unwrap_or_default()
-            );
+            report::json(&self.document());
         }
     }
 
@@ -203,55 +301,59 @@ impl Summary {
     }
 
     /// The JSON document.
-    pub fn to_json(&self) -> Value {
-        let mut m = self.json.clone();
-        let warnings: Vec<Value> = self
+    fn document(&self) -> Full<'_> {
+        let warnings = self
             .warnings
             .iter()
-            .map(|(state, w)| {
-                json!({
-                    "state": state,
-                    "inode": w.inode.map(|i| i.0),
-                    "block": w.block.map(|b| b.0),
-                    "offset": w.offset,
-                    "reason": w.reason,
-                })
+            .map(|(state, w)| WarningDoc {
+                state: state.as_deref(),
+                inode: w.inode.map(|i| u64::from(i.0)),
+                block: w.block.map(|b| b.0),
+                offset: w.offset,
+                reason: &w.reason,
             })
             .collect();
-        m.insert("warnings".into(), Value::Array(warnings));
-        let omitted: Vec<Value> = self
+        let omitted = self
             .omitted
             .iter()
-            .map(|(state, kind, count)| json!({ "state": state, "kind": kind, "count": count }))
+            .map(|(state, kind, count)| OmittedDoc {
+                state: state.as_deref(),
+                kind,
+                count: *count,
+            })
             .collect();
-        m.insert("warnings_omitted".into(), Value::Array(omitted));
-        m.insert("notes".into(), json!(self.notes));
-        m.insert("exit_status".into(), json!(self.exit_status()));
-        Value::Object(m)
-    }
-}
-
-/// Blocks copied per class, as a JSON object.
-fn class_counts(walked: &WalkResult) -> Value {
-    let counts = walked.blocks.counts();
-    let mut classes = Map::new();
-    for class in BlockClass::ALL {
-        if let Some(n) = counts.get(&class) {
-            classes.insert(class.name().to_string(), json!(n));
+        Full {
+            doc: &self.doc,
+            warnings,
+            warnings_omitted: omitted,
+            notes: &self.notes,
+            exit_status: self.exit_status(),
         }
     }
-    Value::Object(classes)
 }
 
-/// What happened to one state of a multi-state export.
+/// Blocks copied per class.
+fn class_counts(walked: &WalkResult) -> BTreeMap<&'static str, u64> {
+    let counts = walked.blocks.counts();
+    BlockClass::ALL
+        .iter()
+        .filter_map(|c| counts.get(c).map(|&n| (c.name(), n)))
+        .collect()
+}
+
+/// What happened to one state of a multi-state export (an entry of the JSON `states`).
+#[derive(Debug, Serialize)]
 pub struct StateReport {
     /// Its name.
     pub name: String,
-    /// Its date (seconds, nanoseconds).
-    pub date: (u32, u32),
+    /// Its date (`date`, `date_sec`, `date_nsec`; the epoch for a state left out).
+    #[serde(flatten)]
+    pub date: Date,
     /// Blocks copied per class, when it was written.
-    pub blocks: Option<Value>,
+    #[serde(rename = "blocks_copied")]
+    pub blocks: Option<BTreeMap<&'static str, u64>>,
     /// Blocks copied in all.
+    #[serde(rename = "blocks_copied_total")]
     pub total: u64,
     /// Warnings found in it (listed or omitted).
     pub warnings: usize,
@@ -270,7 +372,7 @@ impl StateReport {
         let omitted: u64 = walked.omitted.iter().map(|(_, n)| n).sum();
         StateReport {
             name: name.to_string(),
-            date,
+            date: Date::new(i64::from(date.0), date.1),
             blocks: Some(class_counts(walked)),
             total: walked.blocks.block_count(),
             warnings: warnings.saturating_add(usize::try_from(omitted).unwrap_or(usize::MAX)),
@@ -282,7 +384,7 @@ impl StateReport {
     pub fn unopenable(name: &str, error: &str) -> StateReport {
         StateReport {
             name: name.to_string(),
-            date: (0, 0),
+            date: Date::new(0, 0),
             blocks: None,
             total: 0,
             warnings: 1,
@@ -290,18 +392,6 @@ impl StateReport {
                 "state {name} left out: cannot open its filesystem: {error}"
             )),
         }
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "name": self.name,
-            "date_sec": self.date.0,
-            "date_nsec": self.date.1,
-            "blocks_copied": self.blocks,
-            "blocks_copied_total": self.total,
-            "warnings": self.warnings,
-            "error": self.error,
-        })
     }
 }
 

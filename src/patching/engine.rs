@@ -29,6 +29,7 @@
 
 use super::patch::{sha256, Patch, PatchState, Run, FLAG_DISCARD_ZEROS};
 use super::target::{Discard, Target};
+use crate::sys::report::Progress;
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
 
@@ -157,11 +158,14 @@ struct Driver<'a> {
     goal: Goal,
     touched: bool,
     out: Driven,
+    /// Counts the goal bytes written or discarded.
+    progress: &'a Progress,
     /// SHA-256 of an all-zero block when goal blocks of zeros are discarded, else `None`.
     discard_digest: Option<[u8; 32]>,
 }
 
 /// Brings `target` to the `goal` side of `patch`; see the module comment for the order.
+/// `progress` counts the goal bytes written or discarded.
 ///
 /// # Errors
 /// A [`DriveError`]: a block holding neither side (nothing written), or an I/O error or
@@ -171,6 +175,7 @@ pub fn drive(
     target: &Target,
     goal: Goal,
     faults: &mut Faults,
+    progress: &Progress,
 ) -> Result<Driven, DriveError> {
     let discards = goal == Goal::New && patch.header.has(FLAG_DISCARD_ZEROS);
     let discard_digest = discards.then(|| sha256(&vec![0u8; patch.header.block_size as usize]));
@@ -181,6 +186,7 @@ pub fn drive(
         goal,
         touched: false,
         out: Driven::default(),
+        progress,
         discard_digest,
     };
     // A signal now only stops the drive between two writes (see `Driver::write`).
@@ -199,10 +205,10 @@ impl Driver<'_> {
         let h = &self.patch.header;
         if self.target.size() < h.s_blocks_count * u64::from(h.block_size) {
             bail!(
-                "{} is {} bytes, the patch is for a {}-byte filesystem; nothing was written",
+                "{} is {}, the patch is for a filesystem of {}; nothing was written",
                 self.target.path().display(),
-                self.target.size(),
-                h.s_blocks_count * u64::from(h.block_size)
+                crate::text::size(self.target.size()),
+                crate::text::size(h.s_blocks_count * u64::from(h.block_size))
             );
         }
         let holds = self.classify()?;
@@ -379,6 +385,7 @@ impl Driver<'_> {
         if counted {
             self.out.blocks_written += data.len() as u64 / bs;
             self.out.bytes_written += data.len() as u64;
+            self.progress.inc(data.len() as u64);
         }
         self.faults.wrote()
     }
@@ -402,6 +409,7 @@ impl Driver<'_> {
                 self.out.bytes_written += len;
             }
         }
+        self.progress.inc(len);
         self.faults.wrote()
     }
 

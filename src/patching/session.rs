@@ -7,7 +7,8 @@ use super::command::Command;
 use super::engine::{drive, DriveError, Driven, Faults, Goal};
 use super::patch::{Patch, PatchState};
 use super::target::{part_way, Target};
-use crate::text::uuid;
+use crate::sys::report::{self, Progress};
+use crate::text::{size_short, uuid};
 use anyhow::{bail, Context, Result};
 use ext::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use std::path::Path;
@@ -40,34 +41,91 @@ impl Finished {
         }
         let discarded = if d.blocks_discarded > 0 {
             format!(
-                ", {} blocks ({} bytes) discarded",
-                d.blocks_discarded, d.bytes_discarded
+                ", {} blocks ({}) discarded",
+                d.blocks_discarded,
+                size_short(d.bytes_discarded)
             )
         } else {
             String::new()
         };
         format!(
-            "{tp} holds {side}: {} blocks ({} bytes) written{discarded}; patch {pp} is {}",
+            "{tp} holds {side}: {} blocks ({}) written{discarded}; patch {pp} is {}",
             d.blocks_written,
-            d.bytes_written,
+            size_short(d.bytes_written),
             self.state.name()
         )
     }
 }
 
+/// The `--json` document of `--resume` and `--undo` (rollback's and apply's).
+#[derive(Debug, serde::Serialize)]
+pub struct FinishDoc {
+    /// The command the patch belongs to: "rollback" or "apply".
+    pub command: &'static str,
+    /// The target's path.
+    pub target: String,
+    /// The patch's path.
+    pub patch: String,
+    /// The side reached: apply "to" (TO) or "from" (FROM); rollback "state" (the rolled-back
+    /// state) or "before" (the target's state from before the rollback).
+    pub goal: &'static str,
+    /// The target held that side already: nothing was written.
+    pub already: bool,
+    /// Blocks written.
+    pub blocks_written: u64,
+    /// Bytes of the blocks written.
+    pub bytes_written: u64,
+    /// Blocks discarded (apply's zero blocks).
+    pub blocks_discarded: u64,
+    /// Bytes of the blocks discarded.
+    pub bytes_discarded: u64,
+    /// The patch's state afterwards ("done", "undone").
+    pub patch_state: &'static str,
+    /// 0.
+    pub exit_status: i32,
+}
+
+impl Finished {
+    /// The `--json` document of this run of `--resume` (`Goal::New`) or `--undo`.
+    pub fn doc(&self, target: &Path, patch: &Path, goal: Goal) -> FinishDoc {
+        let d = &self.driven;
+        FinishDoc {
+            command: self.command.name(),
+            target: target.display().to_string(),
+            patch: patch.display().to_string(),
+            goal: match (self.command, goal) {
+                (Command::Apply, Goal::New) => "to",
+                (Command::Apply, Goal::Old) => "from",
+                (Command::Rollback, Goal::New) => "state",
+                (Command::Rollback, Goal::Old) => "before",
+            },
+            already: d.already,
+            blocks_written: d.blocks_written,
+            bytes_written: d.bytes_written,
+            blocks_discarded: d.blocks_discarded,
+            bytes_discarded: d.bytes_discarded,
+            patch_state: self.state.name(),
+            exit_status: crate::exit::EXIT_OK,
+        }
+    }
+}
+
 /// `--resume` / `--undo`: verify the patch, then drive the target to `goal`. Either command
-/// finishes any patch; messages speak in the terms of the command that made it.
+/// finishes any patch; messages speak in the terms of the command that made it. With
+/// `progress`, a bar on stderr counts the bytes written (see [`Progress`]).
 ///
 /// # Errors
 /// A message stating where the target stands (see [`stated`]).
-pub fn finish(patch: &Path, target: &Path, goal: Goal) -> Result<Finished> {
+pub fn finish(patch: &Path, target: &Path, goal: Goal, progress: bool) -> Result<Finished> {
     let t = Target::open(target, true).map_err(|e| then(e, "nothing was written"))?;
     let mut p = Patch::open(patch, true).map_err(|e| unusable_patch(e, patch, &t))?;
     check_patch_target(&p, &t)?;
     let before = p.state();
     let command = Command::of(&p.header);
-    let driven = drive(&mut p, &t, goal, &mut Faults::from_env())
-        .map_err(|e| stated(e, patch, &t, before, command))?;
+    let bar = bar(&p, &t, command, progress);
+    let driven = drive(&mut p, &t, goal, &mut Faults::from_env(), &bar);
+    bar.finish();
+    let driven = driven.map_err(|e| stated(e, patch, &t, before, command))?;
     Ok(Finished {
         driven,
         command,
@@ -75,16 +133,27 @@ pub fn finish(patch: &Path, target: &Path, goal: Goal) -> Result<Finished> {
     })
 }
 
-/// The first drive of a patch this process has just written and flushed, to the new side.
+/// The first drive of a patch this process has just written and flushed, to the new side;
+/// with `progress`, a bar on stderr counts the bytes written.
 ///
 /// # Errors
 /// A message stating where the target stands.
-pub fn drive_fresh(patch: &Path, t: &Target, command: Command) -> Result<Driven> {
+pub fn drive_fresh(patch: &Path, t: &Target, command: Command, progress: bool) -> Result<Driven> {
     let mut p = Patch::open_fresh(patch)?;
-    let d = drive(&mut p, t, Goal::New, &mut Faults::from_env())
-        .map_err(|e| stated(e, patch, t, PatchState::Prepared, command))?;
+    let bar = bar(&p, t, command, progress);
+    let d = drive(&mut p, t, Goal::New, &mut Faults::from_env(), &bar);
+    bar.finish();
+    let d = d.map_err(|e| stated(e, patch, t, PatchState::Prepared, command))?;
     debug_assert_eq!(p.state(), PatchState::Done);
     Ok(d)
+}
+
+/// The progress bar of a drive: every patched byte ("apply t.img: … written").
+fn bar(p: &Patch, t: &Target, command: Command, wanted: bool) -> Progress {
+    let bs = u64::from(p.header.block_size);
+    let total = p.runs.iter().map(|r| r.nb_blocks.saturating_mul(bs)).sum();
+    let what = format!("{} {}", command.name(), t.path().display());
+    Progress::counting(wanted, total, &what, "written")
 }
 
 /// A patch that cannot be opened or fails its checksums: says where the target stands and
@@ -219,7 +288,7 @@ pub fn refuse_dirty_journal(
         } else {
             "a run without --force will be refused"
         };
-        eprintln!("e2image-rs: warning: {why}; {then}");
+        report::warning(&format!("{why}; {then}"));
         return Ok(());
     }
     bail!("{why}; nothing was written.\n{how}; --force writes anyway");

@@ -144,8 +144,9 @@ impl PatchFiles {
             f.sync_all().context("cannot flush the undo file")?;
             u.tmp.commit_new()?;
             undo_line = Some(format!(
-                "  undo file {}: {keys} keys, {bytes} bytes; `e2undo {} {}` rewinds the {}",
+                "  undo file {}: {keys} keys, {}; `e2undo {} {}` rewinds the {}",
                 u.path.display(),
+                crate::text::size(bytes),
                 u.path.display(),
                 target.display(),
                 command.name()

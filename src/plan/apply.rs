@@ -7,7 +7,7 @@ use crate::cli::ApplyArgs;
 use std::path::{Path, PathBuf};
 
 /// Usage lines of the apply subcommand.
-pub const APPLY_USAGE: &str = "usage: e2image-rs apply DELTA TARGET --patch PATCH [--undo-file FILE] [--dry-run] [--force] [--no-discard] [--json]\n       e2image-rs apply --resume PATCH TARGET | --undo PATCH TARGET";
+pub const APPLY_USAGE: &str = "usage: e2image-rs apply DELTA TARGET --patch PATCH [--undo-file FILE] [--dry-run] [--force] [--no-discard] [-p] [--json]\n       e2image-rs apply --resume PATCH TARGET | --undo PATCH TARGET";
 
 /// What an apply run does.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use crate::sys::identity::same_name_or_target;
 use std::path::{Path, PathBuf};
 
 /// Usage lines of the rollback subcommand.
-pub const ROLLBACK_USAGE: &str = "usage: e2image-rs rollback IMAGE TARGET [--snapshot ID|NAME] --patch PATCH [--undo-file FILE] [--dry-run] [--force]\n       e2image-rs rollback --resume PATCH TARGET | --undo PATCH TARGET";
+pub const ROLLBACK_USAGE: &str = "usage: e2image-rs rollback IMAGE TARGET [--snapshot ID|NAME] --patch PATCH [--undo-file FILE] [--dry-run] [--force] [-p] [--json]\n       e2image-rs rollback --resume PATCH TARGET | --undo PATCH TARGET";
 
 /// What a rollback run does.
 #[derive(Clone, Debug, PartialEq, Eq)]

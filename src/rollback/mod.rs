@@ -20,32 +20,40 @@ mod report;
 use crate::exit::{fail, EXIT_OK};
 use crate::patching::{drive_fresh, finish, then, Command, Goal};
 use crate::plan::{ApplyPlan, RollbackPlan};
+use crate::sys::report::{self as out, Reporting};
+use crate::text::size_short;
 use anyhow::Result;
 use std::path::Path;
 
 /// Runs a rollback plan and returns the exit status (0 done; 1 refused or failed, and the
-/// message says where the target stands); prints its own messages.
-pub fn run(plan: &RollbackPlan) -> i32 {
+/// message says where the target stands); prints its own messages and its report (`how`:
+/// text or JSON, progress bar) before the target is touched (a dry run) or after the drive.
+pub fn run(plan: &RollbackPlan, how: Reporting) -> i32 {
     let r = match plan {
-        RollbackPlan::Resume { patch, target } => resume_or_undo(patch, target, Goal::New),
-        RollbackPlan::Undo { patch, target } => resume_or_undo(patch, target, Goal::Old),
-        RollbackPlan::Apply(a) => apply(a),
+        RollbackPlan::Resume { patch, target } => resume_or_undo(patch, target, Goal::New, how),
+        RollbackPlan::Undo { patch, target } => resume_or_undo(patch, target, Goal::Old, how),
+        RollbackPlan::Apply(a) => apply(a, how),
     };
     match r {
         Ok(()) => EXIT_OK,
-        Err(e) => fail(&e, false),
+        Err(e) => fail(&e, how.json),
     }
 }
 
 /// `--resume` / `--undo`: verify the patch, then drive the target to `goal`.
-fn resume_or_undo(patch: &Path, target: &Path, goal: Goal) -> Result<()> {
-    let f = finish(patch, target, goal)?;
-    println!("{}", f.line(target, patch, goal));
+fn resume_or_undo(patch: &Path, target: &Path, goal: Goal, how: Reporting) -> Result<()> {
+    let f = finish(patch, target, goal, how.progress)?;
+    if how.json {
+        out::json(&f.doc(target, patch, goal));
+    } else {
+        out::line(&f.line(target, patch, goal));
+    }
     Ok(())
 }
 
-/// The first run: plan, write the patch (and undo file), then drive the target.
-fn apply(a: &ApplyPlan) -> Result<()> {
+/// The first run: plan, write the patch (and undo file), drive the target, then report (the
+/// text report also when the drive failed, before its error).
+fn apply(a: &ApplyPlan, how: Reporting) -> Result<()> {
     let untouched = |e: anyhow::Error| {
         then(
             e,
@@ -55,17 +63,30 @@ fn apply(a: &ApplyPlan) -> Result<()> {
             ),
         )
     };
-    let Some((patch_path, t, label)) = prepare::prepare(a).map_err(untouched)? else {
+    let (facts, ready) = prepare::prepare(a).map_err(untouched)?;
+    let Some((patch_path, t)) = ready else {
+        if how.json {
+            out::json(&facts.doc(None, None));
+        } else {
+            out::text(&facts.render(true));
+        }
         return Ok(());
     };
-    let d = drive_fresh(&patch_path, &t, Command::Rollback)?;
-    println!(
-        "{}: rolled back to {label}: {} blocks ({} bytes) written; `e2image-rs rollback --undo {} {}` rewinds it",
+    let d = drive_fresh(&patch_path, &t, Command::Rollback, how.progress);
+    if how.json {
+        out::json(&facts.doc(Some(&d?), Some(&patch_path)));
+        return Ok(());
+    }
+    out::text(&facts.render(false));
+    let d = d?;
+    out::line(&format!(
+        "{}: rolled back to {}: {} blocks ({}) written; `e2image-rs rollback --undo {} {}` rewinds it",
         t.path().display(),
+        facts.state(),
         d.blocks_written,
-        d.bytes_written,
+        size_short(d.bytes_written),
         patch_path.display(),
         t.path().display()
-    );
+    ));
     Ok(())
 }

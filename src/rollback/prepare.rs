@@ -20,8 +20,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Everything before the first write to the target: checks, plan, patch and undo file.
-/// Returns the patch path, the opened target and the state's label, or `None` after a dry run.
-pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, String)>> {
+/// Returns what the report says, and the patch path and the opened target unless it was a
+/// dry run.
+pub(super) fn prepare(args: &ApplyPlan) -> Result<(report::Facts, Option<(PathBuf, Target)>)> {
     let (image, target) = (args.image.as_path(), args.target.as_path());
     if let Some(p) = args.patch.as_ref().filter(|p| p.exists() && !args.dry_run) {
         bail!(
@@ -54,7 +55,7 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
         },
     );
     for w in &walk.warnings {
-        eprintln!("e2image-rs: warning: [{label}] {w}");
+        crate::sys::report::warning(&format!("[{label}] {w}"));
     }
     let held = held_of(&reader, &layer, &fs, &walk.blocks)?;
     let conflicts = conflicts::check(&fs, &walk.blocks, &held, &t)?;
@@ -68,10 +69,8 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<Option<(PathBuf, Target, Strin
         target: &t,
         label: &label,
     };
-    let Some(patch_path) = report_or_write(&plan, &conflicts, args)? else {
-        return Ok(None);
-    };
-    Ok(Some((patch_path, t, label)))
+    let (facts, patch_path) = report_or_write(&plan, &conflicts, args)?;
+    Ok((facts, patch_path.map(|p| (p, t))))
 }
 
 /// The blocks the image state holds.
@@ -91,28 +90,25 @@ fn held_of(
     held::held_blocks(layer, geo, walk, ExportRecord::of(reader))
 }
 
-/// The dry run's report (returns `None`), or the refusal for conflicts without `--force`, or
-/// the patch written and reported (returns its path).
+/// The dry run's report (no patch path), or the refusal for conflicts without `--force`, or
+/// the patch written (its path) and its report.
 fn report_or_write(
     plan: &Plan<'_>,
     conflicts: &conflicts::Conflicts,
     args: &ApplyPlan,
-) -> Result<Option<PathBuf>> {
+) -> Result<(report::Facts, Option<PathBuf>)> {
     if args.dry_run {
         let rep = plan.dry_run()?;
-        print!("{}", rep.render(&plan.subject(), conflicts, true));
-        return Ok(None);
+        return Ok((rep.facts(&plan.subject(), conflicts), None));
     }
     if !conflicts.is_empty() && !args.force {
         bail!("{}\n--force rolls back anyway", conflicts.render(10));
     }
     let patch_path = args.patch.clone().unwrap_or_default();
     let (rep, undo_line) = plan.write_patch(&patch_path, args.undo_file.as_deref())?;
-    print!("{}", rep.render(&plan.subject(), conflicts, false));
-    if let Some(line) = undo_line {
-        println!("{line}");
-    }
-    Ok(Some(patch_path))
+    let mut facts = rep.facts(&plan.subject(), conflicts);
+    facts.undo_line = args.undo_file.clone().zip(undo_line);
+    Ok((facts, Some(patch_path)))
 }
 
 /// Refuses unless the target holds the image state's filesystem: same UUID, block size and
@@ -136,10 +132,10 @@ fn check_same_fs<V: ext::BlockView>(
     }
     if t.size() < sb.size_bytes() {
         bail!(
-            "{} is {} bytes, smaller than the {}-byte filesystem",
+            "{} is {}, smaller than the filesystem ({})",
             t.path().display(),
-            t.size(),
-            sb.size_bytes()
+            crate::text::size(t.size()),
+            crate::text::size(sb.size_bytes())
         );
     }
     Ok(())

@@ -1,15 +1,19 @@
 //! What a rollback writes, for `--dry-run` and the summary: blocks per class, bytes, runs, and
-//! the files whose blocks change.
+//! the files whose blocks change; as text ([`Facts::render`]) or JSON ([`Facts::doc`]).
 
 use super::conflicts::Conflicts;
 use super::diff::DiffStats;
 use super::held::Held;
-use crate::patching::{by_class, owners_of};
+use crate::patching::{by_class, owners_of, Driven};
 use crate::qcow_view::QcowView;
 use crate::ranges::push;
 use crate::record::ExportRecord;
+use crate::text::size_short;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// Most affected files listed by name.
 const MAX_FILES_LISTED: usize = 20;
@@ -67,16 +71,76 @@ impl Report {
         self.written.iter().map(|r| r.end - r.start).sum()
     }
 
+    /// What the report says, owned (the subject's filesystem is not needed any more).
+    pub fn facts(&self, plan: &Subject<'_>, conflicts: &Conflicts) -> Facts {
+        let mut notes = Vec::new();
+        if plan.held.zeros_unknown {
+            notes.push("QCOW2 v2 image not written by e2image-rs: blocks copied as all zeros are not recorded (no zero flag); the target keeps its bytes there".to_string());
+        }
+        if !plan.held.has_data {
+            notes.push("the image holds no file data for this state: restored files keep the target's data blocks".to_string());
+        }
+        let conflicts = if conflicts.is_empty() {
+            Vec::new()
+        } else {
+            let text = conflicts.render(MAX_FILES_LISTED);
+            text.lines().map(str::to_string).collect()
+        };
+        Facts {
+            image: plan.image.display().to_string(),
+            state: plan.label.to_string(),
+            target: plan.target.display().to_string(),
+            block_size: u64::from(self.block_size),
+            blocks_held: plan.held.blocks(),
+            blocks_differing: self.stats.differ,
+            blocks_written: self.blocks(),
+            runs: self.runs,
+            by_class: by_class(plan.walk, &self.written),
+            record: describe_record(plan.reader),
+            notes,
+            files: owners_of(plan.fs, &self.written),
+            conflicts,
+            undo_line: None,
+        }
+    }
+}
+
+/// Everything the text and JSON reports of a rollback say.
+#[derive(Debug)]
+pub struct Facts {
+    image: String,
+    state: String,
+    target: String,
+    block_size: u64,
+    blocks_held: u64,
+    blocks_differing: u64,
+    /// Blocks to write (the superblock block always counts).
+    blocks_written: u64,
+    runs: u64,
+    by_class: BTreeMap<&'static str, u64>,
+    record: String,
+    notes: Vec<String>,
+    files: Vec<(u32, String)>,
+    conflicts: Vec<String>,
+    /// The undo file written, and the line about it.
+    pub undo_line: Option<(PathBuf, String)>,
+}
+
+impl Facts {
+    /// Which state is rolled back to ("the active state", "snapshot 2 (monday)").
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+
     /// The human-readable report.
-    pub fn render(&self, plan: &Subject<'_>, conflicts: &Conflicts, dry_run: bool) -> String {
+    pub fn render(&self, dry_run: bool) -> String {
         let mut s = String::new();
-        let bs = u64::from(self.block_size);
         let _ = writeln!(
             s,
             "rollback of {} ({}) onto {}{}",
-            plan.image.display(),
-            plan.label,
-            plan.target.display(),
+            self.image,
+            self.state,
+            self.target,
             if dry_run {
                 " — dry run, nothing written"
             } else {
@@ -85,41 +149,130 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  blocks held by the state: {}; differing from the target: {} ({} bytes to write in {} runs, superblock block included)",
-            plan.held.blocks(),
-            self.stats.differ,
-            self.blocks() * bs,
+            "  blocks held by the state: {}; differing from the target: {} ({} to write in {} runs, superblock block included)",
+            self.blocks_held,
+            self.blocks_differing,
+            size_short(self.blocks_written * self.block_size),
             self.runs
         );
-        let classes = by_class(plan.walk, &self.written);
-        let list: Vec<String> = classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let list: Vec<String> = self
+            .by_class
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
         let _ = writeln!(s, "  by class: {}", list.join(", "));
-        let _ = writeln!(s, "  {}", describe_record(plan.reader));
-        if plan.held.zeros_unknown {
-            let _ = writeln!(
-                s,
-                "  QCOW2 v2 image not written by e2image-rs: blocks copied as all zeros are not recorded (no zero flag); the target keeps its bytes there"
-            );
+        let _ = writeln!(s, "  {}", self.record);
+        for n in &self.notes {
+            let _ = writeln!(s, "  {n}");
         }
-        if !plan.held.has_data {
-            let _ = writeln!(
-                s,
-                "  the image holds no file data for this state: restored files keep the target's data blocks"
-            );
-        }
-        let files = owners_of(plan.fs, &self.written);
-        let _ = writeln!(s, "  files affected: {}", files.len());
-        for (ino, path) in files.iter().take(MAX_FILES_LISTED) {
+        let _ = writeln!(s, "  files affected: {}", self.files.len());
+        for (ino, path) in self.files.iter().take(MAX_FILES_LISTED) {
             let _ = writeln!(s, "    inode {ino} {path}");
         }
-        if files.len() > MAX_FILES_LISTED {
-            let _ = writeln!(s, "    … and {} more", files.len() - MAX_FILES_LISTED);
+        if self.files.len() > MAX_FILES_LISTED {
+            let _ = writeln!(s, "    … and {} more", self.files.len() - MAX_FILES_LISTED);
         }
-        if !conflicts.is_empty() {
-            let _ = writeln!(s, "{}", conflicts.render(MAX_FILES_LISTED));
+        for c in &self.conflicts {
+            let _ = writeln!(s, "{c}");
+        }
+        if let Some((_, line)) = &self.undo_line {
+            let _ = writeln!(s, "{line}");
         }
         s
     }
+
+    /// The `--json` document: planned counts in a dry run (`driven` absent), what was done
+    /// otherwise, with the patch written.
+    pub fn doc(&self, driven: Option<&Driven>, patch: Option<&Path>) -> RollbackDoc {
+        let bs = self.block_size;
+        let written = driven.map_or(self.blocks_written, |d| d.blocks_written);
+        RollbackDoc {
+            image: self.image.clone(),
+            state: self.state.clone(),
+            target: self.target.clone(),
+            dry_run: driven.is_none(),
+            block_size: bs,
+            blocks_held: self.blocks_held,
+            bytes_held: self.blocks_held * bs,
+            blocks_differing: self.blocks_differing,
+            bytes_differing: self.blocks_differing * bs,
+            blocks_written: written,
+            bytes_written: driven.map_or(written * bs, |d| d.bytes_written),
+            runs: self.runs,
+            by_class: self.by_class.clone(),
+            export_record: self.record.clone(),
+            notes: self.notes.clone(),
+            files_affected: self
+                .files
+                .iter()
+                .map(|(inode, path)| FileDoc {
+                    inode: *inode,
+                    path: path.clone(),
+                })
+                .collect(),
+            conflicts: self.conflicts.clone(),
+            patch: patch.map(|p| p.display().to_string()),
+            undo_file: self
+                .undo_line
+                .as_ref()
+                .map(|(p, _)| p.display().to_string()),
+            exit_status: 0,
+        }
+    }
+}
+
+/// The `--json` document of a rollback's first run (or dry run).
+#[derive(Debug, Serialize)]
+pub struct RollbackDoc {
+    /// The image's path.
+    pub image: String,
+    /// Which state of it ("the active state", "snapshot 2 (monday)").
+    pub state: String,
+    /// The target's path.
+    pub target: String,
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// Filesystem block size, bytes.
+    pub block_size: u64,
+    /// Blocks the state holds.
+    pub blocks_held: u64,
+    /// Bytes of the held blocks.
+    pub bytes_held: u64,
+    /// Held blocks that differ from the target.
+    pub blocks_differing: u64,
+    /// Bytes of the differing blocks.
+    pub bytes_differing: u64,
+    /// Blocks written (planned in a dry run; the superblock block always counts).
+    pub blocks_written: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Runs in the patch.
+    pub runs: u64,
+    /// Written blocks per class of the state's walk.
+    pub by_class: BTreeMap<&'static str, u64>,
+    /// What the image's export record says, as a sentence.
+    pub export_record: String,
+    /// What the report notes about the image (no file data, zeros not recorded).
+    pub notes: Vec<String>,
+    /// Files whose blocks change.
+    pub files_affected: Vec<FileDoc>,
+    /// Restored files whose data would be wrong (metadata-only images), as report lines.
+    pub conflicts: Vec<String>,
+    /// The patch written.
+    pub patch: Option<String>,
+    /// The undo file written.
+    pub undo_file: Option<String>,
+    /// 0.
+    pub exit_status: i32,
+}
+
+/// A file whose blocks change.
+#[derive(Debug, Serialize)]
+pub struct FileDoc {
+    /// Its inode number.
+    pub inode: u32,
+    /// Its path in the state.
+    pub path: String,
 }
 
 /// One line on what the image's export record says (see `crate::export_record`).

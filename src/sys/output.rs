@@ -178,8 +178,9 @@ fn sweep_stale(dir: &Path) -> Vec<String> {
         };
         if std::fs::remove_file(&path).is_ok() {
             notes.push(format!(
-                "removed {}, a {size}-byte unfinished output left by an interrupted run (PID {pid})",
-                shown.display()
+                "removed {}, an unfinished output of {} left by an interrupted run (PID {pid})",
+                shown.display(),
+                crate::text::size(size)
             ));
         }
     }

@@ -88,12 +88,13 @@ fn stop(sig: i32) -> ! {
         format!("; nothing was written under {}", outs.join(", "))
     };
     let msg = format!("interrupted by {}{what}", name(sig));
-    eprintln!("e2image-rs: error: {msg}");
+    super::report::error(&msg);
     if JSON.load(Ordering::Relaxed) {
-        let doc = serde_json::json!({ "error": msg, "exit_status": exit_status(sig) });
-        println!("{doc}");
+        super::report::json(&super::report::ErrorReport {
+            error: &msg,
+            exit_status: exit_status(sig),
+        });
     }
-    let _ = std::io::stdout().flush();
     std::process::exit(exit_status(sig));
 }
 

@@ -9,7 +9,13 @@
 //! - rollback reports agree with themselves (blocks to write = blocks written; a second run
 //!   says the target already holds the state; the undo-file line names the real target);
 //! - a rollback onto a target that an interrupted one left part-way is refused, naming it;
-//! - the progress bar names the state it copies and ends with a summary line.
+//! - the progress bar names the state it copies and ends with a summary line; rollback's and
+//!   apply's `-p` count the bytes written to the target;
+//! - a report into a closed pipe ends in exit status 1, never a panic (`pipe`); every JSON
+//!   document follows one convention, and prune refuses what is not an archive (`json`).
+
+mod json;
+mod pipe;
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
@@ -150,15 +156,21 @@ fn rollback_reports_agree_with_themselves() {
     let t = sparse_copy(&img, &dir.join("t.img"));
     debugfs_w(&t, &["mkdir /new1", "mkdir /new2"]);
     let (p, u) = (dir.join("r.patch"), dir.join("r.e2undo"));
-    let dry = stdout(&expect(&[&"rollback", &q, &t, &"--dry-run"], 0));
-    let to_write = number_before(&dry, " bytes to write").expect(&dry);
+    let dry = stdout(&expect(&[&"rollback", &q, &t, &"--dry-run", &"--json"], 0));
+    let dry: serde_json::Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    let to_write = dry["blocks_written"].as_u64().expect("blocks_written");
     let o = expect(
         &[&"rollback", &q, &t, &"--patch", &p, &"--undo-file", &u],
         0,
     );
     let out = stdout(&o);
-    let written = number_before(&out, " bytes) written").expect(&out);
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.contains("rolled back to"), "{out}");
+    let written = number_before(last, " blocks (").expect(&out);
     assert_eq!(to_write, written, "{dry}\n{out}");
+    // The text gives sizes with units: "(28 KiB to write".
+    assert!(out.contains("iB to write"), "{out}");
     // The undo-file line comes after the header and names the real target.
     let header = out.find("rollback of").unwrap();
     let undo = out.find("undo file").unwrap();
@@ -173,7 +185,7 @@ fn rollback_reports_agree_with_themselves() {
     assert!(!stdout(&o).contains("was done, now done"));
 }
 
-/// The number just before `tail` in `text` (e.g. "(28672 bytes to write").
+/// The number just before `tail` in `text` (e.g. "7 blocks (").
 fn number_before(text: &str, tail: &str) -> Option<u64> {
     let end = text.find(tail)?;
     let start = text[..end]
@@ -256,4 +268,56 @@ fn progress_names_each_state() {
     assert!(seen.contains("state 1/2: current"), "{seen}");
     assert!(seen.contains("state 2/2: a.img"), "{seen}");
     assert!(seen.contains("copied in"), "{seen}");
+}
+
+#[test]
+fn apply_and_rollback_progress_count_the_bytes_written() {
+    if !have("script") || !have_oracles() {
+        skipped("script(1), e2fsprogs or qemu-img missing: no terminal to show a bar on");
+        return;
+    }
+    let dir = scratch("msg-progress-patch");
+    let [a, b, _c] = chain(&dir);
+    let d = dir.join("ab.qcow2");
+    expect(&[&"-Q", &"--base", &a, &b, &d], 0);
+    let q = dir.join("b.qcow2");
+    expect(&[&"-Q", &b, &q], 0);
+    let (ta, tr) = (
+        sparse_copy(&a, &dir.join("ta.img")),
+        sparse_copy(&a, &dir.join("tr.img")),
+    );
+    let b = bin();
+    for (cmd, label) in [
+        (
+            format!(
+                "{} apply -p {} {} --patch {}",
+                b.display(),
+                d.display(),
+                ta.display(),
+                dir.join("a.patch").display()
+            ),
+            format!("apply {}", ta.display()),
+        ),
+        (
+            format!(
+                "{} rollback -p --force {} {} --patch {}",
+                b.display(),
+                q.display(),
+                tr.display(),
+                dir.join("r.patch").display()
+            ),
+            format!("rollback {}", tr.display()),
+        ),
+    ] {
+        let log = dir.join("typescript");
+        let o = Command::new("script")
+            .args(["-qec", &cmd])
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{cmd}: {}", stderr(&o));
+        let seen = String::from_utf8_lossy(&read(&log)).into_owned();
+        assert!(seen.contains(&label), "{seen}");
+        assert!(seen.contains("iB written in"), "{seen}");
+    }
 }

@@ -297,7 +297,7 @@ fn dry_run_reports_and_writes_nothing() {
     let out = dry_run(&q, &t, "a.img", &p);
     for want in [
         "dry run",
-        "bytes to write",
+        "iB to write",
         "by class:",
         "inode_tables",
         "files affected:",
