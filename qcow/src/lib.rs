@@ -60,5 +60,5 @@ pub use geometry::{max_virtual_size, Version, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS
 pub use io::WriteEvent;
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
 pub use stats::{LayerStats, STATS_WINDOW_CLUSTERS};
-pub use types::StateId;
+pub use types::{GuestCluster, HostCluster, StateId};
 pub use writer::{Writer, WriterOptions, WriterSummary};
