@@ -6,6 +6,7 @@ mod common;
 
 mod apply;
 mod archive;
+mod archive_refcounts;
 mod cli;
 mod committed;
 mod convert;
