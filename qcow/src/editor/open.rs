@@ -14,12 +14,10 @@ use crate::bytes::decode_be;
 use crate::error::Error;
 use crate::format::extension::EXT_BITMAPS;
 use crate::format::header::{HEADER_SECTOR_BYTES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
-use crate::format::refcount::DEFAULT_REFCOUNT_ORDER;
+use crate::format::refcount::{DEFAULT_REFCOUNT_ORDER, REFT_RESERVED_MASK};
 use crate::reader::Reader;
 use crate::writer::{RefcountChunks, Writer};
 
-/// Reserved bits of a refcount table entry (0–8); a set bit is corruption.
-const REFT_RESERVED_MASK: u64 = 0x1ff;
 /// Autoclear bit 0: the bitmaps extension is consistent.
 const AUTOCLEAR_BITMAPS: u64 = 1;
 
