@@ -29,7 +29,9 @@
 //! archive that is the tables of all its states, shared tables once (a fully mapped 1 TiB disk
 //! with 64 KiB clusters has 2048 L2 tables, 128 MiB). Memory: 2 bytes per cluster covered by a
 //! refcount block (the size of the refcounts already loaded), 2 more per cluster of the blocks
-//! holding L2 tables, and one cluster of buffer.
+//! holding L2 tables, and one cluster of buffer. Measured (`tests/scale.rs`,
+//! `editor_on_1000_states`, file in the page cache): 2.3 s to open a 1000-state, 900 MB
+//! archive with 4 KiB clusters, where `qemu-img check` takes 72 s.
 
 use super::{clusters_of, Blocks};
 use crate::error::Error;
