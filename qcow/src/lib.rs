@@ -11,9 +11,11 @@
 //! The reader validates every on-disk value (checked arithmetic, bounded table sizes) and
 //! returns [`Error`] instead of panicking on corrupt input; its [`LayerReader`]s use positional
 //! reads only, so they can serve several threads. The [`Editor`] drives a [`Writer`] over an
-//! existing image: it allocates clusters free in the committed refcounts or past the end,
-//! copies refcount blocks on write and commits with one header write, so an interrupted edit
-//! leaves the previous image intact.
+//! existing image: at open it counts every reference of every L1 and L2 table and refuses an
+//! image whose refcounts disagree (it trusts none), then allocates clusters free in the
+//! committed refcounts or past the end, copies refcount blocks on write and commits with one
+//! header write, so an interrupted edit leaves the previous image intact. Guest and host
+//! cluster numbers are distinct types ([`GuestCluster`], [`HostCluster`]) where both meet.
 //!
 //! Layers, bottom to top; a module uses only modules below it, never one above:
 //!
@@ -21,13 +23,13 @@
 //! |---|---|---|
 //! | ground | `error`, `bytes` | [`Error`]; big-endian fields, tables and records |
 //! | geometry | `geometry` | [`Version`], the limits with their reasons, L1/L2 sizing |
-//! | types | `types` | [`StateId`] |
-//! | format | `format/` (`header/`, `extension`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; no I/O |
+//! | types | `types` | [`StateId`], [`GuestCluster`], [`HostCluster`] |
+//! | format | `format/` (`header/`, `extension`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; L1/L2 entry decoders and encoders; no I/O |
 //! | io | `io` | positional reads, the writer's buffered output file, [`WriteEvent`] |
 //! | reader | `reader/` (`image`, `snapshot_table`, `layer`, `inflate`) | [`Reader`], [`LayerReader`] |
 //! | stats | `stats` | [`LayerStats`]: per-layer cluster statistics, on top of the reader |
 //! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`, `free_runs`, `edit`) | [`Writer`]; its allocator over an existing image |
-//! | editor | `editor/` (`open`, `references`, `copied`, `refblocks`, `commit`) | [`Editor`]: in-place edits, on top of the reader and the writer |
+//! | editor | `editor/` (`open`, `census`, `references`, `copied`, `refblocks`, `commit`) | [`Editor`]: in-place edits, on top of the reader and the writer |
 //!
 //! The modules are private; this root re-exports the public API.
 //!
@@ -60,5 +62,5 @@ pub use geometry::{max_virtual_size, Version, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS
 pub use io::WriteEvent;
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
 pub use stats::{LayerStats, STATS_WINDOW_CLUSTERS};
-pub use types::StateId;
+pub use types::{GuestCluster, HostCluster, StateId};
 pub use writer::{Writer, WriterOptions, WriterSummary};

@@ -8,6 +8,7 @@ mod apply;
 mod archive;
 mod archive_checks;
 mod archive_kernel;
+mod archive_refcounts;
 mod cli;
 mod committed;
 mod convert;

@@ -19,7 +19,7 @@ use super::{clusters_of, CommitSummary, Editor};
 use crate::error::Error;
 use crate::format::header::{patch_table_fields, TableFields};
 use crate::format::snapshot::{encode_entry, validate_new_specs, SnapshotSpec};
-use crate::format::table::L1E_OFFSET_MASK;
+use crate::format::table::l1_entry_table;
 use crate::geometry::MAX_SNAPSHOT_TABLE_BYTES;
 use crate::types::StateId;
 
@@ -125,7 +125,7 @@ impl Editor {
     /// one, rewritten elsewhere only if its entries change. Returns (its offset, tables copied).
     fn write_active_l1(&mut self, active: Option<StateId>) -> Result<(u64, u64), Error> {
         let committed = self.reader.active_l1();
-        let tables: HashSet<u64> = committed.iter().map(|e| e & L1E_OFFSET_MASK).collect();
+        let tables: HashSet<u64> = committed.iter().map(|&e| l1_entry_table(e)).collect();
         let mut l1 = match active {
             Some(s) => self.writer.l1_entries(self.writer.state_index(s)?),
             None => committed.to_vec(),

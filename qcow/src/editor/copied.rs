@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::bytes::encode_be;
 use crate::error::Error;
-use crate::format::table::{L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
+use crate::format::table::{encode_l1_entry, l1_entry_table, set_copied, standard_cluster};
 use crate::writer::{RefcountChunks, Writer};
 
 /// Makes COPIED right in the active L1 table `l1` (entries with flags, changed in place) and
@@ -37,7 +37,7 @@ pub(super) fn fix_active_copied(
     let mut moved: HashMap<u64, u64> = HashMap::new();
     let mut copies = 0;
     for e in l1.iter_mut() {
-        let t = *e & L1E_OFFSET_MASK;
+        let t = l1_entry_table(*e);
         let target = match moved.get(&t) {
             _ if t == 0 => 0,
             Some(&n) if n != t => {
@@ -57,9 +57,7 @@ pub(super) fn fix_active_copied(
         *e = target;
     }
     for e in l1.iter_mut().filter(|e| **e != 0) {
-        if w.refcounts().get(*e >> cb) == 1 {
-            *e |= OFLAG_COPIED;
-        }
+        *e = encode_l1_entry(*e, w.refcounts().get(*e >> cb) == 1);
     }
     Ok(copies)
 }
@@ -96,11 +94,6 @@ fn fix_table(w: &mut Writer, t: u64, was_active: bool, crossed: bool) -> Result<
 /// L2 entry `e` with COPIED set iff it maps one host cluster whose refcount is 1 (never for
 /// compressed, zero-plain or unallocated entries); every other bit kept.
 fn desired_entry(rc: &RefcountChunks, e: u64, cluster_bits: u32) -> u64 {
-    let base = e & !OFLAG_COPIED;
-    let host = e & L2E_OFFSET_MASK;
-    if e & OFLAG_COMPRESSED == 0 && host != 0 && rc.get(host >> cluster_bits) == 1 {
-        base | OFLAG_COPIED
-    } else {
-        base
-    }
+    let copied = standard_cluster(e).is_some_and(|host| rc.get(host >> cluster_bits) == 1);
+    set_copied(e, copied)
 }

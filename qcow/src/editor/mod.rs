@@ -10,10 +10,13 @@
 //! it leaves the old image with unreferenced clusters (refcount 0, which `qemu-img check`
 //! accepts), which the next [`Editor::open`] truncates at the end or reuses inside.
 //!
-//! Files: `open.rs` (validation and loading), `references.rs` (the net reference changes of
-//! L1 tables added and removed), `copied.rs` (COPIED in the new active layer), `refblocks.rs` (copy-on-write
-//! refcount blocks and the new refcount table), `commit.rs` (the order of the writes).
+//! Files: `open.rs` (validation and loading), `census.rs` (every reference counted and
+//! compared with the refcounts at open), `references.rs` (the net reference changes of L1
+//! tables added and removed), `copied.rs` (COPIED in the new active layer), `refblocks.rs`
+//! (copy-on-write refcount blocks and the new refcount table), `commit.rs` (the order of the
+//! writes).
 
+mod census;
 mod commit;
 mod copied;
 mod open;
@@ -66,9 +69,8 @@ pub struct CommitSummary {
 ///
 /// Requirements: 16-bit refcounts (`refcount_order` 4), no backing file, no external data
 /// file, no encryption, no extended L2 entries, no persistent bitmaps, deflate compression, no
-/// dirty or corrupt bit, and refcounts that agree with the image (`qemu-img check` clean: the
-/// editor checks the refcounts of the metadata it can see without reading L2 tables, and trusts
-/// the rest, as QEMU does).
+/// dirty or corrupt bit, and refcounts that agree with the image (`qemu-img check` clean:
+/// [`Editor::open`] counts every reference through every L1 and L2 table and compares).
 pub struct Editor {
     reader: Reader,
     writer: Writer,

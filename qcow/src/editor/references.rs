@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use super::clusters_of;
 use crate::error::Error;
-use crate::format::table::{L2Entry, L1E_OFFSET_MASK};
+use crate::format::table::{l1_entry_table, L2Entry};
 use crate::geometry::Version;
 use crate::writer::Writer;
 
@@ -43,7 +43,7 @@ impl TableDeltas {
             w.refcounts_mut().decrement(cluster, 1)?;
         }
         for &e in l1 {
-            let l2 = e & L1E_OFFSET_MASK;
+            let l2 = l1_entry_table(e);
             if l2 != 0 {
                 self.add(l2, -1);
             }

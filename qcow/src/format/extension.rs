@@ -49,25 +49,40 @@ pub struct HeaderExtension {
 
 /// Parses the extensions in `area`: the bytes from the end of the header to the end of
 /// cluster 0 (or to the backing file name). `base` is the byte offset of `area` in the
-/// file, used in error messages. Stops at the end marker or where fewer than 8 bytes remain.
+/// file, used in error messages. Stops at the end marker or at the end of the area.
 ///
-/// Errors: [`Error::Corrupt`] when an extension's length runs past the area.
+/// Refuses exactly what QEMU 10 refuses when it opens an image ("Header extension too
+/// large", checked with `qemu-img info` on crafted images): an extension, the end marker
+/// included, whose length runs past the area, and 1 to 7 bytes left where an extension's type
+/// and length would be. The padding of the last extension may run past the area.
+///
+/// Errors: [`Error::Corrupt`] naming the byte offset of the offending extension.
 pub(crate) fn parse(area: &[u8], base: u64) -> Result<Vec<HeaderExtension>, Error> {
     let mut out = Vec::new();
     let mut pos = 0usize;
-    while let Some(head) = area.get(pos..pos + EXT_HEADER_LEN) {
+    while pos < area.len() {
+        let at = base + pos as u64;
+        let Some(head) = area.get(pos..pos + EXT_HEADER_LEN) else {
+            let left = area.len() - pos;
+            return Err(Error::corrupt(
+                format!("{left} bytes left after the header extensions, fewer than a type and a length (8 bytes)"),
+                at,
+            ));
+        };
         let ext_type = u32::get(head, 0);
-        if ext_type == EXT_END {
-            break;
-        }
         let len = u32::get(head, 4) as usize;
         let start = pos + EXT_HEADER_LEN;
         let Some(data) = start.checked_add(len).and_then(|end| area.get(start..end)) else {
-            return Err(Error::corrupt(
-                format!("header extension {ext_type:#010x} of {len} bytes runs past cluster 0"),
-                base + pos as u64,
-            ));
+            let what = if ext_type == EXT_END {
+                format!("the end of the header extensions has length {len}, running past cluster 0 or the backing file name")
+            } else {
+                format!("header extension {ext_type:#010x} of {len} bytes runs past cluster 0 or the backing file name")
+            };
+            return Err(Error::corrupt(what, at));
         };
+        if ext_type == EXT_END {
+            break;
+        }
         out.push(HeaderExtension {
             ext_type,
             data: data.to_vec(),
@@ -140,7 +155,34 @@ mod tests {
         assert_eq!(b.len(), 8 + 8 + 8 + 8 + 8);
         b.resize(512, 0);
         assert_eq!(parse(&b, 72).unwrap(), exts);
-        assert_eq!(parse(&[0u8; 4], 72).unwrap(), vec![]);
+        assert_eq!(parse(&[0u8; 8], 72).unwrap(), vec![]);
+        assert_eq!(parse(&[], 72).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn end_marker_and_tail_as_qemu() {
+        // The end marker's length is checked like any other, then ignored.
+        let mut b = vec![0u8; 64];
+        b[4..8].copy_from_slice(&56u32.to_be_bytes());
+        assert_eq!(parse(&b, 112).unwrap(), vec![]);
+        b[4..8].copy_from_slice(&57u32.to_be_bytes());
+        let e = parse(&b, 112).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { offset: 112, .. }), "{e}");
+        assert!(e.to_string().contains("length 57"), "{e}");
+        // 1 to 7 bytes where a type and a length would be.
+        let mut b = encode(&[HeaderExtension {
+            ext_type: 7,
+            data: vec![1; 8],
+        }]);
+        b.truncate(20);
+        let e = parse(&b, 112).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { offset: 128, .. }), "{e}");
+        // The last extension's padding may run past the area.
+        let b = &encode(&[HeaderExtension {
+            ext_type: 7,
+            data: vec![1; 12],
+        }])[..20];
+        assert_eq!(parse(b, 112).unwrap().len(), 1);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! Refcount structures (spec "Cluster refcounts"): the refcount widths, and the sizing of the
-//! refcount blocks and table this crate writes (16-bit refcounts, `refcount_order` 4).
+//! Refcount structures (spec "Cluster refcounts"): the refcount widths, the refcount table
+//! entry's reserved bits, and the sizing of the refcount blocks and table this crate writes
+//! (16-bit refcounts, `refcount_order` 4).
 
 /// `refcount_order` implied by version 2 and always written by this crate (16-bit refcounts).
 pub(crate) const DEFAULT_REFCOUNT_ORDER: u32 = 4;
 /// Largest `refcount_order` (64-bit refcounts).
 pub(crate) const MAX_REFCOUNT_ORDER: u32 = 6;
+/// Reserved bits of a refcount table entry (0–8); a set bit is corruption.
+pub(crate) const REFT_RESERVED_MASK: u64 = 0x1ff;
 /// Largest representable 16-bit refcount; reaching it is reported as [`Error::Limit`]
 /// (QEMU treats refcount_max as an overflow).
 ///

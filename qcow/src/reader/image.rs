@@ -105,14 +105,15 @@ impl Image {
     }
 
     /// Reads the header extensions: from the end of the header to the backing file name, or
-    /// to the end of cluster 0 without one.
+    /// to the end of cluster 0 without one. Bytes of cluster 0 past the end of a short file
+    /// read as zeros, as QEMU reads them.
     pub(super) fn read_extensions(&self) -> Result<Vec<HeaderExtension>, Error> {
         let h = &self.header;
         let start = u64::from(match h.version {
             Version::V2 => V2_HEADER_LENGTH,
             Version::V3 => h.header_length,
         });
-        let mut end = h.cluster_size().min(self.file_len);
+        let mut end = h.cluster_size();
         if h.backing_file_offset != 0 {
             end = end.min(h.backing_file_offset);
         }
@@ -121,9 +122,10 @@ impl Image {
         }
         // cluster_size is at most 2 MiB (MAX_CLUSTER_BITS), which bounds this buffer.
         let mut area = vec![0u8; (end - start) as usize];
+        let in_file = self.file_len.clamp(start, end) - start;
         read_exact_at(
             &self.file,
-            &mut area,
+            &mut area[..in_file as usize],
             start,
             "reading the header extensions",
         )?;

@@ -11,8 +11,9 @@ use super::image::Image;
 use super::inflate::inflate_cluster;
 use crate::bytes::{decode_be, BigEndian};
 use crate::error::Error;
-use crate::format::table::{compressed_len, l1_entry_l2_offset, L2Entry, L1E_OFFSET_MASK};
+use crate::format::table::{compressed_len, l1_entry_l2_offset, l1_entry_table, L2Entry};
 use crate::geometry::{guest_clusters, l2_entries};
+use crate::types::GuestCluster;
 
 /// Which L1 table to read through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,7 +103,7 @@ impl LayerReader<'_> {
     /// they read the same guest data without reading any L2 table.
     pub fn same_tables(&self, other: &LayerReader<'_>) -> bool {
         let n = self.l1.len().max(other.l1.len());
-        let at = |l1: &[u64], i: usize| l1.get(i).map_or(0, |e| e & L1E_OFFSET_MASK);
+        let at = |l1: &[u64], i: usize| l1.get(i).map_or(0, |&e| l1_entry_table(e));
         (0..n).all(|i| at(&self.l1, i) == at(&other.l1, i))
     }
 
@@ -140,20 +141,21 @@ impl LayerReader<'_> {
         L2Entry::decode(raw, self.cluster_bits(), self.image.header.version, at)
     }
 
-    /// The decoded L2 entry of `guest_cluster` (validated against the disk size).
-    pub(crate) fn entry(&self, guest_cluster: u64) -> Result<L2Entry, Error> {
-        if guest_cluster >= self.guest_clusters() {
+    /// The decoded L2 entry of guest cluster `g` (validated against the disk size).
+    pub(crate) fn entry(&self, g: GuestCluster) -> Result<L2Entry, Error> {
+        if g.0 >= self.guest_clusters() {
             return Err(Error::InvalidArgument(format!(
-                "guest cluster {guest_cluster} past the disk's {} clusters",
+                "{g} past the disk's {} clusters",
                 self.guest_clusters()
             )));
         }
-        let epl = l2_entries(self.cluster_bits());
-        let l2 = self.l2_offset((guest_cluster / epl) as usize)?;
+        // Below the guest cluster count, the L1 index is below l1_size (at most 4 Mi).
+        let (l1_index, i) = g.table_indices(self.cluster_bits());
+        let l2 = self.l2_offset(l1_index as usize)?;
         if l2 == 0 {
             return Ok(L2Entry::Unallocated);
         }
-        let at = l2 + (guest_cluster % epl) * 8;
+        let at = l2 + i as u64 * 8;
         let mut raw = [0u8; 8];
         self.image.read_host(&mut raw, at, "reading an L2 entry")?;
         self.decode(u64::get(&raw, 0), at)
@@ -164,7 +166,7 @@ impl LayerReader<'_> {
     /// Errors: [`Error::InvalidArgument`] if the cluster is past the end of the disk;
     /// [`Error::Corrupt`] for an invalid L1 or L2 entry; [`Error::Io`].
     pub fn mapping(&self, guest_cluster: u64) -> Result<ClusterMapping, Error> {
-        Ok(self.entry(guest_cluster)?.into())
+        Ok(self.entry(GuestCluster(guest_cluster))?.into())
     }
 
     /// Calls `f(l1_index, l2_offset, entries)` for every allocated L2 table, in L1 order.
@@ -225,7 +227,7 @@ impl LayerReader<'_> {
                 self.image.cluster_size()
             )));
         }
-        match self.entry(guest_cluster)? {
+        match self.entry(GuestCluster(guest_cluster))? {
             L2Entry::Unallocated | L2Entry::ZeroPlain | L2Entry::ZeroAlloc { .. } => buf.fill(0),
             L2Entry::Normal { host } => {
                 self.image.read_host(buf, host, "reading a data cluster")?
@@ -272,7 +274,7 @@ impl LayerReader<'_> {
             let within = pos % c;
             let n = ((c - within) as usize).min(buf.len() - done);
             let part = &mut buf[done..done + n];
-            match self.entry(pos / c)? {
+            match self.entry(GuestCluster::of_offset(pos, self.cluster_bits()))? {
                 L2Entry::Unallocated | L2Entry::ZeroPlain | L2Entry::ZeroAlloc { .. } => {
                     part.fill(0)
                 }

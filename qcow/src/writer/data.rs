@@ -5,9 +5,9 @@
 use super::state::window_runs;
 use super::Writer;
 use crate::error::Error;
-use crate::format::table::OFLAG_ZERO;
+use crate::format::table::L2Entry;
 use crate::geometry::Version;
-use crate::types::StateId;
+use crate::types::{GuestCluster, HostCluster, StateId};
 
 /// Largest read of base clusters in [`Writer::write_clusters_dedup`], in bytes (1 MiB):
 /// bounds the scratch buffer while keeping reads of contiguous base clusters large.
@@ -30,27 +30,29 @@ impl Writer {
     ) -> Result<(), Error> {
         let s = self.state_index(state)?;
         let count = self.cluster_count(data)?;
-        self.check_guest_range(s, guest_cluster, count)?;
-        let epl = self.entries_per_l2();
+        let first = GuestCluster(guest_cluster);
+        self.check_guest_range(s, first, count)?;
         let cb = self.cluster_bits;
-        for (done, g, run) in window_runs(guest_cluster, count, epl) {
+        for (done, g, run) in window_runs(first, count, self.entries_per_l2()) {
             // Open (and so finish the previous) window before allocating the data clusters.
-            self.open_window(s, g / epl)?;
+            self.open_window(s, g.table_indices(cb).0)?;
             let mut k = 0;
             while k < run {
                 // One run of consecutive host clusters (all of `run` for a new image).
                 let (host, n) = self.refcounts.allocate_up_to(run - k)?;
+                let host = HostCluster(host);
                 let bytes = &data[((done + k) << cb) as usize..((done + k + n) << cb) as usize];
-                self.out.append(host << cb, bytes)?;
-                let entries = self.window_entries(s, g + k, n)?;
+                self.out.append(host.offset(cb), bytes)?;
+                let entries = self.window_entries(s, g.plus(k), n)?;
                 for (i, e) in entries.iter_mut().enumerate() {
-                    *e = (host + i as u64) << cb;
+                    let host = host.plus(i as u64).offset(cb);
+                    *e = L2Entry::Normal { host }.encode(cb)?;
                 }
                 k += n;
             }
         }
         self.summary.data_clusters += count;
-        self.states[s].next_guest = guest_cluster + count;
+        self.states[s].next_guest = first.plus(count);
         Ok(())
     }
 
@@ -75,57 +77,61 @@ impl Writer {
             ));
         }
         let s = self.state_index(state)?;
-        self.check_guest_range(s, guest_cluster, count)?;
-        for (_, g, run) in window_runs(guest_cluster, count, self.entries_per_l2()) {
-            self.window_entries(s, g, run)?.fill(OFLAG_ZERO);
+        let first = GuestCluster(guest_cluster);
+        self.check_guest_range(s, first, count)?;
+        let zero = L2Entry::ZeroPlain.encode(self.cluster_bits)?;
+        for (_, g, run) in window_runs(first, count, self.entries_per_l2()) {
+            self.window_entries(s, g, run)?.fill(zero);
         }
-        self.states[s].next_guest = guest_cluster + count;
+        self.states[s].next_guest = first.plus(count);
         Ok(())
     }
 
     /// The `run` entries of state `s`'s L2 window for guest clusters `g..g + run` (one window),
     /// opening that window first.
-    fn window_entries(&mut self, s: usize, g: u64, run: u64) -> Result<&mut [u64], Error> {
-        let epl = self.entries_per_l2();
-        self.open_window(s, g / epl)?;
-        let first = (g % epl) as usize;
+    fn window_entries(&mut self, s: usize, g: GuestCluster, run: u64) -> Result<&mut [u64], Error> {
+        let (l1_index, first) = g.table_indices(self.cluster_bits);
+        self.open_window(s, l1_index)?;
         let window = self.states[s].open.as_mut().map(|w| &mut w.entries);
         let entries = window.ok_or_else(|| Error::InvalidArgument("no open L2 window".into()))?;
         Ok(&mut entries[first..first + run as usize])
     }
 
-    /// Maps `guest_cluster` of `state` to the existing host data cluster at byte offset
-    /// `host_offset` (written earlier by this writer), adding one reference to it.
+    /// Maps `guest_cluster` of `state` to the existing host data cluster `host` (written
+    /// earlier by this writer, or mapped by a state of the edited image: what
+    /// [`Writer::lookup`] returns), adding one reference to it.
     ///
     /// Errors: [`Error::InvalidArgument`] for an unknown state, an out-of-order or out-of-range
-    /// guest cluster, or a host offset that is unaligned or not an allocated cluster;
+    /// guest cluster, or a host cluster that is the header or not allocated;
     /// [`Error::Limit`] on refcount overflow (65 535 references).
     pub fn share_cluster(
         &mut self,
         state: StateId,
         guest_cluster: u64,
-        host_offset: u64,
+        host: HostCluster,
     ) -> Result<(), Error> {
         let s = self.state_index(state)?;
-        self.check_guest_range(s, guest_cluster, 1)?;
-        let host_cluster = host_offset >> self.cluster_bits;
-        if !host_offset.is_multiple_of(self.cluster_size())
-            || host_cluster == 0
-            || self.refcounts.get(host_cluster) == 0
-        {
+        let g = GuestCluster(guest_cluster);
+        self.check_guest_range(s, g, 1)?;
+        if host.0 == 0 || self.refcounts.get(host.0) == 0 {
             return Err(Error::InvalidArgument(format!(
-                "host offset {host_offset:#x} is not a written data cluster"
+                "{host} is not a written data cluster"
             )));
         }
-        let epl = self.entries_per_l2();
-        self.open_window(s, guest_cluster / epl)?;
-        self.refcounts.increment(host_cluster, 1)?;
+        let cb = self.cluster_bits;
+        let entry = L2Entry::Normal {
+            host: host.offset(cb),
+        }
+        .encode(cb)?;
+        let (l1_index, i) = g.table_indices(cb);
+        self.open_window(s, l1_index)?;
+        self.refcounts.increment(host.0, 1)?;
         self.refcounts_changed = true;
         if let Some(w) = self.states[s].open.as_mut() {
-            w.entries[(guest_cluster % epl) as usize] = host_offset;
+            w.entries[i] = entry;
         }
         self.summary.shared_data_refs += 1;
-        self.states[s].next_guest = guest_cluster + 1;
+        self.states[s].next_guest = g.plus(1);
         Ok(())
     }
 
@@ -150,7 +156,7 @@ impl Writer {
             )));
         }
         let count = self.cluster_count(data)?;
-        self.check_guest_range(s, guest_cluster, count)?;
+        self.check_guest_range(s, GuestCluster(guest_cluster), count)?;
         let c = self.cluster_size() as usize;
         let mut base_hosts = Vec::with_capacity(count as usize);
         for i in 0..count {
@@ -176,7 +182,7 @@ impl Writer {
     /// bytes. Contiguous base clusters are read together (up to 1 MiB per read).
     fn compare_with_base(
         &mut self,
-        base_hosts: &[Option<u64>],
+        base_hosts: &[Option<HostCluster>],
         data: &[u8],
     ) -> Result<Vec<bool>, Error> {
         let c = self.cluster_size();
@@ -192,12 +198,13 @@ impl Writer {
             let mut run = 1usize;
             while run < max_run
                 && i + run < base_hosts.len()
-                && base_hosts[i + run] == Some(first + run as u64 * c)
+                && base_hosts[i + run] == Some(first.plus(run as u64))
             {
                 run += 1;
             }
             scratch.resize(run * c as usize, 0);
-            self.out.read_at(&mut scratch, first)?;
+            self.out
+                .read_at(&mut scratch, first.offset(self.cluster_bits))?;
             for k in 0..run {
                 let range = k * c as usize..(k + 1) * c as usize;
                 same[i + k] =

@@ -17,10 +17,10 @@ use super::{RefcountChunks, Writer, WriterSummary};
 use crate::bytes::encode_be;
 use crate::error::Error;
 use crate::format::header::Header;
-use crate::format::table::OFLAG_COPIED;
+use crate::format::table::{encode_l1_entry, l1_entry_table};
 use crate::geometry::guest_clusters;
 use crate::io::{OutFile, WriteHook, OUT_BUFFER_BYTES};
-use crate::types::StateId;
+use crate::types::{GuestCluster, StateId};
 
 impl Writer {
     /// A writer adding states to the existing image in `file` (opened read-write) whose
@@ -51,22 +51,21 @@ impl Writer {
     /// as a VM state's, are left out). The state counts no references: the snapshot's own L1
     /// table holds them.
     pub(crate) fn load_state(&mut self, l1: &[u64]) -> StateId {
-        let mask = crate::format::table::L1E_OFFSET_MASK;
         let l1_slots = l1
             .iter()
             .take(self.l1_size as usize)
             .enumerate()
-            .filter(|(_, &e)| e & mask != 0)
+            .filter(|(_, &e)| l1_entry_table(e) != 0)
             .map(|(i, &e)| L1Slot {
                 l1_index: i as u32,
                 hash: None,
-                l2_offset: e & mask,
+                l2_offset: l1_entry_table(e),
             })
             .collect();
         self.states.push(State {
             l1: l1_slots,
             open: None,
-            next_guest: 0,
+            next_guest: GuestCluster(0),
             loaded: true,
         });
         StateId::from_index(self.states.len() - 1)
@@ -95,7 +94,7 @@ impl Writer {
         let mut l1 = vec![0u64; self.l1_size as usize];
         for slot in &self.states[s].l1 {
             let copied = self.refcounts.get(slot.l2_offset >> self.cluster_bits) == 1;
-            l1[slot.l1_index as usize] = slot.l2_offset | if copied { OFLAG_COPIED } else { 0 };
+            l1[slot.l1_index as usize] = encode_l1_entry(slot.l2_offset, copied);
         }
         l1
     }

@@ -7,7 +7,6 @@
 //! tables, the snapshot table, then the refcount blocks and table sized by fixed point.
 //! (5) Flush, set the length, write cluster 0 (header) last and fsync.
 
-use super::state::window_entry;
 use super::{Writer, WriterSummary};
 use crate::bytes::encode_be;
 use crate::error::Error;
@@ -15,7 +14,7 @@ use crate::format::extension;
 use crate::format::header::{Header, V2_HEADER_LENGTH, V3_HEADER_LENGTH};
 use crate::format::refcount::{refcount_structure_clusters, DEFAULT_REFCOUNT_ORDER};
 use crate::format::snapshot::{encode_entry, validate_specs, SnapshotSpec};
-use crate::format::table::OFLAG_COPIED;
+use crate::format::table::{encode_l1_entry, without_copied};
 use crate::geometry::{Version, MAX_REFTABLE_BYTES};
 use crate::types::StateId;
 
@@ -190,7 +189,7 @@ impl Writer {
             let table = self.read_l2(offset)?;
             let fixed: Vec<u64> = table
                 .iter()
-                .map(|&e| self.with_copied(window_entry(e)))
+                .map(|&e| self.with_copied(without_copied(e)))
                 .collect();
             if fixed != table {
                 let mut bytes = Vec::with_capacity(self.cluster_size() as usize);
@@ -217,7 +216,7 @@ impl Writer {
             {
                 let copied = self.refcounts.get(slot.l2_offset >> self.cluster_bits) == 1;
                 let i = (u64::from(slot.l1_index) - k * per_cluster) as usize;
-                entries[i] = slot.l2_offset | if copied { OFLAG_COPIED } else { 0 };
+                entries[i] = encode_l1_entry(slot.l2_offset, copied);
             }
             if entries.iter().all(|&e| e == 0) {
                 continue; // a hole in the (empty) file reads as zeros

@@ -42,7 +42,7 @@ use crate::geometry::{
     MIN_CLUSTER_BITS,
 };
 use crate::io::{OutFile, OUT_BUFFER_BYTES};
-use crate::types::StateId;
+use crate::types::{GuestCluster, StateId};
 
 /// Parameters of a new image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,11 +266,11 @@ impl Writer {
         Ok(i)
     }
 
-    /// Checks that `count` guest clusters from `guest_cluster` may be written to state `s`.
+    /// Checks that `count` guest clusters from `first` may be written to state `s`.
     pub(super) fn check_guest_range(
         &self,
         s: usize,
-        guest_cluster: u64,
+        first: GuestCluster,
         count: u64,
     ) -> Result<(), Error> {
         if self.states[s].loaded {
@@ -279,18 +279,20 @@ impl Writer {
             )));
         }
         let next = self.states[s].next_guest;
-        if guest_cluster < next {
+        if first < next {
             return Err(Error::InvalidArgument(format!(
-                "guest cluster {guest_cluster} of state {s}: writes must be strictly increasing (next allowed: {next})"
+                "{first} of state {s}: writes must be strictly increasing (next allowed: {})",
+                next.0
             )));
         }
-        if guest_cluster
+        if first
+            .0
             .checked_add(count)
             .is_none_or(|end| end > self.guest_clusters)
         {
             return Err(Error::InvalidArgument(format!(
-                "guest clusters {guest_cluster}+{count} exceed the disk's {} clusters",
-                self.guest_clusters
+                "guest clusters {}+{count} exceed the disk's {} clusters",
+                first.0, self.guest_clusters
             )));
         }
         Ok(())

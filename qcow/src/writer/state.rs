@@ -3,7 +3,8 @@
 
 use std::hash::{DefaultHasher, Hasher};
 
-use crate::format::table::{L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use crate::format::table::set_copied;
+use crate::types::GuestCluster;
 
 /// A populated L1 entry of a state.
 #[derive(Clone, Copy, Debug)]
@@ -16,10 +17,10 @@ pub(super) struct L1Slot {
     pub(super) l2_offset: u64,
 }
 
-/// The L2 window a state is currently filling: plain host offsets, 0 = unallocated,
-/// [`OFLAG_ZERO`] alone = a zero cluster (v3; no host cluster); entries taken from an existing
-/// image's table may also be compressed descriptors or preallocated zero clusters (offset and
-/// zero flag). Never COPIED (set on write).
+/// The L2 window a state is currently filling: L2 entries as stored but without COPIED
+/// (`format::table::without_copied`; COPIED is set on write): normal clusters, zero clusters
+/// without a host cluster (v3), unallocated entries; entries taken from an existing image's
+/// table may also be compressed descriptors or preallocated zero clusters.
 #[derive(Debug)]
 pub(super) struct OpenWindow {
     pub(super) l1_index: u32,
@@ -34,7 +35,7 @@ pub(super) struct State {
     /// The L2 window being filled, if any.
     pub(super) open: Option<OpenWindow>,
     /// Guest clusters below this were already written (writes must be strictly increasing).
-    pub(super) next_guest: u64,
+    pub(super) next_guest: GuestCluster,
     /// A snapshot of the image being edited ([`Writer::load_state`](super::Writer)): its
     /// tables are referenced by the snapshot's own L1 table, not by this state, and it cannot
     /// be written to.
@@ -51,30 +52,20 @@ impl State {
     }
 }
 
-/// A stored L2 entry as a window entry: COPIED dropped, the host offset and the zero flag kept;
-/// a compressed descriptor is kept whole (its offset and sector count use other bits).
-pub(super) fn window_entry(stored: u64) -> u64 {
-    if stored & OFLAG_COMPRESSED != 0 {
-        stored & !OFLAG_COPIED
-    } else {
-        stored & (L2E_OFFSET_MASK | OFLAG_ZERO)
-    }
-}
-
 /// Splits guest clusters `first..first + count` at L2 window boundaries (`epl` entries per
 /// table): `(clusters before this run, first guest cluster, length)` per run.
 pub(super) fn window_runs(
-    first: u64,
+    first: GuestCluster,
     count: u64,
     epl: u64,
-) -> impl Iterator<Item = (u64, u64, u64)> {
+) -> impl Iterator<Item = (u64, GuestCluster, u64)> {
     let mut done = 0u64;
     std::iter::from_fn(move || {
         if done >= count {
             return None;
         }
-        let g = first + done;
-        let run = (epl - g % epl).min(count - done);
+        let g = first.plus(done);
+        let run = (epl - g.0 % epl).min(count - done);
         let item = (done, g, run);
         done += run;
         Some(item)
@@ -85,7 +76,7 @@ pub(super) fn window_runs(
 pub(super) fn hash_entries(entries: &[u64]) -> u32 {
     let mut h = DefaultHasher::new();
     for e in entries {
-        h.write_u64(e & !OFLAG_COPIED);
+        h.write_u64(set_copied(*e, false));
     }
     h.finish() as u32
 }

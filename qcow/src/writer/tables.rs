@@ -2,30 +2,36 @@
 //! with an identical one of another state, read back for lookups, and referenced again by
 //! cloned states.
 
-use super::state::{hash_entries, window_entry, L1Slot, OpenWindow, State};
+use super::state::{hash_entries, L1Slot, OpenWindow, State};
 use super::Writer;
 use crate::bytes::{decode_be, encode_be};
 use crate::error::Error;
-use crate::format::table::{L2Entry, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
-use crate::types::StateId;
+use crate::format::table::{data_cluster, set_copied, standard_cluster, without_copied, L2Entry};
+use crate::types::{GuestCluster, HostCluster, StateId};
 
 impl Writer {
-    /// Host byte offset of `guest_cluster` in `state`, or `None` if it is not a plain data
-    /// cluster there (unallocated, a zero cluster, or compressed in an existing image). Reads
-    /// back finished L2 tables as needed (one table is cached).
+    /// The host cluster holding `guest_cluster` of `state`, or `None` if it is not a plain data
+    /// cluster there (unallocated, a zero cluster, or compressed in an existing image): what
+    /// [`Writer::share_cluster`] takes. Reads back finished L2 tables as needed (one table is
+    /// cached).
     ///
     /// Errors: [`Error::InvalidArgument`] for an unknown state or a guest cluster past the end
     /// of the disk; [`Error::Io`].
-    pub fn lookup(&mut self, state: StateId, guest_cluster: u64) -> Result<Option<u64>, Error> {
+    pub fn lookup(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+    ) -> Result<Option<HostCluster>, Error> {
         let s = self.state_index(state)?;
-        if guest_cluster >= self.guest_clusters {
+        let g = GuestCluster(guest_cluster);
+        if g.0 >= self.guest_clusters {
             return Err(Error::InvalidArgument(format!(
-                "guest cluster {guest_cluster} past the disk's {} clusters",
+                "{g} past the disk's {} clusters",
                 self.guest_clusters
             )));
         }
-        let epl = self.entries_per_l2();
-        let (l1_index, i) = ((guest_cluster / epl) as u32, (guest_cluster % epl) as usize);
+        let (l1_index, i) = g.table_indices(self.cluster_bits);
+        let l1_index = l1_index as u32;
         let st = &self.states[s];
         let entry = match (&st.open, st.slot(l1_index)) {
             (Some(w), _) if w.l1_index == l1_index => w.entries[i],
@@ -35,8 +41,7 @@ impl Writer {
             }
             _ => 0,
         };
-        let plain = entry & (OFLAG_COMPRESSED | OFLAG_ZERO) == 0;
-        Ok(Some(entry & L2E_OFFSET_MASK).filter(|&o| plain && o != 0))
+        Ok(data_cluster(entry).map(|host| HostCluster::of_offset(host, self.cluster_bits)))
     }
 
     pub(super) fn read_l2_cached(&mut self, offset: u64) -> Result<&[u64], Error> {
@@ -91,20 +96,20 @@ impl Writer {
     pub(super) fn add_table_references(&mut self, l2_offset: u64, delta: i32) -> Result<(), Error> {
         let by = u16::try_from(delta.unsigned_abs())
             .map_err(|_| Error::Limit(format!("{delta} references to one table")))?;
-        let mut clusters = vec![l2_offset >> self.cluster_bits];
+        let mut clusters = vec![HostCluster::of_offset(l2_offset, self.cluster_bits)];
         let table = self.read_l2(l2_offset)?;
         for (j, &raw) in table.iter().enumerate() {
             let at = l2_offset + j as u64 * 8;
             let entry = L2Entry::decode(raw, self.cluster_bits, self.version, at)?;
             if let Some((first, last)) = entry.host_cluster_range(self.cluster_bits) {
-                clusters.extend(first..=last);
+                clusters.extend((first..=last).map(HostCluster));
             }
         }
         for c in clusters {
             if delta >= 0 {
-                self.refcounts.increment(c, by)?;
+                self.refcounts.increment(c.0, by)?;
             } else {
-                self.refcounts.decrement(c, by)?;
+                self.refcounts.decrement(c.0, by)?;
             }
         }
         self.refcounts_changed = true;
@@ -131,7 +136,7 @@ impl Writer {
             let slot = st.l1.remove(pos);
             let table = self.read_l2(slot.l2_offset)?;
             for (e, t) in entries.iter_mut().zip(table) {
-                *e = window_entry(t);
+                *e = without_copied(t);
             }
             self.refcounts
                 .decrement(slot.l2_offset >> self.cluster_bits, 1)?;
@@ -179,18 +184,12 @@ impl Writer {
     }
 
     /// `entry` (a window entry) with COPIED set iff it maps a host cluster whose refcount is 1
-    /// now (notes §2.2). Zero and unallocated entries never get COPIED (their offset 0 is not
-    /// a cluster; cluster 0 is the header), nor do compressed ones.
+    /// now (notes §2.2). Zero-plain and unallocated entries never get COPIED (they map no
+    /// cluster; cluster 0 is the header), nor do compressed ones.
     pub(crate) fn with_copied(&self, entry: u64) -> u64 {
-        let host = entry & L2E_OFFSET_MASK;
-        if entry & OFLAG_COMPRESSED == 0
-            && host != 0
-            && self.refcounts.get(host >> self.cluster_bits) == 1
-        {
-            entry | OFLAG_COPIED
-        } else {
-            entry
-        }
+        let copied = standard_cluster(entry)
+            .is_some_and(|host| self.refcounts.get(host >> self.cluster_bits) == 1);
+        set_copied(entry, copied)
     }
 
     fn push_slot(&mut self, s: usize, slot: L1Slot) {
@@ -222,7 +221,7 @@ impl Writer {
             if table
                 .iter()
                 .zip(entries)
-                .all(|(&t, e)| window_entry(t) == *e)
+                .all(|(&t, e)| without_copied(t) == *e)
             {
                 return Ok(Some(offset));
             }

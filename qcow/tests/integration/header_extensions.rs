@@ -101,3 +101,86 @@ fn an_extension_past_cluster_0_is_corrupt() {
     let e = Reader::open(File::open(&img).unwrap()).unwrap_err();
     assert!(matches!(e, Error::Corrupt { offset: 112, .. }), "{e}");
 }
+
+/// `qemu-img info` on `img`: Ok, or Err with its stderr.
+fn qemu_info(img: &Path) -> Result<(), String> {
+    let o = run("qemu-img", &["info", "-U", img.to_str().unwrap()]);
+    match o.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+    }
+}
+
+/// A v3 image with 512-byte clusters and no extension: the end marker at 112, then zeros to
+/// the end of cluster 0. `patch` changes its first 512 bytes.
+fn crafted(dir: &Path, name: &str, patch: impl FnOnce(&mut [u8])) -> std::path::PathBuf {
+    let img = dir.join(name);
+    let opts = WriterOptions {
+        cluster_bits: 9,
+        virtual_size: 64 << 10,
+        version: Version::V3,
+    };
+    let mut w = new_writer(&img, opts);
+    let s = w.new_state();
+    write_model(&mut w, s, &model());
+    w.finish(s, &[]).unwrap();
+    let mut b = std::fs::read(&img).unwrap();
+    patch(&mut b[..512]);
+    std::fs::write(&img, &b).unwrap();
+    img
+}
+
+fn open(img: &Path) -> Result<Reader, Error> {
+    Reader::open_with_backing(File::open(img).unwrap())
+}
+
+/// The end marker's length and a tail too short for an extension: refused exactly where
+/// `qemu-img info` refuses them ("Header extension too large"), accepted where it accepts
+/// them.
+#[test]
+fn end_marker_length_as_qemu() {
+    let dir = scratch("header-extensions-end");
+    let len = |n: u32| move |b: &mut [u8]| b[116..120].copy_from_slice(&n.to_be_bytes());
+    // 120..512 is the rest of cluster 0: a length of 392 fits, 393 does not.
+    let fits = [
+        crafted(&dir, "end-8.qcow2", len(8)),
+        crafted(&dir, "end-392.qcow2", len(392)),
+    ];
+    let too_long = [
+        crafted(&dir, "end-393.qcow2", len(393)),
+        crafted(&dir, "end-max.qcow2", len(u32::MAX)),
+    ];
+    // A backing file name at 116 leaves 4 bytes for the extensions.
+    let short = crafted(&dir, "short.qcow2", |b| {
+        b[8..16].copy_from_slice(&116u64.to_be_bytes());
+        b[16..20].copy_from_slice(&1u32.to_be_bytes());
+        b[116] = b'x';
+    });
+    for img in &fits {
+        let r = open(img).unwrap();
+        assert!(r.header_extensions().is_empty());
+        assert_layer_equals(img, qcow::Layer::Active, &model());
+    }
+    for img in &too_long {
+        let e = open(img).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { offset: 112, .. }), "{e}");
+        assert!(
+            e.to_string().contains("end of the header extensions"),
+            "{e}"
+        );
+    }
+    let e = open(&short).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { offset: 112, .. }), "{e}");
+    assert!(e.to_string().contains("4 bytes left"), "{e}");
+    if !qemu_available() {
+        return;
+    }
+    for img in &fits {
+        qemu_info(img).unwrap();
+        check_clean(img);
+    }
+    for img in too_long.iter().chain([&short]) {
+        let e = qemu_info(img).unwrap_err();
+        assert!(e.contains("Header extension too large"), "{e}");
+    }
+}

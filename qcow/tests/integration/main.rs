@@ -11,6 +11,7 @@ mod common;
 mod editor_append;
 mod editor_faults;
 mod editor_qemu;
+mod editor_refcounts;
 mod editor_remove;
 mod header_extensions;
 mod imago_cross;

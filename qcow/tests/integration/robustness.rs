@@ -1,15 +1,23 @@
-//! The reader on garbage, truncated and byte-patched images must return errors, never panic.
-//! Patches come from a fixed-seed xorshift generator, so failures are reproducible.
+//! The reader and the editor's open (which counts every reference and compares the refcounts)
+//! on garbage, truncated and byte-patched images must return errors, never panic. Patches
+//! come from a fixed-seed xorshift generator, so failures are reproducible.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::common::*;
-use qcow::{Layer, Reader, SnapshotSpec, Version, WriterOptions};
+use qcow::{Editor, Layer, Reader, SnapshotSpec, Version, WriterOptions};
 
-/// Exercises every reader entry point on `bytes`; only panics count as failures.
+/// Exercises every reader entry point on `bytes`, then `Editor::open` (last: it may truncate
+/// the file); only panics count as failures.
 fn exercise(path: &Path, bytes: &[u8]) {
+    read_everything(path, bytes);
+    let rw = fs::OpenOptions::new().read(true).write(true).open(path);
+    let _ = Editor::open(rw.unwrap());
+}
+
+fn read_everything(path: &Path, bytes: &[u8]) {
     // Rewrite in place rather than truncate to 0 (which makes ext4 flush on close).
     let f = fs::OpenOptions::new()
         .write(true)

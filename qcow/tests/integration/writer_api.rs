@@ -6,7 +6,8 @@ use std::path::Path;
 
 use crate::common::*;
 use qcow::{
-    Error, Layer, LayerReader, LayerStats, Reader, SnapshotSpec, Version, Writer, WriterOptions,
+    Error, HostCluster, Layer, LayerReader, LayerStats, Reader, SnapshotSpec, Version, Writer,
+    WriterOptions,
 };
 
 const C: u64 = 4096;
@@ -85,9 +86,10 @@ fn write_arguments_are_validated() {
     let host = w.lookup(s, 5).unwrap().unwrap();
     assert_eq!(w.lookup(s, 4).unwrap(), None);
     assert!(is_invalid(w.lookup(s, 256)));
-    assert!(is_invalid(w.share_cluster(t, 1, host + 1)));
-    assert!(is_invalid(w.share_cluster(t, 1, 0)));
-    assert!(is_invalid(w.share_cluster(t, 1, host + 100 * C)));
+    // The header, and clusters not allocated (nothing follows the data cluster yet).
+    assert!(is_invalid(w.share_cluster(t, 1, HostCluster(0))));
+    assert!(is_invalid(w.share_cluster(t, 1, HostCluster(host.0 + 1))));
+    assert!(is_invalid(w.share_cluster(t, 1, HostCluster(host.0 + 100))));
     w.share_cluster(t, 1, host).unwrap();
     assert!(is_invalid(w.share_cluster(t, 1, host)));
     assert!(is_invalid(w.write_clusters_dedup(t, 9, &one, t)));
