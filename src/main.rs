@@ -50,7 +50,7 @@ mod text;
 use clap::Parser;
 use exit::{fail, usage_error, EXIT_OK, EXIT_USAGE};
 use plan::{
-    ApplyDeltaPlan, ExportPlan, PrunePlan, RollbackPlan, UsageError, APPLY_USAGE, EXPORT_USAGE,
+    apply_plan, rollback_plan, ExportPlan, PrunePlan, UsageError, APPLY_USAGE, EXPORT_USAGE,
     PRUNE_USAGE, ROLLBACK_USAGE,
 };
 
@@ -66,13 +66,13 @@ fn main() {
             Ok(()) => EXIT_OK,
             Err(e) => fail(&e, *json),
         },
-        Some(cli::Command::Rollback(args)) => match RollbackPlan::from_args(args) {
-            Ok(plan) => rollback::run(&plan, reporting(args.json, args.progress)),
-            Err(UsageError(m)) => usage_error(&m, args.json, ROLLBACK_USAGE),
+        Some(cli::Command::Rollback(args)) => match rollback_plan(args) {
+            Ok(plan) => patching::run(&plan),
+            Err(UsageError(m)) => usage_error(&m, args.patch.json, ROLLBACK_USAGE),
         },
-        Some(cli::Command::Apply(args)) => match ApplyDeltaPlan::from_args(args) {
-            Ok(plan) => apply::run(&plan, reporting(args.json, args.progress)),
-            Err(UsageError(m)) => usage_error(&m, args.json, APPLY_USAGE),
+        Some(cli::Command::Apply(args)) => match apply_plan(args) {
+            Ok(plan) => patching::run(&plan),
+            Err(UsageError(m)) => usage_error(&m, args.patch.json, APPLY_USAGE),
         },
         Some(cli::Command::Prune(args)) => match PrunePlan::from_args(args) {
             Ok(plan) => match prune::run(&plan) {
@@ -94,11 +94,6 @@ fn main() {
         _ => code,
     };
     std::process::exit(sys::report::exit_status(code));
-}
-
-/// How a subcommand reports, from its `--json` and `-p`.
-fn reporting(json: bool, progress: bool) -> sys::report::Reporting {
-    sys::report::Reporting { json, progress }
 }
 
 /// The export (or conversion): run, print the summary; returns the exit status.

@@ -10,8 +10,9 @@
 //! digest of FROM's replaced blocks, the delta laid over them gives the new bytes, and the
 //! blocks that differ stream into the patch (`compare`); a digest that is not the record's
 //! refuses before the patch is completed → drive the target: blocks whose new bytes are all
-//! zero (the discards) are discarded, the others written. `--resume` and `--undo` are the
-//! patch machinery's. The work follows the delta's size: only the target's metadata (the
+//! zero (the discards) are discarded, the others written. `--resume`, `--undo` and the runner
+//! of the three forms are the patch machinery's: this module says where the new bytes come
+//! from ([`NewBytes`] for a delta). The work follows the delta's size: only the target's metadata (the
 //! walks) and the replaced blocks are read.
 
 mod compare;
@@ -20,71 +21,29 @@ mod prepare;
 mod report;
 mod states;
 
-use crate::exit::{fail, EXIT_OK};
-use crate::patching::{drive_fresh, finish, then, Command, Goal};
-use crate::plan::{ApplyDeltaPlan, ApplyStart};
-use crate::sys::report::{self as out, Reporting};
+use crate::patching::{Command, Driven, NewBytes, Ready, Target};
+use crate::plan::{ApplySource, PatchStart};
 use anyhow::Result;
 use std::path::Path;
 
-/// Runs an apply plan and returns the exit status (0 done; 1 refused or failed, and the
-/// message says where the target stands); prints its own messages and its report (`how`:
-/// text or JSON, progress bar) before the target is touched (a dry run) or after the drive.
-pub fn run(plan: &ApplyDeltaPlan, how: Reporting) -> i32 {
-    let r = match plan {
-        ApplyDeltaPlan::Start(s) => start(s, how),
-        ApplyDeltaPlan::Finish {
-            patch,
-            target,
-            resume,
-            ..
-        } => resume_or_undo(patch, target, *resume, how),
-    };
-    match r {
-        Ok(()) => EXIT_OK,
-        Err(e) => fail(&e, plan.json()),
-    }
-}
+impl NewBytes for ApplySource {
+    const COMMAND: Command = Command::Apply;
+    type Report = report::Report;
+    type Doc = report::ApplyDoc;
 
-/// `--resume` / `--undo`: verify the patch, then drive the target to TO or back to FROM.
-fn resume_or_undo(patch: &Path, target: &Path, resume: bool, how: Reporting) -> Result<()> {
-    let goal = if resume { Goal::New } else { Goal::Old };
-    let f = finish(patch, target, goal, how.progress)?;
-    if how.json {
-        out::json(&f.doc(target, patch, goal));
-    } else {
-        out::line(&f.line(target, patch, goal));
+    fn prepare(start: &PatchStart<Self>) -> Result<(report::Report, Option<Ready>)> {
+        prepare::prepare(start)
     }
-    Ok(())
-}
 
-/// The first run: check, write the patch (and undo file), drive the target, then report
-/// (the text report also when the drive failed, before its error).
-fn start(s: &ApplyStart, how: Reporting) -> Result<()> {
-    let untouched = |e: anyhow::Error| {
-        then(
-            e,
-            &format!(
-                "apply refused: nothing was written, {} is untouched",
-                s.target.display()
-            ),
-        )
-    };
-    let (rep, ready) = prepare::prepare(s).map_err(untouched)?;
-    let Some(ready) = ready else {
-        if how.json {
-            out::json(&rep.doc(true, None));
-        } else {
-            out::text(&rep.render(true));
-        }
-        return Ok(());
-    };
-    let d = drive_fresh(&ready.patch, &ready.target, Command::Apply, how.progress);
-    if how.json {
-        out::json(&rep.doc(false, Some(&d?)));
-    } else {
-        out::text(&rep.render(false));
-        out::line(&rep.done_line(&d?));
+    fn render(rep: &report::Report, dry_run: bool) -> String {
+        rep.render(dry_run)
     }
-    Ok(())
+
+    fn doc(rep: &report::Report, driven: Option<&Driven>, _patch: Option<&Path>) -> Self::Doc {
+        rep.doc(driven.is_none(), driven)
+    }
+
+    fn done_line(rep: &report::Report, d: &Driven, _patch: &Path, _target: &Target) -> String {
+        rep.done_line(d)
+    }
 }

@@ -8,22 +8,14 @@ use super::delta::{Delta, ToHashes};
 use super::report::{self, Report};
 use super::states::{self, FromDigest, States};
 use crate::delta_record::DeltaRecord;
+use crate::patching::Ready;
 use crate::patching::{
     open_target, read_target_sb, refuse_dirty_journal, Command, PatchFiles, PatchHeader, RunSink,
     Target, FLAG_DISCARD_ZEROS,
 };
-use crate::plan::ApplyStart;
+use crate::plan::{ApplySource, PatchStart};
 use anyhow::{bail, Result};
 use ext::{Filesystem, OpenOptions};
-use std::path::PathBuf;
-
-/// A patch written and flushed, ready to drive the target with.
-pub struct Ready {
-    /// The patch.
-    pub patch: PathBuf,
-    /// The opened, locked target.
-    pub target: Target,
-}
 
 /// Feeds the runs that differ to the report's counts and, when writing, to the patch files.
 struct Outputs {
@@ -49,14 +41,14 @@ impl RunSink for Outputs {
 /// # Errors
 /// Refusals (nothing written): an existing patch, a delta without a record (unless
 /// `--force`) or corrupt, a target that does not hold FROM; I/O errors.
-pub fn prepare(s: &ApplyStart) -> Result<(Report, Option<Ready>)> {
+pub fn prepare(s: &PatchStart<ApplySource>) -> Result<(Report, Option<Ready>)> {
     if let Some(p) = s.patch.as_ref().filter(|p| p.exists() && !s.dry_run) {
         bail!(
             "{} exists: it may be needed to resume or undo an earlier apply or rollback; remove it or choose another name",
             p.display()
         );
     }
-    let delta = Delta::open(&s.delta)?;
+    let delta = Delta::open(&s.source.delta)?;
     let record = record_of(&delta, s.force)?;
     let t = open_target(&s.target, s.dry_run)?;
     let tsb = read_target_sb(&t)?;
@@ -77,7 +69,7 @@ pub fn prepare(s: &ApplyStart) -> Result<(Report, Option<Ready>)> {
 /// The pass over the replaced blocks: the report, and the patch files (unless a dry run)
 /// holding every differing run. Refuses when the replaced blocks do not hold FROM's bytes.
 fn compare(
-    s: &ApplyStart,
+    s: &PatchStart<ApplySource>,
     st: &States<'_>,
     delta: &Delta,
     t: &Target,
@@ -119,7 +111,7 @@ fn compare(
     let changed = out.written.all();
     let from_fs = Filesystem::open(states::target_view(t)?, &OpenOptions::default()).ok();
     let rep = Report {
-        delta: s.delta.clone(),
+        delta: s.source.delta.clone(),
         target: s.target.clone(),
         record: st.record.clone(),
         cluster_size: delta.cluster,
@@ -127,7 +119,7 @@ fn compare(
         zero_clusters: delta.zero_clusters(),
         block_size: bs,
         stats,
-        discard: s.discard,
+        discard: s.source.discard,
         masked: st.mask.is_some(),
         classes: report::classes(st.from_set.as_ref(), &changed),
         files: report::files(st.to_fs.as_ref(), from_fs.as_ref(), &changed),
@@ -201,7 +193,7 @@ fn check_sizes(
 
 /// The patch header: the filesystem's identity and the delta's (label, path, first cluster).
 fn header(
-    s: &ApplyStart,
+    s: &PatchStart<ApplySource>,
     d: &Delta,
     t: &Target,
     tsb: &ext::Superblock,
@@ -209,7 +201,11 @@ fn header(
 ) -> Result<PatchHeader> {
     Ok(PatchHeader {
         block_size: tsb.block_size,
-        flags: if s.discard { FLAG_DISCARD_ZEROS } else { 0 },
+        flags: if s.source.discard {
+            FLAG_DISCARD_ZEROS
+        } else {
+            0
+        },
         fs_uuid: tsb.s_uuid,
         s_blocks_count: tsb.s_blocks_count,
         target_size: t.size(),

@@ -6,9 +6,11 @@
 //! default).
 
 mod apply;
+mod patch;
 
 pub use apply::ApplyArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use patch::PatchArgs;
 use std::path::PathBuf;
 
 /// Image ext2/3/4 filesystem metadata (and optionally data) into QCOW2 or sparse raw images.
@@ -117,37 +119,14 @@ fn parse_keep(s: &str) -> Result<u32, String> {
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
     /// IMAGE.qcow2 and TARGET; only TARGET with --resume or --undo.
-    #[arg(required = true, num_args = 1..=2, value_name = "PATHS")]
+    #[arg(required = true, num_args = 1..=2, value_names = ["IMAGE", "TARGET"])]
     pub paths: Vec<PathBuf>,
     /// The internal snapshot to restore, by id or name (default: the image's active state).
-    #[arg(long, value_name = "ID|NAME")]
+    #[arg(long, value_name = "ID|NAME", conflicts_with_all = ["resume", "undo"])]
     pub snapshot: Option<String>,
-    /// The rollback patch file to write (it must not exist).
-    #[arg(long, value_name = "PATCH")]
-    pub patch: Option<PathBuf>,
-    /// Also write an e2fsprogs undo file (E2UNDO02): `e2undo FILE TARGET` rewinds the rollback.
-    #[arg(long, value_name = "FILE.e2undo")]
-    pub undo_file: Option<PathBuf>,
-    /// Print what would be written (blocks per class, bytes, files affected); write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Roll back although restored files would read data blocks the target now uses for
-    /// other files or offsets (metadata-only images), or the target's journal needs recovery.
-    #[arg(long)]
-    pub force: bool,
-    /// Finish an interrupted rollback: `--resume PATCH TARGET`.
-    #[arg(long, value_name = "PATCH", conflicts_with_all = ["undo", "dry_run", "force"])]
-    pub resume: Option<PathBuf>,
-    /// Rewind a finished or interrupted rollback to the exact old bytes: `--undo PATCH TARGET`.
-    #[arg(long, value_name = "PATCH", conflicts_with_all = ["dry_run", "force"])]
-    pub undo: Option<PathBuf>,
-    /// Show a progress bar on stderr over the bytes written to TARGET (only when stderr is a
-    /// terminal).
-    #[arg(short = 'p')]
-    pub progress: bool,
-    /// Print a JSON summary on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// The patch, its forms and how the run reports.
+    #[command(flatten)]
+    pub patch: PatchArgs,
 }
 
 /// QCOW2 version to write.

@@ -10,7 +10,8 @@
 //! (`session`), classifying every patched block (torn writes per 512-byte sector). Files:
 //! `patch/` (the format), `target` (opening, locking, writing and discarding the target, the
 //! part-way mark), `e2undo/` (undo files), `command` (rollback or apply: messages, marks),
-//! `affected` (blocks per class and files a patch changes, for the reports).
+//! `affected` (blocks per class and files a patch changes, for the reports), `workflow` (the
+//! one runner of the three forms of both commands, over [`NewBytes`]).
 
 mod affected;
 mod command;
@@ -19,14 +20,14 @@ mod engine;
 mod patch;
 mod session;
 mod target;
+mod workflow;
 mod writer;
 
 pub use affected::{by_class, owners_of};
 pub use command::Command;
-pub use engine::{Driven, Goal};
+pub use engine::Driven;
 pub use patch::{sha256, PatchHeader, FLAG_DISCARD_ZEROS};
-pub use session::{
-    drive_fresh, finish, identity_diffs, open_target, read_target_sb, refuse_dirty_journal, then,
-};
+pub use session::{identity_diffs, open_target, read_target_sb, refuse_dirty_journal};
 pub use target::Target;
+pub use workflow::{run, NewBytes, Ready};
 pub use writer::{emit_differing, PatchFiles, RunSink};

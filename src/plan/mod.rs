@@ -1,7 +1,7 @@
 //! The validated plans, built once from the command line: the only description of a run that
 //! the pipelines see (they never see clap's structures). The export's [`ExportPlan`] (its
 //! [`Mode`] and its [`Source`], opened once) in `export` and `source`, the rollback's
-//! [`RollbackPlan`] in `rollback`, the apply's [`ApplyDeltaPlan`] in `apply`, the archive
+//! plan (a [`PatchPlan`] over a [`RollbackSource`]) and the apply's (over an [`ApplySource`]), in `patch`, the archive
 //! parts and `prune`'s [`PrunePlan`] in `archive`, a delta's in `delta`.
 //!
 //! Building the export plan checks everything that can be checked from the arguments first:
@@ -15,14 +15,16 @@ mod apply;
 mod archive;
 mod delta;
 mod export;
+mod patch;
 mod rollback;
 mod source;
 
-pub use apply::{ApplyDeltaPlan, ApplyStart, APPLY_USAGE};
+pub use apply::{apply_plan, ApplySource, APPLY_USAGE};
 pub use archive::{PrunePlan, PRUNE_USAGE};
 pub use delta::{backing_path, DeltaPlan, StateRef};
 pub use export::{ExportPlan, Mode};
-pub use rollback::{ApplyPlan, RollbackPlan, ROLLBACK_USAGE};
+pub use patch::{PatchPlan, PatchRun, PatchStart};
+pub use rollback::{rollback_plan, RollbackSource, ROLLBACK_USAGE};
 pub use source::SourceKind;
 
 pub use crate::exit::UsageError;

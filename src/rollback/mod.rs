@@ -8,8 +8,9 @@
 //! compare held blocks with the target and stream the differing runs into the patch and the
 //! optional e2undo file (`diff`) → flush and rename both → drive the target to the new side.
 //! `--resume` and `--undo` reopen a patch, verify every checksum in it, and drive the target
-//! to the new or the old side. The patch, the engine and the target are `crate::patching`'s,
-//! shared with `apply`.
+//! to the new or the old side. The patch, the engine, the target and the runner of the three
+//! forms are `crate::patching`'s, shared with `apply`: this module says where the new bytes
+//! come from ([`NewBytes`] for a state of an image).
 
 mod conflicts;
 mod diff;
@@ -17,76 +18,39 @@ mod held;
 mod prepare;
 mod report;
 
-use crate::exit::{fail, EXIT_OK};
-use crate::patching::{drive_fresh, finish, then, Command, Goal};
-use crate::plan::{ApplyPlan, RollbackPlan};
-use crate::sys::report::{self as out, Reporting};
+use crate::patching::{Command, Driven, NewBytes, Ready, Target};
+use crate::plan::{PatchStart, RollbackSource};
 use crate::text::size_short;
 use anyhow::Result;
 use std::path::Path;
 
-/// Runs a rollback plan and returns the exit status (0 done; 1 refused or failed, and the
-/// message says where the target stands); prints its own messages and its report (`how`:
-/// text or JSON, progress bar) before the target is touched (a dry run) or after the drive.
-pub fn run(plan: &RollbackPlan, how: Reporting) -> i32 {
-    let r = match plan {
-        RollbackPlan::Resume { patch, target } => resume_or_undo(patch, target, Goal::New, how),
-        RollbackPlan::Undo { patch, target } => resume_or_undo(patch, target, Goal::Old, how),
-        RollbackPlan::Apply(a) => apply(a, how),
-    };
-    match r {
-        Ok(()) => EXIT_OK,
-        Err(e) => fail(&e, how.json),
-    }
-}
+impl NewBytes for RollbackSource {
+    const COMMAND: Command = Command::Rollback;
+    type Report = report::Facts;
+    type Doc = report::RollbackDoc;
 
-/// `--resume` / `--undo`: verify the patch, then drive the target to `goal`.
-fn resume_or_undo(patch: &Path, target: &Path, goal: Goal, how: Reporting) -> Result<()> {
-    let f = finish(patch, target, goal, how.progress)?;
-    if how.json {
-        out::json(&f.doc(target, patch, goal));
-    } else {
-        out::line(&f.line(target, patch, goal));
+    fn prepare(start: &PatchStart<Self>) -> Result<(report::Facts, Option<Ready>)> {
+        let (facts, ready) = prepare::prepare(start)?;
+        Ok((facts, ready.map(|(patch, target)| Ready { patch, target })))
     }
-    Ok(())
-}
 
-/// The first run: plan, write the patch (and undo file), drive the target, then report (the
-/// text report also when the drive failed, before its error).
-fn apply(a: &ApplyPlan, how: Reporting) -> Result<()> {
-    let untouched = |e: anyhow::Error| {
-        then(
-            e,
-            &format!(
-                "rollback refused: nothing was written, {} is untouched",
-                a.target.display()
-            ),
+    fn render(facts: &report::Facts, dry_run: bool) -> String {
+        facts.render(dry_run)
+    }
+
+    fn doc(facts: &report::Facts, driven: Option<&Driven>, patch: Option<&Path>) -> Self::Doc {
+        facts.doc(driven, patch)
+    }
+
+    fn done_line(facts: &report::Facts, d: &Driven, patch: &Path, t: &Target) -> String {
+        format!(
+            "{}: rolled back to {}: {} blocks ({}) written; `e2image-rs rollback --undo {} {}` rewinds it",
+            t.path().display(),
+            facts.state(),
+            d.blocks_written,
+            size_short(d.bytes_written),
+            patch.display(),
+            t.path().display()
         )
-    };
-    let (facts, ready) = prepare::prepare(a).map_err(untouched)?;
-    let Some((patch_path, t)) = ready else {
-        if how.json {
-            out::json(&facts.doc(None, None));
-        } else {
-            out::text(&facts.render(true));
-        }
-        return Ok(());
-    };
-    let d = drive_fresh(&patch_path, &t, Command::Rollback, how.progress);
-    if how.json {
-        out::json(&facts.doc(Some(&d?), Some(&patch_path)));
-        return Ok(());
     }
-    out::text(&facts.render(false));
-    let d = d?;
-    out::line(&format!(
-        "{}: rolled back to {}: {} blocks ({}) written; `e2image-rs rollback --undo {} {}` rewinds it",
-        t.path().display(),
-        facts.state(),
-        d.blocks_written,
-        size_short(d.bytes_written),
-        patch_path.display(),
-        t.path().display()
-    ));
-    Ok(())
 }

@@ -10,7 +10,7 @@ use crate::patching::{
     identity_diffs, open_target, read_target_sb, refuse_dirty_journal, sha256, Command, PatchFiles,
     PatchHeader, RunSink, Target,
 };
-use crate::plan::ApplyPlan;
+use crate::plan::{PatchStart, RollbackSource};
 use crate::qcow_view::{choose_layer, QcowView};
 use crate::record::ExportRecord;
 use anyhow::{bail, Context, Result};
@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 /// Everything before the first write to the target: checks, plan, patch and undo file.
 /// Returns what the report says, and the patch path and the opened target unless it was a
 /// dry run.
-pub(super) fn prepare(args: &ApplyPlan) -> Result<(report::Facts, Option<(PathBuf, Target)>)> {
-    let (image, target) = (args.image.as_path(), args.target.as_path());
+pub(super) fn prepare(
+    args: &PatchStart<RollbackSource>,
+) -> Result<(report::Facts, Option<(PathBuf, Target)>)> {
+    let (image, target) = (args.source.image.as_path(), args.target.as_path());
     if let Some(p) = args.patch.as_ref().filter(|p| p.exists() && !args.dry_run) {
         bail!(
             "{} exists: it may be needed to resume or undo an earlier rollback; remove it or choose another name",
@@ -31,7 +33,7 @@ pub(super) fn prepare(args: &ApplyPlan) -> Result<(report::Facts, Option<(PathBu
         );
     }
     let reader = crate::qcow_view::open_image(image, true)?;
-    let chosen = choose_layer(&reader, args.snapshot.as_deref())
+    let chosen = choose_layer(&reader, args.source.snapshot.as_deref())
         .with_context(|| image.display().to_string())?;
     let (layer_id, label) = (chosen.layer, chosen.label);
     let layer = reader
@@ -95,7 +97,7 @@ fn held_of(
 fn report_or_write(
     plan: &Plan<'_>,
     conflicts: &conflicts::Conflicts,
-    args: &ApplyPlan,
+    args: &PatchStart<RollbackSource>,
 ) -> Result<(report::Facts, Option<PathBuf>)> {
     if args.dry_run {
         let rep = plan.dry_run()?;

@@ -17,15 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Standard output could not be written: nothing more goes to it.
 static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
 
-/// How a command reports, from its `--json` and `-p` options.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Reporting {
-    /// The report is one JSON document on standard output (else text).
-    pub json: bool,
-    /// A progress bar on stderr while the work runs (only when stderr is a terminal).
-    pub progress: bool,
-}
-
 /// Writes `s` to standard output as it is (the caller gives the newlines) and flushes; does
 /// nothing once standard output has failed.
 pub fn text(s: &str) {
