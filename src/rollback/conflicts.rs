@@ -63,11 +63,27 @@ pub struct BlockUse {
 /// offsets, while that inode is another file now or changed since the state.
 #[derive(Debug, Clone)]
 pub struct Reused {
+    /// What the target's inode is now.
+    pub kind: Change,
     /// How the target's inode differs from the state's (see the module comment), e.g. "the
     /// target's inode 14 is a different file now (generation 0→5)".
     pub why: String,
     /// Data blocks of the file it maps at the same offsets.
     pub blocks: u64,
+}
+
+/// How the target's inode of a restored file's number differs from the state's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Another file (file type, generation or creation time differ).
+    Other,
+    /// The same file, modified since the state (`i_mtime` newer).
+    Modified,
+    /// The same file, older than the state's (an earlier version).
+    Older,
+    /// Only `i_ctime` is newer: a chmod, rename or new link — or data changed with the
+    /// modification time set back; nothing tells them apart.
+    CtimeOnly,
 }
 
 /// One restored file whose data would be wrong.
@@ -94,6 +110,36 @@ impl Conflicts {
         self.by_inode.is_empty() && self.unchecked.is_none()
     }
 
+    /// The first line of the refusal: how many restored files, and the causes that apply
+    /// (the image holds no data for them).
+    fn headline(&self) -> String {
+        let count = |f: &dyn Fn(&Conflict) -> bool| self.by_inode.values().filter(|c| f(c)).count();
+        let kind = |k: Change| count(&|c| c.inode.as_ref().is_some_and(|r| r.kind == k));
+        let causes = [
+            (
+                count(&|c| c.blocks.is_some()),
+                "would read data blocks that the target now uses for other inodes, offsets or metadata",
+            ),
+            (kind(Change::Other), "have their inode number taken by a different file now, which holds their data blocks"),
+            (kind(Change::Modified), "were modified since the state (their data blocks may hold newer bytes)"),
+            (kind(Change::Older), "are older on the target than in the state (their data blocks hold an earlier version)"),
+            (
+                kind(Change::CtimeOnly),
+                "only had their inode changed since the state (ctime: a chmod, rename or new link, or data written with the modification time set back — nothing tells which)",
+            ),
+        ];
+        let parts: Vec<String> = causes
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        format!(
+            "{} restored file(s) cannot be restored safely from this image, which holds no file data: {}:",
+            self.by_inode.len(),
+            parts.join("; ")
+        )
+    }
+
     /// The refusal message, listing at most `max` inodes.
     pub fn render(&self, max: usize) -> String {
         let mut s = String::new();
@@ -104,11 +150,7 @@ impl Conflicts {
             );
             return s;
         }
-        let _ = writeln!(
-            s,
-            "{} restored file(s) would read data blocks that the target now uses for other inodes or offsets, or that a different or changed file of the same inode number holds now (the image holds no data for them):",
-            self.by_inode.len()
-        );
+        let _ = writeln!(s, "{}", self.headline());
         for (ino, c) in self.by_inode.iter().take(max) {
             let path = self.paths.get(ino).map_or("(no path)", String::as_str);
             let mut what: Vec<String> = c
@@ -201,7 +243,7 @@ pub fn check(
 fn changed_inodes(
     restored: &HashMap<u32, &Inode>,
     target: &[(InodeNr, Inode)],
-) -> HashMap<u32, String> {
+) -> HashMap<u32, (Change, String)> {
     target
         .iter()
         .filter_map(|(ino, now)| {
@@ -213,12 +255,15 @@ fn changed_inodes(
 
 /// Why the target's in-use inode `now` of number `ino` is not the state's file `was` as it
 /// was (see the module comment), or `None` when it is.
-fn inode_change(ino: u32, was: &Inode, now: &Inode) -> Option<String> {
+fn inode_change(ino: u32, was: &Inode, now: &Inode) -> Option<(Change, String)> {
     let other = identity_changes(was, now);
     if !other.is_empty() {
-        return Some(format!(
-            "the target's inode {ino} is a different file now ({})",
-            other.join(", ")
+        return Some((
+            Change::Other,
+            format!(
+                "the target's inode {ino} is a different file now ({})",
+                other.join(", ")
+            ),
         ));
     }
     let (field, a, b) = [
@@ -227,16 +272,25 @@ fn inode_change(ino: u32, was: &Inode, now: &Inode) -> Option<String> {
     ]
     .into_iter()
     .find(|(_, a, b)| a != b)?;
-    let how = if b < a {
-        "is older than the state's file (an earlier version)"
+    let (kind, how) = if b < a {
+        (
+            Change::Older,
+            "is older than the state's file (an earlier version)",
+        )
     } else if field == "mtime" {
-        "was modified since the state"
+        (Change::Modified, "was modified since the state")
     } else {
-        "was changed since the state (its data may be as it was: a rename, chmod or new link also changes ctime)"
+        (
+            Change::CtimeOnly,
+            "was changed since the state (its data may be as it was: a rename, chmod or new link also changes ctime)",
+        )
     };
-    Some(format!(
-        "the target's inode {ino} {how} ({field} {})",
-        time_change(a, b)
+    Some((
+        kind,
+        format!(
+            "the target's inode {ino} {how} ({field} {})",
+            time_change(a, b)
+        ),
     ))
 }
 
@@ -332,7 +386,7 @@ struct Now<'a> {
     block_size: u32,
     /// Restored inodes whose target inode of the same number is another or a changed file,
     /// with the reason ([`inode_change`]).
-    changed: &'a HashMap<u32, String>,
+    changed: &'a HashMap<u32, (Change, String)>,
 }
 
 /// Compares one unheld piece of state run `sr` with the target's owners of those blocks.
@@ -353,9 +407,10 @@ fn check_piece(sr: &FileRun, piece: Range<u64>, now: &Now<'_>, out: &mut Conflic
             && tr.logical.wrapping_sub(tr.physical) == sr.logical.wrapping_sub(sr.physical);
         if same_place {
             let written = sr.kind == RunKind::Data { unwritten: false };
-            if let Some(why) = now.changed.get(&sr.ino.0).filter(|_| written) {
+            if let Some((kind, why)) = now.changed.get(&sr.ino.0).filter(|_| written) {
                 let c = out.by_inode.entry(sr.ino.0).or_default();
                 let r = c.inode.get_or_insert_with(|| Reused {
+                    kind: *kind,
                     why: why.clone(),
                     blocks: 0,
                 });
@@ -456,12 +511,13 @@ mod tests {
         now.i_crtime += 86400;
         now.i_ctime += 86400;
         assert_eq!(
-            inode_change(12, &file(), &now).unwrap(),
+            inode_change(12, &file(), &now).unwrap().1,
             "the target's inode 12 is a different file now (generation 7→9, created 2024-01-01 00:00:00→2024-01-02 00:00:00)"
         );
         let mut now = file();
         now.i_mode = 0x41ED;
-        let why = inode_change(12, &file(), &now).unwrap();
+        let (kind, why) = inode_change(12, &file(), &now).unwrap();
+        assert_eq!(kind, Change::Other);
         assert!(why.contains("(a regular file→a directory)"), "{why}");
         // Creation times count only where both inodes have them.
         let mut now = file();
@@ -472,7 +528,7 @@ mod tests {
         (was.i_generation, now.i_generation) = (0, 0);
         now.i_crtime_extra = 5 << 2;
         assert_eq!(
-            inode_change(12, &was, &now).unwrap(),
+            inode_change(12, &was, &now).unwrap().1,
             "the target's inode 12 is a different file now (created 2024-01-01 00:00:00.000000000→2024-01-01 00:00:00.000000005)"
         );
     }
@@ -483,19 +539,20 @@ mod tests {
         now.i_mtime += 60;
         now.i_ctime += 60;
         assert_eq!(
-            inode_change(12, &file(), &now).unwrap(),
+            inode_change(12, &file(), &now).unwrap().1,
             "the target's inode 12 was modified since the state (mtime 2024-01-01 00:00:00→2024-01-01 00:01:00)"
         );
         // mtime set back (touch -d, rsync -t): ctime still tells.
         let mut now = file();
         now.i_ctime_extra = 1 << 2;
-        let why = inode_change(12, &file(), &now).unwrap();
+        let (kind, why) = inode_change(12, &file(), &now).unwrap();
         assert!(
             why.starts_with(
                 "the target's inode 12 was changed since the state (its data may be as it was"
             ),
             "{why}"
         );
+        assert_eq!(kind, Change::CtimeOnly);
         assert!(
             why.ends_with("(ctime 2024-01-01 00:00:00.000000000→2024-01-01 00:00:00.000000001)"),
             "{why}"
@@ -503,12 +560,14 @@ mod tests {
         // A target older than the state.
         let mut was = file();
         was.i_mtime += 60;
-        let why = inode_change(12, &was, &file()).unwrap();
+        let (kind, why) = inode_change(12, &was, &file()).unwrap();
+        assert_eq!(kind, Change::Older);
         assert!(why.contains("is older than the state's file"), "{why}");
         // Epoch bits count: the same low 32 bits, 2^32 seconds later.
         let mut now = file();
         now.i_mtime_extra = 1;
-        let why = inode_change(12, &file(), &now).unwrap();
+        let (kind, why) = inode_change(12, &file(), &now).unwrap();
+        assert_eq!(kind, Change::Modified);
         assert!(
             why.contains("was modified since the state (mtime 2024-01-01 00:00:00→2160-"),
             "{why}"
@@ -522,6 +581,7 @@ mod tests {
             12,
             Conflict {
                 inode: Some(Reused {
+                    kind: Change::Other,
                     why: "the target's inode 12 is a different file now (generation 7→9)".into(),
                     blocks: 2,
                 }),
@@ -538,5 +598,41 @@ mod tests {
         let s = c.render(1);
         assert!(s.contains("  inode 12 /d/f: the target's inode 12 is a different file now (generation 7→9), which holds 2 of its data block(s) at the same offsets; 1 block(s), e.g. block 500 (file block 3) is now file block 0 of inode 13\n"), "{s}");
         assert!(s.ends_with("  … and 1 more"), "{s}");
+        assert!(
+            s.starts_with("2 restored file(s) cannot be restored safely"),
+            "{s}"
+        );
+        assert!(
+            s.contains("1 would read data blocks that the target now uses"),
+            "{s}"
+        );
+        assert!(
+            s.contains("1 have their inode number taken by a different file"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn the_headline_names_only_the_causes_that_apply() {
+        let mut c = Conflicts::default();
+        c.by_inode.insert(
+            12,
+            Conflict {
+                inode: Some(Reused {
+                    kind: Change::CtimeOnly,
+                    why: "the target's inode 12 was changed since the state".into(),
+                    blocks: 1,
+                }),
+                blocks: None,
+            },
+        );
+        let s = c.render(5);
+        let head = s.lines().next().unwrap();
+        assert!(
+            head.contains("1 only had their inode changed since the state (ctime: a chmod"),
+            "{head}"
+        );
+        assert!(!head.contains("now uses for other inodes"), "{head}");
+        assert!(!head.contains("different file"), "{head}");
     }
 }

@@ -178,7 +178,27 @@ impl Facts {
         if let Some((_, line)) = &self.undo_line {
             let _ = writeln!(s, "{line}");
         }
+        if dry_run {
+            let _ = writeln!(s, "{}", self.summary());
+        }
         s
+    }
+
+    /// The dry run's last line: what a rollback would write, and whether it would go ahead.
+    fn summary(&self) -> String {
+        let verdict = match self.conflicts.is_empty() {
+            true => "the rollback would go ahead".to_string(),
+            false => {
+                "the rollback is refused without --force (see the restored files above)".to_string()
+            }
+        };
+        format!(
+            "summary: {} block(s) ({}) would be written in {} run(s), {} file(s) affected; {verdict}",
+            self.blocks_written,
+            size_short(self.blocks_written * self.block_size),
+            self.runs,
+            self.files.len()
+        )
     }
 
     /// The `--json` document: planned counts in a dry run (`driven` absent), what was done

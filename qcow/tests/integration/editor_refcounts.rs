@@ -143,7 +143,7 @@ fn zeroed_data_refcount_is_refused_before_leftovers_are_truncated() {
     let want = format!("host cluster {c} has refcount 0 but 1 reference");
     assert_refused(&img, Some(c * 512), &[&want, "`qemu-img check -r all`"]);
     assert_eq!(std::fs::metadata(&img).unwrap().len(), len + 1536);
-    if qemu_available() {
+    if require_for("the qemu-img verdict and repair", &QEMU) {
         assert_qemu_flags(&img, 2);
         repaired_then_appended(&img, "all");
     }
@@ -158,7 +158,7 @@ fn lowered_shared_refcount_is_refused() {
     set_refcount(&img, c, 1);
     let want = format!("host cluster {c} has refcount 1 but {n} references");
     assert_refused(&img, Some(c * 512), &[&want, "-r all"]);
-    if qemu_available() {
+    if require_for("the qemu-img verdict and repair", &QEMU) {
         assert_qemu_flags(&img, 2);
         repaired_then_appended(&img, "all");
     }
@@ -174,7 +174,7 @@ fn raised_refcount_is_refused_as_a_leak() {
     let want = format!("host cluster {c} has refcount {} but {n} reference", n + 1);
     let msg = assert_refused(&img, Some(c * 512), &[&want, "leaked", "-r leaks"]);
     assert!(!msg.contains("-r all"), "{msg}");
-    if qemu_available() {
+    if require_for("the qemu-img verdict and repair", &QEMU) {
         assert_qemu_flags(&img, 3);
         repaired_then_appended(&img, "leaks");
     }
@@ -200,7 +200,7 @@ fn missing_refcount_block_is_refused() {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!((256..512).contains(&cluster), "{msg}");
-    if qemu_available() {
+    if require_for("the qemu-img verdict and repair", &QEMU) {
         assert_qemu_flags(&img, 2);
     }
 }

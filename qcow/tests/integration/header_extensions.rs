@@ -172,7 +172,7 @@ fn end_marker_length_as_qemu() {
     let e = open(&short).unwrap_err();
     assert!(matches!(e, Error::Corrupt { offset: 112, .. }), "{e}");
     assert!(e.to_string().contains("4 bytes left"), "{e}");
-    if !qemu_available() {
+    if !require_for("QEMU accepting the images that fit", &QEMU) {
         return;
     }
     for img in &fits {
