@@ -139,8 +139,9 @@ pub fn check_state_size(
 ) -> anyhow::Result<()> {
     if size > reader.virtual_size() {
         anyhow::bail!(
-            "{label}: its disk is {size} bytes, larger than the image's virtual size ({} bytes), past which nothing can be read: the header's size is wrong; nothing was written",
-            reader.virtual_size()
+            "{label}: its disk is {}, larger than the image's virtual size ({}), past which nothing can be read: the header's size is wrong; nothing was written",
+            crate::text::size(size),
+            crate::text::size(reader.virtual_size())
         );
     }
     let sb_end = ext::SUPERBLOCK_OFFSET + ext::SUPERBLOCK_SIZE as u64;
@@ -154,7 +155,8 @@ pub fn check_state_size(
     let Some(sb) = sb else {
         if expect_fs {
             anyhow::bail!(
-                "{label}: its disk is {size} bytes (the image's virtual size{}) and holds no ext superblock at byte 1024: the size is wrong or the state is damaged; nothing was written",
+                "{label}: its disk is {} (the image's virtual size{}) and holds no ext superblock at byte 1024: the size is wrong or the state is damaged; nothing was written",
+                crate::text::size(size),
                 if size < sb_end { " is smaller than the superblock's end" } else { "" }
             );
         }
@@ -163,9 +165,11 @@ pub fn check_state_size(
     let fs_size = sb.size_bytes();
     if fs_size > size {
         anyhow::bail!(
-            "{label}: its disk is {size} bytes, smaller than the filesystem it holds ({fs_size} bytes: {} blocks of {}); the image's virtual size is wrong; nothing was written",
+            "{label}: its disk is {}, smaller than the filesystem it holds ({}: {} blocks of {}); the image's virtual size is wrong; nothing was written",
+            crate::text::size(size),
+            crate::text::size(fs_size),
             sb.s_blocks_count,
-            sb.block_size
+            crate::text::size(u64::from(sb.block_size))
         );
     }
     Ok(())

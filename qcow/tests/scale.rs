@@ -2,6 +2,7 @@
 //! budget), and ignored benchmarks: writer throughput (3 GiB of data) and the editor on a
 //! 1000-state archive (run with `cargo test -p qcow --release --test scale -- --ignored
 //! --nocapture`).
+#![allow(clippy::print_stdout, clippy::print_stderr)] // tests report what they measured
 
 mod common;
 

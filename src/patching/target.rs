@@ -130,6 +130,7 @@ impl Target {
     ///
     /// # Errors
     /// I/O errors, naming the offset.
+    #[allow(unsafe_code)] // BLKZEROOUT has no safe wrapper in rustix
     pub fn discard(&self, offset: u64, len: u64) -> Result<Discard> {
         let done = if self.block_device {
             // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer that

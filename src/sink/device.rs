@@ -46,8 +46,10 @@ impl DeviceSink {
         let dev_size = file.seek(SeekFrom::End(0))?;
         if dev_size < size {
             bail!(
-                "OUT {} is {dev_size} bytes, smaller than the {size}-byte filesystem; nothing was written",
-                path.display()
+                "OUT {} is {}, smaller than the filesystem ({}); nothing was written",
+                path.display(),
+                crate::text::size(dev_size),
+                crate::text::size(size)
             );
         }
         Ok(DeviceSink {

@@ -24,7 +24,10 @@ impl RawSink {
     /// The file cannot be that large (the message says the size the filesystem claims).
     pub fn new(file: File, size: u64) -> Result<RawSink> {
         file.set_len(size).with_context(|| {
-            format!("cannot make a {size}-byte raw image (the size the filesystem claims)")
+            format!(
+                "cannot make a raw image of {} (the size the filesystem claims)",
+                crate::text::size(size)
+            )
         })?;
         Ok(RawSink {
             file,

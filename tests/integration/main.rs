@@ -1,6 +1,7 @@
 //! Integration tests of the e2image-rs binary, in one test binary (as ripgrep's tests/ are):
 //! one module per area, the shared helpers and oracles in `common`. Fixtures are built once
 //! per target directory; every test works in its own scratch directory.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // tests report what they measured
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The ext crate's integration tests, one binary: the walker against e2image and the
 //! e2fsprogs corpus, block owners and paths against debugfs, and byte-patched images.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // tests report what they measured
 
 mod common;
 mod corpus;

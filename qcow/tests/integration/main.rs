@@ -3,6 +3,7 @@
 //!
 //! `tests/scale.rs` stays a binary of its own: its memory test reads the peak resident set
 //! size of the whole process, which other tests running beside it would inflate.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // tests report what they measured
 
 #[macro_use]
 #[path = "../common/mod.rs"]
