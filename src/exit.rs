@@ -3,16 +3,7 @@
 //! written through `sys::report`.
 
 use crate::sys::report;
-
-/// Exit status: done completely.
-pub const EXIT_OK: i32 = 0;
-/// Exit status: failed or refused; nothing left under OUT (rollback: the message says where
-/// the target stands).
-pub const EXIT_FAILED: i32 = 1;
-/// Exit status: usage error.
-pub const EXIT_USAGE: i32 = 2;
-/// Exit status: exported, but corrupt or unreadable parts were skipped and reported.
-pub const EXIT_WARNINGS: i32 = 3;
+pub use crate::sys::status::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WARNINGS};
 
 /// Wrong arguments: found while making the plan, or later (e.g. a cluster size too small for
 /// the filesystem found in SOURCE). `main` maps it to exit status 2.

@@ -4,9 +4,9 @@
 //! other (no patch or undo file over the target or the source of the new bytes). Only the
 //! source of the new bytes (`S`: a state of an image, a delta) differs between the commands.
 
-use super::rollback::check_distinct;
 use super::UsageError;
 use crate::cli::PatchArgs;
+use crate::sys::identity::same_name_or_target;
 use std::path::{Path, PathBuf};
 
 /// A patch command's run and how it reports.
@@ -144,4 +144,22 @@ fn start<S>(
 
 fn usage(msg: &str) -> UsageError {
     UsageError(msg.to_string())
+}
+
+/// Refuses when two of the named paths are the same file or device, or the same name for
+/// files still to be created: a patch or undo file written over the target or the image
+/// would destroy it.
+fn check_distinct(named: &[(&str, &Path)]) -> Result<(), UsageError> {
+    for (i, (ra, a)) in named.iter().enumerate() {
+        for (rb, b) in &named[i + 1..] {
+            if same_name_or_target(a, b) {
+                return Err(UsageError(format!(
+                    "{ra} {} and {rb} {} are the same file or device; nothing was written",
+                    a.display(),
+                    b.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! System concerns of the binary, below every pipeline: mount checks, which file a path names,
-//! temporary outputs, locks, signals, the one writer of every report and message (`report`)
-//! and the test-only fault hooks. Nothing here knows about filesystems or QCOW2.
+//! temporary outputs, locks, signals, the exit statuses, the one writer of every report and
+//! message (`report`) and the test-only fault hooks. Nothing here knows about filesystems or QCOW2.
 
 pub mod faults;
 pub mod identity;
@@ -9,3 +9,4 @@ pub mod mounted;
 pub mod output;
 pub mod report;
 pub mod signals;
+pub mod status;

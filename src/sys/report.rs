@@ -16,6 +16,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Standard output could not be written: nothing more goes to it.
 static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+/// A progress bar may be on screen.
+static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
+
+/// Clears a progress bar line and shows the cursor again, when a bar may be on screen (an
+/// interrupted run, before its last message).
+pub fn restore_terminal() {
+    let err = std::io::stderr();
+    if PROGRESS_SHOWN.load(Ordering::SeqCst) && err.is_terminal() {
+        let _ = (&err).write_all(b"\r\x1b[2K\x1b[?25h");
+    }
+}
 
 /// Writes `s` to standard output as it is (the caller gives the newlines) and flushes; does
 /// nothing once standard output has failed.
@@ -53,7 +64,7 @@ pub fn stdout_failed() -> bool {
 /// The exit status of a run that would exit with `code`: 1 instead of 0 or 3 when its report
 /// could not be written to standard output.
 pub fn exit_status(code: i32) -> i32 {
-    use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_WARNINGS};
+    use super::status::{EXIT_FAILED, EXIT_OK, EXIT_WARNINGS};
     if stdout_failed() && (code == EXIT_OK || code == EXIT_WARNINGS) {
         EXIT_FAILED
     } else {
@@ -120,7 +131,7 @@ impl Progress {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(what.to_string());
-        super::signals::set_progress_shown(true);
+        PROGRESS_SHOWN.store(true, Ordering::SeqCst);
         Progress(Some(Bar {
             bar,
             what: what.to_string(),
@@ -140,7 +151,7 @@ impl Progress {
         if let Some(b) = &self.0 {
             let (bytes, secs) = (b.bar.position(), b.bar.elapsed().as_secs_f64());
             b.bar.finish_and_clear();
-            super::signals::set_progress_shown(false);
+            PROGRESS_SHOWN.store(false, Ordering::SeqCst);
             stderr(&format!(
                 "e2image-rs: {}: {} {} in {secs:.1} s\n",
                 b.what,

@@ -9,7 +9,6 @@
 //! registered by [`super::output::TempOutput`]; its commit (rename) and the handler's removal
 //! are serialised by one lock, so an output is either complete under its final name or gone.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -27,8 +26,6 @@ static TEMPS: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 /// Number of active [`Deferred`] sections.
 static DEFERRED: AtomicUsize = AtomicUsize::new(0);
-/// A progress bar may be on screen.
-static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
 /// Print the interruption as a JSON summary on stdout (`--json`).
 static JSON: AtomicBool = AtomicBool::new(false);
 
@@ -80,7 +77,7 @@ fn stop(sig: i32) -> ! {
     for (temp, _) in temps.iter() {
         let _ = std::fs::remove_file(temp);
     }
-    restore_terminal();
+    super::report::restore_terminal();
     let outs: Vec<String> = temps.iter().map(|(_, t)| t.display().to_string()).collect();
     let what = if outs.is_empty() {
         String::new()
@@ -96,19 +93,6 @@ fn stop(sig: i32) -> ! {
         });
     }
     std::process::exit(exit_status(sig));
-}
-
-/// Clears a progress bar line and shows the cursor again, when a bar may be on screen.
-pub fn restore_terminal() {
-    let err = std::io::stderr();
-    if PROGRESS_SHOWN.load(Ordering::SeqCst) && err.is_terminal() {
-        let _ = (&err).write_all(b"\r\x1b[2K\x1b[?25h");
-    }
-}
-
-/// Records whether a progress bar is on screen.
-pub fn set_progress_shown(shown: bool) {
-    PROGRESS_SHOWN.store(shown, Ordering::SeqCst);
 }
 
 /// Registers a temporary output to remove on interrupt.

@@ -139,7 +139,11 @@ fn write_errors_are_said_once_without_temporary_names() {
     );
     let o = Command::new("sh").arg("-c").arg(&script).output().unwrap();
     assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("16 MiB (16777216 bytes)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("16 MiB (16777216 bytes)"),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
     assert!(!stderr(&o).contains(".tmp"), "{}", stderr(&o));
 }

@@ -225,7 +225,10 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             assert!(!ci, "{why}; CI=true makes a missing tool fatal");
             use std::io::Write;
-            let name = std::thread::current().name().unwrap_or("a test").to_string();
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("a test")
+                .to_string();
             let _ = std::io::stderr().write_all(format!("SKIPPED {name}: {why}\n").as_bytes());
             None
         }
