@@ -197,7 +197,7 @@ mod tests {
         assert!(SuperblockBytes::new(&[0u8; 1023][..]).is_err());
         assert!(SuperblockBytes::new(vec![0u8; 1025]).is_err());
         let sb = SuperblockBytes::new(sample()).unwrap();
-        assert_eq!(sb.s_magic(), crate::EXT4_SUPER_MAGIC);
+        assert_eq!(sb.s_magic(), crate::superblock::EXT4_SUPER_MAGIC);
         assert_eq!(sb.into_inner(), sample());
     }
 
@@ -281,12 +281,12 @@ mod tests {
     fn magic_set() {
         let mut b = sample();
         let mut e = SuperblockBytes::new(&mut b).unwrap();
-        e.set_s_magic(!crate::EXT4_SUPER_MAGIC);
+        e.set_s_magic(!crate::superblock::EXT4_SUPER_MAGIC);
         assert_eq!(e.s_magic(), 0x10AC);
         assert!(Superblock::parse(&b).is_err());
         SuperblockBytes::new(&mut b)
             .unwrap()
-            .set_s_magic(crate::EXT4_SUPER_MAGIC);
+            .set_s_magic(crate::superblock::EXT4_SUPER_MAGIC);
         assert_eq!(b, sample());
     }
 
