@@ -33,13 +33,10 @@ pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
         &label,
         ExportRecord::of(reader).is_some(),
     )?;
-    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
     layer.for_each_allocated(|gc, m| {
         if !matches!(m, ClusterMapping::Zero | ClusterMapping::Unallocated) {
-            match runs.last_mut() {
-                Some((s, n)) if *s + *n == gc => *n += 1,
-                _ => runs.push((gc, 1)),
-            }
+            crate::ranges::push(&mut runs, gc..gc + 1);
         }
         Ok(())
     })?;
@@ -58,14 +55,14 @@ pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
             source.display()
         ));
     }
-    let total: u64 = runs.iter().map(|r| r.1).sum::<u64>() * u64::from(cluster);
+    let total: u64 = crate::ranges::total(&runs) * u64::from(cluster);
     let progress = Progress::new(plan.progress(), total, "converting");
     let mut warnings = Vec::new();
     out.sink.begin_state()?;
     let stats = copy_runs(
         &view,
         cluster,
-        runs.into_iter(),
+        runs.into_iter().map(|r| (r.start, r.end - r.start)),
         out.sink.as_mut(),
         &progress,
         &mut warnings,

@@ -378,10 +378,8 @@ fn cluster_runs(g: &Geometry, from: &BlockSet, to: &BlockSet) -> Vec<Range<u64>>
     let last = g.size.div_ceil(g.cluster);
     for r in exts {
         let r = r.start.min(last)..r.end.min(last);
-        match runs.last_mut() {
-            Some(l) if l.end >= r.start => l.end = l.end.max(r.end),
-            _ if !r.is_empty() => runs.push(r),
-            _ => {}
+        if !r.is_empty() {
+            crate::ranges::push(&mut runs, r);
         }
     }
     runs
