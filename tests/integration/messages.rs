@@ -58,6 +58,34 @@ fn usage_errors_say_what_is_wrong() {
         assert!(e.contains(says), "{args:?}: {e}");
         assert!(!e.contains("use '-- "), "{args:?}: {e}");
     }
+    // A subcommand missing an argument says what is missing, never "unknown subcommand".
+    for (args, says) in [
+        (vec!["prune", "--keep-last", "1"], "<ARCHIVE>"),
+        (vec!["snapshots"], "<IMAGE>"),
+        (vec!["rollback"], "<IMAGE>"),
+        (vec!["apply"], "<DELTA>"),
+        (vec!["rollback", "--resume", "P"], "<IMAGE>"),
+        (vec!["apply", "--undo", "P"], "<DELTA>"),
+    ] {
+        let a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
+            .iter()
+            .map(|s| s as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
+        let e = stderr(&expect(&a, 2));
+        assert!(!e.contains("unknown subcommand"), "{args:?}: {e}");
+        assert!(
+            e.contains("required arguments were not provided"),
+            "{args:?}: {e}"
+        );
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    // The patch commands' own forms, validated once for both.
+    for cmd in ["rollback", "apply"] {
+        let e = stderr(&expect(&[&cmd, &"--resume", &"P", &"x", &"y"], 2));
+        assert!(e.contains("takes TARGET only"), "{cmd}: {e}");
+        let e = stderr(&expect(&[&cmd, &"x", &"y"], 2));
+        assert!(e.contains("--patch PATCH is required"), "{cmd}: {e}");
+    }
     // Rollback usage errors carry the same prefix.
     let o = expect(&[&"rollback", &img], 2);
     assert!(

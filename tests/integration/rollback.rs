@@ -305,6 +305,13 @@ fn dry_run_reports_and_writes_nothing() {
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+    // The report ends with its summary, not with a cut list.
+    let last = out.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("summary: "), "{last}");
+    assert!(
+        last.contains("would be written") && last.contains("go ahead"),
+        "{last}"
+    );
     assert_eq!(sha256(&t), before);
     assert!(!p.exists());
 }

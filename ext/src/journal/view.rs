@@ -193,7 +193,11 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
 ///
 /// # Errors
 /// `sb` is not 1024 bytes (a bug of the caller).
-fn replayed_superblock(sb: &mut [u8], error: bool, errors: bool) -> Result<(), crate::error::Error> {
+fn replayed_superblock(
+    sb: &mut [u8],
+    error: bool,
+    errors: bool,
+) -> Result<(), crate::error::Error> {
     let mut sb = SuperblockBytes::new(sb)?;
     sb.clear_incompat(incompat::RECOVER);
     if error {
