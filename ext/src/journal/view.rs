@@ -140,6 +140,44 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
         Ok(v)
     }
 
+    /// A view of `base` (a filesystem of `block_size`-byte blocks) that changes nothing yet:
+    /// the start of a replay of a filesystem whose journal is clean (orphan processing may
+    /// still change it: [`ReplayedView::set_block`]).
+    pub fn unchanged(base: B, block_size: u32) -> ReplayedView<'a, B> {
+        ReplayedView {
+            base,
+            journal_dev: None,
+            block_size,
+            blocks: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces filesystem block `b` with `bytes` (exactly one block): how the steps after
+    /// the block-level replay (fast commits, orphan processing) record what they change.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] when `bytes` is not one block long.
+    pub fn set_block(&mut self, b: BlockNr, bytes: Vec<u8>) -> io::Result<()> {
+        if bytes.len() != self.block_size as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes for block {} of {} bytes",
+                    bytes.len(),
+                    b.0,
+                    self.block_size
+                ),
+            ));
+        }
+        self.blocks.insert(b.0, Source::Bytes(bytes));
+        Ok(())
+    }
+
+    /// The block size of the view, in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
     /// The blocks that differ from the device (overlay and patched superblocks), in order.
     pub fn changed_blocks(&self) -> Vec<BlockNr> {
         self.blocks.keys().map(|&b| BlockNr(b)).collect()
