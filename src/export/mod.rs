@@ -205,7 +205,10 @@ pub(super) fn write_states(
     let first = states[0].name.clone();
     warnings.splice(0..0, early.warnings.into_iter().map(|w| (first.clone(), w)));
     let target = target_of(&opened, plan)?;
-    let output = open_output(plan, &opened, &target, dirty.as_deref())?;
+    let mut output = open_output(plan, &opened, &target, dirty.as_deref())?;
+    if matches!(plan.mode(), Mode::ArchiveAppend { .. }) && journals[0].needs_recovery {
+        output.notes.push(UNREPLAYED_APPEND.into());
+    }
     let mut notes = early.notes;
     notes.extend(output.notes);
     for (s, j) in states.iter().zip(&journals) {
@@ -237,6 +240,9 @@ pub(super) fn write_states(
     }
     summarize(plan, states, tally, notes, finished)
 }
+
+/// The note of an append of a source whose journal needs recovery, without `--replay`.
+const UNREPLAYED_APPEND: &str = "SOURCE's journal needs recovery (an LVM snapshot of a mounted filesystem always does): the new state holds the blocks as they are on disk with the whole journal, which the kernel replays when it mounts the state; --replay archives the state as the kernel would mount it";
 
 /// The output of a run, with what an append found before writing.
 struct Output {

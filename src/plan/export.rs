@@ -77,7 +77,6 @@ impl ExportPlan {
             Mode::ArchiveAppend { .. } => archive_output(out)?,
             _ => output_kind(out, format, a.json)?,
         };
-        check_replay(a, &mode)?;
         let source = Source::open(&source, source_args(a))?;
         let mode = match (mode, source.kind(), format) {
             (Mode::Export { older: Older::None }, SourceKind::Qcow2, Format::Raw) if !a.replay => {
@@ -269,16 +268,6 @@ fn mode_of(a: &ExportArgs, format: Format, out: &Path) -> Result<Mode, UsageErro
         (false, true) => Older::None,
     };
     Ok(Mode::Export { older })
-}
-
-/// Refuses `--replay` where it does not apply yet.
-fn check_replay(a: &ExportArgs, mode: &Mode) -> Result<(), UsageError> {
-    if a.replay && matches!(mode, Mode::Delta(_)) {
-        return Err(usage(
-            "--replay is not supported with deltas (-x, --base) yet: export the replayed states first (e2image-rs -Q --replay), then make the delta between those images",
-        ));
-    }
-    Ok(())
 }
 
 /// How SOURCE is opened and which view of it is read.

@@ -6,8 +6,8 @@
 //!   byte-identical, returns the space (holes) and a later append reuses it;
 //! - a kill at any write of an append or a prune leaves the archive checking clean with the
 //!   same states; the next append removes the leftovers and says so;
-//! - lock, mode and filesystem mismatches are refused with nothing written;
-//! - the systemd unit's command appends and prunes.
+//! - lock, mode and filesystem mismatches are refused with nothing written
+//!   (the systemd unit: `replay_states.rs`).
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
@@ -376,42 +376,6 @@ fn a_kill_at_any_write_leaves_the_archive_intact() {
         }
         assert!(k > 5, "{what}: only {k} write points");
     }
-}
-
-#[test]
-#[cfg_attr(
-    not(feature = "fault-injection"),
-    ignore = "needs the test clock E2IMAGE_RS_TEST_NOW (`--features fault-injection`)"
-)]
-fn the_systemd_unit_appends_and_prunes() {
-    if skip() {
-        return;
-    }
-    let dir = scratch("arch-systemd");
-    let [a, b, _c] = chain(&dir);
-    let unit = std::fs::read_to_string(root().join("contrib/systemd/e2image-rs-archive@.service"))
-        .unwrap();
-    let exec = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("ExecStart");
-    let q = dir.join("home.qcow2");
-    expect(&[&"-Q", &"--name", &"first", &a, &q], 0);
-    let cmd = exec
-        .replace("/usr/local/bin/e2image-rs", &bin().display().to_string())
-        .replace("${SOURCE}", &b.display().to_string())
-        .replace("${ARCHIVE}", &q.display().to_string());
-    for day in 1..=3u64 {
-        let o = Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .env("E2IMAGE_RS_TEST_NOW", (MONDAY + day * DAY).to_string())
-            .output()
-            .unwrap();
-        assert_eq!(code(&o), 0, "{cmd}: {}", stderr(&o));
-    }
-    assert_qemu_check(&q);
-    assert_eq!(names(&q).len(), 4);
 }
 
 /// Unmounts on drop.

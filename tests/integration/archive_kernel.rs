@@ -115,8 +115,13 @@ fn dirty_kernel_states_append_as_direct_exports_and_mount_alike() {
         0,
     );
     assert!(
-        stderr(&o).contains("needs recovery"),
+        stderr(&o).contains("every file's data was read") && stderr(&o).contains("needs recovery"),
         "the note on the quick check: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("--replay archives the state as the kernel would mount it"),
+        "the note on an append without --replay: {}",
         stderr(&o)
     );
     assert_qemu_check(&q);
