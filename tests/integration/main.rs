@@ -21,6 +21,7 @@ mod hostile;
 mod journal;
 mod large;
 mod messages;
+mod replay_kernel;
 mod replay_states;
 mod rollback;
 mod rollback_faults;
