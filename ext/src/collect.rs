@@ -4,11 +4,17 @@
 //! for the copy set) or [`MappedRun`]s (for the block-owner scan), plus warnings bounded per
 //! kind and [`WalkStats`]. Every block pointer goes through its bounds check, and its block
 //! reads report an I/O error as a warning instead of failing. [`TreeClasses`] tells the tree
-//! walkers how to classify what an inode's tree holds.
+//! walkers how to classify what an inode's tree holds. A walk's collectors also verify
+//! checksums (`Checks`, see `checksum`): the inode scan and the extent walker call
+//! [`Collector::check_inode`] and [`Collector::check_extent_block`], which do nothing in the
+//! other scans.
 
 use crate::blockset::{BlockClass, BlockSet};
+use crate::checksum::{matched, BadChecksum, Checks, ChecksumKind, Failure};
+use crate::extent_header::extent_block_checksum;
+use crate::inode::{inode_checksum, inode_csum_seed};
 use crate::error::{Corrupt, CorruptKind};
-use crate::superblock::Superblock;
+use crate::superblock::{Superblock, EXT2_OS_HURD};
 use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
 use crate::warning::{Warning, WarningLog};
@@ -104,6 +110,8 @@ pub(crate) struct Collector<'v> {
     runs: Option<Vec<MappedRun>>,
     pub(crate) warnings: WarningLog,
     pub(crate) stats: WalkStats,
+    /// The checksum state, in a walk's collectors only.
+    pub(crate) checks: Option<Box<Checks>>,
 }
 
 impl<'v> Collector<'v> {
@@ -115,7 +123,74 @@ impl<'v> Collector<'v> {
             runs: None,
             warnings: WarningLog::default(),
             stats: WalkStats::default(),
+            checks: None,
         }
+    }
+
+    /// A collector that also verifies checksums (the copy-set walk's).
+    pub(crate) fn verifying(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
+        if std::env::var_os("CSUM_OFF").is_some() { return Collector::new(view, sb); } // TEMP
+        let checks = Checks::new(sb.has_metadata_csum(), sb.metadata_csum_seed());
+        Collector {
+            checks: Some(Box::new(checks)),
+            ..Collector::new(view, sb)
+        }
+    }
+
+    /// The checksum state when metadata_csum checksums are verified.
+    pub(crate) fn csum_checks(&mut self) -> Option<&mut Checks> {
+        self.checks.as_deref_mut().filter(|c| c.metadata_csum)
+    }
+
+    /// Records one verification of `b.kind` (see `ChecksumReport::record`); a failure is
+    /// also a warning when `warn`.
+    pub(crate) fn record_check(
+        &mut self,
+        b: BadChecksum,
+        result: Result<(), Failure>,
+        offset: Option<u32>,
+        warn: bool,
+    ) {
+        if let Some(checks) = self.checks.as_deref_mut() {
+            let log = warn.then_some(&mut self.warnings);
+            checks.report.record(b, result, offset, log);
+        }
+    }
+
+    /// Sets the inode whose tree is walked next (its checksum seed checks the extent
+    /// blocks), when verifying metadata_csum checksums.
+    pub(crate) fn begin_inode(&mut self, ino: InodeNr, generation: u32) {
+        if let Some(c) = self.csum_checks() {
+            c.owner = Some((ino, inode_csum_seed(c.seed, ino.0, generation)));
+        }
+    }
+
+    /// Verifies the record `raw` of in-use inode `ino`, at byte `offset` of inode-table block
+    /// `block` (metadata_csum, not Hurd).
+    pub(crate) fn check_inode(&mut self, ino: InodeNr, block: u64, offset: u32, raw: &[u8]) {
+        let hurd = self.sb.s_creator_os == EXT2_OS_HURD;
+        let Some(c) = self.csum_checks().filter(|_| !hurd).filter(|_| !*NOI.get_or_init(|| std::env::var_os("CSUM_NO_INODE").is_some())) else {
+            return;
+        };
+        let Some(check) = inode_checksum(c.seed, ino.0, raw, &mut c.scratch) else {
+            return;
+        };
+        let b = bad(ChecksumKind::Inode, block, Some(ino));
+        self.record_check(b, matched(check), Some(offset), true);
+    }
+
+    /// Verifies extent tree block `block` (read into `buf`, header parsed with `eh_max`) of
+    /// the inode set by [`begin_inode`](Self::begin_inode).
+    pub(crate) fn check_extent_block(&mut self, block: u64, buf: &[u8], eh_max: u16) {
+        let Some((ino, seed)) = self.csum_checks().and_then(|c| c.owner) else {
+            return;
+        };
+        let result = match extent_block_checksum(seed, buf, eh_max) {
+            Some(check) => matched(check),
+            None => Err(Failure::Unrecognized("no room for the extent tail".into())),
+        };
+        let b = bad(ChecksumKind::ExtentBlock, block, Some(ino));
+        self.record_check(b, result, None, true);
     }
 
     /// A collector whose tree walkers record [`MappedRun`]s (taken with
@@ -179,6 +254,9 @@ impl<'v> Collector<'v> {
         unwritten: bool,
         class: BlockClass,
     ) {
+        if let Some(c) = self.checks.as_deref_mut() {
+            c.mapped(logical, start, len, unwritten);
+        }
         match self.runs {
             Some(_) => self.push_run(MappedRun {
                 logical,
@@ -281,6 +359,16 @@ impl<'v> Collector<'v> {
                 false
             }
         }
+    }
+}
+
+static NOI: std::sync::OnceLock<bool> = std::sync::OnceLock::new(); // TEMP
+/// A [`BadChecksum`] of `kind` at `block`, of `inode`.
+pub(crate) fn bad(kind: ChecksumKind, block: u64, inode: Option<InodeNr>) -> BadChecksum {
+    BadChecksum {
+        kind,
+        block: Some(BlockNr(block)),
+        inode,
     }
 }
 

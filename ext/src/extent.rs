@@ -5,7 +5,9 @@
 //! every leaf range is checked before use. A bad node is reported and its subtree skipped; a
 //! bad entry is reported and skipped. A per-inode visited set stops loops and shared
 //! subtrees, so the walk reads each tree block at most once. Mapped runs are reported with
-//! their logical block (`ee_block`) and unwritten state, for the collector's run sink.
+//! their logical block (`ee_block`) and unwritten state, for the collector's run sink. In a
+//! walk, the checksum of every tree block whose header parses is verified (a block whose
+//! header does not is already reported).
 
 use crate::collect::{Collector, TreeClasses};
 use crate::error::{Corrupt, CorruptKind};
@@ -123,6 +125,7 @@ impl ExtentWalk<'_, '_> {
             Ok(h) => h,
             Err(e) => return self.corrupt(CorruptKind::ExtentHeader(e), Some(child), 0),
         };
+        self.out.check_extent_block(child, &buf, h.eh_max);
         if h.eh_depth != depth {
             let what = format!("eh_depth {} where the parent implies {depth}", h.eh_depth);
             return self.corrupt(CorruptKind::ExtentHeader(what), Some(child), 0);

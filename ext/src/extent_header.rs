@@ -3,7 +3,8 @@
 //! `i_block` (the root) or in a whole tree block. Decoding only: the walk over a tree is the
 //! `extent` module's, above the collector.
 
-use crate::bytes::{join, le16, le32};
+use crate::bytes::{crc32c_raw, join, le16, le32};
+use crate::checksum::Check;
 
 /// `eh_magic` (kernel `EXT4_EXT_MAGIC`).
 pub(crate) const EXT4_EXT_MAGIC: u16 = 0xF30A;
@@ -62,6 +63,22 @@ pub(crate) fn parse_header(node: &[u8]) -> Result<ExtentHeader, String> {
         return Err(format!("eh_depth {} > {MAX_WALK_DEPTH}", h.eh_depth));
     }
     Ok(h)
+}
+
+/// The metadata_csum checksum of extent tree block `block` whose header says `eh_max`: the
+/// crc32c from the owner's [`crate::inode::inode_csum_seed`] of the header and the `eh_max`
+/// entries, against the `ext4_extent_tail` after them (ext4-on-disk §13). `None` when the
+/// tail would not fit in the block (`eh_max` is validated against the capacity first, so
+/// never for a parsed header).
+pub(crate) fn extent_block_checksum(inode_seed: u32, block: &[u8], eh_max: u16) -> Option<Check> {
+    let at = ENTRY_SIZE * (usize::from(eh_max) + 1);
+    if at + 4 > block.len() {
+        return None;
+    }
+    Some(Check {
+        stored: le32(block, at),
+        computed: crc32c_raw(inode_seed, &block[..at]),
+    })
 }
 
 /// True if `i_block` starts with an extent header's magic (the fast-symlink test).

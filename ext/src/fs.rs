@@ -331,7 +331,7 @@ fn groups_in_source(sb: &Superblock, source_bytes: u64) -> u32 {
     u32::try_from(kept.min(u64::from(sb.group_count))).unwrap_or(sb.group_count)
 }
 
-/// Reads the descriptors of the first `groups` groups.
+/// Reads the descriptors of the first `groups` groups, verifying their checksums.
 fn read_group_descs<V: BlockView>(
     view: &V,
     sb: &Superblock,
@@ -367,6 +367,6 @@ fn read_group_descs<V: BlockView>(
     }
     let ds = sb.desc_size as usize;
     Ok((0..groups as usize)
-        .map(|g| GroupDesc::parse(&table[g * ds..(g + 1) * ds], sb.desc_size))
+        .map(|g| GroupDesc::parse_verified(&table[g * ds..(g + 1) * ds], sb, g as u32))
         .collect())
 }

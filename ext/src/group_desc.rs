@@ -2,9 +2,20 @@
 //!
 //! Parsing never fails: any bit pattern is a descriptor. Whether its block pointers make sense
 //! is checked where they are used, so that one bad group is skipped and the others exported.
+//!
+//! Its checksum (`bg_checksum`, [`desc_checksum`]) is verified when the table is read: the
+//! lazy-init flags and `bg_itable_unused` of a descriptor that fails it are not trusted (as
+//! e2fsprogs trusts BLOCK_UNINIT only with a valid checksum, and e2fsck clears the flags and
+//! `bg_itable_unused` of such a descriptor), so its bitmaps and whole inode table are read and
+//! copied. The bitmaps' checksums it holds are checked by [`bitmap_checksum`].
 
-use crate::bytes::{join, le16, le32};
+use crate::bytes::{crc16, crc32c_raw, join, le16, le32};
+use crate::checksum::Check;
+use crate::features::ro_compat;
 use crate::superblock::Superblock;
+
+/// Byte offset of `bg_checksum` (u16).
+const BG_CHECKSUM_OFFSET: usize = 0x1E;
 
 /// `bg_flags`: inode table and inode bitmap not initialized.
 pub(crate) const EXT4_BG_INODE_UNINIT: u16 = 0x1;
@@ -35,6 +46,13 @@ pub(crate) struct GroupDesc {
     pub bg_itable_unused: u32,
     /// `bg_checksum`: the descriptor's checksum.
     pub bg_checksum: u16,
+    /// `bg_block_bitmap_csum_lo | _hi << 16` (the high half only with 64-byte descriptors).
+    pub bg_block_bitmap_csum: u32,
+    /// `bg_inode_bitmap_csum_lo | _hi << 16` (likewise).
+    pub bg_inode_bitmap_csum: u32,
+    /// The descriptor's checksum as verified when the table was read ([`desc_checksum`]);
+    /// `None` without gdt_csum and metadata_csum.
+    pub checksum: Option<Check>,
 }
 
 impl GroupDesc {
@@ -57,14 +75,32 @@ impl GroupDesc {
             bg_flags: le16(buf, 0x12),
             bg_exclude_bitmap: join(le32(buf, 0x14), hi32(0x34)),
             bg_itable_unused: u32::from(le16(buf, 0x1C)) | (hi16(0x32) << 16),
-            bg_checksum: le16(buf, 0x1E),
+            bg_checksum: le16(buf, BG_CHECKSUM_OFFSET),
+            bg_block_bitmap_csum: u32::from(le16(buf, 0x18)) | (hi16(0x38) << 16),
+            bg_inode_bitmap_csum: u32::from(le16(buf, 0x1A)) | (hi16(0x3A) << 16),
+            checksum: None,
         }
     }
 
-    /// True if the flag (an `EXT4_BG_*` constant) is set and the filesystem has descriptor checksums (without them the
-    /// lazy-init flags mean nothing and are ignored, as e2fsprogs does).
+    /// Parses descriptor `g` (`sb.desc_size` bytes of `buf`) and verifies its checksum.
+    pub(crate) fn parse_verified(buf: &[u8], sb: &Superblock, g: u32) -> GroupDesc {
+        GroupDesc {
+            checksum: desc_checksum(sb, g, buf),
+            ..GroupDesc::parse(buf, sb.desc_size)
+        }
+    }
+
+    /// True if the descriptor's lazy-init fields can be trusted: the filesystem has
+    /// descriptor checksums and this one's matches.
+    fn lazy_init_trusted(&self, sb: &Superblock) -> bool {
+        sb.has_group_desc_csum() && self.checksum.is_none_or(Check::ok)
+    }
+
+    /// True if the flag (an `EXT4_BG_*` constant) is set and can be trusted: the filesystem
+    /// has descriptor checksums (without them the lazy-init flags mean nothing and are
+    /// ignored, as e2fsprogs does) and this descriptor's checksum matches (module comment).
     pub(crate) fn has_flag(&self, sb: &Superblock, flag: u16) -> bool {
-        sb.has_group_desc_csum() && self.bg_flags & flag != 0
+        self.lazy_init_trusted(sb) && self.bg_flags & flag != 0
     }
 
     /// Number of inodes of this group that may be in use: `s_inodes_per_group` minus
@@ -74,7 +110,7 @@ impl GroupDesc {
         if self.has_flag(sb, EXT4_BG_INODE_UNINIT) {
             return 0;
         }
-        if sb.has_group_desc_csum() {
+        if self.lazy_init_trusted(sb) {
             return sb.s_inodes_per_group.saturating_sub(self.bg_itable_unused);
         }
         sb.s_inodes_per_group
@@ -87,11 +123,55 @@ impl GroupDesc {
         if self.has_flag(sb, EXT4_BG_INODE_UNINIT) {
             return 0;
         }
-        if !sb.has_group_desc_csum() {
+        if !self.lazy_init_trusted(sb) {
             return sb.inode_table_blocks;
         }
         let unused_blocks = self.bg_itable_unused.min(sb.s_inodes_per_group) / sb.inodes_per_block;
         sb.inode_table_blocks - unused_blocks
+    }
+}
+
+/// The checksum descriptor `g` (the first `sb.desc_size` bytes of `raw`) should carry, and
+/// the one it does, with metadata_csum (the low 16 bits of the crc32c of the group number and
+/// the descriptor with `bg_checksum` zeroed, from the metadata_csum seed) or gdt_csum (crc16
+/// from 0xFFFF of `s_uuid`, the group number and the descriptor without `bg_checksum`);
+/// `None` with neither (ext4-on-disk §13).
+pub(crate) fn desc_checksum(sb: &Superblock, g: u32, raw: &[u8]) -> Option<Check> {
+    let ds = (sb.desc_size as usize).min(raw.len());
+    let d = &raw[..ds];
+    let group = g.to_le_bytes();
+    let computed = if sb.has_metadata_csum() {
+        let c = crc32c_raw(sb.metadata_csum_seed(), &group);
+        let c = crc32c_raw(c, &d[..BG_CHECKSUM_OFFSET]);
+        let c = crc32c_raw(c, &[0, 0]);
+        crc32c_raw(c, &d[BG_CHECKSUM_OFFSET + 2..]) & 0xFFFF
+    } else if sb.has_ro_compat(ro_compat::GDT_CSUM) {
+        let c = crc16(crc16(0xFFFF, &sb.s_uuid), &group);
+        let c = crc16(c, &d[..BG_CHECKSUM_OFFSET]);
+        u32::from(crc16(c, &d[BG_CHECKSUM_OFFSET + 2..]))
+    } else {
+        return None;
+    };
+    Some(Check {
+        stored: u32::from(le16(d, BG_CHECKSUM_OFFSET)),
+        computed,
+    })
+}
+
+/// The checksum of a bitmap block `bitmap` (metadata_csum only): the crc32c from the
+/// metadata_csum seed of its first `bytes` bytes (`clusters_per_group / 8` for a block bitmap,
+/// `inodes_per_group / 8` for an inode bitmap), against `stored`; only the low 16 bits with
+/// 32-byte descriptors (ext4-on-disk §13).
+pub(crate) fn bitmap_checksum(sb: &Superblock, bitmap: &[u8], bytes: u32, stored: u32) -> Check {
+    let n = (bytes as usize).min(bitmap.len());
+    let computed = crc32c_raw(sb.metadata_csum_seed(), &bitmap[..n]);
+    if sb.desc_size >= 64 {
+        Check { stored, computed }
+    } else {
+        Check {
+            stored: stored & 0xFFFF,
+            computed: computed & 0xFFFF,
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Inodes (kernel `struct ext4_inode`): the fields the walker needs and the decision of where an inode's blocks are (extent tree, indirect map, or
 //! nowhere: inline data, fast symlinks, device files).
 
-use crate::bytes::{join, le16, le32};
+use crate::bytes::{crc32c_raw, join, le16, le32};
+use crate::checksum::Check;
 use crate::extent_header;
 use crate::features::ro_compat;
 use crate::superblock::{Superblock, EXT2_GOOD_OLD_INODE_SIZE, EXT2_OS_HURD};
@@ -16,6 +17,62 @@ pub(crate) const I_BLOCK_OFFSET: usize = 0x28;
 pub(crate) const I_BLOCK_SIZE: usize = 60;
 /// Byte offset of `i_file_acl_lo` (the extended-attribute block) in the inode record.
 pub(crate) const I_FILE_ACL_OFFSET: usize = 0x68;
+
+/// Byte offset of `l_i_checksum_lo` (u16) in the inode record.
+const I_CHECKSUM_LO_AT: usize = 0x7C;
+/// Byte offset of `i_checksum_hi` (u16), there when `i_extra_isize` ≥ 4.
+const I_CHECKSUM_HI_AT: usize = 0x82;
+/// Byte offset of `i_generation`.
+const I_GENERATION_AT: usize = 0x64;
+
+/// The seed of the checksums that belong to inode `ino` (its record, extent tree blocks,
+/// directory blocks, orphan-file blocks): the raw crc32c of le32 `ino` then le32
+/// `i_generation` from the metadata_csum seed `fs_seed` (kernel `ei->i_csum_seed`).
+pub(crate) fn inode_csum_seed(fs_seed: u32, ino: u32, generation: u32) -> u32 {
+    crc32c_raw(crc32c_raw(fs_seed, &ino.to_le_bytes()), &generation.to_le_bytes())
+}
+
+/// The metadata_csum checksum of inode record `raw` (`s_inode_size` bytes, at least 128) of
+/// inode `ino`: the crc32c from [`inode_csum_seed`] of the whole record with its checksum
+/// fields taken as zero, against `l_i_checksum_lo | i_checksum_hi << 16`; 16 bits only when
+/// the record has no `i_checksum_hi` (128-byte inodes, `i_extra_isize` < 4). `None` for an
+/// all-zero record, which is accepted as e2fsprogs does (ext4-on-disk §13). `scratch` is a
+/// buffer for the bytes hashed (one crc32c call over le32 `ino`, le32 `i_generation` and the
+/// record is cheaper than several over its pieces).
+///
+/// # Panics
+/// If `raw` is shorter than 128 bytes.
+pub(crate) fn inode_checksum(
+    fs_seed: u32,
+    ino: u32,
+    raw: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Option<Check> {
+    let has_hi = raw.len() >= I_CHECKSUM_HI_AT + 2
+        && usize::from(le16(raw, EXT2_GOOD_OLD_INODE_SIZE))
+            >= I_CHECKSUM_HI_AT + 2 - EXT2_GOOD_OLD_INODE_SIZE;
+    scratch.clear();
+    scratch.extend_from_slice(&ino.to_le_bytes());
+    scratch.extend_from_slice(&raw[I_GENERATION_AT..I_GENERATION_AT + 4]);
+    scratch.extend_from_slice(raw);
+    let lo = u32::from(le16(raw, I_CHECKSUM_LO_AT));
+    scratch[8 + I_CHECKSUM_LO_AT..8 + I_CHECKSUM_LO_AT + 2].fill(0);
+    let stored = if has_hi {
+        scratch[8 + I_CHECKSUM_HI_AT..8 + I_CHECKSUM_HI_AT + 2].fill(0);
+        lo | (u32::from(le16(raw, I_CHECKSUM_HI_AT)) << 16)
+    } else {
+        lo
+    };
+    let computed = crc32c_raw(fs_seed, scratch);
+    let check = Check {
+        stored,
+        computed: if has_hi { computed } else { computed & 0xFFFF },
+    };
+    if !check.ok() && raw.iter().all(|&b| b == 0) {
+        return None;
+    }
+    Some(check)
+}
 
 /// `i_flags` bits (kernel `EXT4_*_FL`): `inode_flags::EXTENTS` is `EXT4_EXTENTS_FL`.
 pub(crate) mod inode_flags {
@@ -159,7 +216,7 @@ impl Inode {
             i_flags: le32(raw, 0x20),
             osd1: le32(raw, OSD1_OFFSET),
             i_block,
-            i_generation: le32(raw, 0x64),
+            i_generation: le32(raw, I_GENERATION_AT),
             i_file_acl: join(le32(raw, I_FILE_ACL_OFFSET), acl_hi),
             i_extra_isize: extra,
             i_ctime_extra: field(I_CTIME_EXTRA_AT),

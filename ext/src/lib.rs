@@ -49,6 +49,7 @@
 mod blockmap;
 mod blockset;
 mod bytes;
+mod checksum;
 mod collect;
 mod dir;
 mod error;
@@ -73,6 +74,7 @@ mod warning;
 
 pub use blockmap::FileRun;
 pub use blockset::{BlockClass, BlockSet, Extent};
+pub use checksum::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};
 pub use collect::{RunKind, WalkStats};
 pub use error::{Corrupt, Error};
 pub use features::{compat, incompat, ro_compat};

@@ -52,6 +52,8 @@ const MAX_LOG_BLOCK_SIZE: u32 = 6;
 /// Largest `s_log_cluster_size` we accept (bigalloc clusters up to 2^30 bytes, the kernel's
 /// limit of 2^16 blocks per cluster at 64 KiB blocks).
 const MAX_LOG_CLUSTER_SIZE: u32 = 20;
+/// Byte offset of `s_checksum_seed` (u32, meaningful with INCOMPAT_CSUM_SEED).
+const S_CHECKSUM_SEED_OFFSET: usize = 0x270;
 /// `s_checksum_type` for crc32c, the only one defined (kernel `EXT4_CRC32C_CHKSUM`).
 pub(crate) const EXT4_CRC32C_CHKSUM: u8 = 1;
 /// Largest `s_log_groups_per_flex` e2fsprogs accepts.
@@ -500,6 +502,22 @@ impl Superblock {
     /// the lazy-init flags and `bg_itable_unused` are meaningful.
     pub fn has_group_desc_csum(&self) -> bool {
         self.has_ro_compat(ro_compat::GDT_CSUM) || self.has_ro_compat(ro_compat::METADATA_CSUM)
+    }
+
+    /// True with RO_COMPAT_METADATA_CSUM: crc32c checksums on every metadata structure.
+    pub fn has_metadata_csum(&self) -> bool {
+        self.has_ro_compat(ro_compat::METADATA_CSUM)
+    }
+
+    /// The seed of the metadata_csum checksums (all but the superblock's own, ext4-on-disk
+    /// §13): `s_checksum_seed` with INCOMPAT_CSUM_SEED, else the raw crc32c of `s_uuid` from
+    /// `~0` (kernel `s_csum_seed`).
+    pub(crate) fn metadata_csum_seed(&self) -> u32 {
+        if self.has_incompat(incompat::CSUM_SEED) {
+            le32(&self.raw, S_CHECKSUM_SEED_OFFSET)
+        } else {
+            crc32c_raw(!0, &self.s_uuid)
+        }
     }
 
     /// Filesystem size in bytes (`s_blocks_count` × block size; validated not to overflow).

@@ -13,9 +13,12 @@
 //! (`itable`); the trees are walked by `extent` and `indirect`. Corruption never stops the
 //! walk: it becomes a [`Warning`] naming the inode, block and offset, and only the damaged
 //! part is skipped. Warnings are kept up to a few per kind and counted beyond, so memory stays
-//! bounded.
+//! bounded. On the way every metadata checksum met is verified (`checksum`): the result is
+//! [`WalkResult::checksums`], and each failure a warning.
 
 use crate::blockset::{BlockClass, BlockSet};
+use crate::checksum::verify;
+use crate::checksum::{Checks, ChecksumReport};
 use crate::collect::{Collector, TreeClasses, WalkStats};
 use crate::error::CorruptKind;
 use crate::extent::walk_extents;
@@ -59,6 +62,9 @@ pub struct WalkResult {
     pub notes: Vec<String>,
     /// Counts.
     pub stats: WalkStats,
+    /// The metadata checksums verified, and those that failed (each also a warning, or named
+    /// by another warning: see [`ChecksumReport`]).
+    pub checksums: ChecksumReport,
 }
 
 /// What part of the walk found; parts are merged in group order.
@@ -67,14 +73,17 @@ struct Found {
     set: BlockSet,
     warnings: WarningLog,
     stats: WalkStats,
+    checks: Checks,
 }
 
 impl Found {
-    fn of(c: Collector<'_>) -> Found {
+    fn of(mut c: Collector<'_>) -> Found {
+        verify::flush(&mut c);
         Found {
             set: c.set,
             warnings: c.warnings,
             stats: c.stats,
+            checks: c.checks.map(|b| *b).unwrap_or_default(),
         }
     }
 
@@ -82,6 +91,7 @@ impl Found {
         self.set.append(&mut later.set);
         self.warnings.append(later.warnings);
         self.stats.add(&later.stats);
+        self.checks.append(later.checks);
         self
     }
 }
@@ -93,24 +103,31 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
     let sb = &fs.sb;
     let view: &dyn BlockView = fs.view();
     let groups = &fs.groups;
-    let mut top = Collector::new(view, sb);
+    let sb_block = fs.sb_block.0;
+    let mut top = Collector::verifying(view, sb);
     add_static(&mut top, groups.len() as u32);
     warn_past_source(&mut top, fs);
+    verify::superblocks(&mut top, sb_block);
+    verify::mmp(&mut top);
     // Each rayon task folds its groups into one collector, so memory does not grow with the
     // number of groups; `reduce` keeps the group order.
     let found = (0..groups.len() as u32)
         .into_par_iter()
         .with_min_len(16)
         .fold(
-            || Collector::new(view, sb),
+            || Collector::verifying(view, sb),
             |mut c, g| {
-                walk_group(&mut c, g, &groups[g as usize], opts);
+                let gd = &groups[g as usize];
+                verify::group(&mut c, g, gd, sb_block);
+                walk_group(&mut c, g, gd, opts);
                 c
             },
         )
         .map(Found::of)
         .reduce(Found::default, Found::append);
-    let found = Found::of(top).append(found);
+    let mut found = Found::of(top).append(found);
+    let xattr = check_xattr_blocks(view, sb, std::mem::take(&mut found.checks.xattr));
+    let found = found.append(xattr);
     let (warnings, omitted) = found.warnings.into_parts();
     let mut result = WalkResult {
         blocks: found.set,
@@ -118,6 +135,7 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
         omitted,
         notes: notes(fs, view),
         stats: found.stats,
+        checksums: found.checks.report,
     };
     if result.stats.linked_but_free > 0 {
         result.notes.push(format!(
@@ -127,6 +145,29 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
     }
     result.blocks.finish(sb.cluster_ratio, sb.s_blocks_count);
     result
+}
+
+/// Verifies the xattr blocks met, once each (they are shared), in parallel: each with the
+/// lowest inode number that refers to it.
+fn check_xattr_blocks(
+    view: &dyn BlockView,
+    sb: &Superblock,
+    mut refs: Vec<(u64, InodeNr)>,
+) -> Found {
+    refs.sort_unstable();
+    refs.dedup_by_key(|r| r.0);
+    refs.par_chunks(64)
+        .fold(
+            || Collector::verifying(view, sb),
+            |mut c, chunk| {
+                for &(block, ino) in chunk {
+                    verify::xattr_block(&mut c, block, ino);
+                }
+                c
+            },
+        )
+        .map(Found::of)
+        .reduce(Found::default, Found::append)
 }
 
 /// One warning for the groups [`Filesystem::open`] left out because they start past the end
@@ -240,7 +281,6 @@ fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions)
 
 /// Adds the blocks one in-use inode owns.
 fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &WalkOptions) {
-    let sb = c.sb;
     if ino == EXT2_BAD_INO {
         let classes = TreeClasses {
             tree: BlockClass::BadBlocksTree,
@@ -261,6 +301,22 @@ fn process_inode(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, opts: &Walk
     let Some(classes) = classify(c, ino, inode, opts) else {
         return;
     };
+    c.begin_inode(ino, inode.i_generation);
+    let role = verify::role(c, ino, inode);
+    if let (Some((_, below)), Some(checks)) = (role, c.checks.as_deref_mut()) {
+        checks.capture_below(below);
+    }
+    walk_tree(c, ino, inode, classes);
+    if let (Some((role, _)), Some(checks)) = (role, c.checks.as_deref_mut()) {
+        let runs = checks.take_captured();
+        verify::captured(c, ino, role, &runs);
+    }
+}
+
+/// Walks the block map of in-use inode `ino`, with the classes of its blocks.
+fn walk_tree(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode, classes: TreeClasses) {
+    let sb = c.sb;
+    let orphan = inode.i_links_count == 0;
     let classes = if orphan {
         TreeClasses {
             tree: BlockClass::Orphan,
@@ -295,6 +351,10 @@ fn add_xattr_blocks(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode) {
             CorruptKind::Pointer,
             || format!("inode {ino}: i_file_acl"),
         );
+        let in_range = c.check_range(inode.i_file_acl, 1).is_ok();
+        if let Some(checks) = c.csum_checks().filter(|_| in_range) {
+            checks.xattr.push((inode.i_file_acl, ino));
+        }
     }
     if c.sb.s_creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
         c.add_checked(

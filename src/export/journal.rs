@@ -36,6 +36,8 @@ pub(super) struct StateJournal<'v> {
     pub(super) needs_recovery: bool,
     /// The journal is on an external device.
     pub(super) external: bool,
+    /// The log blocks' checksums the recovery verified, for the state's checksum report.
+    pub(super) checksums: ext::ChecksumReport,
 }
 
 impl StateJournal<'_> {
@@ -47,6 +49,7 @@ impl StateJournal<'_> {
             notes: Vec::new(),
             needs_recovery: false,
             external: false,
+            checksums: ext::ChecksumReport::default(),
         }
     }
 
@@ -151,6 +154,7 @@ pub(super) fn recover<'v>(
 /// `--replay` leaves pending fast commits out).
 fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, replay: bool) {
     out.warnings.extend(recovery.warnings.iter().cloned());
+    out.checksums = recovery.checksums.clone();
     if let Some(e) = &recovery.error {
         out.warnings
             .push(journal_warning(format!("journal recovery error: {e}")));
@@ -229,7 +233,8 @@ pub(super) fn recover_states<'v>(
         .collect()
 }
 
-/// Completes the walk `walked` of a state for its journal `j`: the blocks the fast-commit
+/// Completes the walk `walked` of a state for its journal `j`: the log checksums its recovery
+/// verified (into the checksum report), the blocks the fast-commit
 /// area names and, in a faithful export (not `--replay`), every block a walk of the replayed
 /// state needs, so that replaying the image gives the replayed source. Warnings of that walk
 /// that the on-disk walk did not give are added, marked "after replay".
@@ -240,6 +245,7 @@ pub(super) fn complete(
     opts: &WalkOptions,
     replay: bool,
 ) {
+    walked.checksums.append(&j.checksums);
     let mut extra = BlockSet::new();
     for &(b, n) in &j.fast_commit_blocks {
         extra.add(b, n, BlockClass::Journal);

@@ -81,6 +81,7 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         early.dirty = j.dirty_reason();
         early.warnings.extend(j.warnings.iter().cloned());
         early.notes.extend(j.notes.iter().cloned());
+        early.checksums = j.checksums.clone();
     }
     let view: &dyn BlockView = match replayed.as_ref().and_then(|j| j.view.as_ref()) {
         Some(v) => v,
@@ -165,14 +166,17 @@ fn open_with_fallback<'v>(
 }
 
 /// What the caller found before the states were written: warnings and notes of the current
-/// state, whether its journal was already recovered (`--replay`), and why an append's quick
-/// check is off for it (its journal needed recovery or is external).
+/// state, whether its journal was already recovered (`--replay`, with the log checksums it
+/// verified), and why an append's quick check is off for it (its journal needed recovery or is
+/// external).
 #[derive(Default)]
 pub(super) struct Early {
     pub(super) warnings: Vec<Warning>,
     pub(super) notes: Vec<String>,
     pub(super) journal_done: bool,
     pub(super) dirty: Option<String>,
+    /// The log checksums of the journal recovered before (`journal_done`).
+    pub(super) checksums: ext::ChecksumReport,
 }
 
 /// One state to write: its view, name and date.
@@ -188,7 +192,7 @@ pub(super) struct StateInput<'a> {
 pub(super) fn write_states(
     states: &[StateInput<'_>],
     plan: &ExportPlan,
-    early: Early,
+    mut early: Early,
     table: Option<Table>,
 ) -> Result<Summary> {
     let external = match plan.source().journal_dev() {
@@ -197,7 +201,10 @@ pub(super) fn write_states(
     };
     let views: Vec<&dyn BlockView> = states.iter().map(|s| s.view).collect();
     let ext_view = external.as_ref().map(|v| v as &dyn BlockView);
-    let journals = journal::recover_states(&views, ext_view, plan, early.journal_done)?;
+    let mut journals = journal::recover_states(&views, ext_view, plan, early.journal_done)?;
+    if early.journal_done {
+        journals[0].checksums = std::mem::take(&mut early.checksums);
+    }
     let dirty = early.dirty.clone().or_else(|| journals[0].dirty_reason());
     let replayed = replayed_inputs(states, &journals, plan);
     let states = &replayed[..];

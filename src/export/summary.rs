@@ -8,7 +8,7 @@ use crate::exit::{EXIT_OK, EXIT_WARNINGS};
 use crate::plan::{ExportPlan, Format, Output};
 use crate::sys::report;
 use crate::text::{size, Date};
-use ext::{BlockClass, Superblock, WalkResult, Warning};
+use ext::{BlockClass, ChecksumReport, Superblock, WalkResult, Warning};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -56,11 +56,81 @@ struct ExportDoc {
     inodes_in_use: u64,
     orphan_inodes: u64,
     ea_inodes: u64,
+    checksums: ChecksumsDoc,
     #[serde(skip_serializing_if = "Option::is_none")]
     states: Option<Vec<StateReport>>,
     /// Members the sink adds (an append's `state_name` and `pruned`).
     #[serde(flatten)]
     extra: BTreeMap<String, Value>,
+}
+
+/// The current state's metadata checksums (`checksums`): counts over every kind and per kind
+/// (exact), and the failed ones (the first 16 of each kind).
+#[derive(Debug, Serialize)]
+struct ChecksumsDoc {
+    /// Checksums compared, matching or not.
+    verified: u64,
+    /// Of those, the ones that did not match.
+    failed: u64,
+    /// Per kind met: its counts.
+    by_kind: BTreeMap<&'static str, KindDoc>,
+    bad: Vec<BadDoc>,
+}
+
+/// The checksums of one kind.
+#[derive(Debug, Serialize)]
+struct KindDoc {
+    verified: u64,
+    failed: u64,
+}
+
+/// One failed checksum.
+#[derive(Debug, Serialize)]
+struct BadDoc {
+    kind: &'static str,
+    block: Option<u64>,
+    inode: Option<u64>,
+}
+
+impl ChecksumsDoc {
+    fn of(r: &ChecksumReport) -> ChecksumsDoc {
+        ChecksumsDoc {
+            verified: r.verified(),
+            failed: r.failed(),
+            by_kind: r
+                .counts()
+                .into_iter()
+                .map(|(k, c)| {
+                    let doc = KindDoc {
+                        verified: c.verified,
+                        failed: c.failed,
+                    };
+                    (k.name(), doc)
+                })
+                .collect(),
+            bad: r
+                .bad
+                .iter()
+                .map(|b| BadDoc {
+                    kind: b.kind.name(),
+                    block: b.block.map(|b| b.0),
+                    inode: b.inode.map(|i| u64::from(i.0)),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The note summing up the checksums (none when the filesystem has none).
+fn checksum_note(r: &ChecksumReport) -> Option<String> {
+    let (verified, failed) = (r.verified(), r.failed());
+    match (verified, failed) {
+        (0, _) => None,
+        (n, 0) => Some(format!("metadata checksums: {n} verified, all match")),
+        (n, f) => Some(format!(
+            "metadata checksums: {n} verified, {f} do not match (see the warnings)"
+        )),
+    }
 }
 
 /// A QCOW2 → raw conversion's JSON document.
@@ -163,6 +233,7 @@ impl Summary {
             inodes_in_use: f.walked.stats.inodes_in_use,
             orphan_inodes: f.walked.stats.orphan_inodes,
             ea_inodes: f.walked.stats.ea_inodes,
+            checksums: ChecksumsDoc::of(&f.walked.checksums),
             states: (!single).then_some(f.states),
             extra: f.extra.into_iter().collect(),
         };
@@ -173,6 +244,7 @@ impl Summary {
             .collect();
         let mut notes = f.notes;
         notes.extend(f.walked.notes.iter().cloned());
+        notes.extend(checksum_note(&f.walked.checksums));
         Summary {
             warnings,
             omitted: f

@@ -14,6 +14,8 @@ mod recovery;
 mod superblock;
 mod view;
 
+pub(crate) use superblock::superblock_checksum_check;
+
 pub use fast_commit::FastCommit;
 pub use locate::{Journal, JournalLocation, JournalLookup, Located};
 pub use passes::OverlayBlock;

@@ -24,13 +24,16 @@
 //! no bound); the skip over a corrupt descriptor's blocks wraps modulo the log (jbd2 wraps
 //! once); "no end yet" is an `Option` (jbd2 uses tid 0, so a failed commit of tid 0 would be
 //! missed there); logged blocks for targets past `s_blocks_count` are rejected and reported.
+//! SCAN counts the v2/v3 checksums of the descriptor, commit and revoke blocks it verifies
+//! (`Passes::checksums`), for the checksum report.
 //! jbd2's v1 transaction checksum (COMPAT_CHECKSUM, crc32_be) is implemented from its
 //! definition; no tool writes such journals offline, so it is untested against jbd2.
 
 use super::locate::{Journal, JournalLocation};
 use super::log::{self, tag_flags, Tag, TagFormat};
 use super::superblock::{blocktype, jbd2_feature as f};
-use crate::types::InodeNr;
+use crate::checksum::{BadChecksum, ChecksumKind, ChecksumReport};
+use crate::types::{BlockNr, InodeNr};
 use crate::warning::{Warning, WarningLog};
 use std::collections::{BTreeMap, HashMap};
 
@@ -89,6 +92,9 @@ pub(crate) struct Passes<'j, 'a> {
     pub(crate) revoke_hits: u64,
     pub(crate) overlay: BTreeMap<u64, OverlayBlock>,
     pub(crate) warnings: WarningLog,
+    /// The v2/v3 checksums of the descriptor, commit and revoke blocks SCAN verified (their
+    /// failures are warnings already).
+    pub(crate) checksums: ChecksumReport,
 }
 
 impl<'j, 'a> Passes<'j, 'a> {
@@ -112,6 +118,29 @@ impl<'j, 'a> Passes<'j, 'a> {
             revoke_hits: 0,
             overlay: BTreeMap::new(),
             warnings: WarningLog::default(),
+            checksums: ChecksumReport::default(),
+        }
+    }
+
+    /// The journal inode, for an internal journal.
+    fn inode(&self) -> Option<InodeNr> {
+        match self.j.location {
+            JournalLocation::Inode { ino, .. } => Some(ino),
+            JournalLocation::External => None,
+        }
+    }
+
+    /// Counts one v2/v3 checksum of journal block `at` verified by SCAN.
+    fn counted(&mut self, kind: ChecksumKind, at: u64, ok: bool) {
+        if !ok {
+            let b = BadChecksum {
+                kind,
+                block: self.j.device_block(at).map(BlockNr),
+                inode: self.inode(),
+            };
+            self.checksums.bad(b);
+        } else {
+            self.checksums.ok(kind);
         }
     }
 
@@ -121,14 +150,10 @@ impl<'j, 'a> Passes<'j, 'a> {
             Some(b) => format!("journal block {b}: {msg}"),
             None => msg,
         };
-        let inode = match self.j.location {
-            JournalLocation::Inode { ino, .. } => Some(ino),
-            JournalLocation::External => None::<InodeNr>,
-        };
         self.warnings.push(
             "journal",
             Warning {
-                inode,
+                inode: self.inode(),
                 block: None,
                 offset: None,
                 reason,
@@ -224,7 +249,11 @@ impl<'j, 'a> Passes<'j, 'a> {
     }
 
     fn descriptor(&mut self, pass: Pass, at: u64, buf: &[u8]) -> Step {
-        if self.csum() && !log::tail_checksum_ok(buf, self.seed) {
+        let ok = !self.csum() || log::tail_checksum_ok(buf, self.seed);
+        if pass == Pass::Scan && self.csum() {
+            self.counted(ChecksumKind::JournalDescriptor, at, ok);
+        }
+        if !ok {
             if pass != Pass::Scan {
                 return Step::Fail("invalid descriptor block checksum".into());
             }
@@ -345,7 +374,7 @@ impl<'j, 'a> Passes<'j, 'a> {
             self.failed_commit = self.end;
             return Step::Done;
         }
-        if !self.commit_ok(buf, &c) {
+        if !self.commit_ok(at, buf, &c) {
             if time < self.last_commit_time {
                 self.warn(Some(at), format!("transaction {} is stale (older commit time, bad checksum): the log ends here", self.tid));
                 return Step::Done;
@@ -369,7 +398,7 @@ impl<'j, 'a> Passes<'j, 'a> {
     }
 
     /// The commit block's checksum: v1's crc32_be sum (or none recorded), or v2/v3's crc32c.
-    fn commit_ok(&mut self, buf: &[u8], c: &log::Commit) -> bool {
+    fn commit_ok(&mut self, at: u64, buf: &[u8], c: &log::Commit) -> bool {
         if self.j.sb.has_compat(f::COMPAT_CHECKSUM) {
             let ok = (c.h_chksum == self.crc32_sum && c.h_chksum_type == 1 && c.h_chksum_size == 4)
                 || (c.h_chksum_type == 0 && c.h_chksum_size == 0 && c.h_chksum == 0);
@@ -378,11 +407,20 @@ impl<'j, 'a> Passes<'j, 'a> {
             }
             return ok;
         }
-        !self.csum() || log::commit_checksum_ok(buf, self.seed)
+        if !self.csum() {
+            return true;
+        }
+        let ok = log::commit_checksum_ok(buf, self.seed);
+        self.counted(ChecksumKind::JournalCommit, at, ok);
+        ok
     }
 
-    fn revoke(&mut self, pass: Pass, at: u64, buf: &[u8]) -> Step {
-        if pass == Pass::Scan && self.csum() && !log::tail_checksum_ok(buf, self.seed) {
+    /// SCAN's check of revoke block `buf` at `at`: counted; a failure is remembered for the
+    /// next commit block, as for a descriptor.
+    fn scan_revoke_checksum(&mut self, at: u64, buf: &[u8]) {
+        let ok = log::tail_checksum_ok(buf, self.seed);
+        self.counted(ChecksumKind::JournalRevoke, at, ok);
+        if !ok {
             self.need_check_commit_time = true;
             self.warn(
                 Some(at),
@@ -391,6 +429,12 @@ impl<'j, 'a> Passes<'j, 'a> {
                     self.tid
                 ),
             );
+        }
+    }
+
+    fn revoke(&mut self, pass: Pass, at: u64, buf: &[u8]) -> Step {
+        if pass == Pass::Scan && self.csum() {
+            self.scan_revoke_checksum(at, buf);
         }
         if pass != Pass::Revoke {
             return Step::Next;

@@ -18,6 +18,7 @@
 use super::fast_commit::{scan_fast_commit, FastCommit};
 use super::locate::Journal;
 use super::passes::{OverlayBlock, Pass, Passes};
+use crate::checksum::ChecksumReport;
 use crate::warning::Warning;
 use std::collections::BTreeMap;
 
@@ -63,6 +64,9 @@ pub struct Recovery {
     pub warnings: Vec<Warning>,
     /// The fast-commit area, when the journal has INCOMPAT_FAST_COMMIT.
     pub fast_commit: Option<FastCommit>,
+    /// The v2/v3 checksums of the descriptor, commit and revoke blocks the scan verified (0
+    /// when nothing was scanned); each failure is one of `warnings` too.
+    pub checksums: ChecksumReport,
 }
 
 impl Recovery {
@@ -124,6 +128,7 @@ impl Journal<'_> {
             failed_commit: None,
             warnings: Vec::new(),
             fast_commit: None,
+            checksums: ChecksumReport::default(),
         };
         let mut p = Passes::new(self);
         if replay && self.sb.s_start != 0 {
@@ -139,6 +144,7 @@ impl Journal<'_> {
             r.revoke_hits = p.revoke_hits;
             r.failed_commit = p.failed_commit;
             r.overlay = std::mem::take(&mut p.overlay);
+            r.checksums = std::mem::take(&mut p.checksums);
         }
         let end = (replay && self.sb.s_start != 0).then_some(r.end_tid);
         r.fast_commit = scan_fast_commit(self, end, &mut |at, msg| p.warn(Some(at), msg));

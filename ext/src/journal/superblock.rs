@@ -8,6 +8,7 @@
 //! size is known (`locate`). A v1 superblock has no feature fields: they read as zero.
 
 use crate::bytes::{be32, crc32c_raw};
+use crate::checksum::Check;
 
 /// `h_magic` of every jbd2 block header (jbd2 `JBD2_MAGIC_NUMBER`).
 pub(super) const JBD2_MAGIC_NUMBER: u32 = 0xC03B_3998;
@@ -112,6 +113,24 @@ pub(super) fn journal_superblock_checksum(raw: &[u8]) -> u32 {
     let mut b = raw[..JOURNAL_SUPERBLOCK_SIZE].to_vec();
     b[JSB_S_CHECKSUM_OFFSET..JSB_S_CHECKSUM_OFFSET + 4].fill(0);
     crc32c_raw(!0, &b)
+}
+
+/// The v2/v3 checksum of the journal superblock in `raw` (journal block 0): `None` unless
+/// `raw` holds a v2 journal superblock (magic, `h_blocktype` 4) with CSUM_V2 or CSUM_V3. A
+/// mismatch is what [`JournalSuperblock::parse`] refuses (the walk counts it; the journal
+/// lookup reports it).
+pub(crate) fn superblock_checksum_check(raw: &[u8]) -> Option<Check> {
+    if raw.len() < JOURNAL_SUPERBLOCK_SIZE
+        || be32(raw, 0) != JBD2_MAGIC_NUMBER
+        || be32(raw, 4) != blocktype::SUPERBLOCK_V2
+    {
+        return None;
+    }
+    let jsb = JournalSuperblock::read_fields(&raw[..JOURNAL_SUPERBLOCK_SIZE]);
+    jsb.has_csum_v2_or_v3().then(|| Check {
+        stored: jsb.s_checksum,
+        computed: journal_superblock_checksum(&jsb.raw),
+    })
 }
 
 impl JournalSuperblock {
