@@ -4,11 +4,13 @@
 //! [`BATCH_BYTES`]. While one batch is written (sequentially, in offset order), the next is
 //! read by the rayon pool, so reading and writing overlap and memory stays at about two
 //! batches. A failed read is retried unit by unit; units that still fail are reported and
-//! left out (they read as zeros in the image).
+//! left out (they read as zeros in the image). [`copy_runs_checking`] also verifies the
+//! checksums a walk left pending ([`PendingChecks`]) as the readers read the blocks, so an
+//! export verifies its directory blocks and inode records without reading them twice.
 
 use crate::sink::Sink;
 use anyhow::Result;
-use ext::{BlockNr, BlockView, Warning};
+use ext::{BlockNr, BlockView, PendingChecks, PendingTally, Warning};
 use rayon::prelude::*;
 
 /// Largest single read, in bytes.
@@ -45,6 +47,8 @@ struct Batch {
     buf: Vec<u8>,
     unreadable: Vec<u64>,
     warnings: Vec<Warning>,
+    /// What the pending checks of the batch's requests found, in request order.
+    checked: PendingTally,
 }
 
 /// Copies `runs` (unit start, unit count; sorted and disjoint) of `unit`-byte units from
@@ -58,7 +62,25 @@ pub fn copy_runs(
     progress: &Progress,
     warnings: &mut Vec<Warning>,
 ) -> Result<CopyStats> {
+    let none = PendingChecks::default();
+    let copy = copy_runs_checking(view, unit, runs, sink, progress, warnings, &none)?;
+    Ok(copy.0)
+}
+
+/// [`copy_runs`] of filesystem blocks (`unit` is the block size) that also verifies the
+/// `pending` checksums of the blocks it reads (those of requests read whole); returns what
+/// they found, for [`ext::WalkResult::finish_checks`].
+pub fn copy_runs_checking(
+    view: &dyn BlockView,
+    unit: u32,
+    runs: impl Iterator<Item = (u64, u64)>,
+    sink: &mut dyn Sink,
+    progress: &Progress,
+    warnings: &mut Vec<Warning>,
+    pending: &PendingChecks,
+) -> Result<(CopyStats, PendingTally)> {
     let unit64 = u64::from(unit);
+    let mut checked = PendingTally::default();
     let requests = split_requests(runs, (MAX_READ_BYTES / unit64).max(1));
     let mut stats = CopyStats::default();
     // Two batches alternate: one is written while the other is read; their buffers are
@@ -72,17 +94,18 @@ pub fn copy_runs(
         reading.requests.extend_from_slice(&requests[i..j]);
         crate::sys::faults::stall();
         let (_, written) = rayon::join(
-            || read_batch(view, unit, &mut reading),
+            || read_batch(view, unit, &mut reading, pending),
             || write_batch(sink, &mut writing, unit64, progress),
         );
         stats.bytes_copied += written?;
         stats.unreadable_units += writing.unreadable.len() as u64;
         let room = MAX_UNREADABLE_LISTED.saturating_sub(warnings.len());
         warnings.extend(writing.warnings.drain(..).take(room));
+        checked.append(std::mem::take(&mut writing.checked));
         std::mem::swap(&mut reading, &mut writing);
         i = j;
     }
-    Ok(stats)
+    Ok((stats, checked))
 }
 
 /// Coalesces adjacent runs and cuts them into requests of at most `max` units.
@@ -117,8 +140,9 @@ fn batch_end(requests: &[Request], from: usize, budget: u64) -> usize {
     j
 }
 
-/// Reads every request of the batch in parallel into the batch buffer.
-fn read_batch(view: &dyn BlockView, unit: u32, batch: &mut Batch) {
+/// Reads every request of the batch in parallel into the batch buffer, verifying the
+/// `pending` checksums of each request read whole.
+fn read_batch(view: &dyn BlockView, unit: u32, batch: &mut Batch, pending: &PendingChecks) {
     let u = unit as usize;
     let total: usize = batch.requests.iter().map(|r| r.len as usize * u).sum();
     batch.buf.resize(total, 0);
@@ -129,12 +153,24 @@ fn read_batch(view: &dyn BlockView, unit: u32, batch: &mut Batch) {
         slices.push(head);
         rest = tail;
     }
-    let failures: Vec<(u64, std::io::Error)> = batch
+    let read: Vec<(Vec<(u64, std::io::Error)>, Option<PendingTally>)> = batch
         .requests
         .par_iter()
         .zip(slices.into_par_iter())
-        .flat_map_iter(|(r, buf)| read_request(view, unit, *r, buf))
+        .map(|(r, buf)| {
+            let failed = read_request(view, unit, *r, buf);
+            let checked = (failed.is_empty() && !pending.is_empty())
+                .then(|| pending.verify(BlockNr(r.start), buf));
+            (failed, checked)
+        })
         .collect();
+    let mut failures = Vec::new();
+    for (failed, checked) in read {
+        failures.extend(failed);
+        if let Some(c) = checked {
+            batch.checked.append(c);
+        }
+    }
     batch.unreadable = failures.iter().map(|f| f.0).collect();
     batch.warnings = failures
         .into_iter()

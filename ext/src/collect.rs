@@ -5,16 +5,15 @@
 //! kind and [`WalkStats`]. Every block pointer goes through its bounds check, and its block
 //! reads report an I/O error as a warning instead of failing. [`TreeClasses`] tells the tree
 //! walkers how to classify what an inode's tree holds. A walk's collectors also verify
-//! checksums (`Checks`, see `checksum`): the inode scan and the extent walker call
-//! [`Collector::check_inode`] and [`Collector::check_extent_block`], which do nothing in the
-//! other scans.
+//! checksums (`Checks`, see `checksum`): the extent walker calls
+//! [`Collector::check_extent_block`], which does nothing in the other scans, and every
+//! mapped run is offered to the checks' capture.
 
 use crate::blockset::{BlockClass, BlockSet};
 use crate::checksum::{matched, BadChecksum, Checks, ChecksumKind, Failure};
 use crate::extent_header::extent_block_checksum;
-use crate::inode::{inode_checksum, inode_csum_seed};
 use crate::error::{Corrupt, CorruptKind};
-use crate::superblock::{Superblock, EXT2_OS_HURD};
+use crate::superblock::Superblock;
 use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
 use crate::warning::{Warning, WarningLog};
@@ -129,7 +128,6 @@ impl<'v> Collector<'v> {
 
     /// A collector that also verifies checksums (the copy-set walk's).
     pub(crate) fn verifying(view: &'v dyn BlockView, sb: &'v Superblock) -> Collector<'v> {
-        if std::env::var_os("CSUM_OFF").is_some() { return Collector::new(view, sb); } // TEMP
         let checks = Checks::new(sb.has_metadata_csum(), sb.metadata_csum_seed());
         Collector {
             checks: Some(Box::new(checks)),
@@ -161,28 +159,14 @@ impl<'v> Collector<'v> {
     /// blocks), when verifying metadata_csum checksums.
     pub(crate) fn begin_inode(&mut self, ino: InodeNr, generation: u32) {
         if let Some(c) = self.csum_checks() {
-            c.owner = Some((ino, inode_csum_seed(c.seed, ino.0, generation)));
+            c.owner = Some((ino, generation));
         }
-    }
-
-    /// Verifies the record `raw` of in-use inode `ino`, at byte `offset` of inode-table block
-    /// `block` (metadata_csum, not Hurd).
-    pub(crate) fn check_inode(&mut self, ino: InodeNr, block: u64, offset: u32, raw: &[u8]) {
-        let hurd = self.sb.s_creator_os == EXT2_OS_HURD;
-        let Some(c) = self.csum_checks().filter(|_| !hurd).filter(|_| !*NOI.get_or_init(|| std::env::var_os("CSUM_NO_INODE").is_some())) else {
-            return;
-        };
-        let Some(check) = inode_checksum(c.seed, ino.0, raw, &mut c.scratch) else {
-            return;
-        };
-        let b = bad(ChecksumKind::Inode, block, Some(ino));
-        self.record_check(b, matched(check), Some(offset), true);
     }
 
     /// Verifies extent tree block `block` (read into `buf`, header parsed with `eh_max`) of
     /// the inode set by [`begin_inode`](Self::begin_inode).
     pub(crate) fn check_extent_block(&mut self, block: u64, buf: &[u8], eh_max: u16) {
-        let Some((ino, seed)) = self.csum_checks().and_then(|c| c.owner) else {
+        let Some((ino, seed)) = self.csum_checks().and_then(|c| c.owner_seed()) else {
             return;
         };
         let result = match extent_block_checksum(seed, buf, eh_max) {
@@ -362,7 +346,6 @@ impl<'v> Collector<'v> {
     }
 }
 
-static NOI: std::sync::OnceLock<bool> = std::sync::OnceLock::new(); // TEMP
 /// A [`BadChecksum`] of `kind` at `block`, of `inode`.
 pub(crate) fn bad(kind: ChecksumKind, block: u64, inode: Option<InodeNr>) -> BadChecksum {
     BadChecksum {

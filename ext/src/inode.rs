@@ -51,11 +51,14 @@ pub(crate) fn inode_checksum(
     let has_hi = raw.len() >= I_CHECKSUM_HI_AT + 2
         && usize::from(le16(raw, EXT2_GOOD_OLD_INODE_SIZE))
             >= I_CHECKSUM_HI_AT + 2 - EXT2_GOOD_OLD_INODE_SIZE;
+    let lo = u32::from(le16(raw, I_CHECKSUM_LO_AT));
+    if lo == 0 && raw.iter().all(|&b| b == 0) {
+        return None;
+    }
     scratch.clear();
     scratch.extend_from_slice(&ino.to_le_bytes());
     scratch.extend_from_slice(&raw[I_GENERATION_AT..I_GENERATION_AT + 4]);
     scratch.extend_from_slice(raw);
-    let lo = u32::from(le16(raw, I_CHECKSUM_LO_AT));
     scratch[8 + I_CHECKSUM_LO_AT..8 + I_CHECKSUM_LO_AT + 2].fill(0);
     let stored = if has_hi {
         scratch[8 + I_CHECKSUM_HI_AT..8 + I_CHECKSUM_HI_AT + 2].fill(0);
@@ -64,14 +67,10 @@ pub(crate) fn inode_checksum(
         lo
     };
     let computed = crc32c_raw(fs_seed, scratch);
-    let check = Check {
+    Some(Check {
         stored,
         computed: if has_hi { computed } else { computed & 0xFFFF },
-    };
-    if !check.ok() && raw.iter().all(|&b| b == 0) {
-        return None;
-    }
-    Some(check)
+    })
 }
 
 /// `i_flags` bits (kernel `EXT4_*_FL`): `inode_flags::EXTENTS` is `EXT4_EXTENTS_FL`.

@@ -131,7 +131,7 @@ fn scan_chunk<'v>(
 }
 
 /// Inodes of `s_inodes_count` numbered from group `g`'s first inode on (0 past the end).
-fn inodes_left(sb: &Superblock, g: u32) -> u32 {
+pub(crate) fn inodes_left(sb: &Superblock, g: u32) -> u32 {
     let first = u64::from(g) * u64::from(sb.s_inodes_per_group);
     u32::try_from(u64::from(sb.s_inodes_count).saturating_sub(first)).unwrap_or(u32::MAX)
 }

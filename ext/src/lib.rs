@@ -74,7 +74,9 @@ mod warning;
 
 pub use blockmap::FileRun;
 pub use blockset::{BlockClass, BlockSet, Extent};
-pub use checksum::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};
+pub use checksum::{
+    BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport, PendingChecks, PendingTally,
+};
 pub use collect::{RunKind, WalkStats};
 pub use error::{Corrupt, Error};
 pub use features::{compat, incompat, ro_compat};

@@ -18,7 +18,7 @@
 
 use crate::blockset::{BlockClass, BlockSet};
 use crate::checksum::verify;
-use crate::checksum::{Checks, ChecksumReport};
+use crate::checksum::{Checks, ChecksumReport, PendingChecks, PendingTally};
 use crate::collect::{Collector, TreeClasses, WalkStats};
 use crate::error::CorruptKind;
 use crate::extent::walk_extents;
@@ -27,7 +27,7 @@ use crate::fs::Filesystem;
 use crate::group_desc::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
 use crate::indirect::{snapshot_extra_roots, walk_indirect, walk_roots};
 use crate::inode::{inode_flags, BlockMap, FileType, Inode};
-use crate::itable::scan_group;
+use crate::itable::{inodes_left, scan_group};
 use crate::layout::{static_regions, RegionKind};
 use crate::superblock::{Superblock, EXT2_OS_HURD};
 use crate::types::{
@@ -63,8 +63,30 @@ pub struct WalkResult {
     /// Counts.
     pub stats: WalkStats,
     /// The metadata checksums verified, and those that failed (each also a warning, or named
-    /// by another warning: see [`ChecksumReport`]).
+    /// by another warning: see [`ChecksumReport`]); without those still in `pending` until
+    /// [`finish_checks`](Self::finish_checks).
     pub checksums: ChecksumReport,
+    /// The checksums left to the reader of the blocks (inode records, directory, orphan-file
+    /// and xattr blocks): verified by a copy with [`PendingChecks::verify`], the rest by
+    /// [`finish_checks`](Self::finish_checks).
+    pub pending: PendingChecks,
+}
+
+impl WalkResult {
+    /// Completes `checksums` and the warnings with the pending checks: `tally`, what a copy
+    /// verified as it read the blocks ([`PendingChecks::verify`], the tallies appended in
+    /// block order), then every pending block the copy did not read, read now from `view`
+    /// (the walked state's view). Nothing is pending afterwards; calling it again does
+    /// nothing. Each failure is a warning of its kind ("inode checksum", "directory block
+    /// checksum", ...), bounded per kind like the walk's.
+    pub fn finish_checks(&mut self, view: &dyn BlockView, mut tally: PendingTally) {
+        let pending = std::mem::take(&mut self.pending);
+        pending.verify_rest(view, &mut tally);
+        self.checksums.append(&tally.report);
+        let (kept, omitted) = tally.warnings.into_parts();
+        self.warnings.extend(kept);
+        self.omitted.extend(omitted);
+    }
 }
 
 /// What part of the walk found; parts are merged in group order.
@@ -77,8 +99,7 @@ struct Found {
 }
 
 impl Found {
-    fn of(mut c: Collector<'_>) -> Found {
-        verify::flush(&mut c);
+    fn of(c: Collector<'_>) -> Found {
         Found {
             set: c.set,
             warnings: c.warnings,
@@ -125,9 +146,13 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
         )
         .map(Found::of)
         .reduce(Found::default, Found::append);
-    let mut found = Found::of(top).append(found);
-    let xattr = check_xattr_blocks(view, sb, std::mem::take(&mut found.checks.xattr));
-    let found = found.append(xattr);
+    let found = Found::of(top).append(found);
+    let pending = PendingChecks::new(
+        found.checks.pending,
+        sb.block_size,
+        sb.s_inode_size,
+        sb.metadata_csum_seed(),
+    );
     let (warnings, omitted) = found.warnings.into_parts();
     let mut result = WalkResult {
         blocks: found.set,
@@ -136,6 +161,7 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
         notes: notes(fs, view),
         stats: found.stats,
         checksums: found.checks.report,
+        pending,
     };
     if result.stats.linked_but_free > 0 {
         result.notes.push(format!(
@@ -145,29 +171,6 @@ pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult 
     }
     result.blocks.finish(sb.cluster_ratio, sb.s_blocks_count);
     result
-}
-
-/// Verifies the xattr blocks met, once each (they are shared), in parallel: each with the
-/// lowest inode number that refers to it.
-fn check_xattr_blocks(
-    view: &dyn BlockView,
-    sb: &Superblock,
-    mut refs: Vec<(u64, InodeNr)>,
-) -> Found {
-    refs.sort_unstable();
-    refs.dedup_by_key(|r| r.0);
-    refs.par_chunks(64)
-        .fold(
-            || Collector::verifying(view, sb),
-            |mut c, chunk| {
-                for &(block, ino) in chunk {
-                    verify::xattr_block(&mut c, block, ino);
-                }
-                c
-            },
-        )
-        .map(Found::of)
-        .reduce(Found::default, Found::append)
 }
 
 /// One warning for the groups [`Filesystem::open`] left out because they start past the end
@@ -274,6 +277,8 @@ fn walk_group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, opts: &WalkOptions)
     {
         c.add(gd.bg_inode_table, itable_blocks, BlockClass::InodeTable);
     }
+    let used = gd.used_inodes(sb).min(inodes_left(sb, g));
+    verify::defer_inode_table(c, g, gd, used);
     scan_group(c, g, gd, &mut |c, ino, inode| {
         process_inode(c, ino, inode, opts)
     });
@@ -351,9 +356,8 @@ fn add_xattr_blocks(c: &mut Collector<'_>, ino: InodeNr, inode: &Inode) {
             CorruptKind::Pointer,
             || format!("inode {ino}: i_file_acl"),
         );
-        let in_range = c.check_range(inode.i_file_acl, 1).is_ok();
-        if let Some(checks) = c.csum_checks().filter(|_| in_range) {
-            checks.xattr.push((inode.i_file_acl, ino));
+        if c.check_range(inode.i_file_acl, 1).is_ok() {
+            verify::defer_xattr_block(c, inode.i_file_acl, ino);
         }
     }
     if c.sb.s_creator_os == EXT2_OS_HURD && inode.osd1 != 0 {

@@ -30,7 +30,7 @@ mod unchanged;
 
 pub use summary::Summary;
 
-use crate::copy::{copy_runs, CopyStats, Progress};
+use crate::copy::{copy_runs_checking, CopyStats, Progress};
 use crate::plan::{ExportPlan, Mode, Older, SourceKind};
 use crate::ranges::without;
 use crate::sink::{self, Opened as OpenedOutput, Sink, Table};
@@ -417,14 +417,16 @@ impl Copy<'_, '_> {
             };
             let mut walked = ext::walk(fs, &walk_opts);
             journal::complete(&mut walked, &fs.sb, j, &walk_opts, self.plan.replay());
-            let (stats, copy_warnings) = self.state(sink, state, fs, &walked, &label)?;
+            let (stats, copy_warnings, checked) = self.state(sink, state, fs, &walked, &label)?;
+            walked.finish_checks(state.view, checked);
             tally.add(state, &fs.sb, walked, stats, copy_warnings);
         }
         Ok(())
     }
 
     /// Copies one walked state into the sink as its next state, leaving out the clusters the
-    /// quick check hands the sink to share. Returns the counts and the unreadable blocks.
+    /// quick check hands the sink to share, verifying the walk's pending checksums on the way.
+    /// Returns the counts, the unreadable blocks and what the checksums found.
     fn state(
         &self,
         sink: &mut dyn Sink,
@@ -432,7 +434,7 @@ impl Copy<'_, '_> {
         fs: &Filesystem<&dyn BlockView>,
         walked: &ext::WalkResult,
         label: &str,
-    ) -> Result<(CopyStats, Vec<Warning>)> {
+    ) -> Result<(CopyStats, Vec<Warning>, ext::PendingTally)> {
         let bs = fs.sb.block_size;
         sink.begin_state()?;
         let skip = match self.quick {
@@ -452,9 +454,11 @@ impl Copy<'_, '_> {
         let progress = Progress::new(self.plan.progress(), bytes, label);
         let mut warnings = Vec::new();
         let runs = runs.into_iter().map(|r| (r.start, r.end - r.start));
-        let stats = copy_runs(state.view, bs, runs, sink, &progress, &mut warnings)?;
+        let pending = &walked.pending;
+        let (stats, checked) =
+            copy_runs_checking(state.view, bs, runs, sink, &progress, &mut warnings, pending)?;
         sink.end_state()?;
         progress.finish();
-        Ok((stats, warnings))
+        Ok((stats, warnings, checked))
     }
 }

@@ -20,11 +20,13 @@
 //! Inside the folder, bottom to top: `report` (problems layer), `state`, `rules` (on-disk
 //! structures), `verify` (the walk's checks, copy-set layer).
 
+mod pending;
 mod report;
 mod rules;
 mod state;
 pub(crate) mod verify;
 
 pub(crate) use report::{matched, Check, Failure};
+pub use pending::{PendingChecks, PendingTally};
 pub use report::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};
 pub(crate) use state::Checks;

@@ -1,10 +1,11 @@
 //! What a walk's collector keeps while it verifies checksums: the seed, the report, the inode
 //! whose tree is being walked (its seed checks extent blocks), the mapped runs captured for
-//! the blocks checked after the tree (directory, orphan-file and journal blocks), those blocks
-//! waiting to be read (sorted and read in few large reads), and the xattr blocks met (checked
-//! once each after the walk, being shared).
+//! the blocks checked after the tree (directory, orphan-file and journal blocks), and the
+//! checksums left to the reader of the blocks (`pending`).
 
+use super::pending::{Pending, PendingRun, MAX_PIECE};
 use super::report::ChecksumReport;
+use crate::inode::inode_csum_seed;
 use crate::types::InodeNr;
 
 /// A run of mapped blocks captured for checking: first file block, first filesystem block,
@@ -30,21 +31,6 @@ pub(crate) enum Role {
     Journal,
 }
 
-/// Blocks of one inode waiting to be read and verified.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PendingRun {
-    /// First filesystem block.
-    pub(crate) physical: u64,
-    /// Blocks.
-    pub(crate) len: u64,
-    /// The owner.
-    pub(crate) ino: InodeNr,
-    /// The owner's checksum seed.
-    pub(crate) seed: u32,
-    /// What the blocks are to it.
-    pub(crate) role: Role,
-}
-
 /// The checksum state of one collector of a walk.
 #[derive(Debug, Default)]
 pub(crate) struct Checks {
@@ -54,16 +40,12 @@ pub(crate) struct Checks {
     pub(crate) seed: u32,
     /// What was verified.
     pub(crate) report: ChecksumReport,
-    /// The inode whose tree is being walked and its checksum seed.
+    /// The inode whose tree is being walked and its `i_generation`.
     pub(crate) owner: Option<(InodeNr, u32)>,
     /// Written runs below file block `.0` are captured into `.1`, while set.
     capture: Option<(u64, Vec<CapturedRun>)>,
-    /// xattr blocks met: (block, the inode that referred to it).
-    pub(crate) xattr: Vec<(u64, InodeNr)>,
-    /// Captured blocks not read yet.
+    /// Checksums left to the reader of the blocks (`pending`).
     pub(crate) pending: Vec<PendingRun>,
-    /// A buffer for the inode checks.
-    pub(crate) scratch: Vec<u8>,
 }
 
 impl Checks {
@@ -75,6 +57,13 @@ impl Checks {
             seed,
             ..Checks::default()
         }
+    }
+
+    /// The inode whose tree is being walked and its checksum seed (computed when needed: most
+    /// inodes have no checksummed block besides their record).
+    pub(crate) fn owner_seed(&self) -> Option<(InodeNr, u32)> {
+        let (ino, generation) = self.owner?;
+        Some((ino, inode_csum_seed(self.seed, ino.0, generation)))
     }
 
     /// Starts capturing the written runs mapped below file block `below`.
@@ -112,10 +101,25 @@ impl Checks {
         });
     }
 
+    /// Leaves the checksums of `len` blocks from `physical` to the reader, in pieces of at
+    /// most [`MAX_PIECE`] blocks; `piece` describes the piece starting `k` blocks in.
+    pub(crate) fn defer(&mut self, physical: u64, len: u64, piece: impl Fn(u64) -> Pending) {
+        let mut k = 0;
+        while k < len {
+            let n = (len - k).min(MAX_PIECE);
+            self.pending.push(PendingRun {
+                physical: physical.saturating_add(k),
+                len: n,
+                what: piece(k),
+            });
+            k += n;
+        }
+    }
+
     /// Adds what `later` found after ours.
-    pub(crate) fn append(&mut self, later: Checks) {
+    pub(crate) fn append(&mut self, mut later: Checks) {
         self.report.append(&later.report);
-        self.xattr.extend(later.xattr);
+        self.pending.append(&mut later.pending);
     }
 }
 

@@ -1,40 +1,33 @@
 //! The walk's checks of what it reads only for its checksum: the superblocks, a group's
-//! descriptor and bitmaps, the blocks an inode maps that carry one (directory, orphan-file
-//! and journal superblock blocks, captured while its tree is walked), xattr blocks and the MMP
-//! block. Inodes and extent blocks are checked by the collector as the walk reads them.
+//! descriptor and bitmaps, the journal superblock, the MMP block; and the checksums it leaves
+//! to the reader of the blocks (`pending`): the used inode records, the blocks a directory or
+//! the orphan file maps (captured while its tree is walked), xattr blocks. Extent blocks are
+//! checked by the collector as the walk reads them.
 //!
 //! A block that cannot be read here is not counted: the copy reports it.
 
 use super::report::{matched, ChecksumKind, Failure};
 use super::rules;
-use super::state::{CapturedRun, PendingRun, Role};
+use super::pending::Pending;
+use super::state::{CapturedRun, Role};
 use crate::bytes::{le16, le32};
 use crate::collect::{bad, Collector};
-use crate::dir::{dir_block_checksum, DirChecksum};
 use crate::features::{compat, incompat, ro_compat};
 use crate::group_desc::{bitmap_checksum, GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
 use crate::inode::{FileType, Inode};
 use crate::journal::superblock_checksum_check;
 use crate::layout::{desc_block_location, group_base_block};
 use crate::superblock::{
-    superblock_checksum, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE,
+    superblock_checksum, EXT2_OS_HURD, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE,
 };
 use crate::types::InodeNr;
 
-/// Most blocks read at once when verifying queued blocks.
-const READ_BLOCKS: u64 = 256;
-/// Queued runs at most this many blocks apart are read together (the blocks between read for
-/// nothing: cheaper than another read).
-const READ_GAP: u64 = 0;
-/// Queued runs that make the collector read and verify them.
-const PENDING_RUNS: usize = 4096;
 
 /// Byte offsets in the raw superblock (`s_magic`, `s_feature_ro_compat`, `s_checksum`).
 const S_MAGIC_AT: usize = 0x38;
 const S_RO_COMPAT_AT: usize = 0x64;
 const S_CHECKSUM_AT: usize = 0x3FC;
 
-static NOD: std::sync::OnceLock<bool> = std::sync::OnceLock::new(); // TEMP
 /// Reads `buf.len()` bytes of whole blocks from `block`; false (nothing counted) on an error.
 fn read(c: &Collector<'_>, block: u64, buf: &mut [u8]) -> bool {
     c.view.read_blocks(c.sb.block_size, block, buf).is_ok()
@@ -116,7 +109,6 @@ pub(crate) fn group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, sb_block: u64
 pub(crate) fn role(c: &Collector<'_>, ino: InodeNr, inode: &Inode) -> Option<(Role, u64)> {
     let sb = c.sb;
     c.checks.as_ref()?;
-    if *NOD.get_or_init(|| std::env::var_os("CSUM_NO_DIR").is_some()) { return None; } // TEMP
     let below_size = inode.i_size.div_ceil(u64::from(sb.block_size));
     if ino.0 == sb.s_journal_inum && sb.has_compat(compat::HAS_JOURNAL) {
         return (!sb.has_external_journal()).then_some((Role::Journal, 1));
@@ -130,109 +122,56 @@ pub(crate) fn role(c: &Collector<'_>, ino: InodeNr, inode: &Inode) -> Option<(Ro
     (inode.file_type() == FileType::Directory).then_some((Role::Directory, below_size))
 }
 
-/// Queues the blocks captured for inode `ino` in `role` while its tree was walked; they are
-/// read and verified by [`flush`], when enough are queued or the collector is done.
+/// Leaves the blocks captured for directory or orphan file `ino` while its tree was walked to
+/// their reader (pending checks); reads and verifies the journal superblock at once (one
+/// block, which the journal lookup reads too).
 pub(crate) fn captured(c: &mut Collector<'_>, ino: InodeNr, role: Role, runs: &[CapturedRun]) {
+    if role == Role::Journal {
+        let mut buf = vec![0u8; c.sb.block_size as usize];
+        if let Some(r) = runs.first().filter(|r| r.logical == 0) {
+            if read(c, r.physical, &mut buf) {
+                journal_superblock(c, ino, r.physical, &buf);
+            }
+        }
+        return;
+    }
     let Some(checks) = c.checks.as_deref_mut() else {
         return;
     };
-    let seed = checks.owner.filter(|o| o.0 == ino).map_or(0, |(_, s)| s);
-    checks.pending.extend(runs.iter().map(|r| PendingRun {
-        physical: r.physical,
-        len: r.len,
-        ino,
-        seed,
-        role,
-    }));
-    if checks.pending.len() >= PENDING_RUNS {
-        flush(c);
+    let seed = checks.owner_seed().filter(|o| o.0 == ino).map_or(0, |(_, s)| s);
+    for r in runs {
+        checks.defer(r.physical, r.len, |_| Pending::Mapped { ino, seed, role });
     }
 }
 
-/// Reads and verifies the queued blocks, in block order, with one read for runs less than
-/// [`READ_GAP`] blocks apart (up to [`READ_BLOCKS`] blocks a read).
-pub(crate) fn flush(c: &mut Collector<'_>) {
-    let Some(mut pending) = c.checks.as_deref_mut().map(|k| std::mem::take(&mut k.pending)) else {
+/// Leaves the checksums of group `g`'s used inode records (`used` of them, from the first)
+/// to the reader of its inode table (metadata_csum, not Hurd: the Hurd's osd2 has no
+/// checksum fields).
+pub(crate) fn defer_inode_table(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, used: u32) {
+    let sb = c.sb;
+    let hurd = sb.s_creator_os == EXT2_OS_HURD;
+    let blocks = u64::from(used.div_ceil(sb.inodes_per_block));
+    if used == 0 || hurd || c.check_range(gd.bg_inode_table, blocks).is_err() {
+        return;
+    }
+    let Some(checks) = c.csum_checks() else {
         return;
     };
-    pending.sort_unstable_by_key(|r| r.physical);
-    let bs = c.sb.block_size as usize;
-    let mut buf = Vec::new();
-    let mut i = 0;
-    while i < pending.len() {
-        if pending[i].len > READ_BLOCKS {
-            // One run longer than a read: read it alone, piece by piece.
-            check_long(c, &pending[i], &mut buf);
-            i += 1;
-            continue;
-        }
-        let start = pending[i].physical;
-        let limit = start.saturating_add(READ_BLOCKS);
-        let mut end = start.saturating_add(pending[i].len);
-        let mut j = i + 1;
-        while j < pending.len()
-            && pending[j].physical <= end.saturating_add(READ_GAP)
-            && pending[j].physical.saturating_add(pending[j].len) <= limit
-        {
-            end = end.max(pending[j].physical + pending[j].len);
-            j += 1;
-        }
-        buf.resize((end - start) as usize * bs, 0);
-        if read(c, start, &mut buf) {
-            for r in &pending[i..j] {
-                let at = (r.physical - start) as usize * bs;
-                check_blocks(c, r, r.physical, &buf[at..at + r.len as usize * bs]);
-            }
-        }
-        i = j;
-    }
+    let ipb = u64::from(sb.inodes_per_block);
+    // Below s_inodes_count (the caller bounds `used`), so this cannot overflow.
+    let first_ino = g * sb.s_inodes_per_group + 1;
+    checks.defer(gd.bg_inode_table, blocks, |k| Pending::Itable {
+        first_ino: first_ino + (k * ipb) as u32,
+        records: u64::from(used) - k * ipb,
+    });
 }
 
-/// Verifies run `r`, longer than a read, [`READ_BLOCKS`] blocks at a time.
-fn check_long(c: &mut Collector<'_>, r: &PendingRun, buf: &mut Vec<u8>) {
-    let bs = c.sb.block_size as usize;
-    let mut done = 0;
-    while done < r.len {
-        let n = (r.len - done).min(READ_BLOCKS);
-        let first = r.physical + done;
-        done += n;
-        buf.resize(n as usize * bs, 0);
-        if read(c, first, buf) {
-            check_blocks(c, r, first, buf);
-        }
+/// Leaves the checksum of xattr block `nr` of inode `ino` to the block's reader
+/// (metadata_csum); shared blocks are verified once.
+pub(crate) fn defer_xattr_block(c: &mut Collector<'_>, nr: u64, ino: InodeNr) {
+    if let Some(checks) = c.csum_checks() {
+        checks.defer(nr, 1, |_| Pending::Xattr { ino });
     }
-}
-
-/// Verifies the blocks of `r` in `data`, the first being block `first`.
-fn check_blocks(c: &mut Collector<'_>, r: &PendingRun, first: u64, data: &[u8]) {
-    for (k, block) in data.chunks_exact(c.sb.block_size as usize).enumerate() {
-        let nr = first + k as u64;
-        match r.role {
-            Role::Directory => dir_block(c, r.ino, r.seed, nr, block),
-            Role::OrphanFile => {
-                let result = rules::orphan_block(r.seed, nr, block)
-                    .map_err(Failure::Unrecognized)
-                    .and_then(matched);
-                let b = bad(ChecksumKind::OrphanBlock, nr, Some(r.ino));
-                c.record_check(b, result, None, true);
-            }
-            Role::Journal => journal_superblock(c, r.ino, nr, block),
-        }
-    }
-}
-
-fn dir_block(c: &mut Collector<'_>, ino: InodeNr, seed: u32, nr: u64, block: &[u8]) {
-    let (kind, result) = match dir_block_checksum(seed, block) {
-        DirChecksum::Leaf(check) => (ChecksumKind::DirLeaf, matched(check)),
-        DirChecksum::Htree(check) => (ChecksumKind::HtreeNode, matched(check)),
-        DirChecksum::Missing => (
-            ChecksumKind::DirLeaf,
-            Err(Failure::Unrecognized(
-                "no dirent tail, and not an htree node with room for a dx tail".into(),
-            )),
-        ),
-    };
-    c.record_check(bad(kind, nr, Some(ino)), result, None, true);
 }
 
 /// The journal superblock at block `nr` of journal inode `ino`: listed without a warning (the
@@ -242,19 +181,6 @@ fn journal_superblock(c: &mut Collector<'_>, ino: InodeNr, nr: u64, block: &[u8]
         let b = bad(ChecksumKind::JournalSuperblock, nr, Some(ino));
         c.record_check(b, matched(check), None, false);
     }
-}
-
-/// xattr block `nr`, first referred to by inode `ino` (metadata_csum).
-pub(crate) fn xattr_block(c: &mut Collector<'_>, nr: u64, ino: InodeNr) {
-    let mut buf = vec![0u8; c.sb.block_size as usize];
-    if !read(c, nr, &mut buf) {
-        return;
-    }
-    let seed = c.sb.metadata_csum_seed();
-    let result = rules::xattr_block(seed, nr, &buf)
-        .map_err(Failure::Unrecognized)
-        .and_then(matched);
-    c.record_check(bad(ChecksumKind::XattrBlock, nr, Some(ino)), result, None, true);
 }
 
 /// The MMP block (metadata_csum with INCOMPAT_MMP).
