@@ -11,8 +11,8 @@
 
 use crate::blockset::{BlockClass, BlockSet};
 use crate::checksum::{matched, BadChecksum, Checks, ChecksumKind, Failure};
-use crate::extent_header::extent_block_checksum;
 use crate::error::{Corrupt, CorruptKind};
+use crate::extent_header::extent_block_checksum;
 use crate::superblock::Superblock;
 use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;

@@ -29,7 +29,10 @@ const I_GENERATION_AT: usize = 0x64;
 /// directory blocks, orphan-file blocks): the raw crc32c of le32 `ino` then le32
 /// `i_generation` from the metadata_csum seed `fs_seed` (kernel `ei->i_csum_seed`).
 pub(crate) fn inode_csum_seed(fs_seed: u32, ino: u32, generation: u32) -> u32 {
-    crc32c_raw(crc32c_raw(fs_seed, &ino.to_le_bytes()), &generation.to_le_bytes())
+    crc32c_raw(
+        crc32c_raw(fs_seed, &ino.to_le_bytes()),
+        &generation.to_le_bytes(),
+    )
 }
 
 /// The metadata_csum checksum of inode record `raw` (`s_inode_size` bytes, at least 128) of

@@ -455,8 +455,15 @@ impl Copy<'_, '_> {
         let mut warnings = Vec::new();
         let runs = runs.into_iter().map(|r| (r.start, r.end - r.start));
         let pending = &walked.pending;
-        let (stats, checked) =
-            copy_runs_checking(state.view, bs, runs, sink, &progress, &mut warnings, pending)?;
+        let (stats, checked) = copy_runs_checking(
+            state.view,
+            bs,
+            runs,
+            sink,
+            &progress,
+            &mut warnings,
+            pending,
+        )?;
         sink.end_state()?;
         progress.finish();
         Ok((stats, warnings, checked))

@@ -10,6 +10,7 @@ mod archive;
 mod archive_checks;
 mod archive_kernel;
 mod archive_refcounts;
+mod checksums;
 mod cli;
 mod committed;
 mod convert;

@@ -4,13 +4,17 @@
 //! A walk ([`crate::walk()`]) verifies every checksum it meets (ext4-on-disk §13): the
 //! superblock (the one in use, and the primary's when opened through a backup), every group
 //! descriptor (crc16 with gdt_csum, crc32c with metadata_csum) when the table is read, and
-//! with metadata_csum the block and inode bitmaps (not those of BLOCK_UNINIT/INODE_UNINIT
-//! groups, whose content is undefined, nor those of a group whose descriptor fails: the
-//! bitmap checksums are in it), every in-use inode, extent tree blocks, directory blocks
+//! with metadata_csum the block and inode bitmaps (not those of groups flagged
+//! BLOCK_UNINIT/INODE_UNINIT, whose content is undefined, as e2fsck's pass 5 skips them), the
+//! non-zero inode records of the used inode tables, extent tree blocks, directory blocks
 //! (dirent tail or dx tail), xattr blocks (once each), the MMP block, the orphan file's blocks
 //! and the internal journal's superblock. A journal recovery ([`crate::Journal::recover`])
 //! counts the descriptor, commit and revoke blocks its scan verifies (CSUM_V2/V3). Backup
 //! superblocks and descriptor tables are not verified (stale by design).
+//!
+//! The blocks a copy reads anyway are verified as it reads them: the walk leaves their
+//! checksums pending ([`PendingChecks`]: inode records, directory, orphan-file and xattr
+//! blocks) and [`crate::WalkResult::finish_checks`] verifies what the copy did not read.
 //!
 //! Each failure is listed in the [`ChecksumReport`] and, unless another warning already names
 //! the same block, reported as a [`crate::Warning`] of its kind ("inode checksum", ...): the
@@ -26,7 +30,7 @@ mod rules;
 mod state;
 pub(crate) mod verify;
 
-pub(crate) use report::{matched, Check, Failure};
 pub use pending::{PendingChecks, PendingTally};
+pub(crate) use report::{matched, Check, Failure};
 pub use report::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};
 pub(crate) use state::Checks;

@@ -105,8 +105,10 @@ impl PendingChecks {
         runs.sort_unstable_by_key(|r| (r.physical, r.len, ino(r)));
         // An xattr block shared by many inodes is verified once, for the first of them.
         runs.dedup_by(|later, first| {
-            matches!((later.what, first.what), (Pending::Xattr { .. }, Pending::Xattr { .. }))
-                && later.physical == first.physical
+            matches!(
+                (later.what, first.what),
+                (Pending::Xattr { .. }, Pending::Xattr { .. })
+            ) && later.physical == first.physical
         });
         PendingChecks {
             runs,
@@ -230,7 +232,8 @@ impl PendingChecks {
                 inode: Some(InodeNr(ino)),
             };
             let offset = u32::try_from(at).ok();
-            t.report.record(b, matched(check), offset, Some(&mut t.warnings));
+            t.report
+                .record(b, matched(check), offset, Some(&mut t.warnings));
         }
     }
 }

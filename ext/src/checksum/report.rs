@@ -159,11 +159,9 @@ impl ChecksumKind {
                 "journal revoke checksum",
             ),
             ChecksumKind::Mmp => ("mmp", "MMP block", "MMP checksum"),
-            ChecksumKind::OrphanBlock => (
-                "orphan_block",
-                "orphan file block",
-                "orphan file checksum",
-            ),
+            ChecksumKind::OrphanBlock => {
+                ("orphan_block", "orphan file block", "orphan file checksum")
+            }
         }
     }
 
@@ -319,15 +317,32 @@ mod tests {
                 stored: 1,
                 computed: u32::from(b % 2 == 0),
             };
-            r.record(bad(ChecksumKind::Inode, b), matched(c), None, Some(&mut log));
+            r.record(
+                bad(ChecksumKind::Inode, b),
+                matched(c),
+                None,
+                Some(&mut log),
+            );
         }
-        r.record(bad(ChecksumKind::Mmp, 7), matched(Check { stored: 1, computed: 2 }), None, None);
+        r.record(
+            bad(ChecksumKind::Mmp, 7),
+            matched(Check {
+                stored: 1,
+                computed: 2,
+            }),
+            None,
+            None,
+        );
         assert_eq!((r.verified(), r.failed()), (41, 21));
         assert_eq!(r.count(ChecksumKind::Inode).failed, 20);
         assert_eq!(r.bad.len(), KEPT_PER_KIND + 1);
         let (kept, omitted) = log.into_parts();
         assert_eq!(kept.len(), KEPT_PER_KIND);
-        assert!(kept[0].reason.contains("stored 0x1, computed 0x0"), "{}", kept[0].reason);
+        assert!(
+            kept[0].reason.contains("stored 0x1, computed 0x0"),
+            "{}",
+            kept[0].reason
+        );
         assert_eq!(omitted, vec![("inode checksum".to_string(), 4)]);
         assert_eq!(
             r.counts().iter().map(|(k, _)| k.name()).collect::<Vec<_>>(),
@@ -344,7 +359,13 @@ mod tests {
             b.ok(ChecksumKind::DirLeaf);
         }
         a.append(&b);
-        assert_eq!(a.count(ChecksumKind::DirLeaf), ChecksumCount { verified: 30, failed: 20 });
+        assert_eq!(
+            a.count(ChecksumKind::DirLeaf),
+            ChecksumCount {
+                verified: 30,
+                failed: 20
+            }
+        );
         assert_eq!(a.bad.len(), KEPT_PER_KIND);
         assert_eq!(a.bad[10].block, Some(BlockNr(100)));
     }
@@ -355,6 +376,9 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ChecksumKind::ALL.len());
-        assert!(ChecksumKind::ALL.iter().enumerate().all(|(i, k)| k.index() == i));
+        assert!(ChecksumKind::ALL
+            .iter()
+            .enumerate()
+            .all(|(i, k)| k.index() == i));
     }
 }

@@ -38,7 +38,10 @@ fn magic_is(block: &[u8], at: usize, want: u32, field: &str) -> Result<(), Strin
 /// The block's `h_magic` is not 0xEA020000.
 pub(crate) fn xattr_block(seed: u32, nr: u64, block: &[u8]) -> Result<Check, String> {
     magic_is(block, 0, EXT4_XATTR_MAGIC, "h_magic")?;
-    let c = crc32c_raw(crc32c_raw(seed, &nr.to_le_bytes()), &block[..H_CHECKSUM_OFFSET]);
+    let c = crc32c_raw(
+        crc32c_raw(seed, &nr.to_le_bytes()),
+        &block[..H_CHECKSUM_OFFSET],
+    );
     let c = crc32c_raw(c, &[0; 4]);
     Ok(Check {
         stored: le32(block, H_CHECKSUM_OFFSET),
@@ -82,7 +85,9 @@ mod tests {
     #[test]
     fn a_wrong_magic_is_named() {
         let b = vec![0u8; 1024];
-        assert!(xattr_block(1, 5, &b).unwrap_err().contains("h_magic is 0x00000000"));
+        assert!(xattr_block(1, 5, &b)
+            .unwrap_err()
+            .contains("h_magic is 0x00000000"));
         assert!(mmp_block(1, &b).unwrap_err().contains("mmp_magic"));
         assert!(orphan_block(1, 5, &b).unwrap_err().contains("ob_magic"));
     }

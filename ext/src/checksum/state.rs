@@ -73,7 +73,10 @@ impl Checks {
 
     /// Stops capturing and returns the runs captured.
     pub(crate) fn take_captured(&mut self) -> Vec<CapturedRun> {
-        self.capture.take().map(|(_, runs)| runs).unwrap_or_default()
+        self.capture
+            .take()
+            .map(|(_, runs)| runs)
+            .unwrap_or_default()
     }
 
     /// Captures the part below the limit of a mapped run, when capturing; unwritten extents
@@ -141,8 +144,16 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                CapturedRun { logical: 0, physical: 10, len: 4 },
-                CapturedRun { logical: 4, physical: 20, len: 1 },
+                CapturedRun {
+                    logical: 0,
+                    physical: 10,
+                    len: 4
+                },
+                CapturedRun {
+                    logical: 4,
+                    physical: 20,
+                    len: 1
+                },
             ]
         );
         c.mapped(0, 10, 1, false);

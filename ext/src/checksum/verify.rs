@@ -6,9 +6,9 @@
 //!
 //! A block that cannot be read here is not counted: the copy reports it.
 
+use super::pending::Pending;
 use super::report::{matched, ChecksumKind, Failure};
 use super::rules;
-use super::pending::Pending;
 use super::state::{CapturedRun, Role};
 use crate::bytes::{le16, le32};
 use crate::collect::{bad, Collector};
@@ -21,7 +21,6 @@ use crate::superblock::{
     superblock_checksum, EXT2_OS_HURD, EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE,
 };
 use crate::types::InodeNr;
-
 
 /// Byte offsets in the raw superblock (`s_magic`, `s_feature_ro_compat`, `s_checksum`).
 const S_MAGIC_AT: usize = 0x38;
@@ -40,7 +39,12 @@ pub(crate) fn superblocks(c: &mut Collector<'_>, sb_block: u64) {
     if !c.sb.has_metadata_csum() {
         return;
     }
-    c.record_check(bad(ChecksumKind::Superblock, sb_block, None), Ok(()), None, false);
+    c.record_check(
+        bad(ChecksumKind::Superblock, sb_block, None),
+        Ok(()),
+        None,
+        false,
+    );
     let primary = group_base_block(c.sb, 0);
     if sb_block == primary {
         return;
@@ -61,8 +65,8 @@ pub(crate) fn superblocks(c: &mut Collector<'_>, sb_block: u64) {
 }
 
 /// Group `g`'s descriptor (verified when the table was read from the superblock at
-/// `sb_block`) and, with metadata_csum, its initialized bitmaps, unless the descriptor (which
-/// holds their checksums) fails.
+/// `sb_block`) and, with metadata_csum, the bitmaps it does not flag uninitialized (against
+/// the checksums it holds, even when it fails its own, as e2fsck does).
 pub(crate) fn group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, sb_block: u64) {
     let sb = c.sb;
     if let Some(check) = gd.checksum {
@@ -70,9 +74,6 @@ pub(crate) fn group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, sb_block: u64
         let offset = (g % sb.descs_per_block) * sb.desc_size;
         let b = bad(ChecksumKind::GroupDescriptor, block, None);
         c.record_check(b, matched(check), Some(offset), true);
-        if !check.ok() {
-            return;
-        }
     }
     if !sb.has_metadata_csum() {
         return;
@@ -95,8 +96,10 @@ pub(crate) fn group(c: &mut Collector<'_>, g: u32, gd: &GroupDesc, sb_block: u64
     ];
     let mut buf = vec![0u8; sb.block_size as usize];
     for (kind, uninit, block, bytes, stored) in bitmaps {
-        if gd.has_flag(sb, uninit) || c.check_range(block, 1).is_err() || !read(c, block, &mut buf)
-        {
+        // The flag as stored, trusted or not (e2fsck's pass 5 skips those groups too): the
+        // bitmap of a group flagged uninitialized has no checksum to compare.
+        let flagged = sb.has_group_desc_csum() && gd.bg_flags & uninit != 0;
+        if flagged || c.check_range(block, 1).is_err() || !read(c, block, &mut buf) {
             continue;
         }
         let check = bitmap_checksum(sb, &buf, bytes, stored);
@@ -138,7 +141,10 @@ pub(crate) fn captured(c: &mut Collector<'_>, ino: InodeNr, role: Role, runs: &[
     let Some(checks) = c.checks.as_deref_mut() else {
         return;
     };
-    let seed = checks.owner_seed().filter(|o| o.0 == ino).map_or(0, |(_, s)| s);
+    let seed = checks
+        .owner_seed()
+        .filter(|o| o.0 == ino)
+        .map_or(0, |(_, s)| s);
     for r in runs {
         checks.defer(r.physical, r.len, |_| Pending::Mapped { ino, seed, role });
     }
@@ -187,8 +193,7 @@ fn journal_superblock(c: &mut Collector<'_>, ino: InodeNr, nr: u64, block: &[u8]
 pub(crate) fn mmp(c: &mut Collector<'_>) {
     let sb = c.sb;
     let nr = sb.s_mmp_block;
-    if !sb.has_metadata_csum() || !sb.has_incompat(incompat::MMP) || c.check_range(nr, 1).is_err()
-    {
+    if !sb.has_metadata_csum() || !sb.has_incompat(incompat::MMP) || c.check_range(nr, 1).is_err() {
         return;
     }
     let mut buf = vec![0u8; sb.block_size as usize];
