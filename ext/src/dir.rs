@@ -10,8 +10,8 @@
 //! parent) and the in-inode `system.data` extended attribute.
 
 use crate::blockmap::inode_runs;
-use crate::bytes::{crc32c_raw, le16, le32};
-use crate::checksum::Check;
+use crate::bytes::{le16, le32};
+use crate::checksum::rec_len;
 use crate::collect::RunKind;
 use crate::features::incompat;
 use crate::fs::Filesystem;
@@ -39,85 +39,6 @@ const EXT4_XATTR_MAGIC: u32 = 0xEA02_0000;
 /// Size of the fixed part of an xattr entry (`struct ext4_xattr_entry`), in bytes.
 const XATTR_ENTRY_HEADER: usize = 16;
 
-/// Size of the metadata_csum dirent tail (`struct ext4_dir_entry_tail`) and of the dx tail
-/// (`struct dx_tail`), in bytes.
-const DIRENT_TAIL_SIZE: usize = 12;
-const DX_TAIL_SIZE: usize = 8;
-/// `det_reserved_ft` of a dirent tail.
-const EXT4_FT_DIR_CSUM: u8 = 0xDE;
-/// Size of a dx entry (hash, block), and of `struct dx_root_info`, in bytes.
-const DX_ENTRY_SIZE: usize = 8;
-const DX_ROOT_INFO_SIZE: u8 = 8;
-
-/// What holds the checksum of a directory block (metadata_csum), with the checksum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum DirChecksum {
-    /// A leaf block: its dirent tail.
-    Leaf(Check),
-    /// An htree root or interior node: its dx tail.
-    Htree(Check),
-    /// Neither a dirent tail nor a dx node whose tail fits: no checksum to verify (e2fsck's
-    /// "directory has no checksum").
-    Missing,
-}
-
-/// The checksum of directory block `block` of the directory whose
-/// [`crate::inode::inode_csum_seed`] is `inode_seed`, found as e2fsprogs finds it: a dirent
-/// tail in the last 12 bytes (inode 0, rec_len 12, name_len 0, file_type 0xDE) makes it a
-/// leaf, whose crc32c covers the bytes before the tail; otherwise a dx node (an empty dirent
-/// spanning the block, or the root's "." and ".." with an 8-byte `dx_root_info`) whose
-/// `limit` leaves room for the dx tail, whose crc32c covers the header and `count` entries,
-/// then the tail's reserved word and 4 zero bytes (ext4-on-disk §9, §13).
-pub(crate) fn dir_block_checksum(inode_seed: u32, block: &[u8]) -> DirChecksum {
-    let bs = block.len();
-    if bs < 2 * DIRENT_TAIL_SIZE + 16 {
-        return DirChecksum::Missing;
-    }
-    let t = bs - DIRENT_TAIL_SIZE;
-    if le32(block, t) == 0
-        && le16(block, t + 4) == DIRENT_TAIL_SIZE as u16
-        && block[t + 6] == 0
-        && block[t + 7] == EXT4_FT_DIR_CSUM
-    {
-        return DirChecksum::Leaf(Check {
-            stored: le32(block, t + 8),
-            computed: crc32c_raw(inode_seed, &block[..t]),
-        });
-    }
-    let Some(count_offset) = dx_count_offset(block) else {
-        return DirChecksum::Missing;
-    };
-    let limit = usize::from(le16(block, count_offset));
-    let count = usize::from(le16(block, count_offset + 2));
-    let sane = (bs - count_offset) / DX_ENTRY_SIZE;
-    let tail = count_offset + limit * DX_ENTRY_SIZE;
-    if limit > sane || count > sane || tail + DX_TAIL_SIZE > bs {
-        return DirChecksum::Missing;
-    }
-    let c = crc32c_raw(inode_seed, &block[..count_offset + count * DX_ENTRY_SIZE]);
-    let c = crc32c_raw(c, &block[tail..tail + 4]);
-    DirChecksum::Htree(Check {
-        stored: le32(block, tail + 4),
-        computed: crc32c_raw(c, &[0; 4]),
-    })
-}
-
-/// Where the dx `count`/`limit` pair of an htree node is: 8 in an interior node (one empty
-/// dirent spanning the block), 32 in a root ("." of 12 bytes, ".." spanning the rest, a
-/// `dx_root_info` with `reserved_zero` 0 and `info_length` 8); `None` for another block.
-fn dx_count_offset(block: &[u8]) -> Option<usize> {
-    let bs = block.len();
-    let first = rec_len(le16(block, 4), bs);
-    if first == bs && block[6] == 0 {
-        return Some(8);
-    }
-    let root = first == 12
-        && rec_len(le16(block, 12 + 4), bs) == bs - 12
-        && le32(block, 24) == 0
-        && block[29] == DX_ROOT_INFO_SIZE;
-    root.then_some(32)
-}
-
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct DirEntry {
@@ -127,15 +48,6 @@ pub(crate) struct DirEntry {
     pub name: Vec<u8>,
     /// `file_type` ([`EXT4_FT_DIR`], ...), [`EXT4_FT_UNKNOWN`] without INCOMPAT_FILETYPE.
     pub file_type: u8,
-}
-
-/// Decodes `rec_len` (64 KiB blocks store 65536 as 0 or 65535).
-fn rec_len(raw: u16, block_size: usize) -> usize {
-    if block_size >= 65536 && (raw == 0 || raw == 65535) {
-        65536
-    } else {
-        usize::from(raw)
-    }
 }
 
 /// Parses the used entries of one directory block (or of inline data). `filetype` is true when the filesystem has

@@ -4,7 +4,10 @@
 //! state of a filesystem (a file or block device, a reconstructed snapshot, a QCOW2 image). On
 //! top of it, [`Filesystem`] parses and validates the superblock and the group descriptors,
 //! and [`walk()`] computes the set of blocks to copy (the metadata, optionally the data),
-//! classified by what they hold, plus a list of the corrupt parts it skipped. [`file_runs`]
+//! classified by what they hold, plus a list of the corrupt parts it skipped and a
+//! [`ChecksumReport`] of the metadata checksums it met (those of the blocks a copy reads
+//! anyway are left [`PendingChecks`], verified as the copy reads them and completed by
+//! [`WalkResult::finish_checks`]). [`file_runs`]
 //! lists which inode owns each block and at which file offset (for rollback safety checks),
 //! [`inode_paths`] names inodes by a breadth-first directory walk, [`snapshot_list`] and
 //! [`SnapshotView`] read next3 in-filesystem snapshots, and [`Journal`] finds and recovers the
@@ -19,15 +22,16 @@
 //! | layer | modules | holds |
 //! |---|---|---|
 //! | values | `types`, `bytes`, `view`, `blockset` | [`InodeNr`], [`BlockNr`], the reserved inode numbers; little-endian fields and crc32c; [`BlockView`]; the copy set [`BlockSet`] of [`Extent`]s |
-//! | problems | `error`, `warning` | [`Error`], [`Corrupt`]; [`Warning`]s bounded per kind |
+//! | problems | `error`, `warning`, `checksum::report` | [`Error`], [`Corrupt`]; [`Warning`]s bounded per kind; the [`ChecksumReport`] |
 //! | on-disk structures | `features`, `superblock/` (`edit`, `special`), `group_desc`, `layout`, `extent_header`, `inode` | decoding and validation of one kernel structure each, no I/O: [`Superblock`] (its special inodes and journal flags in `special`, the field setters of [`SuperblockBytes`] in `edit`), [`Inode`]; `layout` is where the static metadata lives |
+//! | checksum rules | `checksum::{state, rules, pending}` | a walk's checksum state; the checksums of directory, xattr, MMP and orphan-file blocks (the others beside their structure); the [`PendingChecks`] left to a copy |
 //! | collect | `collect` | the `Collector` every walk fills, [`WalkStats`], [`RunKind`], the tree classes |
 //! | trees, open | `extent`, `indirect`, `fs` | walks of one inode's extent tree or indirect map; [`Filesystem::open`] |
 //! | inode tables | `itable` | scans of the in-use inodes of a group or of the filesystem |
 //! | block maps | `blockmap` | one inode's blocks as [`FileRun`]s (`inode_runs`) |
 //! | journal | `journal/` (`superblock`, `log`; `locate`; `passes`, `fast_commit`; `recovery`; `view`) | the jbd2 journal: [`Journal::locate`], [`Journal::recover`], the [`ReplayedView`] |
 //! | directories | `dir` | `read_dir`, `DirEntry` (crate-internal) |
-//! | copy set | `walk` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied) |
+//! | copy set | `walk`, `checksum::verify` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied); the checksums the walk verifies or leaves pending |
 //! | owners, paths | `owners`, `paths` | [`file_runs`], [`file_runs_and_inodes`], [`inode_paths`] |
 //! | snapshots | `snapshot/` (`list`, `map`, `view`, `names`) | next3 snapshots |
 //!

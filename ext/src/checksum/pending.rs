@@ -9,9 +9,8 @@
 //! blocks, so that the runs a read overlaps are found with one binary search.
 
 use super::report::{matched, BadChecksum, Check, ChecksumKind, ChecksumReport, Failure};
-use super::rules;
+use super::rules::{self, dir_block_checksum, DirChecksum};
 use super::state::Role;
-use crate::dir::{dir_block_checksum, DirChecksum};
 use crate::inode::inode_checksum;
 use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
