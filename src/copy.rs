@@ -140,6 +140,9 @@ fn batch_end(requests: &[Request], from: usize, budget: u64) -> usize {
     j
 }
 
+/// Units of one request that could not be read, with the error.
+type Failures = Vec<(u64, std::io::Error)>;
+
 /// Reads every request of the batch in parallel into the batch buffer, verifying the
 /// `pending` checksums of each request read whole.
 fn read_batch(view: &dyn BlockView, unit: u32, batch: &mut Batch, pending: &PendingChecks) {
@@ -153,7 +156,7 @@ fn read_batch(view: &dyn BlockView, unit: u32, batch: &mut Batch, pending: &Pend
         slices.push(head);
         rest = tail;
     }
-    let read: Vec<(Vec<(u64, std::io::Error)>, Option<PendingTally>)> = batch
+    let read: Vec<(Failures, Option<PendingTally>)> = batch
         .requests
         .par_iter()
         .zip(slices.into_par_iter())

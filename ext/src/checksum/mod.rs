@@ -32,6 +32,6 @@ pub(crate) mod verify;
 
 pub use pending::{PendingChecks, PendingTally};
 pub(crate) use report::{matched, Check, Failure};
-pub(crate) use rules::rec_len;
 pub use report::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};
+pub(crate) use rules::rec_len;
 pub(crate) use state::Checks;

@@ -21,7 +21,9 @@ fn report(img: &Path, copy: Option<u64>) -> WalkResult {
             while s < e.end() {
                 let n = piece.min(e.end() - s);
                 let mut buf = vec![0u8; (n * bs) as usize];
-                fs.view().read_blocks(fs.sb.block_size, s, &mut buf).unwrap();
+                fs.view()
+                    .read_blocks(fs.sb.block_size, s, &mut buf)
+                    .unwrap();
                 tally.append(w.pending.verify(BlockNr(s), &buf));
                 s += n;
             }
@@ -62,7 +64,10 @@ fn copy_path_and_read_path_agree_on_the_corpus() {
         assert!(listed <= r.failed(), "{}", gz.display());
         with_bad += u32::from(r.failed() > 0);
     }
-    assert!(with_bad >= 5, "only {with_bad} corpus images have bad checksums");
+    assert!(
+        with_bad >= 5,
+        "only {with_bad} corpus images have bad checksums"
+    );
 }
 
 #[test]
@@ -95,8 +100,23 @@ fn committed_image_verifies_clean_and_a_flipped_inode_is_found() {
     std::fs::write(&img, &bytes).unwrap();
     for copy in [None, Some(3)] {
         let w = report(&img, copy);
-        let bad: Vec<_> = w.checksums.bad.iter().map(|b| (b.kind, b.block, b.inode)).collect();
-        assert_eq!(bad, vec![(ChecksumKind::Inode, Some(BlockNr(itable)), Some(ext::InodeNr(2)))]);
-        assert!(w.warnings.iter().any(|w| w.reason.contains("inode checksum")));
+        let bad: Vec<_> = w
+            .checksums
+            .bad
+            .iter()
+            .map(|b| (b.kind, b.block, b.inode))
+            .collect();
+        assert_eq!(
+            bad,
+            vec![(
+                ChecksumKind::Inode,
+                Some(BlockNr(itable)),
+                Some(ext::InodeNr(2))
+            )]
+        );
+        assert!(w
+            .warnings
+            .iter()
+            .any(|w| w.reason.contains("inode checksum")));
     }
 }
