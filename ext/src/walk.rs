@@ -14,7 +14,8 @@
 //! walk: it becomes a [`Warning`] naming the inode, block and offset, and only the damaged
 //! part is skipped. Warnings are kept up to a few per kind and counted beyond, so memory stays
 //! bounded. On the way every metadata checksum met is verified (`checksum`): the result is
-//! [`WalkResult::checksums`], and each failure a warning.
+//! [`WalkResult::checksums`], and each failure a warning; the checksums of the blocks a copy
+//! reads anyway are left in [`WalkResult::pending`], for [`WalkResult::finish_checks`].
 
 use crate::blockset::{BlockClass, BlockSet};
 use crate::checksum::verify;
@@ -117,9 +118,10 @@ impl Found {
     }
 }
 
-/// Walks `fs` and returns the finished block set, the warnings and counts. Groups past the
-/// end of the source (see [`Filesystem::groups_past_source`]) are not walked; they are one
-/// warning.
+/// Walks `fs` and returns the finished block set, the warnings and counts, and the checksum
+/// report with the checksums left pending (see [`WalkResult::finish_checks`]). Groups past
+/// the end of the source (see [`Filesystem::groups_past_source`]) are not walked; they are
+/// one warning.
 pub fn walk<V: BlockView>(fs: &Filesystem<V>, opts: &WalkOptions) -> WalkResult {
     let sb = &fs.sb;
     let view: &dyn BlockView = fs.view();
