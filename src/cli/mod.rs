@@ -162,6 +162,13 @@ pub struct ExportArgs {
     /// Block size in bytes to read the backup superblock with (requires -b).
     #[arg(short = 'B', value_name = "BLOCKSIZE", requires = "superblock")]
     pub block_size: Option<u32>,
+    /// The filesystem starts at this byte offset of SOURCE (a partition inside a disk image),
+    /// as e2image's -o.
+    #[arg(short = 'o', value_name = "SRC_OFFSET", value_parser = parse_offset)]
+    pub src_offset: Option<u64>,
+    /// Write the raw image at this byte offset of OUT (-r only), as e2image's -O.
+    #[arg(short = 'O', value_name = "DST_OFFSET", value_parser = parse_offset)]
+    pub dest_offset: Option<u64>,
     /// Image a source that is mounted read-write (the image may be inconsistent).
     #[arg(short = 'f')]
     pub force: bool,
@@ -246,22 +253,6 @@ pub struct UnsupportedArgs {
     /// e2image -I: install the metadata of an image onto a device.
     #[arg(short = 'I', hide = true)]
     pub install: bool,
-    /// e2image -o: source offset in bytes.
-    #[arg(
-        short = 'o',
-        hide = true,
-        value_name = "OFFSET",
-        allow_hyphen_values = true
-    )]
-    pub src_offset: Option<String>,
-    /// e2image -O: destination offset in bytes.
-    #[arg(
-        short = 'O',
-        hide = true,
-        value_name = "OFFSET",
-        allow_hyphen_values = true
-    )]
-    pub dest_offset: Option<String>,
     /// e2image -s: scramble directory entries.
     #[arg(short = 's', hide = true)]
     pub scramble: bool,
@@ -282,8 +273,6 @@ impl UnsupportedArgs {
                 "-I",
                 "; to write a state back onto a device, use `e2image-rs rollback`",
             ),
-            (self.src_offset.is_some(), "-o", ""),
-            (self.dest_offset.is_some(), "-O", ""),
             (self.scramble, "-s", ""),
             (self.check, "-c", ""),
             (self.dry, "-n", ""),
@@ -314,6 +303,12 @@ pub fn unknown_subcommand(word: &std::ffi::OsStr) -> Option<String> {
 /// Smallest and largest QCOW2 cluster sizes QEMU accepts, in bytes.
 pub const CLUSTER_SIZE_RANGE: std::ops::RangeInclusive<u64> =
     1 << qcow::MIN_CLUSTER_BITS..=1 << qcow::MAX_CLUSTER_BITS;
+
+/// `-o` / `-O`: a byte offset.
+fn parse_offset(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))
+}
 
 /// `--cluster-size`: a power of two in [`CLUSTER_SIZE_RANGE`].
 fn parse_cluster_size(s: &str) -> Result<u64, String> {

@@ -53,6 +53,8 @@ pub struct ExportPlan {
     progress: bool,
     sync: bool,
     json: bool,
+    /// `-O`: where the raw image starts in OUT, in bytes.
+    dest_offset: u64,
 }
 
 impl ExportPlan {
@@ -73,6 +75,13 @@ impl ExportPlan {
         let source = a.source.clone().ok_or_else(|| usage("SOURCE is missing"))?;
         let out = a.output.as_deref().ok_or_else(|| usage("OUT is missing"))?;
         let mode = mode_of(a, format, out)?;
+        let dest_offset = a.dest_offset.unwrap_or(0);
+        if dest_offset > 0 && format != Format::Raw {
+            return Err(usage(
+                "-O DST_OFFSET places a raw image (-r) inside OUT; a QCOW2 image is a file of its own",
+            )
+            .into());
+        }
         let output = match &mode {
             Mode::ArchiveAppend { .. } => archive_output(out)?,
             _ => output_kind(out, format, a.json)?,
@@ -94,6 +103,7 @@ impl ExportPlan {
             progress: a.progress,
             sync: a.sync,
             json: a.json,
+            dest_offset,
         };
         plan.check_output_is_no_input()?;
         Ok(plan)
@@ -142,6 +152,11 @@ impl ExportPlan {
     /// `--json`: print the JSON summary.
     pub fn json(&self) -> bool {
         self.json
+    }
+
+    /// `-O`: the byte offset of the raw image in OUT (0 without it).
+    pub fn dest_offset(&self) -> u64 {
+        self.dest_offset
     }
 
     /// `--replay`: the journal is replayed in memory.
@@ -273,6 +288,7 @@ fn mode_of(a: &ExportArgs, format: Format, out: &Path) -> Result<Mode, UsageErro
 /// How SOURCE is opened and which view of it is read.
 fn source_args(a: &ExportArgs) -> SourceArgs {
     SourceArgs {
+        offset: a.src_offset.unwrap_or(0),
         open: ext::OpenOptions {
             superblock: a.superblock.map(ext::BlockNr),
             block_size: a.block_size,

@@ -72,6 +72,8 @@ impl SourceView {
 pub struct Source {
     path: PathBuf,
     file: File,
+    /// `-o`: where the filesystem starts in the file, in bytes.
+    offset: u64,
     kind: SourceKind,
     open: ext::OpenOptions,
     force: bool,
@@ -81,6 +83,7 @@ pub struct Source {
 
 /// How SOURCE is opened and read, as the arguments give it.
 pub(super) struct SourceArgs {
+    pub(super) offset: u64,
     pub(super) open: ext::OpenOptions,
     pub(super) force: bool,
     pub(super) journal_dev: Option<PathBuf>,
@@ -102,9 +105,27 @@ impl Source {
             true => SourceKind::Qcow2,
             false => SourceKind::Filesystem,
         };
+        if kind == SourceKind::Qcow2 && a.offset > 0 {
+            return Err(crate::exit::UsageError(format!(
+                "-o {}: {} is a QCOW2 image; -o gives where a filesystem starts inside a disk image",
+                a.offset,
+                path.display()
+            ))
+            .into());
+        }
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if a.offset > 0 && len > 0 && a.offset >= len {
+            return Err(crate::exit::UsageError(format!(
+                "-o {}: {} is only {len} bytes long",
+                a.offset,
+                path.display()
+            ))
+            .into());
+        }
         Ok(Source {
             path: path.to_path_buf(),
             file,
+            offset: a.offset,
             kind,
             open: a.open,
             force: a.force,
@@ -148,16 +169,23 @@ impl Source {
         Identity::from_meta(&self.file.metadata().ok()?)
     }
 
-    /// The filesystem source as a block view (over the file opened once).
+    /// The filesystem source as a block view (over the file opened once), starting at the
+    /// `-o` offset.
     ///
     /// # Errors
-    /// Duplicating the file handle or reading its size fails.
+    /// Duplicating the file handle or reading its size fails; the offset is past the end.
     pub fn file_view(&self) -> Result<FileView> {
         let f = self
             .file
             .try_clone()
             .context("duplicating SOURCE's handle")?;
-        FileView::from_file(f).with_context(|| format!("cannot read {}", self.path.display()))
+        FileView::from_file_at(f, self.offset).with_context(|| {
+            format!(
+                "cannot read {} from byte {}",
+                self.path.display(),
+                self.offset
+            )
+        })
     }
 
     /// The QCOW2 source's reader (over the file opened once); a delta or overlay (a backing

@@ -17,11 +17,12 @@ mod clusters;
 mod device;
 mod qcow;
 mod raw;
+mod shifted;
 mod stream;
 
 use crate::plan::{ExportPlan, Format, Output};
 use crate::sys::output::{BackgroundSync, TempOutput};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub use archive::Append;
 pub use qcow::QcowOptions;
@@ -178,7 +179,12 @@ impl Opened {
 /// The output cannot be created; a device is mounted, busy or too small; the plan's output
 /// is an archive.
 pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
-    let (size, qcow) = (target.size, &target.qcow);
+    let qcow = &target.qcow;
+    let by = plan.dest_offset();
+    let size = target
+        .size
+        .checked_add(by)
+        .context("-O: the offset plus the image overflows")?;
     let (sink, temp, background): (Box<dyn Sink>, _, _) = match (plan.output(), plan.format()) {
         (Output::Stdout, _) => (Box::new(stream::StreamSink::new(size)), None, None),
         (Output::Device(p), _) => (Box::new(device::DeviceSink::open(p, size)?), None, None),
@@ -188,6 +194,9 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
         ),
         (Output::File(p), format) => {
             let (temp, file) = TempOutput::create(p)?;
+            if by > 0 {
+                shifted::copy_prefix(p, &file, by)?;
+            }
             let bg = BackgroundSync::start(&file, plan.sync());
             let sink: Box<dyn Sink> = match format {
                 Format::Raw => Box::new(raw::RawSink::new(file, size)?),
@@ -195,6 +204,10 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
             };
             (sink, Some(temp), Some(bg))
         }
+    };
+    let sink = match by {
+        0 => sink,
+        _ => Box::new(shifted::Shifted::new(sink, by)),
     };
     Ok(Opened {
         sink,

@@ -21,6 +21,7 @@ mod hostile;
 mod journal;
 mod large;
 mod messages;
+mod offsets;
 mod replay_kernel;
 mod replay_states;
 mod rollback;
