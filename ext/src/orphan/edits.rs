@@ -41,8 +41,9 @@ pub(super) struct Edits<'f, V> {
     /// Blocks freed, committed and in the transaction.
     freed_done: u64,
     freed_tx: u64,
-    /// The system zone: sorted, disjoint `[start, end)` block ranges.
-    zone: Vec<(u64, u64)>,
+    /// The system zone: sorted, disjoint `[start, end)` block ranges (built when first
+    /// needed).
+    zone: std::cell::OnceCell<Vec<(u64, u64)>>,
 }
 
 impl<'f, V: BlockView> Edits<'f, V> {
@@ -57,7 +58,7 @@ impl<'f, V: BlockView> Edits<'f, V> {
             groups_tx: Default::default(),
             freed_done: 0,
             freed_tx: 0,
-            zone: system_zone(fs),
+            zone: std::cell::OnceCell::new(),
         }
     }
 
@@ -141,8 +142,9 @@ impl<'f, V: BlockView> Edits<'f, V> {
     pub(super) fn check_owned(&self, ino: InodeNr, start: u64, len: u64) -> Result<(), Stop> {
         self.check_in_fs(Some(ino), start, len)?;
         let end = start + len;
-        let i = self.zone.partition_point(|&(_, e)| e <= start);
-        if let Some(&(zs, ze)) = self.zone.get(i).filter(|&&(zs, _)| zs < end) {
+        let zone = self.zone.get_or_init(|| system_zone(self.fs));
+        let i = zone.partition_point(|&(_, e)| e <= start);
+        if let Some(&(zs, ze)) = zone.get(i).filter(|&&(zs, _)| zs < end) {
             let at = zs.max(start);
             return Err(stop(
                 Some(ino),

@@ -227,8 +227,7 @@ fn from_file<V: BlockView>(
     now: InodeTime,
     out: &mut OrphanRelease,
 ) -> bool {
-    let blocks: Vec<u64> = f.blocks().collect();
-    for b in blocks {
+    for b in f.blocks() {
         let entries = match f.entries(ed, b) {
             Ok(e) => e,
             Err(w) => {

@@ -310,3 +310,56 @@ fn set_time(raw: &mut [u8], at: usize, extra: usize, now: InodeTime) {
 fn put32(raw: &mut [u8], at: usize, v: u32) {
     raw[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_carry_epoch_bits_and_nanoseconds_where_the_record_has_room() {
+        let mut raw = vec![0u8; 256];
+        raw[0x80..0x82].copy_from_slice(&32u16.to_le_bytes());
+        for t in [
+            InodeTime {
+                secs: (1 << 32) + 5,
+                nsecs: 7,
+            },
+            InodeTime {
+                secs: -1,
+                nsecs: 999_999_999,
+            },
+        ] {
+            set_time(&mut raw, I_CTIME, I_CTIME_EXTRA, t);
+            let got = InodeTime::decode(le32(&raw, I_CTIME), le32(&raw, I_CTIME_EXTRA));
+            assert_eq!(got, t);
+        }
+        // i_extra_isize 8 covers i_ctime_extra, not i_mtime_extra.
+        raw[0x80] = 8;
+        let t = InodeTime { secs: 9, nsecs: 3 };
+        set_time(&mut raw, I_MTIME, I_MTIME_EXTRA, t);
+        assert_eq!((le32(&raw, I_MTIME), le32(&raw, I_MTIME_EXTRA)), (9, 0));
+        let mut small = vec![0u8; 128];
+        set_time(&mut small, I_CTIME, I_CTIME_EXTRA, t);
+        assert_eq!(le32(&small, I_CTIME), 9);
+    }
+
+    #[test]
+    fn ea_inode_references_are_found_among_the_entries() {
+        let entry = |name_len: u8, inum: u32| {
+            let mut e = vec![name_len, 1, 0, 0];
+            e.extend(inum.to_le_bytes());
+            e.extend([4, 0, 0, 0, 0, 0, 0, 0]);
+            e.extend(vec![b'n'; usize::from(name_len)]);
+            e.resize((16 + usize::from(name_len) + 3) & !3, 0);
+            e
+        };
+        let mut area = entry(5, 0);
+        area.extend(entry(3, 0));
+        area.extend([0; 4]);
+        assert!(!has_ea_inode_refs(&area));
+        let mut area = entry(5, 0);
+        area.extend(entry(3, 77));
+        assert!(has_ea_inode_refs(&area));
+        assert!(!has_ea_inode_refs(&[0xFF; 10]), "shorter than an entry");
+    }
+}

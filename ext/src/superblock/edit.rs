@@ -318,6 +318,44 @@ mod tests {
     }
 
     #[test]
+    fn counts_orphan_head_and_ro_compat_bits_set_alone() {
+        let (sb, before) = edited(|e| {
+            e.set_free_blocks_count((7 << 32) | 12);
+            e.set_free_inodes_count(34);
+            e.set_last_orphan(56);
+            assert_eq!(e.s_last_orphan(), 56);
+            e.clear_ro_compat(ro_compat::METADATA_CSUM);
+            assert_eq!(e.s_feature_ro_compat() & ro_compat::METADATA_CSUM, 0);
+            let ro = e.s_feature_ro_compat() | ro_compat::METADATA_CSUM;
+            e.put32(S_FEATURE_RO_COMPAT_OFFSET, ro);
+        });
+        assert_eq!(sb.s_last_orphan, 56);
+        let raw = &sb.raw;
+        assert_eq!(le32(raw, S_FREE_BLOCKS_COUNT_LO_OFFSET), 12);
+        assert_eq!(le32(raw, S_FREE_INODES_COUNT_OFFSET), 34);
+        // Without INCOMPAT_64BIT the high half is not written.
+        assert_eq!(le32(raw, S_FREE_BLOCKS_COUNT_HI_OFFSET), 0);
+        let fields = [
+            S_FREE_BLOCKS_COUNT_LO_OFFSET,
+            S_FREE_INODES_COUNT_OFFSET,
+            S_LAST_ORPHAN_OFFSET,
+        ];
+        let d = differ(raw, &before);
+        assert!(
+            d.iter()
+                .all(|&i| fields.iter().any(|&f| (f..f + 4).contains(&i)) || i >= S_CHECKSUM_OFFSET),
+            "{d:?}"
+        );
+        let mut b = sample();
+        let inc = le32(&b, S_FEATURE_INCOMPAT_OFFSET) | incompat::BIT64;
+        b[S_FEATURE_INCOMPAT_OFFSET..][..4].copy_from_slice(&inc.to_le_bytes());
+        SuperblockBytes::new(&mut b)
+            .unwrap()
+            .set_free_blocks_count((7 << 32) | 12);
+        assert_eq!(le32(&b, S_FREE_BLOCKS_COUNT_HI_OFFSET), 7);
+    }
+
+    #[test]
     fn magic_set() {
         let mut b = sample();
         let mut e = SuperblockBytes::new(&mut b).unwrap();
