@@ -8,7 +8,8 @@
 //! lists which inode owns each block and at which file offset (for rollback safety checks),
 //! [`inode_paths`] names inodes by a breadth-first directory walk, [`snapshot_list`] and
 //! [`SnapshotView`] read next3 in-filesystem snapshots, and [`Journal`] finds and recovers the
-//! jbd2 journal into a [`ReplayedView`] (journal + disk, built in memory).
+//! jbd2 journal into a [`ReplayedView`] (journal + disk, built in memory), whose orphan
+//! lists [`release_orphans`] then processes as the kernel does at mount.
 //! [`Superblock::is_special_inode`] tells the filesystem's own inodes from user files, and
 //! [`SuperblockBytes`] reads and edits superblock fields in a caller's buffer (the replayed
 //! view's superblock, the binary's "not clean" mark): editing memory, never writing a device.
@@ -26,6 +27,7 @@
 //! | inode tables | `itable` | scans of the in-use inodes of a group or of the filesystem |
 //! | block maps | `blockmap` | one inode's blocks as [`FileRun`]s (`inode_runs`) |
 //! | journal | `journal/` (`superblock`, `log`; `locate`; `passes`, `fast_commit`; `recovery`; `view`) | the jbd2 journal: [`Journal::locate`], [`Journal::recover`], the [`ReplayedView`] |
+//! | orphans | `orphan/` (`csum`, `edits`; `extents`, `indirect`, `file`; `release`) | [`release_orphans`]: the orphan lists processed after a replay, as the kernel does at mount, into changed blocks ([`OrphanRelease`]) |
 //! | directories | `dir` | `read_dir`, `DirEntry` (crate-internal) |
 //! | copy set | `walk` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied) |
 //! | owners, paths | `owners`, `paths` | [`file_runs`], [`file_runs_and_inodes`], [`inode_paths`] |
@@ -62,6 +64,7 @@ mod inode;
 mod itable;
 mod journal;
 mod layout;
+mod orphan;
 mod owners;
 mod paths;
 mod snapshot;
@@ -82,6 +85,7 @@ pub use journal::{
     FastCommit, Journal, JournalLocation, JournalLookup, JournalState, Located, OverlayBlock,
     Recovery, ReplayMode, ReplayedView,
 };
+pub use orphan::{release_orphans, OrphanRelease};
 pub use owners::{file_runs, file_runs_and_inodes, Owners};
 pub use paths::inode_paths;
 pub use snapshot::{
