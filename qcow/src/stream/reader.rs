@@ -15,7 +15,7 @@ use crate::reader::{ClusterMapping, Layer, LayerReader, Reader};
 #[derive(Debug)]
 pub enum StreamOpen<R: Read> {
     /// Tables read: the data can be read in one pass.
-    OnePass(StreamImage<R>),
+    OnePass(Box<StreamImage<R>>),
     /// Not laid out for one pass: `consumed` are the bytes read so far (the image's first
     /// bytes), `input` the rest of the stream, `reason` why.
     Spool {
@@ -79,13 +79,13 @@ impl<R: Read> StreamImage<R> {
         if let Some(g) = straddles {
             let reason = format!("guest cluster {g}'s data straddles the end of its tables");
             return Ok(StreamOpen::Spool {
-                consumed: reader_bytes(reader),
+                consumed: reader.into_bytes(),
                 input: prefix.input,
                 reason,
             });
         }
         let cluster = reader.cluster_size();
-        Ok(StreamOpen::OnePass(StreamImage {
+        Ok(StreamOpen::OnePass(Box::new(StreamImage {
             reader,
             data: StreamData {
                 input: prefix.input,
@@ -95,7 +95,7 @@ impl<R: Read> StreamImage<R> {
                 cluster,
                 scratch: Vec::new(),
             },
-        }))
+        })))
     }
 
     /// The reader over the tables: header, extensions, snapshots, layers and mappings.
@@ -130,7 +130,7 @@ impl<R: Read> StreamImage<R> {
     /// Gives up the one-pass read before any data was read: the stream's first bytes and the
     /// rest of it, for spooling.
     pub fn into_spool(self) -> (Vec<u8>, R) {
-        (reader_bytes(self.reader), self.data.input)
+        (self.reader.into_bytes(), self.data.input)
     }
 }
 
@@ -273,9 +273,4 @@ fn spool<R: Read>(prefix: Prefix<R>, reason: String) -> StreamOpen<R> {
         input: prefix.input,
         reason,
     }
-}
-
-/// The bytes a reader over a stream's tables holds.
-fn reader_bytes(reader: Reader) -> Vec<u8> {
-    reader.into_bytes()
 }
