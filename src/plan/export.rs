@@ -167,8 +167,14 @@ impl ExportPlan {
             if let StateRef::Image { path, .. } = &d.from {
                 v.push(("--base".to_string(), path.clone()));
             }
-            if let (Some(b), Output::File(out)) = (&d.backing, &self.output) {
-                v.push(("--backing".to_string(), backing_path(b, out)));
+            match (&d.backing, &self.output) {
+                (Some(b), Output::File(out)) => {
+                    v.push(("--backing".to_string(), backing_path(b, out)))
+                }
+                (Some(b), Output::Stdout) => {
+                    v.push(("--backing".to_string(), backing_path(b, Path::new("-"))))
+                }
+                _ => {}
             }
         }
         v
