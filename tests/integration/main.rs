@@ -29,3 +29,4 @@ mod safety;
 mod skips;
 mod snapshots_next3;
 mod snapshots_pit;
+mod stream;

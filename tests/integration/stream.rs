@@ -1,0 +1,253 @@
+//! QCOW2 through pipes (issue 19): `-Q … -` writes a one-pass stream, and `apply -` and
+//! `-r -` read one from standard input.
+//! - every `-Q` mode streamed into a pipe equals the same export written to a file: the same
+//!   size, `qemu-img check` clean on the saved stream, `qemu-img compare` equal for the active
+//!   layer and for every state (`-l snapshot.name=`); metadata, `-d`, `--snapshot`,
+//!   `--fs-snapshots`, a QCOW2 source's states, `--name`, deltas with their record and
+//!   `--backing`;
+//! - a reader that goes away mid-stream stops the export with exit 1 and a clear message;
+//! - `--append` to `-` is a usage error.
+
+use crate::common::*;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs e2image-rs with `args` (OUT `-`) in `dir`, its standard output a pipe read to the end
+/// (as `| cat > FILE`) and saved as `out`.
+fn to_pipe(dir: &Path, args: &[&dyn AsRef<std::ffi::OsStr>], out: &Path) -> Output {
+    let mut c = Command::new(bin());
+    c.current_dir(dir);
+    for a in args {
+        c.arg(a);
+    }
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bytes = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    std::fs::write(out, bytes).unwrap();
+    o
+}
+
+/// `args` with OUT `-` into a pipe and with OUT `file` (both in `dir`); asserts both exit
+/// 0, check clean, have one size and hold the same states (`names`, and the active layer).
+fn stream_equals_file(dir: &Path, args: &[&dyn AsRef<std::ffi::OsStr>], tag: &str, names: &[&str]) {
+    let (piped, file) = (
+        dir.join(format!("{tag}.piped.qcow2")),
+        dir.join(format!("{tag}.file.qcow2")),
+    );
+    let mut a = args.to_vec();
+    a.push(&"-");
+    let o = to_pipe(dir, &a, &piped);
+    assert_eq!(code(&o), 0, "{tag}: {}", stderr(&o));
+    let mut a = args.to_vec();
+    a.push(&file);
+    let o = {
+        let mut c = Command::new(bin());
+        c.current_dir(dir).args(a.iter().map(|x| x.as_ref()));
+        c.output().unwrap()
+    };
+    assert_eq!(code(&o), 0, "{tag}: {}", stderr(&o));
+    assert_qemu_check(&piped);
+    assert_qemu_check(&file);
+    assert_eq!(
+        std::fs::metadata(&piped).unwrap().len(),
+        std::fs::metadata(&file).unwrap().len(),
+        "{tag}: one layout's size"
+    );
+    assert_qemu_identical(&piped, &file);
+    for n in names {
+        let (p, f) = (
+            dir.join(format!("{tag}.{n}.p.raw")),
+            dir.join(format!("{tag}.{n}.f.raw")),
+        );
+        extract_state(&piped, n, &p);
+        extract_state(&file, n, &f);
+        assert_eq!(sha256(&p), sha256(&f), "{tag}: state {n}");
+    }
+    // The same tables, dates aside (an archive's state is dated when it is made).
+    let undated = |q: &Path| {
+        let mut v = snapshot_list(q);
+        for s in v["snapshots"].as_array_mut().unwrap() {
+            let o = s.as_object_mut().unwrap();
+            if tag == "archive" {
+                o.retain(|k, _| !k.starts_with("date"));
+            }
+        }
+        v
+    };
+    assert_eq!(
+        undated(&piped),
+        undated(&file),
+        "{tag}: the same snapshot tables"
+    );
+}
+
+#[test]
+fn streamed_exports_equal_file_exports() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("stream-exports");
+    let [a, b, c] = chain(&dir);
+    stream_equals_file(&dir, &[&"-Q", &c], "meta", &[]);
+    stream_equals_file(&dir, &[&"-Q", &"-d", &c], "data", &[]);
+    stream_equals_file(&dir, &[&"-Q", &"--compat", &"0.10", &c], "v2", &[]);
+    stream_equals_file(&dir, &[&"-Q", &"--cluster-size", &"512", &c], "c512", &[]);
+    stream_equals_file(
+        &dir,
+        &[&"-Q", &"-d", &"--snapshot", &a, &"--snapshot", &b, &c],
+        "pit",
+        &["current", "b.img", "a.img"],
+    );
+    stream_equals_file(
+        &dir,
+        &[&"-Q", &"--name", &"monday", &c],
+        "archive",
+        &["monday"],
+    );
+    // A QCOW2 source's states are carried across.
+    let arch = dir.join("pit.file.qcow2");
+    stream_equals_file(
+        &dir,
+        &[&"-Q", &arch],
+        "carried",
+        &["current", "b.img", "a.img"],
+    );
+    // next3 snapshots.
+    let f = snapshot_fixtures(&["next3_3snap"])
+        .remove("next3_3snap")
+        .unwrap();
+    let names: Vec<String> = std::iter::once("current".to_string())
+        .chain(
+            f.snapshots
+                .iter()
+                .filter(|s| !s.deleted)
+                .map(|s| s.name.clone()),
+        )
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    stream_equals_file(&dir, &[&"-Q", &"--fs-snapshots", &f.path], "next3", &names);
+}
+
+#[test]
+fn streamed_deltas_equal_file_deltas_with_record_and_backing() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("stream-deltas");
+    let [a, b, c] = chain(&dir);
+    let arch = dir.join("arch.qcow2");
+    expect(&[&"-Q", &"--snapshot", &a, &"--snapshot", &b, &c, &arch], 0);
+    stream_equals_file(&dir, &[&"-Q", &"-x", &"a.img..current", &arch], "x", &[]);
+    let full = dir.join("a-full.qcow2");
+    expect(&[&"-Q", &"-d", &a, &full], 0);
+    stream_equals_file(
+        &dir,
+        &[
+            &"-Q",
+            &"-d",
+            &"--base",
+            &a,
+            &"--backing",
+            &"a-full.qcow2",
+            &c,
+        ],
+        "base",
+        &[],
+    );
+    let info = sh("qemu-img", &[&"info", &dir.join("base.piped.qcow2")]);
+    assert!(
+        stdout(&info).contains("backing file: a-full.qcow2"),
+        "{}",
+        stdout(&info)
+    );
+    // The record is the file delta's: apply of either gives TO.
+    for tag in ["base.piped", "base.file"] {
+        let t = sparse_copy(&a, &dir.join(format!("{tag}.t.img")));
+        let p = dir.join(format!("{tag}.patch"));
+        expect_sub(
+            "apply",
+            &[&dir.join(format!("{tag}.qcow2")), &t, &"--patch", &p],
+            0,
+        );
+    }
+    assert_eq!(
+        sha256(&dir.join("base.piped.t.img")),
+        sha256(&dir.join("base.file.t.img"))
+    );
+    // A missing --backing next to a streamed delta: checked from the current directory.
+    let o = Command::new(bin())
+        .current_dir(&dir)
+        .args(["-Q", "--base"])
+        .arg(&a)
+        .args(["--backing", "nope.qcow2"])
+        .arg(&c)
+        .arg("-")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("current directory"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_reader_that_goes_away_stops_the_export() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("stream-closed");
+    let img = small_image(&dir);
+    for n in [0usize, 100, 70_000] {
+        let mut child = Command::new(bin())
+            .args(["-Q", "-d"])
+            .arg(&img)
+            .arg("-")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut got = vec![0u8; n];
+        out.read_exact(&mut got).unwrap();
+        drop(out);
+        let o = child.wait_with_output().unwrap();
+        let e = stderr(&o);
+        assert_eq!(code(&o), 1, "after {n} bytes: {e}");
+        assert!(e.contains("standard output was closed"), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+        if n >= 4 {
+            assert_eq!(&got[..4], b"QFI\xfb", "the header comes first");
+        }
+    }
+    let temps = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(temps, 0, "no temporary file is involved");
+}
+
+#[test]
+fn append_to_standard_output_is_a_usage_error() {
+    let dir = scratch("stream-append");
+    let img = small_image(&dir);
+    let o = Command::new(bin())
+        .args(["-Q", "--append"])
+        .arg(&img)
+        .arg("-")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("in place"), "{}", stderr(&o));
+}
