@@ -50,6 +50,7 @@ pub fn run(plan: &ExportPlan) -> Result<Summary> {
     let source = plan.source();
     match (plan.mode(), source.kind()) {
         (Mode::Delta(d), _) => delta::run(plan, d),
+        (Mode::Convert, _) if source.stdin_stream() => convert::from_stdin(plan),
         (Mode::Convert, _) => convert::qcow_to_raw(&source.qcow_reader()?, plan),
         (_, SourceKind::Qcow2) => qcow_source::from_qcow2(plan),
         (_, SourceKind::Filesystem) => {

@@ -84,6 +84,12 @@ impl ExportPlan {
             }
             (m, _, _) => m,
         };
+        if source.stdin_stream() && mode != Mode::Convert {
+            return Err(usage(
+                "SOURCE - (standard input) is read by -r only: a QCOW2 image (e.g. `e2image-rs -Q … - | …`) converted to raw; a filesystem is read from a file or device",
+            )
+            .into());
+        }
         let plan = ExportPlan {
             source,
             output,

@@ -81,6 +81,14 @@ impl Reader {
     }
 
     /// The bytes a reader made by [`Reader::from_bytes`] holds (empty for a file).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self.image.file {
+            image::Backing::Bytes(b) => b,
+            image::Backing::File(_) => &[],
+        }
+    }
+
+    /// The bytes a reader made by [`Reader::from_bytes`] holds (empty for a file), given up.
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         match self.image.file {
             image::Backing::Bytes(b) => b,

@@ -127,6 +127,17 @@ impl<R: Read> StreamImage<R> {
         Ok(ordered)
     }
 
+    /// The reader over the tables and the data, apart (the reader's layers borrow only it).
+    pub fn into_parts(self) -> (Reader, StreamData<R>) {
+        (self.reader, self.data)
+    }
+
+    /// The stream's first `n` bytes (at most the tables held in memory).
+    pub fn head(&self, n: usize) -> &[u8] {
+        let b = self.reader.bytes();
+        &b[..n.min(b.len())]
+    }
+
     /// Gives up the one-pass read before any data was read: the stream's first bytes and the
     /// rest of it, for spooling.
     pub fn into_spool(self) -> (Vec<u8>, R) {
