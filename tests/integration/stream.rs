@@ -251,3 +251,240 @@ fn append_to_standard_output_is_a_usage_error() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("in place"), "{}", stderr(&o));
 }
+
+/// Runs e2image-rs with `args` in `dir`, `input` written into its standard input through a
+/// pipe (by a thread, as `cat FILE | e2image-rs …`), stopping after `cut` bytes if given.
+fn from_pipe(dir: &Path, args: &[&dyn AsRef<std::ffi::OsStr>], input: Vec<u8>) -> Output {
+    use std::io::Write;
+    let mut c = Command::new(bin());
+    c.current_dir(dir);
+    for a in args {
+        c.arg(a);
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input); // the reader may stop early
+    });
+    let o = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    o
+}
+
+/// No patch under `p`, nor a temporary of one, is left in `dir`.
+fn no_patch(dir: &Path, p: &Path) {
+    assert!(!p.exists(), "{} exists", p.display());
+    let stem = p.file_name().unwrap().to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&stem))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn apply_of_a_streamed_delta_equals_apply_of_the_file() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("stream-apply");
+    let [a, _b, c] = chain(&dir);
+    let (file_delta, stream_delta) = (dir.join("ac.qcow2"), dir.join("ac.stream.qcow2"));
+    expect(&[&"-Q", &"-d", &"--base", &a, &c, &file_delta], 0);
+    let o = to_pipe(
+        &dir,
+        &[&"-Q", &"-d", &"--base", &a, &c, &"-"],
+        &stream_delta,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let t_file = sparse_copy(&a, &dir.join("t-file.img"));
+    expect_sub(
+        "apply",
+        &[&file_delta, &t_file, &"--patch", &dir.join("file.patch")],
+        0,
+    );
+    // The stream of `-Q … -` piped into `apply -`: consumed in its one pass, no spool.
+    let t = sparse_copy(&a, &dir.join("t-stream.img"));
+    let p = dir.join("stream.patch");
+    let o = from_pipe(
+        &dir,
+        &[&"apply", &"-", &t, &"--patch", &p],
+        read(&stream_delta),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("spooled"), "{}", stderr(&o));
+    assert_eq!(sha256(&t), sha256(&t_file), "apply - equals apply FILE");
+    expect_sub("apply", &[&"--undo", &p, &t], 0);
+    assert_eq!(
+        sha256(&t),
+        sha256(&a),
+        "the patch written from the stream is whole"
+    );
+    // The file delta (tables last) on standard input: read in one pass when its data is small
+    // enough to be held with the tables, else spooled first; the same result either way.
+    let t2 = sparse_copy(&a, &dir.join("t-spool.img"));
+    let p2 = dir.join("spool.patch");
+    let o = from_pipe(
+        &dir,
+        &[&"apply", &"-", &t2, &"--patch", &p2],
+        read(&file_delta),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(sha256(&t2), sha256(&t_file));
+}
+
+#[test]
+fn a_cut_or_corrupt_stream_leaves_the_target_and_no_patch() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("stream-apply-cut");
+    let [a, _b, c] = chain(&dir);
+    let sd = dir.join("ac.stream.qcow2");
+    let o = to_pipe(&dir, &[&"-Q", &"-d", &"--base", &a, &c, &"-"], &sd);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let bytes = read(&sd);
+    let t = sparse_copy(&a, &dir.join("t.img"));
+    let before = sha256(&t);
+    let p = dir.join("t.patch");
+    let len = bytes.len();
+    for cut in [0usize, 60, 5000, len / 2, len - 1] {
+        let o = from_pipe(
+            &dir,
+            &[&"apply", &"-", &t, &"--patch", &p],
+            bytes[..cut].to_vec(),
+        );
+        let e = stderr(&o);
+        assert_eq!(code(&o), 1, "cut {cut}: {e}");
+        assert!(e.contains(&format!("after {cut} bytes")), "cut {cut}: {e}");
+        assert!(e.contains("untouched"), "cut {cut}: {e}");
+        assert_eq!(sha256(&t), before, "cut {cut}");
+        no_patch(&dir, &p);
+    }
+    // A flipped byte in the data, and a stream that is not a delta.
+    let mut bad = bytes.clone();
+    bad[len - 100] ^= 0xff;
+    let full = dir.join("a-full.qcow2");
+    expect(&[&"-Q", &a, &full], 0);
+    for (what, input) in [("corrupt", bad), ("no delta record", read(&full))] {
+        let o = from_pipe(&dir, &[&"apply", &"-", &t, &"--patch", &p], input);
+        let e = stderr(&o);
+        assert_eq!(code(&o), 1, "{what}: {e}");
+        assert!(e.contains(what), "{e}");
+        assert_eq!(sha256(&t), before, "{what}");
+        no_patch(&dir, &p);
+    }
+    // A delta for another state of the filesystem: the target does not hold its FROM.
+    let cd = dir.join("cc.stream.qcow2");
+    let o = to_pipe(&dir, &[&"-Q", &"--base", &c, &c, &"-"], &cd);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = from_pipe(&dir, &[&"apply", &"-", &t, &"--patch", &p], read(&cd));
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(sha256(&t), before);
+    no_patch(&dir, &p);
+}
+
+#[test]
+fn raw_from_standard_input_one_pass_or_spooled() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("stream-raw-in");
+    let [a, b, c] = chain(&dir);
+    let reference = dir.join("c.ref.raw");
+    expect(&[&"-r", &c, &reference], 0);
+    // Our stream, in one pass.
+    let s = dir.join("c.stream.qcow2");
+    let o = to_pipe(
+        &dir,
+        &[&"-Q", &"--snapshot", &a, &"--snapshot", &b, &c, &"-"],
+        &s,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = dir.join("c.out.raw");
+    let o = from_pipe(&dir, &[&"-r", &"-", &out], read(&s));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("one pass"), "{}", stderr(&o));
+    assert_eq!(sha256(&out), sha256(&reference));
+    // An older state: its data shares the newer state's, out of guest order: spooled.
+    let (out_a, ref_a) = (dir.join("a.out.raw"), dir.join("a.ref.raw"));
+    expect(&[&"-r", &a, &ref_a], 0);
+    let o = from_pipe(
+        &dir,
+        &[&"-r", &"--from-snapshot", &"a.img", &"-", &out_a],
+        read(&s),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(sha256(&out_a), sha256(&ref_a));
+    // A QEMU-made image whose tables lie between its data (an internal snapshot made after
+    // the data): spooled to $TMPDIR with a note giving its size, then converted.
+    let q = dir.join("q.qcow2");
+    for args in [
+        vec!["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "64M"],
+        vec!["snapshot", "-c", "early", q.to_str().unwrap()],
+    ] {
+        if args[0] == "snapshot" {
+            let w = Command::new("qemu-io")
+                .args(["-c", "write -P 0x5a 1M 6M", "-c", "write -P 0xa5 40M 64k"])
+                .arg(&q)
+                .output()
+                .unwrap();
+            assert_eq!(code(&w), 0, "{}", stderr(&w));
+        }
+        let o = Command::new("qemu-img").args(&args).output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let reference = dir.join("q.ref.raw");
+    let o = sh("qemu-img", &[&"convert", &"-O", &"raw", &q, &reference]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tmp = dir.join("tmpdir");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out_q = dir.join("q.out.raw");
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(&dir)
+        .env("TMPDIR", &tmp)
+        .args(["-r", "-"])
+        .arg(&out_q);
+    let o = {
+        use std::io::Write;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = read(&q);
+        let feeder = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let o = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        o
+    };
+    let e = stderr(&o);
+    assert_eq!(code(&o), 0, "{e}");
+    assert!(
+        e.contains("spooled") && e.contains(&tmp.display().to_string()),
+        "{e}"
+    );
+    let size = std::fs::metadata(&q).unwrap().len();
+    assert!(
+        e.contains(&format!("{size} bytes")),
+        "the note gives the size: {e}"
+    );
+    assert_eq!(sha256(&out_q), sha256(&reference));
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the spool is unlinked"
+    );
+    // A filesystem on standard input is not a QCOW2 stream.
+    let o = from_pipe(&dir, &[&"-Q", &"-", &dir.join("x.qcow2")], read(&a));
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

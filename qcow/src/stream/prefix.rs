@@ -44,6 +44,9 @@ pub(super) struct Prefix<R: Read> {
     pub(super) buf: Vec<u8>,
     /// Table extents known so far: [start, end) in bytes, cluster rounded.
     known: Vec<(u64, u64)>,
+    /// The largest exact end of a table known so far (a file may end inside the last
+    /// cluster of its last table).
+    exact_end: u64,
     /// Bytes allowed beyond [`SLACK_BYTES`] for tables not known yet (snapshot L1 tables).
     allowance: u64,
     max: u64,
@@ -59,6 +62,7 @@ impl<R: Read> Prefix<R> {
             input,
             buf: Vec::new(),
             known: Vec::new(),
+            exact_end: 0,
             allowance: 0,
             max: opts.max_prefix_bytes,
             cluster: 512,
@@ -116,7 +120,7 @@ impl<R: Read> Prefix<R> {
                 }
             }
         }
-        let end = self.known.iter().map(|k| k.1).max().unwrap_or(c);
+        let end = self.exact_end;
         if let Err(why) = self.fill_to(end, "an L2 or refcount table")? {
             return Ok(Err(why));
         }
@@ -161,7 +165,7 @@ impl<R: Read> Prefix<R> {
             self.add(start, at - start)?;
         }
         self.allowance = 0;
-        let end = self.known.iter().map(|k| k.1).max().unwrap_or(0);
+        let end = self.exact_end;
         if let Err(why) = self.fill_to(end, "a snapshot L1 table")? {
             return Ok(Err(why));
         }
@@ -189,6 +193,7 @@ impl<R: Read> Prefix<R> {
         let c = self.cluster;
         self.known
             .push((start - start % c, end.next_multiple_of(c).max(end)));
+        self.exact_end = self.exact_end.max(end);
         Ok(())
     }
 
