@@ -50,7 +50,8 @@ struct Writing {
 }
 
 enum Phase {
-    Idle,
+    /// Made, the plan started (its options checked), not asked for two passes yet.
+    Idle(Box<StreamPlan>),
     Planning(Box<Planning>),
     Writing(Box<Writing>),
     Done,
@@ -59,8 +60,6 @@ enum Phase {
 /// See the module comment.
 pub struct QcowStreamSink {
     phase: Phase,
-    opts: WriterOptions,
-    qcow: QcowOptions,
     cluster: usize,
     /// The state being handed over (index in order), in either pass.
     state: Option<usize>,
@@ -74,18 +73,22 @@ impl QcowStreamSink {
     /// A QCOW2 stream of a `size`-byte disk on standard output, written as `qcow` says.
     ///
     /// # Errors
-    /// Invalid options.
+    /// Invalid options, extensions or backing file.
     pub fn new(size: u64, qcow: &QcowOptions) -> Result<QcowStreamSink> {
         let opts = WriterOptions {
             cluster_bits: qcow.cluster_bits,
             virtual_size: size,
             version: qcow.version,
         };
-        StreamPlan::new(opts).context("cannot plan the QCOW2 stream")?;
+        let mut plan = StreamPlan::new(opts).context("cannot plan the QCOW2 stream")?;
+        for (t, d) in &qcow.extensions {
+            plan.add_header_extension(*t, d)?;
+        }
+        if let Some((name, format)) = &qcow.backing {
+            plan.set_backing_file(name, format)?;
+        }
         Ok(QcowStreamSink {
-            phase: Phase::Idle,
-            opts,
-            qcow: qcow.clone(),
+            phase: Phase::Idle(Box::new(plan)),
             cluster: 1usize << qcow.cluster_bits,
             state: None,
             pending: None,
@@ -199,18 +202,11 @@ fn stream_error(e: qcow::Error) -> anyhow::Error {
 
 impl Sink for QcowStreamSink {
     fn two_passes(&mut self, states: usize) -> bool {
-        let mut plan = match StreamPlan::new(self.opts) {
-            Ok(p) => p,
-            Err(_) => return true, // refused again, with its message, by `new`'s check
+        let Phase::Idle(plan) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return true; // asked twice: the state machine refuses what follows
         };
-        for (t, d) in &self.qcow.extensions {
-            let _ = plan.add_header_extension(*t, d);
-        }
-        if let Some((name, format)) = &self.qcow.backing {
-            let _ = plan.set_backing_file(name, format);
-        }
         self.phase = Phase::Planning(Box::new(Planning {
-            plan,
+            plan: *plan,
             ids: Vec::new(),
             states,
             prev: Vec::new(),
