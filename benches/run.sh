@@ -2,7 +2,7 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: README.md, "Performance").
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal]
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal|stream]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
@@ -20,6 +20,8 @@
 #            apply of that delta onto a copy of usr.img is timed against dd writing as many bytes
 #   tib/     a sparse 1 TiB ext4 and a copy where a 1 GiB file was written (debugfs): the apply
 #            of their delta must take time proportional to the 1 GiB, not to the 1 TiB
+#   stream   usr.img again: -Q and -Q -d to standard output through a pipe (`| cat > FILE`,
+#            `| wc -c`) against the same export to a file; the peak RSS is the stream's
 #   jfs.img  a 4 GiB ext4 made from /usr/share with a 128 MiB journal filled by debugfs (30
 #            committed transactions of 1000 blocks of random bytes each, for the blocks of a
 #            120 MiB file): -Q --replay is timed against -Q (the faithful export)
@@ -55,7 +57,7 @@ done
 
 usr=${usr:-$work/usr.img}
 big=${big:-$work/big.img}
-if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ] || [ "$only" = apply ]; } && [ ! -s "$usr" ]; then
+if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ] || [ "$only" = apply ] || [ "$only" = stream ]; } && [ ! -s "$usr" ]; then
   echo "building $usr from /usr (8G, this takes a few minutes)" >&2
   rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
 fi
@@ -359,4 +361,20 @@ if [ -z "$only" ] || [ "$only" = journal ]; then
   run_round
   echo "  ratio -Q --replay / -Q: $(ratio "${T[e2image-rs -Q --replay]}" "${T[e2image-rs -Q]}")   (target <= 1.10)"
   echo "  ratio -Q --replay / e2image -Q: $(ratio "${T[e2image-rs -Q --replay]}" "${T[e2image -Q]}")"
+fi
+
+if [ -z "$only" ] || [ "$only" = stream ]; then
+  echo "== $usr: QCOW2 to standard output through a pipe (two passes over SOURCE) vs to a file"
+  pipe='set -o pipefail; out="$1"; shift; "$@" - | cat > "$out"'
+  count='set -o pipefail; "$@" - | wc -c > /dev/null'
+  for mode in -Q -d; do
+    args=(-Q); [ "$mode" = -d ] && args=(-Q -d)
+    cmd "e2image-rs ${args[*]} FILE" "$work/s-file.qcow2" "$bin" "${args[@]}" "$usr" "$work/s-file.qcow2"
+    cmd "e2image-rs ${args[*]} - | cat > FILE" "$work/s-pipe.qcow2" bash -c "$pipe" _ "$work/s-pipe.qcow2" "$bin" "${args[@]}" "$usr"
+    cmd "e2image-rs ${args[*]} - | wc -c" "$work/s-none" bash -c "$count" _ "$bin" "${args[@]}" "$usr"
+    run_round
+    echo "  ratio ${args[*]} | cat > FILE / ${args[*]} FILE: $(ratio "${T[e2image-rs ${args[*]} - | cat > FILE]}" "${T[e2image-rs ${args[*]} FILE]}")   (target <= 1.10)"
+    echo "  ratio ${args[*]} | wc -c / ${args[*]} FILE: $(ratio "${T[e2image-rs ${args[*]} - | wc -c]}" "${T[e2image-rs ${args[*]} FILE]}")"
+    echo "  peak RSS of the stream: ${R[e2image-rs ${args[*]} - | wc -c]} KiB (file: ${R[e2image-rs ${args[*]} FILE]} KiB)"
+  done
 fi

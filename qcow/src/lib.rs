@@ -30,6 +30,7 @@
 //! | stats | `stats` | [`LayerStats`]: per-layer cluster statistics, on top of the reader |
 //! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`, `free_runs`, `edit`) | [`Writer`]; its allocator over an existing image |
 //! | editor | `editor/` (`open`, `census`, `references`, `copied`, `refblocks`, `commit`) | [`Editor`]: in-place edits, on top of the reader and the writer |
+//! | stream | `stream/` (`plan`, `layout`, `writer`, `prefix`, `reader`) | [`StreamPlan`], [`StreamWriter`], [`StreamImage`]: images written and read in one pass (pipes), on top of the format codecs and the reader |
 //!
 //! The modules are private; this root re-exports the public API.
 //!
@@ -47,6 +48,7 @@ mod geometry;
 mod io;
 mod reader;
 mod stats;
+mod stream;
 mod types;
 mod writer;
 
@@ -62,5 +64,9 @@ pub use geometry::{max_virtual_size, Version, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS
 pub use io::WriteEvent;
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
 pub use stats::{LayerStats, STATS_WINDOW_CLUSTERS};
+pub use stream::{
+    DataKind, DataRef, StreamData, StreamImage, StreamLayout, StreamOpen, StreamOptions,
+    StreamPlan, StreamSummary, StreamWriter, DEFAULT_MAX_PREFIX_BYTES, SLACK_BYTES,
+};
 pub use types::{GuestCluster, HostCluster, StateId};
 pub use writer::{Writer, WriterOptions, WriterSummary};

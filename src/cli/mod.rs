@@ -234,10 +234,13 @@ pub struct ExportArgs {
     /// read only.
     #[arg(long, value_name = "PATH")]
     pub journal_dev: Option<PathBuf>,
-    /// The filesystem (image file or block device), or a QCOW2 image.
+    /// The filesystem (image file or block device), or a QCOW2 image; `-` reads a QCOW2 image
+    /// from standard input (-r only: converted to raw, in one pass when it was streamed by
+    /// `-Q … -`, else spooled to $TMPDIR first).
     #[arg(required = true)]
     pub source: Option<PathBuf>,
-    /// The image to write; `-` writes a raw image (-r) to standard output.
+    /// The image to write; `-` writes it to standard output (-r: raw; -Q: QCOW2 laid out for
+    /// one pass, tables first; not with --append).
     #[arg(required = true)]
     pub output: Option<PathBuf>,
     /// e2image options that e2image-rs does not implement yet; accepted by the parser only so

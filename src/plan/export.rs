@@ -93,6 +93,12 @@ impl ExportPlan {
             }
             (m, _, _) => m,
         };
+        if source.stdin_stream() && mode != Mode::Convert {
+            return Err(usage(
+                "SOURCE - (standard input) is read by -r only: a QCOW2 image (e.g. `e2image-rs -Q … - | …`) converted to raw; a filesystem is read from a file or device",
+            )
+            .into());
+        }
         let plan = ExportPlan {
             source,
             output,
@@ -182,8 +188,14 @@ impl ExportPlan {
             if let StateRef::Image { path, .. } = &d.from {
                 v.push(("--base".to_string(), path.clone()));
             }
-            if let (Some(b), Output::File(out)) = (&d.backing, &self.output) {
-                v.push(("--backing".to_string(), backing_path(b, out)));
+            match (&d.backing, &self.output) {
+                (Some(b), Output::File(out)) => {
+                    v.push(("--backing".to_string(), backing_path(b, out)))
+                }
+                (Some(b), Output::Stdout) => {
+                    v.push(("--backing".to_string(), backing_path(b, Path::new("-"))))
+                }
+                _ => {}
             }
         }
         v

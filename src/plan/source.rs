@@ -79,6 +79,8 @@ pub struct Source {
     force: bool,
     journal_dev: Option<PathBuf>,
     view: SourceView,
+    /// SOURCE `-` on a pipe (see [`Source::stdin_stream`]).
+    stdin_stream: bool,
 }
 
 /// How SOURCE is opened and read, as the arguments give it.
@@ -96,8 +98,34 @@ impl Source {
     /// # Errors
     /// It cannot be opened or read.
     pub(super) fn open(path: &Path, a: SourceArgs) -> Result<Source> {
-        let file = File::open(path)
-            .with_context(|| format!("cannot open {} read-only", path.display()))?;
+        let (file, stdin_stream) = match path.as_os_str() == "-" {
+            true => stdin_file()?,
+            false => (
+                File::open(path)
+                    .with_context(|| format!("cannot open {} read-only", path.display()))?,
+                false,
+            ),
+        };
+        if stdin_stream {
+            if a.offset > 0 {
+                return Err(crate::exit::UsageError(
+                    "-o SRC_OFFSET: standard input is read as a QCOW2 stream, which has no offset"
+                        .into(),
+                )
+                .into());
+            }
+            return Ok(Source {
+                path: path.to_path_buf(),
+                file,
+                offset: 0,
+                kind: SourceKind::Qcow2,
+                open: a.open,
+                force: a.force,
+                journal_dev: a.journal_dev,
+                view: a.view,
+                stdin_stream,
+            });
+        }
         let mut magic = [0u8; 4];
         let n = read_prefix(&file, &mut magic)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -131,7 +159,14 @@ impl Source {
             force: a.force,
             journal_dev: a.journal_dev,
             view: a.view,
+            stdin_stream,
         })
+    }
+
+    /// True if SOURCE is `-` and standard input is a pipe (or anything but a regular file):
+    /// a QCOW2 image read in one pass (`crate::qcow_stdin`), never opened as a file.
+    pub fn stdin_stream(&self) -> bool {
+        self.stdin_stream
     }
 
     /// SOURCE as given.
@@ -219,6 +254,19 @@ impl Source {
         }
         Ok(())
     }
+}
+
+/// SOURCE `-`: standard input, and whether it is a stream (not a regular file, which is read
+/// in place like any SOURCE).
+fn stdin_file() -> Result<(File, bool)> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate standard input")?;
+    let file = File::from(fd);
+    let regular = file.metadata().is_ok_and(|m| m.is_file());
+    Ok((file, !regular))
 }
 
 /// Reads up to `buf.len()` bytes from the start of `file`; returns how many were read.

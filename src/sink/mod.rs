@@ -3,7 +3,8 @@
 //!
 //! One file per sink: `raw` (a sparse regular file), `device` (a block device written in
 //! place), `stream` (standard output, sequential), `qcow` (QCOW2, any number of states),
-//! `archive` (a state appended to an existing QCOW2 archive in place).
+//! `qcow_stream` (QCOW2 on standard output, in one pass: planned first, see
+//! [`Sink::two_passes`]), `archive` (a state appended to an existing QCOW2 archive in place).
 //! [`open`] picks the sink from the plan's output; adding a sink is one file and one line
 //! there; [`open_append`] wraps an archive the pipeline opened and checked. Files are written
 //! under a temporary name (`crate::sys::output`) and renamed by [`Opened::complete`]; devices
@@ -16,6 +17,7 @@ mod archive;
 mod clusters;
 mod device;
 mod qcow;
+mod qcow_stream;
 mod raw;
 mod shifted;
 mod stream;
@@ -69,6 +71,25 @@ pub trait Sink: Send {
     /// A sink without a base state; clusters out of order or handed over twice.
     fn share(&mut self, _clusters: Vec<SharedCluster>) -> Result<()> {
         anyhow::bail!("this output has no earlier state to share clusters with")
+    }
+
+    /// True for a sink that lays the whole image out before writing any byte of it (a QCOW2
+    /// stream). The pipeline then hands every state over twice: first to plan (`states` of
+    /// them, in order; nothing is written), then [`Sink::plan`] with the table, then again
+    /// with only the guest byte ranges `plan` returned, then [`Sink::finish`] with the same
+    /// table. Other sinks take one pass.
+    fn two_passes(&mut self, _states: usize) -> bool {
+        false
+    }
+
+    /// Ends the planning pass: the image's layout is fixed with `table` (and its tables may be
+    /// written). Returns, per state in order, the guest byte ranges (sorted, whole clusters)
+    /// whose bytes the second pass must hand over again.
+    ///
+    /// # Errors
+    /// An invalid table; write errors; a sink taking one pass.
+    fn plan(&mut self, _table: &Table) -> Result<Vec<Vec<std::ops::Range<u64>>>> {
+        anyhow::bail!("this output is written in one pass")
     }
 
     /// Completes the image: the snapshot table (QCOW2; ignored by single-state sinks) and
@@ -186,7 +207,12 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
         .checked_add(by)
         .context("-O: the offset plus the image overflows")?;
     let (sink, temp, background): (Box<dyn Sink>, _, _) = match (plan.output(), plan.format()) {
-        (Output::Stdout, _) => (Box::new(stream::StreamSink::new(size)), None, None),
+        (Output::Stdout, Format::Raw) => (Box::new(stream::StreamSink::new(size)), None, None),
+        (Output::Stdout, Format::Qcow2 { .. }) => (
+            Box::new(qcow_stream::QcowStreamSink::new(size, qcow)?),
+            None,
+            None,
+        ),
         (Output::Device(p), _) => (Box::new(device::DeviceSink::open(p, size)?), None, None),
         (Output::Archive(p), _) => anyhow::bail!(
             "{}: an archive is opened by the append (sink::open_append)",

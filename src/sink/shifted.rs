@@ -43,6 +43,13 @@ impl Sink for Shifted {
         self.inner.end_state()
     }
 
+    fn two_passes(&mut self, states: usize) -> bool {
+        // Only raw outputs take -O, and they are written in one pass.
+        let two = self.inner.two_passes(states);
+        debug_assert!(!two, "-O goes with raw outputs only");
+        two
+    }
+
     fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Finished> {
         self.inner.finish(table, sync)
     }

@@ -30,3 +30,4 @@ mod safety;
 mod skips;
 mod snapshots_next3;
 mod snapshots_pit;
+mod stream;

@@ -249,13 +249,6 @@ fn compressed_offset_bits(cluster_bits: u32) -> u32 {
 
 /// The sector count field of a compressed payload of `len` (≥ 1) bytes at host byte `host`:
 /// the 512-byte sectors it touches after the one holding its first byte.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "for the compressed writer, the next user of this module"
-    )
-)]
 pub(crate) fn compressed_sectors(host: u64, len: u64) -> u64 {
     let last = (host + len.max(1) - 1) / COMPRESSED_SECTOR_SIZE;
     last - host / COMPRESSED_SECTOR_SIZE

@@ -248,7 +248,15 @@ impl LayerReader<'_> {
         let mut input = vec![0u8; len as usize];
         self.image
             .read_host(&mut input, host, "reading a compressed cluster")?;
-        inflate_cluster(&input, out).map_err(|what| Error::corrupt(what, host))
+        self.inflate(host, &input, out)
+    }
+
+    /// Inflates `input`, the compressed payload found at host byte `host` (as read: its
+    /// sector-rounded bytes), into `out` (one cluster), as this image compresses.
+    ///
+    /// Errors: [`Error::Corrupt`] for data that does not inflate to exactly one cluster.
+    pub(crate) fn inflate(&self, host: u64, input: &[u8], out: &mut [u8]) -> Result<(), Error> {
+        inflate_cluster(input, out).map_err(|what| Error::corrupt(what, host))
     }
 
     /// Reads `buf.len()` bytes of the guest disk at guest byte `offset`.

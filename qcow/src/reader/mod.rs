@@ -71,6 +71,31 @@ impl Reader {
         self.image.backing_file()
     }
 
+    /// Opens the image whose first bytes are `bytes`, which hold its header and every table it
+    /// uses (an image arriving on a stream, `crate::stream`); a backing file is allowed. Its
+    /// layers give every mapping; reading data past `bytes` is the caller's.
+    ///
+    /// Errors: as [`Reader::open_with_backing`], a table outside `bytes` being corrupt.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Result<Reader, Error> {
+        Reader::open_image(Image::from_bytes(bytes, true)?)
+    }
+
+    /// The bytes a reader made by [`Reader::from_bytes`] holds (empty for a file).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self.image.file {
+            image::Backing::Bytes(b) => b,
+            image::Backing::File(_) => &[],
+        }
+    }
+
+    /// The bytes a reader made by [`Reader::from_bytes`] holds (empty for a file), given up.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        match self.image.file {
+            image::Backing::Bytes(b) => b,
+            image::Backing::File(_) => Vec::new(),
+        }
+    }
+
     fn open_image(image: Image) -> Result<Reader, Error> {
         let h = &image.header;
         let reftable_len = u64::from(h.refcount_table_clusters) * image.cluster_size();
@@ -186,7 +211,9 @@ impl Reader {
     pub(crate) fn read_bytes(&self, offset: u64, len: u64, op: &str) -> Result<Vec<u8>, Error> {
         self.image.check_in_file(op, offset, len)?;
         let mut buf = vec![0u8; len as usize];
-        crate::io::read_exact_at(&self.image.file, &mut buf, offset, "reading image metadata")?;
+        self.image
+            .file
+            .read_exact_at(&mut buf, offset, "reading image metadata")?;
         Ok(buf)
     }
 

@@ -20,6 +20,7 @@ mod reader_qemu;
 mod robustness;
 mod snapshots_qemu;
 mod stats_shared;
+mod stream;
 mod writer_api;
 mod writer_qemu;
 mod zero_clusters;
