@@ -31,7 +31,7 @@ fn usage_errors_say_what_is_wrong() {
         (vec!["-Q", "-o", "0", "x", "y"], "-o is not supported yet"),
         (vec!["-Q", "-O", "512", "x", "y"], "-O is not supported yet"),
         (vec!["-Q", "-s", "x", "y"], "-s is not supported yet"),
-        (vec!["-r", "-c", "x", "y"], "-c is not supported yet"),
+        (vec!["-r", "-c", "x", "y"], "a raw image (-r) has none"),
         (vec!["-r", "-n", "x", "y"], "-n is not supported yet"),
         (vec!["x", "y"], "one of -Q or -r is required"),
         (
