@@ -74,10 +74,7 @@ impl Compress {
                 kind.name()
             );
         }
-        Ok(
-            qcow::Compression::new(kind, self.level)
-                .map_err(|e| anyhow::anyhow!("{image}: {e}"))?,
-        )
+        qcow::Compression::new(kind, self.level).map_err(|e| anyhow::anyhow!("{image}: {e}"))
     }
 }
 

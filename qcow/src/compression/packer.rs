@@ -87,8 +87,8 @@ impl PayloadPacker {
         };
         let descriptor = compressed_descriptor(host_offset, len, cluster_bits)?;
         let end = host_offset + len;
-        self.next =
-            (end % c != 0 && payloads < MAX_PAYLOADS_PER_CLUSTER).then_some((end, payloads));
+        self.next = (!end.is_multiple_of(c) && payloads < MAX_PAYLOADS_PER_CLUSTER)
+            .then_some((end, payloads));
         Ok(Placement {
             host_offset,
             descriptor,

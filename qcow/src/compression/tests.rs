@@ -158,11 +158,11 @@ fn payloads_are_packed_back_to_back_as_qemu_packs_them() {
         (5 * 4096 + 4000, Some(HostCluster(5)), Some(HostCluster(6)))
     );
     // Something else took cluster 7: a payload that does not fit starts in the one given.
-    let mut other = |wanted: Option<HostCluster>| {
+    let other = |wanted: Option<HostCluster>| {
         assert_eq!(wanted, Some(HostCluster(7)));
         Ok(HostCluster(9))
     };
-    let d = p.place(4000, cb, &mut other).unwrap();
+    let d = p.place(4000, cb, other).unwrap();
     assert_eq!(
         (d.host_offset, d.continues, d.allocated),
         (9 * 4096, None, Some(HostCluster(9)))
