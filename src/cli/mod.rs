@@ -184,10 +184,10 @@ pub struct ExportArgs {
     pub compress: bool,
     /// With -c: zlib (deflate, the default, what QEMU reads everywhere) or zstd (faster,
     /// QEMU 5.1 and later, --compat 1.1).
-    #[arg(long, value_enum, value_name = "TYPE", requires = "compress")]
+    #[arg(long, value_enum, value_name = "TYPE")]
     pub compression_type: Option<CompressionKind>,
     /// With -c: the level, zlib 1 to 9 (default 6, QEMU's), zstd 1 to 19 (default 3, QEMU's).
-    #[arg(long, value_name = "N", requires = "compress")]
+    #[arg(long, value_name = "N")]
     pub compression_level: Option<u32>,
     /// QCOW2 version: 0.10 (v2) or 1.1 (v3).
     #[arg(long, value_enum, default_value = "1.1")]

@@ -281,6 +281,11 @@ fn format_of(a: &ExportArgs) -> Result<Format, UsageError> {
 /// v3 (a v2 header has no `compression_type`), the level within the type's range.
 fn compress_of(a: &ExportArgs, format: Format) -> Result<Option<Compress>, UsageError> {
     if !a.compress {
+        if a.compression_type.is_some() || a.compression_level.is_some() {
+            return Err(usage(
+                "--compression-type and --compression-level say how -c compresses: add -c",
+            ));
+        }
         return Ok(None);
     }
     let Format::Qcow2 { version, .. } = format else {
