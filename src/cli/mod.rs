@@ -179,7 +179,8 @@ pub struct ExportArgs {
     pub cluster_size: Option<u64>,
     /// Compress the QCOW2 image's clusters as `qemu-img convert -c` does (each cluster on its
     /// own; one that does not get smaller is stored plain; zero clusters stay zero clusters),
-    /// on all cores. With --append, new clusters use the archive's compression type.
+    /// on all cores. Larger clusters compress better (e.g. --cluster-size 65536, QEMU's
+    /// default). With --append, new clusters use the archive's compression type.
     #[arg(short = 'c')]
     pub compress: bool,
     /// With -c: zlib (deflate, the default, what QEMU reads everywhere) or zstd (faster,
