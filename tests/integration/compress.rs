@@ -8,7 +8,8 @@
 //! - archives (`--name`, `--append` with and without `-c`, into plain and zstd archives,
 //!   `prune`): every state equals the plain archive's; a type other than the archive's is
 //!   refused;
-//! - deltas (`--base`) compressed and applied equal the plain deltas applied;
+//! - deltas (`--base`, and `-x` between two states of a compressed archive) compressed and
+//!   applied equal the plain deltas applied;
 //! - images QEMU compressed (`qemu-img convert -c [-o compression_type=zstd]`) read back
 //!   through `-r`, `rollback` and `apply` (`qemu`);
 //! - a cluster that does not compress is stored plain; usage errors.
@@ -335,6 +336,35 @@ fn compressed_deltas_apply_like_plain_ones() {
         );
         assert!(read(&t) == read(&want), "{kind}: applied delta differs");
     }
+    // -x between two states of a compressed archive (read through its compressed clusters),
+    // the delta compressed too.
+    let arch = dir.join("arch.qcow2");
+    expect(&[&"-Q", &"-d", &"-c", &"--name", &"a", &a, &arch], 0);
+    expect(
+        &[&"-Q", &"-d", &"-c", &"--append", &"--name", &"c", &c, &arch],
+        0,
+    );
+    let x = dir.join("x.delta");
+    expect(
+        &[
+            &"-Q",
+            &"-d",
+            &"-c",
+            &"--compression-type",
+            &"zstd",
+            &"-x",
+            &"a..c",
+            &arch,
+            &x,
+        ],
+        0,
+    );
+    assert_qemu_check(&x);
+    assert_eq!(info_type(&x), "zstd");
+    let t = dir.join("x.img");
+    sparse_copy(&a, &t);
+    expect_sub("apply", &[&x, &t, &"--patch", &dir.join("p-x")], 0);
+    assert!(read(&t) == read(&want), "-x: applied delta differs");
 }
 
 #[test]

@@ -270,3 +270,54 @@ fn qemu_made_zstd_images_are_read_and_appended_to() {
     let info = run_ok("qemu-img", &["info", img.to_str().unwrap()]);
     assert!(info.contains("compression type: zstd"), "{info}");
 }
+
+/// A host cluster packed with 256 payloads, shared by ever more states: once another
+/// reference would leave too little room below the 16-bit refcount limit, the writer stores
+/// the guest bytes again (plain) instead of overflowing; every state still reads right and the
+/// refcounts agree with the references (the editor's census, and `qemu-img check`).
+#[test]
+fn sharing_packed_payloads_stops_short_of_the_refcount_limit() {
+    let dir = scratch("compressed-share-limit");
+    let img = dir.join("many.qcow2");
+    let (cb, c) = (16, 65536u64);
+    let size = 256 * c;
+    let mut w = open_writer(&img, cb, size, CompressionType::Zstd);
+    let comp = Compression::new(CompressionType::Zstd, None).unwrap();
+    let mut m = Model::new();
+    for g in 0..256 {
+        let mut data = vec![0u8; c as usize];
+        data[..2].copy_from_slice(&[g as u8, 1]); // a few bytes compressed: 256 in one host cluster
+        m.insert(g, data);
+    }
+    let a = w.new_state();
+    write_compressed(&mut w, a, &comp, &m);
+    let mut states = vec![a];
+    for _ in 0..300 {
+        let s = w.new_state();
+        for g in 0..256 {
+            assert!(w.share_base_cluster(s, g, a).unwrap());
+        }
+        states.push(s);
+    }
+    let specs: Vec<SnapshotSpec> = states
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| spec(s, &(i + 1).to_string(), &format!("s{i}")))
+        .collect();
+    let summary = w.finish(a, &specs).unwrap();
+    assert_eq!(summary.compressed_clusters, 256);
+    assert!(
+        summary.data_clusters > 0,
+        "no cluster was stored again: {summary:?}"
+    );
+    assert_layer_equals(&img, Layer::Snapshot(300), &m);
+    assert_layer_equals(&img, Layer::Snapshot(150), &m);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    Editor::open(f).unwrap(); // every refcount equals its references
+    require_qemu!();
+    check_clean(&img);
+}
