@@ -1,7 +1,8 @@
 //! QCOW2 images for e2image-rs: a streaming writer with any number of L1 tables (the active layer
-//! plus internal snapshots, sharing L2 tables and data clusters through refcounts), a reader
-//! for v2/v3 images made by us or by QEMU, and an editor that changes an existing image in
-//! place, crash-safely (adds states, makes one the active layer, removes snapshots).
+//! plus internal snapshots, sharing L2 tables and data clusters through refcounts; deflate- or
+//! zstd-compressed clusters optional), a reader for v2/v3 images made by us or by QEMU, and an
+//! editor that changes an existing image in place, crash-safely (adds states, makes one the
+//! active layer, removes snapshots).
 //!
 //! Design: the writer allocates host clusters with a bump allocator, so the file is written
 //! front to back: header placeholder, then data clusters and L2 tables interleaved as each L2
@@ -25,8 +26,9 @@
 //! | geometry | `geometry` | [`Version`], the limits with their reasons, L1/L2 sizing |
 //! | types | `types` | [`StateId`], [`GuestCluster`], [`HostCluster`] |
 //! | format | `format/` (`header/`, `extension`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; L1/L2 entry decoders and encoders; no I/O |
+//! | compression | `compression/` (`deflate`, `zstd`, `packer`) | compressed clusters: [`Compression`] (a cluster to its payload, or "store plain"), [`decompress_cluster`], [`PayloadPacker`]; no I/O |
 //! | io | `io` | positional reads, the writer's buffered output file, [`WriteEvent`] |
-//! | reader | `reader/` (`image`, `snapshot_table`, `layer`, `inflate`) | [`Reader`], [`LayerReader`] |
+//! | reader | `reader/` (`image`, `snapshot_table`, `layer`) | [`Reader`], [`LayerReader`] |
 //! | stats | `stats` | [`LayerStats`]: per-layer cluster statistics, on top of the reader |
 //! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`, `free_runs`, `edit`) | [`Writer`]; its allocator over an existing image |
 //! | editor | `editor/` (`open`, `census`, `references`, `copied`, `refblocks`, `commit`) | [`Editor`]: in-place edits, on top of the reader and the writer |
@@ -41,6 +43,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod bytes;
+mod compression;
 mod editor;
 mod error;
 mod format;
@@ -52,6 +55,10 @@ mod stream;
 mod types;
 mod writer;
 
+pub use compression::{
+    compressed_descriptor, decompress_cluster, CompressedCluster, Compression, CompressionType,
+    PayloadPacker, Placement, MAX_PAYLOADS_PER_CLUSTER,
+};
 pub use editor::{CommitSummary, Editor};
 pub use error::Error;
 pub use format::extension::{
@@ -69,4 +76,4 @@ pub use stream::{
     StreamPlan, StreamSummary, StreamWriter, DEFAULT_MAX_PREFIX_BYTES, SLACK_BYTES,
 };
 pub use types::{GuestCluster, HostCluster, StateId};
-pub use writer::{Writer, WriterOptions, WriterSummary};
+pub use writer::{StoredCluster, Writer, WriterOptions, WriterSummary};

@@ -140,6 +140,15 @@ pub enum Compat {
     V3,
 }
 
+/// `--compression-type`: QEMU's names of the QCOW2 compression types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionKind {
+    /// Raw deflate with a 4 KiB window, as QEMU writes it (QCOW2 `compression_type` 0).
+    Zlib,
+    /// zstd, one frame per cluster (QCOW2 `compression_type` 1; needs --compat 1.1).
+    Zstd,
+}
+
 /// Options of the export (and of QCOW2 → raw conversion).
 #[derive(Args, Debug)]
 #[group(id = "export")]
@@ -175,6 +184,19 @@ pub struct ExportArgs {
     /// QCOW2 cluster size in bytes (power of two, 512 to 2 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_cluster_size)]
     pub cluster_size: Option<u64>,
+    /// Compress the QCOW2 image's clusters as `qemu-img convert -c` does (each cluster on its
+    /// own; one that does not get smaller is stored plain; zero clusters stay zero clusters),
+    /// on all cores. Larger clusters compress better (e.g. --cluster-size 65536, QEMU's
+    /// default). With --append, new clusters use the archive's compression type.
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// With -c: zlib (deflate, the default, what QEMU reads everywhere) or zstd (faster,
+    /// QEMU 5.1 and later, --compat 1.1).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub compression_type: Option<CompressionKind>,
+    /// With -c: the level, zlib 1 to 9 (default 6, QEMU's), zstd 1 to 19 (default 3, QEMU's).
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
     /// QCOW2 version: 0.10 (v2) or 1.1 (v3).
     #[arg(long, value_enum, default_value = "1.1")]
     pub compat: Compat,
@@ -259,10 +281,7 @@ pub struct UnsupportedArgs {
     /// e2image -s: scramble directory entries.
     #[arg(short = 's', hide = true)]
     pub scramble: bool,
-    /// e2image -c: compare with the existing image and write only changed blocks.
-    #[arg(short = 'c', hide = true)]
-    pub check: bool,
-    /// e2image -n: with -c, write nothing.
+    /// e2image -n: with its -c (compare with an existing image), write nothing.
     #[arg(short = 'n', hide = true)]
     pub dry: bool,
 }
@@ -277,7 +296,6 @@ impl UnsupportedArgs {
                 "; to write a state back onto a device, use `e2image-rs rollback`",
             ),
             (self.scramble, "-s", ""),
-            (self.check, "-c", ""),
             (self.dry, "-n", ""),
         ]
         .into_iter()

@@ -31,7 +31,8 @@ pub(super) fn target_of(
     })
 }
 
-/// How to write QCOW2: the cluster size for a `size`-byte disk and the export record.
+/// How to write QCOW2: the cluster size for a `size`-byte disk, the export record, and how
+/// clusters are compressed (`-c`).
 fn qcow_options(plan: &ExportPlan, size: u64, block_size: u32) -> Result<QcowOptions> {
     let Format::Qcow2 {
         version,
@@ -51,6 +52,7 @@ fn qcow_options(plan: &ExportPlan, size: u64, block_size: u32) -> Result<QcowOpt
         version,
         extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
         backing: None,
+        compression: plan.compress().map(|c| c.compression),
     })
 }
 

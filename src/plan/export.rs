@@ -5,7 +5,7 @@ use super::archive::{check_name, policy};
 use super::delta::{backing_path, delta_plan, DeltaPlan, StateRef};
 use super::source::{Source, SourceArgs, SourceKind, SourceView};
 use super::{archive_output, output_kind, usage, Format, Older, Output, UsageError};
-use crate::cli::{unknown_subcommand, Compat, ExportArgs};
+use crate::cli::{unknown_subcommand, Compat, CompressionKind, ExportArgs};
 use crate::retention::Policy;
 use crate::sys::identity::Identity;
 use std::os::fd::AsFd;
@@ -40,6 +40,44 @@ pub enum Mode {
     Delta(DeltaPlan),
 }
 
+/// `-c` (with `--compression-type` and `--compression-level`): how the QCOW2 clusters are
+/// compressed, validated; an append resolves it against the archive ([`Compress::for_image`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compress {
+    /// The type and level of a new image (zlib unless `--compression-type` says otherwise).
+    pub compression: qcow::Compression,
+    /// `--compression-type` was given.
+    type_given: bool,
+    /// `--compression-level` as given.
+    level: Option<u32>,
+}
+
+impl Compress {
+    /// How new clusters of an existing image whose compressed clusters are `kind` are
+    /// compressed: that type (all compressed clusters of an image have one type), at the
+    /// level given or that type's default.
+    ///
+    /// # Errors
+    /// `--compression-type` names another type than the image's; the level is out of the
+    /// image type's range.
+    pub fn for_image(
+        &self,
+        kind: qcow::CompressionType,
+        image: &str,
+    ) -> anyhow::Result<qcow::Compression> {
+        let want = self.compression.kind();
+        if self.type_given && want != kind {
+            anyhow::bail!(
+                "--compression-type {}: the compressed clusters of {image} are {} (an image has one compression type); append with --compression-type {} or without it; nothing was written",
+                want.name(),
+                kind.name(),
+                kind.name()
+            );
+        }
+        qcow::Compression::new(kind, self.level).map_err(|e| anyhow::anyhow!("{image}: {e}"))
+    }
+}
+
 /// Everything an export needs to know, validated once from the arguments; the pipelines see
 /// nothing else.
 #[derive(Debug)]
@@ -49,6 +87,7 @@ pub struct ExportPlan {
     format: Format,
     mode: Mode,
     data: bool,
+    compress: Option<Compress>,
     no_snapshots: bool,
     progress: bool,
     sync: bool,
@@ -72,6 +111,7 @@ impl ExportPlan {
             .into());
         }
         let format = format_of(a)?;
+        let compress = compress_of(a, format)?;
         let source = a.source.clone().ok_or_else(|| usage("SOURCE is missing"))?;
         let out = a.output.as_deref().ok_or_else(|| usage("OUT is missing"))?;
         let mode = mode_of(a, format, out)?;
@@ -105,6 +145,7 @@ impl ExportPlan {
             format,
             mode,
             data: a.data,
+            compress,
             no_snapshots: a.no_snapshots,
             progress: a.progress,
             sync: a.sync,
@@ -138,6 +179,11 @@ impl ExportPlan {
     /// `-d`: file data is copied too.
     pub fn data(&self) -> bool {
         self.data
+    }
+
+    /// `-c`: how the QCOW2 clusters are compressed (`None`: not compressed).
+    pub fn compress(&self) -> Option<&Compress> {
+        self.compress.as_ref()
     }
 
     /// `--no-snapshots`: snapshot files' blocks are left out.
@@ -256,6 +302,48 @@ fn format_of(a: &ExportArgs) -> Result<Format, UsageError> {
             })))
         }
     }
+}
+
+/// `-c` and its options: QCOW2 only (a raw image has no compressed clusters), zstd only in
+/// v3 (a v2 header has no `compression_type`), the level within the type's range.
+fn compress_of(a: &ExportArgs, format: Format) -> Result<Option<Compress>, UsageError> {
+    if !a.compress {
+        if a.compression_type.is_some() || a.compression_level.is_some() {
+            return Err(usage(
+                "--compression-type and --compression-level say how -c compresses: add -c",
+            ));
+        }
+        return Ok(None);
+    }
+    let Format::Qcow2 { version, .. } = format else {
+        return Err(usage(
+            "-c compresses QCOW2 clusters, and a raw image (-r) has none: use -Q -c, or compress the raw image with another tool (e.g. `e2image-rs -r SOURCE - | zstd > OUT.zst`)",
+        ));
+    };
+    let kind = match a.compression_type {
+        Some(CompressionKind::Zstd) => qcow::CompressionType::Zstd,
+        Some(CompressionKind::Zlib) | None => qcow::CompressionType::Deflate,
+    };
+    if kind == qcow::CompressionType::Zstd && version == qcow::Version::V2 {
+        return Err(usage(
+            "--compression-type zstd needs --compat 1.1: a version 2 header (--compat 0.10) has no compression type",
+        ));
+    }
+    let compression = qcow::Compression::new(kind, a.compression_level).map_err(|_| {
+        let r = kind.levels();
+        usage(&format!(
+            "--compression-level {}: {} levels are {} to {}",
+            a.compression_level.unwrap_or(0),
+            kind.name(),
+            r.start(),
+            r.end()
+        ))
+    })?;
+    Ok(Some(Compress {
+        compression,
+        type_given: a.compression_type.is_some(),
+        level: a.compression_level,
+    }))
 }
 
 /// The mode the arguments ask for: a delta, an archive created or grown, or an export (with

@@ -4,7 +4,9 @@
 //! One file per sink: `raw` (a sparse regular file), `device` (a block device written in
 //! place), `stream` (standard output, sequential), `qcow` (QCOW2, any number of states),
 //! `qcow_stream` (QCOW2 on standard output, in one pass: planned first, see
-//! [`Sink::two_passes`]), `archive` (a state appended to an existing QCOW2 archive in place).
+//! [`Sink::two_passes`]), `archive` (a state appended to an existing QCOW2 archive in place);
+//! the QCOW2 sinks share `clusters` (guest clusters, zero clusters, dedup) and `compress`
+//! (`-c`: clusters compressed on all cores, written in guest order).
 //! [`open`] picks the sink from the plan's output; adding a sink is one file and one line
 //! there; [`open_append`] wraps an archive the pipeline opened and checked. Files are written
 //! under a temporary name (`crate::sys::output`) and renamed by [`Opened::complete`]; devices
@@ -15,6 +17,7 @@
 
 mod archive;
 mod clusters;
+mod compress;
 mod device;
 mod qcow;
 mod qcow_stream;

@@ -12,6 +12,7 @@ mod archive_kernel;
 mod archive_refcounts;
 mod cli;
 mod committed;
+mod compress;
 mod convert;
 mod copy_set;
 mod corpus;

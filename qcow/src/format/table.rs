@@ -287,6 +287,7 @@ pub(crate) fn standard_cluster(raw: u64) -> Option<u64> {
 
 /// The host byte offset of a normal data cluster (neither zero nor compressed), else `None`.
 /// Bits are not validated: for entries this crate built or decoded.
+#[cfg(test)]
 pub(crate) fn data_cluster(raw: u64) -> Option<u64> {
     standard_cluster(raw).filter(|_| raw & OFLAG_ZERO == 0)
 }

@@ -7,11 +7,11 @@
 use std::fs::File;
 
 use crate::bytes::decode_be;
+use crate::compression::CompressionType;
 use crate::error::Error;
 use crate::format::extension::{self, HeaderExtension};
 use crate::format::header::{
-    Header, COMPRESSION_DEFLATE, INCOMPAT_EXTENDED_L2, INCOMPAT_EXTERNAL_DATA, V2_HEADER_LENGTH,
-    V3_HEADER_LENGTH,
+    Header, INCOMPAT_EXTENDED_L2, INCOMPAT_EXTERNAL_DATA, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
 };
 use crate::geometry::{Version, MAX_L1_ENTRIES};
 use crate::io::read_exact_at;
@@ -64,6 +64,8 @@ pub(super) struct Image {
     /// Size of the file in bytes when it was opened.
     pub(super) file_len: u64,
     pub(super) header: Header,
+    /// How its compressed clusters are compressed (the header's `compression_type`).
+    pub(super) compression: CompressionType,
 }
 
 /// Refuses valid images whose content this reader cannot produce faithfully (a backing file
@@ -82,9 +84,6 @@ fn check_supported(h: &Header, backing_ok: bool) -> Result<(), Error> {
     if h.incompatible_features & INCOMPAT_EXTENDED_L2 != 0 {
         return refuse("extended L2 entries (incompatible bit 4)");
     }
-    if h.compression_type != COMPRESSION_DEFLATE {
-        return refuse(&format!("compression_type {} (zstd)", h.compression_type));
-    }
     Ok(())
 }
 
@@ -92,7 +91,7 @@ impl Image {
     /// Reads and validates the header of `file` and refuses unsupported features.
     ///
     /// Errors: those of [`Header::parse`]; [`Error::Unsupported`] for encryption, a backing
-    /// file, an external data file, extended L2 entries or zstd compression; [`Error::Io`].
+    /// file, an external data file or extended L2 entries; [`Error::Io`].
     pub(super) fn open(file: File, backing_ok: bool) -> Result<Image, Error> {
         let file_len = file
             .metadata()
@@ -102,10 +101,13 @@ impl Image {
         read_exact_at(&file, &mut buf, 0, "reading the header")?;
         let header = Header::parse(&buf)?;
         check_supported(&header, backing_ok)?;
+        // Header::parse accepts compression types 0 and 1 only.
+        let compression = CompressionType::from_header(header.compression_type).unwrap_or_default();
         Ok(Image {
             file: Backing::File(file),
             file_len,
             header,
+            compression,
         })
     }
 
@@ -115,10 +117,12 @@ impl Image {
         let head = &bytes[..bytes.len().min(V3_HEADER_LENGTH as usize)];
         let header = Header::parse(head)?;
         check_supported(&header, backing_ok)?;
+        let compression = CompressionType::from_header(header.compression_type).unwrap_or_default();
         Ok(Image {
             file_len: bytes.len() as u64,
             file: Backing::Bytes(bytes),
             header,
+            compression,
         })
     }
 

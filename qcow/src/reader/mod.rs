@@ -1,8 +1,8 @@
 //! The QCOW2 reader: any layer (active or internal snapshot) of v2/v3 images made by this crate
-//! or by QEMU, including deflate-compressed and zero clusters.
+//! or by QEMU, including deflate- and zstd-compressed clusters and zero clusters.
 //!
 //! Design: [`Reader::open`] validates the header, refuses features it cannot honour (encryption,
-//! backing file, external data file, extended L2, zstd), checks that the tables it uses lie
+//! backing file, external data file, extended L2), checks that the tables it uses lie
 //! inside the file, reads the snapshot table and the active L1 table. [`Reader::layer`] gives a
 //! [`LayerReader`] over one L1 table (a snapshot's is validated and read only then). All reads
 //! are positional (`read_exact_at`) and nothing is cached behind a lock, so a `Reader` and its
@@ -10,10 +10,9 @@
 //! before use and errors name the offset; corrupt input never panics.
 //!
 //! Files: `image.rs` (the file and its header, bounded reads), `snapshot_table.rs`,
-//! `layer.rs` ([`LayerReader`]), `inflate.rs` (compressed clusters).
+//! `layer.rs` ([`LayerReader`]); compressed clusters decode through `crate::compression`.
 
 mod image;
-mod inflate;
 mod layer;
 mod snapshot_table;
 
@@ -47,7 +46,7 @@ impl Reader {
     /// Opens an image from `file` (opened read-only by the caller).
     ///
     /// Errors: those of [`Header::parse`]; [`Error::Unsupported`] for encryption, a backing
-    /// file, an external data file, extended L2 entries or zstd compression;
+    /// file, an external data file or extended L2 entries;
     /// [`Error::Corrupt`] if the active L1 table, the refcount table or the snapshot table is
     /// outside the file; [`Error::Limit`] for an oversized snapshot table; [`Error::Io`].
     pub fn open(file: File) -> Result<Reader, Error> {
@@ -140,6 +139,12 @@ impl Reader {
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         self.image.header.cluster_size()
+    }
+
+    /// How the image's compressed clusters are compressed (the header's `compression_type`;
+    /// deflate for v2 and for headers without the field).
+    pub fn compression_type(&self) -> crate::CompressionType {
+        self.image.compression
     }
 
     /// Size of the image file in bytes (when opened).

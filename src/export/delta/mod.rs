@@ -362,6 +362,7 @@ fn delta_target<V: BlockView>(
             version: Version::V3,
             extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
             backing,
+            compression: plan.compress().map(|c| c.compression),
         },
     })
 }
