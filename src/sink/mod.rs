@@ -23,6 +23,7 @@ mod qcow;
 mod qcow_stream;
 mod raw;
 mod shifted;
+mod spool;
 mod stream;
 
 use crate::plan::{ExportPlan, Format, Output};

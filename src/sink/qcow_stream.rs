@@ -14,19 +14,41 @@
 //! single state no SHA-256 is computed. Memory: the plan's tables, 12 bytes per data cluster,
 //! 48 per cluster of the two states being compared, a 1 MiB output buffer.
 //!
+//! With `-c`, the planning pass also compresses: clusters are queued a few MiB at a time, the
+//! new data clusters among them compressed on all cores, and their payloads (whose lengths
+//! the tables need) kept in a [`Spool`] until the writing pass writes them in their place; a
+//! compressed cluster is not read again. A cluster whose payload would not be smaller is
+//! stored plain and read again, like any uncompressed one.
+//!
 //! A reader that goes away (a closed pipe) is a write error saying how far the stream got.
 
+use super::spool::Spool;
 use super::{is_zero, Finished, QcowOptions, Sink, Table};
 use anyhow::{bail, Context, Result};
 use qcow::{
     DataKind, DataRef, SnapshotSpec, StateId, StreamPlan, StreamWriter, Version, WriterOptions,
 };
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::io::{BufWriter, ErrorKind, Stdout, Write};
 use std::ops::Range;
 
 /// Output buffer, in bytes.
 const BUFFER_BYTES: usize = 1 << 20;
+/// Bytes of clusters queued for compression before the queue is planned: enough work for
+/// every core, a few MiB of memory.
+const QUEUE_BYTES: usize = 4 << 20;
+
+/// One planned data cluster, in writing order: its state, guest cluster, the CRC32C of its
+/// bytes (checked when a plain cluster is read again), and where its compressed payload is
+/// in the spool (`None`: stored plain, read again in the writing pass).
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    state: u32,
+    guest: u64,
+    crc: u32,
+    payload: Option<(u64, u32)>,
+}
 
 type Out = BufWriter<Stdout>;
 
@@ -65,8 +87,17 @@ pub struct QcowStreamSink {
     state: Option<usize>,
     /// The cluster being assembled: (guest cluster, bytes).
     pending: Option<(u64, Vec<u8>)>,
-    /// Per data cluster (in writing order): its state, guest cluster and CRC32C.
-    data: Vec<(u32, u64, u32)>,
+    /// Every planned data cluster, in writing order.
+    data: Vec<Entry>,
+    /// `-c`: how clusters are compressed.
+    compression: Option<qcow::Compression>,
+    /// Whole clusters of the current state waiting to be compressed and planned, in guest
+    /// order: (guest cluster, bytes).
+    queue: Vec<(u64, Vec<u8>)>,
+    /// The compressed payloads between the two passes.
+    spool: Spool,
+    /// Clusters compressed, and stored plain because they did not get smaller.
+    counts: (u64, u64),
 }
 
 impl QcowStreamSink {
@@ -87,12 +118,19 @@ impl QcowStreamSink {
         if let Some((name, format)) = &qcow.backing {
             plan.set_backing_file(name, format)?;
         }
+        if let Some(c) = &qcow.compression {
+            plan.set_compression_type(c.kind())?;
+        }
         Ok(QcowStreamSink {
             phase: Phase::Idle(Box::new(plan)),
             cluster: 1usize << qcow.cluster_bits,
             state: None,
             pending: None,
             data: Vec::new(),
+            compression: qcow.compression,
+            queue: Vec::new(),
+            spool: Spool::default(),
+            counts: (0, 0),
         })
     }
 
@@ -100,10 +138,49 @@ impl QcowStreamSink {
     fn cluster_done(&mut self, g: u64, bytes: &[u8]) -> Result<()> {
         let s = self.state.context("no state begun")?;
         match &mut self.phase {
-            Phase::Planning(p) => plan_cluster(p, &mut self.data, s, g, bytes),
-            Phase::Writing(w) => write_cluster(w, &self.data, s, g, bytes),
+            Phase::Planning(_) if self.compression.is_some() => {
+                self.queue.push((g, bytes.to_vec()));
+                if self.queue.len() * self.cluster >= QUEUE_BYTES {
+                    self.flush_queue()?;
+                }
+                Ok(())
+            }
+            Phase::Planning(p) => plan_cluster(p, &mut self.data, s, g, bytes, None),
+            Phase::Writing(w) => write_cluster(w, &self.data, &self.spool, s, g, bytes),
             _ => bail!("the QCOW2 stream was handed a cluster outside its two passes"),
         }
+    }
+
+    /// Compresses the queued clusters' new data on all cores and plans them all, in guest
+    /// order; payloads go to the spool.
+    fn flush_queue(&mut self) -> Result<()> {
+        let (Phase::Planning(p), Some(s), Some(c)) =
+            (&mut self.phase, self.state, self.compression)
+        else {
+            return Ok(());
+        };
+        let queue = std::mem::take(&mut self.queue);
+        let new: Vec<bool> = queue.iter().map(|(g, b)| is_new(p, *g, b)).collect();
+        let payloads: Vec<Option<qcow::CompressedCluster>> = queue
+            .par_iter()
+            .zip(&new)
+            .map(|((_, b), &n)| n.then(|| c.compress_cluster(b)).transpose())
+            .collect::<std::result::Result<_, _>>()?;
+        for ((g, bytes), payload) in queue.iter().zip(payloads) {
+            let at = match payload {
+                Some(qcow::CompressedCluster::Payload(v)) => {
+                    self.counts.0 += 1;
+                    Some((self.spool.push(&v)?, v.len() as u32))
+                }
+                Some(qcow::CompressedCluster::Plain) => {
+                    self.counts.1 += 1;
+                    None
+                }
+                None => None,
+            };
+            plan_cluster(p, &mut self.data, s, *g, bytes, at)?;
+        }
+        Ok(())
     }
 
     /// Hands over the cluster being assembled.
@@ -115,13 +192,30 @@ impl QcowStreamSink {
     }
 }
 
-/// Plans guest cluster `g` of state `s`.
+/// True if guest cluster `g` (`bytes`) becomes a new data cluster: not all zeros, and not
+/// shared with the previous state's cluster at the same place.
+fn is_new(p: &Planning, g: u64, bytes: &[u8]) -> bool {
+    if is_zero(bytes) {
+        return false;
+    }
+    if p.states <= 1 {
+        return true;
+    }
+    let d: [u8; 32] = Sha256::digest(bytes).into();
+    p.prev
+        .binary_search_by_key(&g, |x| x.0)
+        .map_or(true, |i| p.prev[i].1 != d)
+}
+
+/// Plans guest cluster `g` of state `s`; a new data cluster is a compressed payload at
+/// `payload` in the spool (offset, length), or plain.
 fn plan_cluster(
     p: &mut Planning,
-    data: &mut Vec<(u32, u64, u32)>,
+    data: &mut Vec<Entry>,
     s: usize,
     g: u64,
     bytes: &[u8],
+    payload: Option<(u64, u32)>,
 ) -> Result<()> {
     let id = p.ids[s];
     if is_zero(bytes) {
@@ -141,8 +235,17 @@ fn plan_cluster(
             r
         }
         None => {
-            let r = p.plan.add_data(id, g, DataKind::Plain)?;
-            data.push((s as u32, g, crc32c::crc32c(bytes)));
+            let kind = match payload {
+                Some((_, len)) => DataKind::Payload { len },
+                None => DataKind::Plain,
+            };
+            let r = p.plan.add_data(id, g, kind)?;
+            data.push(Entry {
+                state: s as u32,
+                guest: g,
+                crc: crc32c::crc32c(bytes),
+                payload,
+            });
             r
         }
     };
@@ -152,19 +255,36 @@ fn plan_cluster(
     Ok(())
 }
 
-/// Writes guest cluster `g` of state `s` if it is the next data cluster; a cluster the plan
-/// holds no bytes for (shared, zero, or beside a needed one in a block) is passed over.
+/// Writes the compressed payloads that come next in writing order, from the spool, up to the
+/// next plain cluster (which the second pass hands over).
+fn write_payloads(w: &mut Writing, data: &[Entry], spool: &Spool) -> Result<()> {
+    while let Some(next) = w.writer.next_data() {
+        let Some((at, len)) = data[next as usize].payload else {
+            return Ok(());
+        };
+        let bytes = spool.read(at, len)?;
+        w.writer.write_data(&bytes).map_err(stream_error)?;
+    }
+    Ok(())
+}
+
+/// Writes guest cluster `g` of state `s` if it is the next data cluster (after the payloads
+/// before it); a cluster the plan holds no bytes for (shared, zero, compressed, or beside a
+/// needed one in a block) is passed over.
 fn write_cluster(
     w: &mut Writing,
-    data: &[(u32, u64, u32)],
+    data: &[Entry],
+    spool: &Spool,
     s: usize,
     g: u64,
     bytes: &[u8],
 ) -> Result<()> {
+    write_payloads(w, data, spool)?;
     let Some(next) = w.writer.next_data() else {
         return Ok(());
     };
-    let (ns, ng, crc) = data[next as usize];
+    let e = data[next as usize];
+    let (ns, ng, crc) = (e.state, e.guest, e.crc);
     if (ns as usize, ng) != (s, g) {
         if (ns as usize, ng) < (s, g) {
             bail!(changed(ns as usize, ng));
@@ -255,13 +375,15 @@ impl Sink for QcowStreamSink {
 
     fn end_state(&mut self) -> Result<()> {
         self.flush_pending()?;
-        let (Phase::Writing(w), Some(s)) = (&self.phase, self.state) else {
+        self.flush_queue()?;
+        let (Phase::Writing(w), Some(s)) = (&mut self.phase, self.state) else {
             return Ok(());
         };
+        write_payloads(w, &self.data, &self.spool)?;
         if let Some(next) = w.writer.next_data() {
-            let (ns, ng, _) = self.data[next as usize];
-            if ns as usize <= s {
-                bail!(changed(ns as usize, ng));
+            let e = self.data[next as usize];
+            if e.state as usize <= s {
+                bail!(changed(e.state as usize, e.guest));
             }
         }
         Ok(())
@@ -269,6 +391,7 @@ impl Sink for QcowStreamSink {
 
     fn plan(&mut self, table: &Table) -> Result<Vec<Vec<Range<u64>>>> {
         self.flush_pending()?;
+        self.flush_queue()?;
         let Phase::Planning(p) = std::mem::replace(&mut self.phase, Phase::Done) else {
             bail!("the QCOW2 stream was not planned");
         };
@@ -300,19 +423,22 @@ impl Sink for QcowStreamSink {
         self.state = None;
         let c = self.cluster as u64;
         let mut needs: Vec<Vec<Range<u64>>> = vec![Vec::new(); ids.len()];
-        for &(s, g, _) in &self.data {
-            crate::ranges::push(&mut needs[s as usize], g * c..(g + 1) * c);
+        for e in self.data.iter().filter(|e| e.payload.is_none()) {
+            let g = e.guest;
+            crate::ranges::push(&mut needs[e.state as usize], g * c..(g + 1) * c);
         }
         Ok(needs)
     }
 
     fn finish(self: Box<Self>, _table: &Table, _sync: bool) -> Result<Finished> {
-        let Phase::Writing(w) = self.phase else {
+        let me = *self;
+        let Phase::Writing(mut w) = me.phase else {
             bail!("the QCOW2 stream was not written (no planning pass)");
         };
+        write_payloads(&mut w, &me.data, &me.spool)?;
         if let Some(next) = w.writer.next_data() {
-            let (s, g, _) = self.data[next as usize];
-            bail!(changed(s as usize, g));
+            let e = me.data[next as usize];
+            bail!(changed(e.state as usize, e.guest));
         }
         let (mut out, _) = w.writer.finish().map_err(stream_error)?;
         out.flush().map_err(|e| {
@@ -322,6 +448,34 @@ impl Sink for QcowStreamSink {
                 source: e,
             })
         })?;
-        Ok(Finished::with_cluster_size(Some(self.cluster as u64)))
+        let mut f = Finished::with_cluster_size(Some(me.cluster as u64));
+        if let Some(c) = &me.compression {
+            report_compression(c, me.counts, &mut f);
+        }
+        if me.spool.spilled() > 0 {
+            f.notes.push(format!(
+                "the compressed stream kept {} of payloads in an unlinked temporary file in $TMPDIR between its passes (more than {} in memory)",
+                crate::text::size(me.spool.spilled()),
+                crate::text::size(super::spool::MEMORY_BYTES as u64)
+            ));
+        }
+        Ok(f)
     }
+}
+
+/// With `-c`: a note and a JSON member (`compression`), as the file sinks give them.
+fn report_compression(c: &qcow::Compression, (compressed, plain): (u64, u64), f: &mut Finished) {
+    let (kind, level) = (c.kind().name(), c.level());
+    f.notes.push(format!(
+        "{compressed} clusters compressed ({kind}, level {level}); {plain} did not get smaller and are stored plain"
+    ));
+    f.json.push((
+        "compression".into(),
+        serde_json::json!({
+            "type": kind,
+            "level": level,
+            "compressed_clusters": compressed,
+            "plain_clusters": plain,
+        }),
+    ));
 }

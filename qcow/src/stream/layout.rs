@@ -13,7 +13,9 @@ use super::plan::{proto_data, StreamPlan, PROTO_ZERO};
 use crate::bytes::encode_be;
 use crate::error::Error;
 use crate::format::extension::{self, HeaderExtension};
-use crate::format::header::{Header, V2_HEADER_LENGTH, V3_HEADER_LENGTH};
+use crate::format::header::{
+    Header, INCOMPAT_COMPRESSION_TYPE, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
+};
 use crate::format::refcount::{refcount_structure_clusters, DEFAULT_REFCOUNT_ORDER, MAX_REFCOUNT};
 use crate::format::snapshot::{encode_entry, SnapshotSpec};
 use crate::format::table::{compressed_sectors, encode_l1_entry, set_copied, L2Entry};
@@ -248,7 +250,10 @@ impl StreamLayout {
             } else {
                 snap_first << cb
             },
-            incompatible_features: 0,
+            incompatible_features: match p.compression {
+                crate::compression::CompressionType::Zstd => INCOMPAT_COMPRESSION_TYPE,
+                crate::compression::CompressionType::Deflate => 0,
+            },
             compatible_features: 0,
             autoclear_features: 0,
             refcount_order: DEFAULT_REFCOUNT_ORDER,
@@ -256,7 +261,7 @@ impl StreamLayout {
                 Version::V3 => V3_HEADER_LENGTH,
                 Version::V2 => V2_HEADER_LENGTH,
             },
-            compression_type: 0,
+            compression_type: p.compression.header_value(),
             backing_file_offset: 0,
             backing_file_size: 0,
             crypt_method: 0,

@@ -92,6 +92,8 @@ pub struct StreamPlan {
     pub(super) data_count: u64,
     /// The compressed payloads: (data ref, length), in data ref order.
     pub(super) payloads: Vec<(u64, u32)>,
+    /// How the payloads are compressed (the header's `compression_type`).
+    pub(super) compression: crate::compression::CompressionType,
 }
 
 impl StreamPlan {
@@ -132,7 +134,25 @@ impl StreamPlan {
             by_hash: HashMap::new(),
             data_count: 0,
             payloads: Vec::new(),
+            compression: crate::compression::CompressionType::Deflate,
         })
+    }
+
+    /// Says how the image's compressed payloads are compressed (the v3 header's
+    /// `compression_type` and, for zstd, incompatible feature bit 3, as QEMU sets them).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for zstd in a version 2 image.
+    pub fn set_compression_type(
+        &mut self,
+        kind: crate::compression::CompressionType,
+    ) -> Result<(), Error> {
+        if kind == crate::compression::CompressionType::Zstd && self.version == Version::V2 {
+            return Err(Error::InvalidArgument(
+                "zstd compression needs QCOW2 version 3 (compat 1.1)".into(),
+            ));
+        }
+        self.compression = kind;
+        Ok(())
     }
 
     /// Adds a private header extension (as [`Writer::add_header_extension`](crate::Writer)).
