@@ -79,7 +79,7 @@ pub use features::{compat, incompat, ro_compat};
 pub use fs::{BackupUsed, Filesystem, OpenOptions};
 pub use inode::{FileType, Inode, InodeTime};
 pub use journal::{
-    FastCommit, Journal, JournalLocation, JournalLookup, JournalState, Located, OverlayBlock,
+    FastCommit, FastCommitReplay, Journal, JournalLocation, JournalLookup, JournalState, Located, OverlayBlock,
     Recovery, ReplayMode, ReplayedView,
 };
 pub use owners::{file_runs, file_runs_and_inodes, Owners};

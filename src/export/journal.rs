@@ -125,7 +125,7 @@ pub(super) fn recover<'v>(
         }
     };
     let recovery = journal.recover();
-    recovery_findings(&mut out, &recovery, plan.replay());
+    recovery_findings(&mut out, &recovery);
     if journal.state() == JournalState::LogWithoutRecoverFlag {
         out.notes.push(
             "the journal holds a log but needs_recovery is clear: not replayed (as the kernel does)"
@@ -140,16 +140,21 @@ pub(super) fn recover<'v>(
     } else {
         ReplayMode::Overlay
     };
-    let view = ReplayedView::on_base(view, &journal, external, &recovery, mode)?;
+    let mut view = ReplayedView::on_base(view, &journal, external, &recovery, mode)?;
+    if mode == ReplayMode::Replayed {
+        if let Some(fc) = view.replay_fast_commits(&recovery)? {
+            out.warnings.extend(fc.warnings);
+        }
+    }
     out.notes
         .push(replay_note(&recovery, view.changed_blocks().len(), plan));
     out.view = Some(view);
     Ok(out)
 }
 
-/// The recovery's warnings and errors, and the fast-commit area's blocks (a warning when
-/// `--replay` leaves pending fast commits out).
-fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, replay: bool) {
+/// The recovery's warnings and errors, and the fast-commit area's blocks (`--replay`
+/// replays the fast commits: [`ReplayedView::replay_fast_commits`]).
+fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery) {
     out.warnings.extend(recovery.warnings.iter().cloned());
     if let Some(e) = &recovery.error {
         out.warnings
@@ -157,11 +162,6 @@ fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, repla
     }
     if let Some(fc) = &recovery.fast_commit {
         out.fast_commit_blocks = fc.referenced.iter().map(|&(b, n)| (b.0, n)).collect();
-        if fc.pending && replay {
-            out.warnings.push(journal_warning(
-                "the journal has fast commits for the last transaction; they are not replayed (only the block journal is): the replayed state misses them".into(),
-            ));
-        }
     }
 }
 

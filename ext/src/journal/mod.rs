@@ -14,7 +14,7 @@ mod recovery;
 mod superblock;
 mod view;
 
-pub use fast_commit::FastCommit;
+pub use fast_commit::{FastCommit, FastCommitReplay};
 pub use locate::{Journal, JournalLocation, JournalLookup, Located};
 pub use passes::OverlayBlock;
 pub use recovery::{JournalState, Recovery};
