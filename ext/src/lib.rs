@@ -79,8 +79,8 @@ pub use features::{compat, incompat, ro_compat};
 pub use fs::{BackupUsed, Filesystem, OpenOptions};
 pub use inode::{FileType, Inode, InodeTime};
 pub use journal::{
-    FastCommit, FastCommitReplay, Journal, JournalLocation, JournalLookup, JournalState, Located, OverlayBlock,
-    Recovery, ReplayMode, ReplayedView,
+    FastCommit, FastCommitReplay, Journal, JournalLocation, JournalLookup, JournalState, Located,
+    OverlayBlock, Recovery, ReplayMode, ReplayedView,
 };
 pub use owners::{file_runs, file_runs_and_inodes, Owners};
 pub use paths::inode_paths;

@@ -143,6 +143,13 @@ pub(super) fn recover<'v>(
     let mut view = ReplayedView::on_base(view, &journal, external, &recovery, mode)?;
     if mode == ReplayMode::Replayed {
         if let Some(fc) = view.replay_fast_commits(&recovery)? {
+            if fc.tags > 0 {
+                out.notes.push(format!(
+                    "{} fast-commit tags were replayed after the block journal, {} blocks changed",
+                    fc.tags,
+                    fc.blocks.len()
+                ));
+            }
             out.warnings.extend(fc.warnings);
         }
     }

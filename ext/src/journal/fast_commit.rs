@@ -128,7 +128,12 @@ pub(crate) fn scan_fast_commit(
             fc.referenced = scan
                 .regions
                 .iter()
-                .filter(|r| r.pblk != 0 && r.pblk.checked_add(r.len).is_some_and(|e| e <= j.fs_blocks_count))
+                .filter(|r| {
+                    r.pblk != 0
+                        && r.pblk
+                            .checked_add(r.len)
+                            .is_some_and(|e| e <= j.fs_blocks_count)
+                })
                 .map(|r| (BlockNr(r.pblk), r.len))
                 .collect();
             fc.tags = scan.tags;
@@ -172,7 +177,10 @@ impl<B: BlockView> ReplayedView<'_, B> {
     ///
     /// # Errors
     /// A read error of the superblock; other read errors are warnings (nothing replayed).
-    pub fn replay_fast_commits(&mut self, recovery: &Recovery) -> io::Result<Option<FastCommitReplay>> {
+    pub fn replay_fast_commits(
+        &mut self,
+        recovery: &Recovery,
+    ) -> io::Result<Option<FastCommitReplay>> {
         let Some(fc) = &recovery.fast_commit else {
             return Ok(None);
         };
@@ -198,13 +206,17 @@ impl<B: BlockView> ReplayedView<'_, B> {
             Ok(sb) => sb,
             Err(e) => {
                 out.exact = false;
-                out.warnings.push(fc_warning(format!("the replayed superblock is unusable ({e}); the fast commits are not replayed")));
+                out.warnings.push(fc_warning(format!(
+                    "the replayed superblock is unusable ({e}); the fast commits are not replayed"
+                )));
                 return Ok(Some(out));
             }
         };
         if sb.has_ro_compat(ro_compat::BIGALLOC) {
             out.exact = false;
-            out.warnings.push(fc_warning("bigalloc is not supported: the fast commits are not replayed".into()));
+            out.warnings.push(fc_warning(
+                "bigalloc is not supported: the fast commits are not replayed".into(),
+            ));
             return Ok(Some(out));
         }
         match run_replay(self, sb, fc) {
@@ -226,13 +238,11 @@ impl<B: BlockView> ReplayedView<'_, B> {
     }
 }
 
-/// The replay on `view`: the blocks written, the notes, and whether it was exact; or why it
-/// stopped (nothing of it kept).
-fn run_replay(
-    view: &dyn BlockView,
-    sb: Superblock,
-    fc: &FastCommit,
-) -> Result<(Vec<(u64, Vec<u8>)>, Vec<String>, bool), String> {
+/// What a replay produced: the blocks written, the notes, and whether it was exact.
+type Replayed = (Vec<(u64, Vec<u8>)>, Vec<String>, bool);
+
+/// The replay on `view`, or why it stopped (nothing of it kept).
+fn run_replay(view: &dyn BlockView, sb: Superblock, fc: &FastCommit) -> Result<Replayed, String> {
     let now = replay::Replay::stamp(&fc.tags, sb.s_wtime);
     let bs = u64::from(sb.block_size);
     let desc_blocks = sb.desc_blocks as usize;

@@ -92,7 +92,7 @@ impl Fs<'_> {
         let name_len = usize::from(b[off + 6]);
         let next = off + r;
         let ok = r >= rec_len_for(1)
-            && r % 4 == 0
+            && r.is_multiple_of(4)
             && r >= rec_len_for(name_len)
             && next <= size
             && (next == size || next <= size - rec_len_for(1))
@@ -207,7 +207,10 @@ impl Tree<'_, '_> {
             prev = Some(off);
             off += r;
         }
-        corrupt(format!("directory {}: entry not found for deletion", self.i.ino))
+        corrupt(format!(
+            "directory {}: entry not found for deletion",
+            self.i.ino
+        ))
     }
 
     /// Kernel `ext4_add_entry` of `name` → inode `target` (of mode `mode`).
@@ -227,7 +230,10 @@ impl Tree<'_, '_> {
                 return Ok(a);
             }
             if self.fs.metadata_csum() {
-                return corrupt(format!("directory {} has a corrupted htree index", self.i.ino));
+                return corrupt(format!(
+                    "directory {} has a corrupted htree index",
+                    self.i.ino
+                ));
             }
             let f = self.i.flags() & !EXT4_INDEX_FL;
             self.i.set_flags(f);
@@ -239,12 +245,16 @@ impl Tree<'_, '_> {
         for (l, b) in blocks.into_iter().enumerate() {
             let Some(b) = b else {
                 let nb = self.alloc_dir_block(l as u32)?;
-                return self.add_to_new_block(nb, name, target, mode).map(|()| Added::Exact);
+                return self
+                    .add_to_new_block(nb, name, target, mode)
+                    .map(|()| Added::Exact);
             };
             match self.add_to_block(b, name, target, mode)? {
                 Some(a) => return Ok(a),
                 None if count == 1 && !fallback && self.fs.sb.has_compat(compat::DIR_INDEX) => {
-                    return self.make_indexed_dir(b, name, target, mode).map(|()| Added::Exact);
+                    return self
+                        .make_indexed_dir(b, name, target, mode)
+                        .map(|()| Added::Exact);
                 }
                 None => {}
             }
@@ -266,7 +276,10 @@ impl Tree<'_, '_> {
         let l = u32::try_from(size >> bits)
             .map_err(|_| FcError::Corrupt(format!("directory {}: too large", self.i.ino)))?;
         if self.map(l, 1)?.ret > 0 {
-            return corrupt(format!("directory {}: block {l} already allocated", self.i.ino));
+            return corrupt(format!(
+                "directory {}: block {l} already allocated",
+                self.i.ino
+            ));
         }
         let nb = self.alloc_dir_block(l)?;
         self.i.set_size(size + self.fs.bs as u64);
@@ -304,7 +317,13 @@ impl Tree<'_, '_> {
     }
 
     /// `add_dirent_to_buf` searching block `b`: `None` when the block has no room.
-    pub(crate) fn add_to_block(&mut self, b: u64, name: &[u8], target: u32, mode: u16) -> Fr<Option<Added>> {
+    pub(crate) fn add_to_block(
+        &mut self,
+        b: u64,
+        name: &[u8],
+        target: u32,
+        mode: u16,
+    ) -> Fr<Option<Added>> {
         let seed = self.i.seed;
         let blk = self.fs.dir_block(b, seed)?;
         let size = self.fs.bs - self.fs.csum_size();
@@ -329,7 +348,14 @@ impl Tree<'_, '_> {
 
     /// Kernel `ext4_insert_dentry` at `off` of block `b`, then the directory's times,
     /// version, inode and the block's checksum (`add_dirent_to_buf`).
-    pub(crate) fn insert_at(&mut self, b: u64, off: usize, name: &[u8], target: u32, mode: u16) -> Fr<()> {
+    pub(crate) fn insert_at(
+        &mut self,
+        b: u64,
+        off: usize,
+        name: &[u8],
+        target: u32,
+        mode: u16,
+    ) -> Fr<()> {
         let bs = self.fs.bs;
         let filetype = self.fs.sb.has_incompat(incompat::FILETYPE);
         let m = self.fs.block_mut(b)?;
@@ -373,7 +399,13 @@ pub(crate) fn init_tail(blk: &mut [u8]) {
 
 /// The first block of new directory `dir` (of parent `parent`): `.` and `..`
 /// (kernel `ext4_init_dirblock`).
-pub(crate) fn init_dirblock(bs: usize, dir: u32, parent: u32, filetype: bool, csum: bool) -> Vec<u8> {
+pub(crate) fn init_dirblock(
+    bs: usize,
+    dir: u32,
+    parent: u32,
+    filetype: bool,
+    csum: bool,
+) -> Vec<u8> {
     let mut b = vec![0u8; bs];
     let cs = if csum { TAIL } else { 0 };
     b[0..4].copy_from_slice(&dir.to_le_bytes());
@@ -411,4 +443,3 @@ pub(crate) fn init_new_dir(t: &mut Tree<'_, '_>, parent: u32) -> Fr<()> {
     fs.put_block(b, blk)?;
     fs.dirblock_csum_set(b, t.i.seed)
 }
-

@@ -54,6 +54,9 @@ fn ent_block(b: &[u8], e: usize, i: usize) -> u32 {
 /// The result of a probe that fails as the kernel's `ERR_BAD_DX_DIR`.
 pub(crate) struct BadDx;
 
+/// A probe's result: the frames, the hash setup, the name's hash.
+type Probe = (Vec<Frame>, Hinfo, u32);
+
 impl Tree<'_, '_> {
     fn csum_size(&self) -> usize {
         if self.fs.metadata_csum() {
@@ -70,7 +73,11 @@ impl Tree<'_, '_> {
             Some(info) => bs - rec_len_for(1) - rec_len_for(2) - info,
             None => bs - 8,
         };
-        let space = if self.fs.metadata_csum() { space - 8 } else { space };
+        let space = if self.fs.metadata_csum() {
+            space - 8
+        } else {
+            space
+        };
         space / 8
     }
 
@@ -131,20 +138,27 @@ impl Tree<'_, '_> {
             *s = le32(raw, 0xEC + 4 * k);
         }
         Hinfo {
-            version: if v <= DX_HASH_TEA && unsigned { v + 3 } else { v },
+            version: if v <= DX_HASH_TEA && unsigned {
+                v + 3
+            } else {
+                v
+            },
             seed,
         }
     }
 
     fn hash(&self, h: Hinfo, name: &[u8]) -> Fr<u32> {
         dirhash(name, h.version, &h.seed).ok_or_else(|| {
-            FcError::Corrupt(format!("directory {}: hash version {}", self.i.ino, h.version))
+            FcError::Corrupt(format!(
+                "directory {}: hash version {}",
+                self.i.ino, h.version
+            ))
         })
     }
 
     /// Kernel `dx_probe`: the frames from the root to the leaf's index entry, the hash
     /// setup and the name's hash.
-    fn dx_probe(&mut self, name: &[u8]) -> Fr<Result<(Vec<Frame>, Hinfo, u32), BadDx>> {
+    fn dx_probe(&mut self, name: &[u8]) -> Fr<Result<Probe, BadDx>> {
         let b0 = self.dir_pblk(0)?;
         let head = self.fs.block(b0)?.to_vec();
         if self.fs.metadata_csum() && (le32(&head, 24) != 0 || head[29] != 8) {
@@ -155,9 +169,16 @@ impl Tree<'_, '_> {
         if hv > DX_HASH_TEA || flags & 1 != 0 {
             return Ok(Err(BadDx));
         }
-        let levels = if self.fs.sb.has_incompat(incompat::LARGEDIR) { 3 } else { 2 };
+        let levels = if self.fs.sb.has_incompat(incompat::LARGEDIR) {
+            3
+        } else {
+            2
+        };
         let e0 = 24 + info_len;
-        if indirect >= levels || e0 + 8 > root.len() || limit(&root, e0) != self.dx_limit(Some(info_len)) {
+        if indirect >= levels
+            || e0 + 8 > root.len()
+            || limit(&root, e0) != self.dx_limit(Some(info_len))
+        {
             return Ok(Err(BadDx));
         }
         let h = self.hinfo(hv);
@@ -180,7 +201,11 @@ impl Tree<'_, '_> {
                 }
             }
             let at = (p - 1) as usize;
-            frames.push(Frame { pblk, entries: e, at });
+            frames.push(Frame {
+                pblk,
+                entries: e,
+                at,
+            });
             let block = ent_block(&blk, e, at);
             if seen.contains(&block) {
                 return Ok(Err(BadDx));
@@ -199,7 +224,12 @@ impl Tree<'_, '_> {
     }
 
     /// Kernel `ext4_dx_add_entry`; `None` when the probe fails (`ERR_BAD_DX_DIR`).
-    pub(crate) fn dx_add_entry(&mut self, name: &[u8], target: u32, mode: u16) -> Fr<Option<Added>> {
+    pub(crate) fn dx_add_entry(
+        &mut self,
+        name: &[u8],
+        target: u32,
+        mode: u16,
+    ) -> Fr<Option<Added>> {
         for _ in 0..4 {
             let Ok((mut frames, h, hash)) = self.dx_probe(name)? else {
                 return Ok(None);
@@ -218,7 +248,10 @@ impl Tree<'_, '_> {
             self.insert_at(tb, toff, name, target, mode)?;
             return Ok(Some(Added::Exact));
         }
-        corrupt(format!("directory {}: the index keeps changing", self.i.ino))
+        corrupt(format!(
+            "directory {}: the index keeps changing",
+            self.i.ino
+        ))
     }
 
     /// The index split of `ext4_dx_add_entry` when the leaf's index node is full; true when
@@ -237,9 +270,16 @@ impl Tree<'_, '_> {
             k -= 1;
             restart = true;
         }
-        let levels = if self.fs.sb.has_incompat(incompat::LARGEDIR) { 3 } else { 2 };
+        let levels = if self.fs.sb.has_incompat(incompat::LARGEDIR) {
+            3
+        } else {
+            2
+        };
         if add_level && nlev == levels {
-            return Err(FcError::Unsupported(format!("directory {}: its index is full", self.i.ino)));
+            return Err(FcError::Unsupported(format!(
+                "directory {}: its index is full",
+                self.i.ino
+            )));
         }
         let f = frames[k];
         let node = self.fs.block(f.pblk)?.to_vec();
@@ -255,7 +295,8 @@ impl Tree<'_, '_> {
         if !add_level {
             let c1 = icount / 2;
             let hash2 = ent_hash(&node, f.entries, c1);
-            n2[8..8 + 8 * (icount - c1)].copy_from_slice(&node[f.entries + 8 * c1..f.entries + 8 * icount]);
+            n2[8..8 + 8 * (icount - c1)]
+                .copy_from_slice(&node[f.entries + 8 * c1..f.entries + 8 * icount]);
             put16(&mut n2, 8, nlim as u16);
             put16(&mut n2, 10, (icount - c1) as u16);
             put16(self.fs.block_mut(f.pblk)?, f.entries + 2, c1 as u16);
@@ -271,7 +312,11 @@ impl Tree<'_, '_> {
             self.dx_csum_set(frames[k - 1].pblk, frames[k - 1].entries)?;
             let ce = if cur == f.pblk { f.entries } else { 8 };
             self.dx_csum_set(cur, ce)?;
-            frames[k] = Frame { pblk: cur, entries: ce, at };
+            frames[k] = Frame {
+                pblk: cur,
+                entries: ce,
+                at,
+            };
             return Ok(restart);
         }
         n2[8..8 + 8 * icount].copy_from_slice(&node[f.entries..f.entries + 8 * icount]);
@@ -294,7 +339,10 @@ impl Tree<'_, '_> {
         if n >= limit(b, f.entries) || new > n || f.entries + 8 * (n + 1) > b.len() {
             return corrupt("an index entry past its node".into());
         }
-        b.copy_within(f.entries + 8 * new..f.entries + 8 * n, f.entries + 8 * (new + 1));
+        b.copy_within(
+            f.entries + 8 * new..f.entries + 8 * n,
+            f.entries + 8 * (new + 1),
+        );
         put32(b, f.entries + 8 * new, hash);
         put32(b, f.entries + 8 * new + 4, block);
         put16(b, f.entries + 2, (n + 1) as u16);
@@ -343,7 +391,10 @@ impl Tree<'_, '_> {
         }
         let split = if broke { n - moved } else { n / 2 };
         if split == 0 || split >= n {
-            return corrupt(format!("directory {}: a leaf that cannot split", self.i.ino));
+            return corrupt(format!(
+                "directory {}: a leaf that cannot split",
+                self.i.ino
+            ));
         }
         let hash2 = map[split].0;
         let continued = u32::from(hash2 == map[split - 1].0);
@@ -369,7 +420,11 @@ impl Tree<'_, '_> {
         }
         *self.fs.block_mut(leaf)? = d1;
         *self.fs.block_mut(nb)? = d2;
-        let (target, other) = if hash >= hash2 { ((nb, de2), leaf) } else { ((leaf, de1), nb) };
+        let (target, other) = if hash >= hash2 {
+            ((nb, de2), leaf)
+        } else {
+            ((leaf, de1), nb)
+        };
         self.dx_insert_block(f, hash2.wrapping_add(continued), newl)?;
         self.fs.dirblock_csum_set(other, self.i.seed)?;
         self.dx_csum_set(f.pblk, f.entries)?;
@@ -378,14 +433,29 @@ impl Tree<'_, '_> {
 
     /// Kernel `make_indexed_dir` of the full one-block directory (block 0 at `b0`), then the
     /// entry added.
-    pub(crate) fn make_indexed_dir(&mut self, b0: u64, name: &[u8], target: u32, mode: u16) -> Fr<()> {
+    pub(crate) fn make_indexed_dir(
+        &mut self,
+        b0: u64,
+        name: &[u8],
+        target: u32,
+        mode: u16,
+    ) -> Fr<()> {
         let bs = self.fs.bs;
         let cs = self.csum_size();
         let mut d = self.fs.block(b0)?.to_vec();
         let r_dot = usize::from(le16(&d, 4));
         let r_dd = usize::from(le16(&d, 16));
-        if d[6] != 1 || d[8] != b'.' || r_dot >= bs || d[18] != 2 || &d[20..22] != b".." || 12 + r_dd >= bs {
-            return corrupt(format!("directory {}: bad . or .. for an index", self.i.ino));
+        if d[6] != 1
+            || d[8] != b'.'
+            || r_dot >= bs
+            || d[18] != 2
+            || &d[20..22] != b".."
+            || 12 + r_dd >= bs
+        {
+            return corrupt(format!(
+                "directory {}: bad . or .. for an index",
+                self.i.ino
+            ));
         }
         let de0 = 12 + r_dd;
         let len = (bs - cs).saturating_sub(de0);
@@ -421,7 +491,11 @@ impl Tree<'_, '_> {
         *self.fs.block_mut(nb)? = d2;
         let h = self.hinfo(self.fs.sb.raw[0xFC]);
         let hash = self.hash(h, name)?;
-        let frame = Frame { pblk: b0, entries: 32, at: 0 };
+        let frame = Frame {
+            pblk: b0,
+            entries: 32,
+            at: 0,
+        };
         self.dx_csum_set(b0, 32)?;
         self.fs.dirblock_csum_set(nb, self.i.seed)?;
         let (tb, toff) = self.do_split(nb, frame, h, hash)?;

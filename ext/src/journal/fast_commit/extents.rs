@@ -319,7 +319,10 @@ impl Tree<'_, '_> {
             Some(_) => self.next_allocated(&path)?.saturating_sub(lblk),
         };
         if hole == 0 && len > 0 {
-            return corrupt(format!("inode {}: overlapping extents at {lblk}", self.i.ino));
+            return corrupt(format!(
+                "inode {}: overlapping extents at {lblk}",
+                self.i.ino
+            ));
         }
         Ok(Map {
             ret: 0,

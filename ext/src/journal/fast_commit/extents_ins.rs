@@ -4,9 +4,9 @@
 //! (`ext4_ext_grow_indepth`), then merged and the indexes above corrected.
 
 use super::extents::{
-    actual, at, e_block, e_len, e_pblk, e_raw_len, h_entries, h_max, mark_unwritten, set16,
-    set32, set_e_len, set_e_pblk, set_i_pblk, unwritten, Level, NewExt, Node, Path, Tree,
-    EXT_MAX_BLOCKS, HDR, ROOT_MAX,
+    actual, at, e_block, e_len, e_pblk, e_raw_len, h_entries, h_max, mark_unwritten, set16, set32,
+    set_e_len, set_e_pblk, set_i_pblk, unwritten, Level, NewExt, Node, Path, Tree, EXT_MAX_BLOCKS,
+    HDR, ROOT_MAX,
 };
 use super::store::{corrupt, Fr};
 
@@ -156,7 +156,10 @@ impl Tree<'_, '_> {
                 return Ok(path);
             }
         }
-        corrupt(format!("inode {}: the extent tree does not grow", self.i.ino))
+        corrupt(format!(
+            "inode {}: the extent tree does not grow",
+            self.i.ino
+        ))
     }
 
     fn has_free(&mut self, l: &Level) -> Fr<bool> {
@@ -187,7 +190,11 @@ impl Tree<'_, '_> {
         if lp + 1 > max || h_entries(&leaf) != max {
             return corrupt(format!("inode {}: splitting a leaf not full", self.i.ino));
         }
-        let border = if lp + 1 != max { e_block(&leaf, lp + 1) } else { new.lblk };
+        let border = if lp + 1 != max {
+            e_block(&leaf, lp + 1)
+        } else {
+            new.lblk
+        };
         let goal = self.find_goal(path, new.lblk)?;
         let mut blocks = Vec::new();
         for _ in 0..depth - at_level {
@@ -258,7 +265,11 @@ impl Tree<'_, '_> {
         let root = self.read(Node::Root)?;
         let depth = super::extents::h_depth(&root);
         let first = u64::from(self.fs.sb.s_first_data_block);
-        let mut goal = if depth > 0 { super::extents::i_pblk(&root, 0) } else { 0 };
+        let mut goal = if depth > 0 {
+            super::extents::i_pblk(&root, 0)
+        } else {
+            0
+        };
         if goal > first {
             goal -= 1;
         } else {

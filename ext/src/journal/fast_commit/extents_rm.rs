@@ -10,9 +10,9 @@
 //! change nothing (what the kernel's block-by-block walk does, without its cost).
 
 use super::extents::{
-    at, e_block, e_len, e_pblk, e_raw_len, h_entries, i_pblk, mark_initialized,
-    mark_unwritten, set16, set32, set_e_len, set_e_pblk, unwritten, Level, NewExt, Node, Path,
-    Tree, EXT_MAX_BLOCKS, ROOT_MAX,
+    at, e_block, e_len, e_pblk, e_raw_len, h_entries, i_pblk, mark_initialized, mark_unwritten,
+    set16, set32, set_e_len, set_e_pblk, unwritten, Level, NewExt, Node, Path, Tree,
+    EXT_MAX_BLOCKS, ROOT_MAX,
 };
 use super::scan::Region;
 use super::store::{corrupt, FcError, Fr};
@@ -73,9 +73,9 @@ impl Tree<'_, '_> {
                     p_block: l.p_block,
                 };
             }
-            for k in 1..depth {
-                let n = self.read(path[k].node.expect("found"))?;
-                path[k].p_block = h_entries(&n) as u64 + 1;
+            for l in path.iter_mut().take(depth).skip(1) {
+                let n = self.read(l.node.expect("found"))?;
+                l.p_block = h_entries(&n) as u64 + 1;
             }
             i = depth as isize;
         }
@@ -91,7 +91,14 @@ impl Tree<'_, '_> {
     }
 
     /// The walk of `ext4_ext_remove_space` from level `i`, right to left, depth first.
-    fn remove_walk(&mut self, path: &mut [RmLevel], depth: usize, mut i: isize, start: u32, end: u32) -> Fr<()> {
+    fn remove_walk(
+        &mut self,
+        path: &mut [RmLevel],
+        depth: usize,
+        mut i: isize,
+        start: u32,
+        end: u32,
+    ) -> Fr<()> {
         let mut steps = 0u64;
         while i >= 0 {
             steps += 1;
@@ -139,9 +146,7 @@ impl Tree<'_, '_> {
     fn rm_leaf(&mut self, path: &mut [RmLevel], depth: usize, start: u32, end: u32) -> Fr<()> {
         let leaf = path[depth].node.expect("a leaf");
         let n = self.read(leaf)?;
-        let mut ex = path[depth]
-            .pos
-            .unwrap_or(h_entries(&n) as isize - 1);
+        let mut ex = path[depth].pos.unwrap_or(h_entries(&n) as isize - 1);
         let mut correct_index = false;
         while ex >= 0 {
             let n = self.read(leaf)?;
@@ -160,7 +165,10 @@ impl Tree<'_, '_> {
                 continue;
             }
             if bb != last {
-                return corrupt(format!("inode {}: cannot remove {start}..={end} from extent {b}+{len}", self.i.ino));
+                return corrupt(format!(
+                    "inode {}: cannot remove {start}..={end} from extent {b}+{len}",
+                    self.i.ino
+                ));
             }
             let num = if a != b { a - b } else { 0 };
             if e == 0 {
@@ -218,10 +226,16 @@ impl Tree<'_, '_> {
         let mut k = depth - 1;
         let node = path[k].node.expect("a parent");
         let n = self.read(node)?;
-        let p = path[k].pos.and_then(|p| usize::try_from(p).ok()).unwrap_or(0);
+        let p = path[k]
+            .pos
+            .and_then(|p| usize::try_from(p).ok())
+            .unwrap_or(0);
         let entries = h_entries(&n);
         if entries == 0 {
-            return corrupt(format!("inode {}: removing from an empty index", self.i.ino));
+            return corrupt(format!(
+                "inode {}: removing from an empty index",
+                self.i.ino
+            ));
         }
         let leaf = i_pblk(&n, p);
         let m = self.edit(node)?;
@@ -239,7 +253,10 @@ impl Tree<'_, '_> {
             let child = self.read(path[k + 1].node.expect("a level"))?;
             let key = e_block(&child, 0);
             let up = path[k].node.expect("a level");
-            let pk = path[k].pos.and_then(|p| usize::try_from(p).ok()).unwrap_or(0);
+            let pk = path[k]
+                .pos
+                .and_then(|p| usize::try_from(p).ok())
+                .unwrap_or(0);
             set32(self.edit(up)?, at(pk), key);
             self.dirty(up)?;
         }
@@ -262,9 +279,17 @@ impl Tree<'_, '_> {
         let leaf = path.last().expect("a leaf").node;
         let e = path.last().expect("a leaf").pos.expect("an extent");
         let n = self.read(leaf)?;
-        let (b, raw, len, p) = (e_block(&n, e), e_raw_len(&n, e), e_len(&n, e), e_pblk(&n, e));
+        let (b, raw, len, p) = (
+            e_block(&n, e),
+            e_raw_len(&n, e),
+            e_len(&n, e),
+            e_pblk(&n, e),
+        );
         if split < b || split - b >= len {
-            return corrupt(format!("inode {}: split at {split} outside {b}+{len}", self.i.ino));
+            return corrupt(format!(
+                "inode {}: split at {split} outside {b}+{len}",
+                self.i.ino
+            ));
         }
         if split == b {
             let m = self.edit(leaf)?;
@@ -501,11 +526,19 @@ impl Tree<'_, '_> {
                 if let Some(p) = soft(self.find(cur))? {
                     for lv in &p[..p.len() - 1] {
                         self.fs.mark_bb(lv.p_block, 1, false)?;
-                        self.fs.excluded.push(Region { ino, pblk: lv.p_block, len: 1 });
+                        self.fs.excluded.push(Region {
+                            ino,
+                            pblk: lv.p_block,
+                            len: 1,
+                        });
                     }
                 }
                 self.fs.mark_bb(m.pblk, u64::from(m.len), false)?;
-                self.fs.excluded.push(Region { ino, pblk: m.pblk, len: u64::from(m.len) });
+                self.fs.excluded.push(Region {
+                    ino,
+                    pblk: m.pblk,
+                    len: u64::from(m.len),
+                });
             }
             cur = cur.wrapping_add(m.len);
         }

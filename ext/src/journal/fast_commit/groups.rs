@@ -45,8 +45,8 @@ impl Fs<'_> {
         if b == 0 || b >= self.sb.s_blocks_count {
             return corrupt(format!("group {g}: block bitmap at block {b}"));
         }
-        let uninit = self.sb.has_group_desc_csum()
-            && self.desc_flags(g)? & EXT4_BG_BLOCK_UNINIT != 0;
+        let uninit =
+            self.sb.has_group_desc_csum() && self.desc_flags(g)? & EXT4_BG_BLOCK_UNINIT != 0;
         if uninit && !self.cached(b) {
             let bytes = self.init_block_bitmap(g)?;
             self.block(b)?;
@@ -111,8 +111,8 @@ impl Fs<'_> {
         if b == 0 || b >= self.sb.s_blocks_count {
             return corrupt(format!("group {g}: inode bitmap at block {b}"));
         }
-        let uninit = self.sb.has_group_desc_csum()
-            && self.desc_flags(g)? & EXT4_BG_INODE_UNINIT != 0;
+        let uninit =
+            self.sb.has_group_desc_csum() && self.desc_flags(g)? & EXT4_BG_INODE_UNINIT != 0;
         if uninit && !self.cached(b) {
             let mut bm = vec![0u8; self.bs];
             for i in (self.sb.s_inodes_per_group as usize).min(self.bs * 8)..self.bs * 8 {
@@ -173,7 +173,9 @@ impl Fs<'_> {
             let (g, off) = self.block_group(block);
             let here = len.min(bpg - off as u64);
             let valid = block > u64::from(self.sb.s_first_data_block)
-                && block.checked_add(here).is_some_and(|e| e <= self.sb.s_blocks_count);
+                && block
+                    .checked_add(here)
+                    .is_some_and(|e| e <= self.sb.s_blocks_count);
             if !valid {
                 return Ok(());
             }
@@ -242,7 +244,11 @@ impl Fs<'_> {
                 self.mark_bb(block, 1, true)?;
                 return Ok(block);
             }
-            g = if g + 1 >= self.sb.group_count { 0 } else { g + 1 };
+            g = if g + 1 >= self.sb.group_count {
+                0
+            } else {
+                g + 1
+            };
             off = 0;
         }
         Err(FcError::Corrupt("no free block left for the replay".into()))

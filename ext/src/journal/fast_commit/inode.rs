@@ -187,7 +187,11 @@ impl MemInode {
     /// `inode_inc_iversion`: `l_i_version` and `i_version_hi` as one counter, plus one.
     pub(crate) fn inc_iversion(&mut self) {
         let big = self.raw.len() > EXT2_GOOD_OLD_INODE_SIZE && self.fits(I_VERSION_HI + 4);
-        let hi = if big { le32(&self.raw, I_VERSION_HI) } else { 0 };
+        let hi = if big {
+            le32(&self.raw, I_VERSION_HI)
+        } else {
+            0
+        };
         let v = (u64::from(hi) << 32 | u64::from(le32(&self.raw, I_VERSION_LO))).wrapping_add(1);
         put32(&mut self.raw, I_VERSION_LO, v as u32);
         if big {
@@ -213,7 +217,9 @@ impl MemInode {
         } else {
             0
         };
-        self.mode() & S_IFMT == S_IFLNK && !self.inline_data() && self.blocks512(fs).wrapping_sub(ea) == 0
+        self.mode() & S_IFMT == S_IFLNK
+            && !self.inline_data()
+            && self.blocks512(fs).wrapping_sub(ea) == 0
     }
     pub(crate) fn has_extents(&self) -> bool {
         self.flags() & EXT4_EXTENTS_FL != 0
@@ -258,8 +264,12 @@ impl Fs<'_> {
     fn special_ino(&self, ino: u32) -> bool {
         let sb = &self.sb;
         (ino < sb.s_first_ino && ino != 2)
-            || [sb.s_usr_quota_inum, sb.s_grp_quota_inum, sb.s_prj_quota_inum]
-                .contains(&ino)
+            || [
+                sb.s_usr_quota_inum,
+                sb.s_grp_quota_inum,
+                sb.s_prj_quota_inum,
+            ]
+            .contains(&ino)
             || (sb.s_orphan_file_inum != 0 && ino == sb.s_orphan_file_inum)
     }
 
@@ -279,7 +289,9 @@ impl Fs<'_> {
         if isz > EXT2_GOOD_OLD_INODE_SIZE {
             extra = usize::from(le16(&raw, I_EXTRA_ISIZE));
             if EXT2_GOOD_OLD_INODE_SIZE + extra > isz || extra & 3 != 0 {
-                return Ok(Err(Iget::Bad(format!("inode {ino}: i_extra_isize {extra}"))));
+                return Ok(Err(Iget::Bad(format!(
+                    "inode {ino}: i_extra_isize {extra}"
+                ))));
             }
         }
         let mut i = MemInode {
@@ -323,7 +335,8 @@ impl Fs<'_> {
             return bad("htree directory without dir_index".into());
         }
         let acl = i.file_acl(self);
-        if acl != 0 && !(acl > u64::from(self.sb.s_first_data_block) && acl < self.sb.s_blocks_count)
+        if acl != 0
+            && !(acl > u64::from(self.sb.s_first_data_block) && acl < self.sb.s_blocks_count)
         {
             return bad(format!("extended attribute block {acl}"));
         }
@@ -347,7 +360,12 @@ impl Fs<'_> {
             return bad("immutable or append-only symlink");
         }
         if i.is_fast_symlink(self) {
-            let len = i.i_block().iter().take(size as usize + 1).take_while(|&&c| c != 0).count();
+            let len = i
+                .i_block()
+                .iter()
+                .take(size as usize + 1)
+                .take_while(|&&c| c != 0)
+                .count();
             if size == 0 || size >= 60 || len as u64 != size {
                 return bad("invalid fast symlink length");
             }

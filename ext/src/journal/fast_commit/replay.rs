@@ -17,7 +17,10 @@
 use super::dir::{init_new_dir, Added};
 use super::extents::{Tree, EXT_MAX_BLOCKS};
 use super::extents_rm::soft;
-use super::inode::{MemInode, EXT4_EXTENTS_FL, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL, I_BLOCK, I_CTIME, I_FLAGS, I_GENERATION};
+use super::inode::{
+    MemInode, EXT4_EXTENTS_FL, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL, I_BLOCK, I_CTIME, I_FLAGS,
+    I_GENERATION,
+};
 use super::scan::{DentryOp, Tag};
 use super::store::{FcError, Fr, Fs};
 use crate::bytes::{le16, le32};
@@ -79,7 +82,9 @@ impl<'v> Replay<'v> {
     fn soft(&mut self, at: u64, r: Fr<()>) -> Fr<()> {
         match r {
             Err(FcError::Corrupt(m)) => {
-                self.notes.push(format!("journal block {at}: {m} (the kernel's replay of this tag stops there too)"));
+                self.notes.push(format!(
+                    "journal block {at}: {m} (the kernel's replay of this tag stops there too)"
+                ));
                 Ok(())
             }
             other => other,
@@ -92,11 +97,20 @@ impl<'v> Replay<'v> {
             let r = match tag {
                 Tag::Marker => Ok(()),
                 Tag::Inode { ino, raw } => self.inode(*at, *ino, raw),
-                Tag::AddRange { ino, lblk, len, unwritten, pblk } => {
-                    self.add_range(*at, *ino, *lblk, u32::from(*len), *unwritten, *pblk)
-                }
+                Tag::AddRange {
+                    ino,
+                    lblk,
+                    len,
+                    unwritten,
+                    pblk,
+                } => self.add_range(*at, *ino, *lblk, u32::from(*len), *unwritten, *pblk),
                 Tag::DelRange { ino, lblk, len } => self.del_range(*at, *ino, *lblk, *len),
-                Tag::Dentry { op, parent, ino, name } => match op {
+                Tag::Dentry {
+                    op,
+                    parent,
+                    ino,
+                    name,
+                } => match op {
                     DentryOp::Unlink => self.unlink(*at, *parent, *ino, name),
                     DentryOp::Link => self.link(*at, *parent, *ino, name),
                     DentryOp::Creat => self.create(*at, *parent, *ino, name),
@@ -112,7 +126,9 @@ impl<'v> Replay<'v> {
         match r {
             Ok(()) => Ok(()),
             Err(FcError::Unsupported(m)) => {
-                self.notes.push(format!("journal block {at}: {m}: not replayed as the kernel replays it"));
+                self.notes.push(format!(
+                    "journal block {at}: {m}: not replayed as the kernel replays it"
+                ));
                 self.inexact = true;
                 Ok(())
             }
@@ -153,7 +169,9 @@ impl<'v> Replay<'v> {
             return Ok(());
         }
         let Some(mut i) = self.iget(ino)? else {
-            return Err(FcError::Corrupt(format!("inode {ino} cannot be read after its replay")));
+            return Err(FcError::Corrupt(format!(
+                "inode {ino} cannot be read after its replay"
+            )));
         };
         if !i.inline_data() {
             let r = self.tree_steps(&mut i, |t| t.replay_set_iblocks());
@@ -168,7 +186,11 @@ impl<'v> Replay<'v> {
     /// Runs tree steps on inode `i`; an inode without extents whose `i_block` reads as an
     /// empty extent root (what the kernel's tree code sees in a zeroed or device inode)
     /// has nothing to do but, for a block count, `i_blocks` = 0.
-    fn tree_steps(&mut self, i: &mut MemInode, f: impl FnOnce(&mut Tree<'_, 'v>) -> Fr<()>) -> Fr<()> {
+    fn tree_steps(
+        &mut self,
+        i: &mut MemInode,
+        f: impl FnOnce(&mut Tree<'_, 'v>) -> Fr<()>,
+    ) -> Fr<()> {
         if i.has_extents() {
             return f(&mut self.tree(i));
         }
@@ -176,11 +198,22 @@ impl<'v> Replay<'v> {
         if le16(b, 2) == 0 && le16(b, 6) == 0 {
             return Ok(());
         }
-        Err(FcError::Unsupported(format!("inode {} maps its blocks without extents", i.ino)))
+        Err(FcError::Unsupported(format!(
+            "inode {} maps its blocks without extents",
+            i.ino
+        )))
     }
 
     /// Kernel `ext4_fc_replay_add_range`.
-    fn add_range(&mut self, at: u64, ino: u32, start: u32, len: u32, uw: bool, pblk: u64) -> Fr<()> {
+    fn add_range(
+        &mut self,
+        at: u64,
+        ino: u32,
+        start: u32,
+        len: u32,
+        uw: bool,
+        pblk: u64,
+    ) -> Fr<()> {
         let Some(mut i) = self.iget(ino)? else {
             return Ok(());
         };
@@ -208,7 +241,9 @@ impl<'v> Replay<'v> {
             return Ok(());
         };
         if ino == parent {
-            return Err(FcError::Unsupported(format!("inode {ino} unlinked from itself")));
+            return Err(FcError::Unsupported(format!(
+                "inode {ino} unlinked from itself"
+            )));
         }
         let slot = self.tree(&mut dir).find_entry(name)?;
         let Some(slot) = slot else {
@@ -244,17 +279,29 @@ impl<'v> Replay<'v> {
     }
 
     /// Kernel `ext4_fc_replay_link_internal` / `__ext4_link`.
-    fn link_internal(&mut self, _at: u64, parent: u32, name: &[u8], inode: &mut MemInode) -> Fr<()> {
+    fn link_internal(
+        &mut self,
+        _at: u64,
+        parent: u32,
+        name: &[u8],
+        inode: &mut MemInode,
+    ) -> Fr<()> {
         let Some(mut dir) = self.iget(parent)? else {
             return Ok(());
         };
         if parent == inode.ino {
-            return Err(FcError::Unsupported(format!("inode {parent} linked into itself")));
+            return Err(FcError::Unsupported(format!(
+                "inode {parent} linked into itself"
+            )));
         }
         inode.set_ctime(self.fs.now);
         let dx = self.fs.sb.has_compat(compat::DIR_INDEX) && inode.flags() & EXT4_INDEX_FL != 0;
         let n = inode.links().wrapping_add(1);
-        inode.set_links(if dx && (n > EXT4_LINK_MAX || n == 2) { 1 } else { n });
+        inode.set_links(if dx && (n > EXT4_LINK_MAX || n == 2) {
+            1
+        } else {
+            n
+        });
         let r = self.tree(&mut dir).add_entry(name, inode.ino, inode.mode());
         match r {
             Ok(Added::Exact) => self.fs.write_inode(inode),
@@ -273,7 +320,9 @@ impl<'v> Replay<'v> {
     fn create(&mut self, at: u64, parent: u32, ino: u32, name: &[u8]) -> Fr<()> {
         self.fs.mark_inode_used(ino)?;
         let Some(mut inode) = self.iget(ino)? else {
-            return Err(FcError::Corrupt(format!("created inode {ino} cannot be read")));
+            return Err(FcError::Corrupt(format!(
+                "created inode {ino} cannot be read"
+            )));
         };
         if inode.is_dir() {
             if self.iget(parent)?.is_none() {
@@ -294,14 +343,18 @@ impl<'v> Replay<'v> {
     fn evict(&mut self, i: &mut MemInode) -> Fr<()> {
         let now = self.fs.now;
         if i.inline_data() {
-            return Err(FcError::Unsupported(format!("deleting inline-data inode {}", i.ino)));
+            return Err(FcError::Unsupported(format!(
+                "deleting inline-data inode {}",
+                i.ino
+            )));
         }
         let fast_symlink = i.is_fast_symlink(&self.fs);
         if fast_symlink {
             i.i_block_mut().fill(0);
         }
         self.fs.write_inode(i)?;
-        let truncatable = i.is_reg() || i.is_dir() || (i.mode() & 0xF000 == 0xA000 && !fast_symlink);
+        let truncatable =
+            i.is_reg() || i.is_dir() || (i.mode() & 0xF000 == 0xA000 && !fast_symlink);
         if i.blocks512(&self.fs) != 0 && truncatable {
             i.set_size(0);
             self.fs.write_inode(i)?;
@@ -324,7 +377,10 @@ impl<'v> Replay<'v> {
         }
         let blk = self.fs.block(b)?.to_vec();
         if le32(&blk, 0) != EXT4_XATTR_MAGIC || le32(&blk, 8) != 1 {
-            return Err(FcError::Corrupt(format!("inode {}: extended attribute block {b}", i.ino)));
+            return Err(FcError::Corrupt(format!(
+                "inode {}: extended attribute block {b}",
+                i.ino
+            )));
         }
         let refs = le32(&blk, 4);
         if refs <= 1 {
@@ -348,7 +404,9 @@ impl<'v> Replay<'v> {
                 continue;
             };
             if i.inline_data() {
-                self.notes.push(format!("inode {ino}: inline data: its blocks are not marked as the kernel marks them"));
+                self.notes.push(format!(
+                    "inode {ino}: inline data: its blocks are not marked as the kernel marks them"
+                ));
                 self.inexact = true;
                 continue;
             }
@@ -378,7 +436,10 @@ impl<'v> Replay<'v> {
         }
         match best {
             Some((_, secs, extra)) => super::store::Stamp { secs, extra },
-            None => super::store::Stamp { secs: fallback, extra: 0 },
+            None => super::store::Stamp {
+                secs: fallback,
+                extra: 0,
+            },
         }
     }
 }
@@ -397,7 +458,11 @@ impl Tree<'_, '_> {
                 if uw {
                     raw |= 0x8000;
                 }
-                let new = super::extents::NewExt { lblk: cur, raw_len: raw, pblk: want };
+                let new = super::extents::NewExt {
+                    lblk: cur,
+                    raw_len: raw,
+                    pblk: want,
+                };
                 self.insert_extent(path, new, false)?;
             } else if want != m.pblk {
                 self.replay_update_ex(cur, m.len, uw, want)?;

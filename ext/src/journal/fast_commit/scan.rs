@@ -184,7 +184,9 @@ impl Scanner {
             let len = usize::from(le16(b, cur + 2));
             let val = cur + TL_SIZE;
             if len > b.len() - val || !self.len_valid(tag, len) {
-                return self.stop(format!("journal block {at}: tag {tag:#x} of {len} bytes at offset {cur}"));
+                return self.stop(format!(
+                    "journal block {at}: tag {tag:#x} of {len} bytes at offset {cur}"
+                ));
             }
             if !self.tag(at, tag, &b[cur..val + len]) {
                 return;
@@ -344,7 +346,10 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn head(tid: u32) -> Vec<u8> {
-        tl(EXT4_FC_TAG_HEAD, &[&0u32.to_le_bytes()[..], &tid.to_le_bytes()].concat())
+        tl(
+            EXT4_FC_TAG_HEAD,
+            &[&0u32.to_le_bytes()[..], &tid.to_le_bytes()].concat(),
+        )
     }
 
     fn add_range(ino: u32, lblk: u32, len: u16, pblk: u32) -> Vec<u8> {
@@ -379,14 +384,20 @@ pub(crate) mod tests {
         assert_eq!(s.tags.len(), 5);
         assert_eq!(
             s.tags[1].1,
-            Tag::AddRange { ino: 12, lblk: 0, len: 3, unwritten: true, pblk: 500 }
+            Tag::AddRange {
+                ino: 12,
+                lblk: 0,
+                len: 3,
+                unwritten: true,
+                pblk: 500
+            }
         );
         assert_eq!(s.regions.len(), 2);
         // Zeros after the last commit end the scan too.
         let s = scan(&[b0.clone(), vec![0; 1024]], 7);
         assert_eq!((s.outcome, s.tags.len()), (Outcome::Replay, 3));
         // Another tid: nothing; not starting with a head: nothing.
-        assert_eq!(scan(&[b0.clone()], 8).outcome, Outcome::None);
+        assert_eq!(scan(std::slice::from_ref(&b0), 8).outcome, Outcome::None);
         assert_eq!(scan(&[b1], 7).outcome, Outcome::None);
     }
 

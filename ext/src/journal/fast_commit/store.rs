@@ -183,8 +183,22 @@ impl<'v> Fs<'v> {
         let wide = self.sb.desc_size as usize >= DESC_SIZE_64BIT;
         let d = &self.block(b)?[off..];
         Ok(match f.2 {
-            4 => u64::from(le32(d, f.0)) | if wide { u64::from(le32(d, f.1)) << 32 } else { 0 },
-            _ => u64::from(le16(d, f.0)) | if wide { u64::from(le16(d, f.1)) << 16 } else { 0 },
+            4 => {
+                u64::from(le32(d, f.0))
+                    | if wide {
+                        u64::from(le32(d, f.1)) << 32
+                    } else {
+                        0
+                    }
+            }
+            _ => {
+                u64::from(le16(d, f.0))
+                    | if wide {
+                        u64::from(le16(d, f.1)) << 16
+                    } else {
+                        0
+                    }
+            }
         })
     }
 
