@@ -141,8 +141,8 @@ fn check_patched(fs: &Filesystem<Mem>) {
 
 /// Fast commits that pass the scan (good tail checksums) but name anything: inodes out of
 /// range, special or free, ranges past the end or of any length, names of any bytes,
-/// logged inode records of random bytes, on a dirty image; and byte-patched fast-commit
-/// blocks. Replaying must never panic or hang, what it changes stays inside the filesystem,
+/// logged inode records of random bytes, on a dirty image (every third one byte-patched in
+/// its metadata too); and byte-patched fast-commit blocks. Replaying must never panic or hang, what it changes stays inside the filesystem,
 /// and the replayed state still opens and walks.
 #[test]
 fn hostile_fast_commits_never_panic() {
@@ -158,13 +158,14 @@ fn hostile_fast_commits_never_panic() {
     let fc = fc_image(&dir.0);
     let base = std::fs::read(&fc.img).unwrap();
     let blocks = (base.len() / fc.bs) as u64;
+    let (bs, meta) = metadata_blocks(&base);
     let mut rng = XorShift(0x5EED_F00D_CAFE_0001);
     let (mut changed, mut refused) = (0, 0);
     for it in 0..iterations {
         let mut tags = head(fc.tid);
         let mut area = Vec::new();
         for _ in 0..1 + rng.next() % 12 {
-            let t = hostile_tag(&mut rng, blocks, &fc.free);
+            let t = hostile_tag(&mut rng, blocks, &fc.free, &fc.inos);
             if tags.len() + t.len() + 16 > fc.bs {
                 area.push(commit_block(&tags, fc.tid, fc.bs));
                 tags = Vec::new();
@@ -180,6 +181,11 @@ fn hostile_fast_commits_never_panic() {
         area.truncate(15);
         let mut img = base.clone();
         write_area(&mut img, &fc, &area);
+        if it % 3 == 2 {
+            // Corrupt structures under the fast commits: inodes, bitmaps, trees, directories.
+            patch(&mut img, &mut rng, bs, &meta);
+            fix_superblock_checksum(&mut img);
+        }
         let Some((out, report)) = replayed(&img) else {
             continue;
         };
@@ -194,28 +200,10 @@ fn hostile_fast_commits_never_panic() {
 }
 
 /// One tag of any kind with hostile values (valid lengths, so that the scan keeps it).
-fn hostile_tag(rng: &mut XorShift, blocks: u64, free: &[u64]) -> Vec<u8> {
+fn hostile_tag(rng: &mut XorShift, blocks: u64, free: &[u64], known: &[u32]) -> Vec<u8> {
     use crate::journal::fast_commit::{add_range, dentry, tl};
-    let inos = [
-        0u32,
-        1,
-        2,
-        2,
-        7,
-        8,
-        11,
-        12,
-        12,
-        13,
-        13,
-        14,
-        20,
-        20,
-        20,
-        2047,
-        2048,
-        u32::MAX,
-    ];
+    let mut inos = vec![0u32, 1, 2, 2, 7, 8, 11, 20, 20, 2047, 2048, u32::MAX];
+    inos.extend(known.iter().flat_map(|&i| [i, i]));
     let mut ino = || inos[(rng.next() % inos.len() as u64) as usize];
     let (a, b, c) = (ino(), ino(), ino());
     let mut any = |n: u64| rng.next() % n;

@@ -62,6 +62,23 @@ pub(crate) struct FcImage {
     pub(crate) area: u64,
     pub(crate) tid: u32,
     pub(crate) free: Vec<u64>,
+    /// Inodes worth naming: `/f`, `/d`, the htree directory `/h` and one of its files, the
+    /// fragmented `/frag` (an extent tree of depth 1).
+    pub(crate) inos: Vec<u32>,
+    /// An inode free after the block-level replay too (the last one).
+    pub(crate) free_ino: u32,
+}
+
+/// The inode number of `path` in `img` (debugfs `stat`).
+fn ino_of(img: &Path, path: &str) -> u32 {
+    let out = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {path}"))
+        .arg(img));
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no inode for {path}: {out}"))
 }
 
 /// `mke2fs -O fast_commit` (1 KiB blocks, 8 MiB), a file and a directory, then a journal
@@ -75,7 +92,32 @@ pub(crate) fn fc_image(dir: &Path) -> FcImage {
     );
     let src = dir.join("f.txt");
     std::fs::write(&src, vec![b'f'; 3000]).unwrap();
-    super::debugfs(&img, &format!("write {} /f\nmkdir /d\n", src.display()));
+    let big = dir.join("big.bin");
+    std::fs::write(&big, vec![b'b'; 40 * 1024]).unwrap();
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let mut cmds = format!(
+        "write {} /f\nmkdir /d\nmkdir /h\nwrite {} /frag\n",
+        src.display(),
+        big.display()
+    );
+    for k in (1..30).step_by(3) {
+        cmds += &format!("punch /frag {k} {k}\n");
+    }
+    for k in 0..150 {
+        cmds += &format!("write {} /h/entry-name-{k:03}\n", empty.display());
+    }
+    super::debugfs(&img, &cmds);
+    let o = Command::new("e2fsck")
+        .args(["-fyD"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(o.status.code().is_some_and(|c| c <= 1), "{o:?}");
+    let inos = ["/f", "/d", "/h", "/h/entry-name-007", "/frag"]
+        .iter()
+        .map(|p| ino_of(&img, p))
+        .collect();
     let change = metadata_change(&img, "mkdir /d2\n");
     journal(
         &img,
@@ -114,12 +156,15 @@ pub(crate) fn fc_image(dir: &Path) -> FcImage {
         .journal_blocks
         .0;
     let free = free_blocks(&img, 8, 4000);
+    let free_ino = fs.sb.s_inodes_count;
     FcImage {
         img: img.clone(),
         bs,
         area,
         tid: rec.end_tid,
         free,
+        inos,
+        free_ino,
     }
 }
 
@@ -200,7 +245,7 @@ fn a_hand_written_fast_commit_creates_a_file() {
     let dir = Scratch::new("fc", "create");
     let fc = fc_image(&dir.0);
     let mut image = std::fs::read(&fc.img).unwrap();
-    let ino = 20u32;
+    let ino = fc.free_ino;
     let (p, n) = (fc.free[0], 2u16);
     let rec = file_record(2 * fc.bs as u32);
     let inode = tl(6, &[&ino.to_le_bytes()[..], &rec].concat());
