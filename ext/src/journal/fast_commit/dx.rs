@@ -283,52 +283,77 @@ impl Tree<'_, '_> {
         }
         let f = frames[k];
         let node = self.fs.block(f.pblk)?.to_vec();
-        let icount = count(&node, f.entries);
         let size = self.i.size(self.fs);
-        let bits = 10 + self.fs.sb.s_log_block_size;
-        let newl = (size >> bits) as u32;
+        let newl = (size >> (10 + self.fs.sb.s_log_block_size)) as u32;
         let nb = self.append_block(size)?;
-        let bs = self.fs.bs;
-        let mut n2 = vec![0u8; bs];
-        put16(&mut n2, 4, bs as u16);
-        let nlim = self.dx_limit(None);
-        if !add_level {
-            let c1 = icount / 2;
-            let hash2 = ent_hash(&node, f.entries, c1);
-            n2[8..8 + 8 * (icount - c1)]
-                .copy_from_slice(&node[f.entries + 8 * c1..f.entries + 8 * icount]);
-            put16(&mut n2, 8, nlim as u16);
-            put16(&mut n2, 10, (icount - c1) as u16);
-            put16(self.fs.block_mut(f.pblk)?, f.entries + 2, c1 as u16);
-            let (mut cur, mut other) = (f.pblk, nb);
-            let mut at = f.at;
-            if f.at >= c1 {
-                at = f.at - c1;
-                (cur, other) = (nb, f.pblk);
-            }
-            self.fs.put_block(nb, n2)?;
-            self.dx_insert_block(frames[k - 1], hash2, newl)?;
-            self.dx_csum_set(other, if other == f.pblk { f.entries } else { 8 })?;
-            self.dx_csum_set(frames[k - 1].pblk, frames[k - 1].entries)?;
-            let ce = if cur == f.pblk { f.entries } else { 8 };
-            self.dx_csum_set(cur, ce)?;
-            frames[k] = Frame {
-                pblk: cur,
-                entries: ce,
-                at,
-            };
-            return Ok(restart);
+        let mut n2 = vec![0u8; self.fs.bs];
+        put16(&mut n2, 4, self.fs.bs as u16);
+        if add_level {
+            self.add_index_level(f, &node, n2, nb, newl)?;
+            return Ok(true);
         }
+        let up = frames[k - 1];
+        frames[k] = self.split_node(f, up, &node, n2, (nb, newl))?;
+        Ok(restart)
+    }
+
+    /// The index node of frame `f` (bytes `node`) split in halves, the upper half into the
+    /// new block (`nb`, logical `newl`; `n2` its bytes), indexed in the parent `up`; the
+    /// frame's new place.
+    fn split_node(
+        &mut self,
+        f: Frame,
+        up: Frame,
+        node: &[u8],
+        mut n2: Vec<u8>,
+        (nb, newl): (u64, u32),
+    ) -> Fr<Frame> {
+        let icount = count(node, f.entries);
+        let c1 = icount / 2;
+        let hash2 = ent_hash(node, f.entries, c1);
+        n2[8..8 + 8 * (icount - c1)]
+            .copy_from_slice(&node[f.entries + 8 * c1..f.entries + 8 * icount]);
+        put16(&mut n2, 8, self.dx_limit(None) as u16);
+        put16(&mut n2, 10, (icount - c1) as u16);
+        put16(self.fs.block_mut(f.pblk)?, f.entries + 2, c1 as u16);
+        let (mut cur, mut other, mut at) = (f.pblk, nb, f.at);
+        if f.at >= c1 {
+            at = f.at - c1;
+            (cur, other) = (nb, f.pblk);
+        }
+        self.fs.put_block(nb, n2)?;
+        self.dx_insert_block(up, hash2, newl)?;
+        self.dx_csum_set(other, if other == f.pblk { f.entries } else { 8 })?;
+        self.dx_csum_set(up.pblk, up.entries)?;
+        let entries = if cur == f.pblk { f.entries } else { 8 };
+        self.dx_csum_set(cur, entries)?;
+        Ok(Frame {
+            pblk: cur,
+            entries,
+            at,
+        })
+    }
+
+    /// The root's entries (frame `f`, bytes `node`) moved into the new block `nb` (logical
+    /// `newl`; `n2` its bytes), the root left with one entry and one more level.
+    fn add_index_level(
+        &mut self,
+        f: Frame,
+        node: &[u8],
+        mut n2: Vec<u8>,
+        nb: u64,
+        newl: u32,
+    ) -> Fr<()> {
+        let icount = count(node, f.entries);
         n2[8..8 + 8 * icount].copy_from_slice(&node[f.entries..f.entries + 8 * icount]);
-        put16(&mut n2, 8, nlim as u16);
+        put16(&mut n2, 8, self.dx_limit(None) as u16);
         self.fs.put_block(nb, n2)?;
         let r = self.fs.block_mut(f.pblk)?;
         put16(r, f.entries + 2, 1);
         put32(r, f.entries + 4, newl);
-        r[30] += 1;
+        r[30] = r[30].wrapping_add(1);
         self.dx_csum_set(f.pblk, f.entries)?;
-        self.dx_csum_set(nb, 8)?;
-        Ok(true)
+        self.dx_csum_set(nb, 8)
     }
 
     /// Kernel `dx_insert_block`: (`hash`, `block`) after the frame's entry.
@@ -359,38 +384,9 @@ impl Tree<'_, '_> {
         let nb = self.append_block(size)?;
         let mut d1 = self.fs.block(leaf)?.to_vec();
         let mut d2 = vec![0u8; bs];
-        let mut map: Vec<(u32, u16, u16)> = Vec::new();
-        let mut off = 0;
-        while off < bs - cs {
-            let r = self.fs.check_de(&d1, off, bs - cs)?;
-            let nl = usize::from(d1[off + 6]);
-            if nl != 0 && le32(&d1, off) != 0 {
-                let hh = self.hash(h, &d1[off + 8..off + 8 + nl])?;
-                map.push((hh, (off >> 2) as u16, r as u16));
-            }
-            off += r;
-        }
-        map.reverse();
-        sort_map(&mut map);
-        let n = map.len();
-        for (k, &(hh, o, s)) in map.iter().enumerate() {
-            let at = bs - 8 * n + 8 * k;
-            put32(&mut d2, at, hh);
-            put16(&mut d2, at + 4, o);
-            put16(&mut d2, at + 6, s);
-        }
-        let (mut sz, mut moved) = (0usize, 0usize);
-        let mut broke = false;
-        for k in (0..n).rev() {
-            if sz + usize::from(map[k].2) / 2 > bs / 2 {
-                broke = true;
-                break;
-            }
-            sz += usize::from(map[k].2);
-            moved += 1;
-        }
-        let split = if broke { n - moved } else { n / 2 };
-        if split == 0 || split >= n {
+        let map = self.make_map(&d1, h, &mut d2)?;
+        let split = split_point(&map, bs);
+        if split == 0 || split >= map.len() {
             return corrupt(format!(
                 "directory {}: a leaf that cannot split",
                 self.i.ino
@@ -398,19 +394,7 @@ impl Tree<'_, '_> {
         }
         let hash2 = map[split].0;
         let continued = u32::from(hash2 == map[split - 1].0);
-        let mut to = 0usize;
-        let mut de2 = 0usize;
-        for &(_, o, _) in &map[split..] {
-            let de = usize::from(o) << 2;
-            let rl = rec_len_for(usize::from(d1[de + 6]));
-            d2[to..to + rl].copy_from_slice(&d1[de..de + rl]);
-            put16(&mut d2, to + 4, rl as u16);
-            let orig = usize::from(le16(&d1, de + 4));
-            d1[de..de + 4].fill(0);
-            d1[de + 6..de + orig.max(6)].fill(0);
-            de2 = to;
-            to += rl;
-        }
+        let de2 = move_dirents(&mut d1, &mut d2, &map[split..]);
         let de1 = pack(&mut d1)?;
         put16(&mut d1, de1 + 4, (bs - cs - de1) as u16);
         put16(&mut d2, de2 + 4, (bs - cs - de2) as u16);
@@ -431,38 +415,41 @@ impl Tree<'_, '_> {
         Ok(target)
     }
 
-    /// Kernel `make_indexed_dir` of the full one-block directory (block 0 at `b0`), then the
-    /// entry added.
-    pub(crate) fn make_indexed_dir(
-        &mut self,
-        b0: u64,
-        name: &[u8],
-        target: u32,
-        mode: u16,
-    ) -> Fr<()> {
+    /// Kernel `dx_make_map` of leaf `d1` then `dx_sort_map`: (hash, offset / 4, rec_len) of
+    /// each live entry, sorted, also written at the end of the new block `d2` where the
+    /// kernel builds it.
+    fn make_map(&self, d1: &[u8], h: Hinfo, d2: &mut [u8]) -> Fr<Vec<(u32, u16, u16)>> {
         let bs = self.fs.bs;
         let cs = self.csum_size();
-        let mut d = self.fs.block(b0)?.to_vec();
-        let r_dot = usize::from(le16(&d, 4));
-        let r_dd = usize::from(le16(&d, 16));
-        if d[6] != 1
-            || d[8] != b'.'
-            || r_dot >= bs
-            || d[18] != 2
-            || &d[20..22] != b".."
-            || 12 + r_dd >= bs
-        {
-            return corrupt(format!(
-                "directory {}: bad . or .. for an index",
-                self.i.ino
-            ));
+        let mut map: Vec<(u32, u16, u16)> = Vec::new();
+        let mut off = 0;
+        while off < bs - cs {
+            let r = self.fs.check_de(d1, off, bs - cs)?;
+            let nl = usize::from(d1[off + 6]);
+            if nl != 0 && le32(d1, off) != 0 {
+                let hh = self.hash(h, &d1[off + 8..off + 8 + nl])?;
+                map.push((hh, (off >> 2) as u16, r as u16));
+            }
+            off += r;
         }
-        let de0 = 12 + r_dd;
+        map.reverse();
+        sort_map(&mut map);
+        let n = map.len();
+        for (k, &(hh, o, s)) in map.iter().enumerate() {
+            let at = bs - 8 * n + 8 * k;
+            put32(d2, at, hh);
+            put16(d2, at + 4, o);
+            put16(d2, at + 6, s);
+        }
+        Ok(map)
+    }
+
+    /// `make_indexed_dir`'s move of the entries after `..` (from offset `de0` of block 0,
+    /// `d`) to the start of a new block, the last one stretched to the block's end.
+    fn move_out_of_root(&self, d: &mut [u8], de0: usize) -> Fr<Vec<u8>> {
+        let bs = self.fs.bs;
+        let cs = self.csum_size();
         let len = (bs - cs).saturating_sub(de0);
-        let size = self.i.size(self.fs);
-        let nb = self.append_block(size)?;
-        let f = self.i.flags() | EXT4_INDEX_FL;
-        self.i.set_flags(f);
         let mut d2 = vec![0u8; bs];
         d2[..len].copy_from_slice(&d[de0..de0 + len]);
         d[de0..de0 + len].fill(0);
@@ -479,6 +466,39 @@ impl Tree<'_, '_> {
         if cs > 0 {
             init_tail(&mut d2);
         }
+        Ok(d2)
+    }
+
+    /// Kernel `make_indexed_dir` of the full one-block directory (block 0 at `b0`), then the
+    /// entry added.
+    pub(crate) fn make_indexed_dir(
+        &mut self,
+        b0: u64,
+        name: &[u8],
+        target: u32,
+        mode: u16,
+    ) -> Fr<()> {
+        let bs = self.fs.bs;
+        let mut d = self.fs.block(b0)?.to_vec();
+        let r_dot = usize::from(le16(&d, 4));
+        let r_dd = usize::from(le16(&d, 16));
+        if d[6] != 1
+            || d[8] != b'.'
+            || r_dot >= bs
+            || d[18] != 2
+            || &d[20..22] != b".."
+            || 12 + r_dd >= bs
+        {
+            return corrupt(format!(
+                "directory {}: bad . or .. for an index",
+                self.i.ino
+            ));
+        }
+        let size = self.i.size(self.fs);
+        let nb = self.append_block(size)?;
+        let f = self.i.flags() | EXT4_INDEX_FL;
+        self.i.set_flags(f);
+        let d2 = self.move_out_of_root(&mut d, 12 + r_dd)?;
         put16(&mut d, 16, (bs - rec_len_for(2)) as u16);
         d[24..32].fill(0);
         d[29] = 8;
@@ -501,6 +521,39 @@ impl Tree<'_, '_> {
         let (tb, toff) = self.do_split(nb, frame, h, hash)?;
         self.insert_at(tb, toff, name, target, mode)
     }
+}
+
+/// `do_split`'s split point: the entries from the end up to half the block move, or half
+/// of them when that is less.
+fn split_point(map: &[(u32, u16, u16)], bs: usize) -> usize {
+    let n = map.len();
+    let (mut size, mut moved) = (0usize, 0usize);
+    for k in (0..n).rev() {
+        if size + usize::from(map[k].2) / 2 > bs / 2 {
+            return n - moved;
+        }
+        size += usize::from(map[k].2);
+        moved += 1;
+    }
+    n / 2
+}
+
+/// Kernel `dx_move_dirents`: the entries of `map` copied from `d1` to the start of `d2` at
+/// minimal lengths and wiped in `d1`; the offset of the last one in `d2`.
+fn move_dirents(d1: &mut [u8], d2: &mut [u8], map: &[(u32, u16, u16)]) -> usize {
+    let (mut to, mut last) = (0usize, 0usize);
+    for &(_, o, _) in map {
+        let de = usize::from(o) << 2;
+        let rl = rec_len_for(usize::from(d1[de + 6]));
+        d2[to..to + rl].copy_from_slice(&d1[de..de + rl]);
+        put16(d2, to + 4, rl as u16);
+        let orig = usize::from(le16(d1, de + 4));
+        d1[de..de + 4].fill(0);
+        d1[de + 6..de + orig.max(6)].fill(0);
+        last = to;
+        to += rl;
+    }
+    last
 }
 
 /// Kernel `dx_sort_map`: a comb sort, then a bubble sort, by hash.

@@ -90,6 +90,46 @@ pub(crate) fn fc_image(dir: &Path) -> FcImage {
         &["-t", "ext4", "-O", "fast_commit", "-b", "1024"],
         "8M",
     );
+    populate(dir, &img);
+    let change = metadata_change(&img, "mkdir /d2\n");
+    journal(
+        &img,
+        "",
+        &[Txn {
+            blocks: change,
+            ..Txn::default()
+        }],
+    );
+    set_fast_commit(&img);
+    let inos = ["/f", "/d", "/h", "/h/entry-name-007", "/frag"]
+        .iter()
+        .map(|p| ino_of(&img, p))
+        .collect();
+    let fs = Filesystem::open(FileView::open(&img).unwrap(), &OpenOptions::default()).unwrap();
+    let JournalLookup::Found(j) = Journal::locate(&fs, None).unwrap().lookup else {
+        panic!("no journal");
+    };
+    let rec = j.recover();
+    let area = rec
+        .fast_commit
+        .as_ref()
+        .expect("a fast-commit area")
+        .journal_blocks
+        .0;
+    FcImage {
+        img: img.clone(),
+        bs: fs.sb.block_size as usize,
+        area,
+        tid: rec.end_tid,
+        free: free_blocks(&img, 8, 4000),
+        inos,
+        free_ino: fs.sb.s_inodes_count,
+    }
+}
+
+/// A file `/f`, a directory `/d`, a file `/frag` of eleven extents, an htree directory `/h`
+/// of 150 entries (`e2fsck -D` indexes it).
+fn populate(dir: &Path, img: &Path) {
     let src = dir.join("f.txt");
     std::fs::write(&src, vec![b'f'; 3000]).unwrap();
     let big = dir.join("big.bin");
@@ -107,65 +147,34 @@ pub(crate) fn fc_image(dir: &Path) -> FcImage {
     for k in 0..150 {
         cmds += &format!("write {} /h/entry-name-{k:03}\n", empty.display());
     }
-    super::debugfs(&img, &cmds);
+    super::debugfs(img, &cmds);
     let o = Command::new("e2fsck")
         .args(["-fyD"])
-        .arg(&img)
+        .arg(img)
         .output()
         .unwrap();
     assert!(o.status.code().is_some_and(|c| c <= 1), "{o:?}");
-    let inos = ["/f", "/d", "/h", "/h/entry-name-007", "/frag"]
-        .iter()
-        .map(|p| ino_of(&img, p))
-        .collect();
-    let change = metadata_change(&img, "mkdir /d2\n");
-    journal(
-        &img,
-        "",
-        &[Txn {
-            blocks: change,
-            ..Txn::default()
-        }],
-    );
-    let (bs, jsb) = {
-        let fs = Filesystem::open(FileView::open(&img).unwrap(), &OpenOptions::default()).unwrap();
+}
+
+/// FAST_COMMIT set in the journal superblock (debugfs `jo` without `-c` leaves it out and
+/// no checksum).
+fn set_fast_commit(img: &Path) {
+    let jsb = {
+        let fs = Filesystem::open(FileView::open(img).unwrap(), &OpenOptions::default()).unwrap();
         let JournalLookup::Found(j) = Journal::locate(&fs, None).unwrap().lookup else {
             panic!("no journal");
         };
-        let bs = fs.sb.block_size as usize;
-        (bs, j.device_block(0).unwrap() * bs as u64)
+        j.device_block(0).unwrap() * u64::from(fs.sb.block_size)
     };
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&img)
+        .open(img)
         .unwrap();
     let mut incompat = [0u8; 4];
     f.read_exact_at(&mut incompat, jsb + 0x28).unwrap();
     let v = u32::from_be_bytes(incompat) | 0x20;
     f.write_all_at(&v.to_be_bytes(), jsb + 0x28).unwrap();
-    let fs = Filesystem::open(FileView::open(&img).unwrap(), &OpenOptions::default()).unwrap();
-    let JournalLookup::Found(j) = Journal::locate(&fs, None).unwrap().lookup else {
-        panic!("no journal");
-    };
-    let rec = j.recover();
-    let area = rec
-        .fast_commit
-        .as_ref()
-        .expect("a fast-commit area")
-        .journal_blocks
-        .0;
-    let free = free_blocks(&img, 8, 4000);
-    let free_ino = fs.sb.s_inodes_count;
-    FcImage {
-        img: img.clone(),
-        bs,
-        area,
-        tid: rec.end_tid,
-        free,
-        inos,
-        free_ino,
-    }
 }
 
 /// Writes the fast-commit `blocks` into the area of `img` (bytes of the image file).
