@@ -19,10 +19,12 @@
 //! an unlinked directory keeps its inode). Where the kernel stamps the time of its replay
 //! (the change and modification times of the directories whose entries change, the times of
 //! the inodes it deletes), this replay stamps the newest change time of the replayed inode
-//! records, so that the output is the same at every run. What it does not do as the kernel
-//! does is said in a warning: an entry added to an htree directory, a full one-block
-//! directory (the kernel makes it an htree), inline data, block maps without extents,
-//! bigalloc, casefolded or encrypted directories.
+//! records, so that the output is the same at every run. Htree directories are changed as
+//! the kernel changes them (leaf and index splits, a full one-block directory made an
+//! htree). What it does not do as the kernel does is said in a warning: inline data, block
+//! maps without extents, bigalloc, casefolded or encrypted directories. It assumes the
+//! kernel's default delayed allocation (without it the kernel's allocation goal depends on
+//! its process id).
 //!
 //! Also reported for a faithful copy: the area's journal blocks and the filesystem blocks
 //! named by the ADD_RANGE tags of the fast commits to replay.

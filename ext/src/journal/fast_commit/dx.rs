@@ -276,10 +276,11 @@ impl Tree<'_, '_> {
             2
         };
         if add_level && nlev == levels {
-            return Err(FcError::Unsupported(format!(
-                "directory {}: its index is full",
+            // The kernel's -ENOSPC: the link fails, and with it the recovery.
+            return corrupt(format!(
+                "directory {}: its index is full at its deepest level",
                 self.i.ino
-            )));
+            ));
         }
         let f = frames[k];
         let node = self.fs.block(f.pblk)?.to_vec();

@@ -145,7 +145,7 @@ impl<'v> Replay<'v> {
     /// Kernel `ext4_fc_replay_inode`.
     fn inode(&mut self, at: u64, ino: u32, logged: &[u8]) -> Fr<()> {
         if let Some(mut old) = self.iget(ino)? {
-            let r = self.tree_steps(&mut old, |t| t.clear_bb());
+            let r = self.tree_steps(&mut old, false, |t| t.clear_bb());
             self.soft(at, r)?;
         }
         self.record(ino);
@@ -174,7 +174,13 @@ impl<'v> Replay<'v> {
             )));
         };
         if !i.inline_data() {
-            let r = self.tree_steps(&mut i, |t| t.replay_set_iblocks());
+            let r = if !i.has_extents() && reads_empty(&i) {
+                // What the kernel's count finds in a zeroed or device `i_block`: nothing.
+                i.set_blocks512(&self.fs, 0)
+                    .and_then(|()| self.fs.write_inode(&i))
+            } else {
+                self.tree_steps(&mut i, true, |t| t.replay_set_iblocks())
+            };
             self.soft(at, r)?;
         }
         let mut rec = self.fs.raw_inode(ino)?;
@@ -183,19 +189,19 @@ impl<'v> Replay<'v> {
         self.fs.put_raw_inode(ino, &rec)
     }
 
-    /// Runs tree steps on inode `i`; an inode without extents whose `i_block` reads as an
-    /// empty extent root (what the kernel's tree code sees in a zeroed or device inode)
-    /// has nothing to do but, for a block count, `i_blocks` = 0.
+    /// Runs tree steps on inode `i`. Without extents: steps that only read (`!writes`) find
+    /// nothing in an `i_block` that reads as an empty extent root (what the kernel's tree
+    /// code sees in a zeroed or device inode); anything else is not done as the kernel does.
     fn tree_steps(
         &mut self,
         i: &mut MemInode,
+        writes: bool,
         f: impl FnOnce(&mut Tree<'_, 'v>) -> Fr<()>,
     ) -> Fr<()> {
         if i.has_extents() {
             return f(&mut self.tree(i));
         }
-        let b = i.i_block();
-        if le16(b, 2) == 0 && le16(b, 6) == 0 {
+        if !writes && reads_empty(i) {
             return Ok(());
         }
         Err(FcError::Unsupported(format!(
@@ -218,7 +224,7 @@ impl<'v> Replay<'v> {
             return Ok(());
         };
         self.record(ino);
-        let r = self.tree_steps(&mut i, |t| t.add_range(start, len, uw, pblk));
+        let r = self.tree_steps(&mut i, true, |t| t.add_range(start, len, uw, pblk));
         self.soft(at, r)
     }
 
@@ -228,7 +234,7 @@ impl<'v> Replay<'v> {
             return Ok(());
         };
         self.record(ino);
-        let r = self.tree_steps(&mut i, |t| t.del_range(lblk, len));
+        let r = self.tree_steps(&mut i, true, |t| t.del_range(lblk, len));
         self.soft(at, r)
     }
 
@@ -358,7 +364,7 @@ impl<'v> Replay<'v> {
         if i.blocks512(&self.fs) != 0 && truncatable {
             i.set_size(0);
             self.fs.write_inode(i)?;
-            self.tree_steps(i, |t| t.remove_space(0, EXT_MAX_BLOCKS - 1))?;
+            self.tree_steps(i, true, |t| t.remove_space(0, EXT_MAX_BLOCKS - 1))?;
             i.set_mtime(now);
             i.set_ctime(now);
             self.fs.write_inode(i)?;
@@ -410,7 +416,7 @@ impl<'v> Replay<'v> {
                 self.inexact = true;
                 continue;
             }
-            let r = self.tree_steps(&mut i, |t| t.mark_used());
+            let r = self.tree_steps(&mut i, false, |t| t.mark_used());
             self.soft(0, r)?;
         }
         Ok(())
@@ -442,6 +448,12 @@ impl<'v> Replay<'v> {
             },
         }
     }
+}
+
+/// An `i_block` the kernel's tree code reads as an empty extent root (no entries, depth 0).
+fn reads_empty(i: &MemInode) -> bool {
+    let b = i.i_block();
+    le16(b, 2) == 0 && le16(b, 6) == 0
 }
 
 impl Tree<'_, '_> {
