@@ -361,6 +361,14 @@ impl Tree<'_, '_> {
         let m = self.fs.block_mut(b)?;
         let mut de = off;
         let r = rec_len(m, de);
+        let used = if le32(m, de) != 0 {
+            rec_len_for(usize::from(m[de + 6]))
+        } else {
+            0
+        };
+        if de + r > bs || used + rec_len_for(name.len()) > r {
+            return corrupt(format!("directory block {b}: no room at offset {off}"));
+        }
         if le32(m, de) != 0 {
             let nlen = rec_len_for(usize::from(m[de + 6]));
             m[de + 4..de + 6].copy_from_slice(&rec_len_disk(nlen, bs).to_le_bytes());

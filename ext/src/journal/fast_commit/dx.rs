@@ -610,6 +610,9 @@ fn pack(b: &mut [u8]) -> Fr<usize> {
         let next = de + r;
         if le32(b, de) != 0 && b[de + 6] != 0 {
             let rl = rec_len_for(usize::from(b[de + 6]));
+            if de + rl > bs {
+                return corrupt("a directory entry past its block".into());
+            }
             if de > to {
                 b.copy_within(de..de + rl, to);
             }
