@@ -15,8 +15,8 @@ use crate::superblock::Superblock;
 use crate::view::BlockView;
 use std::collections::BTreeMap;
 
-/// Most distinct blocks one replay holds (64 MiB at 4 KiB blocks).
-pub(crate) const MAX_BLOCKS: usize = 16384;
+/// Most distinct blocks one replay holds (256 MiB at 4 KiB blocks).
+pub(crate) const MAX_BLOCKS: usize = 65536;
 
 /// Why a step of the replay stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
