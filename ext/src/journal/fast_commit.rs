@@ -34,6 +34,7 @@
 mod dir;
 mod dx;
 mod dx_hash;
+mod dx_leaf;
 mod extents;
 mod extents_ins;
 mod extents_rm;
