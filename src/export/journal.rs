@@ -130,7 +130,7 @@ pub(super) fn recover<'v>(
         }
     };
     let recovery = journal.recover();
-    recovery_findings(&mut out, &recovery, plan.replay());
+    recovery_findings(&mut out, &recovery);
     if journal.state() == JournalState::LogWithoutRecoverFlag {
         out.notes.push(
             "the journal holds a log but needs_recovery is clear: not replayed (as the kernel does)"
@@ -163,6 +163,18 @@ fn with_view<'v>(
         ReplayMode::Overlay
     };
     let mut view = ReplayedView::on_base(view, journal, external, recovery, mode)?;
+    if mode == ReplayMode::Replayed {
+        if let Some(fc) = view.replay_fast_commits(recovery)? {
+            if fc.tags > 0 {
+                out.notes.push(format!(
+                    "{} fast-commit tags were replayed after the block journal, {} blocks changed",
+                    fc.tags,
+                    fc.blocks.len()
+                ));
+            }
+            out.warnings.extend(fc.warnings);
+        }
+    }
     out.notes
         .push(replay_note(recovery, view.changed_blocks().len(), plan));
     if plan.replay() {
@@ -250,9 +262,9 @@ fn has_orphan_list(view: &ReplayedView<'_, &dyn BlockView>) -> bool {
         && ext::SuperblockBytes::new(&sb[..]).is_ok_and(|b| b.s_last_orphan() != 0)
 }
 
-/// The recovery's warnings and errors, and the fast-commit area's blocks (a warning when
-/// `--replay` leaves pending fast commits out).
-fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, replay: bool) {
+/// The recovery's warnings and errors, and the fast-commit area's blocks (`--replay`
+/// replays the fast commits: [`ReplayedView::replay_fast_commits`]).
+fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery) {
     out.warnings.extend(recovery.warnings.iter().cloned());
     if let Some(e) = &recovery.error {
         out.warnings
@@ -260,11 +272,6 @@ fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, repla
     }
     if let Some(fc) = &recovery.fast_commit {
         out.fast_commit_blocks = fc.referenced.iter().map(|&(b, n)| (b.0, n)).collect();
-        if fc.pending && replay {
-            out.warnings.push(journal_warning(
-                "the journal has fast commits for the last transaction; they are not replayed (only the block journal is): the replayed state misses them".into(),
-            ));
-        }
     }
 }
 

@@ -246,3 +246,118 @@ fn check_patched(fs: &Filesystem<Mem>) {
         .values()
         .all(|p| p.starts_with('/') || p.starts_with("...")));
 }
+
+/// Fast commits that pass the scan (good tail checksums) but name anything: inodes out of
+/// range, special or free, ranges past the end or of any length, names of any bytes,
+/// logged inode records of random bytes, on a dirty image (every third one byte-patched in
+/// its metadata too); and byte-patched fast-commit blocks. Replaying must never panic or hang, what it changes stays inside the filesystem,
+/// and the replayed state still opens and walks.
+#[test]
+fn hostile_fast_commits_never_panic() {
+    use crate::journal::fast_commit::{commit_block, fc_image, head, replayed, write_area};
+    if !crate::journal::tools() {
+        return;
+    }
+    let iterations: u64 = std::env::var("EXT_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let dir = crate::common::Scratch::new("fc", "hostile");
+    let fc = fc_image(&dir.0);
+    let base = std::fs::read(&fc.img).unwrap();
+    let blocks = (base.len() / fc.bs) as u64;
+    let (bs, meta) = metadata_blocks(&base);
+    let mut rng = XorShift(0x5EED_F00D_CAFE_0001);
+    let (mut changed, mut refused) = (0, 0);
+    for it in 0..iterations {
+        let mut tags = head(fc.tid);
+        let mut area = Vec::new();
+        for _ in 0..1 + rng.next() % 12 {
+            let t = hostile_tag(&mut rng, blocks, &fc.free, &fc.inos);
+            if tags.len() + t.len() + 16 > fc.bs {
+                area.push(commit_block(&tags, fc.tid, fc.bs));
+                tags = Vec::new();
+            }
+            tags.extend(t);
+        }
+        area.push(commit_block(&tags, fc.tid, fc.bs));
+        if it % 5 == 4 {
+            let b = (rng.next() % area.len() as u64) as usize;
+            let at = (rng.next() % fc.bs as u64) as usize;
+            area[b][at] ^= 1 << (rng.next() % 8);
+        }
+        area.truncate(15);
+        let mut img = base.clone();
+        write_area(&mut img, &fc, &area);
+        if it % 3 == 2 {
+            // Corrupt structures under the fast commits: inodes, bitmaps, trees, directories.
+            patch(&mut img, &mut rng, bs, &meta);
+            fix_superblock_checksum(&mut img);
+        }
+        let Some((out, report)) = replayed(&img) else {
+            continue;
+        };
+        assert!(report.blocks.iter().all(|b| b.0 < blocks), "{report:?}");
+        changed += usize::from(!report.blocks.is_empty());
+        refused += usize::from(report.tags == 0);
+        if let Ok(fs) = Filesystem::open(Mem(out), &OpenOptions::default()) {
+            check_patched(&fs);
+        }
+    }
+    println!("{iterations} hostile fast commits: {changed} changed blocks, {refused} refused");
+}
+
+/// One tag of any kind with hostile values (valid lengths, so that the scan keeps it).
+fn hostile_tag(rng: &mut XorShift, blocks: u64, free: &[u64], known: &[u32]) -> Vec<u8> {
+    use crate::journal::fast_commit::{add_range, dentry, tl};
+    let mut inos = vec![0u32, 1, 2, 2, 7, 8, 11, 20, 20, 2047, 2048, u32::MAX];
+    inos.extend(known.iter().flat_map(|&i| [i, i]));
+    let mut ino = || inos[(rng.next() % inos.len() as u64) as usize];
+    let (a, b, c) = (ino(), ino(), ino());
+    let mut any = |n: u64| rng.next() % n;
+    match any(9) {
+        0 => {
+            let pblk = match any(4) {
+                0 => free[0],
+                1 => blocks - 1,
+                2 => any(blocks * 2),
+                _ => any(u64::MAX),
+            };
+            add_range(
+                a,
+                any(u64::from(u32::MAX)) as u32 % 40,
+                any(65536) as u16,
+                pblk,
+            )
+        }
+        1 => {
+            let v = [
+                &a.to_le_bytes()[..],
+                &(any(64) as u32).to_le_bytes(),
+                &(any(u64::from(u32::MAX)) as u32).to_le_bytes(),
+            ]
+            .concat();
+            tl(2, &v)
+        }
+        2..=3 => {
+            let len = 1 + any(40) as usize;
+            let name: Vec<u8> = (0..len).map(|_| any(256) as u8).collect();
+            dentry(3 + any(3) as u16, b, c, &name)
+        }
+        4..=6 => {
+            let mut r: Vec<u8> = (0..160).map(|_| any(256) as u8).collect();
+            if any(16) != 0 {
+                r[0..2].copy_from_slice(&0x81A4u16.to_le_bytes());
+                r[0x1A] = 1;
+                r[0x20..0x24].copy_from_slice(&0x80000u32.to_le_bytes());
+                r[0x80..0x82].copy_from_slice(&32u16.to_le_bytes());
+                r[0x68..0x6C].fill(0);
+                r[0x6C..0x70].fill(0);
+                r[0x76..0x78].fill(0);
+                r[0x07] = 0;
+            }
+            tl(6, &[&a.to_le_bytes()[..], &r].concat())
+        }
+        _ => tl(7, &vec![0u8; any(64) as usize]),
+    }
+}
