@@ -10,6 +10,15 @@ use std::os::unix::fs::FileExt;
 /// Payload bytes kept in memory before the spool spills to a temporary file: 256 MiB.
 pub const MEMORY_BYTES: usize = 256 << 20;
 
+/// [`MEMORY_BYTES`], or with the `fault-injection` feature (tests) the
+/// `E2IMAGE_RS_SPOOL_MEMORY` bytes given, so that a small stream spills too.
+fn memory_limit() -> usize {
+    let forced = cfg!(feature = "fault-injection")
+        .then(|| std::env::var("E2IMAGE_RS_SPOOL_MEMORY").ok()?.parse().ok())
+        .flatten();
+    forced.unwrap_or(MEMORY_BYTES)
+}
+
 /// Payloads appended in order and read back in the same order.
 #[derive(Default)]
 pub struct Spool {
@@ -28,7 +37,7 @@ impl Spool {
     /// The temporary file cannot be made or written.
     pub fn push(&mut self, bytes: &[u8]) -> Result<u64> {
         let at = self.len;
-        if self.file.is_none() && self.memory.len() + bytes.len() <= MEMORY_BYTES {
+        if self.file.is_none() && self.memory.len() + bytes.len() <= memory_limit() {
             self.memory.extend_from_slice(bytes);
         } else {
             let f = match &mut self.file {

@@ -488,3 +488,117 @@ fn raw_from_standard_input_one_pass_or_spooled() {
     let o = from_pipe(&dir, &[&"-Q", &"-", &dir.join("x.qcow2")], read(&a));
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// `args` (with `-c`) to a pipe and to a file: both check clean and hold the same states
+/// (`names`, and the active layer); the stream holds compressed clusters. Returns the
+/// stream's stderr.
+fn compressed_stream_equals_file(
+    dir: &Path,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    tag: &str,
+    names: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let (piped, file) = (
+        dir.join(format!("{tag}.piped.qcow2")),
+        dir.join(format!("{tag}.file.qcow2")),
+    );
+    let mut c = Command::new(bin());
+    c.current_dir(dir)
+        .args(args.iter().map(|x| x.as_ref()))
+        .arg("-");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bytes = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{tag}: {}", stderr(&o));
+    std::fs::write(&piped, bytes).unwrap();
+    let mut a = args.to_vec();
+    a.push(&file);
+    expect(&a, 0);
+    assert_qemu_check(&piped);
+    assert_qemu_identical(&piped, &file);
+    for n in names {
+        let (p, f) = (
+            dir.join(format!("{tag}.{n}.p.raw")),
+            dir.join(format!("{tag}.{n}.f.raw")),
+        );
+        extract_state(&piped, n, &p);
+        extract_state(&file, n, &f);
+        assert_eq!(sha256(&p), sha256(&f), "{tag}: state {n}");
+    }
+    let map = sh("qemu-img", &[&"map", &"--output=json", &piped]);
+    assert!(
+        String::from_utf8_lossy(&map.stdout).contains("\"compressed\": true"),
+        "{tag}: the stream holds no compressed cluster"
+    );
+    stderr(&o)
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test spool limit E2IMAGE_RS_SPOOL_MEMORY (`--features fault-injection`)"
+)]
+fn compressed_streams_equal_compressed_files() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("stream-compressed");
+    let [a, b, c] = chain(&dir);
+    let e = compressed_stream_equals_file(&dir, &[&"-Q", &"-c", &"-d", &c], "zlib", &[], &[]);
+    assert!(e.contains("clusters compressed (zlib"), "{e}");
+    assert!(!e.contains("temporary file"), "{e}");
+    let e = compressed_stream_equals_file(
+        &dir,
+        &[&"-Q", &"-c", &"--compression-type", &"zstd", &c],
+        "zstd",
+        &[],
+        &[],
+    );
+    assert!(e.contains("(zstd"), "{e}");
+    compressed_stream_equals_file(
+        &dir,
+        &[
+            &"-Q",
+            &"-c",
+            &"-d",
+            &"--snapshot",
+            &a,
+            &"--snapshot",
+            &b,
+            &c,
+        ],
+        "pit",
+        &["current", "b.img", "a.img"],
+        &[],
+    );
+    // Payloads past the spool's memory go to an unlinked temporary file, said in a note.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp_s = tmp.display().to_string();
+    let e = compressed_stream_equals_file(
+        &dir,
+        &[&"-Q", &"-c", &"-d", &c],
+        "spilled",
+        &[],
+        &[("E2IMAGE_RS_SPOOL_MEMORY", "4096"), ("TMPDIR", &tmp_s)],
+    );
+    assert!(e.contains("unlinked temporary file"), "{e}");
+    assert!(
+        std::fs::read_dir(&tmp).unwrap().next().is_none(),
+        "nothing left in $TMPDIR"
+    );
+}
