@@ -25,6 +25,7 @@ mod messages;
 mod offsets;
 mod replay_kernel;
 mod replay_states;
+mod replication;
 mod rollback;
 mod rollback_faults;
 mod safety;
