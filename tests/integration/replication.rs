@@ -91,10 +91,15 @@ impl S3 {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let endpoint = format!("http://127.0.0.1:{port}");
+        // Owned by the guard at once: its drop kills and waits for the
+        // server on every path, the panic below included.
+        let server = S3 {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return S3 { child, endpoint };
+                return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
