@@ -2,7 +2,7 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: README.md, "Performance").
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal]
+#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal|stream|compress]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
@@ -20,9 +20,14 @@
 #            apply of that delta onto a copy of usr.img is timed against dd writing as many bytes
 #   tib/     a sparse 1 TiB ext4 and a copy where a 1 GiB file was written (debugfs): the apply
 #            of their delta must take time proportional to the 1 GiB, not to the 1 TiB
+#   stream   usr.img again: -Q and -Q -d to standard output through a pipe (`| cat > FILE`,
+#            `| wc -c`) against the same export to a file; the peak RSS is the stream's
 #   jfs.img  a 4 GiB ext4 made from /usr/share with a 128 MiB journal filled by debugfs (30
 #            committed transactions of 1000 blocks of random bytes each, for the blocks of a
 #            120 MiB file): -Q --replay is timed against -Q (the faithful export)
+# and, for -c (compress), usr.img again: -Q -c (zlib) against `qemu-img convert -c` of the plain
+# -Q export (the way to compress without -c), and -Q -c --compression-type zstd against zlib:
+# output sizes and wall times, on the machine's cores (2 here).
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
 # peak RSS are reported. Page cache is warm, as in the reference timings.
 set -euo pipefail
@@ -55,7 +60,7 @@ done
 
 usr=${usr:-$work/usr.img}
 big=${big:-$work/big.img}
-if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ] || [ "$only" = apply ]; } && [ ! -s "$usr" ]; then
+if { [ -z "$only" ] || [ "$only" = usr ] || [ "$only" = append ] || [ "$only" = delta ] || [ "$only" = apply ] || [ "$only" = stream ] || [ "$only" = compress ]; } && [ ! -s "$usr" ]; then
   echo "building $usr from /usr (8G, this takes a few minutes)" >&2
   rm -f "$usr.tmp"; mke2fs -q -F -t ext4 -d /usr "$usr.tmp" 8G && mv "$usr.tmp" "$usr"
 fi
@@ -359,4 +364,47 @@ if [ -z "$only" ] || [ "$only" = journal ]; then
   run_round
   echo "  ratio -Q --replay / -Q: $(ratio "${T[e2image-rs -Q --replay]}" "${T[e2image-rs -Q]}")   (target <= 1.10)"
   echo "  ratio -Q --replay / e2image -Q: $(ratio "${T[e2image-rs -Q --replay]}" "${T[e2image -Q]}")"
+fi
+
+if [ -z "$only" ] || [ "$only" = stream ]; then
+  echo "== $usr: QCOW2 to standard output through a pipe (two passes over SOURCE) vs to a file"
+  pipe='set -o pipefail; out="$1"; shift; "$@" - | cat > "$out"'
+  count='set -o pipefail; "$@" - | wc -c > /dev/null'
+  for mode in -Q -d; do
+    args=(-Q); [ "$mode" = -d ] && args=(-Q -d)
+    cmd "e2image-rs ${args[*]} FILE" "$work/s-file.qcow2" "$bin" "${args[@]}" "$usr" "$work/s-file.qcow2"
+    cmd "e2image-rs ${args[*]} - | cat > FILE" "$work/s-pipe.qcow2" bash -c "$pipe" _ "$work/s-pipe.qcow2" "$bin" "${args[@]}" "$usr"
+    cmd "e2image-rs ${args[*]} - | wc -c" "$work/s-none" bash -c "$count" _ "$bin" "${args[@]}" "$usr"
+    run_round
+    echo "  ratio ${args[*]} | cat > FILE / ${args[*]} FILE: $(ratio "${T[e2image-rs ${args[*]} - | cat > FILE]}" "${T[e2image-rs ${args[*]} FILE]}")   (target <= 1.10)"
+    echo "  ratio ${args[*]} | wc -c / ${args[*]} FILE: $(ratio "${T[e2image-rs ${args[*]} - | wc -c]}" "${T[e2image-rs ${args[*]} FILE]}")"
+    echo "  peak RSS of the stream: ${R[e2image-rs ${args[*]} - | wc -c]} KiB (file: ${R[e2image-rs ${args[*]} FILE]} KiB)"
+  done
+fi
+
+if [ -z "$only" ] || [ "$only" = compress ]; then
+  echo "== $usr (metadata, -c) on $(nproc) cores"
+  plain=$work/c-plain.qcow2
+  rm -f "$plain"; "$bin" -Q "$usr" "$plain"
+  cs=$(qemu-img info --output=json "$plain" | awk -F': ' '/"cluster-size"/ {gsub(/[^0-9]/, "", $2); print $2; exit}')
+  cmd "qemu-img convert -c of -Q" "$work/c-qemu.qcow2" qemu-img convert -c -O qcow2 "$plain" "$work/c-qemu.qcow2"
+  cmd "qemu-img convert -c, same clusters" "$work/c-qemu-cs.qcow2" qemu-img convert -c -O qcow2 -o cluster_size="$cs" "$plain" "$work/c-qemu-cs.qcow2"
+  cmd "e2image-rs -Q -c" "$work/c-zlib.qcow2" "$bin" -Q -c "$usr" "$work/c-zlib.qcow2"
+  cmd "e2image-rs -Q -c zstd" "$work/c-zstd.qcow2" "$bin" -Q -c --compression-type zstd "$usr" "$work/c-zstd.qcow2"
+  cmd "e2image-rs -Q" "$work/c-q.qcow2" "$bin" -Q "$usr" "$work/c-q.qcow2"
+  run_round
+  # The outputs once more, untimed, for their sizes.
+  qemu-img convert -c -O qcow2 "$plain" "$work/c-qemu.qcow2"
+  qemu-img convert -c -O qcow2 -o cluster_size="$cs" "$plain" "$work/c-qemu-cs.qcow2"
+  "$bin" -Q -c "$usr" "$work/c-zlib.qcow2" 2>/dev/null
+  "$bin" -Q -c --compression-type zstd "$usr" "$work/c-zstd.qcow2" 2>/dev/null
+  sz() { stat -c %s "$1"; }
+  echo "  (cluster size of -Q: $cs bytes; qemu-img convert's default: 65536)"
+  for f in c-plain c-qemu c-qemu-cs c-zlib c-zstd; do printf '  %-12s %12s bytes\n' "$f" "$(sz "$work/$f.qcow2")"; done
+  echo "  ratio size -Q -c / qemu-img convert -c: $(ratio "$(sz "$work/c-zlib.qcow2")" "$(sz "$work/c-qemu.qcow2")");  same cluster size: $(ratio "$(sz "$work/c-zlib.qcow2")" "$(sz "$work/c-qemu-cs.qcow2")")"
+  echo "  ratio time -Q -c / qemu-img convert -c: $(ratio "${T[e2image-rs -Q -c]}" "${T[qemu-img convert -c of -Q]}")   (target <= 0.15);  same cluster size: $(ratio "${T[e2image-rs -Q -c]}" "${T[qemu-img convert -c, same clusters]}")"
+  echo "  ratio size zstd / zlib: $(ratio "$(sz "$work/c-zstd.qcow2")" "$(sz "$work/c-zlib.qcow2")")   (target <= 1.02)"
+  echo "  ratio time zstd / zlib: $(ratio "${T[e2image-rs -Q -c zstd]}" "${T[e2image-rs -Q -c]}")   (target <= 1.0)"
+  echo "  ratio time -Q -c / -Q: $(ratio "${T[e2image-rs -Q -c]}" "${T[e2image-rs -Q]}")"
+  rm -f "$plain" "$work/c-qemu.qcow2" "$work/c-qemu-cs.qcow2" "$work/c-zlib.qcow2" "$work/c-zstd.qcow2" "$work/c-q.qcow2"
 fi

@@ -8,7 +8,8 @@
 //!    report and message, test hooks), `exit` (exit codes, error printing), `text` (UUIDs,
 //!    dates, sizes), `probe` (what a file holds),
 //!    `record` (the export record header extension), `delta_record` (the delta record),
-//!    `qcow_view` (a QCOW2 layer as a block view), `retention` (which states a policy keeps),
+//!    `qcow_view` (a QCOW2 layer as a block view), `qcow_stdin` (a QCOW2 image on standard
+//!    input: one pass, or spooled), `retention` (which states a policy keeps),
 //!    `ranges` (sorted block ranges);
 //! 2. `cli` (clap structures only), `plan` (the validated plans built once from them: the
 //!    only thing the pipelines see);
@@ -37,6 +38,7 @@ mod patching;
 mod plan;
 mod probe;
 mod prune;
+mod qcow_stdin;
 mod qcow_view;
 mod ranges;
 mod record;

@@ -11,7 +11,9 @@
 //! lists which inode owns each block and at which file offset (for rollback safety checks),
 //! [`inode_paths`] names inodes by a breadth-first directory walk, [`snapshot_list`] and
 //! [`SnapshotView`] read next3 in-filesystem snapshots, and [`Journal`] finds and recovers the
-//! jbd2 journal into a [`ReplayedView`] (journal + disk, built in memory).
+//! jbd2 journal into a [`ReplayedView`] (journal + disk, built in memory), fast commits
+//! included ([`ReplayedView::replay_fast_commits`]), whose orphan lists
+//! [`release_orphans`] then processes as the kernel does at mount.
 //! [`Superblock::is_special_inode`] tells the filesystem's own inodes from user files, and
 //! [`SuperblockBytes`] reads and edits superblock fields in a caller's buffer (the replayed
 //! view's superblock, the binary's "not clean" mark): editing memory, never writing a device.
@@ -29,7 +31,8 @@
 //! | trees, open | `extent`, `indirect`, `fs` | walks of one inode's extent tree or indirect map; [`Filesystem::open`] |
 //! | inode tables | `itable` | scans of the in-use inodes of a group or of the filesystem |
 //! | block maps | `blockmap` | one inode's blocks as [`FileRun`]s (`inode_runs`) |
-//! | journal | `journal/` (`superblock`, `log`; `locate`; `passes`, `fast_commit`; `recovery`; `view`) | the jbd2 journal: [`Journal::locate`], [`Journal::recover`], the [`ReplayedView`] |
+//! | journal | `journal/` (`superblock`, `log`; `locate`; `passes`, `fast_commit`; `recovery`; `view`; `fc_replay`) | the jbd2 journal: [`Journal::locate`], [`Journal::recover`], the [`ReplayedView`] and its fast-commit replay |
+//! | orphans | `orphan/` (`csum`, `edits`; `extents`, `indirect`, `file`; `release`) | [`release_orphans`]: the orphan lists processed after a replay, as the kernel does at mount, into changed blocks ([`OrphanRelease`]) |
 //! | directories | `dir` | `read_dir`, `DirEntry` (crate-internal) |
 //! | copy set | `walk`, `checksum::verify` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied); the checksums the walk verifies or leaves pending |
 //! | owners, paths | `owners`, `paths` | [`file_runs`], [`file_runs_and_inodes`], [`inode_paths`] |
@@ -67,6 +70,7 @@ mod inode;
 mod itable;
 mod journal;
 mod layout;
+mod orphan;
 mod owners;
 mod paths;
 mod snapshot;
@@ -87,9 +91,10 @@ pub use features::{compat, incompat, ro_compat};
 pub use fs::{BackupUsed, Filesystem, OpenOptions};
 pub use inode::{FileType, Inode, InodeTime};
 pub use journal::{
-    FastCommit, Journal, JournalLocation, JournalLookup, JournalState, Located, OverlayBlock,
-    Recovery, ReplayMode, ReplayedView,
+    FastCommit, FastCommitReplay, Journal, JournalLocation, JournalLookup, JournalState, Located,
+    OverlayBlock, Recovery, ReplayMode, ReplayedView,
 };
+pub use orphan::{release_orphans, OrphanRelease};
 pub use owners::{file_runs, file_runs_and_inodes, Owners};
 pub use paths::inode_paths;
 pub use snapshot::{

@@ -58,6 +58,8 @@ impl<T: BlockView + ?Sized> BlockView for &T {
 #[derive(Debug)]
 pub struct FileView {
     file: File,
+    /// Byte offset in the file where the view starts (a filesystem inside a disk image).
+    offset: u64,
     size: u64,
 }
 
@@ -77,10 +79,26 @@ impl FileView {
     /// # Errors
     /// Failure to query the size.
     pub fn from_file(file: File) -> io::Result<FileView> {
+        FileView::from_file_at(file, 0)
+    }
+
+    /// Wraps an already opened file (opened read-only by the caller) as a view that starts at
+    /// byte `offset` of it (e2image's `-o`: a filesystem inside a partitioned disk image); its
+    /// size is what follows the offset.
+    ///
+    /// # Errors
+    /// Failure to query the size; [`io::ErrorKind::InvalidInput`] for an offset past the end.
+    pub fn from_file_at(file: File, offset: u64) -> io::Result<FileView> {
         use std::io::{Seek, SeekFrom};
         let mut handle = &file;
-        let size = handle.seek(SeekFrom::End(0))?;
-        Ok(FileView { file, size })
+        let len = handle.seek(SeekFrom::End(0))?;
+        let size = len.checked_sub(offset).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {offset} is past the end ({len} bytes)"),
+            )
+        })?;
+        Ok(FileView { file, offset, size })
     }
 
     /// The underlying file.
@@ -97,7 +115,11 @@ impl BlockView for FileView {
         tail.fill(0);
         let mut done = 0;
         while done < head.len() {
-            match self.file.read_at(&mut head[done..], offset + done as u64) {
+            let at = self
+                .offset
+                .checked_add(offset + done as u64)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflow"))?;
+            match self.file.read_at(&mut head[done..], at) {
                 Ok(0) => {
                     head[done..].fill(0);
                     break;

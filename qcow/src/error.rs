@@ -34,8 +34,7 @@ pub enum Error {
     },
 
     /// A valid image that uses a feature this crate does not implement (encryption, backing
-    /// file, external data file, extended L2 entries, zstd compression, unknown incompatible
-    /// feature bits, ...).
+    /// file, external data file, extended L2 entries, unknown incompatible feature bits, ...).
     #[error("unsupported QCOW2 feature: {0}")]
     Unsupported(String),
 

@@ -288,6 +288,29 @@ impl OutFile {
         read_exact_at(&self.file, buf, offset, "reading back written clusters")
     }
 
+    /// Like [`OutFile::read_at`], but bytes past the end of what was written so far read as
+    /// zeros (the last sector of a compressed payload may lie past the file's current end).
+    pub(crate) fn read_at_padded(&mut self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        let end = offset + buf.len() as u64;
+        if offset >= self.buf_offset && end <= self.buf_end() {
+            return self.read_at(buf, offset);
+        }
+        self.flush()?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self
+                .file
+                .read_at(&mut buf[done..], offset + done as u64)
+                .map_err(Error::io("reading back written clusters", offset))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
     /// Overwrites already-appended bytes at host byte `offset` (in the buffer or the file).
     pub(crate) fn rewrite_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let end = offset + data.len() as u64;

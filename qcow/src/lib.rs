@@ -1,7 +1,8 @@
 //! QCOW2 images for e2image-rs: a streaming writer with any number of L1 tables (the active layer
-//! plus internal snapshots, sharing L2 tables and data clusters through refcounts), a reader
-//! for v2/v3 images made by us or by QEMU, and an editor that changes an existing image in
-//! place, crash-safely (adds states, makes one the active layer, removes snapshots).
+//! plus internal snapshots, sharing L2 tables and data clusters through refcounts; deflate- or
+//! zstd-compressed clusters optional), a reader for v2/v3 images made by us or by QEMU, and an
+//! editor that changes an existing image in place, crash-safely (adds states, makes one the
+//! active layer, removes snapshots).
 //!
 //! Design: the writer allocates host clusters with a bump allocator, so the file is written
 //! front to back: header placeholder, then data clusters and L2 tables interleaved as each L2
@@ -25,11 +26,13 @@
 //! | geometry | `geometry` | [`Version`], the limits with their reasons, L1/L2 sizing |
 //! | types | `types` | [`StateId`], [`GuestCluster`], [`HostCluster`] |
 //! | format | `format/` (`header/`, `extension`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; L1/L2 entry decoders and encoders; no I/O |
+//! | compression | `compression/` (`deflate`, `zstd`, `packer`) | compressed clusters: [`Compression`] (a cluster to its payload, or "store plain"), [`decompress_cluster`], [`PayloadPacker`]; no I/O |
 //! | io | `io` | positional reads, the writer's buffered output file, [`WriteEvent`] |
-//! | reader | `reader/` (`image`, `snapshot_table`, `layer`, `inflate`) | [`Reader`], [`LayerReader`] |
+//! | reader | `reader/` (`image`, `snapshot_table`, `layer`) | [`Reader`], [`LayerReader`] |
 //! | stats | `stats` | [`LayerStats`]: per-layer cluster statistics, on top of the reader |
 //! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`, `free_runs`, `edit`) | [`Writer`]; its allocator over an existing image |
 //! | editor | `editor/` (`open`, `census`, `references`, `copied`, `refblocks`, `commit`) | [`Editor`]: in-place edits, on top of the reader and the writer |
+//! | stream | `stream/` (`plan`, `layout`, `writer`, `prefix`, `reader`) | [`StreamPlan`], [`StreamWriter`], [`StreamImage`]: images written and read in one pass (pipes), on top of the format codecs and the reader |
 //!
 //! The modules are private; this root re-exports the public API.
 //!
@@ -40,6 +43,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod bytes;
+mod compression;
 mod editor;
 mod error;
 mod format;
@@ -47,9 +51,14 @@ mod geometry;
 mod io;
 mod reader;
 mod stats;
+mod stream;
 mod types;
 mod writer;
 
+pub use compression::{
+    compressed_descriptor, decompress_cluster, CompressedCluster, Compression, CompressionType,
+    PayloadPacker, Placement, MAX_PAYLOADS_PER_CLUSTER,
+};
 pub use editor::{CommitSummary, Editor};
 pub use error::Error;
 pub use format::extension::{
@@ -62,5 +71,9 @@ pub use geometry::{max_virtual_size, Version, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS
 pub use io::WriteEvent;
 pub use reader::{ClusterMapping, Layer, LayerReader, Reader};
 pub use stats::{LayerStats, STATS_WINDOW_CLUSTERS};
+pub use stream::{
+    DataKind, DataRef, StreamData, StreamImage, StreamLayout, StreamOpen, StreamOptions,
+    StreamPlan, StreamSummary, StreamWriter, DEFAULT_MAX_PREFIX_BYTES, SLACK_BYTES,
+};
 pub use types::{GuestCluster, HostCluster, StateId};
-pub use writer::{Writer, WriterOptions, WriterSummary};
+pub use writer::{StoredCluster, Writer, WriterOptions, WriterSummary};

@@ -5,6 +5,12 @@
 //! An allocated cluster (data or compressed) holds new bytes; a zero cluster (QCOW2 v3) is a
 //! discard, new bytes all zero; an unallocated cluster keeps the target's bytes. Consecutive
 //! data clusters stored consecutively in the file are one run, read with one `pread`.
+//!
+//! A delta on standard input (`apply - TARGET`) laid out for one pass is read from the stream
+//! as the pass asks for it, in increasing guest order, which is its host order
+//! ([`Delta::streamed`], `stdin.rs`): nothing of it is kept but the tables and the last
+//! cluster read; what the pass needs again afterwards (TO's metadata) is read back from the
+//! patch it wrote.
 
 use crate::delta_record::{cluster_hash, ClusterDigest, DeltaRecord};
 use crate::ranges::push;
@@ -15,6 +21,16 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The data of a delta read from a stream: the rest of the stream, and the last cluster read
+/// (guest cluster, bytes).
+pub struct Streamed {
+    data: qcow::StreamData<crate::qcow_stdin::Input>,
+    last: Option<(u64, Vec<u8>)>,
+    /// SHA-256 of the stream's first cluster.
+    head_sha256: [u8; 32],
+}
 
 /// Bytes of the delta hashed per piece when its `to_digest` is checked.
 const DIGEST_PIECE_BYTES: u64 = 4 << 20;
@@ -56,8 +72,10 @@ pub struct Delta {
     pub path: PathBuf,
     /// The QCOW2 reader (for compressed clusters and the first cluster's bytes).
     pub reader: Reader,
-    /// Its own handle, for the data reads.
-    file: File,
+    /// Its own handle, for the data reads (`None` for a stream).
+    file: Option<File>,
+    /// The stream its data comes from (`apply -`), else `None`.
+    stream: Option<Mutex<Streamed>>,
     /// The delta record, if it has one.
     pub record: Option<DeltaRecord>,
     /// The replaced clusters, in guest order.
@@ -85,13 +103,96 @@ impl Delta {
             map_runs(&reader).with_context(|| format!("delta {} is corrupt", path.display()))?;
         Ok(Delta {
             path: path.to_path_buf(),
-            file: open()?,
+            file: Some(open()?),
+            stream: None,
             size: reader.virtual_size(),
             record,
             runs,
             cluster,
             reader,
         })
+    }
+
+    /// The delta in `file` (standard input itself, or the file it was spooled to), named
+    /// `path` in messages.
+    ///
+    /// # Errors
+    /// Not a usable QCOW2 image; corrupt L1/L2 tables; I/O errors.
+    pub fn from_file(file: File, path: &Path) -> Result<Delta> {
+        let reader = Reader::open_with_backing(file.try_clone()?)
+            .with_context(|| format!("{}: not a usable QCOW2 image", path.display()))?;
+        let runs =
+            map_runs(&reader).with_context(|| format!("delta {} is corrupt", path.display()))?;
+        Ok(Delta {
+            path: path.to_path_buf(),
+            file: Some(file),
+            stream: None,
+            size: reader.virtual_size(),
+            record: DeltaRecord::of(&reader),
+            runs,
+            cluster: reader.cluster_size(),
+            reader,
+        })
+    }
+
+    /// The delta whose tables `img` read from a stream; its data follows on the stream.
+    ///
+    /// # Errors
+    /// Corrupt L1/L2 tables.
+    pub fn streamed(
+        img: qcow::StreamImage<crate::qcow_stdin::Input>,
+        path: &Path,
+    ) -> Result<Delta> {
+        let head_sha256 = crate::patching::sha256(img.head(img.reader().cluster_size() as usize));
+        let (reader, data) = img.into_parts();
+        let runs =
+            map_runs(&reader).with_context(|| format!("delta {} is corrupt", path.display()))?;
+        Ok(Delta {
+            path: path.to_path_buf(),
+            file: None,
+            stream: Some(Mutex::new(Streamed {
+                data,
+                last: None,
+                head_sha256,
+            })),
+            size: reader.virtual_size(),
+            record: DeltaRecord::of(&reader),
+            runs,
+            cluster: reader.cluster_size(),
+            reader,
+        })
+    }
+
+    /// True if the delta's data comes from a stream (read once, forward).
+    pub fn is_streamed(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Reads the rest of a streamed delta: every byte must have arrived before the target is
+    /// touched. Returns the stream's length (a file's length otherwise).
+    ///
+    /// # Errors
+    /// The stream ends before its last data cluster (the message says after how many bytes).
+    pub fn finish_stream(&self) -> Result<u64> {
+        let Some(m) = &self.stream else {
+            return Ok(self.reader.file_len());
+        };
+        let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+        st.data
+            .drain()
+            .with_context(|| format!("delta {} is incomplete", self.path.display()))
+    }
+
+    /// The delta's size in bytes: its file's, or the bytes its stream held.
+    pub fn image_size(&self) -> u64 {
+        match &self.stream {
+            Some(m) => m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .data
+                .bytes_read(),
+            None => self.reader.file_len(),
+        }
     }
 
     /// Number of replaced clusters (allocated or zero).
@@ -153,14 +254,44 @@ impl Delta {
             let part = &mut buf[(s - offset) as usize..(e - offset) as usize];
             match r.stored {
                 Stored::Zero => part.fill(0),
+                _ if self.stream.is_some() => self.read_streamed(s, part)?,
                 Stored::Data { host } => {
                     let at = host + (s - r.first * self.cluster);
-                    self.file.read_exact_at(part, at).with_context(|| {
+                    let file = self.file.as_ref().context("a delta file")?;
+                    file.read_exact_at(part, at).with_context(|| {
                         format!("cannot read {} at byte {at}", self.path.display())
                     })?;
                 }
                 Stored::Compressed => self.read_compressed(r.first, s, part)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Reads guest bytes from `at` (of allocated clusters) into `part` from the stream, cluster
+    /// by cluster, keeping the last one (a piece may end inside a cluster).
+    fn read_streamed(&self, at: u64, part: &mut [u8]) -> Result<()> {
+        let m = self.stream.as_ref().context("a streamed delta")?;
+        let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+        let layer = self.reader.layer(Layer::Active)?;
+        let mut done = 0usize;
+        while done < part.len() {
+            let pos = at + done as u64;
+            let k = pos / self.cluster;
+            if st.last.as_ref().is_none_or(|(g, _)| *g != k) {
+                let mut buf = st.last.take().map(|l| l.1).unwrap_or_default();
+                buf.resize(self.cluster as usize, 0);
+                st.data.read_cluster(&layer, k, &mut buf).with_context(|| {
+                    format!("delta {} (guest cluster {k})", self.path.display())
+                })?;
+                st.last = Some((k, buf));
+            }
+            let within = (pos % self.cluster) as usize;
+            let n = (self.cluster as usize - within).min(part.len() - done);
+            if let Some((_, buf)) = &st.last {
+                part[done..done + n].copy_from_slice(&buf[within..within + n]);
+            }
+            done += n;
         }
         Ok(())
     }
@@ -191,6 +322,13 @@ impl Delta {
         };
         let got = if hashed.clusters == self.replaced_clusters() {
             hashed.finish()
+        } else if self.is_streamed() {
+            bail!(
+                "delta {}: {} of its {} clusters were hashed in the pass, and a stream cannot be read again",
+                self.path.display(),
+                hashed.clusters,
+                self.replaced_clusters()
+            );
         } else {
             self.to_digest()?
         };
@@ -235,9 +373,12 @@ impl Delta {
     /// # Errors
     /// Read errors.
     pub fn first_cluster_sha256(&self) -> Result<[u8; 32]> {
+        if let Some(m) = &self.stream {
+            return Ok(m.lock().unwrap_or_else(|e| e.into_inner()).head_sha256);
+        }
         let mut first = vec![0u8; self.cluster.min(self.reader.file_len()) as usize];
-        self.file
-            .read_exact_at(&mut first, 0)
+        let file = self.file.as_ref().context("a delta file")?;
+        file.read_exact_at(&mut first, 0)
             .with_context(|| format!("cannot read {}", self.path.display()))?;
         Ok(crate::patching::sha256(&first))
     }

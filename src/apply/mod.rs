@@ -13,13 +13,17 @@
 //! zero (the discards) are discarded, the others written. `--resume`, `--undo` and the runner
 //! of the three forms are the patch machinery's: this module says where the new bytes come
 //! from ([`NewBytes`] for a delta). The work follows the delta's size: only the target's metadata (the
-//! walks) and the replaced blocks are read.
+//! walks) and the replaced blocks are read. DELTA `-` reads the delta from standard input
+//! (`stdin`): a one-pass stream is consumed by the pass itself, and its TO fingerprint is
+//! checked after the pass, on the target with the patch laid over it, before the patch is
+//! completed; nothing touches the target before every byte has arrived and checked.
 
 mod compare;
 mod delta;
 mod prepare;
 mod report;
 mod states;
+mod stdin;
 
 use crate::patching::{Command, Driven, NewBytes, Ready, Target};
 use crate::plan::{ApplySource, PatchStart};

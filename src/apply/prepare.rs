@@ -48,7 +48,7 @@ pub fn prepare(s: &PatchStart<ApplySource>) -> Result<(Report, Option<Ready>)> {
             p.display()
         );
     }
-    let delta = Delta::open(&s.source.delta)?;
+    let delta = super::stdin::open(&s.source.delta, s.dry_run)?;
     let record = record_of(&delta, s.force)?;
     let t = open_target(&s.target, s.dry_run)?;
     let tsb = read_target_sb(&t)?;
@@ -102,6 +102,7 @@ fn compare(
     let mut digest = st.from_set.as_ref().map(FromDigest::new);
     let mut to = ToHashes::default();
     let stats = pass.run(digest.as_mut(), Some(&mut to), &mut out)?;
+    delta.finish_stream()?;
     if let Some(r) = &st.record {
         delta.check_to_digest(r, to)?;
     }
@@ -110,6 +111,11 @@ fn compare(
     }
     let changed = out.written.all();
     let from_fs = Filesystem::open(states::target_view(t)?, &OpenOptions::default()).ok();
+    let patched = patched_to(delta, st, t, out.files.as_ref())?;
+    let to_files = match &patched {
+        Some(fs) => report::files(Some(fs), from_fs.as_ref(), &changed),
+        None => report::files(st.to_fs.as_ref(), from_fs.as_ref(), &changed),
+    };
     let rep = Report {
         delta: s.source.delta.clone(),
         target: s.target.clone(),
@@ -122,12 +128,33 @@ fn compare(
         discard: s.source.discard,
         masked: st.mask.is_some(),
         classes: report::classes(st.from_set.as_ref(), &changed),
-        files: report::files(st.to_fs.as_ref(), from_fs.as_ref(), &changed),
+        files: to_files,
         written: out.written,
         patch: None,
         undo: None,
     };
     Ok((rep, out.files))
+}
+
+/// TO of a streamed delta, read back from the target with the patch laid over it, after
+/// checking its fingerprint against the record (the file path checks it before the pass).
+///
+/// # Errors
+/// TO's superblock and group descriptors are not the record's (a corrupt delta).
+fn patched_to<'a>(
+    delta: &Delta,
+    st: &States<'_>,
+    t: &Target,
+    files: Option<&'a PatchFiles>,
+) -> Result<Option<Filesystem<states::PatchedTarget<'a>>>> {
+    let (true, Some(r), Some(files)) = (delta.is_streamed(), &st.record, files) else {
+        return Ok(None);
+    };
+    let view = states::PatchedTarget {
+        target: states::target_view(t)?,
+        files,
+    };
+    Ok(Some(states::to_filesystem(r, view, &delta.path)?))
 }
 
 /// The delta's record; without one, refused unless `force`. A record must agree with the
@@ -210,13 +237,16 @@ fn header(
         s_blocks_count: tsb.s_blocks_count,
         target_size: t.size(),
         sb_block: u64::from(tsb.s_first_data_block),
-        image_size: d.reader.file_len(),
+        image_size: d.image_size(),
         image_sha256: d.first_cluster_sha256()?,
         state_label: format!("delta {label}"),
-        image_path: std::path::absolute(&d.path)
-            .unwrap_or_else(|_| d.path.clone())
-            .display()
-            .to_string(),
+        image_path: match d.path.as_os_str() == crate::qcow_stdin::STDIN {
+            true => crate::qcow_stdin::STDIN.to_string(),
+            false => std::path::absolute(&d.path)
+                .unwrap_or_else(|_| d.path.clone())
+                .display()
+                .to_string(),
+        },
         ..PatchHeader::default()
     })
 }

@@ -15,6 +15,7 @@ use ext::{BlockSet, BlockView, FileView, Filesystem, OpenOptions, WalkOptions};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::ops::Range;
+use std::path::Path;
 
 /// What one run knows of FROM and TO.
 pub struct States<'a> {
@@ -55,8 +56,19 @@ impl<'a> States<'a> {
         };
         check_identity(&r, tsb, t, delta)?;
         let from = from_copy_set(&r, t, delta)?;
-        let to_fs = to_filesystem(&r, overlay)?;
         let replaced = delta.blocks(bs);
+        if delta.is_streamed() {
+            // TO is read back from the patch after the pass (`patched_to`); a streamed delta's
+            // clusters are never larger than a block (`stdin.rs`), so no mask is needed.
+            return Ok(States {
+                record: Some(r),
+                replaced,
+                from_set: Some(from),
+                to_fs: None,
+                mask: None,
+            });
+        }
+        let to_fs = to_filesystem(&r, overlay, &delta.path)?;
         let mask = (delta.cluster > bs).then(|| mask(&replaced, &from, &to_fs, &r));
         Ok(States {
             record: Some(r),
@@ -65,6 +77,26 @@ impl<'a> States<'a> {
             to_fs: Some(to_fs),
             mask,
         })
+    }
+}
+
+/// The target with the patch being written laid over it: state TO, read back after the pass
+/// of a streamed delta (whose bytes cannot be read again).
+pub struct PatchedTarget<'a> {
+    /// The target.
+    pub target: FileView,
+    /// The patch files, every run written.
+    pub files: &'a crate::patching::PatchFiles,
+}
+
+impl BlockView for PatchedTarget<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.target.read_at(offset, buf)?;
+        self.files.read_new(offset, buf).map_err(io::Error::other)
+    }
+
+    fn size(&self) -> u64 {
+        self.target.size()
     }
 }
 
@@ -174,8 +206,7 @@ fn from_copy_set(r: &DeltaRecord, t: &Target, d: &Delta) -> Result<BlockSet> {
 /// # Errors
 /// TO's superblock or group descriptors cannot be read or are not the record's (a corrupt
 /// delta).
-fn to_filesystem<'a>(r: &DeltaRecord, o: Overlay<'a>) -> Result<Filesystem<Overlay<'a>>> {
-    let path = o.delta.path.clone();
+pub fn to_filesystem<V: BlockView>(r: &DeltaRecord, o: V, path: &Path) -> Result<Filesystem<V>> {
     let corrupt = || format!("delta {} is corrupt", path.display());
     let fs = Filesystem::open(o, &OpenOptions::default()).with_context(|| {
         format!(

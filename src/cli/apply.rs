@@ -8,7 +8,8 @@ use std::path::PathBuf;
 /// `--undo PATCH TARGET`.
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// DELTA.qcow2 and TARGET; only TARGET with --resume or --undo.
+    /// DELTA.qcow2 (`-`: standard input, read in one pass when streamed by `-Q … -`, else
+    /// spooled to $TMPDIR first) and TARGET; only TARGET with --resume or --undo.
     #[arg(required = true, num_args = 1..=2, value_names = ["DELTA", "TARGET"])]
     pub paths: Vec<PathBuf>,
     /// Write zeros where the delta discards blocks, instead of punching holes (image files)

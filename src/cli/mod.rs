@@ -140,6 +140,15 @@ pub enum Compat {
     V3,
 }
 
+/// `--compression-type`: QEMU's names of the QCOW2 compression types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionKind {
+    /// Raw deflate with a 4 KiB window, as QEMU writes it (QCOW2 `compression_type` 0).
+    Zlib,
+    /// zstd, one frame per cluster (QCOW2 `compression_type` 1; needs --compat 1.1).
+    Zstd,
+}
+
 /// Options of the export (and of QCOW2 → raw conversion).
 #[derive(Args, Debug)]
 #[group(id = "export")]
@@ -162,12 +171,32 @@ pub struct ExportArgs {
     /// Block size in bytes to read the backup superblock with (requires -b).
     #[arg(short = 'B', value_name = "BLOCKSIZE", requires = "superblock")]
     pub block_size: Option<u32>,
+    /// The filesystem starts at this byte offset of SOURCE (a partition inside a disk image),
+    /// as e2image's -o.
+    #[arg(short = 'o', value_name = "SRC_OFFSET", value_parser = parse_offset)]
+    pub src_offset: Option<u64>,
+    /// Write the raw image at this byte offset of OUT (-r only), as e2image's -O.
+    #[arg(short = 'O', value_name = "DST_OFFSET", value_parser = parse_offset)]
+    pub dest_offset: Option<u64>,
     /// Image a source that is mounted read-write (the image may be inconsistent).
     #[arg(short = 'f')]
     pub force: bool,
     /// QCOW2 cluster size in bytes (power of two, 512 to 2 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_cluster_size)]
     pub cluster_size: Option<u64>,
+    /// Compress the QCOW2 image's clusters as `qemu-img convert -c` does (each cluster on its
+    /// own; one that does not get smaller is stored plain; zero clusters stay zero clusters),
+    /// on all cores. Larger clusters compress better (e.g. --cluster-size 65536, QEMU's
+    /// default). With --append, new clusters use the archive's compression type.
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// With -c: zlib (deflate, the default, what QEMU reads everywhere) or zstd (faster,
+    /// QEMU 5.1 and later, --compat 1.1).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub compression_type: Option<CompressionKind>,
+    /// With -c: the level, zlib 1 to 9 (default 6, QEMU's), zstd 1 to 19 (default 3, QEMU's).
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
     /// QCOW2 version: 0.10 (v2) or 1.1 (v3).
     #[arg(long, value_enum, default_value = "1.1")]
     pub compat: Compat,
@@ -227,10 +256,13 @@ pub struct ExportArgs {
     /// read only.
     #[arg(long, value_name = "PATH")]
     pub journal_dev: Option<PathBuf>,
-    /// The filesystem (image file or block device), or a QCOW2 image.
+    /// The filesystem (image file or block device), or a QCOW2 image; `-` reads a QCOW2 image
+    /// from standard input (-r only: converted to raw, in one pass when it was streamed by
+    /// `-Q … -`, else spooled to $TMPDIR first).
     #[arg(required = true)]
     pub source: Option<PathBuf>,
-    /// The image to write; `-` writes a raw image (-r) to standard output.
+    /// The image to write; `-` writes it to standard output (-r: raw; -Q: QCOW2 laid out for
+    /// one pass, tables first; not with --append).
     #[arg(required = true)]
     pub output: Option<PathBuf>,
     /// e2image options that e2image-rs does not implement yet; accepted by the parser only so
@@ -246,29 +278,10 @@ pub struct UnsupportedArgs {
     /// e2image -I: install the metadata of an image onto a device.
     #[arg(short = 'I', hide = true)]
     pub install: bool,
-    /// e2image -o: source offset in bytes.
-    #[arg(
-        short = 'o',
-        hide = true,
-        value_name = "OFFSET",
-        allow_hyphen_values = true
-    )]
-    pub src_offset: Option<String>,
-    /// e2image -O: destination offset in bytes.
-    #[arg(
-        short = 'O',
-        hide = true,
-        value_name = "OFFSET",
-        allow_hyphen_values = true
-    )]
-    pub dest_offset: Option<String>,
     /// e2image -s: scramble directory entries.
     #[arg(short = 's', hide = true)]
     pub scramble: bool,
-    /// e2image -c: compare with the existing image and write only changed blocks.
-    #[arg(short = 'c', hide = true)]
-    pub check: bool,
-    /// e2image -n: with -c, write nothing.
+    /// e2image -n: with its -c (compare with an existing image), write nothing.
     #[arg(short = 'n', hide = true)]
     pub dry: bool,
 }
@@ -282,10 +295,7 @@ impl UnsupportedArgs {
                 "-I",
                 "; to write a state back onto a device, use `e2image-rs rollback`",
             ),
-            (self.src_offset.is_some(), "-o", ""),
-            (self.dest_offset.is_some(), "-O", ""),
             (self.scramble, "-s", ""),
-            (self.check, "-c", ""),
             (self.dry, "-n", ""),
         ]
         .into_iter()
@@ -314,6 +324,12 @@ pub fn unknown_subcommand(word: &std::ffi::OsStr) -> Option<String> {
 /// Smallest and largest QCOW2 cluster sizes QEMU accepts, in bytes.
 pub const CLUSTER_SIZE_RANGE: std::ops::RangeInclusive<u64> =
     1 << qcow::MIN_CLUSTER_BITS..=1 << qcow::MAX_CLUSTER_BITS;
+
+/// `-o` / `-O`: a byte offset.
+fn parse_offset(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))
+}
 
 /// `--cluster-size`: a power of two in [`CLUSTER_SIZE_RANGE`].
 fn parse_cluster_size(s: &str) -> Result<u64, String> {

@@ -130,10 +130,18 @@ pub(super) fn prepare(
         .filter(|d| d.kept.is_none())
         .filter_map(|d| d.snapshot)
         .collect();
+    let compression = match plan.compress() {
+        Some(c) => Some(c.for_image(
+            archive.editor.reader().compression_type(),
+            &path.display().to_string(),
+        )?),
+        None => None,
+    };
     let append = Append {
         base_index,
         new,
         remove,
+        compression,
     };
     Ok(Prepared {
         out: sink::open_append(archive, append)?,

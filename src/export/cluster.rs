@@ -1,23 +1,23 @@
 //! The QCOW2 cluster size of an export: the requested one, or the filesystem block size
-//! (`-Q`) or 64 KiB (`-d`), grown until QEMU's L1 table limit lets it address the disk.
+//! (`-Q`) or 64 KiB (`-d`, `-c`), grown until QEMU's L1 table limit lets it address the disk.
 
 use crate::exit::UsageError;
 use anyhow::Result;
 use qcow::{max_virtual_size, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 
-/// Default cluster size with `-d`: 64 KiB, QEMU's default.
+/// Default cluster size with `-d` or `-c`: 64 KiB, QEMU's default.
 const DATA_CLUSTER_BITS: u32 = 16;
 
 /// The cluster size for an image of `size` bytes: the requested one (a power of two from 512
 /// to 2 MiB, checked by the command line), else the filesystem block size (`-Q`) or 64 KiB
-/// (`-d`), grown until QEMU's L1 limit allows `size`.
+/// (`large`: `-d`, `-c`), grown until QEMU's L1 limit allows `size`.
 ///
 /// # Errors
 /// A requested cluster size with which QEMU cannot address `size` bytes.
 pub fn choose_cluster_bits(
     size: u64,
     block_size: u32,
-    data: bool,
+    large: bool,
     requested: Option<u64>,
 ) -> Result<u32> {
     if let Some(c) = requested {
@@ -27,7 +27,7 @@ pub fn choose_cluster_bits(
         }
         return Ok(cb);
     }
-    let mut cb = if data {
+    let mut cb = if large {
         DATA_CLUSTER_BITS
     } else {
         block_size.trailing_zeros()

@@ -7,7 +7,11 @@
 //!   names. Replaying the image (the kernel at mount, `e2fsck`, `debugfs jr`) then gives the
 //!   replayed source on every block a walk of it copies.
 //! * `--replay`: the image holds the replayed state (ext's [`ReplayMode::Replayed`] view):
-//!   the newest journal copies, needs_recovery cleared, the journal emptied.
+//!   the newest journal copies, needs_recovery cleared, the journal emptied; then the orphan
+//!   lists processed as the kernel does at mount ([`ext::release_orphans`]: orphans without
+//!   links freed, the others truncated to their size, the lists emptied). That also runs
+//!   for a filesystem whose journal is clean (or that has none) but whose orphan list is not
+//!   empty; not for one whose journal needs recovery and was not replayed.
 //!
 //! Journal problems (an unusable journal, a corrupt log) are warnings naming the journal
 //! block; the rest is exported.
@@ -15,8 +19,8 @@
 use crate::plan::ExportPlan;
 use anyhow::Result;
 use ext::{
-    BlockClass, BlockSet, BlockView, FileView, Filesystem, Journal, JournalLookup, JournalState,
-    OpenOptions, ReplayMode, ReplayedView, WalkOptions, WalkResult, Warning,
+    BlockClass, BlockSet, BlockView, FileView, Filesystem, InodeTime, Journal, JournalLookup,
+    JournalState, OpenOptions, ReplayMode, ReplayedView, WalkOptions, WalkResult, Warning,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -108,12 +112,13 @@ pub(super) fn recover<'v>(
         ));
     }
     let dirty = fs.sb.has_incompat(ext::incompat::RECOVER);
+    let block_size = fs.sb.block_size;
     let journal = match located.lookup {
         JournalLookup::Found(j) => j,
-        JournalLookup::None => return Ok(out),
+        JournalLookup::None => return orphans_only(out, view, block_size, plan, dirty),
         JournalLookup::ExternalNotGiven { uuid } => {
             not_given(&mut out, &uuid, dirty, plan.replay());
-            return Ok(out);
+            return orphans_only(out, view, block_size, plan, dirty);
         }
         JournalLookup::Unusable { reason } => {
             out.warnings.push(journal_warning(format!(
@@ -124,11 +129,11 @@ pub(super) fn recover<'v>(
                     ""
                 }
             )));
-            return Ok(out);
+            return orphans_only(out, view, block_size, plan, dirty);
         }
     };
     let recovery = journal.recover();
-    recovery_findings(&mut out, &recovery, plan.replay());
+    recovery_findings(&mut out, &recovery);
     if journal.state() == JournalState::LogWithoutRecoverFlag {
         out.notes.push(
             "the journal holds a log but needs_recovery is clear: not replayed (as the kernel does)"
@@ -136,23 +141,133 @@ pub(super) fn recover<'v>(
         );
     }
     if !recovery.replayed {
-        return Ok(out);
+        return orphans_only(out, view, block_size, plan, dirty);
     }
+    with_view(out, view, &journal, external, &recovery, plan)
+}
+
+/// `out` with the view of the state `recovery` replayed: the overlay alone, or with
+/// `--replay` the replayed state, its orphan lists then processed (unless the recovery
+/// failed).
+///
+/// # Errors
+/// A read error of the superblocks.
+fn with_view<'v>(
+    mut out: StateJournal<'v>,
+    view: &'v dyn BlockView,
+    journal: &Journal<'_>,
+    external: Option<&'v dyn BlockView>,
+    recovery: &ext::Recovery,
+    plan: &ExportPlan,
+) -> Result<StateJournal<'v>> {
     let mode = if plan.replay() {
         ReplayMode::Replayed
     } else {
         ReplayMode::Overlay
     };
-    let view = ReplayedView::on_base(view, &journal, external, &recovery, mode)?;
+    let mut view = ReplayedView::on_base(view, journal, external, recovery, mode)?;
+    if mode == ReplayMode::Replayed {
+        if let Some(fc) = view.replay_fast_commits(recovery)? {
+            if fc.tags > 0 {
+                out.notes.push(format!(
+                    "{} fast-commit tags were replayed after the block journal, {} blocks changed",
+                    fc.tags,
+                    fc.blocks.len()
+                ));
+            }
+            out.warnings.extend(fc.warnings);
+        }
+    }
     out.notes
-        .push(replay_note(&recovery, view.changed_blocks().len(), plan));
+        .push(replay_note(recovery, view.changed_blocks().len(), plan));
+    if plan.replay() {
+        match &recovery.error {
+            None => {
+                release_orphans(&mut out, &mut view)?;
+            }
+            Some(_) => out.warnings.push(journal_warning(
+                "the orphan list was not processed: the journal recovery failed".into(),
+            )),
+        }
+    }
     out.view = Some(view);
     Ok(out)
 }
 
-/// The recovery's warnings and errors, and the fast-commit area's blocks (a warning when
-/// `--replay` leaves pending fast commits out).
-fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, replay: bool) {
+/// With `--replay`, the orphan processing of a state whose journal was not replayed: when it
+/// is clean (`!dirty`) and its orphan lists are not empty, the view of its processed state.
+fn orphans_only<'v>(
+    mut out: StateJournal<'v>,
+    view: &'v dyn BlockView,
+    block_size: u32,
+    plan: &ExportPlan,
+    dirty: bool,
+) -> Result<StateJournal<'v>> {
+    if !plan.replay() || dirty {
+        return Ok(out);
+    }
+    let mut v = ReplayedView::unchanged(view, block_size);
+    if release_orphans(&mut out, &mut v)? {
+        out.view = Some(v);
+    }
+    Ok(out)
+}
+
+/// Processes the orphan lists of the (replayed) state `view` as the kernel does at mount
+/// and puts the changed blocks in it; true if it changed. The time of the deletions is now.
+///
+/// # Errors
+/// A changed block that is not one block long (a bug).
+fn release_orphans(
+    out: &mut StateJournal<'_>,
+    view: &mut ReplayedView<'_, &dyn BlockView>,
+) -> Result<bool> {
+    let r = {
+        let fs = match Filesystem::open(&*view as &dyn BlockView, &OpenOptions::default()) {
+            Ok(fs) => fs,
+            Err(e) if has_orphan_list(view) => {
+                out.warnings.push(journal_warning(format!(
+                    "the orphan list was not processed: the filesystem does not open through its primary superblock ({e})"
+                )));
+                return Ok(false);
+            }
+            Err(_) => return Ok(false),
+        };
+        let ((secs, nsecs), _) = crate::text::now_and_name();
+        let now = InodeTime {
+            secs: i64::from(secs),
+            nsecs,
+        };
+        ext::release_orphans(&fs, now)
+    };
+    out.warnings.extend(r.warnings.iter().cloned());
+    if r.blocks.is_empty() {
+        return Ok(false);
+    }
+    out.notes.push(format!(
+        "orphan processing (as the kernel does at mount): {} orphan inodes released, {} truncated to their size, {} blocks freed{}",
+        r.released.len(),
+        r.truncated.len(),
+        r.freed_blocks,
+        if r.emptied { "; the orphan lists are empty" } else { "" }
+    ));
+    for (b, bytes) in r.blocks {
+        view.set_block(b, bytes)?;
+    }
+    Ok(true)
+}
+
+/// True if the primary superblock's bytes name an orphan list head (`s_last_orphan`), for
+/// the warning when the filesystem does not open.
+fn has_orphan_list(view: &ReplayedView<'_, &dyn BlockView>) -> bool {
+    let mut sb = vec![0u8; ext::SUPERBLOCK_SIZE];
+    view.read_at(ext::SUPERBLOCK_OFFSET, &mut sb).is_ok()
+        && ext::SuperblockBytes::new(&sb[..]).is_ok_and(|b| b.s_last_orphan() != 0)
+}
+
+/// The recovery's warnings and errors, and the fast-commit area's blocks (`--replay`
+/// replays the fast commits: [`ReplayedView::replay_fast_commits`]).
+fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery) {
     out.warnings.extend(recovery.warnings.iter().cloned());
     out.checksums = recovery.checksums.clone();
     if let Some(e) = &recovery.error {
@@ -161,11 +276,6 @@ fn recovery_findings(out: &mut StateJournal<'_>, recovery: &ext::Recovery, repla
     }
     if let Some(fc) = &recovery.fast_commit {
         out.fast_commit_blocks = fc.referenced.iter().map(|&(b, n)| (b.0, n)).collect();
-        if fc.pending && replay {
-            out.warnings.push(journal_warning(
-                "the journal has fast commits for the last transaction; they are not replayed (only the block journal is): the replayed state misses them".into(),
-            ));
-        }
     }
 }
 

@@ -14,7 +14,8 @@
 //! Files: `open` (the states' filesystems), `tables` (output size, QCOW2 options, snapshot
 //! tables), `append` and `unchanged` (archive appends), `journal` (each state's journal),
 //! `states` (older states), `qcow_source` and `convert` (QCOW2 sources), `delta` (deltas),
-//! `summary` (what the run reports), `cluster` (cluster sizes).
+//! `summary` (what the run reports), `cluster` (cluster sizes), `passes` (the second pass of
+//! a sink that plans first: a QCOW2 stream).
 
 mod append;
 mod cluster;
@@ -22,6 +23,7 @@ mod convert;
 mod delta;
 mod journal;
 mod open;
+mod passes;
 mod qcow_source;
 mod states;
 mod summary;
@@ -48,6 +50,7 @@ pub fn run(plan: &ExportPlan) -> Result<Summary> {
     let source = plan.source();
     match (plan.mode(), source.kind()) {
         (Mode::Delta(d), _) => delta::run(plan, d),
+        (Mode::Convert, _) if source.stdin_stream() => convert::from_stdin(plan),
         (Mode::Convert, _) => convert::qcow_to_raw(&source.qcow_reader()?, plan),
         (_, SourceKind::Qcow2) => qcow_source::from_qcow2(plan),
         (_, SourceKind::Filesystem) => {
@@ -233,13 +236,13 @@ pub(super) fn write_states(
         journals: &journals,
         quick: output.quick.as_ref(),
     };
-    copy.states(out.sink.as_mut(), states, &opened, &mut tally)?;
     let written: Vec<bool> = opened.iter().map(Option::is_some).collect();
     let table = match (table, plan.mode()) {
         (Some(t), _) => remap_table(t, &written),
         (None, Mode::ArchiveCreate { name }) => archive_table(name),
         (None, _) => chain_table(states, &written),
     };
+    copy.states(out.sink.as_mut(), states, &opened, &mut tally, &table)?;
     let mut finished = out.complete(&table, plan.sync())?;
     notes.append(&mut finished.notes);
     if let Mode::ArchiveAppend { .. } = plan.mode() {
@@ -392,13 +395,16 @@ struct Copy<'p, 'j> {
 }
 
 impl Copy<'_, '_> {
-    /// Walks and copies every opened state into the sink, in order.
+    /// Walks and copies every opened state into the sink, in order; a sink that plans first
+    /// (a QCOW2 stream, [`Sink::two_passes`]) gets them twice, the second time only the
+    /// clusters its `plan` (with `table`) asks for.
     fn states(
         &self,
         sink: &mut dyn Sink,
         states: &[StateInput<'_>],
         opened: &[Option<Filesystem<&dyn BlockView>>],
         tally: &mut Tally,
+        table: &Table,
     ) -> Result<()> {
         let walk_opts = WalkOptions {
             data: self.plan.data(),
@@ -410,6 +416,8 @@ impl Copy<'_, '_> {
             .zip(opened)
             .zip(self.journals)
             .filter_map(|((s, f), j)| Some((s, f.as_ref()?, j)));
+        let two = sink.two_passes(count);
+        let mut again = Vec::new();
         for (k, (state, fs, j)) in written.enumerate() {
             let label = match count {
                 1 => state.name.clone(),
@@ -417,9 +425,23 @@ impl Copy<'_, '_> {
             };
             let mut walked = ext::walk(fs, &walk_opts);
             journal::complete(&mut walked, &fs.sb, j, &walk_opts, self.plan.replay());
-            let (stats, copy_warnings, checked) = self.state(sink, state, fs, &walked, &label)?;
+            let (stats, copy_warnings, checked) =
+                self.state(sink, state, fs, &walked.blocks, &walked.pending, &label)?;
             walked.finish_checks(state.view, checked);
+            if two {
+                again.push((state, fs, walked.blocks.clone(), label));
+            }
             tally.add(state, &fs.sb, walked, stats, copy_warnings);
+        }
+        if two {
+            let needs = sink.plan(table)?;
+            for ((state, fs, blocks, label), need) in again.into_iter().zip(needs) {
+                let bs = u64::from(fs.sb.block_size);
+                let only = passes::only(&blocks, &need, bs);
+                // The first pass verified the checksums already.
+                let none = ext::PendingChecks::default();
+                self.state(sink, state, fs, &only, &none, &label)?;
+            }
         }
         Ok(())
     }
@@ -432,29 +454,26 @@ impl Copy<'_, '_> {
         sink: &mut dyn Sink,
         state: &StateInput<'_>,
         fs: &Filesystem<&dyn BlockView>,
-        walked: &ext::WalkResult,
+        blocks: &ext::BlockSet,
+        pending: &ext::PendingChecks,
         label: &str,
     ) -> Result<(CopyStats, Vec<Warning>, ext::PendingTally)> {
         let bs = fs.sb.block_size;
         sink.begin_state()?;
         let skip = match self.quick {
             Some(q) => {
-                let shared = q.shared(fs, &walked.blocks);
+                let shared = q.shared(fs, blocks);
                 let skip = q.blocks_of(&shared, u64::from(bs));
                 sink.share(shared)?;
                 skip
             }
             None => Vec::new(),
         };
-        let runs = without(
-            walked.blocks.extents().iter().map(|e| e.start..e.end()),
-            &skip,
-        );
+        let runs = without(blocks.extents().iter().map(|e| e.start..e.end()), &skip);
         let bytes = runs.iter().map(|r| r.end - r.start).sum::<u64>() * u64::from(bs);
         let progress = Progress::new(self.plan.progress(), bytes, label);
         let mut warnings = Vec::new();
         let runs = runs.into_iter().map(|r| (r.start, r.end - r.start));
-        let pending = &walked.pending;
         let (stats, checked) = copy_runs_checking(
             state.view,
             bs,

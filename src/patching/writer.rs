@@ -162,6 +162,17 @@ impl PatchFiles {
     }
 }
 
+impl PatchFiles {
+    /// Lays the new bytes of the runs written so far over `buf` (the target's bytes at target
+    /// byte `offset`): the goal, read back from the patch (`PatchWriter::read_new`).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn read_new(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.writer.read_new(offset, buf)
+    }
+}
+
 impl RunSink for PatchFiles {
     fn run(&mut self, first: u64, old: &[u8], new: &[u8]) -> Result<()> {
         if first == self.sb_block {

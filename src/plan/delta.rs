@@ -107,15 +107,14 @@ pub fn delta_plan(
         }
         Format::Qcow2 { .. } => {}
     }
-    if out.as_os_str() == "-" {
-        return Err(usage(
-            "a delta is written to a file, not to standard output",
-        ));
-    }
     if let Some(b) = &a.backing {
         if !backing_path(b, out).is_file() {
+            let next_to = match out.as_os_str() == "-" {
+                true => "in the current directory (OUT is standard output: a relative name is checked from here, and stored as given, relative to where the delta is saved)",
+                false => "next to the delta (a full export of FROM; a relative name is relative to the delta's directory, as for qemu-img create -b)",
+            };
             return Err(usage(&format!(
-                "--backing {}: no such file next to the delta (a full export of FROM; a relative name is relative to the delta's directory, as for qemu-img create -b)",
+                "--backing {}: no such file {next_to}",
                 b.display()
             )));
         }
@@ -128,9 +127,10 @@ pub fn delta_plan(
 }
 
 /// Where a `--backing` name points: relative names are relative to the delta's directory
-/// (QEMU resolves them so, and the name is stored as given).
+/// (QEMU resolves them so, and the name is stored as given); for a delta on standard output
+/// (`-`), to the current directory.
 pub fn backing_path(name: &Path, delta: &Path) -> PathBuf {
-    if name.is_absolute() {
+    if name.is_absolute() || delta.as_os_str() == "-" {
         return name.to_path_buf();
     }
     match delta.parent() {

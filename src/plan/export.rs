@@ -5,7 +5,7 @@ use super::archive::{check_name, policy};
 use super::delta::{backing_path, delta_plan, DeltaPlan, StateRef};
 use super::source::{Source, SourceArgs, SourceKind, SourceView};
 use super::{archive_output, output_kind, usage, Format, Older, Output, UsageError};
-use crate::cli::{unknown_subcommand, Compat, ExportArgs};
+use crate::cli::{unknown_subcommand, Compat, CompressionKind, ExportArgs};
 use crate::retention::Policy;
 use crate::sys::identity::Identity;
 use std::os::fd::AsFd;
@@ -40,6 +40,44 @@ pub enum Mode {
     Delta(DeltaPlan),
 }
 
+/// `-c` (with `--compression-type` and `--compression-level`): how the QCOW2 clusters are
+/// compressed, validated; an append resolves it against the archive ([`Compress::for_image`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compress {
+    /// The type and level of a new image (zlib unless `--compression-type` says otherwise).
+    pub compression: qcow::Compression,
+    /// `--compression-type` was given.
+    type_given: bool,
+    /// `--compression-level` as given.
+    level: Option<u32>,
+}
+
+impl Compress {
+    /// How new clusters of an existing image whose compressed clusters are `kind` are
+    /// compressed: that type (all compressed clusters of an image have one type), at the
+    /// level given or that type's default.
+    ///
+    /// # Errors
+    /// `--compression-type` names another type than the image's; the level is out of the
+    /// image type's range.
+    pub fn for_image(
+        &self,
+        kind: qcow::CompressionType,
+        image: &str,
+    ) -> anyhow::Result<qcow::Compression> {
+        let want = self.compression.kind();
+        if self.type_given && want != kind {
+            anyhow::bail!(
+                "--compression-type {}: the compressed clusters of {image} are {} (an image has one compression type); append with --compression-type {} or without it; nothing was written",
+                want.name(),
+                kind.name(),
+                kind.name()
+            );
+        }
+        qcow::Compression::new(kind, self.level).map_err(|e| anyhow::anyhow!("{image}: {e}"))
+    }
+}
+
 /// Everything an export needs to know, validated once from the arguments; the pipelines see
 /// nothing else.
 #[derive(Debug)]
@@ -49,10 +87,13 @@ pub struct ExportPlan {
     format: Format,
     mode: Mode,
     data: bool,
+    compress: Option<Compress>,
     no_snapshots: bool,
     progress: bool,
     sync: bool,
     json: bool,
+    /// `-O`: where the raw image starts in OUT, in bytes.
+    dest_offset: u64,
 }
 
 impl ExportPlan {
@@ -70,9 +111,17 @@ impl ExportPlan {
             .into());
         }
         let format = format_of(a)?;
+        let compress = compress_of(a, format)?;
         let source = a.source.clone().ok_or_else(|| usage("SOURCE is missing"))?;
         let out = a.output.as_deref().ok_or_else(|| usage("OUT is missing"))?;
         let mode = mode_of(a, format, out)?;
+        let dest_offset = a.dest_offset.unwrap_or(0);
+        if dest_offset > 0 && format != Format::Raw {
+            return Err(usage(
+                "-O DST_OFFSET places a raw image (-r) inside OUT; a QCOW2 image is a file of its own",
+            )
+            .into());
+        }
         let output = match &mode {
             Mode::ArchiveAppend { .. } => archive_output(out)?,
             _ => output_kind(out, format, a.json)?,
@@ -84,16 +133,24 @@ impl ExportPlan {
             }
             (m, _, _) => m,
         };
+        if source.stdin_stream() && mode != Mode::Convert {
+            return Err(usage(
+                "SOURCE - (standard input) is read by -r only: a QCOW2 image (e.g. `e2image-rs -Q … - | …`) converted to raw; a filesystem is read from a file or device",
+            )
+            .into());
+        }
         let plan = ExportPlan {
             source,
             output,
             format,
             mode,
             data: a.data,
+            compress,
             no_snapshots: a.no_snapshots,
             progress: a.progress,
             sync: a.sync,
             json: a.json,
+            dest_offset,
         };
         plan.check_output_is_no_input()?;
         Ok(plan)
@@ -124,6 +181,11 @@ impl ExportPlan {
         self.data
     }
 
+    /// `-c`: how the QCOW2 clusters are compressed (`None`: not compressed).
+    pub fn compress(&self) -> Option<&Compress> {
+        self.compress.as_ref()
+    }
+
     /// `--no-snapshots`: snapshot files' blocks are left out.
     pub fn no_snapshots(&self) -> bool {
         self.no_snapshots
@@ -142,6 +204,11 @@ impl ExportPlan {
     /// `--json`: print the JSON summary.
     pub fn json(&self) -> bool {
         self.json
+    }
+
+    /// `-O`: the byte offset of the raw image in OUT (0 without it).
+    pub fn dest_offset(&self) -> u64 {
+        self.dest_offset
     }
 
     /// `--replay`: the journal is replayed in memory.
@@ -167,8 +234,14 @@ impl ExportPlan {
             if let StateRef::Image { path, .. } = &d.from {
                 v.push(("--base".to_string(), path.clone()));
             }
-            if let (Some(b), Output::File(out)) = (&d.backing, &self.output) {
-                v.push(("--backing".to_string(), backing_path(b, out)));
+            match (&d.backing, &self.output) {
+                (Some(b), Output::File(out)) => {
+                    v.push(("--backing".to_string(), backing_path(b, out)))
+                }
+                (Some(b), Output::Stdout) => {
+                    v.push(("--backing".to_string(), backing_path(b, Path::new("-"))))
+                }
+                _ => {}
             }
         }
         v
@@ -231,6 +304,48 @@ fn format_of(a: &ExportArgs) -> Result<Format, UsageError> {
     }
 }
 
+/// `-c` and its options: QCOW2 only (a raw image has no compressed clusters), zstd only in
+/// v3 (a v2 header has no `compression_type`), the level within the type's range.
+fn compress_of(a: &ExportArgs, format: Format) -> Result<Option<Compress>, UsageError> {
+    if !a.compress {
+        if a.compression_type.is_some() || a.compression_level.is_some() {
+            return Err(usage(
+                "--compression-type and --compression-level say how -c compresses: add -c",
+            ));
+        }
+        return Ok(None);
+    }
+    let Format::Qcow2 { version, .. } = format else {
+        return Err(usage(
+            "-c compresses QCOW2 clusters, and a raw image (-r) has none: use -Q -c, or compress the raw image with another tool (e.g. `e2image-rs -r SOURCE - | zstd > OUT.zst`)",
+        ));
+    };
+    let kind = match a.compression_type {
+        Some(CompressionKind::Zstd) => qcow::CompressionType::Zstd,
+        Some(CompressionKind::Zlib) | None => qcow::CompressionType::Deflate,
+    };
+    if kind == qcow::CompressionType::Zstd && version == qcow::Version::V2 {
+        return Err(usage(
+            "--compression-type zstd needs --compat 1.1: a version 2 header (--compat 0.10) has no compression type",
+        ));
+    }
+    let compression = qcow::Compression::new(kind, a.compression_level).map_err(|_| {
+        let r = kind.levels();
+        usage(&format!(
+            "--compression-level {}: {} levels are {} to {}",
+            a.compression_level.unwrap_or(0),
+            kind.name(),
+            r.start(),
+            r.end()
+        ))
+    })?;
+    Ok(Some(Compress {
+        compression,
+        type_given: a.compression_type.is_some(),
+        level: a.compression_level,
+    }))
+}
+
 /// The mode the arguments ask for: a delta, an archive created or grown, or an export (with
 /// its older states). QCOW2 → raw is told apart once SOURCE is open.
 fn mode_of(a: &ExportArgs, format: Format, out: &Path) -> Result<Mode, UsageError> {
@@ -273,6 +388,7 @@ fn mode_of(a: &ExportArgs, format: Format, out: &Path) -> Result<Mode, UsageErro
 /// How SOURCE is opened and which view of it is read.
 fn source_args(a: &ExportArgs) -> SourceArgs {
     SourceArgs {
+        offset: a.src_offset.unwrap_or(0),
         open: ext::OpenOptions {
             superblock: a.superblock.map(ext::BlockNr),
             block_size: a.block_size,

@@ -54,7 +54,8 @@ pub enum Output {
     File(PathBuf),
     /// A block device, written in place (`-r` only).
     Device(PathBuf),
-    /// Standard output, written sequentially (`-r` only; OUT `-`).
+    /// Standard output, written sequentially (OUT `-`): a raw image, or a QCOW2 image laid
+    /// out for one pass (tables first).
     Stdout,
     /// An existing archive, changed in place (`--append`).
     Archive(PathBuf),
@@ -86,6 +87,11 @@ pub const EXPORT_USAGE: &str = "Usage: e2image-rs -Q|-r [OPTIONS] SOURCE OUT; e2
 
 /// OUT of `--append`: an existing regular file.
 fn archive_output(out: &Path) -> Result<Output, UsageError> {
+    if out.as_os_str() == "-" {
+        return Err(usage(
+            "--append changes an archive in place: OUT - (standard output) cannot be appended to; name the archive file",
+        ));
+    }
     match std::fs::metadata(out) {
         Ok(m) if m.is_file() => Ok(Output::Archive(out.to_path_buf())),
         Ok(m) => Err(usage(&format!(
@@ -110,11 +116,6 @@ pub(crate) fn usage(msg: &str) -> UsageError {
 fn output_kind(out: &Path, format: Format, json: bool) -> Result<Output, UsageError> {
     let qcow = matches!(format, Format::Qcow2 { .. });
     if out.as_os_str() == "-" {
-        if qcow {
-            return Err(usage(
-                "OUT - (standard output) is for raw images (-r); streaming QCOW2 is not supported yet: write it to a file",
-            ));
-        }
         if json {
             return Err(usage(
                 "--json prints on standard output, which OUT - uses for the image",
@@ -122,7 +123,7 @@ fn output_kind(out: &Path, format: Format, json: bool) -> Result<Output, UsageEr
         }
         if std::io::stdout().is_terminal() {
             return Err(usage(
-                "standard output is a terminal: redirect it to a file or a pipe (e.g. `e2image-rs -r SOURCE - | gzip > OUT.gz`)",
+                "standard output is a terminal: redirect it to a file or a pipe (e.g. `e2image-rs -r SOURCE - | gzip > OUT.gz`, `e2image-rs -Q SOURCE - | ssh HOST 'cat > OUT.qcow2'`)",
             ));
         }
         return Ok(Output::Stdout);

@@ -72,15 +72,20 @@ impl SourceView {
 pub struct Source {
     path: PathBuf,
     file: File,
+    /// `-o`: where the filesystem starts in the file, in bytes.
+    offset: u64,
     kind: SourceKind,
     open: ext::OpenOptions,
     force: bool,
     journal_dev: Option<PathBuf>,
     view: SourceView,
+    /// SOURCE `-` on a pipe (see [`Source::stdin_stream`]).
+    stdin_stream: bool,
 }
 
 /// How SOURCE is opened and read, as the arguments give it.
 pub(super) struct SourceArgs {
+    pub(super) offset: u64,
     pub(super) open: ext::OpenOptions,
     pub(super) force: bool,
     pub(super) journal_dev: Option<PathBuf>,
@@ -93,8 +98,34 @@ impl Source {
     /// # Errors
     /// It cannot be opened or read.
     pub(super) fn open(path: &Path, a: SourceArgs) -> Result<Source> {
-        let file = File::open(path)
-            .with_context(|| format!("cannot open {} read-only", path.display()))?;
+        let (file, stdin_stream) = match path.as_os_str() == "-" {
+            true => stdin_file()?,
+            false => (
+                File::open(path)
+                    .with_context(|| format!("cannot open {} read-only", path.display()))?,
+                false,
+            ),
+        };
+        if stdin_stream {
+            if a.offset > 0 {
+                return Err(crate::exit::UsageError(
+                    "-o SRC_OFFSET: standard input is read as a QCOW2 stream, which has no offset"
+                        .into(),
+                )
+                .into());
+            }
+            return Ok(Source {
+                path: path.to_path_buf(),
+                file,
+                offset: 0,
+                kind: SourceKind::Qcow2,
+                open: a.open,
+                force: a.force,
+                journal_dev: a.journal_dev,
+                view: a.view,
+                stdin_stream,
+            });
+        }
         let mut magic = [0u8; 4];
         let n = read_prefix(&file, &mut magic)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -102,15 +133,40 @@ impl Source {
             true => SourceKind::Qcow2,
             false => SourceKind::Filesystem,
         };
+        if kind == SourceKind::Qcow2 && a.offset > 0 {
+            return Err(crate::exit::UsageError(format!(
+                "-o {}: {} is a QCOW2 image; -o gives where a filesystem starts inside a disk image",
+                a.offset,
+                path.display()
+            ))
+            .into());
+        }
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if a.offset > 0 && len > 0 && a.offset >= len {
+            return Err(crate::exit::UsageError(format!(
+                "-o {}: {} is only {len} bytes long",
+                a.offset,
+                path.display()
+            ))
+            .into());
+        }
         Ok(Source {
             path: path.to_path_buf(),
             file,
+            offset: a.offset,
             kind,
             open: a.open,
             force: a.force,
             journal_dev: a.journal_dev,
             view: a.view,
+            stdin_stream,
         })
+    }
+
+    /// True if SOURCE is `-` and standard input is a pipe (or anything but a regular file):
+    /// a QCOW2 image read in one pass (`crate::qcow_stdin`), never opened as a file.
+    pub fn stdin_stream(&self) -> bool {
+        self.stdin_stream
     }
 
     /// SOURCE as given.
@@ -148,16 +204,23 @@ impl Source {
         Identity::from_meta(&self.file.metadata().ok()?)
     }
 
-    /// The filesystem source as a block view (over the file opened once).
+    /// The filesystem source as a block view (over the file opened once), starting at the
+    /// `-o` offset.
     ///
     /// # Errors
-    /// Duplicating the file handle or reading its size fails.
+    /// Duplicating the file handle or reading its size fails; the offset is past the end.
     pub fn file_view(&self) -> Result<FileView> {
         let f = self
             .file
             .try_clone()
             .context("duplicating SOURCE's handle")?;
-        FileView::from_file(f).with_context(|| format!("cannot read {}", self.path.display()))
+        FileView::from_file_at(f, self.offset).with_context(|| {
+            format!(
+                "cannot read {} from byte {}",
+                self.path.display(),
+                self.offset
+            )
+        })
     }
 
     /// The QCOW2 source's reader (over the file opened once); a delta or overlay (a backing
@@ -191,6 +254,19 @@ impl Source {
         }
         Ok(())
     }
+}
+
+/// SOURCE `-`: standard input, and whether it is a stream (not a regular file, which is read
+/// in place like any SOURCE).
+fn stdin_file() -> Result<(File, bool)> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate standard input")?;
+    let file = File::from(fd);
+    let regular = file.metadata().is_ok_and(|m| m.is_file());
+    Ok((file, !regular))
 }
 
 /// Reads up to `buf.len()` bytes from the start of `file`; returns how many were read.

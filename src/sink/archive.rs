@@ -24,6 +24,8 @@ pub struct Append {
     pub new: NewState,
     /// Indices of the snapshots removed in the same commit.
     pub remove: Vec<usize>,
+    /// `-c`: how new clusters are compressed (resolved against the archive's type).
+    pub compression: Option<qcow::Compression>,
 }
 
 /// The archive sink (see the module comment).
@@ -47,7 +49,7 @@ impl ArchiveSink {
     /// The base state's L1 table cannot be loaded.
     pub fn new(mut archive: OpenArchive, append: Append) -> Result<ArchiveSink> {
         let base = archive.editor.load_snapshot(append.base_index)?;
-        let clusters = Clusters::new(archive.editor.writer());
+        let clusters = Clusters::new(archive.editor.writer(), append.compression);
         Ok(ArchiveSink {
             archive,
             base,
@@ -69,10 +71,7 @@ impl ArchiveSink {
                 break;
             }
             let mut t = StateTarget::new(self.archive.editor.writer(), state, Some(self.base));
-            if self.clusters.pending_index().is_some_and(|p| p < s.guest) {
-                self.clusters.flush(&mut t)?;
-            }
-            t.share_base(s.guest, s.copied)?;
+            self.clusters.share(&mut t, s.guest, s.copied)?;
             self.next_share += 1;
         }
         Ok(())
@@ -144,6 +143,7 @@ impl Sink for ArchiveSink {
         ));
         f.json
             .push(("state_name".into(), serde_json::json!(me.new.name)));
+        super::qcow::report_compression(&me.clusters, &mut f);
         Ok(f)
     }
 }

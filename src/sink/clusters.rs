@@ -2,12 +2,14 @@
 //! clusters; a cluster only partly covered is assembled in a buffer (the rest stays zero)
 //! until the next cluster starts. All-zero clusters are recorded as zero clusters in v3 and
 //! left unallocated in v2; other clusters are written, or shared with the base state's cluster
-//! when their bytes are equal (older states of an inverted chain, or the newest state of an
-//! archive being appended to).
+//! when their guest bytes are equal (older states of an inverted chain, or the newest state of
+//! an archive being appended to), whether the base stores it plain or compressed. With `-c`
+//! the clusters go through the compressing stage (`super::compress`) in guest order.
 
+use super::compress::{Compressing, Counts};
 use super::is_zero;
 use anyhow::{Context, Result};
-use qcow::{StateId, Version, Writer};
+use qcow::{Compression, StateId, StoredCluster, Version, Writer};
 
 /// Where whole clusters of one state go: the writer, the state and its dedup base.
 pub struct StateTarget<'w> {
@@ -27,13 +29,65 @@ impl<'w> StateTarget<'w> {
     /// No base state; those of the writer.
     pub fn share_base(&mut self, guest_cluster: u64, copied: bool) -> Result<()> {
         let base = self.base.context("no base state to share with")?;
-        let host = self.writer.lookup(base, guest_cluster)?;
-        match host {
-            Some(h) => self.writer.share_cluster(self.state, guest_cluster, h)?,
-            None if copied => self.put_zero(guest_cluster, 1)?,
-            None => {}
+        let shared = self
+            .writer
+            .share_base_cluster(self.state, guest_cluster, base)?;
+        if !shared && copied {
+            self.put_zero(guest_cluster, 1)?;
         }
         Ok(())
+    }
+
+    /// What the base stores at `guest_cluster` (plain or compressed), for comparing guest
+    /// bytes; `None` without a base or where it holds no data.
+    ///
+    /// # Errors
+    /// Those of the writer.
+    pub fn stored_in_base(&mut self, guest_cluster: u64) -> Result<Option<StoredCluster>> {
+        match self.base {
+            Some(base) => Ok(self.writer.stored_cluster(base, guest_cluster)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Maps `guest_cluster` to the base's cluster, known to hold the same guest bytes.
+    ///
+    /// # Errors
+    /// No base, or no data there; those of the writer.
+    pub fn share_with_base(&mut self, guest_cluster: u64) -> Result<()> {
+        let base = self.base.context("no base state to share with")?;
+        let shared = self
+            .writer
+            .share_base_cluster(self.state, guest_cluster, base)?;
+        anyhow::ensure!(
+            shared,
+            "guest cluster {guest_cluster}: the base holds no data there"
+        );
+        Ok(())
+    }
+
+    /// Records `guest_cluster` as a compressed cluster with `payload`.
+    ///
+    /// # Errors
+    /// Those of the writer.
+    pub fn put_compressed(&mut self, guest_cluster: u64, payload: &[u8]) -> Result<()> {
+        self.writer
+            .write_compressed_cluster(self.state, guest_cluster, payload)
+            .with_context(|| {
+                format!("cannot write compressed guest cluster {guest_cluster} of the QCOW2 image")
+            })
+    }
+
+    /// Writes `data` at `guest_cluster..` uncompressed, without comparing it with the base.
+    ///
+    /// # Errors
+    /// Those of the writer.
+    pub fn put_plain(&mut self, guest_cluster: u64, data: &[u8]) -> Result<()> {
+        self.writer
+            .write_clusters(self.state, guest_cluster, data)
+            .with_context(|| {
+                format!("cannot write guest cluster {guest_cluster} of the QCOW2 image")
+            })
     }
 
     /// Clusters of `state`, deduplicated against `base` when given.
@@ -59,7 +113,7 @@ impl<'w> StateTarget<'w> {
 
     /// Records `count` all-zero guest clusters from `first`: zero clusters in v3, nothing
     /// (unallocated) in v2.
-    fn put_zero(&mut self, first: u64, count: u64) -> Result<()> {
+    pub fn put_zero(&mut self, first: u64, count: u64) -> Result<()> {
         if !self.zero_flag {
             return Ok(());
         }
@@ -71,19 +125,46 @@ impl<'w> StateTarget<'w> {
     }
 }
 
-/// The partial cluster being assembled.
-#[derive(Debug)]
+/// The partial cluster being assembled, and the compressing stage with `-c`.
 pub struct Clusters {
     cluster: usize,
     pending: Option<(u64, Vec<u8>)>,
+    compress: Option<Compressing>,
 }
 
 impl Clusters {
-    /// Assembly for the writer's cluster size.
-    pub fn new(writer: &Writer) -> Clusters {
+    /// Assembly for the writer's cluster size; clusters compressed with `compression`.
+    pub fn new(writer: &Writer, compression: Option<Compression>) -> Clusters {
+        let cluster = writer.cluster_size() as usize;
         Clusters {
-            cluster: writer.cluster_size() as usize,
+            cluster,
             pending: None,
+            compress: compression.map(|c| Compressing::new(c, cluster)),
+        }
+    }
+
+    /// How clusters are compressed and what was compressed so far (`None` without `-c`).
+    pub fn compression(&self) -> Option<(Compression, Counts)> {
+        self.compress
+            .as_ref()
+            .map(|c| (c.compression(), c.counts()))
+    }
+
+    /// Maps `guest` to the base's cluster without its bytes (see
+    /// [`StateTarget::share_base`]), after the cluster being assembled if that comes first.
+    ///
+    /// # Errors
+    /// Those of the writer.
+    pub fn share(&mut self, t: &mut StateTarget<'_>, guest: u64, copied: bool) -> Result<()> {
+        if self.pending_index().is_some_and(|p| p < guest) {
+            self.write_pending(t)?;
+        }
+        match &mut self.compress {
+            Some(c) => {
+                c.share(guest, copied);
+                Ok(())
+            }
+            None => t.share_base(guest, copied),
         }
     }
 
@@ -102,7 +183,7 @@ impl Clusters {
             let idx = offset / c;
             let within = (offset % c) as usize;
             if self.pending.as_ref().is_some_and(|(p, _)| *p != idx) {
-                self.flush(t)?;
+                self.write_pending(t)?;
             }
             if within == 0 && data.len() >= self.cluster && self.pending.is_none() {
                 let n = data.len() / self.cluster * self.cluster;
@@ -128,19 +209,48 @@ impl Clusters {
         self.pending.as_ref().map(|(i, _)| *i)
     }
 
-    /// Writes the partial cluster being assembled, if any (at the end of a state).
+    /// Writes the partial cluster being assembled, if any, and everything queued for
+    /// compression (at the end of a state).
     ///
     /// # Errors
     /// Those of the writer.
     pub fn flush(&mut self, t: &mut StateTarget<'_>) -> Result<()> {
+        self.write_pending(t)?;
+        match &mut self.compress {
+            Some(c) => c.drain(t),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes (or queues) the partial cluster being assembled, if any.
+    fn write_pending(&mut self, t: &mut StateTarget<'_>) -> Result<()> {
         if let Some((idx, buf)) = self.pending.take() {
             if is_zero(&buf) {
-                t.put_zero(idx, 1)?;
+                self.zero(t, idx, 1)?;
             } else {
-                t.put(idx, &buf)?;
+                self.data(t, idx, &buf)?;
             }
         }
         Ok(())
+    }
+
+    /// Records (or queues) `count` zero clusters from `first`.
+    fn zero(&mut self, t: &mut StateTarget<'_>, first: u64, count: u64) -> Result<()> {
+        match &mut self.compress {
+            Some(c) => {
+                c.zero(first, count);
+                Ok(())
+            }
+            None => t.put_zero(first, count),
+        }
+    }
+
+    /// Writes (or queues for compression) whole non-zero clusters from `first`.
+    fn data(&mut self, t: &mut StateTarget<'_>, first: u64, data: &[u8]) -> Result<()> {
+        match &mut self.compress {
+            Some(c) => c.data(t, first, data),
+            None => t.put(first, data),
+        }
     }
 
     /// Writes full clusters, batching runs of non-zero ones and runs of all-zero ones.
@@ -154,9 +264,9 @@ impl Clusters {
                 .find(|&j| is_zero(&data[j * c..(j + 1) * c]) != zero)
                 .unwrap_or(n);
             if zero {
-                t.put_zero(first + i as u64, (j - i) as u64)?;
+                self.zero(t, first + i as u64, (j - i) as u64)?;
             } else {
-                t.put(first + i as u64, &data[i * c..j * c])?;
+                self.data(t, first + i as u64, &data[i * c..j * c])?;
             }
             i = j;
         }

@@ -3,7 +3,10 @@
 //!
 //! One file per sink: `raw` (a sparse regular file), `device` (a block device written in
 //! place), `stream` (standard output, sequential), `qcow` (QCOW2, any number of states),
-//! `archive` (a state appended to an existing QCOW2 archive in place).
+//! `qcow_stream` (QCOW2 on standard output, in one pass: planned first, see
+//! [`Sink::two_passes`]), `archive` (a state appended to an existing QCOW2 archive in place);
+//! the QCOW2 sinks share `clusters` (guest clusters, zero clusters, dedup) and `compress`
+//! (`-c`: clusters compressed on all cores, written in guest order).
 //! [`open`] picks the sink from the plan's output; adding a sink is one file and one line
 //! there; [`open_append`] wraps an archive the pipeline opened and checked. Files are written
 //! under a temporary name (`crate::sys::output`) and renamed by [`Opened::complete`]; devices
@@ -14,14 +17,18 @@
 
 mod archive;
 mod clusters;
+mod compress;
 mod device;
 mod qcow;
+mod qcow_stream;
 mod raw;
+mod shifted;
+mod spool;
 mod stream;
 
 use crate::plan::{ExportPlan, Format, Output};
 use crate::sys::output::{BackgroundSync, TempOutput};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub use archive::Append;
 pub use qcow::QcowOptions;
@@ -68,6 +75,25 @@ pub trait Sink: Send {
     /// A sink without a base state; clusters out of order or handed over twice.
     fn share(&mut self, _clusters: Vec<SharedCluster>) -> Result<()> {
         anyhow::bail!("this output has no earlier state to share clusters with")
+    }
+
+    /// True for a sink that lays the whole image out before writing any byte of it (a QCOW2
+    /// stream). The pipeline then hands every state over twice: first to plan (`states` of
+    /// them, in order; nothing is written), then [`Sink::plan`] with the table, then again
+    /// with only the guest byte ranges `plan` returned, then [`Sink::finish`] with the same
+    /// table. Other sinks take one pass.
+    fn two_passes(&mut self, _states: usize) -> bool {
+        false
+    }
+
+    /// Ends the planning pass: the image's layout is fixed with `table` (and its tables may be
+    /// written). Returns, per state in order, the guest byte ranges (sorted, whole clusters)
+    /// whose bytes the second pass must hand over again.
+    ///
+    /// # Errors
+    /// An invalid table; write errors; a sink taking one pass.
+    fn plan(&mut self, _table: &Table) -> Result<Vec<Vec<std::ops::Range<u64>>>> {
+        anyhow::bail!("this output is written in one pass")
     }
 
     /// Completes the image: the snapshot table (QCOW2; ignored by single-state sinks) and
@@ -178,9 +204,19 @@ impl Opened {
 /// The output cannot be created; a device is mounted, busy or too small; the plan's output
 /// is an archive.
 pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
-    let (size, qcow) = (target.size, &target.qcow);
+    let qcow = &target.qcow;
+    let by = plan.dest_offset();
+    let size = target
+        .size
+        .checked_add(by)
+        .context("-O: the offset plus the image overflows")?;
     let (sink, temp, background): (Box<dyn Sink>, _, _) = match (plan.output(), plan.format()) {
-        (Output::Stdout, _) => (Box::new(stream::StreamSink::new(size)), None, None),
+        (Output::Stdout, Format::Raw) => (Box::new(stream::StreamSink::new(size)), None, None),
+        (Output::Stdout, Format::Qcow2 { .. }) => (
+            Box::new(qcow_stream::QcowStreamSink::new(size, qcow)?),
+            None,
+            None,
+        ),
         (Output::Device(p), _) => (Box::new(device::DeviceSink::open(p, size)?), None, None),
         (Output::Archive(p), _) => anyhow::bail!(
             "{}: an archive is opened by the append (sink::open_append)",
@@ -188,6 +224,9 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
         ),
         (Output::File(p), format) => {
             let (temp, file) = TempOutput::create(p)?;
+            if by > 0 {
+                shifted::copy_prefix(p, &file, by)?;
+            }
             let bg = BackgroundSync::start(&file, plan.sync());
             let sink: Box<dyn Sink> = match format {
                 Format::Raw => Box::new(raw::RawSink::new(file, size)?),
@@ -195,6 +234,10 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
             };
             (sink, Some(temp), Some(bg))
         }
+    };
+    let sink = match by {
+        0 => sink,
+        _ => Box::new(shifted::Shifted::new(sink, by)),
     };
     Ok(Opened {
         sink,

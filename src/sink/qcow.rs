@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use qcow::{SnapshotSpec, StateId, Version, Writer, WriterOptions};
 use std::fs::File;
 
-/// How to write the QCOW2 image (the default: 64 KiB clusters, v3, no extension).
+/// How to write the QCOW2 image (the default: 64 KiB clusters, v3, no extension, not
+/// compressed).
 #[derive(Clone, Debug)]
 pub struct QcowOptions {
     /// log2 of the cluster size in bytes.
@@ -24,6 +25,8 @@ pub struct QcowOptions {
     pub extensions: Vec<(u32, Vec<u8>)>,
     /// Backing file name (as stored: relative to the image) and format ("raw" or "qcow2").
     pub backing: Option<(String, String)>,
+    /// `-c`: how clusters are compressed (`None`: stored plain).
+    pub compression: Option<qcow::Compression>,
 }
 
 impl Default for QcowOptions {
@@ -33,6 +36,7 @@ impl Default for QcowOptions {
             version: Version::V3,
             extensions: Vec::new(),
             backing: None,
+            compression: None,
         }
     }
 }
@@ -64,11 +68,14 @@ impl QcowSink {
         if let Some((name, format)) = &o.backing {
             writer.set_backing_file(name, format)?;
         }
-        Ok(QcowSink::new(writer))
+        if let Some(c) = &o.compression {
+            writer.set_compression_type(c.kind())?;
+        }
+        Ok(QcowSink::new(writer, o.compression))
     }
 
-    fn new(writer: Writer) -> QcowSink {
-        let clusters = Clusters::new(&writer);
+    fn new(writer: Writer, compression: Option<qcow::Compression>) -> QcowSink {
+        let clusters = Clusters::new(&writer, compression);
         QcowSink {
             writer,
             states: Vec::new(),
@@ -107,7 +114,9 @@ impl Sink for QcowSink {
 
     fn finish(self: Box<Self>, table: &Table, sync: bool) -> Result<Finished> {
         let QcowSink {
-            mut writer, states, ..
+            mut writer,
+            states,
+            clusters,
         } = *self;
         let at = |i: usize| {
             states
@@ -133,8 +142,32 @@ impl Sink for QcowSink {
         writer
             .finish(at(table.active)?, &specs)
             .context("cannot finish the QCOW2 image")?;
-        Ok(Finished::with_cluster_size(Some(cluster)))
+        let mut f = Finished::with_cluster_size(Some(cluster));
+        report_compression(&clusters, &mut f);
+        Ok(f)
     }
+}
+
+/// With `-c`: a note and a JSON member (`compression`: type, level, clusters compressed and
+/// clusters stored plain because they did not compress).
+pub(super) fn report_compression(clusters: &Clusters, f: &mut Finished) {
+    let Some((c, counts)) = clusters.compression() else {
+        return;
+    };
+    let (kind, level) = (c.kind().name(), c.level());
+    f.notes.push(format!(
+        "{} clusters compressed ({kind}, level {level}); {} did not get smaller and are stored plain",
+        counts.compressed, counts.plain
+    ));
+    f.json.push((
+        "compression".into(),
+        serde_json::json!({
+            "type": kind,
+            "level": level,
+            "compressed_clusters": counts.compressed,
+            "plain_clusters": counts.plain,
+        }),
+    ));
 }
 
 #[cfg(test)]
@@ -165,7 +198,7 @@ mod tests {
             version,
         };
         let w = Writer::create(file, opts).unwrap();
-        let mut sink = Box::new(QcowSink::new(w));
+        let mut sink = Box::new(QcowSink::new(w, None));
         sink.begin_state().unwrap();
         let mut run = vec![0u8; 6 * 4096];
         run[..2 * 4096].fill(7);

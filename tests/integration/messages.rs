@@ -28,10 +28,13 @@ fn usage_errors_say_what_is_wrong() {
     let out = dir.join("out.qcow2");
     for (args, says) in [
         (vec!["-I", "x", "y"], "e2image-rs rollback"),
-        (vec!["-Q", "-o", "0", "x", "y"], "-o is not supported yet"),
-        (vec!["-Q", "-O", "512", "x", "y"], "-O is not supported yet"),
+        (vec!["-Q", "-o", "x1", "x", "y"], "is not a number of bytes"),
+        (
+            vec!["-Q", "-O", "512", "x", "y"],
+            "-O DST_OFFSET places a raw image",
+        ),
         (vec!["-Q", "-s", "x", "y"], "-s is not supported yet"),
-        (vec!["-r", "-c", "x", "y"], "-c is not supported yet"),
+        (vec!["-r", "-c", "x", "y"], "a raw image (-r) has none"),
         (vec!["-r", "-n", "x", "y"], "-n is not supported yet"),
         (vec!["x", "y"], "one of -Q or -r is required"),
         (

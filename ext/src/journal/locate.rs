@@ -80,6 +80,8 @@ pub struct Journal<'a> {
     pub(crate) map_blocks: Vec<(BlockNr, u64)>,
     pub(crate) block_size: u32,
     pub(crate) fs_blocks_count: u64,
+    /// `s_inode_size` of the filesystem (it bounds the fast-commit INODE tags).
+    pub(crate) fs_inode_size: u16,
     pub(crate) fs_recover: bool,
 }
 
@@ -351,6 +353,7 @@ fn finish<'a>(
             map_blocks,
             block_size: fs.block_size,
             fs_blocks_count: fs.s_blocks_count,
+            fs_inode_size: fs.s_inode_size,
             fs_recover: fs.has_incompat(incompat::RECOVER),
         }),
         Err(e) => unusable(format!("journal block {sb_block}: {e}")),

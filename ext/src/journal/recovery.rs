@@ -85,8 +85,8 @@ impl Recovery {
         }
     }
 
-    /// True when fast-commit blocks for the end tid exist: the block-level replay is then
-    /// incomplete (fast commits are replayed logically, which this crate does not do).
+    /// True when fast commits for the end tid are to replay: the block-level replay is then
+    /// completed by [`crate::ReplayedView::replay_fast_commits`].
     pub fn fast_commit_pending(&self) -> bool {
         self.fast_commit.as_ref().is_some_and(|fc| fc.pending)
     }
@@ -147,7 +147,8 @@ impl Journal<'_> {
             r.checksums = std::mem::take(&mut p.checksums);
         }
         let end = (replay && self.sb.s_start != 0).then_some(r.end_tid);
-        r.fast_commit = scan_fast_commit(self, end, &mut |at, msg| p.warn(Some(at), msg));
+        let isz = usize::from(self.fs_inode_size);
+        r.fast_commit = scan_fast_commit(self, end, isz, &mut |at, msg| p.warn(Some(at), msg));
         r.warnings = std::mem::take(&mut p.warnings).into_flat();
         r
     }

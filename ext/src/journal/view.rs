@@ -16,7 +16,9 @@
 //!   [`Journal::replayed_superblock`]). Both tools also update times and counters (`s_wtime`,
 //!   `s_kbytes_written`; `jr` sets `s_lastcheck` to 0xFFFFFFFF): those are left as they were.
 //!
-//! Only the overlay's blocks and the blocks of those two superblocks differ from the device.
+//! Only the overlay's blocks, the blocks of those two superblocks and the blocks set with
+//! [`ReplayedView::set_block`] (the fast-commit replay,
+//! [`ReplayedView::replay_fast_commits`]) differ from the device.
 
 use super::locate::{Journal, JournalLocation};
 use super::recovery::Recovery;
@@ -178,7 +180,8 @@ impl<'a, B: BlockView> ReplayedView<'a, B> {
         self.block_size
     }
 
-    /// The blocks that differ from the device (overlay and patched superblocks), in order.
+    /// The blocks that differ from the device (overlay, patched superblocks, blocks set), in
+    /// order.
     pub fn changed_blocks(&self) -> Vec<BlockNr> {
         self.blocks.keys().map(|&b| BlockNr(b)).collect()
     }

@@ -28,6 +28,14 @@ pub(crate) const S_FEATURE_RO_COMPAT_OFFSET: usize = 0x64;
 pub(crate) const S_LAST_MOUNTED_OFFSET: usize = 0x88;
 /// Size of `s_last_mounted`, in bytes.
 pub(crate) const S_LAST_MOUNTED_SIZE: usize = 64;
+/// Byte offset of `s_free_blocks_count_lo` (u32); `_hi` at 0x158 with INCOMPAT_64BIT.
+pub(crate) const S_FREE_BLOCKS_COUNT_LO_OFFSET: usize = 0x0C;
+/// Byte offset of `s_free_blocks_count_hi` (u32).
+pub(crate) const S_FREE_BLOCKS_COUNT_HI_OFFSET: usize = 0x158;
+/// Byte offset of `s_free_inodes_count` (u32).
+pub(crate) const S_FREE_INODES_COUNT_OFFSET: usize = 0x10;
+/// Byte offset of `s_last_orphan` (u32), the head of the orphan list.
+pub(crate) const S_LAST_ORPHAN_OFFSET: usize = 0xE8;
 /// Byte offset of `s_checksum` (u32), the end of the bytes it covers.
 pub(crate) const S_CHECKSUM_OFFSET: usize = 0x3FC;
 
@@ -105,6 +113,11 @@ impl<B: AsRef<[u8]>> SuperblockBytes<B> {
         &f[..end]
     }
 
+    /// `s_last_orphan`: the head of the orphan list (0: empty).
+    pub fn s_last_orphan(&self) -> u32 {
+        le32(self.as_bytes(), S_LAST_ORPHAN_OFFSET)
+    }
+
     /// `s_checksum` as stored (meaningful with metadata_csum).
     pub fn s_checksum(&self) -> u32 {
         le32(self.as_bytes(), S_CHECKSUM_OFFSET)
@@ -143,6 +156,33 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> SuperblockBytes<B> {
     pub fn clear_incompat(&mut self, bits: u32) {
         let v = self.s_feature_incompat() & !bits;
         self.put32(S_FEATURE_INCOMPAT_OFFSET, v);
+    }
+
+    /// Clears the RO_COMPAT feature bits `bits` (a [`ro_compat`] constant, e.g.
+    /// `ORPHAN_PRESENT` once the orphan file is empty) in `s_feature_ro_compat`.
+    pub fn clear_ro_compat(&mut self, bits: u32) {
+        let v = self.s_feature_ro_compat() & !bits;
+        self.put32(S_FEATURE_RO_COMPAT_OFFSET, v);
+    }
+
+    /// Sets `s_free_blocks_count` (in blocks; clusters with bigalloc) to `count`: its `_lo`
+    /// half, and its `_hi` half when INCOMPAT_64BIT is set in the bytes (without it, the
+    /// low 32 bits are stored).
+    pub fn set_free_blocks_count(&mut self, count: u64) {
+        self.put32(S_FREE_BLOCKS_COUNT_LO_OFFSET, count as u32);
+        if self.s_feature_incompat() & crate::features::incompat::BIT64 != 0 {
+            self.put32(S_FREE_BLOCKS_COUNT_HI_OFFSET, (count >> 32) as u32);
+        }
+    }
+
+    /// Sets `s_free_inodes_count` to `count`.
+    pub fn set_free_inodes_count(&mut self, count: u32) {
+        self.put32(S_FREE_INODES_COUNT_OFFSET, count);
+    }
+
+    /// Sets `s_last_orphan`, the head of the orphan list (0: empty), to `ino`.
+    pub fn set_last_orphan(&mut self, ino: u32) {
+        self.put32(S_LAST_ORPHAN_OFFSET, ino);
     }
 
     /// Sets `s_last_mounted` to `text`, NUL-padded to its 64 bytes.
@@ -275,6 +315,44 @@ mod tests {
         );
         assert!(e.set_last_mounted(b"a\0b").is_err());
         assert_eq!(e.s_last_mounted(), &[b'y'; 63][..], "left as it was");
+    }
+
+    #[test]
+    fn counts_orphan_head_and_ro_compat_bits_set_alone() {
+        let (sb, before) = edited(|e| {
+            e.set_free_blocks_count((7 << 32) | 12);
+            e.set_free_inodes_count(34);
+            e.set_last_orphan(56);
+            assert_eq!(e.s_last_orphan(), 56);
+            e.clear_ro_compat(ro_compat::METADATA_CSUM);
+            assert_eq!(e.s_feature_ro_compat() & ro_compat::METADATA_CSUM, 0);
+            let ro = e.s_feature_ro_compat() | ro_compat::METADATA_CSUM;
+            e.put32(S_FEATURE_RO_COMPAT_OFFSET, ro);
+        });
+        assert_eq!(sb.s_last_orphan, 56);
+        let raw = &sb.raw;
+        assert_eq!(le32(raw, S_FREE_BLOCKS_COUNT_LO_OFFSET), 12);
+        assert_eq!(le32(raw, S_FREE_INODES_COUNT_OFFSET), 34);
+        // Without INCOMPAT_64BIT the high half is not written.
+        assert_eq!(le32(raw, S_FREE_BLOCKS_COUNT_HI_OFFSET), 0);
+        let fields = [
+            S_FREE_BLOCKS_COUNT_LO_OFFSET,
+            S_FREE_INODES_COUNT_OFFSET,
+            S_LAST_ORPHAN_OFFSET,
+        ];
+        let d = differ(raw, &before);
+        assert!(
+            d.iter()
+                .all(|&i| fields.iter().any(|&f| (f..f + 4).contains(&i)) || i >= S_CHECKSUM_OFFSET),
+            "{d:?}"
+        );
+        let mut b = sample();
+        let inc = le32(&b, S_FEATURE_INCOMPAT_OFFSET) | incompat::BIT64;
+        b[S_FEATURE_INCOMPAT_OFFSET..][..4].copy_from_slice(&inc.to_le_bytes());
+        SuperblockBytes::new(&mut b)
+            .unwrap()
+            .set_free_blocks_count((7 << 32) | 12);
+        assert_eq!(le32(&b, S_FREE_BLOCKS_COUNT_HI_OFFSET), 7);
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod common;
 mod corpus;
 mod e2image_oracle;
 mod journal;
+mod orphan;
 mod owners_oracle;
 mod robustness;

@@ -68,8 +68,8 @@ pub struct CommitSummary {
 /// crash-safe [`Editor::commit`].
 ///
 /// Requirements: 16-bit refcounts (`refcount_order` 4), no backing file, no external data
-/// file, no encryption, no extended L2 entries, no persistent bitmaps, deflate compression, no
-/// dirty or corrupt bit, and refcounts that agree with the image (`qemu-img check` clean:
+/// file, no encryption, no extended L2 entries, no persistent bitmaps, no dirty or corrupt
+/// bit (deflate and zstd compressed clusters are fine: new ones use the image's type), and refcounts that agree with the image (`qemu-img check` clean:
 /// [`Editor::open`] counts every reference through every L1 and L2 table and compares).
 pub struct Editor {
     reader: Reader,

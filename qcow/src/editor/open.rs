@@ -37,7 +37,7 @@ impl Editor {
     ///
     /// Errors: [`Error::Unsupported`] for `refcount_order` other than 4, the dirty or corrupt
     /// bit, bitmaps, and what [`Reader::open`] refuses (backing file, encryption, external data
-    /// file, extended L2, zstd, unknown incompatible bits); [`Error::Corrupt`] for invalid
+    /// file, extended L2, unknown incompatible bits); [`Error::Corrupt`] for invalid
     /// structures, and for a refcount that disagrees with the references counted (the message
     /// names the host cluster, its refcount and its references, and the repair: `qemu-img
     /// check -r all`, or `-r leaks` when every disagreement is a leak); [`Error::Limit`];

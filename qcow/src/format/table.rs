@@ -249,13 +249,6 @@ fn compressed_offset_bits(cluster_bits: u32) -> u32 {
 
 /// The sector count field of a compressed payload of `len` (≥ 1) bytes at host byte `host`:
 /// the 512-byte sectors it touches after the one holding its first byte.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "for the compressed writer, the next user of this module"
-    )
-)]
 pub(crate) fn compressed_sectors(host: u64, len: u64) -> u64 {
     let last = (host + len.max(1) - 1) / COMPRESSED_SECTOR_SIZE;
     last - host / COMPRESSED_SECTOR_SIZE
@@ -294,6 +287,7 @@ pub(crate) fn standard_cluster(raw: u64) -> Option<u64> {
 
 /// The host byte offset of a normal data cluster (neither zero nor compressed), else `None`.
 /// Bits are not validated: for entries this crate built or decoded.
+#[cfg(test)]
 pub(crate) fn data_cluster(raw: u64) -> Option<u64> {
     standard_cluster(raw).filter(|_| raw & OFLAG_ZERO == 0)
 }

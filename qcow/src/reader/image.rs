@@ -7,22 +7,65 @@
 use std::fs::File;
 
 use crate::bytes::decode_be;
+use crate::compression::CompressionType;
 use crate::error::Error;
 use crate::format::extension::{self, HeaderExtension};
 use crate::format::header::{
-    Header, COMPRESSION_DEFLATE, INCOMPAT_EXTENDED_L2, INCOMPAT_EXTERNAL_DATA, V2_HEADER_LENGTH,
-    V3_HEADER_LENGTH,
+    Header, INCOMPAT_EXTENDED_L2, INCOMPAT_EXTERNAL_DATA, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
 };
 use crate::geometry::{Version, MAX_L1_ENTRIES};
 use crate::io::read_exact_at;
 
+/// Where an image's bytes are: its file, or (for an image arriving on a stream) the bytes of
+/// its first part, which hold every table (`crate::stream`).
+#[derive(Debug)]
+pub(super) enum Backing {
+    /// An image file, read with positional reads.
+    File(File),
+    /// The first bytes of an image, in memory.
+    Bytes(Vec<u8>),
+}
+
+impl Backing {
+    /// Reads exactly `buf.len()` bytes at host byte `offset` (see [`read_exact_at`]).
+    pub(super) fn read_exact_at(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        op: &'static str,
+    ) -> Result<(), Error> {
+        match self {
+            Backing::File(f) => read_exact_at(f, buf, offset, op),
+            Backing::Bytes(b) => {
+                let start = usize::try_from(offset).ok().filter(|&s| s <= b.len());
+                match start.and_then(|s| b.get(s..s.checked_add(buf.len())?)) {
+                    Some(src) => {
+                        buf.copy_from_slice(src);
+                        Ok(())
+                    }
+                    None => Err(Error::corrupt(
+                        format!(
+                            "{op}: {} bytes extend past the {} bytes of tables read first",
+                            buf.len(),
+                            b.len()
+                        ),
+                        offset,
+                    )),
+                }
+            }
+        }
+    }
+}
+
 /// An image file opened for reading, with its validated header.
 #[derive(Debug)]
 pub(super) struct Image {
-    pub(super) file: File,
+    pub(super) file: Backing,
     /// Size of the file in bytes when it was opened.
     pub(super) file_len: u64,
     pub(super) header: Header,
+    /// How its compressed clusters are compressed (the header's `compression_type`).
+    pub(super) compression: CompressionType,
 }
 
 /// Refuses valid images whose content this reader cannot produce faithfully (a backing file
@@ -41,9 +84,6 @@ fn check_supported(h: &Header, backing_ok: bool) -> Result<(), Error> {
     if h.incompatible_features & INCOMPAT_EXTENDED_L2 != 0 {
         return refuse("extended L2 entries (incompatible bit 4)");
     }
-    if h.compression_type != COMPRESSION_DEFLATE {
-        return refuse(&format!("compression_type {} (zstd)", h.compression_type));
-    }
     Ok(())
 }
 
@@ -51,7 +91,7 @@ impl Image {
     /// Reads and validates the header of `file` and refuses unsupported features.
     ///
     /// Errors: those of [`Header::parse`]; [`Error::Unsupported`] for encryption, a backing
-    /// file, an external data file, extended L2 entries or zstd compression; [`Error::Io`].
+    /// file, an external data file or extended L2 entries; [`Error::Io`].
     pub(super) fn open(file: File, backing_ok: bool) -> Result<Image, Error> {
         let file_len = file
             .metadata()
@@ -61,10 +101,28 @@ impl Image {
         read_exact_at(&file, &mut buf, 0, "reading the header")?;
         let header = Header::parse(&buf)?;
         check_supported(&header, backing_ok)?;
+        // Header::parse accepts compression types 0 and 1 only.
+        let compression = CompressionType::from_header(header.compression_type).unwrap_or_default();
         Ok(Image {
-            file,
+            file: Backing::File(file),
             file_len,
             header,
+            compression,
+        })
+    }
+
+    /// The image whose first bytes are `bytes` (every table among them; data clusters past
+    /// them are read by the caller): its header validated as by [`Image::open`].
+    pub(super) fn from_bytes(bytes: Vec<u8>, backing_ok: bool) -> Result<Image, Error> {
+        let head = &bytes[..bytes.len().min(V3_HEADER_LENGTH as usize)];
+        let header = Header::parse(head)?;
+        check_supported(&header, backing_ok)?;
+        let compression = CompressionType::from_header(header.compression_type).unwrap_or_default();
+        Ok(Image {
+            file_len: bytes.len() as u64,
+            file: Backing::Bytes(bytes),
+            header,
+            compression,
         })
     }
 
@@ -81,8 +139,7 @@ impl Image {
         }
         // Header::parse checked the name lies in cluster 0 and is at most 1023 bytes.
         let mut name = vec![0u8; h.backing_file_size as usize];
-        read_exact_at(
-            &self.file,
+        self.file.read_exact_at(
             &mut name,
             h.backing_file_offset,
             "reading the backing file name",
@@ -123,8 +180,7 @@ impl Image {
         // cluster_size is at most 2 MiB (MAX_CLUSTER_BITS), which bounds this buffer.
         let mut area = vec![0u8; (end - start) as usize];
         let in_file = self.file_len.clamp(start, end) - start;
-        read_exact_at(
-            &self.file,
+        self.file.read_exact_at(
             &mut area[..in_file as usize],
             start,
             "reading the header extensions",
@@ -142,7 +198,8 @@ impl Image {
         let len = u64::from(l1_size) * 8;
         self.check_in_file("L1 table", offset, len)?;
         let mut bytes = vec![0u8; len as usize];
-        read_exact_at(&self.file, &mut bytes, offset, "reading an L1 table")?;
+        self.file
+            .read_exact_at(&mut bytes, offset, "reading an L1 table")?;
         Ok(decode_be(&bytes))
     }
 
@@ -164,7 +221,7 @@ impl Image {
             ));
         }
         let available = (self.file_len - offset).min(buf.len() as u64) as usize;
-        read_exact_at(&self.file, &mut buf[..available], offset, op)?;
+        self.file.read_exact_at(&mut buf[..available], offset, op)?;
         buf[available..].fill(0);
         Ok(())
     }

@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 
 use super::image::Image;
-use super::inflate::inflate_cluster;
 use crate::bytes::{decode_be, BigEndian};
+use crate::compression::decompress_cluster;
 use crate::error::Error;
 use crate::format::table::{compressed_len, l1_entry_l2_offset, l1_entry_table, L2Entry};
 use crate::geometry::{guest_clusters, l2_entries};
@@ -38,8 +38,9 @@ pub enum ClusterMapping {
         /// Host byte offset of the cluster (cluster aligned).
         host_offset: u64,
     },
-    /// Deflate-compressed data starting at host byte `host_offset`, spanning the rest of its
-    /// 512-byte sector plus `additional_sectors` sectors.
+    /// Compressed data (deflate or zstd, by the image's `compression_type`) starting at host
+    /// byte `host_offset`, spanning the rest of its 512-byte sector plus `additional_sectors`
+    /// sectors.
     Compressed {
         /// Host byte offset of the first compressed byte.
         host_offset: u64,
@@ -240,15 +241,24 @@ impl LayerReader<'_> {
         Ok(())
     }
 
-    /// Inflates the raw deflate payload at `host` into `out` (one cluster). Like QEMU, exactly
-    /// one cluster must come out; trailing input bytes are ignored.
+    /// Decodes the payload at `host` into `out` (one cluster), by the image's compression
+    /// type. Like QEMU, exactly one cluster must come out; trailing input bytes are ignored.
     fn decompress(&self, host: u64, additional_sectors: u64, out: &mut [u8]) -> Result<(), Error> {
         let len =
             compressed_len(host, additional_sectors).min(self.image.file_len.saturating_sub(host));
         let mut input = vec![0u8; len as usize];
         self.image
             .read_host(&mut input, host, "reading a compressed cluster")?;
-        inflate_cluster(&input, out).map_err(|what| Error::corrupt(what, host))
+        self.inflate(host, &input, out)
+    }
+
+    /// Decompresses `input`, the compressed payload found at host byte `host` (as read: its
+    /// sector-rounded bytes), into `out` (one cluster), with this image's compression type
+    /// (deflate or zstd).
+    ///
+    /// Errors: [`Error::Corrupt`] for data that does not decompress to exactly one cluster.
+    pub(crate) fn inflate(&self, host: u64, input: &[u8], out: &mut [u8]) -> Result<(), Error> {
+        decompress_cluster(self.image.compression, input, out, host)
     }
 
     /// Reads `buf.len()` bytes of the guest disk at guest byte `offset`.

@@ -1,8 +1,8 @@
 //! The QCOW2 reader: any layer (active or internal snapshot) of v2/v3 images made by this crate
-//! or by QEMU, including deflate-compressed and zero clusters.
+//! or by QEMU, including deflate- and zstd-compressed clusters and zero clusters.
 //!
 //! Design: [`Reader::open`] validates the header, refuses features it cannot honour (encryption,
-//! backing file, external data file, extended L2, zstd), checks that the tables it uses lie
+//! backing file, external data file, extended L2), checks that the tables it uses lie
 //! inside the file, reads the snapshot table and the active L1 table. [`Reader::layer`] gives a
 //! [`LayerReader`] over one L1 table (a snapshot's is validated and read only then). All reads
 //! are positional (`read_exact_at`) and nothing is cached behind a lock, so a `Reader` and its
@@ -10,10 +10,9 @@
 //! before use and errors name the offset; corrupt input never panics.
 //!
 //! Files: `image.rs` (the file and its header, bounded reads), `snapshot_table.rs`,
-//! `layer.rs` ([`LayerReader`]), `inflate.rs` (compressed clusters).
+//! `layer.rs` ([`LayerReader`]); compressed clusters decode through `crate::compression`.
 
 mod image;
-mod inflate;
 mod layer;
 mod snapshot_table;
 
@@ -47,7 +46,7 @@ impl Reader {
     /// Opens an image from `file` (opened read-only by the caller).
     ///
     /// Errors: those of [`Header::parse`]; [`Error::Unsupported`] for encryption, a backing
-    /// file, an external data file, extended L2 entries or zstd compression;
+    /// file, an external data file or extended L2 entries;
     /// [`Error::Corrupt`] if the active L1 table, the refcount table or the snapshot table is
     /// outside the file; [`Error::Limit`] for an oversized snapshot table; [`Error::Io`].
     pub fn open(file: File) -> Result<Reader, Error> {
@@ -69,6 +68,31 @@ impl Reader {
     /// Errors: [`Error::Io`] reading cluster 0.
     pub fn backing_file(&self) -> Result<Option<String>, Error> {
         self.image.backing_file()
+    }
+
+    /// Opens the image whose first bytes are `bytes`, which hold its header and every table it
+    /// uses (an image arriving on a stream, `crate::stream`); a backing file is allowed. Its
+    /// layers give every mapping; reading data past `bytes` is the caller's.
+    ///
+    /// Errors: as [`Reader::open_with_backing`], a table outside `bytes` being corrupt.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Result<Reader, Error> {
+        Reader::open_image(Image::from_bytes(bytes, true)?)
+    }
+
+    /// The bytes a reader made by [`Reader::from_bytes`] holds (empty for a file).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self.image.file {
+            image::Backing::Bytes(b) => b,
+            image::Backing::File(_) => &[],
+        }
+    }
+
+    /// The bytes a reader made by [`Reader::from_bytes`] holds (empty for a file), given up.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        match self.image.file {
+            image::Backing::Bytes(b) => b,
+            image::Backing::File(_) => Vec::new(),
+        }
     }
 
     fn open_image(image: Image) -> Result<Reader, Error> {
@@ -115,6 +139,12 @@ impl Reader {
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         self.image.header.cluster_size()
+    }
+
+    /// How the image's compressed clusters are compressed (the header's `compression_type`;
+    /// deflate for v2 and for headers without the field).
+    pub fn compression_type(&self) -> crate::CompressionType {
+        self.image.compression
     }
 
     /// Size of the image file in bytes (when opened).
@@ -186,7 +216,9 @@ impl Reader {
     pub(crate) fn read_bytes(&self, offset: u64, len: u64, op: &str) -> Result<Vec<u8>, Error> {
         self.image.check_in_file(op, offset, len)?;
         let mut buf = vec![0u8; len as usize];
-        crate::io::read_exact_at(&self.image.file, &mut buf, offset, "reading image metadata")?;
+        self.image
+            .file
+            .read_exact_at(&mut buf, offset, "reading image metadata")?;
         Ok(buf)
     }
 

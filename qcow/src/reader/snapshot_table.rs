@@ -2,13 +2,11 @@
 //! before anything is allocated: the entry count (by the header), each entry's extra data and
 //! the whole table's size.
 
-use std::fs::File;
-
+use super::image::Backing;
 use crate::error::Error;
 use crate::format::header::Header;
 use crate::format::snapshot::{RawSnapshotEntry, SnapshotInfo};
 use crate::geometry::MAX_SNAPSHOT_TABLE_BYTES;
-use crate::io::read_exact_at;
 
 /// A snapshot table entry and its byte extent in the file (start, end before padding).
 pub(super) type EntryWithExtent = (SnapshotInfo, (u64, u64));
@@ -18,7 +16,7 @@ pub(super) type EntryWithExtent = (SnapshotInfo, (u64, u64));
 /// Errors: [`Error::Corrupt`] if an entry lies outside the file; [`Error::Limit`] for extra data
 /// over 1024 bytes or a table over 64 MiB; [`Error::Io`].
 pub(super) fn read_snapshot_table(
-    file: &File,
+    file: &Backing,
     header: &Header,
     file_len: u64,
 ) -> Result<Vec<EntryWithExtent>, Error> {
@@ -42,7 +40,7 @@ pub(super) fn read_snapshot_table(
 /// Reads entry `index` at `offset`; returns it and the offset just past it (before padding).
 /// v3 entries should carry ≥ 16 bytes of extra data; shorter ones are tolerated when reading.
 fn read_entry(
-    file: &File,
+    file: &Backing,
     offset: u64,
     file_len: u64,
     index: u32,
@@ -58,7 +56,7 @@ fn read_entry(
         .filter(|&e| e <= file_len)
         .ok_or_else(past_the_end)?;
     let mut fixed = [0u8; RawSnapshotEntry::LEN];
-    read_exact_at(file, &mut fixed, offset, "reading snapshot table entry")?;
+    file.read_exact_at(&mut fixed, offset, "reading snapshot table entry")?;
     let raw = RawSnapshotEntry::decode(&fixed);
     let var_len = raw.var_len(index, offset)?;
     let end = fixed_end + var_len as u64;
@@ -66,6 +64,6 @@ fn read_entry(
         return Err(past_the_end());
     }
     let mut var = vec![0u8; var_len];
-    read_exact_at(file, &mut var, fixed_end, "reading snapshot table entry")?;
+    file.read_exact_at(&mut var, fixed_end, "reading snapshot table entry")?;
     Ok((SnapshotInfo::decode(&raw, &var), end))
 }

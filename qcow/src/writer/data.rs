@@ -136,8 +136,10 @@ impl Writer {
     }
 
     /// Like [`Writer::write_clusters`], but each cluster whose content equals the cluster `base`
-    /// maps at the same guest cluster is shared with it ([`Writer::share_cluster`]) instead of
-    /// written: older states of an "inverted chain" then store only the clusters that differ.
+    /// maps at the same guest cluster is shared with it instead of written (a normal cluster
+    /// by [`Writer::share_cluster`], a compressed one by [`Writer::share_base_cluster`], its
+    /// payload decoded to compare guest bytes): older states of an "inverted chain" then store
+    /// only the clusters that differ.
     ///
     /// Errors: those of `write_clusters`, plus [`Error::InvalidArgument`] if `base` is unknown
     /// or equals `state`.
@@ -159,15 +161,36 @@ impl Writer {
         self.check_guest_range(s, GuestCluster(guest_cluster), count)?;
         let c = self.cluster_size() as usize;
         let mut base_hosts = Vec::with_capacity(count as usize);
+        let mut compressed = Vec::new();
         for i in 0..count {
-            base_hosts.push(self.lookup(base, guest_cluster + i)?);
+            let host = match self.entry_of(base, guest_cluster + i)? {
+                L2Entry::Normal { host } => Some(HostCluster::of_offset(host, self.cluster_bits)),
+                L2Entry::Compressed { .. } => {
+                    compressed.push(i as usize);
+                    None
+                }
+                _ => None,
+            };
+            base_hosts.push(host);
         }
-        let same = self.compare_with_base(&base_hosts, data)?;
+        let mut same = self.compare_with_base(&base_hosts, data)?;
+        for &i in &compressed {
+            let stored = self.stored_cluster(base, guest_cluster + i as u64)?;
+            same[i] = match stored {
+                Some(st) => st.holds(&data[i * c..(i + 1) * c])?,
+                None => false,
+            };
+        }
         let mut i = 0usize;
         while i < count as usize {
             let g = guest_cluster + i as u64;
-            if let (true, Some(host)) = (same[i], base_hosts[i]) {
-                self.share_cluster(state, g, host)?;
+            if same[i] {
+                match base_hosts[i] {
+                    Some(host) => self.share_cluster(state, g, host)?,
+                    None => {
+                        self.share_base_cluster(state, g, base)?;
+                    }
+                }
                 i += 1;
                 continue;
             }

@@ -15,6 +15,7 @@ use std::fs::File;
 use super::state::{L1Slot, State};
 use super::{RefcountChunks, Writer, WriterSummary};
 use crate::bytes::encode_be;
+use crate::compression::{CompressionType, PayloadPacker};
 use crate::error::Error;
 use crate::format::header::Header;
 use crate::format::table::{encode_l1_entry, l1_entry_table};
@@ -42,6 +43,9 @@ impl Writer {
             extensions: Vec::new(),
             backing: None,
             summary: WriterSummary::default(),
+            // Header::parse accepts compression types 0 and 1 only.
+            compression: CompressionType::from_header(header.compression_type).unwrap_or_default(),
+            packer: PayloadPacker::new(),
             editing: true,
         }
     }

@@ -9,9 +9,12 @@
 
 use super::{Writer, WriterSummary};
 use crate::bytes::encode_be;
+use crate::compression::CompressionType;
 use crate::error::Error;
 use crate::format::extension;
-use crate::format::header::{Header, V2_HEADER_LENGTH, V3_HEADER_LENGTH};
+use crate::format::header::{
+    Header, INCOMPAT_COMPRESSION_TYPE, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
+};
 use crate::format::refcount::{refcount_structure_clusters, DEFAULT_REFCOUNT_ORDER};
 use crate::format::snapshot::{encode_entry, validate_specs, SnapshotSpec};
 use crate::format::table::{encode_l1_entry, without_copied};
@@ -113,8 +116,10 @@ impl Writer {
         Ok(head)
     }
 
-    /// The header of this image with every table offset and count still 0.
+    /// The header of this image with every table offset and count still 0. A zstd image has
+    /// `compression_type` 1 and incompatible bit 3, as QEMU sets them (spec "Header").
     fn header_without_tables(&self) -> Header {
+        let zstd = self.compression == CompressionType::Zstd;
         Header {
             version: self.version,
             cluster_bits: self.cluster_bits,
@@ -125,7 +130,7 @@ impl Writer {
             refcount_table_clusters: 0,
             nb_snapshots: 0,
             snapshots_offset: 0,
-            incompatible_features: 0,
+            incompatible_features: if zstd { INCOMPAT_COMPRESSION_TYPE } else { 0 },
             compatible_features: 0,
             autoclear_features: 0,
             refcount_order: DEFAULT_REFCOUNT_ORDER,
@@ -134,7 +139,7 @@ impl Writer {
             } else {
                 V2_HEADER_LENGTH
             },
-            compression_type: 0,
+            compression_type: self.compression.header_value(),
             backing_file_offset: 0,
             backing_file_size: 0,
             crypt_method: 0,

@@ -12,7 +12,8 @@
 //! and finally the header. Every state is counted as referenced by exactly one L1 table until
 //! `finish`, which adjusts the counts of states used zero or several times.
 //!
-//! Files: `state.rs` (per-state bookkeeping), `data.rs` (guest clusters), `tables.rs` (L2
+//! Files: `state.rs` (per-state bookkeeping), `data.rs` (guest clusters), `compressed.rs`
+//! (compressed guest clusters, clusters shared whatever the base stores), `tables.rs` (L2
 //! windows and tables), `finish.rs` (everything after the last data cluster), `refcounts.rs`
 //! (the cluster allocator), `free_runs.rs` (free clusters of an existing image), `edit.rs`
 //! (what the editor needs: a writer over an existing image and its snapshots as states).
@@ -21,6 +22,7 @@
 //! no host cluster, no refcount, never COPIED. They are kept as such in windows and compare
 //! equal across states, so tables holding them stay shareable.
 
+mod compressed;
 mod data;
 mod edit;
 mod finish;
@@ -31,9 +33,11 @@ mod tables;
 
 use std::fs::File;
 
+pub use compressed::StoredCluster;
 pub(crate) use refcounts::RefcountChunks;
 use state::State;
 
+use crate::compression::{CompressionType, PayloadPacker};
 use crate::error::Error;
 use crate::format::extension::{self, HeaderExtension};
 use crate::format::header::V3_HEADER_LENGTH;
@@ -61,8 +65,10 @@ pub struct WriterOptions {
 pub struct WriterSummary {
     /// Final file size in bytes.
     pub file_size: u64,
-    /// Host data clusters written.
+    /// Host data clusters written uncompressed.
     pub data_clusters: u64,
+    /// Guest clusters written compressed ([`Writer::write_compressed_cluster`]).
+    pub compressed_clusters: u64,
     /// Guest clusters mapped to an already written data cluster instead of a new one
     /// ([`Writer::share_cluster`] and the matches of [`Writer::write_clusters_dedup`]).
     pub shared_data_refs: u64,
@@ -105,6 +111,10 @@ pub struct Writer {
     /// "Backing file format name").
     backing: Option<(String, String)>,
     summary: WriterSummary,
+    /// The image's compression type (header `compression_type`).
+    compression: CompressionType,
+    /// Where the next compressed payload goes.
+    packer: PayloadPacker,
     /// Adding states to an existing image (`Writer::in_place`, for the editor): `finish` is
     /// refused, the editor commits.
     editing: bool,
@@ -164,6 +174,8 @@ impl Writer {
             extensions: Vec::new(),
             backing: None,
             summary: WriterSummary::default(),
+            compression: CompressionType::Deflate,
+            packer: PayloadPacker::new(),
             editing: false,
         })
     }

@@ -6,7 +6,7 @@ use super::state::{hash_entries, L1Slot, OpenWindow, State};
 use super::Writer;
 use crate::bytes::{decode_be, encode_be};
 use crate::error::Error;
-use crate::format::table::{data_cluster, set_copied, standard_cluster, without_copied, L2Entry};
+use crate::format::table::{set_copied, standard_cluster, without_copied, L2Entry};
 use crate::types::{GuestCluster, HostCluster, StateId};
 
 impl Writer {
@@ -22,6 +22,22 @@ impl Writer {
         state: StateId,
         guest_cluster: u64,
     ) -> Result<Option<HostCluster>, Error> {
+        Ok(match self.entry_of(state, guest_cluster)? {
+            L2Entry::Normal { host } => Some(HostCluster::of_offset(host, self.cluster_bits)),
+            _ => None,
+        })
+    }
+
+    /// The decoded L2 entry of `guest_cluster` in `state` (its open window, or its finished
+    /// table, read back; one table is cached).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an unknown state or a guest cluster past the end
+    /// of the disk; [`Error::Corrupt`] for an invalid entry; [`Error::Io`].
+    pub(super) fn entry_of(
+        &mut self,
+        state: StateId,
+        guest_cluster: u64,
+    ) -> Result<L2Entry, Error> {
         let s = self.state_index(state)?;
         let g = GuestCluster(guest_cluster);
         if g.0 >= self.guest_clusters {
@@ -33,15 +49,15 @@ impl Writer {
         let (l1_index, i) = g.table_indices(self.cluster_bits);
         let l1_index = l1_index as u32;
         let st = &self.states[s];
-        let entry = match (&st.open, st.slot(l1_index)) {
-            (Some(w), _) if w.l1_index == l1_index => w.entries[i],
+        let (raw, at) = match (&st.open, st.slot(l1_index)) {
+            (Some(w), _) if w.l1_index == l1_index => (w.entries[i], 0),
             (_, Some(slot)) => {
                 let offset = slot.l2_offset;
-                self.read_l2_cached(offset)?[i]
+                (self.read_l2_cached(offset)?[i], offset + 8 * i as u64)
             }
-            _ => 0,
+            _ => (0, 0),
         };
-        Ok(data_cluster(entry).map(|host| HostCluster::of_offset(host, self.cluster_bits)))
+        L2Entry::decode(raw, self.cluster_bits, self.version, at)
     }
 
     pub(super) fn read_l2_cached(&mut self, offset: u64) -> Result<&[u64], Error> {

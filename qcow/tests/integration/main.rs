@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compressed;
 mod editor_append;
 mod editor_faults;
 mod editor_qemu;
@@ -20,6 +21,7 @@ mod reader_qemu;
 mod robustness;
 mod snapshots_qemu;
 mod stats_shared;
+mod stream;
 mod writer_api;
 mod writer_qemu;
 mod zero_clusters;

@@ -225,6 +225,42 @@ fn compare_cluster(
     Ok(())
 }
 
+/// The second pass of a delta written as a QCOW2 stream: TO's bytes of the guest byte ranges
+/// `need` (whole clusters the first pass found changed) handed to `sink` again, cluster by
+/// cluster as [`compare_run`] hands them (its copy set's blocks, zeros elsewhere, clipped to
+/// the disk), read in batches of about 2 MiB.
+///
+/// # Errors
+/// Read errors of TO; errors of the sink.
+pub(super) fn write_again(
+    g: &Geometry,
+    need: &[Range<u64>],
+    (to, to_set): (&dyn BlockView, &BlockSet),
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    sink.begin_state()?;
+    let per = (BATCH_BYTES / g.cluster).max(1);
+    let mut buf = Vec::new();
+    for r in need {
+        let (mut c, end) = (r.start / g.cluster, r.end.div_ceil(g.cluster));
+        while c < end {
+            let n = per.min(end - c);
+            let blocks = g.blocks(c..c + n);
+            buf.resize(((blocks.end - blocks.start) * g.block) as usize, 0);
+            read_state(to, to_set, blocks.clone(), g.block, &mut buf)?;
+            for k in c..c + n {
+                let cb = g.blocks(k..k + 1);
+                let at = ((cb.start - blocks.start) * g.block) as usize;
+                let len = ((cb.end - cb.start) * g.block) as usize;
+                let keep = ((g.size - k * g.cluster).min(g.cluster) as usize).min(len);
+                sink.write(k * g.cluster, &buf[at..at + keep])?;
+            }
+            c += n;
+        }
+    }
+    sink.end_state()
+}
+
 /// Blocks of `runs` inside `blocks`.
 fn covered(runs: &[Range<u64>], blocks: Range<u64>) -> u64 {
     runs.iter()

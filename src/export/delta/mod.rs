@@ -25,7 +25,7 @@ use crate::qcow_view::{choose_layer, QcowView};
 use crate::record::{ExportRecord, EXT_EXPORT_RECORD};
 use crate::sink::{self, QcowOptions, Table, Target};
 use anyhow::{bail, Context, Result};
-use compare::{cluster_runs, compare_run, Diff, Geometry, Oracle};
+use compare::{cluster_runs, compare_run, write_again, Diff, Geometry, Oracle};
 use ext::{BlockView, FileView, Filesystem, OpenOptions, WalkOptions};
 use qcow::{Layer, Reader, Version};
 use sha2::Digest;
@@ -217,6 +217,9 @@ fn compare_states(
             Found::Warning(w) => warnings.push(w),
         }
     }
+    // A QCOW2 stream plans first: the comparison runs once, fills the record, and the
+    // clusters that differ are read again from TO to follow the tables (`write_again`).
+    let two = out.sink.two_passes(1);
     out.sink.begin_state()?;
     let mut diff = Diff::default();
     for run in cluster_runs(&geo, &from_walk.blocks, &to_walk.blocks) {
@@ -233,6 +236,11 @@ fn compare_states(
         &diff,
     );
     let table = record_table(&record);
+    if two {
+        let needs = out.sink.plan(&table)?;
+        let need = needs.first().map_or(&[][..], |n| n.as_slice());
+        write_again(&geo, need, (to, &to_walk.blocks), out.sink.as_mut())?;
+    }
     notes.extend(out.complete(&table, plan.sync())?.notes);
     warnings.extend(from_walk.warnings);
     warnings.extend(to_walk.warnings);
@@ -342,6 +350,9 @@ fn delta_target<V: BlockView>(
     };
     let backing = match (&d.backing, plan.output()) {
         (Some(b), crate::plan::Output::File(out)) => Some(backing_of(b, out, from_fingerprint)?),
+        (Some(b), crate::plan::Output::Stdout) => {
+            Some(backing_of(b, Path::new("-"), from_fingerprint)?)
+        }
         _ => None,
     };
     Ok(Target {
@@ -351,6 +362,7 @@ fn delta_target<V: BlockView>(
             version: Version::V3,
             extensions: vec![(EXT_EXPORT_RECORD, record.encode().to_vec())],
             backing,
+            compression: plan.compress().map(|c| c.compression),
         },
     })
 }

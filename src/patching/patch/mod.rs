@@ -93,6 +93,40 @@ impl PatchWriter {
         Ok(())
     }
 
+    /// Lays the new bytes of the runs added so far over `buf`, which holds the target's bytes
+    /// at byte `offset` of the target (the goal as far as the patch knows it; holes of
+    /// all-zero new bytes read as zeros).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn read_new(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = self.block_size;
+        let end = offset + buf.len() as u64;
+        let i = self
+            .runs
+            .partition_point(|r| (r.first_block + r.nb_blocks) * bs <= offset);
+        for r in self.runs[i..]
+            .iter()
+            .take_while(|r| r.first_block * bs < end)
+        {
+            let (rs, re) = (r.first_block * bs, (r.first_block + r.nb_blocks) * bs);
+            let (s, e) = (rs.max(offset), re.min(end));
+            let part = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            let at = r.data_offset + r.nb_blocks * bs + (s - rs);
+            let mut got = 0;
+            while got < part.len() {
+                match self.file.read_at(&mut part[got..], at + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e).context("cannot read the patch back"),
+                }
+            }
+            part[got..].fill(0); // a hole past the end written so far
+        }
+        Ok(())
+    }
+
     /// Writes `data` at byte `at`, or leaves a hole there when it is all zeros (the discards of
     /// a delta: reading the hole gives the same bytes, and the file stays small). The tables
     /// written last always extend the file past every hole.

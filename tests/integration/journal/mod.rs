@@ -9,6 +9,8 @@
 //! `s_kbytes_written`, their `_hi` bytes, the checksum) are masked before comparing.
 
 mod export;
+mod fast_commits;
+mod orphans;
 mod special;
 mod targets;
 

@@ -56,10 +56,12 @@ fn corrupt_journals_are_reported_and_the_rest_exported() {
 }
 
 /// A filesystem with fast commits pending for the end of its block log: a fast-commit block
-/// (HEAD, ADD_RANGE naming block `x`, TAIL) written by hand into the area; `x` holds bytes no
-/// walk would copy.
+/// (HEAD, ADD_RANGE naming block `x`, TAIL with the crc32c of the tags) written by hand into
+/// the area; `x` holds bytes no walk would copy. The ADD_RANGE names an inode the block log
+/// deletes: the kernel's replay skips it, so `--replay` equals the block-level replay. With a
+/// bad tail checksum the kernel's recovery fails: `--replay` says so.
 #[test]
-fn fast_commits_are_copied_and_not_replayed() {
+fn fast_commits_are_copied_and_replayed() {
     if unavailable() {
         return;
     }
@@ -99,8 +101,14 @@ fn fast_commits_are_copied_and_not_replayed() {
     range.extend(0u16.to_le_bytes());
     range.extend((x as u32).to_le_bytes());
     fc.extend(tl(1, &range));
-    fc.extend(tl(8, &[&end.to_le_bytes()[..], &[0u8; 4][..]].concat()));
-    write_at(&d.img, journal_block(&d.img, maxlen - nfc + 1) * bs, &fc);
+    // The tail fills the block; its crc covers the tags and the tail's tid.
+    fc.extend(8u16.to_le_bytes());
+    fc.extend(((d.bs - fc.len() - 2) as u16).to_le_bytes());
+    fc.extend(end.to_le_bytes());
+    let crc = !crc32c::crc32c_append(!0, &fc);
+    fc.extend(crc.to_le_bytes());
+    let at = journal_block(&d.img, maxlen - nfc + 1) * bs;
+    write_at(&d.img, at, &fc);
     let sha = crate::common::sha256(&d.img);
     let faithful = dir.join("faithful.raw");
     expect(&[&"-r", &d.img, &faithful], 0);
@@ -110,9 +118,12 @@ fn fast_commits_are_copied_and_not_replayed() {
         "the named block is copied"
     );
     let replayed = dir.join("replayed.raw");
-    let o = run(&[&"-r", &"--replay", &d.img, &replayed]);
-    assert_eq!(code(&o), 3, "{}", stderr(&o));
-    assert!(stderr(&o).contains("fast commits"), "{}", stderr(&o));
+    let o = expect(&[&"-r", &"--replay", &d.img, &replayed], 0);
+    assert!(
+        stderr(&o).contains("3 fast-commit tags were replayed"),
+        "{}",
+        stderr(&o)
+    );
     // The oracle was replayed before FAST_COMMIT was set: the journal superblock differs in
     // s_feature_incompat alone.
     let bad = differing(&replayed, &d.oracle, false, d.bs);
@@ -126,6 +137,18 @@ fn fast_commits_are_copied_and_not_replayed() {
         ours == theirs,
         "the journal superblock differs beyond s_feature_incompat"
     );
+    // A bad tail checksum: the kernel's recovery fails; the block journal is still replayed.
+    write_at(&d.img, at + fc.len() as u64 - 4, &(!crc).to_le_bytes());
+    let o = run(&[&"-r", &"--replay", &d.img, &replayed]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the kernel's recovery fails"),
+        "{}",
+        stderr(&o)
+    );
+    let bad = differing(&replayed, &d.oracle, false, d.bs);
+    assert!(bad.iter().all(|&b| b == jsb / bs), "blocks {bad:?} differ");
+    write_at(&d.img, at + fc.len() as u64 - 4, &crc.to_le_bytes());
     assert_eq!(crate::common::sha256(&d.img), sha);
 }
 

@@ -11,6 +11,7 @@
 
 mod corpus;
 mod corrupt;
+pub(crate) mod fast_commit;
 mod scenarios;
 mod special;
 
@@ -28,7 +29,7 @@ pub(super) const TOOLS: [&str; 3] = ["mke2fs", "debugfs", "e2fsck"];
 
 /// True if [`TOOLS`] are installed; otherwise a visible skip (a panic under `CI=true`) and
 /// false: the caller returns.
-pub(super) fn tools() -> bool {
+pub(crate) fn tools() -> bool {
     require(&TOOLS)
 }
 
