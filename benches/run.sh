@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
-# and prints the ratios the project targets (docs: README.md, "Performance").
+# and prints the ratios the project targets (docs: docs/performance.md).
 #
 #   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal|stream|compress]
 #

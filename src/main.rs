@@ -18,7 +18,8 @@
 //!    kind; sinks only write), `patching` (changing a target in place through a patch file:
 //!    what rollback and apply share);
 //! 4. the pipelines: `export` (export, QCOW2 → raw, archive append), `snapshots` (listing),
-//!    `prune` (archive retention), `rollback`, `apply` (a delta replayed onto a replica);
+//!    `prune` (archive retention), `rollback`, `apply` (a delta replayed onto a replica),
+//!    `manual` (the manual page and shell completions, from `cli`'s definition);
 //! 5. `main`: parse, plan, run, exit status (0 complete, 1 failed, 2 usage error, 3 complete
 //!    with reported skips, 128 + N interrupted by signal N).
 //!
@@ -34,6 +35,7 @@ mod copy;
 mod delta_record;
 mod exit;
 mod export;
+mod manual;
 mod patching;
 mod plan;
 mod probe;
@@ -83,6 +85,8 @@ fn main() {
             },
             Err(UsageError(m)) => usage_error(&m, args.json, PRUNE_USAGE),
         },
+        Some(cli::Command::Man) => manual::print_man(),
+        Some(cli::Command::Completions(args)) => manual::print_completions(args),
         None => match ExportPlan::from_args(&cli.export) {
             Ok(plan) => export(&plan),
             Err(e) => match e.downcast_ref::<UsageError>() {

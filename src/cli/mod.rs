@@ -2,14 +2,16 @@
 //!
 //! `e2image-rs -Q|-r [options] SOURCE OUT` exports; `e2image-rs snapshots IMAGE` lists the
 //! states stored in a QCOW2 image; `e2image-rs rollback` writes one back onto a device;
-//! `e2image-rs apply` replays a delta onto a replica. Usage errors exit with status 2 (clap's
-//! default).
+//! `e2image-rs apply` replays a delta onto a replica; `man` and `completions` print the manual
+//! page and shell completions (`package`). Usage errors exit with status 2 (clap's default).
 
 mod apply;
+mod package;
 mod patch;
 
 pub use apply::ApplyArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use package::{CompletionsArgs, EXIT_STATUS_HELP};
 pub use patch::PatchArgs;
 use std::path::PathBuf;
 
@@ -19,7 +21,8 @@ use std::path::PathBuf;
     name = "e2image-rs",
     version,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    after_help = EXIT_STATUS_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,6 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List the states (internal snapshots) of a QCOW2 image with their shared and own clusters.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Snapshots {
         /// The QCOW2 image.
         image: PathBuf,
@@ -41,13 +45,20 @@ pub enum Command {
     },
     /// Write one state of a QCOW2 image back onto the device (or image file) holding the same
     /// filesystem, atomically in effect, through a rollback patch file.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Rollback(RollbackArgs),
     /// Remove states of an archive by a retention policy (restic's --keep-* rules), in place;
     /// freed space is reused by later appends and returned to the filesystem.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Prune(PruneArgs),
     /// Replay a delta (`-x FROM..TO`) onto a device or image file holding FROM, so that it
     /// holds TO, crash-safely through a patch file.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Apply(ApplyArgs),
+    /// Print the manual page e2image-rs(1), roff, on standard output (`e2image-rs man | man -l -`).
+    Man,
+    /// Print a shell completion script on standard output (bash, zsh, fish).
+    Completions(CompletionsArgs),
 }
 
 /// `e2image-rs prune ARCHIVE --keep-* N... [--dry-run] [--json]`.
@@ -70,22 +81,22 @@ pub struct PruneArgs {
 #[derive(Args, Debug, Default, Clone)]
 pub struct KeepArgs {
     /// Keep the N newest states.
-    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    #[arg(help_heading = "Retention", long, value_name = "N", value_parser = parse_keep)]
     pub keep_last: Option<u32>,
     /// For the last N hours that have states, keep the newest state of each hour.
-    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    #[arg(help_heading = "Retention", long, value_name = "N", value_parser = parse_keep)]
     pub keep_hourly: Option<u32>,
     /// For the last N days that have states, keep the newest state of each day.
-    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    #[arg(help_heading = "Retention", long, value_name = "N", value_parser = parse_keep)]
     pub keep_daily: Option<u32>,
     /// For the last N weeks (Monday to Sunday) that have states, keep the newest of each week.
-    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    #[arg(help_heading = "Retention", long, value_name = "N", value_parser = parse_keep)]
     pub keep_weekly: Option<u32>,
     /// For the last N months that have states, keep the newest state of each month.
-    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    #[arg(help_heading = "Retention", long, value_name = "N", value_parser = parse_keep)]
     pub keep_monthly: Option<u32>,
     /// For the last N years that have states, keep the newest state of each year.
-    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    #[arg(help_heading = "Retention", long, value_name = "N", value_parser = parse_keep)]
     pub keep_yearly: Option<u32>,
 }
 
@@ -154,80 +165,85 @@ pub enum CompressionKind {
 #[group(id = "export")]
 pub struct ExportArgs {
     /// Write a QCOW2 image.
-    #[arg(short = 'Q', conflicts_with = "raw")]
+    #[arg(help_heading = "Export", short = 'Q', conflicts_with = "raw")]
     pub qcow2: bool,
     /// Write a raw sparse image (or convert a QCOW2 SOURCE to raw).
-    #[arg(short = 'r')]
+    #[arg(help_heading = "Export", short = 'r')]
     pub raw: bool,
     /// Include file data: every block referenced by an in-use inode (also `-a`, as in e2image).
-    #[arg(short = 'd', visible_short_alias = 'a')]
+    #[arg(help_heading = "Export", short = 'd', visible_short_alias = 'a')]
     pub data: bool,
     /// Show a progress bar on stderr (only when stderr is a terminal).
-    #[arg(short = 'p')]
+    #[arg(help_heading = "Export", short = 'p')]
     pub progress: bool,
     /// Open the filesystem through the backup superblock at this block number.
-    #[arg(short = 'b', value_name = "SUPERBLOCK")]
+    #[arg(help_heading = "Export", short = 'b', value_name = "SUPERBLOCK")]
     pub superblock: Option<u64>,
     /// Block size in bytes to read the backup superblock with (requires -b).
-    #[arg(short = 'B', value_name = "BLOCKSIZE", requires = "superblock")]
+    #[arg(
+        help_heading = "Export",
+        short = 'B',
+        value_name = "BLOCKSIZE",
+        requires = "superblock"
+    )]
     pub block_size: Option<u32>,
     /// The filesystem starts at this byte offset of SOURCE (a partition inside a disk image),
     /// as e2image's -o.
-    #[arg(short = 'o', value_name = "SRC_OFFSET", value_parser = parse_offset)]
+    #[arg(help_heading = "Export", short = 'o', value_name = "SRC_OFFSET", value_parser = parse_offset)]
     pub src_offset: Option<u64>,
     /// Write the raw image at this byte offset of OUT (-r only), as e2image's -O.
-    #[arg(short = 'O', value_name = "DST_OFFSET", value_parser = parse_offset)]
+    #[arg(help_heading = "Export", short = 'O', value_name = "DST_OFFSET", value_parser = parse_offset)]
     pub dest_offset: Option<u64>,
     /// Image a source that is mounted read-write (the image may be inconsistent).
-    #[arg(short = 'f')]
+    #[arg(help_heading = "Export", short = 'f')]
     pub force: bool,
     /// QCOW2 cluster size in bytes (power of two, 512 to 2 MiB).
-    #[arg(long, value_name = "BYTES", value_parser = parse_cluster_size)]
+    #[arg(help_heading = "QCOW2 output", long, value_name = "BYTES", value_parser = parse_cluster_size)]
     pub cluster_size: Option<u64>,
     /// Compress the QCOW2 image's clusters as `qemu-img convert -c` does (each cluster on its
     /// own; one that does not get smaller is stored plain; zero clusters stay zero clusters),
     /// on all cores. Larger clusters compress better (e.g. --cluster-size 65536, QEMU's
     /// default). With --append, new clusters use the archive's compression type.
-    #[arg(short = 'c')]
+    #[arg(help_heading = "Compression", short = 'c')]
     pub compress: bool,
     /// With -c: zlib (deflate, the default, what QEMU reads everywhere) or zstd (faster,
     /// QEMU 5.1 and later, --compat 1.1).
-    #[arg(long, value_enum, value_name = "TYPE")]
+    #[arg(help_heading = "Compression", long, value_enum, value_name = "TYPE")]
     pub compression_type: Option<CompressionKind>,
     /// With -c: the level, zlib 1 to 9 (default 6, QEMU's), zstd 1 to 19 (default 3, QEMU's).
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Compression", long, value_name = "N")]
     pub compression_level: Option<u32>,
     /// QCOW2 version: 0.10 (v2) or 1.1 (v3).
-    #[arg(long, value_enum, default_value = "1.1")]
+    #[arg(help_heading = "QCOW2 output", long, value_enum, default_value = "1.1")]
     pub compat: Compat,
     /// Flush the image to stable storage before renaming it over OUT, so that it survives a
     /// power failure (e2image never does; qemu-img convert does).
-    #[arg(long)]
+    #[arg(help_heading = "Export", long)]
     pub sync: bool,
     /// Print a JSON summary on stdout.
-    #[arg(long)]
+    #[arg(help_heading = "Export", long)]
     pub json: bool,
     /// An older point-in-time image of the same filesystem (an LVM or dm snapshot, an earlier
     /// -r or -ra dump), stored as a QCOW2 internal snapshot; repeat, oldest first.
-    #[arg(long = "snapshot", value_name = "IMAGE", conflicts_with_all = ["raw", "fs_snapshots", "from_snapshot"])]
+    #[arg(help_heading = "States", long = "snapshot", value_name = "IMAGE", conflicts_with_all = ["raw", "fs_snapshots", "from_snapshot"])]
     pub snapshots: Vec<PathBuf>,
     /// Store the filesystem's own snapshots (next3 / ext4-snapshots) as QCOW2 internal snapshots.
-    #[arg(long, conflicts_with_all = ["raw", "from_snapshot"])]
+    #[arg(help_heading = "States", long, conflicts_with_all = ["raw", "from_snapshot"])]
     pub fs_snapshots: bool,
     /// Export one snapshot instead of the current state: an in-filesystem snapshot (by name or
     /// id), or an internal snapshot of a QCOW2 SOURCE.
-    #[arg(long, value_name = "NAME")]
+    #[arg(help_heading = "States", long, value_name = "NAME")]
     pub from_snapshot: Option<String>,
     /// Leave the blocks of in-filesystem snapshot files out of the current state.
-    #[arg(long)]
+    #[arg(help_heading = "States", long)]
     pub no_snapshots: bool,
     /// Name of the state: with --append the new state's (default: the export time, e.g.
     /// 2026-11-29T20:18:39Z); without it, OUT is created as an archive whose only state is NAME.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["snapshots", "fs_snapshots"])]
+    #[arg(help_heading = "Archive", long, value_name = "NAME", conflicts_with_all = ["snapshots", "fs_snapshots"])]
     pub name: Option<String>,
     /// Add SOURCE's current state to the existing archive OUT, in place, as its newest state;
     /// only what changed since the archive's newest state is written.
-    #[arg(long, conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot"])]
+    #[arg(help_heading = "Archive", long, conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot"])]
     pub append: bool,
     /// Retention after an append (see `e2image-rs prune`).
     #[command(flatten)]
@@ -236,25 +252,25 @@ pub struct ExportArgs {
     /// snapshot of a QCOW2 SOURCE or a filesystem snapshot (by name or id), or `current`;
     /// FROM alone means FROM..current. Only clusters that differ are stored; blocks FROM used
     /// and TO frees read as zeros.
-    #[arg(short = 'x', value_name = "FROM[..TO]", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name", "base"])]
+    #[arg(help_heading = "Delta", short = 'x', value_name = "FROM[..TO]", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name", "base"])]
     pub delta: Option<String>,
     /// Write a delta from BASE, another image of the same filesystem (a raw image, a QCOW2
     /// export's active state, or IMAGE.qcow2@SNAPSHOT), to SOURCE's current state.
-    #[arg(long, value_name = "BASE", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name"])]
+    #[arg(help_heading = "Delta", long, value_name = "BASE", conflicts_with_all = ["raw", "snapshots", "fs_snapshots", "from_snapshot", "append", "name"])]
     pub base: Option<PathBuf>,
     /// Record FILE, a full export (raw or QCOW2) of the delta's FROM state, as the delta's
     /// backing file, so that QEMU reads the delta as state TO; stored relative to the delta.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Delta", long, value_name = "FILE")]
     pub backing: Option<PathBuf>,
     /// Write the replayed state of a filesystem whose journal needs recovery (built in memory
     /// from the journal and the disk; the source is never written): as after `e2fsck -E
     /// journal_only`. Without it the image holds the blocks as they are on disk, the whole
     /// journal and every block the replay needs.
-    #[arg(long)]
+    #[arg(help_heading = "Journal", long)]
     pub replay: bool,
     /// The external journal device (or image) of a filesystem whose journal is not internal;
     /// read only.
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Journal", long, value_name = "PATH")]
     pub journal_dev: Option<PathBuf>,
     /// The filesystem (image file or block device), or a QCOW2 image; `-` reads a QCOW2 image
     /// from standard input (-r only: converted to raw, in one pass when it was streamed by
@@ -305,7 +321,7 @@ impl UnsupportedArgs {
 }
 
 /// The subcommands, for the message about an unknown one.
-pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply";
+pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply, man, completions";
 
 /// If `word` (the first positional argument) names no file, is no subcommand and looks like a
 /// subcommand name (lower-case letters and dashes), the message saying it is not one.

@@ -1,4 +1,4 @@
-//! The replication recipes of README ("Replication"), run as written:
+//! The replication recipes of docs/streaming.md ("Replication"), run as written:
 //! - over a pipe (in place of ssh): a full state, then two deltas, each streamed by one
 //!   e2image-rs into another (`-Q … - | e2image-rs -r - REPLICA`, `-x a..b … - | e2image-rs
 //!   apply - REPLICA`); the replica ends byte-identical to the last state;

@@ -89,7 +89,7 @@ pub fn shared_corpus() -> Option<PathBuf> {
         return Some(beside);
     }
     skip_missing(&format!(
-        "the e2fsprogs corpus ../shared/corpus/e2fsprogs ({}) is absent (README.md, Tests, \
+        "the e2fsprogs corpus ../shared/corpus/e2fsprogs ({}) is absent (docs/testing.md \
          says how to get it)",
         beside.display()
     ));

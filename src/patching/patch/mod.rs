@@ -1,6 +1,6 @@
 //! The patch file of rollback and apply: everything needed to finish (redo) or rewind (undo)
 //! the change of a target, written and flushed before the target is touched. The format is
-//! described in README.md ("Rollback patch file"); in short:
+//! described in docs/rollback-apply.md ("Rollback patch file"); in short:
 //!
 //! ```text
 //! 0      header (512 bytes, CRC32C at 508)         identity, geometry, table offsets, digests
