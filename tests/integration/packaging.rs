@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// The subcommands, as `--help` lists them (without clap's `help`).
+/// The subcommands `--help` must list at least (without clap's `help`); see [`subcommands`].
 const SUBCOMMANDS: [&str; 6] = [
     "snapshots",
     "rollback",
@@ -63,11 +63,29 @@ fn with_stdin(
     child.wait_with_output().unwrap()
 }
 
+/// The subcommands `--help` lists under "Commands:" (without clap's `help`), so that one
+/// added later is checked too.
+fn subcommands() -> Vec<String> {
+    let h = out_of(&["--help"]);
+    let list = h.split("Commands:\n").nth(1).expect("no Commands:");
+    let names: Vec<String> = list
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .map(str::to_string)
+        .collect();
+    for want in SUBCOMMANDS {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    names
+}
+
 /// Every long option `--help` of the top level and of each subcommand shows (`--keep-daily`).
 fn long_options() -> BTreeSet<String> {
     let mut all = BTreeSet::new();
     let mut helps = vec![out_of(&["--help"])];
-    helps.extend(SUBCOMMANDS.iter().map(|s| out_of(&[s, "--help"])));
+    helps.extend(subcommands().iter().map(|s| out_of(&[s, "--help"])));
     for h in helps {
         let defs = h
             .lines()
@@ -100,7 +118,7 @@ fn man_page_names_every_subcommand_and_long_option() {
             "no {section}"
         );
     }
-    for sub in SUBCOMMANDS {
+    for sub in subcommands() {
         let roff = format!("e2image\\-rs {sub}");
         assert!(page.contains(&roff), "{sub} missing");
     }
@@ -174,7 +192,7 @@ fn bash_completion_parses_and_completes() {
     assert!(o.status.success(), "bash -n: {}", stderr(&o));
     assert_eq!(bash_complete(&script, &["e2image-rs", "rol"]), ["rollback"]);
     let all = bash_complete(&script, &["e2image-rs", ""]);
-    for sub in SUBCOMMANDS {
+    for sub in &subcommands() {
         assert!(all.iter().any(|w| w == sub), "{sub} not offered: {all:?}");
     }
     // Past a subcommand, its own options (clap issue 6421, worked around in src/manual.rs).
@@ -191,7 +209,7 @@ fn bash_completion_parses_and_completes() {
 fn zsh_and_fish_completions_parse_and_name_the_subcommands() {
     for shell in ["zsh", "fish"] {
         let script = out_of(&["completions", shell]);
-        for sub in SUBCOMMANDS {
+        for sub in &subcommands() {
             assert!(script.contains(sub), "{shell}: {sub} missing");
         }
         assert!(script.contains("keep-daily"), "{shell}: options missing");
@@ -233,7 +251,7 @@ fn help_shows_headings_and_exit_statuses() {
                 "{flag}: exit {code}"
             );
         }
-        for sub in SUBCOMMANDS {
+        for sub in &subcommands() {
             assert!(h.contains(&format!("  {sub} ")), "{flag}: {sub} not listed");
         }
     }
