@@ -326,7 +326,7 @@ pub const CLUSTER_SIZE_RANGE: std::ops::RangeInclusive<u64> =
     1 << qcow::MIN_CLUSTER_BITS..=1 << qcow::MAX_CLUSTER_BITS;
 
 /// `-o` / `-O`: a byte offset.
-fn parse_offset(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_offset(s: &str) -> Result<u64, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not a number of bytes"))
 }

@@ -64,7 +64,8 @@ pub fn run<S: NewBytes>(plan: &PatchPlan<S>) -> i32 {
             patch,
             target,
             resume,
-        } => resume_or_undo(patch, target, *resume, plan),
+            offset,
+        } => resume_or_undo(patch, target, *offset, *resume, plan),
     };
     match r {
         Ok(()) => EXIT_OK,
@@ -73,9 +74,15 @@ pub fn run<S: NewBytes>(plan: &PatchPlan<S>) -> i32 {
 }
 
 /// `--resume` / `--undo`: verify the patch, then drive the target to its new or old side.
-fn resume_or_undo<S>(patch: &Path, target: &Path, resume: bool, plan: &PatchPlan<S>) -> Result<()> {
+fn resume_or_undo<S>(
+    patch: &Path,
+    target: &Path,
+    offset: u64,
+    resume: bool,
+    plan: &PatchPlan<S>,
+) -> Result<()> {
     let goal = if resume { Goal::New } else { Goal::Old };
-    let f = finish(patch, target, goal, plan.progress)?;
+    let f = finish(patch, target, offset, goal, plan.progress)?;
     if plan.json {
         report::json(&f.doc(target, patch, goal));
     } else {
