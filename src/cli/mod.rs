@@ -162,7 +162,8 @@ pub struct ExportArgs {
     /// Include file data: every block referenced by an in-use inode (also `-a`, as in e2image).
     #[arg(short = 'd', visible_short_alias = 'a')]
     pub data: bool,
-    /// Show a progress bar on stderr (only when stderr is a terminal).
+    /// Show progress on stderr: a line naming each phase (walking metadata, replaying the
+    /// journal, copying state 2/3: NAME, ...) and, on a terminal, a bar over the bytes copied.
     #[arg(short = 'p')]
     pub progress: bool,
     /// Open the filesystem through the backup superblock at this block number.

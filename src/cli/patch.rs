@@ -35,8 +35,8 @@ pub struct PatchArgs {
     /// given the same.
     #[arg(short = 'o', long = "offset", value_name = "BYTES", value_parser = super::parse_offset)]
     pub offset: Option<u64>,
-    /// Show a progress bar on stderr over the bytes written to TARGET (only when stderr is a
-    /// terminal).
+    /// Show progress on stderr: a line naming each phase (checking and writing the patch,
+    /// applying it) and, on a terminal, a bar over the bytes written to TARGET.
     #[arg(short = 'p')]
     pub progress: bool,
     /// Print a JSON summary on stdout.

@@ -129,7 +129,7 @@ pub fn finish(
     check_patch_target(&p, &t)?;
     let before = p.state();
     let command = Command::of(&p.header);
-    let bar = bar(&p, &t, command, progress);
+    let bar = bar(&p, &t, command, goal, progress);
     let driven = drive(&mut p, &t, goal, &mut Faults::from_env(), &bar);
     bar.finish();
     let driven = driven.map_err(|e| stated(e, patch, &t, before, command))?;
@@ -147,7 +147,7 @@ pub fn finish(
 /// A message stating where the target stands.
 pub fn drive_fresh(patch: &Path, t: &Target, command: Command, progress: bool) -> Result<Driven> {
     let mut p = Patch::open_fresh(patch)?;
-    let bar = bar(&p, t, command, progress);
+    let bar = bar(&p, t, command, Goal::New, progress);
     let d = drive(&mut p, t, Goal::New, &mut Faults::from_env(), &bar);
     bar.finish();
     let d = d.map_err(|e| stated(e, patch, t, PatchState::Prepared, command))?;
@@ -155,11 +155,16 @@ pub fn drive_fresh(patch: &Path, t: &Target, command: Command, progress: bool) -
     Ok(d)
 }
 
-/// The progress bar of a drive: every patched byte ("apply t.img: … written").
-fn bar(p: &Patch, t: &Target, command: Command, wanted: bool) -> Progress {
+/// The progress bar of a drive: every patched byte ("apply: applying the patch to t.img: …
+/// written", "rollback: undoing the patch on t.img: …").
+fn bar(p: &Patch, t: &Target, command: Command, goal: Goal, wanted: bool) -> Progress {
     let bs = u64::from(p.header.block_size);
     let total = p.runs.iter().map(|r| r.nb_blocks.saturating_mul(bs)).sum();
-    let what = format!("{} {}", command.name(), t.path().display());
+    let doing = match goal {
+        Goal::New => "applying the patch to",
+        Goal::Old => "undoing the patch on",
+    };
+    let what = format!("{}: {doing} {}", command.name(), t.path().display());
     Progress::counting(wanted, total, &what, "written")
 }
 

@@ -103,6 +103,12 @@ fn first_run<S: NewBytes>(s: &PatchStart<S>, plan: &PatchPlan<S>) -> Result<()> 
             ),
         )
     };
+    let doing = match s.dry_run {
+        true => "checking TARGET and comparing it with the new bytes (dry run)",
+        false => "checking TARGET, comparing it with the new bytes, writing the patch",
+    };
+    let what = format!("{}: {doing}", S::COMMAND.name());
+    report::phase(plan.progress, &what);
     let (rep, ready) = S::prepare(s).map_err(untouched)?;
     let Some(ready) = ready else {
         match plan.json {
