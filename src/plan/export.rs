@@ -108,10 +108,7 @@ impl ExportPlan {
     /// be opened.
     pub fn from_args(a: &ExportArgs) -> anyhow::Result<ExportPlan> {
         if let Some((flag, hint)) = a.unsupported.first() {
-            return Err(usage(&format!(
-                "the e2image option {flag} is not supported{hint}"
-            ))
-            .into());
+            return Err(usage(&format!("the e2image option {flag} is not supported{hint}")).into());
         }
         let format = format_of(a)?;
         let compress = compress_of(a, format)?;

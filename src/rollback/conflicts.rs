@@ -40,8 +40,8 @@ use crate::ranges::{overlaps, push};
 use crate::text::format_date;
 use anyhow::Result;
 use ext::{
-    file_runs_and_inodes, BlockClass, BlockSet, FileRun, FileType, Filesystem, Inode,
-    InodeNr, InodeTime, OpenOptions, RunKind, WalkOptions,
+    file_runs_and_inodes, BlockClass, BlockSet, FileRun, FileType, Filesystem, Inode, InodeNr,
+    InodeTime, OpenOptions, RunKind, WalkOptions,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;

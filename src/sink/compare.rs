@@ -51,11 +51,14 @@ impl CompareSink {
         if meta.file_type().is_block_device() {
             o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
         } else if !meta.is_file() {
-            bail!("OUT {}: not a block device or a regular file", path.display());
+            bail!(
+                "OUT {}: not a block device or a regular file",
+                path.display()
+            );
         }
-        let mut file = o.open(path).with_context(|| {
-            format!("cannot open OUT {} (is it in use?)", path.display())
-        })?;
+        let mut file = o
+            .open(path)
+            .with_context(|| format!("cannot open OUT {} (is it in use?)", path.display()))?;
         if dry_run {
             crate::sys::lock::shared(&file, path, "OUT")?;
         } else {
@@ -122,9 +125,9 @@ impl Sink for CompareSink {
         let keep = self.size.saturating_sub(offset).min(data.len() as u64) as usize;
         let data = &data[..keep];
         let mut old = vec![0u8; data.len()];
-        self.file.read_exact_at(&mut old, offset).with_context(|| {
-            format!("cannot read OUT {} at byte {offset}", self.path.display())
-        })?;
+        self.file
+            .read_exact_at(&mut old, offset)
+            .with_context(|| format!("cannot read OUT {} at byte {offset}", self.path.display()))?;
         self.write_differing(offset, data, &old)
     }
 

@@ -24,6 +24,7 @@ mod journal;
 mod large;
 mod messages;
 mod offsets;
+mod partitions;
 mod replay_kernel;
 mod replay_states;
 mod replication;

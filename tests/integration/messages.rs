@@ -28,6 +28,7 @@ fn usage_errors_say_what_is_wrong() {
     let out = dir.join("out.qcow2");
     for (args, says) in [
         (vec!["-I", "x", "y"], "e2image-rs rollback"),
+        (vec!["-I", "x", "y"], "crash-safely, through a patch file"),
         (vec!["-Q", "-o", "x1", "x", "y"], "is not a number of bytes"),
         (
             vec!["-Q", "-O", "512", "x", "y"],
