@@ -334,7 +334,7 @@ fn apply_and_rollback_progress_count_the_bytes_written() {
                 ta.display(),
                 dir.join("a.patch").display()
             ),
-            format!("apply {}", ta.display()),
+            format!("apply: applying the patch to {}", ta.display()),
         ),
         (
             format!(
@@ -344,7 +344,7 @@ fn apply_and_rollback_progress_count_the_bytes_written() {
                 tr.display(),
                 dir.join("r.patch").display()
             ),
-            format!("rollback {}", tr.display()),
+            format!("rollback: applying the patch to {}", tr.display()),
         ),
     ] {
         let log = dir.join("typescript");

@@ -369,3 +369,43 @@ pub(super) fn decode_tables(h: &PatchHeader, t: &[u8]) -> Result<(Vec<Run>, Vec<
         .collect();
     Ok((runs, digests))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(fs_offset: u64, path: &str) -> PatchHeader {
+        PatchHeader {
+            block_size: 4096,
+            fs_uuid: [7; 16],
+            s_blocks_count: 1000,
+            image_path: path.to_string(),
+            state_label: "active".into(),
+            fs_offset,
+            ..PatchHeader::default()
+        }
+    }
+
+    #[test]
+    fn the_filesystem_offset_round_trips_in_version_2_only() {
+        let long = "/p".repeat(100);
+        for (offset, version, room) in [(0, PATCH_VERSION, PATH_BYTES), (5 << 20, 2, 160)] {
+            let h = header(offset, &long);
+            let b = h.encode();
+            assert_eq!(get_u32(&b, 8), version);
+            let back = PatchHeader::decode(&b).unwrap();
+            assert_eq!(back.fs_offset, offset);
+            assert!(back.image_path.len() < room && long.starts_with(&back.image_path));
+        }
+    }
+
+    #[test]
+    fn a_version_2_header_without_an_offset_is_refused() {
+        let mut b = header(4096, "/x").encode();
+        put_u64(&mut b, FS_OFFSET_AT, 0);
+        let c = crc(&b[..CRC_AT]);
+        put_u32(&mut b, CRC_AT, c);
+        let e = PatchHeader::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("no filesystem offset"), "{e}");
+    }
+}
