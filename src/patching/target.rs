@@ -170,7 +170,7 @@ impl Target {
     #[allow(unsafe_code)] // BLKZEROOUT has no safe wrapper in rustix
     pub fn discard(&self, offset: u64, len: u64) -> Result<Discard> {
         let at = self.at(offset)?;
-        let done = if self.block_device && self.offset % 512 != 0 {
+        let done = if self.block_device && !self.offset.is_multiple_of(512) {
             Err(rustix::io::Errno::INVAL)
         } else if self.block_device {
             // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer that
