@@ -47,7 +47,7 @@ impl NewBytes for ApplySource {
         rep.doc(driven.is_none(), driven)
     }
 
-    fn done_line(rep: &report::Report, d: &Driven, _patch: &Path, _target: &Target) -> String {
-        rep.done_line(d)
+    fn done_line(rep: &report::Report, d: &Driven, _patch: &Path, target: &Target) -> String {
+        rep.done_line(d, &target.offset_flag())
     }
 }

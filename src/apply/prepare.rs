@@ -50,7 +50,7 @@ pub fn prepare(s: &PatchStart<ApplySource>) -> Result<(Report, Option<Ready>)> {
     }
     let delta = super::stdin::open(&s.source.delta, s.dry_run)?;
     let record = record_of(&delta, s.force)?;
-    let t = open_target(&s.target, s.dry_run)?;
+    let t = open_target(&s.target, s.offset, s.dry_run)?;
     let tsb = read_target_sb(&t)?;
     refuse_dirty_journal(&t, &tsb, Command::Apply, s.force, s.dry_run)?;
     check_sizes(&delta, &t, &tsb, record.as_ref())?;
@@ -82,6 +82,7 @@ fn compare(
             s.undo_file.as_deref(),
             tsb.block_size,
             sb_block,
+            t.offset(),
         )?),
         _ => None,
     };
@@ -247,6 +248,7 @@ fn header(
                 .display()
                 .to_string(),
         },
+        fs_offset: t.offset(),
         ..PatchHeader::default()
     })
 }

@@ -153,14 +153,14 @@ impl Report {
         }
     }
 
-    /// The closing line of a finished apply.
-    pub fn done_line(&self, d: &Driven) -> String {
+    /// The closing line of a finished apply; `o` is the target's ` -o N` (or empty).
+    pub fn done_line(&self, d: &Driven, o: &str) -> String {
         let (t, p) = (
             self.target.display(),
             self.patch.as_deref().map(Path::display),
         );
         let undo = p.map_or(String::new(), |p| {
-            format!("; `e2image-rs apply --undo {p} {t}` rewinds it")
+            format!("; `e2image-rs apply --undo {p}{o} {t}` rewinds it")
         });
         format!(
             "{t}: applied delta {}: {} blocks written, {} discarded ({} written, {} discarded){undo}",

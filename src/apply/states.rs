@@ -135,7 +135,7 @@ impl BlockView for Overlay<'_> {
 /// # Errors
 /// The target's file cannot be duplicated.
 pub fn target_view(t: &Target) -> Result<FileView> {
-    Ok(FileView::from_file(t.file().try_clone()?)?)
+    t.view()
 }
 
 /// The walk options a record's copy sets were made with.

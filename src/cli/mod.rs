@@ -173,7 +173,8 @@ pub struct ExportArgs {
     /// Include file data: every block referenced by an in-use inode (also `-a`, as in e2image).
     #[arg(help_heading = "Export", short = 'd', visible_short_alias = 'a')]
     pub data: bool,
-    /// Show a progress bar on stderr (only when stderr is a terminal).
+    /// Show progress on stderr: a line naming each phase (walking metadata, replaying the
+    /// journal, copying state 2/3: NAME, ...) and, on a terminal, a bar over the bytes copied.
     #[arg(help_heading = "Export", short = 'p')]
     pub progress: bool,
     /// Open the filesystem through the backup superblock at this block number.
@@ -200,12 +201,18 @@ pub struct ExportArgs {
     /// QCOW2 cluster size in bytes (power of two, 512 to 2 MiB).
     #[arg(help_heading = "QCOW2 output", long, value_name = "BYTES", value_parser = parse_cluster_size)]
     pub cluster_size: Option<u64>,
-    /// Compress the QCOW2 image's clusters as `qemu-img convert -c` does (each cluster on its
-    /// own; one that does not get smaller is stored plain; zero clusters stay zero clusters),
-    /// on all cores. Larger clusters compress better (e.g. --cluster-size 65536, QEMU's
-    /// default). With --append, new clusters use the archive's compression type.
+    /// With -Q: compress the QCOW2 image's clusters as `qemu-img convert -c` does (each
+    /// cluster on its own; one that does not get smaller is stored plain; zero clusters stay
+    /// zero clusters), on all cores. Larger clusters compress better (e.g. --cluster-size
+    /// 65536, QEMU's default). With --append, new clusters use the archive's compression type.
+    /// With -r, e2image's -c: compare each block with the existing OUT (a device or image
+    /// file) and write, in place, only those that differ.
     #[arg(help_heading = "Compression", short = 'c')]
     pub compress: bool,
+    /// With -r -c: compare only, write nothing; report how many blocks would be written (as
+    /// e2image's -n).
+    #[arg(help_heading = "Export", short = 'n')]
+    pub no_write: bool,
     /// With -c: zlib (deflate, the default, what QEMU reads everywhere) or zstd (faster,
     /// QEMU 5.1 and later, --compat 1.1).
     #[arg(help_heading = "Compression", long, value_enum, value_name = "TYPE")]
@@ -297,28 +304,24 @@ pub struct UnsupportedArgs {
     /// e2image -s: scramble directory entries.
     #[arg(short = 's', hide = true)]
     pub scramble: bool,
-    /// e2image -n: with its -c (compare with an existing image), write nothing.
-    #[arg(short = 'n', hide = true)]
-    pub dry: bool,
 }
 
 impl UnsupportedArgs {
     /// The first unsupported e2image option given, with what to use instead, if any.
     pub fn first(&self) -> Option<(&'static str, &'static str)> {
         [
-            (
-                self.install,
-                "-I",
-                "; to write a state back onto a device, use `e2image-rs rollback`",
-            ),
+            (self.install, "-I", INSTALL_HINT),
             (self.scramble, "-s", ""),
-            (self.dry, "-n", ""),
         ]
         .into_iter()
         .find(|(set, _, _)| *set)
         .map(|(_, flag, hint)| (flag, hint))
     }
 }
+
+/// What `-I` is answered with: e2image -I writes an image's metadata over the device in place,
+/// with nothing to resume or undo it; `rollback` does the same crash-safely.
+const INSTALL_HINT: &str = ": e2image -I writes an image's metadata back over the device in place, and a crash or a mistake half-way leaves it broken. `e2image-rs rollback` does this crash-safely, through a patch file that resumes or undoes it: `e2image-rs rollback IMAGE.qcow2 DEVICE --patch PATCH` (add --dry-run first to see what it writes; --snapshot ID|NAME picks a state; -o BYTES for a filesystem at an offset of DEVICE). Note the order: the image first, then the device";
 
 /// The subcommands, for the message about an unknown one.
 pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply, man, completions";
@@ -342,7 +345,7 @@ pub const CLUSTER_SIZE_RANGE: std::ops::RangeInclusive<u64> =
     1 << qcow::MIN_CLUSTER_BITS..=1 << qcow::MAX_CLUSTER_BITS;
 
 /// `-o` / `-O`: a byte offset.
-fn parse_offset(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_offset(s: &str) -> Result<u64, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not a number of bytes"))
 }

@@ -30,8 +30,13 @@ pub struct PatchArgs {
     /// Rewind a finished or interrupted run to TARGET's exact old bytes: `--undo PATCH TARGET`.
     #[arg(long, value_name = "PATCH", conflicts_with_all = ["dry_run", "force"])]
     pub undo: Option<PathBuf>,
-    /// Show a progress bar on stderr over the bytes written to TARGET (only when stderr is a
-    /// terminal).
+    /// TARGET's filesystem starts at this byte offset of it (a partition of a disk image), as
+    /// e2image's and e2undo's -o; recorded in the patch, and `--resume`/`--undo` must be
+    /// given the same.
+    #[arg(short = 'o', long = "offset", value_name = "BYTES", value_parser = super::parse_offset)]
+    pub offset: Option<u64>,
+    /// Show progress on stderr: a line naming each phase (checking and writing the patch,
+    /// applying it) and, on a terminal, a bar over the bytes written to TARGET.
     #[arg(short = 'p')]
     pub progress: bool,
     /// Print a JSON summary on stdout.

@@ -51,6 +51,7 @@ pub fn qcow_to_raw(reader: &Reader, plan: &ExportPlan) -> Result<Summary> {
     let view = QcowView::new(&layer, size);
     let target = Target {
         size,
+        block_size: 4096,
         qcow: QcowOptions::default(),
     };
     let mut out = sink::open(plan, &target)?;
@@ -134,6 +135,7 @@ fn stream_to_raw(img: StreamImage<qcow_stdin::Input>, plan: &ExportPlan) -> Resu
     let c = reader.cluster_size();
     let target = Target {
         size,
+        block_size: 4096,
         qcow: QcowOptions::default(),
     };
     let mut out = sink::open(plan, &target)?;

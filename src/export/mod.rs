@@ -36,6 +36,7 @@ use crate::copy::{copy_runs_checking, CopyStats, Progress};
 use crate::plan::{ExportPlan, Mode, Older, SourceKind};
 use crate::ranges::without;
 use crate::sink::{self, Opened as OpenedOutput, Sink, Table};
+use crate::sys::report;
 use anyhow::{Context, Result};
 use ext::{BlockView, Filesystem, WalkOptions, Warning};
 use states::{plan as plan_states, Next3, Older as OlderStates};
@@ -69,6 +70,9 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         _ => None,
     };
     let ext_view = external.as_ref().map(|v| v as &dyn BlockView);
+    if plan.replay() {
+        report::phase(plan.progress(), "replaying the journal (in memory)");
+    }
     let replayed = match plan.replay() {
         true => Some(journal::recover(
             view,
@@ -243,12 +247,26 @@ pub(super) fn write_states(
         (None, _) => chain_table(states, &written),
     };
     copy.states(out.sink.as_mut(), states, &opened, &mut tally, &table)?;
+    report::phase(plan.progress(), finishing_phase(plan));
     let mut finished = out.complete(&table, plan.sync())?;
     notes.append(&mut finished.notes);
     if let Mode::ArchiveAppend { .. } = plan.mode() {
         append::report_retention(&output.decisions, &mut notes, &mut finished.json);
     }
     summarize(plan, states, tally, notes, finished)
+}
+
+/// `-p`'s name of the last phase: the tables written, the image flushed and renamed (or the
+/// archive committed, pruned in the same commit).
+fn finishing_phase(plan: &ExportPlan) -> &'static str {
+    match plan.mode() {
+        Mode::ArchiveAppend { policy, .. } if !policy.is_empty() => {
+            "committing the new state and pruning (one commit)"
+        }
+        Mode::ArchiveAppend { .. } => "committing the new state",
+        _ if plan.compare().is_some() => "flushing OUT",
+        _ => "finishing the image (tables, flush, rename)",
+    }
 }
 
 /// The note of an append of a source whose journal needs recovery, without `--replay`.
@@ -271,6 +289,10 @@ fn open_output(
     dirty: Option<&str>,
 ) -> Result<Output> {
     if let Mode::ArchiveAppend { .. } = plan.mode() {
+        report::phase(
+            plan.progress(),
+            "opening the archive (locking it, checking its refcounts)",
+        );
         let fs = opened[0]
             .as_ref()
             .context("the current state cannot be opened")?;
@@ -423,6 +445,7 @@ impl Copy<'_, '_> {
                 1 => state.name.clone(),
                 n => format!("state {}/{n}: {}", k + 1, state.name),
             };
+            report::phase(self.plan.progress(), &format!("walking metadata: {label}"));
             let mut walked = ext::walk(fs, &walk_opts);
             journal::complete(&mut walked, &fs.sb, j, &walk_opts, self.plan.replay());
             let (stats, copy_warnings, checked) =
@@ -434,8 +457,10 @@ impl Copy<'_, '_> {
             tally.add(state, &fs.sb, walked, stats, copy_warnings);
         }
         if two {
+            report::phase(self.plan.progress(), "planning the stream's layout");
             let needs = sink.plan(table)?;
             for ((state, fs, blocks, label), need) in again.into_iter().zip(needs) {
+                let label = format!("writing stream: {label}");
                 let bs = u64::from(fs.sb.block_size);
                 let only = passes::only(&blocks, &need, bs);
                 // The first pass verified the checksums already.
@@ -471,7 +496,13 @@ impl Copy<'_, '_> {
         };
         let runs = without(blocks.extents().iter().map(|e| e.start..e.end()), &skip);
         let bytes = runs.iter().map(|r| r.end - r.start).sum::<u64>() * u64::from(bs);
-        let progress = Progress::new(self.plan.progress(), bytes, label);
+        let verb = match (self.plan.compress(), label.starts_with("writing")) {
+            (_, true) => "",
+            (Some(_), false) => "copying and compressing ",
+            (None, false) => "copying ",
+        };
+        let what = format!("{verb}{label}");
+        let progress = Progress::new(self.plan.progress(), bytes, &what);
         let mut warnings = Vec::new();
         let runs = runs.into_iter().map(|r| (r.start, r.end - r.start));
         let (stats, checked) = copy_runs_checking(

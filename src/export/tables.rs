@@ -27,6 +27,7 @@ pub(super) fn target_of(
         .unwrap_or(0);
     Ok(Target {
         size,
+        block_size: first.sb.block_size,
         qcow: qcow_options(plan, size, first.sb.block_size)?,
     })
 }

@@ -116,13 +116,20 @@ impl Finished {
 ///
 /// # Errors
 /// A message stating where the target stands (see [`stated`]).
-pub fn finish(patch: &Path, target: &Path, goal: Goal, progress: bool) -> Result<Finished> {
-    let t = Target::open(target, true).map_err(|e| then(e, "nothing was written"))?;
+pub fn finish(
+    patch: &Path,
+    target: &Path,
+    offset: u64,
+    goal: Goal,
+    progress: bool,
+) -> Result<Finished> {
+    let t = Target::open(target, true, offset).map_err(|e| then(e, "nothing was written"))?;
     let mut p = Patch::open(patch, true).map_err(|e| unusable_patch(e, patch, &t))?;
+    check_patch_offset(&p, &t, patch, goal)?;
     check_patch_target(&p, &t)?;
     let before = p.state();
     let command = Command::of(&p.header);
-    let bar = bar(&p, &t, command, progress);
+    let bar = bar(&p, &t, command, goal, progress);
     let driven = drive(&mut p, &t, goal, &mut Faults::from_env(), &bar);
     bar.finish();
     let driven = driven.map_err(|e| stated(e, patch, &t, before, command))?;
@@ -140,7 +147,7 @@ pub fn finish(patch: &Path, target: &Path, goal: Goal, progress: bool) -> Result
 /// A message stating where the target stands.
 pub fn drive_fresh(patch: &Path, t: &Target, command: Command, progress: bool) -> Result<Driven> {
     let mut p = Patch::open_fresh(patch)?;
-    let bar = bar(&p, t, command, progress);
+    let bar = bar(&p, t, command, Goal::New, progress);
     let d = drive(&mut p, t, Goal::New, &mut Faults::from_env(), &bar);
     bar.finish();
     let d = d.map_err(|e| stated(e, patch, t, PatchState::Prepared, command))?;
@@ -148,11 +155,16 @@ pub fn drive_fresh(patch: &Path, t: &Target, command: Command, progress: bool) -
     Ok(d)
 }
 
-/// The progress bar of a drive: every patched byte ("apply t.img: … written").
-fn bar(p: &Patch, t: &Target, command: Command, wanted: bool) -> Progress {
+/// The progress bar of a drive: every patched byte ("apply: applying the patch to t.img: …
+/// written", "rollback: undoing the patch on t.img: …").
+fn bar(p: &Patch, t: &Target, command: Command, goal: Goal, wanted: bool) -> Progress {
     let bs = u64::from(p.header.block_size);
     let total = p.runs.iter().map(|r| r.nb_blocks.saturating_mul(bs)).sum();
-    let what = format!("{} {}", command.name(), t.path().display());
+    let doing = match goal {
+        Goal::New => "applying the patch to",
+        Goal::Old => "undoing the patch on",
+    };
+    let what = format!("{}: {doing} {}", command.name(), t.path().display());
     Progress::counting(wanted, total, &what, "written")
 }
 
@@ -177,6 +189,26 @@ fn unusable_patch(e: anyhow::Error, patch: &Path, t: &Target) -> anyhow::Error {
 /// The error `e` followed by what it means for the target: "problem; consequence".
 pub fn then(e: anyhow::Error, consequence: &str) -> anyhow::Error {
     anyhow::anyhow!("{}; {consequence}", crate::exit::error_text(&e))
+}
+
+/// The filesystem must be where the patch was made for (`-o`): a patch of partition 2 of a
+/// disk image resumed or undone at another offset would write its blocks over the wrong bytes.
+fn check_patch_offset(p: &Patch, t: &Target, patch: &Path, goal: Goal) -> Result<()> {
+    let (want, got) = (p.header.fs_offset, t.offset());
+    if want == got {
+        return Ok(());
+    }
+    let flag = match goal {
+        Goal::New => "--resume",
+        Goal::Old => "--undo",
+    };
+    bail!(
+        "patch {} was made for the filesystem at byte offset {want} of {tp}, not {got}; nothing was written: run `e2image-rs {} {flag} {} -o {want} {tp}`",
+        patch.display(),
+        Command::of(&p.header).name(),
+        patch.display(),
+        tp = t.path().display()
+    );
 }
 
 /// The target's superblock must name the patch's filesystem (it may hold either side, or the
@@ -208,7 +240,8 @@ fn stated(
 ) -> anyhow::Error {
     let (p, tp, c) = (patch.display(), t.path().display(), command.name());
     let state = if e.touched {
-        format!("{tp} is part-way: finish with `e2image-rs {c} --resume {p} {tp}`, or rewind with `e2image-rs {c} --undo {p} {tp}`")
+        let o = t.offset_flag();
+        format!("{tp} is part-way: finish with `e2image-rs {c} --resume {p}{o} {tp}`, or rewind with `e2image-rs {c} --undo {p}{o} {tp}`")
     } else if before == PatchState::Prepared {
         format!("nothing was written; {tp} is untouched")
     } else if matches!(before, PatchState::Applying | PatchState::Undoing) {
@@ -308,18 +341,19 @@ pub fn read_target_sb(t: &Target) -> Result<ext::Superblock> {
     })
 }
 
-/// Opens the target (for writing unless `dry_run`), refused while an earlier rollback or
-/// apply left it part-way.
+/// Opens the target whose filesystem starts `offset` bytes into it (for writing unless
+/// `dry_run`), refused while an earlier rollback or apply left it part-way.
 ///
 /// # Errors
 /// As [`Target::open`]; a part-way target.
-pub fn open_target(target: &Path, dry_run: bool) -> Result<Target> {
-    let t = Target::open(target, !dry_run)?;
+pub fn open_target(target: &Path, offset: u64, dry_run: bool) -> Result<Target> {
+    let t = Target::open(target, !dry_run, offset)?;
     if let Some(by) = part_way(&read_target_sb_raw(&t)?) {
         let c = by.command.name();
         bail!(
-            "{tp} is part-way through the {c} of patch {}: finish that one first with `e2image-rs {c} --resume PATCH {tp}`, or rewind it with `--undo PATCH {tp}`",
+            "{tp} is part-way through the {c} of patch {}: finish that one first with `e2image-rs {c} --resume PATCH{o} {tp}`, or rewind it with `--undo PATCH{o} {tp}`",
             by.patch,
+            o = t.offset_flag(),
             tp = t.path().display()
         );
     }

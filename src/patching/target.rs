@@ -28,11 +28,16 @@ const BLKZEROOUT: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(0x12, 127)
 /// Zeros written at once where a discard falls back to writing.
 const ZERO_PIECE_BYTES: u64 = 1 << 20;
 
-/// An opened rollback or apply target.
+/// An opened rollback or apply target: the filesystem that starts `offset` bytes into a
+/// device or image file (`-o`: a partition of a disk image); every offset given to its
+/// methods is a byte offset into the filesystem, moved by `offset` on the file.
 pub struct Target {
     file: File,
     path: PathBuf,
+    /// Bytes from `offset` to the end of the file or device.
     size: u64,
+    /// Where the filesystem starts, in bytes from the start of the file or device.
+    offset: u64,
     block_device: bool,
 }
 
@@ -50,10 +55,12 @@ impl Target {
     /// target (any mount, read-only included) and opens block devices with O_EXCL, which the
     /// kernel refuses while anything else holds the device exclusively (a mount included).
     ///
+    /// The filesystem starts `offset` bytes into the file or device.
+    ///
     /// # Errors
-    /// Mounted or busy target, I/O errors.
-    pub fn open(path: &Path, write: bool) -> Result<Target> {
-        let t = Target::open_unlocked(path, write)?;
+    /// Mounted or busy target, an offset at or past its end, I/O errors.
+    pub fn open(path: &Path, write: bool, offset: u64) -> Result<Target> {
+        let t = Target::open_unlocked(path, write, offset)?;
         if write {
             crate::sys::lock::exclusive(&t.file, path, "the target")?;
         } else {
@@ -62,7 +69,7 @@ impl Target {
         Ok(t)
     }
 
-    fn open_unlocked(path: &Path, write: bool) -> Result<Target> {
+    fn open_unlocked(path: &Path, write: bool, offset: u64) -> Result<Target> {
         if let Some(at) = mounted_anywhere(path) {
             bail!(
                 "{} is mounted on {}: unmount it first; nothing was written",
@@ -86,18 +93,46 @@ impl Target {
                 if write { "for writing" } else { "" }
             )
         })?;
-        let size = file.seek(SeekFrom::End(0))?;
+        let len = file.seek(SeekFrom::End(0))?;
+        let Some(size) = len.checked_sub(offset).filter(|&s| s > 0) else {
+            bail!(
+                "-o {offset}: {} is only {len} bytes, so no filesystem starts at byte {offset} of it",
+                path.display()
+            );
+        };
         Ok(Target {
             file,
             path: path.to_path_buf(),
             size,
+            offset,
             block_device: meta.file_type().is_block_device(),
         })
     }
 
-    /// Size of the target in bytes.
+    /// Size of the target in bytes, from where the filesystem starts to the end of the file.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Where the filesystem starts, in bytes from the start of the file or device (`-o`).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The ` -o N` to repeat in the commands a message suggests (empty at offset 0).
+    pub fn offset_flag(&self) -> String {
+        offset_flag(self.offset)
+    }
+
+    /// `offset` bytes into the filesystem, as a byte offset of the file or device.
+    fn at(&self, offset: u64) -> Result<u64> {
+        offset.checked_add(self.offset).with_context(|| {
+            format!(
+                "{}: byte {offset} of the filesystem at byte {} overflows",
+                self.path.display(),
+                self.offset
+            )
+        })
     }
 
     /// The path it was opened by.
@@ -105,43 +140,48 @@ impl Target {
         &self.path
     }
 
-    /// Reads `buf.len()` bytes at byte `offset`.
+    /// Reads `buf.len()` bytes at byte `offset` of the filesystem.
     ///
     /// # Errors
     /// I/O errors, naming the offset.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.file
-            .read_exact_at(buf, offset)
+            .read_exact_at(buf, self.at(offset)?)
             .with_context(|| format!("cannot read {} at byte {offset}", self.path.display()))
     }
 
-    /// Writes `buf` at byte `offset`.
+    /// Writes `buf` at byte `offset` of the filesystem.
     ///
     /// # Errors
     /// I/O errors, naming the offset.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.file
-            .write_all_at(buf, offset)
+            .write_all_at(buf, self.at(offset)?)
             .with_context(|| format!("cannot write {} at byte {offset}", self.path.display()))
     }
 
-    /// Zeros `len` bytes at byte `offset` (both multiples of 512) by discarding them (see the
-    /// module comment); falls back to writing zeros where discarding is not supported.
+    /// Zeros `len` bytes at byte `offset` of the filesystem (both multiples of 512) by
+    /// discarding them (see the module comment); falls back to writing zeros where discarding
+    /// is not supported, or on a block device where the filesystem's offset is not a multiple
+    /// of 512 (BLKZEROOUT takes whole sectors).
     ///
     /// # Errors
     /// I/O errors, naming the offset.
     #[allow(unsafe_code)] // BLKZEROOUT has no safe wrapper in rustix
     pub fn discard(&self, offset: u64, len: u64) -> Result<Discard> {
-        let done = if self.block_device {
+        let at = self.at(offset)?;
+        let done = if self.block_device && !self.offset.is_multiple_of(512) {
+            Err(rustix::io::Errno::INVAL)
+        } else if self.block_device {
             // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer that
             // `Setter` passes, and writes nothing back.
             unsafe {
-                let ctl = rustix::ioctl::Setter::<BLKZEROOUT, [u64; 2]>::new([offset, len]);
+                let ctl = rustix::ioctl::Setter::<BLKZEROOUT, [u64; 2]>::new([at, len]);
                 rustix::ioctl::ioctl(&self.file, ctl)
             }
         } else {
             use rustix::fs::FallocateFlags as F;
-            rustix::fs::fallocate(&self.file, F::PUNCH_HOLE | F::KEEP_SIZE, offset, len)
+            rustix::fs::fallocate(&self.file, F::PUNCH_HOLE | F::KEEP_SIZE, at, len)
         };
         match done {
             Ok(()) => Ok(Discard::Discarded),
@@ -179,9 +219,24 @@ impl Target {
             .with_context(|| format!("cannot flush {}", self.path.display()))
     }
 
-    /// The underlying file (for read-only filesystem views).
-    pub fn file(&self) -> &File {
-        &self.file
+    /// A read-only view of the filesystem (from its offset) for the filesystem reader.
+    ///
+    /// # Errors
+    /// The file cannot be duplicated, or its size read.
+    pub fn view(&self) -> Result<ext::FileView> {
+        Ok(ext::FileView::from_file_at(
+            self.file.try_clone()?,
+            self.offset,
+        )?)
+    }
+}
+
+/// ` -o N`, the option a suggested command needs for a filesystem at byte `offset` of its
+/// target; empty at offset 0.
+pub fn offset_flag(offset: u64) -> String {
+    match offset {
+        0 => String::new(),
+        o => format!(" -o {o}"),
     }
 }
 

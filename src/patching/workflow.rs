@@ -64,7 +64,8 @@ pub fn run<S: NewBytes>(plan: &PatchPlan<S>) -> i32 {
             patch,
             target,
             resume,
-        } => resume_or_undo(patch, target, *resume, plan),
+            offset,
+        } => resume_or_undo(patch, target, *offset, *resume, plan),
     };
     match r {
         Ok(()) => EXIT_OK,
@@ -73,9 +74,15 @@ pub fn run<S: NewBytes>(plan: &PatchPlan<S>) -> i32 {
 }
 
 /// `--resume` / `--undo`: verify the patch, then drive the target to its new or old side.
-fn resume_or_undo<S>(patch: &Path, target: &Path, resume: bool, plan: &PatchPlan<S>) -> Result<()> {
+fn resume_or_undo<S>(
+    patch: &Path,
+    target: &Path,
+    offset: u64,
+    resume: bool,
+    plan: &PatchPlan<S>,
+) -> Result<()> {
     let goal = if resume { Goal::New } else { Goal::Old };
-    let f = finish(patch, target, goal, plan.progress)?;
+    let f = finish(patch, target, offset, goal, plan.progress)?;
     if plan.json {
         report::json(&f.doc(target, patch, goal));
     } else {
@@ -96,6 +103,12 @@ fn first_run<S: NewBytes>(s: &PatchStart<S>, plan: &PatchPlan<S>) -> Result<()> 
             ),
         )
     };
+    let doing = match s.dry_run {
+        true => "checking TARGET and comparing it with the new bytes (dry run)",
+        false => "checking TARGET, comparing it with the new bytes, writing the patch",
+    };
+    let what = format!("{}: {doing}", S::COMMAND.name());
+    report::phase(plan.progress, &what);
     let (rep, ready) = S::prepare(s).map_err(untouched)?;
     let Some(ready) = ready else {
         match plan.json {

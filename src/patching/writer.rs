@@ -84,7 +84,8 @@ pub struct PatchFiles {
 
 impl PatchFiles {
     /// Starts the patch `path` and the undo file `undo_file` (under temporary names) for
-    /// `block_size`-byte blocks, the primary superblock being in block `sb_block`.
+    /// `block_size`-byte blocks, the primary superblock being in block `sb_block`, the
+    /// filesystem starting `fs_offset` bytes into the target (recorded in the undo file).
     ///
     /// # Errors
     /// The files cannot be created.
@@ -93,6 +94,7 @@ impl PatchFiles {
         undo_file: Option<&Path>,
         block_size: u32,
         sb_block: u64,
+        fs_offset: u64,
     ) -> Result<PatchFiles> {
         let (tmp, file) = TempOutput::create(path)?;
         let undo = match undo_file {
@@ -101,7 +103,7 @@ impl PatchFiles {
                 Some(UndoFile {
                     path: u.to_path_buf(),
                     tmp: utmp,
-                    writer: UndoFileWriter::create(ufile, block_size)?,
+                    writer: UndoFileWriter::create(ufile, block_size)?.with_fs_offset(fs_offset),
                 })
             }
             None => None,

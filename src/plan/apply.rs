@@ -7,7 +7,7 @@ use crate::cli::ApplyArgs;
 use std::path::PathBuf;
 
 /// Usage lines of the apply subcommand.
-pub const APPLY_USAGE: &str = "usage: e2image-rs apply DELTA TARGET --patch PATCH [--undo-file FILE] [--dry-run] [--force] [--no-discard] [-p] [--json]\n       e2image-rs apply --resume PATCH TARGET | --undo PATCH TARGET";
+pub const APPLY_USAGE: &str = "usage: e2image-rs apply DELTA TARGET --patch PATCH [--undo-file FILE] [--dry-run] [--force] [--no-discard] [-o BYTES] [-p] [--json]\n       e2image-rs apply --resume PATCH [-o BYTES] TARGET | --undo PATCH [-o BYTES] TARGET";
 
 /// Where an apply's new bytes come from: a delta.
 #[derive(Clone, Debug, PartialEq, Eq)]

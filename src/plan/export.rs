@@ -2,6 +2,7 @@
 //! a delta), its source (opened once), its output and what is copied, validated together.
 
 use super::archive::{check_name, policy};
+use super::compare::{compare_of, Compare};
 use super::delta::{backing_path, delta_plan, DeltaPlan, StateRef};
 use super::source::{Source, SourceArgs, SourceKind, SourceView};
 use super::{archive_output, output_kind, usage, Format, Older, Output, UsageError};
@@ -94,6 +95,8 @@ pub struct ExportPlan {
     json: bool,
     /// `-O`: where the raw image starts in OUT, in bytes.
     dest_offset: u64,
+    /// `-r -c [-n]`: OUT compared block by block, written in place.
+    compare: Option<Compare>,
 }
 
 impl ExportPlan {
@@ -105,10 +108,7 @@ impl ExportPlan {
     /// be opened.
     pub fn from_args(a: &ExportArgs) -> anyhow::Result<ExportPlan> {
         if let Some((flag, hint)) = a.unsupported.first() {
-            return Err(usage(&format!(
-                "the e2image option {flag} is not supported yet{hint}"
-            ))
-            .into());
+            return Err(usage(&format!("the e2image option {flag} is not supported{hint}")).into());
         }
         let format = format_of(a)?;
         let compress = compress_of(a, format)?;
@@ -126,6 +126,7 @@ impl ExportPlan {
             Mode::ArchiveAppend { .. } => archive_output(out)?,
             _ => output_kind(out, format, a.json)?,
         };
+        let compare = compare_of(a, format, &mode, &output)?;
         let source = Source::open(&source, source_args(a))?;
         let mode = match (mode, source.kind(), format) {
             (Mode::Export { older: Older::None }, SourceKind::Qcow2, Format::Raw) if !a.replay => {
@@ -151,6 +152,7 @@ impl ExportPlan {
             sync: a.sync,
             json: a.json,
             dest_offset,
+            compare,
         };
         plan.check_output_is_no_input()?;
         Ok(plan)
@@ -209,6 +211,12 @@ impl ExportPlan {
     /// `-O`: the byte offset of the raw image in OUT (0 without it).
     pub fn dest_offset(&self) -> u64 {
         self.dest_offset
+    }
+
+    /// `-r -c [-n]`: OUT is compared block by block and written in place (`None`: OUT is
+    /// written whole).
+    pub fn compare(&self) -> Option<Compare> {
+        self.compare
     }
 
     /// `--replay`: the journal is replayed in memory.
@@ -316,9 +324,8 @@ fn compress_of(a: &ExportArgs, format: Format) -> Result<Option<Compress>, Usage
         return Ok(None);
     }
     let Format::Qcow2 { version, .. } = format else {
-        return Err(usage(
-            "-c compresses QCOW2 clusters, and a raw image (-r) has none: use -Q -c, or compress the raw image with another tool (e.g. `e2image-rs -r SOURCE - | zstd > OUT.zst`)",
-        ));
+        // -r -c: e2image's compare mode (see `compare_of`).
+        return Ok(None);
     };
     let kind = match a.compression_type {
         Some(CompressionKind::Zstd) => qcow::CompressionType::Zstd,

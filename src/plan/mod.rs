@@ -13,6 +13,7 @@
 
 mod apply;
 mod archive;
+mod compare;
 mod delta;
 mod export;
 mod patch;

@@ -34,6 +34,9 @@ pub enum PatchRun<S> {
         target: PathBuf,
         /// True for `--resume`, false for `--undo`.
         resume: bool,
+        /// `-o`: where the filesystem starts in the target, in bytes (0 without it); it must
+        /// be the patch's.
+        offset: u64,
     },
 }
 
@@ -44,6 +47,8 @@ pub struct PatchStart<S> {
     pub source: S,
     /// The device or image file written.
     pub target: PathBuf,
+    /// `-o`: where the filesystem starts in the target, in bytes (0 without it).
+    pub offset: u64,
     /// The patch to write (absent only with `dry_run`).
     pub patch: Option<PathBuf>,
     /// An e2fsprogs undo file to write too.
@@ -108,6 +113,7 @@ fn finish<S>(
         patch: patch.to_path_buf(),
         target: target.clone(),
         resume,
+        offset: a.offset.unwrap_or(0),
     })
 }
 
@@ -135,6 +141,7 @@ fn start<S>(
     Ok(PatchStart {
         source: source(src),
         target: target.clone(),
+        offset: a.offset.unwrap_or(0),
         patch: a.patch.clone(),
         undo_file: a.undo_file.clone(),
         dry_run: a.dry_run,

@@ -7,7 +7,7 @@ use crate::cli::RollbackArgs;
 use std::path::PathBuf;
 
 /// Usage lines of the rollback subcommand.
-pub const ROLLBACK_USAGE: &str = "usage: e2image-rs rollback IMAGE TARGET [--snapshot ID|NAME] --patch PATCH [--undo-file FILE] [--dry-run] [--force] [-p] [--json]\n       e2image-rs rollback --resume PATCH TARGET | --undo PATCH TARGET";
+pub const ROLLBACK_USAGE: &str = "usage: e2image-rs rollback IMAGE TARGET [--snapshot ID|NAME] --patch PATCH [--undo-file FILE] [--dry-run] [--force] [-o BYTES] [-p] [--json]\n       e2image-rs rollback --resume PATCH [-o BYTES] TARGET | --undo PATCH [-o BYTES] TARGET";
 
 /// Where a rollback's new bytes come from: a state of a QCOW2 image.
 #[derive(Clone, Debug, PartialEq, Eq)]

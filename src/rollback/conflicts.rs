@@ -40,8 +40,8 @@ use crate::ranges::{overlaps, push};
 use crate::text::format_date;
 use anyhow::Result;
 use ext::{
-    file_runs_and_inodes, BlockClass, BlockSet, FileRun, FileType, FileView, Filesystem, Inode,
-    InodeNr, InodeTime, OpenOptions, RunKind, WalkOptions,
+    file_runs_and_inodes, BlockClass, BlockSet, FileRun, FileType, Filesystem, Inode, InodeNr,
+    InodeTime, OpenOptions, RunKind, WalkOptions,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -196,10 +196,7 @@ pub fn check(
     let want = |p: u64, len: u64| overlaps(&unheld, p..p.saturating_add(len));
     let written = |r: &FileRun| r.kind == RunKind::Data { unwritten: false };
     let state = file_runs_and_inodes(fs, &want, &|_, runs| runs.iter().any(written));
-    let tfs = match Filesystem::open(
-        FileView::from_file(t.file().try_clone()?)?,
-        &OpenOptions::default(),
-    ) {
+    let tfs = match Filesystem::open(t.view()?, &OpenOptions::default()) {
         Ok(f) => f,
         Err(e) => {
             return Ok(Conflicts {

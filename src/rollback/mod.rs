@@ -44,12 +44,13 @@ impl NewBytes for RollbackSource {
 
     fn done_line(facts: &report::Facts, d: &Driven, patch: &Path, t: &Target) -> String {
         format!(
-            "{}: rolled back to {}: {} blocks ({}) written; `e2image-rs rollback --undo {} {}` rewinds it",
+            "{}: rolled back to {}: {} blocks ({}) written; `e2image-rs rollback --undo {}{} {}` rewinds it",
             t.path().display(),
             facts.state(),
             d.blocks_written,
             size_short(d.bytes_written),
             patch.display(),
+            t.offset_flag(),
             t.path().display()
         )
     }

@@ -45,7 +45,7 @@ pub(super) fn prepare(
     let view = QcowView::new(&layer, chosen.size);
     let fs = Filesystem::open(view, &OpenOptions::default())
         .with_context(|| format!("{} ({label}) holds no readable filesystem", image.display()))?;
-    let t = open_target(target, args.dry_run)?;
+    let t = open_target(target, args.offset, args.dry_run)?;
     check_same_fs(&fs, &t, image, &label)?;
     let tsb = read_target_sb(&t)?;
     refuse_dirty_journal(&t, &tsb, Command::Rollback, args.force, args.dry_run)?;
@@ -220,7 +220,13 @@ impl<'a> Plan<'a> {
         let bs = self.fs.sb.block_size;
         let mut out = Outputs {
             report: report::Report::new(bs),
-            files: Some(PatchFiles::create(path, undo_file, bs, self.sb_block())?),
+            files: Some(PatchFiles::create(
+                path,
+                undo_file,
+                bs,
+                self.sb_block(),
+                self.target.offset(),
+            )?),
         };
         out.report.stats = self.diff(&mut out)?;
         let files = out.files.take().context("no patch writer")?;
@@ -244,6 +250,7 @@ impl<'a> Plan<'a> {
             image_sha256: sha256(&first),
             state_label: self.label.to_string(),
             image_path: absolute(self.image).display().to_string(),
+            fs_offset: self.target.offset(),
             ..PatchHeader::default()
         })
     }

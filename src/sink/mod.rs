@@ -17,6 +17,7 @@
 
 mod archive;
 mod clusters;
+mod compare;
 mod compress;
 mod device;
 mod qcow;
@@ -130,6 +131,9 @@ impl Finished {
 pub struct Target {
     /// Disk size in bytes.
     pub size: u64,
+    /// The unit `-r -c` compares and counts in, in bytes: the filesystem's block size (4096
+    /// for a QCOW2 → raw conversion).
+    pub block_size: u32,
     /// How to write a new QCOW2 image.
     pub qcow: QcowOptions,
 }
@@ -211,6 +215,11 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
         .checked_add(by)
         .context("-O: the offset plus the image overflows")?;
     let (sink, temp, background): (Box<dyn Sink>, _, _) = match (plan.output(), plan.format()) {
+        (Output::File(p) | Output::Device(p), _) if plan.compare().is_some() => {
+            let dry = plan.compare().is_some_and(|c| c.dry_run);
+            let sink = compare::CompareSink::open(p, size, target.block_size, dry)?;
+            (Box::new(sink), None, None)
+        }
         (Output::Stdout, Format::Raw) => (Box::new(stream::StreamSink::new(size)), None, None),
         (Output::Stdout, Format::Qcow2 { .. }) => (
             Box::new(qcow_stream::QcowStreamSink::new(size, qcow)?),

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod lock;
 pub mod mounted;
 pub mod output;
+pub mod progress;
 pub mod report;
 pub mod signals;
 pub mod status;

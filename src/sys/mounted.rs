@@ -1,5 +1,7 @@
 //! Is a source or rollback target mounted (read-write)? Checked from `/proc/self/mountinfo`: a block device is
-//! matched by device number; an image file by the loop devices whose backing file it is.
+//! matched by device number; an image file by the loop devices whose backing file it is; a
+//! whole disk (or loop device) also by the partitions the kernel made of it (a disk image's
+//! partition 2 mounted makes the disk image mounted, for `-o`).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ fn mount_point(source: &Path, rw_only: bool) -> Option<PathBuf> {
     } else {
         loop_devices_backed_by(source)
     };
+    let devs = with_partitions(devs);
     if devs.is_empty() {
         return None;
     }
@@ -42,6 +45,23 @@ fn mount_of(line: &str, devs: &[(u32, u32)], rw_only: bool) -> Option<PathBuf> {
     let rw = f.get(5)?.split(',').any(|o| o == "rw");
     (devs.contains(&dev) && (rw || !rw_only))
         .then(|| PathBuf::from(f.get(4).copied().unwrap_or("?")))
+}
+
+/// `devs` and the partitions of each (`/sys/dev/block/MAJ:MIN/*/partition`).
+fn with_partitions(devs: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    let mut all = devs.clone();
+    for (maj, min) in devs {
+        let Ok(entries) = std::fs::read_dir(format!("/sys/dev/block/{maj}:{min}")) else {
+            continue;
+        };
+        all.extend(entries.flatten().filter_map(|e| {
+            e.path().join("partition").exists().then_some(())?;
+            let dev = std::fs::read_to_string(e.path().join("dev")).ok()?;
+            let (a, b) = dev.trim().split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        }));
+    }
+    all
 }
 
 fn loop_devices_backed_by(source: &Path) -> Vec<(u32, u32)> {

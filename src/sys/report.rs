@@ -1,6 +1,7 @@
 //! The one way the binary prints. Reports (text or JSON) go to standard output through
 //! [`text`], [`line`] and [`json`]; notes, warnings and errors go to standard error through
-//! [`note`], [`warning`] and [`error`]; the progress bar is [`Progress`].
+//! [`note`], [`warning`] and [`error`]; `-p`'s phases and bars are [`phase`] and [`Progress`]
+//! (`super::progress`).
 //!
 //! Standard output may be a pipe whose reader is gone (`e2image-rs snapshots IMG | head -1`).
 //! The first failed write (EPIPE, or any other error, which is then reported once on stderr)
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Standard output could not be written: nothing more goes to it.
 static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
 /// A progress bar may be on screen.
-static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
+pub(super) static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
 
 /// Clears a progress bar line and shows the cursor again, when a bar may be on screen (an
 /// interrupted run, before its last message).
@@ -102,65 +103,7 @@ pub struct ErrorReport<'a> {
     pub exit_status: i32,
 }
 
-/// A progress bar on stderr, shown only when asked for and stderr is a terminal. It names
-/// what it counts ("state 2/3: tuesday.img", "applying d.qcow2") and, when done, leaves one
-/// summary line ("… 4.6 MiB copied in 1.2 s").
-pub struct Progress(Option<Bar>);
-
-struct Bar {
-    bar: indicatif::ProgressBar,
-    what: String,
-    verb: &'static str,
-}
-
-impl Progress {
-    /// A bar counting `total` bytes copied, labelled `what`, or a silent one.
-    pub fn new(wanted: bool, total: u64, what: &str) -> Progress {
-        Progress::counting(wanted, total, what, "copied")
-    }
-
-    /// A bar counting `total` bytes that are `verb` ("copied", "written"), or a silent one.
-    pub fn counting(wanted: bool, total: u64, what: &str, verb: &'static str) -> Progress {
-        if !wanted || !std::io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let bar = indicatif::ProgressBar::new(total);
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_message(what.to_string());
-        PROGRESS_SHOWN.store(true, Ordering::SeqCst);
-        Progress(Some(Bar {
-            bar,
-            what: what.to_string(),
-            verb,
-        }))
-    }
-
-    /// Counts `n` more bytes.
-    pub fn inc(&self, n: u64) {
-        if let Some(b) = &self.0 {
-            b.bar.inc(n);
-        }
-    }
-
-    /// Replaces the bar by one line: what was counted, how much, how fast.
-    pub fn finish(&self) {
-        if let Some(b) = &self.0 {
-            let (bytes, secs) = (b.bar.position(), b.bar.elapsed().as_secs_f64());
-            b.bar.finish_and_clear();
-            PROGRESS_SHOWN.store(false, Ordering::SeqCst);
-            stderr(&format!(
-                "e2image-rs: {}: {} {} in {secs:.1} s\n",
-                b.what,
-                crate::text::size_short(bytes),
-                b.verb
-            ));
-        }
-    }
-}
+pub use super::progress::{phase, Progress};
 
 #[cfg(test)]
 mod tests {

@@ -25,6 +25,7 @@ mod large;
 mod messages;
 mod offsets;
 mod packaging;
+mod partitions;
 mod replay_kernel;
 mod replay_states;
 mod replication;

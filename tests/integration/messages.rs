@@ -28,14 +28,17 @@ fn usage_errors_say_what_is_wrong() {
     let out = dir.join("out.qcow2");
     for (args, says) in [
         (vec!["-I", "x", "y"], "e2image-rs rollback"),
+        (vec!["-I", "x", "y"], "crash-safely, through a patch file"),
         (vec!["-Q", "-o", "x1", "x", "y"], "is not a number of bytes"),
         (
             vec!["-Q", "-O", "512", "x", "y"],
             "-O DST_OFFSET places a raw image",
         ),
-        (vec!["-Q", "-s", "x", "y"], "-s is not supported yet"),
-        (vec!["-r", "-c", "x", "y"], "a raw image (-r) has none"),
-        (vec!["-r", "-n", "x", "y"], "-n is not supported yet"),
+        (vec!["-Q", "-s", "x", "y"], "-s is not supported"),
+        (vec!["-r", "-c", "x", "y"], "OUT y does not exist"),
+        (vec!["-r", "-n", "x", "y"], "-n goes with -r -c"),
+        (vec!["-Q", "-n", "x", "y"], "-n goes with -r -c"),
+        (vec!["-r", "-c", "x", "-"], "not standard output"),
         (vec!["x", "y"], "one of -Q or -r is required"),
         (
             vec!["snapshot", "x.qcow2"],
@@ -331,7 +334,7 @@ fn apply_and_rollback_progress_count_the_bytes_written() {
                 ta.display(),
                 dir.join("a.patch").display()
             ),
-            format!("apply {}", ta.display()),
+            format!("apply: applying the patch to {}", ta.display()),
         ),
         (
             format!(
@@ -341,7 +344,7 @@ fn apply_and_rollback_progress_count_the_bytes_written() {
                 tr.display(),
                 dir.join("r.patch").display()
             ),
-            format!("rollback {}", tr.display()),
+            format!("rollback: applying the patch to {}", tr.display()),
         ),
     ] {
         let log = dir.join("typescript");

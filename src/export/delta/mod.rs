@@ -357,6 +357,7 @@ fn delta_target<V: BlockView>(
     };
     Ok(Target {
         size,
+        block_size: to.sb.block_size,
         qcow: QcowOptions {
             cluster_bits: choose_cluster_bits(size, to.sb.block_size, false, requested)?,
             version: Version::V3,

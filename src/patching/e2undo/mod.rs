@@ -84,6 +84,9 @@ const HDR_F_INCOMPAT: usize = 52;
 const HDR_F_ROCOMPAT: usize = 56;
 const HDR_FS_OFFSET: usize = 64;
 const HDR_HEADER_CRC: usize = 508;
+/// `f_compat` bit: `fs_offset` holds where the filesystem starts on the device, and e2undo
+/// replays at that offset when not given `-o`.
+const E2UNDO_FEATURE_COMPAT_FS_OFFSET: u32 = 0x1;
 
 // Key-block field offsets (bytes).
 const KB_CRC: usize = 4;
@@ -129,6 +132,8 @@ pub struct UndoFileWriter {
     next_fs_block: u64,
     /// Set once a call failed; the file is then unusable.
     failed: bool,
+    /// Where the filesystem starts on the target, in bytes (0: at its start).
+    fs_offset: u64,
 }
 
 impl UndoFileWriter {
@@ -154,7 +159,16 @@ impl UndoFileWriter {
             num_keys: 0,
             next_fs_block: 0,
             failed: false,
+            fs_offset: 0,
         })
+    }
+
+    /// Records that the filesystem starts `fs_offset` bytes into the target (a partition of
+    /// a disk image): the header's `fs_offset` with the `f_compat` bit that makes e2undo
+    /// replay there.
+    pub fn with_fs_offset(mut self, fs_offset: u64) -> UndoFileWriter {
+        self.fs_offset = fs_offset;
+        self
     }
 
     /// Number of keys recorded so far.
@@ -300,10 +314,14 @@ impl UndoFileWriter {
         put_u32(&mut hdr, HDR_FS_BLOCK_SIZE, self.block_size);
         put_u32(&mut hdr, HDR_SB_CRC, e2fs_crc32c(new_superblock));
         put_u32(&mut hdr, HDR_STATE, E2UNDO_STATE_FINISHED);
-        put_u32(&mut hdr, HDR_F_COMPAT, 0);
+        let compat = match self.fs_offset {
+            0 => 0,
+            _ => E2UNDO_FEATURE_COMPAT_FS_OFFSET,
+        };
+        put_u32(&mut hdr, HDR_F_COMPAT, compat);
         put_u32(&mut hdr, HDR_F_INCOMPAT, 0);
         put_u32(&mut hdr, HDR_F_ROCOMPAT, 0);
-        put_u64(&mut hdr, HDR_FS_OFFSET, 0);
+        put_u64(&mut hdr, HDR_FS_OFFSET, self.fs_offset);
         let crc = e2fs_crc32c(&hdr[..HDR_HEADER_CRC]);
         put_u32(&mut hdr, HDR_HEADER_CRC, crc);
         debug_assert_eq!(HDR_HEADER_CRC + 4, E2UNDO_HEADER_SIZE);

@@ -15,8 +15,11 @@ use std::os::unix::fs::FileExt;
 pub const PATCH_MAGIC: [u8; 8] = *b"E2RSRBPT";
 /// State record magic.
 pub const STATE_MAGIC: [u8; 8] = *b"E2RSRBST";
-/// Format version written and the only one read.
+/// Format version written for a filesystem at the start of its target (and read): version 1.
 pub const PATCH_VERSION: u32 = 1;
+/// Format version written for a filesystem at a byte offset of its target (`-o`), and read:
+/// version 1 with the image path 8 bytes shorter and `fs_offset` (u64) at byte 496.
+pub const PATCH_VERSION_OFFSET: u32 = 2;
 /// Size of the header, in bytes.
 pub const HEADER_BYTES: usize = 512;
 /// Byte offset and size of the state record.
@@ -32,6 +35,9 @@ pub(super) const CRC_AT: usize = 508;
 /// Longest label stored (state and image path), in bytes.
 const LABEL_BYTES: usize = 128;
 const PATH_BYTES: usize = 168;
+/// Version 2: the image path's room, and where `fs_offset` is.
+const PATH_BYTES_V2: usize = 160;
+const FS_OFFSET_AT: usize = 496;
 /// Most blocks a patch may describe: bounds the digest table allocated on open (2^32 blocks =
 /// 16 TiB at 4 KiB; the table is then 256 GiB, which no sane patch reaches).
 const MAX_PATCH_BLOCKS: u64 = 1 << 32;
@@ -116,6 +122,10 @@ pub struct PatchHeader {
     pub state_label: String,
     /// Path of the image when the patch was made (informational).
     pub image_path: String,
+    /// Where the filesystem starts in the target, in bytes from the start of the device or
+    /// image file (`-o`; 0 in version 1 patches): every block of the runs is at
+    /// `fs_offset + block * block_size`.
+    pub fs_offset: u64,
 }
 
 /// One run of consecutive blocks.
@@ -157,7 +167,11 @@ impl PatchHeader {
     pub(super) fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut b = [0u8; HEADER_BYTES];
         b[0..8].copy_from_slice(&PATCH_MAGIC);
-        put_u32(&mut b, 8, PATCH_VERSION);
+        let version = match self.fs_offset {
+            0 => PATCH_VERSION,
+            _ => PATCH_VERSION_OFFSET,
+        };
+        put_u32(&mut b, 8, version);
         put_u32(&mut b, 12, HEADER_BYTES as u32);
         put_u32(&mut b, 16, self.block_size);
         put_u32(&mut b, 20, self.flags);
@@ -175,7 +189,12 @@ impl PatchHeader {
         put_u64(&mut b, 168, self.image_size);
         b[176..208].copy_from_slice(&self.image_sha256);
         put_str(&mut b, 208, LABEL_BYTES, &self.state_label);
-        put_str(&mut b, 336, PATH_BYTES, &self.image_path);
+        if self.fs_offset == 0 {
+            put_str(&mut b, 336, PATH_BYTES, &self.image_path);
+        } else {
+            put_str(&mut b, 336, PATH_BYTES_V2, &self.image_path);
+            put_u64(&mut b, FS_OFFSET_AT, self.fs_offset);
+        }
         let c = crc(&b[..CRC_AT]);
         put_u32(&mut b, CRC_AT, c);
         b
@@ -189,8 +208,13 @@ impl PatchHeader {
             bail!("byte {CRC_AT}: header checksum mismatch");
         }
         let version = get_u32(b, 8);
-        if version != PATCH_VERSION || get_u32(b, 12) != HEADER_BYTES as u32 {
+        let v2 = version == PATCH_VERSION_OFFSET;
+        if !(version == PATCH_VERSION || v2) || get_u32(b, 12) != HEADER_BYTES as u32 {
             bail!("byte 8: unsupported patch version {version}");
+        }
+        let fs_offset = if v2 { get_u64(b, FS_OFFSET_AT) } else { 0 };
+        if v2 && fs_offset == 0 {
+            bail!("byte {FS_OFFSET_AT}: a version 2 patch with no filesystem offset");
         }
         Ok(PatchHeader {
             block_size: get_u32(b, 16),
@@ -209,7 +233,8 @@ impl PatchHeader {
             image_size: get_u64(b, 168),
             image_sha256: get_array(b, 176),
             state_label: get_str(b, 208, LABEL_BYTES),
-            image_path: get_str(b, 336, PATH_BYTES),
+            image_path: get_str(b, 336, if v2 { PATH_BYTES_V2 } else { PATH_BYTES }),
+            fs_offset,
         })
     }
 }
@@ -284,7 +309,11 @@ pub(super) fn check_geometry(h: &PatchHeader, len: u64) -> Result<()> {
             h.tables_bytes
         );
     }
-    if h.sb_block >= h.s_blocks_count || h.s_blocks_count.checked_mul(bs).is_none() {
+    let fs_end = h
+        .s_blocks_count
+        .checked_mul(bs)
+        .and_then(|b| b.checked_add(h.fs_offset));
+    if h.sb_block >= h.s_blocks_count || fs_end.is_none() {
         bail!(
             "byte 40: superblock block {} past the filesystem",
             h.sb_block
@@ -339,4 +368,44 @@ pub(super) fn decode_tables(h: &PatchHeader, t: &[u8]) -> Result<(Vec<Run>, Vec<
         })
         .collect();
     Ok((runs, digests))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(fs_offset: u64, path: &str) -> PatchHeader {
+        PatchHeader {
+            block_size: 4096,
+            fs_uuid: [7; 16],
+            s_blocks_count: 1000,
+            image_path: path.to_string(),
+            state_label: "active".into(),
+            fs_offset,
+            ..PatchHeader::default()
+        }
+    }
+
+    #[test]
+    fn the_filesystem_offset_round_trips_in_version_2_only() {
+        let long = "/p".repeat(100);
+        for (offset, version, room) in [(0, PATCH_VERSION, PATH_BYTES), (5 << 20, 2, 160)] {
+            let h = header(offset, &long);
+            let b = h.encode();
+            assert_eq!(get_u32(&b, 8), version);
+            let back = PatchHeader::decode(&b).unwrap();
+            assert_eq!(back.fs_offset, offset);
+            assert!(back.image_path.len() < room && long.starts_with(&back.image_path));
+        }
+    }
+
+    #[test]
+    fn a_version_2_header_without_an_offset_is_refused() {
+        let mut b = header(4096, "/x").encode();
+        put_u64(&mut b, FS_OFFSET_AT, 0);
+        let c = crc(&b[..CRC_AT]);
+        put_u32(&mut b, CRC_AT, c);
+        let e = PatchHeader::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("no filesystem offset"), "{e}");
+    }
 }
