@@ -48,6 +48,16 @@ pub enum Command {
     /// Replay a delta (`-x FROM..TO`) onto a device or image file holding FROM, so that it
     /// holds TO, crash-safely through a patch file.
     Apply(ApplyArgs),
+    /// Check a QCOW2 image: structure (refcounts against references, table bounds, as
+    /// `qemu-img check`), then every cluster against its checksum when the image has a current
+    /// cluster checksum table (docs/verify.md). Exit 0 clean, 3 damage found, 1 unreadable.
+    Verify {
+        /// The QCOW2 image.
+        image: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `e2image-rs prune ARCHIVE --keep-* N... [--dry-run] [--json]`.
@@ -305,7 +315,7 @@ impl UnsupportedArgs {
 }
 
 /// The subcommands, for the message about an unknown one.
-pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply";
+pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply, verify";
 
 /// If `word` (the first positional argument) names no file, is no subcommand and looks like a
 /// subcommand name (lower-case letters and dashes), the message saying it is not one.
