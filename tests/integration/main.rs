@@ -34,3 +34,4 @@ mod skips;
 mod snapshots_next3;
 mod snapshots_pit;
 mod stream;
+mod verify;
