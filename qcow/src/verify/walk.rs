@@ -2,6 +2,7 @@
 //! use it, from the image's tables (header fields, refcount table, snapshot table, every L1
 //! table, every distinct L2 table read once).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use super::{BadCluster, ClusterKind, ClusterUse};
@@ -92,12 +93,13 @@ pub(super) fn name_clusters(
                 guest_offset: Some(guest),
             };
             mark(l2, c, ClusterKind::L2, Some(u));
-            if !hits.contains_key(&l2) {
-                let found =
-                    table_hits(r, l2, &mut buf, |a, b| index.range(a..=b).next().is_some())?;
-                hits.insert(l2, found);
-            }
-            for &(j, first, last) in &hits[&l2] {
+            let found = match hits.entry(l2) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => v.insert(table_hits(r, l2, &mut buf, |a, b| {
+                    index.range(a..=b).next().is_some()
+                })?),
+            };
+            for &(j, first, last) in found.iter() {
                 let u = ClusterUse {
                     layer: *layer,
                     guest_offset: Some(guest + j * c),
