@@ -4,7 +4,8 @@
 //!   plain and `-c` compressed after several appends and a prune (and an append reusing the
 //!   freed space); `qemu-img check` exits 0 on every one of them;
 //! - one byte flipped in a data cluster, an L2 table, a refcount block or the snapshot table
-//!   is found (exit 3) and named: host offset, kind, and for data the states and guest offset;
+//!   is found (exit 3) and named: host offset, kind, and for data the states, the guest offset
+//!   and the ext objects it holds;
 //! - an image QEMU wrote gets the structure check and a note (exit 0); an archive QEMU changed
 //!   read-write (`qemu-io -c write`, `qemu-img snapshot -c`) is reported stale, not as bad
 //!   clusters, and a later append keeps it structurally clean.
@@ -151,6 +152,7 @@ fn flipped_bytes_are_found_and_named() {
             let states = bad["states"].as_array().unwrap();
             assert!(states.iter().any(|s| s == "s1"), "{doc}");
             assert_eq!(bad["guest_offset"], guest, "{doc}");
+            assert!(bad["ext_object"].is_string(), "{doc}");
         }
         if kind == "l2" {
             assert!(

@@ -491,6 +491,27 @@ mod tests {
     }
 
     #[test]
+    fn reserved_clusters_are_never_handed_out() {
+        // 512-byte clusters; the image uses clusters 0..=4 except 2; 5..8 hold its checksum
+        // table (refcount 0, reserved).
+        let mut b0 = vec![0u16; 256];
+        b0[..5].copy_from_slice(&[1, 1, 0, 1, 1]);
+        let mut rc = RefcountChunks::over_image(9, vec![Some(b0.into_boxed_slice())]).unwrap();
+        rc.reserve_to(8);
+        assert_eq!(rc.allocated(), 8);
+        assert!((5..8).all(|c| rc.get(c) == 0 && !rc.is_fresh(c)));
+        assert!(rc.is_fresh(8));
+        assert_eq!(rc.allocate(1).unwrap(), 2);
+        assert_eq!(rc.allocate(2).unwrap(), 8);
+        assert_eq!(rc.used_end(), 10);
+        assert!(rc.block_changed(0));
+        let mut block = Vec::new();
+        rc.encode_block(0, &mut block);
+        let counts: Vec<u16> = crate::bytes::decode_be(&block[..20]);
+        assert_eq!(counts, [1, 1, 1, 1, 1, 0, 0, 0, 1, 1]);
+    }
+
+    #[test]
     fn overflow_is_a_limit() {
         let mut rc = RefcountChunks::new(12);
         rc.allocate(2).unwrap();

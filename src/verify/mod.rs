@@ -1,6 +1,9 @@
 //! `e2image-rs verify IMAGE [--json]`: an image's structure checked as `qemu-img check`
 //! checks it, then every cluster against the image's cluster checksum table (docs/verify.md).
-//! Exit 0 clean, 3 bad clusters or structure damage found, 1 unreadable.
+//! Exit 0 clean, 3 bad clusters or structure damage found, 1 unreadable. The filesystem
+//! objects that bad data clusters hold are named in `objects.rs`.
+
+mod objects;
 
 use crate::exit::{EXIT_OK, EXIT_WARNINGS};
 use crate::sys::report;
@@ -35,7 +38,9 @@ struct BadDoc {
     states: Vec<String>,
     /// The guest byte offset it holds (the first state's), if it holds guest data or maps it.
     guest_offset: Option<u64>,
-    /// The filesystem object it holds, when known (not yet named: always null).
+    /// The filesystem objects it holds (data clusters; in the first state using it), when
+    /// known: "inode table of group 0", "directory block of inode 12", "data of inode 13
+    /// (file block 4)", "journal", ...
     ext_object: Option<String>,
 }
 
@@ -52,9 +57,10 @@ struct StructureDoc {
 /// The image cannot be opened or read (exit status 1).
 pub fn run(image: &Path, json: bool) -> Result<i32> {
     let file = File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
-    let names = state_names(image)?;
+    let (names, cluster_size) = state_names(image)?;
     let r = qcow::verify(file).with_context(|| format!("cannot verify {}", image.display()))?;
-    let doc = document(&r, &names);
+    let mut doc = document(&r, &names);
+    name_ext_objects(image, &r, cluster_size, &mut doc);
     if json {
         report::json(&doc);
     } else {
@@ -63,12 +69,13 @@ pub fn run(image: &Path, json: bool) -> Result<i32> {
     Ok(doc.exit_status)
 }
 
-/// The names of the image's snapshots, by index (name, else id).
-fn state_names(image: &Path) -> Result<Vec<String>> {
+/// The names of the image's snapshots, by index (name, else id), and its cluster size.
+fn state_names(image: &Path) -> Result<(Vec<String>, u64)> {
     let file = File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
     let r = Reader::open_with_backing(file)
         .with_context(|| format!("cannot read {}", image.display()))?;
-    Ok(r.snapshots()
+    let names = r
+        .snapshots()
         .iter()
         .map(|s| {
             if s.name.is_empty() {
@@ -77,7 +84,38 @@ fn state_names(image: &Path) -> Result<Vec<String>> {
                 s.name.clone()
             }
         })
-        .collect())
+        .collect();
+    Ok((names, r.cluster_size()))
+}
+
+/// Fills in `ext_object` of the bad data clusters: the objects their guest blocks hold in the
+/// filesystem of the first state using them (one walk per state involved).
+fn name_ext_objects(image: &Path, r: &VerifyReport, cluster_size: u64, doc: &mut Doc) {
+    let mut by_layer: Vec<(Layer, Vec<usize>)> = Vec::new();
+    for (i, b) in r.bad.iter().enumerate() {
+        if b.kind != qcow::ClusterKind::Data {
+            continue;
+        }
+        let Some(u) = b.uses.iter().find(|u| u.guest_offset.is_some()) else {
+            continue;
+        };
+        match by_layer.iter_mut().find(|(l, _)| *l == u.layer) {
+            Some((_, v)) => v.push(i),
+            None => by_layer.push((u.layer, vec![i])),
+        }
+    }
+    for (layer, idx) in by_layer {
+        let ranges: Vec<(u64, u64)> = idx
+            .iter()
+            .map(|&i| {
+                let u = r.bad[i].uses.iter().find(|u| u.layer == layer);
+                (u.and_then(|u| u.guest_offset).unwrap_or(0), cluster_size)
+            })
+            .collect();
+        for (&i, name) in idx.iter().zip(objects::name_objects(image, layer, &ranges)) {
+            doc.bad[i].ext_object = name;
+        }
+    }
 }
 
 fn document(r: &VerifyReport, names: &[String]) -> Doc {
@@ -154,8 +192,13 @@ fn print_text(image: &Path, d: &Doc) {
         } else {
             format!(", used by {}", b.states.join(", "))
         };
+        let object = b
+            .ext_object
+            .as_ref()
+            .map(|o| format!(", holds {o}"))
+            .unwrap_or_default();
         report::line(&format!(
-            "bad cluster at host offset {:#x}: {}{states}{guest}",
+            "bad cluster at host offset {:#x}: {}{states}{guest}{object}",
             b.host_offset, b.kind
         ));
     }
