@@ -6,7 +6,8 @@
 //! its own checksum. Its clusters (past the refcounted ones, refcount 0) are then reserved:
 //! nothing in this edit is allocated over them, and open does not truncate them. The writer
 //! keeps the CRC-32C of every cluster it writes on top of the old entries. The commit writes a
-//! new table past everything (the old one stays intact until the header points elsewhere),
+//! new table past the committed image and clear of the old table (which stays intact until
+//! the header points elsewhere), at the lowest such place,
 //! covering every cluster with a refcount; clusters allocated by this edit and not written
 //! whole are read back (compressed payloads, L1 holes). The header write then carries the new
 //! extension and the bit: the table is committed with everything else. An image without a
@@ -26,6 +27,8 @@ use crate::reader::Reader;
 pub(super) struct LiveTable {
     /// Byte position of the extension's data in the header sector.
     pub(super) data_at: usize,
+    /// The table's first cluster.
+    pub(super) start: u64,
     /// The cluster after the table's last one.
     pub(super) end: u64,
     /// Its entries.
@@ -59,8 +62,14 @@ pub(super) fn live_table(r: &Reader, sector: &[u8]) -> Result<Option<LiveTable>,
     let Ok(sums) = decode_table(&bytes, &ext) else {
         return Ok(None);
     };
-    let end = (ext.table_offset >> h.cluster_bits) + ext.table_clusters(h.cluster_bits);
-    Ok(Some(LiveTable { data_at, end, sums }))
+    let start = ext.table_offset >> h.cluster_bits;
+    let end = start + ext.table_clusters(h.cluster_bits);
+    Ok(Some(LiveTable {
+        data_at,
+        start,
+        end,
+        sums,
+    }))
 }
 
 impl Editor {
@@ -72,9 +81,18 @@ impl Editor {
         let Some(live) = &self.checksums else {
             return Ok(None);
         };
-        let (old_len, old_end) = (live.sums.len() as u64, live.end);
+        let (old_len, old_start, old_end) = (live.sums.len() as u64, live.start, live.end);
         let covered = self.writer.refcounts().used_end();
-        let at = covered.max(old_end);
+        // Not over anything the committed image uses (below its end) nor over the old table:
+        // the lowest such place, so that the table alternates between two places at most
+        // instead of moving further out with every edit.
+        let lo = covered.max(self.writer.refcounts().committed_end());
+        let need = (covered * 4).div_ceil(self.writer.cluster_size()).max(1);
+        let at = if lo + need <= old_start {
+            lo
+        } else {
+            lo.max(old_end)
+        };
         let needs = self.clusters_to_read(old_len);
         let (ext, clusters) = self
             .writer

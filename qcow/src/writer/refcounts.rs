@@ -113,6 +113,12 @@ impl RefcountChunks {
         }
     }
 
+    /// The committed image's end: its last cluster with a non-zero refcount, + 1 (0 for a
+    /// new image).
+    pub(crate) fn committed_end(&self) -> u64 {
+        self.base.as_ref().map_or(0, |b| b.end)
+    }
+
     /// Number of host clusters allocated so far (the next bump allocation's cluster number).
     pub(crate) fn allocated(&self) -> u64 {
         self.allocated
