@@ -11,109 +11,148 @@ use crate::error::Error;
 use crate::format::table::{l1_entry_table, L2Entry};
 use crate::reader::{Layer, Reader};
 
+/// The bad clusters being named, found by host cluster number.
+struct Names<'a> {
+    cluster_bits: u32,
+    /// Host cluster → index in `bad`.
+    index: BTreeMap<u64, usize>,
+    bad: &'a mut [BadCluster],
+}
+
+impl Names<'_> {
+    /// Whether a bad cluster lies in host clusters `[first, last]`.
+    fn any(&self, first: u64, last: u64) -> bool {
+        self.index.range(first..=last).next().is_some()
+    }
+
+    /// The bad clusters that bytes `[offset, offset + len)` touch hold `kind`, used by `u`.
+    /// A cluster keeps the first kind found for it.
+    fn mark(&mut self, offset: u64, len: u64, kind: ClusterKind, u: Option<ClusterUse>) {
+        if len == 0 {
+            return;
+        }
+        let last = (offset + len - 1) >> self.cluster_bits;
+        for (_, &i) in self.index.range(offset >> self.cluster_bits..=last) {
+            let b = &mut self.bad[i];
+            if b.kind != ClusterKind::Unreferenced && b.kind != kind {
+                continue;
+            }
+            b.kind = kind;
+            if let Some(u) = u.filter(|u| !b.uses.contains(u)) {
+                b.uses.push(u);
+            }
+        }
+    }
+}
+
 /// Fills in `kind` and `uses` of every cluster in `bad` (`refblocks`: the refcount table's
-/// block offsets). Errors: [`Error::Io`], [`Error::Corrupt`] reading a table.
+/// block offsets). Errors: [`Error::Io`], [`Error::Corrupt`] reading an L1 or L2 table.
 pub(super) fn name_clusters(
     r: &Reader,
     refblocks: &[u64],
     bad: &mut [BadCluster],
 ) -> Result<(), Error> {
     let h = r.header().clone();
-    let (cb, c) = (h.cluster_bits, r.cluster_size());
-    let mut index: BTreeMap<u64, usize> = BTreeMap::new();
-    for (i, b) in bad.iter().enumerate() {
-        index.insert(b.host_offset >> cb, i);
-    }
-    let mut mark = |first: u64, len: u64, kind: ClusterKind, u: Option<ClusterUse>| {
-        if len == 0 {
-            return;
-        }
-        let last = (first + len - 1) >> cb;
-        for (_, &i) in index.range(first >> cb..=last) {
-            if bad[i].kind == ClusterKind::Unreferenced || bad[i].kind == kind {
-                bad[i].kind = kind;
-                if let Some(u) = u {
-                    if !bad[i].uses.contains(&u) {
-                        bad[i].uses.push(u);
-                    }
-                }
-            }
-        }
+    let c = r.cluster_size();
+    let index = bad
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.host_offset >> h.cluster_bits, i))
+        .collect();
+    let mut names = Names {
+        cluster_bits: h.cluster_bits,
+        index,
+        bad,
     };
     let reftable_len = u64::from(h.refcount_table_clusters) * c;
-    mark(
+    names.mark(
         h.refcount_table_offset,
         reftable_len,
         ClusterKind::RefcountTable,
         None,
     );
     for &b in refblocks.iter().filter(|&&b| b != 0) {
-        mark(b, c, ClusterKind::RefcountBlock, None);
+        names.mark(b, c, ClusterKind::RefcountBlock, None);
     }
-    if let Some((_, end)) = r
-        .snapshots()
-        .len()
-        .checked_sub(1)
-        .and_then(|i| r.snapshot_extent(i))
-    {
-        mark(
-            h.snapshots_offset,
-            end - h.snapshots_offset,
-            ClusterKind::SnapshotTable,
-            None,
-        );
+    let last = r.snapshots().len().checked_sub(1);
+    if let Some((_, end)) = last.and_then(|i| r.snapshot_extent(i)) {
+        let len = end - h.snapshots_offset;
+        names.mark(h.snapshots_offset, len, ClusterKind::SnapshotTable, None);
     }
-    let mut layers = vec![(Layer::Active, h.l1_table_offset, r.active_l1().to_vec())];
+    let mut hits = HashMap::new();
+    mark_layer(
+        r,
+        &mut names,
+        &mut hits,
+        Layer::Active,
+        h.l1_table_offset,
+        r.active_l1(),
+    )?;
     for (i, s) in r.snapshots().iter().enumerate() {
-        layers.push((
+        let l1 = r.read_l1(s.l1_table_offset, s.l1_size)?;
+        mark_layer(
+            r,
+            &mut names,
+            &mut hits,
             Layer::Snapshot(i),
             s.l1_table_offset,
-            r.read_l1(s.l1_table_offset, s.l1_size)?,
-        ));
+            &l1,
+        )?;
     }
-    // Per distinct L2 table: its entries that touch a bad cluster, (entry index, first, last).
-    let mut hits: HashMap<u64, Vec<(u64, u64, u64)>> = HashMap::new();
+    Ok(())
+}
+
+/// Per distinct L2 table: its entries that touch a bad cluster, (entry index, first host
+/// cluster, last host cluster).
+type Hits = HashMap<u64, Vec<(u64, u64, u64)>>;
+
+/// Marks what state `layer` (its L1 table `l1` at byte `offset`) maps: its L1 table's
+/// clusters, its L2 tables and the data clusters they map.
+fn mark_layer(
+    r: &Reader,
+    names: &mut Names<'_>,
+    hits: &mut Hits,
+    layer: Layer,
+    offset: u64,
+    l1: &[u64],
+) -> Result<(), Error> {
+    let c = r.cluster_size();
+    let span = c * (c / 8);
+    let whole = |guest_offset| {
+        Some(ClusterUse {
+            layer,
+            guest_offset,
+        })
+    };
+    names.mark(offset, l1.len() as u64 * 8, ClusterKind::L1, whole(None));
     let mut buf = vec![0u8; c as usize];
-    let per_l2 = c / 8;
-    let span = c * per_l2;
-    for (layer, offset, l1) in &layers {
-        let l1_use = ClusterUse {
-            layer: *layer,
-            guest_offset: None,
+    for (i, &e) in l1.iter().enumerate() {
+        let l2 = l1_entry_table(e);
+        if l2 == 0 {
+            continue;
+        }
+        let guest = i as u64 * span;
+        names.mark(l2, c, ClusterKind::L2, whole(Some(guest)));
+        let found = match hits.entry(l2) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(table_hits(r, l2, &mut buf, |a, b| names.any(a, b))?),
         };
-        mark(*offset, l1.len() as u64 * 8, ClusterKind::L1, Some(l1_use));
-        for (i, &e) in l1.iter().enumerate() {
-            let l2 = l1_entry_table(e);
-            if l2 == 0 {
-                continue;
-            }
-            let guest = i as u64 * span;
-            let u = ClusterUse {
-                layer: *layer,
-                guest_offset: Some(guest),
-            };
-            mark(l2, c, ClusterKind::L2, Some(u));
-            let found = match hits.entry(l2) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(v) => v.insert(table_hits(r, l2, &mut buf, |a, b| {
-                    index.range(a..=b).next().is_some()
-                })?),
-            };
-            for &(j, first, last) in found.iter() {
-                let u = ClusterUse {
-                    layer: *layer,
-                    guest_offset: Some(guest + j * c),
-                };
-                let len = ((last - first) + 1) << cb;
-                mark(first << cb, len, ClusterKind::Data, Some(u));
-            }
+        for &(j, first, last) in found.iter() {
+            let len = (last - first + 1) * c;
+            names.mark(
+                first * c,
+                len,
+                ClusterKind::Data,
+                whole(Some(guest + j * c)),
+            );
         }
     }
     Ok(())
 }
 
 /// The entries of the L2 table at `l2` whose host clusters `hit(first, last)` says are bad:
-/// (entry index, first cluster, last cluster).
+/// (entry index, first cluster, last cluster). Invalid entries are skipped (the structure
+/// pass reports them).
 fn table_hits(
     r: &Reader,
     l2: u64,
