@@ -202,10 +202,10 @@ fn print_text(image: &Path, d: &Doc) {
             b.host_offset, b.kind
         ));
     }
-    let verdict = if d.exit_status == EXIT_OK {
-        "clean"
-    } else {
-        "damaged"
+    let verdict = match (d.exit_status == EXIT_OK, d.table) {
+        (false, _) => "damaged",
+        (true, "current") => "clean",
+        (true, _) => "structure clean, content not checked",
     };
     report::line(&format!(
         "{}: {verdict}: {} clusters checked, {} bad, {} structure errors, {} leaks (checksum table {})",
