@@ -19,7 +19,8 @@
 //!    what rollback and apply share);
 //! 4. the pipelines: `export` (export, QCOW2 → raw, archive append), `snapshots` (listing),
 //!    `prune` (archive retention), `rollback`, `apply` (a delta replayed onto a replica),
-//!    `manual` (the manual page and shell completions, from `cli`'s definition);
+//!    `verify` (structure and cluster checksums), `manual` (the manual page and shell
+//!    completions, from `cli`'s definition);
 //! 5. `main`: parse, plan, run, exit status (0 complete, 1 failed, 2 usage error, 3 complete
 //!    with reported skips, 128 + N interrupted by signal N).
 //!
@@ -50,6 +51,7 @@ mod sink;
 mod snapshots;
 mod sys;
 mod text;
+mod verify;
 
 use clap::Parser;
 use exit::{fail, usage_error, EXIT_OK, EXIT_USAGE};
@@ -68,6 +70,10 @@ fn main() {
     let code = match &cli.command {
         Some(cli::Command::Snapshots { image, json }) => match snapshots::list(image, *json) {
             Ok(()) => EXIT_OK,
+            Err(e) => fail(&e, *json),
+        },
+        Some(cli::Command::Verify { image, json }) => match verify::run(image, *json) {
+            Ok(code) => code,
             Err(e) => fail(&e, *json),
         },
         Some(cli::Command::Rollback(args)) => match rollback_plan(args) {

@@ -22,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 use crate::error::Error;
+use crate::sums::ClusterSums;
 
 /// One physical operation on an image file, reported to a write hook before it happens
 /// ([`Editor::set_write_hook`](crate::Editor::set_write_hook)). Offsets and lengths in bytes.
@@ -127,6 +128,8 @@ pub(crate) struct OutFile {
     hook: Hook,
     /// Bytes physically written so far.
     written: u64,
+    /// The checksums of the clusters written, when the image gets a cluster checksum table.
+    sums: Option<ClusterSums>,
 }
 
 impl OutFile {
@@ -140,6 +143,7 @@ impl OutFile {
             prealloc_end: Some(0),
             hook: Hook::default(),
             written: 0,
+            sums: None,
         }
     }
 
@@ -154,6 +158,17 @@ impl OutFile {
     /// Installs the hook called before every physical operation.
     pub(crate) fn set_hook(&mut self, hook: WriteHook) {
         self.hook = Hook(Mutex::new(Some(hook)));
+    }
+
+    /// Keeps the CRC-32C of every cluster written from now on (clusters of
+    /// `1 << cluster_bits` bytes), starting from the `base` table of an existing image.
+    pub(crate) fn keep_sums(&mut self, cluster_bits: u32, base: Vec<u32>) {
+        self.sums = Some(ClusterSums::new(cluster_bits, base));
+    }
+
+    /// The checksums kept, if [`OutFile::keep_sums`] was called.
+    pub(crate) fn take_sums(&mut self) -> Option<ClusterSums> {
+        self.sums.take()
     }
 
     /// Bytes physically written so far (data, tables, header).
@@ -176,6 +191,9 @@ impl OutFile {
             .write_all_at(data, offset)
             .map_err(Error::io(op, offset))?;
         self.written += data.len() as u64;
+        if let Some(sums) = &mut self.sums {
+            sums.record(offset, data);
+        }
         Ok(())
     }
 

@@ -25,13 +25,14 @@
 //! | ground | `error`, `bytes` | [`Error`]; big-endian fields, tables and records |
 //! | geometry | `geometry` | [`Version`], the limits with their reasons, L1/L2 sizing |
 //! | types | `types` | [`StateId`], [`GuestCluster`], [`HostCluster`] |
-//! | format | `format/` (`header/`, `extension`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; L1/L2 entry decoders and encoders; no I/O |
+//! | format | `format/` (`header/`, `extension`, `checksums`, `table`, `snapshot`, `refcount`) | on-disk codecs: raw records, then validated structs; L1/L2 entry decoders and encoders; no I/O |
 //! | compression | `compression/` (`deflate`, `zstd`, `packer`) | compressed clusters: [`Compression`] (a cluster to its payload, or "store plain"), [`decompress_cluster`], [`PayloadPacker`]; no I/O |
-//! | io | `io` | positional reads, the writer's buffered output file, [`WriteEvent`] |
+//! | io | `sums`, `io` | CRC-32C of the clusters written; positional reads, the writer's buffered output file, [`WriteEvent`] |
 //! | reader | `reader/` (`image`, `snapshot_table`, `layer`) | [`Reader`], [`LayerReader`] |
 //! | stats | `stats` | [`LayerStats`]: per-layer cluster statistics, on top of the reader |
 //! | writer | `writer/` (`state`, `data`, `tables`, `finish`, `refcounts`, `free_runs`, `edit`) | [`Writer`]; its allocator over an existing image |
 //! | editor | `editor/` (`open`, `census`, `references`, `copied`, `refblocks`, `commit`) | [`Editor`]: in-place edits, on top of the reader and the writer |
+//! | verify | `verify/` (`walk`) | [`verify`]: structure (the editor's census), then every cluster against the checksum table; bad clusters named |
 //! | stream | `stream/` (`plan`, `layout`, `writer`, `prefix`, `reader`) | [`StreamPlan`], [`StreamWriter`], [`StreamImage`]: images written and read in one pass (pipes), on top of the format codecs and the reader |
 //!
 //! The modules are private; this root re-exports the public API.
@@ -52,7 +53,9 @@ mod io;
 mod reader;
 mod stats;
 mod stream;
+mod sums;
 mod types;
+mod verify;
 mod writer;
 
 pub use compression::{
@@ -61,6 +64,10 @@ pub use compression::{
 };
 pub use editor::{CommitSummary, Editor};
 pub use error::Error;
+pub use format::checksums::{
+    crc32c, ChecksumExtension, ALGORITHM_CRC32C, AUTOCLEAR_CLUSTER_CHECKSUMS, CHECKSUM_EXT_BYTES,
+    EXT_CLUSTER_CHECKSUMS,
+};
 pub use format::extension::{
     HeaderExtension, EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_END, EXT_EXTERNAL_DATA_FILE,
     EXT_FEATURE_TABLE, EXT_FULL_DISK_ENCRYPTION,
@@ -76,4 +83,5 @@ pub use stream::{
     StreamPlan, StreamSummary, StreamWriter, DEFAULT_MAX_PREFIX_BYTES, SLACK_BYTES,
 };
 pub use types::{GuestCluster, HostCluster, StateId};
+pub use verify::{verify, BadCluster, ClusterKind, ClusterUse, TableStatus, VerifyReport};
 pub use writer::{StoredCluster, Writer, WriterOptions, WriterSummary};

@@ -55,6 +55,17 @@ pub enum Command {
     /// holds TO, crash-safely through a patch file.
     #[command(after_help = EXIT_STATUS_HELP)]
     Apply(ApplyArgs),
+    /// Check a QCOW2 image: structure (refcounts against references, table bounds, as
+    /// `qemu-img check`), then every cluster against its checksum when the image has a current
+    /// cluster checksum table (docs/verify.md). Exit 0 clean, 3 damage found, 1 unreadable.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Verify {
+        /// The QCOW2 image.
+        image: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the manual page e2image-rs(1), roff, on standard output (`e2image-rs man | man -l -`).
     Man,
     /// Print a shell completion script on standard output (bash, zsh, fish).
@@ -324,7 +335,7 @@ impl UnsupportedArgs {
 const INSTALL_HINT: &str = ": e2image -I writes an image's metadata back over the device in place, and a crash or a mistake half-way leaves it broken. `e2image-rs rollback` does this crash-safely, through a patch file that resumes or undoes it: `e2image-rs rollback IMAGE.qcow2 DEVICE --patch PATCH` (add --dry-run first to see what it writes; --snapshot ID|NAME picks a state; -o BYTES for a filesystem at an offset of DEVICE). Note the order: the image first, then the device";
 
 /// The subcommands, for the message about an unknown one.
-pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply, man, completions";
+pub const SUBCOMMANDS: &str = "snapshots, rollback, prune, apply, verify, man, completions";
 
 /// If `word` (the first positional argument) names no file, is no subcommand and looks like a
 /// subcommand name (lower-case letters and dashes), the message saying it is not one.

@@ -62,6 +62,10 @@ impl QcowSink {
             version: o.version,
         };
         let mut writer = Writer::create(file, opts).context("cannot start the QCOW2 image")?;
+        if o.version == Version::V3 {
+            // The cluster checksum table of `e2image-rs verify` (docs/verify.md).
+            writer.set_cluster_checksums()?;
+        }
         for (t, data) in &o.extensions {
             writer.add_header_extension(*t, data)?;
         }

@@ -36,3 +36,4 @@ mod skips;
 mod snapshots_next3;
 mod snapshots_pit;
 mod stream;
+mod verify;

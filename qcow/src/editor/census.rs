@@ -46,7 +46,7 @@ use crate::types::HostCluster;
 ///
 /// Errors: [`Error::Corrupt`] for a disagreement, an invalid L1 or L2 entry, an L2 table past
 /// the end of the file; [`Error::Limit`], [`Error::Io`] reading an L1 table.
-pub(super) fn check_refcounts(
+pub(crate) fn check_refcounts(
     r: &Reader,
     refblocks: &[u64],
     blocks: &Blocks,

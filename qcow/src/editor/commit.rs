@@ -5,10 +5,12 @@
 //! the replaced active layer's and the removed snapshots' references are dropped; (2) the new
 //! active L1 table, with COPIED right (`copied.rs`: copies of committed tables where needed);
 //! (3) an L1 table per new snapshot entry and the new snapshot table; (4) changed refcount
-//! blocks (copies) and a new refcount table (`refblocks.rs`). Everything so far went to
-//! clusters free in the committed image or past its end. (5) `fsync`, one 512-byte header
-//! write (the table fields patched into the sector as read), `fsync`: the commit. (6) Holes
-//! punched in the clusters this commit freed, free clusters at the end truncated.
+//! blocks (copies) and a new refcount table (`refblocks.rs`); the cluster checksum table, if
+//! the image keeps one (`checksums.rs`). Everything so far went to clusters free in the
+//! committed image or past its end. (5) `fsync`, one 512-byte header
+//! write (the table fields, and the checksum extension and its auto-clear bit, patched into
+//! the sector as read), `fsync`: the commit. (6) Holes punched in the clusters this commit
+//! freed, free clusters at the end truncated (the checksum table kept).
 
 use std::collections::HashSet;
 
@@ -17,6 +19,7 @@ use super::refblocks::write_refcounts;
 use super::references::TableDeltas;
 use super::{clusters_of, CommitSummary, Editor};
 use crate::error::Error;
+use crate::format::checksums::ChecksumExtension;
 use crate::format::header::{patch_table_fields, TableFields};
 use crate::format::snapshot::{encode_entry, validate_new_specs, SnapshotSpec};
 use crate::format::table::l1_entry_table;
@@ -65,18 +68,26 @@ impl Editor {
             reused_clusters: self.writer.refcounts().reused_clusters(),
             ..CommitSummary::default()
         };
+        let mut keep_end = self.checksums.as_ref().map_or(0, |t| t.end);
         if let Some(new) = new {
-            self.write_header(&TableFields {
-                l1_table_offset,
-                refcount_table_offset: new.table_offset,
-                refcount_table_clusters: new.table_clusters,
-                nb_snapshots,
-                snapshots_offset,
-            })?;
+            let checksums = self.write_checksums()?;
+            if let Some((_, end)) = checksums {
+                keep_end = end;
+            }
+            self.write_header(
+                &TableFields {
+                    l1_table_offset,
+                    refcount_table_offset: new.table_offset,
+                    refcount_table_clusters: new.table_clusters,
+                    nb_snapshots,
+                    snapshots_offset,
+                },
+                checksums.map(|(ext, _)| ext),
+            )?;
             summary.committed = true;
             summary.refcount_blocks = new.blocks_written;
         }
-        summary.freed_clusters = self.release()?;
+        summary.freed_clusters = self.release(keep_end)?;
         summary.file_size = self.writer.out_mut().len()?;
         summary.bytes_written = self.writer.out_mut().bytes_written();
         Ok(summary)
@@ -199,9 +210,16 @@ impl Editor {
     }
 
     /// Step (5): makes everything written so far durable, then points the header at it.
-    fn write_header(&mut self, fields: &TableFields) -> Result<(), Error> {
+    fn write_header(
+        &mut self,
+        fields: &TableFields,
+        checksums: Option<ChecksumExtension>,
+    ) -> Result<(), Error> {
         let mut sector = self.sector.clone();
         patch_table_fields(&mut sector, fields, self.reader.header().version);
+        if let Some(ext) = checksums {
+            self.patch_checksums(&mut sector, &ext);
+        }
         let out = self.writer.out_mut();
         out.sync()?;
         out.write_now(0, &sector)?;
@@ -211,7 +229,7 @@ impl Editor {
     /// Step (6): punches holes in the clusters this commit freed and truncates the free
     /// clusters at the end (also what an edit without changes wrote past the end). Returns the
     /// number of clusters freed.
-    fn release(&mut self) -> Result<u64, Error> {
+    fn release(&mut self, keep_end: u64) -> Result<u64, Error> {
         let runs = self.writer.refcounts().freed_runs();
         let end = self.writer.refcounts().used_end();
         let c = self.writer.cluster_size();
@@ -224,8 +242,9 @@ impl Editor {
                 out.punch_hole(first * c, (run_end - first) * c)?;
             }
         }
-        if out.len()? > end * c {
-            out.set_len(end * c)?;
+        let keep = end.max(keep_end) * c;
+        if out.len()? > keep {
+            out.set_len(keep)?;
         }
         Ok(freed)
     }

@@ -13,10 +13,13 @@
 //! Files: `open.rs` (validation and loading), `census.rs` (every reference counted and
 //! compared with the refcounts at open), `references.rs` (the net reference changes of L1
 //! tables added and removed), `copied.rs` (COPIED in the new active layer), `refblocks.rs`
-//! (copy-on-write refcount blocks and the new refcount table), `commit.rs` (the order of the
-//! writes).
+//! (copy-on-write refcount blocks and the new refcount table), `checksums.rs` (the cluster
+//! checksum table kept current), `commit.rs` (the order of the writes).
 
 mod census;
+pub(crate) use census::check_refcounts;
+pub(crate) use open::load_refcounts;
+mod checksums;
 mod commit;
 mod copied;
 mod open;
@@ -85,6 +88,8 @@ pub struct Editor {
     /// Snapshots to remove at commit.
     removed: BTreeSet<usize>,
     leftover_bytes: u64,
+    /// The image's current cluster checksum table, kept current by the commit.
+    checksums: Option<checksums::LiveTable>,
 }
 
 impl std::fmt::Debug for Editor {
@@ -98,6 +103,11 @@ impl std::fmt::Debug for Editor {
 }
 
 impl Editor {
+    /// Whether the image has a current cluster checksum table, which the commit keeps current.
+    pub fn keeps_checksums(&self) -> bool {
+        self.checksums.is_some()
+    }
+
     /// Bytes past the committed end that [`Editor::open`] truncated (0 after a clean commit).
     pub fn leftover_bytes(&self) -> u64 {
         self.leftover_bytes
@@ -184,7 +194,7 @@ impl Editor {
 }
 
 /// Refcount blocks as loaded by `open` for `RefcountChunks::over_image`.
-type Blocks = Vec<Option<Box<[u16]>>>;
+pub(crate) type Blocks = Vec<Option<Box<[u16]>>>;
 
 /// The host clusters that bytes `[offset, offset + len)` touch (none when `len` is 0).
 ///

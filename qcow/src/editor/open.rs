@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 
 use super::census::check_refcounts;
+use super::checksums::live_table;
 use super::{Blocks, Editor};
 use crate::bytes::decode_be;
 use crate::error::Error;
@@ -32,7 +33,8 @@ impl Editor {
     /// order, and refuses the image unless every cluster's stored refcount equals its
     /// references; loads all refcounts into memory (2 bytes per cluster of the image, 2 more
     /// while counting). Only then are the bytes past the committed end (the last cluster whose
-    /// refcount is not 0, + 1), leftovers of an interrupted edit, truncated
+    /// refcount is not 0, + 1, or the end of a current cluster checksum table), leftovers of an
+    /// interrupted edit, truncated
     /// ([`Editor::leftover_bytes`]): a refused image is left as it was.
     ///
     /// Errors: [`Error::Unsupported`] for `refcount_order` other than 4, the dirty or corrupt
@@ -47,7 +49,12 @@ impl Editor {
         check_editable(&reader)?;
         let (refblocks, blocks) = load_refcounts(&reader)?;
         let matching = check_refcounts(&reader, &refblocks, &blocks)?;
-        let refcounts = RefcountChunks::over_image(reader.header().cluster_bits, blocks)?;
+        let mut refcounts = RefcountChunks::over_image(reader.header().cluster_bits, blocks)?;
+        let sector = reader.read_bytes(0, HEADER_SECTOR_BYTES as u64, "the header sector")?;
+        let checksums = live_table(&reader, &sector)?;
+        if let Some(live) = &checksums {
+            refcounts.reserve_to(live.end);
+        }
         let end = refcounts.allocated() << reader.header().cluster_bits;
         let leftover_bytes = reader.file_len().saturating_sub(end);
         let reader = if leftover_bytes > 0 {
@@ -59,8 +66,10 @@ impl Editor {
         } else {
             reader
         };
-        let sector = reader.read_bytes(0, HEADER_SECTOR_BYTES as u64, "the header sector")?;
-        let writer = Writer::in_place(file, reader.header(), refcounts);
+        let mut writer = Writer::in_place(file, reader.header(), refcounts);
+        if let Some(live) = &checksums {
+            writer.keep_checksums(live.sums.clone());
+        }
         Ok(Editor {
             reader,
             writer,
@@ -70,6 +79,7 @@ impl Editor {
             loaded: HashMap::new(),
             removed: Default::default(),
             leftover_bytes,
+            checksums,
         })
     }
 }
@@ -108,7 +118,7 @@ fn check_editable(r: &Reader) -> Result<(), Error> {
 /// Reads the refcount table and every refcount block: (block offsets, block counts). A block
 /// of all zeros is kept as `None` (its offset stays in the first vector). Memory is bounded by
 /// the file: each block is a distinct cluster covering clusters inside the file.
-fn load_refcounts(r: &Reader) -> Result<(Vec<u64>, Blocks), Error> {
+pub(crate) fn load_refcounts(r: &Reader) -> Result<(Vec<u64>, Blocks), Error> {
     let h = r.header();
     let c = r.cluster_size();
     // At most 8 MiB: the header's validation bounds refcount_table_clusters.

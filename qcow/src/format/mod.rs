@@ -3,6 +3,7 @@
 //! compile time, and the validated structs made from them. No I/O: the reader and the writer
 //! move the bytes.
 
+pub(crate) mod checksums;
 pub(crate) mod extension;
 pub(crate) mod header;
 pub(crate) mod refcount;

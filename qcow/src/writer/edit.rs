@@ -47,6 +47,7 @@ impl Writer {
             compression: CompressionType::from_header(header.compression_type).unwrap_or_default(),
             packer: PayloadPacker::new(),
             editing: true,
+            checksums: false,
         }
     }
 

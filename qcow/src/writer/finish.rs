@@ -5,12 +5,16 @@
 //! references back, one used k times adds k − 1 (§2.1). (3) With final refcounts, correct COPIED
 //! in the active layer's L2 tables, rewriting only tables that change (§2.2). (4) Append the L1
 //! tables, the snapshot table, then the refcount blocks and table sized by fixed point.
-//! (5) Flush, set the length, write cluster 0 (header) last and fsync.
+//! (5) With cluster checksums, the checksum table past the refcounted clusters (refcount 0).
+//! (6) Flush, set the length, write cluster 0 (header) last and fsync.
 
 use super::{Writer, WriterSummary};
 use crate::bytes::encode_be;
 use crate::compression::CompressionType;
 use crate::error::Error;
+use crate::format::checksums::{
+    ChecksumExtension, AUTOCLEAR_CLUSTER_CHECKSUMS, EXT_CLUSTER_CHECKSUMS,
+};
 use crate::format::extension;
 use crate::format::header::{
     Header, INCOMPAT_COMPRESSION_TYPE, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
@@ -67,8 +71,16 @@ impl Writer {
             snapshots_offset,
             ..self.header_without_tables()
         };
-        let file_size = self.refcounts.allocated() << self.cluster_bits;
-        let head = self.cluster0(&mut header)?;
+        let covered = self.refcounts.allocated();
+        let mut file_size = covered << self.cluster_bits;
+        let mut checksums = None;
+        if self.checksums {
+            let (ext, clusters) = self.write_checksum_table(covered, covered, |_| true)?;
+            file_size += clusters << self.cluster_bits;
+            header.autoclear_features |= AUTOCLEAR_CLUSTER_CHECKSUMS;
+            checksums = Some(ext);
+        }
+        let head = self.cluster0(&mut header, checksums)?;
         let file = self.out.finish(file_size, &head)?;
         if self.sync {
             file.sync_all().map_err(Error::io("syncing the image", 0))?;
@@ -84,8 +96,22 @@ impl Writer {
     /// file name if any (its offset and size set in `header`); the rest stays a hole.
     ///
     /// Errors: [`Error::Limit`] when they do not fit in cluster 0.
-    fn cluster0(&self, header: &mut Header) -> Result<Vec<u8>, Error> {
+    fn cluster0(
+        &self,
+        header: &mut Header,
+        checksums: Option<ChecksumExtension>,
+    ) -> Result<Vec<u8>, Error> {
         let mut exts = self.extensions.clone();
+        if let Some(ext) = checksums {
+            // First, so that it lies in the header sector the editor rewrites.
+            exts.insert(
+                0,
+                extension::HeaderExtension {
+                    ext_type: EXT_CLUSTER_CHECKSUMS,
+                    data: ext.to_bytes().to_vec(),
+                },
+            );
+        }
         if let Some((_, format)) = &self.backing {
             exts.insert(
                 0,

@@ -14,7 +14,8 @@
 //!
 //! Files: `state.rs` (per-state bookkeeping), `data.rs` (guest clusters), `compressed.rs`
 //! (compressed guest clusters, clusters shared whatever the base stores), `tables.rs` (L2
-//! windows and tables), `finish.rs` (everything after the last data cluster), `refcounts.rs`
+//! windows and tables), `finish.rs` (everything after the last data cluster), `checksums.rs`
+//! (the cluster checksum table), `refcounts.rs`
 //! (the cluster allocator), `free_runs.rs` (free clusters of an existing image), `edit.rs`
 //! (what the editor needs: a writer over an existing image and its snapshots as states).
 //!
@@ -22,6 +23,7 @@
 //! no host cluster, no refcount, never COPIED. They are kept as such in windows and compare
 //! equal across states, so tables holding them stay shareable.
 
+mod checksums;
 mod compressed;
 mod data;
 mod edit;
@@ -118,6 +120,8 @@ pub struct Writer {
     /// Adding states to an existing image (`Writer::in_place`, for the editor): `finish` is
     /// refused, the editor commits.
     editing: bool,
+    /// The image gets a cluster checksum table (`writer/checksums.rs`).
+    checksums: bool,
 }
 
 impl Writer {
@@ -177,6 +181,7 @@ impl Writer {
             compression: CompressionType::Deflate,
             packer: PayloadPacker::new(),
             editing: false,
+            checksums: false,
         })
     }
 

@@ -45,6 +45,9 @@ struct Committed {
     end: u64,
     /// Clusters free in the committed counts not yet handed out.
     free: FreeRuns,
+    /// Clusters `[end, reserved)` hold data of the committed image without a refcount (its
+    /// cluster checksum table): never handed out, refcount 0.
+    reserved: u64,
 }
 
 impl RefcountChunks {
@@ -85,8 +88,35 @@ impl RefcountChunks {
         let mut rc = RefcountChunks::new(cluster_bits);
         rc.allocated = end;
         rc.chunks.resize(blocks.len(), None);
-        rc.base = Some(Committed { blocks, end, free });
+        rc.base = Some(Committed {
+            blocks,
+            end,
+            free,
+            reserved: end,
+        });
         Ok(rc)
+    }
+
+    /// Keeps clusters below `end` (past the committed image: its cluster checksum table, which
+    /// has no refcount) from being handed out by this edit: the next bump allocation starts at
+    /// `end`, and they keep refcount 0. Does nothing for a new image or below the committed end.
+    pub(crate) fn reserve_to(&mut self, end: u64) {
+        let Some(b) = &mut self.base else { return };
+        if end <= self.allocated {
+            return;
+        }
+        b.reserved = end;
+        self.allocated = end;
+        let chunks = usize::try_from(end.div_ceil(self.entries_per_block())).unwrap_or(0);
+        if self.chunks.len() < chunks {
+            self.chunks.resize(chunks, None);
+        }
+    }
+
+    /// The committed image's end: its last cluster with a non-zero refcount, + 1 (0 for a
+    /// new image).
+    pub(crate) fn committed_end(&self) -> u64 {
+        self.base.as_ref().map_or(0, |b| b.end)
     }
 
     /// Number of host clusters allocated so far (the next bump allocation's cluster number).
@@ -179,6 +209,7 @@ impl RefcountChunks {
     fn lazy(&self, cluster: u64) -> u16 {
         match &self.base {
             Some(b) if cluster < b.end => b.get(cluster, self.block_bits),
+            Some(b) if cluster < b.reserved => 0,
             _ => u16::from(cluster < self.allocated),
         }
     }
@@ -206,7 +237,7 @@ impl RefcountChunks {
     /// Whether `cluster` lies past the committed image (never written by it: a hole, since
     /// the editor truncates leftovers at open). Always true for a new image.
     pub(super) fn is_fresh(&self, cluster: u64) -> bool {
-        self.base.as_ref().is_none_or(|b| cluster >= b.end)
+        self.base.as_ref().is_none_or(|b| cluster >= b.reserved)
     }
 
     fn chunk_mut(&mut self, cluster: u64) -> Result<(&mut [u16], usize), Error> {
@@ -294,7 +325,7 @@ impl RefcountChunks {
     pub(crate) fn block_changed(&self, k: u64) -> bool {
         let epb = self.entries_per_block();
         let first = k << self.block_bits;
-        let committed_end = self.base.as_ref().map_or(0, |b| b.end);
+        let committed_end = self.base.as_ref().map_or(0, |b| b.reserved);
         match usize::try_from(k).ok().and_then(|k| self.chunks.get(k)) {
             Some(Some(chunk)) => (0..epb).any(|i| chunk[i as usize] != self.committed(first + i)),
             // Lazy: changed iff it holds clusters allocated past the committed end.
@@ -463,6 +494,27 @@ mod tests {
         let mut block = Vec::new();
         rc.encode_block(0, &mut block);
         assert_eq!(&block[6..12], &[0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn reserved_clusters_are_never_handed_out() {
+        // 512-byte clusters; the image uses clusters 0..=4 except 2; 5..8 hold its checksum
+        // table (refcount 0, reserved).
+        let mut b0 = vec![0u16; 256];
+        b0[..5].copy_from_slice(&[1, 1, 0, 1, 1]);
+        let mut rc = RefcountChunks::over_image(9, vec![Some(b0.into_boxed_slice())]).unwrap();
+        rc.reserve_to(8);
+        assert_eq!(rc.allocated(), 8);
+        assert!((5..8).all(|c| rc.get(c) == 0 && !rc.is_fresh(c)));
+        assert!(rc.is_fresh(8));
+        assert_eq!(rc.allocate(1).unwrap(), 2);
+        assert_eq!(rc.allocate(2).unwrap(), 8);
+        assert_eq!(rc.used_end(), 10);
+        assert!(rc.block_changed(0));
+        let mut block = Vec::new();
+        rc.encode_block(0, &mut block);
+        let counts: Vec<u16> = crate::bytes::decode_be(&block[..20]);
+        assert_eq!(counts, [1, 1, 1, 1, 1, 0, 0, 0, 1, 1]);
     }
 
     #[test]

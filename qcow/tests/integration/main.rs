@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod checksums;
 mod compressed;
 mod editor_append;
 mod editor_faults;
