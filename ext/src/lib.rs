@@ -59,6 +59,7 @@ mod bytes;
 mod checksum;
 mod collect;
 mod dir;
+mod dx_hash;
 mod error;
 mod extent;
 mod extent_header;
@@ -73,6 +74,7 @@ mod layout;
 mod orphan;
 mod owners;
 mod paths;
+mod scramble;
 mod snapshot;
 mod superblock;
 mod types;
@@ -97,6 +99,7 @@ pub use journal::{
 pub use orphan::{release_orphans, OrphanRelease};
 pub use owners::{file_runs, file_runs_and_inodes, Owners};
 pub use paths::inode_paths;
+pub use scramble::{ScrambleOptions, ScrambleReport, ScrambledView};
 pub use snapshot::{
     snapshot_list, snapshot_names, BlockSource, SnapshotFile, SnapshotMap, SnapshotView,
 };

@@ -24,6 +24,7 @@
 //! Inside the folder, bottom to top: `report` (problems layer), `state`, `rules` (on-disk
 //! structures), `verify` (the walk's checks, copy-set layer).
 
+mod compute;
 mod pending;
 mod report;
 mod rules;
@@ -33,5 +34,6 @@ pub(crate) mod verify;
 pub use pending::{PendingChecks, PendingTally};
 pub(crate) use report::{matched, Check, Failure};
 pub use report::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};
+pub(crate) use compute::store_dir_block_checksum;
 pub(crate) use rules::rec_len;
 pub(crate) use state::Checks;
