@@ -7,10 +7,12 @@
 
 mod apply;
 mod patch;
+mod scramble;
 
 pub use apply::ApplyArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use patch::PatchArgs;
+pub use scramble::ScrambleArgs;
 use std::path::PathBuf;
 
 /// Image ext2/3/4 filesystem metadata (and optionally data) into QCOW2 or sparse raw images.
@@ -269,6 +271,9 @@ pub struct ExportArgs {
     /// that they are refused with a clear message (see `plan`).
     #[command(flatten)]
     pub unsupported: UnsupportedArgs,
+    /// `-s`, `--scramble-seed`, `--allow-data` (docs/scrambling.md).
+    #[command(flatten)]
+    pub scramble: ScrambleArgs,
 }
 
 /// e2image's options that are not implemented yet. Hidden from `--help`; each one is a usage
@@ -278,9 +283,6 @@ pub struct UnsupportedArgs {
     /// e2image -I: install the metadata of an image onto a device.
     #[arg(short = 'I', hide = true)]
     pub install: bool,
-    /// e2image -s: scramble directory entries.
-    #[arg(short = 's', hide = true)]
-    pub scramble: bool,
     /// e2image -n: with its -c (compare with an existing image), write nothing.
     #[arg(short = 'n', hide = true)]
     pub dry: bool,
@@ -295,7 +297,6 @@ impl UnsupportedArgs {
                 "-I",
                 "; to write a state back onto a device, use `e2image-rs rollback`",
             ),
-            (self.scramble, "-s", ""),
             (self.dry, "-n", ""),
         ]
         .into_iter()

@@ -25,6 +25,7 @@ mod journal;
 mod open;
 mod passes;
 mod qcow_source;
+mod scramble;
 mod states;
 mod summary;
 mod tables;
@@ -87,6 +88,14 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         early.checksums = j.checksums.clone();
     }
     let view: &dyn BlockView = match replayed.as_ref().and_then(|j| j.view.as_ref()) {
+        Some(v) => v,
+        None => view,
+    };
+    let scrambled = match plan.scramble() {
+        Some(s) => Some(scramble::view(view, plan, s, &mut early)?),
+        None => None,
+    };
+    let view: &dyn BlockView = match &scrambled {
         Some(v) => v,
         None => view,
     };
@@ -180,6 +189,8 @@ pub(super) struct Early {
     pub(super) dirty: Option<String>,
     /// The log checksums of the journal recovered before (`journal_done`).
     pub(super) checksums: ext::ChecksumReport,
+    /// Members of the JSON summary found before (`scramble`).
+    pub(super) extra: Vec<(String, serde_json::Value)>,
 }
 
 /// One state to write: its view, name and date.
@@ -198,6 +209,7 @@ pub(super) fn write_states(
     mut early: Early,
     table: Option<Table>,
 ) -> Result<Summary> {
+    let extra = std::mem::take(&mut early.extra);
     let external = match plan.source().journal_dev() {
         Some(p) if !early.journal_done => Some(journal::open_journal_dev(p)?),
         _ => None,
@@ -244,6 +256,7 @@ pub(super) fn write_states(
     };
     copy.states(out.sink.as_mut(), states, &opened, &mut tally, &table)?;
     let mut finished = out.complete(&table, plan.sync())?;
+    finished.json.extend(extra);
     notes.append(&mut finished.notes);
     if let Mode::ArchiveAppend { .. } = plan.mode() {
         append::report_retention(&output.decisions, &mut notes, &mut finished.json);

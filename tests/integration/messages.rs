@@ -33,7 +33,7 @@ fn usage_errors_say_what_is_wrong() {
             vec!["-Q", "-O", "512", "x", "y"],
             "-O DST_OFFSET places a raw image",
         ),
-        (vec!["-Q", "-s", "x", "y"], "-s is not supported yet"),
+        (vec!["-Q", "-s", "-d", "x", "y"], "add --allow-data"),
         (vec!["-r", "-c", "x", "y"], "a raw image (-r) has none"),
         (vec!["-r", "-n", "x", "y"], "-n is not supported yet"),
         (vec!["x", "y"], "one of -Q or -r is required"),
