@@ -29,6 +29,7 @@ mod replay_states;
 mod replication;
 mod rollback;
 mod rollback_faults;
+mod scramble;
 mod safety;
 mod skips;
 mod snapshots_next3;
