@@ -181,7 +181,11 @@ fn ibody_xattr<'r>(raw: &'r [u8], index: u8, name: &[u8]) -> Option<&'r [u8]> {
 /// and in bounds: the byte offsets of its entry, of its value and of the value's end. The
 /// area starts after `i_extra_isize` with `h_magic`; values are at `e_value_offs` from the
 /// first entry. `None` for a value in an EA inode.
-pub(crate) fn ibody_xattr_span(raw: &[u8], index: u8, name: &[u8]) -> Option<(usize, usize, usize)> {
+pub(crate) fn ibody_xattr_span(
+    raw: &[u8],
+    index: u8,
+    name: &[u8],
+) -> Option<(usize, usize, usize)> {
     let extra = usize::from(le16(
         raw.get(..EXT2_GOOD_OLD_INODE_SIZE + 2)?,
         EXT2_GOOD_OLD_INODE_SIZE,

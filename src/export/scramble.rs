@@ -30,7 +30,10 @@ pub(super) fn view<'v>(
     let how = if s.seed_given {
         format!("seed {}", s.seed)
     } else {
-        format!("random seed {} (--scramble-seed {} repeats this image)", s.seed, s.seed)
+        format!(
+            "random seed {} (--scramble-seed {} repeats this image)",
+            s.seed, s.seed
+        )
     };
     early.notes.push(format!(
         "-s: {} names in {} directories and {} symlink targets scrambled ({how}); {} encrypted directories and symlinks kept as they are; {} journal blocks written as zeros",

@@ -34,7 +34,9 @@ pub(super) fn scramble_of(
         Mode::Export { older: Older::None } => None,
         Mode::Export { .. } => Some("older states (--snapshot, --fs-snapshots)"),
         Mode::Convert => Some("a QCOW2 SOURCE converted to raw"),
-        Mode::ArchiveCreate { .. } | Mode::ArchiveAppend { .. } => Some("archives (--name, --append)"),
+        Mode::ArchiveCreate { .. } | Mode::ArchiveAppend { .. } => {
+            Some("archives (--name, --append)")
+        }
         Mode::Delta(_) => Some("deltas (-x)"),
     };
     let refused = refused

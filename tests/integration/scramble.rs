@@ -80,9 +80,28 @@ fn inode_of(img: &Path, path: &str) -> u32 {
 /// symlink targets.
 fn fixture_names() -> Vec<Vec<u8>> {
     let mut v: Vec<Vec<u8>> = [
-        "many", "longnames", "xattr", "small.txt", "big300k.bin", "sparse", "frag128.bin",
-        "tind80m.bin", "links", "fast", "slow", "hardlink", "special", "fifo", "null", "empty",
-        "deep.txt", "bulk", "random1.bin", "random2.bin", "random3.bin", "../xattr/small.txt",
+        "many",
+        "longnames",
+        "xattr",
+        "small.txt",
+        "big300k.bin",
+        "sparse",
+        "frag128.bin",
+        "tind80m.bin",
+        "links",
+        "fast",
+        "slow",
+        "hardlink",
+        "special",
+        "fifo",
+        "null",
+        "empty",
+        "deep.txt",
+        "bulk",
+        "random1.bin",
+        "random2.bin",
+        "random3.bin",
+        "../xattr/small.txt",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -122,24 +141,45 @@ fn fixture_matrix_scrambles_clean_and_nameless() {
         let out = dir.join(format!("{name}.raw"));
         let (c, json) = scramble(&f.path, &out, 11, &[]);
         assert_eq!(c, 0, "{name}: exit {c}: {json}");
-        assert!(json["scramble"]["names"].as_u64().unwrap() > 700, "{name}: {json}");
+        assert!(
+            json["scramble"]["names"].as_u64().unwrap() > 700,
+            "{name}: {json}"
+        );
         if f.fsck_clean {
-            assert_eq!(fsck(&out), 0, "{name}: e2fsck -fn fails on the scrambled image");
+            assert_eq!(
+                fsck(&out),
+                0,
+                "{name}: e2fsck -fn fails on the scrambled image"
+            );
         }
         let found = names_found(&out, f.block_size as usize, &names);
-        assert!(found.is_empty(), "{name}: source names in the output: {found:?}");
+        assert!(
+            found.is_empty(),
+            "{name}: source names in the output: {found:?}"
+        );
         for d in ["/many", "/longnames"] {
             let ino = inode_of(&f.path, d);
             if indexed(&f.path, ino) {
-                assert!(indexed(&out, ino), "{name}: {d} (inode {ino}) lost its index");
+                assert!(
+                    indexed(&out, ino),
+                    "{name}: {d} (inode {ino}) lost its index"
+                );
             }
         }
         let again = dir.join(format!("{name}.again.raw"));
         assert_eq!(scramble(&f.path, &again, 11, &[]).0, 0);
-        assert_eq!(sha256(&out), sha256(&again), "{name}: same seed, other bytes");
+        assert_eq!(
+            sha256(&out),
+            sha256(&again),
+            "{name}: same seed, other bytes"
+        );
         let other = dir.join(format!("{name}.other.raw"));
         assert_eq!(scramble(&f.path, &other, 12, &[]).0, 0);
-        assert_ne!(sha256(&out), sha256(&other), "{name}: another seed, same bytes");
+        assert_ne!(
+            sha256(&out),
+            sha256(&other),
+            "{name}: another seed, same bytes"
+        );
         for p in [&out, &again, &other] {
             let _ = std::fs::remove_file(p);
         }
@@ -158,8 +198,15 @@ fn scramble_with_data_is_refused_unless_allowed() {
     assert!(stderr(&o).contains("--allow-data"), "{}", stderr(&o));
     assert!(!out.exists());
     expect(&[&"-r", &"-s", &"-d", &"--allow-data", &img, &out], 0);
-    let o = expect(&[&"-Q", &"-s", &"--name", &"x", &img, &dir.join("a.qcow2")], 2);
-    assert!(stderr(&o).contains("does not apply to archives"), "{}", stderr(&o));
+    let o = expect(
+        &[&"-Q", &"-s", &"--name", &"x", &img, &dir.join("a.qcow2")],
+        2,
+    );
+    assert!(
+        stderr(&o).contains("does not apply to archives"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Names the kernel test creates: distinctive, all searched for in the output.
@@ -194,7 +241,10 @@ fn fill(m: &Mounted) -> Vec<Vec<u8>> {
     for i in 0..20 {
         let fast = format!("../fast-target-secret-{i:03}");
         let slow = format!("/slow/{}-{i:03}", "slow-target-secret".repeat(6));
-        let (lf, ls) = (format!("fastlink-secret-{i:03}"), format!("slowlink-secret-{i:03}"));
+        let (lf, ls) = (
+            format!("fastlink-secret-{i:03}"),
+            format!("slowlink-secret-{i:03}"),
+        );
         std::os::unix::fs::symlink(&fast, m.path(&format!("smalldir/{lf}"))).unwrap();
         std::os::unix::fs::symlink(&slow, m.path(&ls)).unwrap();
         if i % 4 == 0 {
@@ -225,20 +275,35 @@ fn kernel_written_filesystems_scramble_clean_and_nameless() {
         };
         let names = fill(&m);
         drop(m);
-        assert_eq!(fsck(&img), 0, "{label}: the kernel's filesystem is not clean");
+        assert_eq!(
+            fsck(&img),
+            0,
+            "{label}: the kernel's filesystem is not clean"
+        );
         let bigdir = inode_of(&img, "/bigdir");
         assert!(indexed(&img, bigdir), "{label}: /bigdir is not an htree");
         let out = dir.join(format!("{label}.raw"));
         let (c, json) = scramble(&img, &out, 5, &[]);
         assert_eq!(c, 0, "{label}: {json}");
-        assert_eq!(fsck(&out), 0, "{label}: e2fsck -fn fails on the scrambled image");
+        assert_eq!(
+            fsck(&out),
+            0,
+            "{label}: e2fsck -fn fails on the scrambled image"
+        );
         let bs = if label == "csum" { 1024 } else { 4096 };
         let found = names_found(&out, bs, &names);
-        assert!(found.is_empty(), "{label}: source names in the output: {found:?}");
+        assert!(
+            found.is_empty(),
+            "{label}: source names in the output: {found:?}"
+        );
         assert!(indexed(&out, bigdir), "{label}: /bigdir lost its index");
         let again = dir.join(format!("{label}.again.raw"));
         assert_eq!(scramble(&img, &again, 5, &[]).0, 0);
-        assert_eq!(sha256(&out), sha256(&again), "{label}: same seed, other bytes");
+        assert_eq!(
+            sha256(&out),
+            sha256(&again),
+            "{label}: same seed, other bytes"
+        );
         let q = dir.join(format!("{label}.qcow2"));
         let o = expect(&[&"-Q", &"-s", &img, &q], 0);
         assert!(stderr(&o).contains("--scramble-seed"), "{}", stderr(&o));
@@ -278,19 +343,42 @@ fn casefolded_htree_scrambles_clean() {
         names.push(n.into_bytes());
     }
     let img = dir.join("cf.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    let o = sh("mke2fs", &[&"-q", &"-F", &"-t", &"ext4", &"-O", &"casefold", &"-d", &dir.join("tree"), &img]);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let o = sh(
+        "mke2fs",
+        &[
+            &"-q",
+            &"-F",
+            &"-t",
+            &"ext4",
+            &"-O",
+            &"casefold",
+            &"-d",
+            &dir.join("tree"),
+            &img,
+        ],
+    );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     debugfs_w(&img, &["set_inode_field /Folded flags 0x40080000"]);
     let o = sh("e2fsck", &[&"-fyD", &img]);
     assert!(code(&o) <= 1, "e2fsck -fyD: {}", stdout(&o));
     assert_eq!(fsck(&img), 0);
     let ino = inode_of(&img, "/Folded");
-    assert!(indexed(&img, ino), "the casefolded directory is not an htree");
+    assert!(
+        indexed(&img, ino),
+        "the casefolded directory is not an htree"
+    );
     let out = dir.join("cf.raw");
     let (c, json) = scramble(&img, &out, 9, &[]);
     assert_eq!(c, 0, "{json}");
-    assert_eq!(fsck(&out), 0, "e2fsck -fn fails on the scrambled casefolded htree");
+    assert_eq!(
+        fsck(&out),
+        0,
+        "e2fsck -fn fails on the scrambled casefolded htree"
+    );
     assert!(indexed(&out, ino));
     let found = names_found(&out, 4096, &names);
     assert!(found.is_empty(), "source names in the output: {found:?}");

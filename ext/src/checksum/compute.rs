@@ -45,13 +45,17 @@ mod tests {
         leaf[1012 + 4..1012 + 6].copy_from_slice(&12u16.to_le_bytes());
         leaf[1012 + 7] = 0xDE;
         assert!(store_dir_block_checksum(7, &mut leaf));
-        assert!(matches!(dir_block_checksum(7, &leaf), DirChecksum::Leaf(c) if c.stored == c.computed));
+        assert!(
+            matches!(dir_block_checksum(7, &leaf), DirChecksum::Leaf(c) if c.stored == c.computed)
+        );
         let mut node = vec![0u8; 1024];
         node[4..6].copy_from_slice(&1024u16.to_le_bytes());
         node[8..10].copy_from_slice(&126u16.to_le_bytes()); // limit: (1024 - 8 - 8) / 8
         node[10..12].copy_from_slice(&1u16.to_le_bytes());
         assert!(store_dir_block_checksum(9, &mut node));
-        assert!(matches!(dir_block_checksum(9, &node), DirChecksum::Htree(c) if c.stored == c.computed));
+        assert!(
+            matches!(dir_block_checksum(9, &node), DirChecksum::Htree(c) if c.stored == c.computed)
+        );
         assert!(!store_dir_block_checksum(9, &mut [0u8; 1024]));
     }
 }

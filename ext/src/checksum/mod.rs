@@ -31,9 +31,9 @@ mod rules;
 mod state;
 pub(crate) mod verify;
 
+pub(crate) use compute::store_dir_block_checksum;
 pub use pending::{PendingChecks, PendingTally};
 pub(crate) use report::{matched, Check, Failure};
 pub use report::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};
-pub(crate) use compute::store_dir_block_checksum;
 pub(crate) use rules::rec_len;
 pub(crate) use state::Checks;

@@ -116,9 +116,9 @@ impl Chain<'_> {
                 None => {
                     // Nothing in range: any new unique name (the warning names the entry).
                     out.out_of_range.push(off);
-                    picker.pick(rng, name_len, max, None).unwrap_or_else(|| {
-                        (0..name_len).map(|_| rng.safe_byte()).collect()
-                    })
+                    picker
+                        .pick(rng, name_len, max, None)
+                        .unwrap_or_else(|| (0..name_len).map(|_| rng.safe_byte()).collect())
                 }
             };
             new_len = new.len();
@@ -199,10 +199,8 @@ mod tests {
         entry(&mut b, 0, b"deleted-secret", 24);
         entry(&mut b, 12, b"lost+found", 20);
         entry(&mut b, 13, b"secret-name", 1024 - 68);
-        let originals: HashSet<Vec<u8>> = parse_block(&b, true)
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let originals: HashSet<Vec<u8>> =
+            parse_block(&b, true).into_iter().map(|e| e.name).collect();
         let mut chain = Chain {
             filetype: true,
             root: true,
@@ -215,7 +213,10 @@ mod tests {
         assert_eq!(r.scrambled, 1);
         assert_eq!(r.broken_at, None);
         let names: Vec<Vec<u8>> = parse_block(&b, true).into_iter().map(|e| e.name).collect();
-        assert_eq!(&names[..3], &[b".".to_vec(), b"..".to_vec(), b"lost+found".to_vec()]);
+        assert_eq!(
+            &names[..3],
+            &[b".".to_vec(), b"..".to_vec(), b"lost+found".to_vec()]
+        );
         assert_eq!(names[3].len(), 11);
         assert_ne!(names[3], b"secret-name");
         assert!(!b.windows(6).any(|w| w == b"secret"));

@@ -61,7 +61,10 @@ pub(crate) fn scramble_dir<V: BlockView>(
     let bs = sb.block_size as usize;
     let (runs, _) = inode_runs(fs, ino, inode); // the walk reports corrupt trees
     let mut blocks: Vec<Blk> = Vec::new();
-    for r in runs.iter().filter(|r| matches!(r.kind, RunKind::Data { .. })) {
+    for r in runs
+        .iter()
+        .filter(|r| matches!(r.kind, RunKind::Data { .. }))
+    {
         for k in 0..r.len {
             let mut buf = vec![0u8; bs];
             if fs.read_blocks(BlockNr(r.physical + k), &mut buf).is_ok() {

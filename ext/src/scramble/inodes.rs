@@ -39,7 +39,11 @@ pub(crate) fn inline_dir(sb: &Superblock, ino: u32, raw: &mut [u8], seed: u64) -
         .map(|e| e.name)
         .collect();
     if let Some((_, s, e)) = span {
-        originals.extend(parse_block(&raw[s..e], filetype).into_iter().map(|e| e.name));
+        originals.extend(
+            parse_block(&raw[s..e], filetype)
+                .into_iter()
+                .map(|e| e.name),
+        );
     }
     let mut chain = Chain {
         filetype,

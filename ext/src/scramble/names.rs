@@ -144,9 +144,7 @@ impl Picker<'_> {
         for k in 0..tries {
             let name = match total {
                 Some(t) => nth_name(alphabet, len, start.wrapping_add(k) % t),
-                None => (0..len)
-                    .map(|_| alphabet[rng.below(n) as usize])
-                    .collect(),
+                None => (0..len).map(|_| alphabet[rng.below(n) as usize]).collect(),
             };
             if self.fits(&name, range) {
                 return Some(name);

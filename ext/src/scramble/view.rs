@@ -61,7 +61,10 @@ impl<'v> ScrambledView<'v> {
             let mut bitmap = None;
             if !uninit && gd.bg_inode_bitmap < sb.s_blocks_count {
                 let mut b = vec![0u8; bs];
-                if fs.read_blocks(crate::types::BlockNr(gd.bg_inode_bitmap), &mut b).is_ok() {
+                if fs
+                    .read_blocks(crate::types::BlockNr(gd.bg_inode_bitmap), &mut b)
+                    .is_ok()
+                {
                     bitmap = Some(b);
                 }
             }
@@ -117,7 +120,8 @@ impl<'v> ScrambledView<'v> {
             let Ok(idx) = u32::try_from(k * per_block as u64 + j as u64) else {
                 break;
             };
-            let ino = u64::from(table.group) * u64::from(self.inodes_per_group) + u64::from(idx) + 1;
+            let ino =
+                u64::from(table.group) * u64::from(self.inodes_per_group) + u64::from(idx) + 1;
             let Ok(ino) = u32::try_from(ino) else { break };
             if idx >= self.inodes_per_group || ino > self.inodes_count {
                 break;
