@@ -9,6 +9,7 @@
 //! (old index entries or, in a root made from a leaf, the old leaf's names) are zeroed.
 
 use super::names::{HashRange, Picker, Rng};
+use super::pool::Pool;
 use crate::bytes::{le16, le32};
 use crate::checksum::rec_len;
 use crate::dir::DIRENT_HEADER;
@@ -33,7 +34,15 @@ pub(crate) struct Chain<'a> {
     pub(crate) originals: &'a HashSet<Vec<u8>>,
     /// The names given so far in the directory, and those kept.
     pub(crate) used: HashSet<Vec<u8>>,
+    /// Names of the directory that found no name in range so far: after
+    /// [`MAX_MISSES`], the rest of the directory is not searched (a corrupt index).
+    pub(crate) misses: u32,
+    /// Candidates shared by the directory's htree leaves.
+    pub(crate) pool: Pool,
 }
+
+/// Names without a name in range after which a directory's ranges are no longer searched.
+const MAX_MISSES: u32 = 4;
 
 /// What scrambling a chain did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -110,14 +119,19 @@ impl Chain<'_> {
                 originals: self.originals,
                 casefold: self.casefold,
             };
-            let picked = picker.pick(rng, name_len, max, range);
+            let give_up = range.is_some() && self.misses >= MAX_MISSES;
+            let picked = match give_up {
+                true => None,
+                false => picker.pick(rng, name_len, max, range, Some(&mut self.pool)),
+            };
             let new = match picked {
                 Some(n) => n,
                 None => {
                     // Nothing in range: any new unique name (the warning names the entry).
+                    self.misses += 1;
                     out.out_of_range.push(off);
                     picker
-                        .pick(rng, name_len, max, None)
+                        .pick(rng, name_len, max, None, None)
                         .unwrap_or_else(|| (0..name_len).map(|_| rng.safe_byte()).collect())
                 }
             };
@@ -208,6 +222,8 @@ mod tests {
             casefold: false,
             originals: &originals,
             used: HashSet::new(),
+            misses: 0,
+            pool: Pool::default(),
         };
         let r = chain.scramble(&mut b, &mut Rng::new(5, 2), None);
         assert_eq!(r.scrambled, 1);
@@ -238,6 +254,8 @@ mod tests {
             casefold: false,
             originals: &originals,
             used: HashSet::new(),
+            misses: 0,
+            pool: Pool::default(),
         };
         let r = chain.scramble(&mut b, &mut Rng::new(5, 2), None);
         assert_eq!(r.broken_at, Some(12));

@@ -6,6 +6,7 @@
 
 use super::block::{scrub_dx_node, Chain};
 use super::names::{HashRange, Rng};
+use super::pool::Pool;
 use super::Found;
 use crate::blockmap::inode_runs;
 use crate::bytes::{le16, le32};
@@ -33,6 +34,8 @@ const ROOT_LEVELS: usize = 0x1E;
 const ROOT_COUNT: usize = 0x20;
 /// Count/limit pair of an interior node.
 const NODE_COUNT: usize = 8;
+/// Warnings kept; the others are counted.
+const MAX_WARNINGS: usize = 32;
 /// Deepest htree (largedir: 3 levels of index).
 const MAX_LEVELS: u8 = 3;
 
@@ -92,6 +95,16 @@ pub(crate) fn scramble_dir<V: BlockView>(
         casefold: inode.i_flags & EXT4_CASEFOLD_FL != 0,
         originals: &originals,
         used: HashSet::new(),
+        misses: 0,
+        pool: Pool::new(
+            roles
+                .values()
+                .filter_map(|r| match r {
+                    Role::Leaf(h) => Some(*h),
+                    Role::Node(_) => None,
+                })
+                .collect(),
+        ),
     };
     let mut rng = Rng::new(seed, u64::from(ino.0));
     let data: Vec<u64> = blocks.iter().map(|b| b.1).collect();
@@ -208,7 +221,12 @@ fn node(
 
 impl Found {
     /// Adds a warning naming directory `ino`, its block `block` and byte `offset`.
+    /// Past [`MAX_WARNINGS`], only counted.
     pub(crate) fn warn(&mut self, ino: InodeNr, block: u64, offset: usize, reason: &str) {
+        if self.warnings.len() >= MAX_WARNINGS {
+            self.warnings_omitted += 1;
+            return;
+        }
         self.warnings.push(Warning {
             inode: Some(ino),
             block: Some(BlockNr(block)),

@@ -52,6 +52,8 @@ pub(crate) fn inline_dir(sb: &Superblock, ino: u32, raw: &mut [u8], seed: u64) -
         casefold: le32(raw, 0x20) & super::dirs::EXT4_CASEFOLD_FL != 0,
         originals: &originals,
         used: HashSet::new(),
+        misses: 0,
+        pool: super::pool::Pool::default(),
     };
     let mut rng = Rng::new(seed, u64::from(ino));
     let mut n = chain.scramble(&mut raw[head], &mut rng, None).scrambled;

@@ -28,6 +28,7 @@ mod block;
 mod dirs;
 mod inodes;
 mod names;
+mod pool;
 mod view;
 
 pub use view::ScrambledView;
@@ -86,6 +87,8 @@ pub(crate) struct Found {
     pub(crate) symlinks: u64,
     pub(crate) encrypted: u64,
     pub(crate) warnings: Vec<Warning>,
+    /// Warnings beyond those kept.
+    pub(crate) warnings_omitted: u64,
 }
 
 impl<'v> ScrambledView<'v> {
@@ -113,6 +116,17 @@ impl<'v> ScrambledView<'v> {
             visit(fs, &csum, ino, inode, opts.seed, &mut found);
         });
         zero_journal(fs, &mut found);
+        if found.warnings_omitted > 0 {
+            found.warnings.push(Warning {
+                inode: None,
+                block: None,
+                offset: None,
+                reason: format!(
+                    "{} more directory entries could not be put in their htree range or broke their block's chain (not listed)",
+                    found.warnings_omitted
+                ),
+            });
+        }
         let report = ScrambleReport {
             names: found.names,
             directories: found.directories,

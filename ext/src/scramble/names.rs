@@ -9,11 +9,15 @@
 //! names, up to what the entry's `rec_len` holds. Short alphabets are enumerated in full
 //! (from a random start), long ones sampled.
 
+use super::pool::Pool;
 use crate::dx_hash::dirhash;
 use std::collections::HashSet;
 
 /// Candidates tried per stage (per length in the last stage).
 pub(crate) const TRIES: u64 = 1 << 16;
+
+/// Longer names tried in the last stage: up to this many bytes more than the old name.
+const LONGER: usize = 3;
 
 /// Lowercase ASCII letters and digits.
 const SAFE: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -78,6 +82,12 @@ impl HashRange {
         }
     }
 
+    /// True if no hash can fall in the range (a corrupt index: bounds out of order).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.hi
+            .is_some_and(|hi| hi & !1 < self.lo & !1 || (hi & !1 == self.lo & !1 && hi & 1 == 0))
+    }
+
     /// True if `name` hashes into the range (false for an unknown hash version).
     pub(crate) fn accepts(&self, name: &[u8]) -> bool {
         dirhash(name, self.version, &self.seed).is_some_and(|h| self.holds(h))
@@ -96,22 +106,42 @@ pub(crate) struct Picker<'a> {
 
 impl Picker<'_> {
     /// A new name for `orig` (its length first, at most `max_len` bytes), in `range` when
-    /// given; `None` if no stage found one (the caller warns and falls back).
+    /// given (the first stage drawing from the directory's `pool` when given); `None` if no
+    /// stage found one (the caller warns and falls back).
     pub(crate) fn pick(
         &self,
         rng: &mut Rng,
         orig_len: usize,
         max_len: usize,
         range: Option<&HashRange>,
+        pool: Option<&mut Pool>,
     ) -> Option<Vec<u8>> {
+        if range.is_some_and(HashRange::is_empty) {
+            return None;
+        }
         let wide = self.wide_alphabet();
-        if let Some(n) = self.search(rng, orig_len, SAFE, range) {
-            return Some(n);
+        let small = u32::try_from(orig_len)
+            .ok()
+            .and_then(|l| (SAFE.len() as u64).checked_pow(l))
+            .is_some_and(|t| t <= TRIES);
+        let pooled = match (range, pool) {
+            (Some(r), Some(p)) if !small => Some(p.draw(self, rng, orig_len, r)),
+            _ => None,
+        };
+        match pooled {
+            Some(Some(n)) => return Some(n),
+            Some(None) => {}
+            None => {
+                if let Some(n) = self.search(rng, orig_len, SAFE, range) {
+                    return Some(n);
+                }
+            }
         }
         if let Some(n) = self.search(rng, orig_len, &wide, range) {
             return Some(n);
         }
-        (orig_len + 1..=max_len.min(255)).find_map(|len| self.search(rng, len, &wide, range))
+        let longest = max_len.min(255).min(orig_len + LONGER);
+        (orig_len + 1..=longest).find_map(|len| self.search(rng, len, &wide, range))
     }
 
     /// Any byte but NUL and `/`; printable ASCII without capitals when casefolded.
@@ -153,7 +183,9 @@ impl Picker<'_> {
         None
     }
 
-    fn fits(&self, name: &[u8], range: Option<&HashRange>) -> bool {
+    /// True if `name` is new in the directory (not `.` or `..`, not given, not an old name)
+    /// and in `range` when given.
+    pub(crate) fn fits(&self, name: &[u8], range: Option<&HashRange>) -> bool {
         name != b"."
             && name != b".."
             && !self.used.contains(name)
@@ -194,6 +226,9 @@ mod tests {
         assert!(!r.holds(0x0ffe) && !r.holds(0x2000));
         assert!(range(0x1001, Some(0x2001)).holds(0x2000));
         assert!(range(0x1001, None).holds(0xffff_fffc));
+        assert!(range(0x2000, Some(0x1000)).is_empty());
+        assert!(range(0x2000, Some(0x2000)).is_empty());
+        assert!(!range(0x2000, Some(0x2001)).is_empty());
     }
 
     #[test]
@@ -208,7 +243,7 @@ mod tests {
                 originals: &originals,
                 casefold: true,
             };
-            let n = p.pick(&mut rng, 15, 15, Some(&r)).unwrap();
+            let n = p.pick(&mut rng, 15, 15, Some(&r), None).unwrap();
             assert_eq!(n.len(), 15);
             assert!(r.accepts(&n), "{n:?}");
             assert!(n.iter().all(|b| SAFE.contains(b)));
@@ -228,8 +263,8 @@ mod tests {
         // One byte, a range of 1/4096 of the space: 254 one-byte names cannot all miss it
         // with certainty, so only check what comes back is valid and deterministic.
         let r = range(0x1234_0000, Some(0x1235_0000));
-        let a = p.pick(&mut Rng::new(7, 3), 1, 4, Some(&r));
-        let b = p.pick(&mut Rng::new(7, 3), 1, 4, Some(&r));
+        let a = p.pick(&mut Rng::new(7, 3), 1, 4, Some(&r), None);
+        let b = p.pick(&mut Rng::new(7, 3), 1, 4, Some(&r), None);
         assert_eq!(a, b);
         let a = a.unwrap();
         assert!(r.accepts(&a) && !a.contains(&b'/') && !a.contains(&0));
@@ -245,7 +280,7 @@ mod tests {
             originals: &originals,
             casefold: true,
         };
-        let n = p.pick(&mut Rng::new(1, 1), 1, 1, None).unwrap();
+        let n = p.pick(&mut Rng::new(1, 1), 1, 1, None, None).unwrap();
         assert!(!SAFE.contains(&n[0]) && n != b"." && n != b"/");
     }
 }
