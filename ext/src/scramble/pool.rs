@@ -60,9 +60,7 @@ impl Pool {
         }
         for _ in 0..TRIES {
             let name: Vec<u8> = (0..len).map(|_| rng.safe_byte()).collect();
-            let Some(h) = dirhash(&name, range.version, &range.seed) else {
-                return None;
-            };
+            let h = dirhash(&name, range.version, &range.seed)?;
             if range.holds(h) {
                 if picker.fits(&name, None) {
                     return Some(name);
