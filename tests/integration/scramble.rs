@@ -322,6 +322,8 @@ fn a_journal_needing_recovery_needs_replay() {
     let o = expect(&[&"-r", &"-s", &img, &out], 2);
     assert!(stderr(&o).contains("--replay"), "{}", stderr(&o));
     assert!(!out.exists());
+    expect(&[&"-r", &"-s", &"--replay", &img, &out], 0);
+    assert_eq!(fsck(&out), 0, "e2fsck -fn fails on the replayed, scrambled image");
 }
 
 /// A casefolded htree directory (this kernel may lack CONFIG_UNICODE, so e2fsprogs makes it:
