@@ -15,7 +15,8 @@
 //! tables), `append` and `unchanged` (archive appends), `journal` (each state's journal),
 //! `states` (older states), `qcow_source` and `convert` (QCOW2 sources), `delta` (deltas),
 //! `summary` (what the run reports), `cluster` (cluster sizes), `passes` (the second pass of
-//! a sink that plans first: a QCOW2 stream).
+//! a sink that plans first: a QCOW2 stream), `scramble` (`-s`: the current state read
+//! through ext's scrambled view, after `--replay`'s replayed view when given).
 
 mod append;
 mod cluster;
