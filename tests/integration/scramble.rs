@@ -323,7 +323,11 @@ fn a_journal_needing_recovery_needs_replay() {
     assert!(stderr(&o).contains("--replay"), "{}", stderr(&o));
     assert!(!out.exists());
     expect(&[&"-r", &"-s", &"--replay", &img, &out], 0);
-    assert_eq!(fsck(&out), 0, "e2fsck -fn fails on the replayed, scrambled image");
+    assert_eq!(
+        fsck(&out),
+        0,
+        "e2fsck -fn fails on the replayed, scrambled image"
+    );
 }
 
 /// A casefolded htree directory (this kernel may lack CONFIG_UNICODE, so e2fsprogs makes it:
