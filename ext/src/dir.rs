@@ -33,7 +33,7 @@ pub(crate) const EXT4_FT_DIR: u8 = 2;
 /// `file_type` when unknown (kernel `EXT4_FT_UNKNOWN`; always so without INCOMPAT_FILETYPE).
 pub(crate) const EXT4_FT_UNKNOWN: u8 = 0;
 /// `e_name_index` of the `system.` xattr namespace (`EXT4_XATTR_INDEX_SYSTEM`).
-const EXT4_XATTR_INDEX_SYSTEM: u8 = 7;
+pub(crate) const EXT4_XATTR_INDEX_SYSTEM: u8 = 7;
 /// `h_magic` of the in-inode xattr area (`EXT4_XATTR_MAGIC`).
 const EXT4_XATTR_MAGIC: u32 = 0xEA02_0000;
 /// Size of the fixed part of an xattr entry (`struct ext4_xattr_entry`), in bytes.
@@ -172,9 +172,20 @@ fn read_inline_dir(raw: &[u8], filetype: bool, f: &mut dyn FnMut(&[DirEntry]) ->
 }
 
 /// The value of the in-inode extended attribute `index`.`name`, if present and in bounds.
-/// The area starts after `i_extra_isize` with `h_magic`; values are at `e_value_offs` from
-/// the first entry.
 fn ibody_xattr<'r>(raw: &'r [u8], index: u8, name: &[u8]) -> Option<&'r [u8]> {
+    let (_, start, end) = ibody_xattr_span(raw, index, name)?;
+    raw.get(start..end)
+}
+
+/// Where the in-inode extended attribute `index`.`name` is in inode record `raw`, if present
+/// and in bounds: the byte offsets of its entry, of its value and of the value's end. The
+/// area starts after `i_extra_isize` with `h_magic`; values are at `e_value_offs` from the
+/// first entry. `None` for a value in an EA inode.
+pub(crate) fn ibody_xattr_span(
+    raw: &[u8],
+    index: u8,
+    name: &[u8],
+) -> Option<(usize, usize, usize)> {
     let extra = usize::from(le16(
         raw.get(..EXT2_GOOD_OLD_INODE_SIZE + 2)?,
         EXT2_GOOD_OLD_INODE_SIZE,
@@ -183,7 +194,8 @@ fn ibody_xattr<'r>(raw: &'r [u8], index: u8, name: &[u8]) -> Option<&'r [u8]> {
     if raw.len() < magic_at.checked_add(4)? || le32(raw, magic_at) != EXT4_XATTR_MAGIC {
         return None;
     }
-    let area = &raw[magic_at + 4..];
+    let first = magic_at + 4;
+    let area = &raw[first..];
     let mut off = 0;
     while off + XATTR_ENTRY_HEADER <= area.len() && le32(area, off) != 0 {
         let name_len = usize::from(area[off]);
@@ -197,7 +209,8 @@ fn ibody_xattr<'r>(raw: &'r [u8], index: u8, name: &[u8]) -> Option<&'r [u8]> {
             }
             let value_offs = usize::from(le16(area, off + 2));
             let end = value_offs.checked_add(usize::try_from(le32(area, off + 8)).ok()?)?;
-            return area.get(value_offs..end);
+            area.get(value_offs..end)?;
+            return Some((first + off, first + value_offs, first + end));
         }
         off = (name_end + 3) & !3;
     }

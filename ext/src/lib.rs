@@ -17,6 +17,8 @@
 //! [`Superblock::is_special_inode`] tells the filesystem's own inodes from user files, and
 //! [`SuperblockBytes`] reads and edits superblock fields in a caller's buffer (the replayed
 //! view's superblock, the binary's "not clean" mark): editing memory, never writing a device.
+//! [`ScrambledView`] shows a filesystem with its names and symlink targets scrambled
+//! (`e2image -s`), still valid for `e2fsck`.
 //!
 //! Layers, bottom to top; a module uses only modules below it (or beside it in its own
 //! layer, never in a circle), never one above:
@@ -25,8 +27,8 @@
 //! |---|---|---|
 //! | values | `types`, `bytes`, `view`, `blockset` | [`InodeNr`], [`BlockNr`], the reserved inode numbers; little-endian fields and crc32c; [`BlockView`]; the copy set [`BlockSet`] of [`Extent`]s |
 //! | problems | `error`, `warning`, `checksum::report` | [`Error`], [`Corrupt`]; [`Warning`]s bounded per kind; the [`ChecksumReport`] |
-//! | on-disk structures | `features`, `superblock/` (`edit`, `special`), `group_desc`, `layout`, `extent_header`, `inode` | decoding and validation of one kernel structure each, no I/O: [`Superblock`] (its special inodes and journal flags in `special`, the field setters of [`SuperblockBytes`] in `edit`), [`Inode`]; `layout` is where the static metadata lives |
-//! | checksum rules | `checksum::{state, rules, pending}` | a walk's checksum state; the checksums of directory, xattr, MMP and orphan-file blocks (the others beside their structure); the [`PendingChecks`] left to a copy |
+//! | on-disk structures | `features`, `superblock/` (`edit`, `special`), `group_desc`, `layout`, `extent_header`, `inode`, `dx_hash` | decoding and validation of one kernel structure each, no I/O: [`Superblock`] (its special inodes and journal flags in `special`, the field setters of [`SuperblockBytes`] in `edit`), [`Inode`]; `layout` is where the static metadata lives |
+//! | checksum rules | `checksum::{state, rules, compute, pending}` | a walk's checksum state; the checksums of directory, xattr, MMP and orphan-file blocks (the others beside their structure), and the directory ones stored again (`compute`); the [`PendingChecks`] left to a copy |
 //! | collect | `collect` | the `Collector` every walk fills, [`WalkStats`], [`RunKind`], the tree classes |
 //! | trees, open | `extent`, `indirect`, `fs` | walks of one inode's extent tree or indirect map; [`Filesystem::open`] |
 //! | inode tables | `itable` | scans of the in-use inodes of a group or of the filesystem |
@@ -37,6 +39,7 @@
 //! | copy set | `walk`, `checksum::verify` | [`walk()`]: the copy-set policy (what each inode's blocks are, whether copied); the checksums the walk verifies or leaves pending |
 //! | owners, paths | `owners`, `paths` | [`file_runs`], [`file_runs_and_inodes`], [`inode_paths`] |
 //! | snapshots | `snapshot/` (`list`, `map`, `view`, `names`) | next3 snapshots |
+//! | scrambling | `scramble/` (`names`, `pool`, `block`; `inodes`, `dirs`; `view`) | the [`ScrambledView`] (`-s`): names and symlink targets replaced, htree ranges kept, checksums stored again |
 //!
 //! The journal sits above the block maps because finding it maps the journal inode; its
 //! replayed view is a [`BlockView`] that every layer reads like a device.
@@ -59,6 +62,7 @@ mod bytes;
 mod checksum;
 mod collect;
 mod dir;
+mod dx_hash;
 mod error;
 mod extent;
 mod extent_header;
@@ -73,6 +77,7 @@ mod layout;
 mod orphan;
 mod owners;
 mod paths;
+mod scramble;
 mod snapshot;
 mod superblock;
 mod types;
@@ -97,6 +102,7 @@ pub use journal::{
 pub use orphan::{release_orphans, OrphanRelease};
 pub use owners::{file_runs, file_runs_and_inodes, Owners};
 pub use paths::inode_paths;
+pub use scramble::{ScrambleOptions, ScrambleReport, ScrambledView};
 pub use snapshot::{
     snapshot_list, snapshot_names, BlockSource, SnapshotFile, SnapshotMap, SnapshotView,
 };

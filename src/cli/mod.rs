@@ -8,11 +8,13 @@
 mod apply;
 mod package;
 mod patch;
+mod scramble;
 
 pub use apply::ApplyArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use package::{CompletionsArgs, EXIT_STATUS_HELP};
 pub use patch::PatchArgs;
+pub use scramble::ScrambleArgs;
 use std::path::PathBuf;
 
 /// Image ext2/3/4 filesystem metadata (and optionally data) into QCOW2 or sparse raw images.
@@ -303,6 +305,9 @@ pub struct ExportArgs {
     /// that they are refused with a clear message (see `plan`).
     #[command(flatten)]
     pub unsupported: UnsupportedArgs,
+    /// `-s`, `--scramble-seed`, `--allow-data` (docs/scrambling.md).
+    #[command(flatten)]
+    pub scramble: ScrambleArgs,
 }
 
 /// e2image's options that are not implemented yet. Hidden from `--help`; each one is a usage
@@ -312,21 +317,15 @@ pub struct UnsupportedArgs {
     /// e2image -I: install the metadata of an image onto a device.
     #[arg(short = 'I', hide = true)]
     pub install: bool,
-    /// e2image -s: scramble directory entries.
-    #[arg(short = 's', hide = true)]
-    pub scramble: bool,
 }
 
 impl UnsupportedArgs {
     /// The first unsupported e2image option given, with what to use instead, if any.
     pub fn first(&self) -> Option<(&'static str, &'static str)> {
-        [
-            (self.install, "-I", INSTALL_HINT),
-            (self.scramble, "-s", ""),
-        ]
-        .into_iter()
-        .find(|(set, _, _)| *set)
-        .map(|(_, flag, hint)| (flag, hint))
+        [(self.install, "-I", INSTALL_HINT)]
+            .into_iter()
+            .find(|(set, _, _)| *set)
+            .map(|(_, flag, hint)| (flag, hint))
     }
 }
 

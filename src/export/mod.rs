@@ -15,7 +15,8 @@
 //! tables), `append` and `unchanged` (archive appends), `journal` (each state's journal),
 //! `states` (older states), `qcow_source` and `convert` (QCOW2 sources), `delta` (deltas),
 //! `summary` (what the run reports), `cluster` (cluster sizes), `passes` (the second pass of
-//! a sink that plans first: a QCOW2 stream).
+//! a sink that plans first: a QCOW2 stream), `scramble` (`-s`: the current state read
+//! through ext's scrambled view, after `--replay`'s replayed view when given).
 
 mod append;
 mod cluster;
@@ -25,6 +26,7 @@ mod journal;
 mod open;
 mod passes;
 mod qcow_source;
+mod scramble;
 mod states;
 mod summary;
 mod tables;
@@ -91,6 +93,14 @@ pub(super) fn export_fs(view: &dyn BlockView, plan: &ExportPlan) -> Result<Summa
         early.checksums = j.checksums.clone();
     }
     let view: &dyn BlockView = match replayed.as_ref().and_then(|j| j.view.as_ref()) {
+        Some(v) => v,
+        None => view,
+    };
+    let scrambled = match plan.scramble() {
+        Some(s) => Some(scramble::view(view, plan, s, &mut early)?),
+        None => None,
+    };
+    let view: &dyn BlockView = match &scrambled {
         Some(v) => v,
         None => view,
     };
@@ -184,6 +194,8 @@ pub(super) struct Early {
     pub(super) dirty: Option<String>,
     /// The log checksums of the journal recovered before (`journal_done`).
     pub(super) checksums: ext::ChecksumReport,
+    /// Members of the JSON summary found before (`scramble`).
+    pub(super) extra: Vec<(String, serde_json::Value)>,
 }
 
 /// One state to write: its view, name and date.
@@ -202,6 +214,7 @@ pub(super) fn write_states(
     mut early: Early,
     table: Option<Table>,
 ) -> Result<Summary> {
+    let extra = std::mem::take(&mut early.extra);
     let external = match plan.source().journal_dev() {
         Some(p) if !early.journal_done => Some(journal::open_journal_dev(p)?),
         _ => None,
@@ -249,6 +262,7 @@ pub(super) fn write_states(
     copy.states(out.sink.as_mut(), states, &opened, &mut tally, &table)?;
     report::phase(plan.progress(), finishing_phase(plan));
     let mut finished = out.complete(&table, plan.sync())?;
+    finished.json.extend(extra);
     notes.append(&mut finished.notes);
     if let Mode::ArchiveAppend { .. } = plan.mode() {
         append::report_retention(&output.decisions, &mut notes, &mut finished.json);

@@ -4,6 +4,7 @@
 use super::archive::{check_name, policy};
 use super::compare::{compare_of, Compare};
 use super::delta::{backing_path, delta_plan, DeltaPlan, StateRef};
+use super::scramble::{refuse_data, scramble_of, Scramble};
 use super::source::{Source, SourceArgs, SourceKind, SourceView};
 use super::{archive_output, output_kind, usage, Format, Older, Output, UsageError};
 use crate::cli::{unknown_subcommand, Compat, CompressionKind, ExportArgs};
@@ -97,6 +98,8 @@ pub struct ExportPlan {
     dest_offset: u64,
     /// `-r -c [-n]`: OUT compared block by block, written in place.
     compare: Option<Compare>,
+    /// `-s`: names are scrambled.
+    scramble: Option<Scramble>,
 }
 
 impl ExportPlan {
@@ -115,6 +118,7 @@ impl ExportPlan {
         let source = a.source.clone().ok_or_else(|| usage("SOURCE is missing"))?;
         let out = a.output.as_deref().ok_or_else(|| usage("OUT is missing"))?;
         let mode = mode_of(a, format, out)?;
+        refuse_data(a)?;
         let dest_offset = a.dest_offset.unwrap_or(0);
         if dest_offset > 0 && format != Format::Raw {
             return Err(usage(
@@ -140,7 +144,9 @@ impl ExportPlan {
             )
             .into());
         }
+        let scramble = scramble_of(a, &mode, source.kind())?;
         let plan = ExportPlan {
+            scramble,
             source,
             output,
             format,
@@ -217,6 +223,11 @@ impl ExportPlan {
     /// written whole).
     pub fn compare(&self) -> Option<Compare> {
         self.compare
+    }
+
+    /// `-s`: the names are scrambled, with this seed (`None`: not scrambled).
+    pub fn scramble(&self) -> Option<&Scramble> {
+        self.scramble.as_ref()
     }
 
     /// `--replay`: the journal is replayed in memory.

@@ -18,6 +18,7 @@ mod delta;
 mod export;
 mod patch;
 mod rollback;
+mod scramble;
 mod source;
 
 pub use apply::{apply_plan, ApplySource, APPLY_USAGE};
@@ -26,6 +27,7 @@ pub use delta::{backing_path, DeltaPlan, StateRef};
 pub use export::{ExportPlan, Mode};
 pub use patch::{PatchPlan, PatchRun, PatchStart};
 pub use rollback::{rollback_plan, RollbackSource, ROLLBACK_USAGE};
+pub use scramble::Scramble;
 pub use source::SourceKind;
 
 pub use crate::exit::UsageError;

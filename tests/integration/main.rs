@@ -32,6 +32,7 @@ mod replication;
 mod rollback;
 mod rollback_faults;
 mod safety;
+mod scramble;
 mod skips;
 mod snapshots_next3;
 mod snapshots_pit;

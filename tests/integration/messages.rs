@@ -34,7 +34,7 @@ fn usage_errors_say_what_is_wrong() {
             vec!["-Q", "-O", "512", "x", "y"],
             "-O DST_OFFSET places a raw image",
         ),
-        (vec!["-Q", "-s", "x", "y"], "-s is not supported"),
+        (vec!["-Q", "-s", "-d", "x", "y"], "add --allow-data"),
         (vec!["-r", "-c", "x", "y"], "OUT y does not exist"),
         (vec!["-r", "-n", "x", "y"], "-n goes with -r -c"),
         (vec!["-Q", "-n", "x", "y"], "-n goes with -r -c"),

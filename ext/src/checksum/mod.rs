@@ -24,12 +24,14 @@
 //! Inside the folder, bottom to top: `report` (problems layer), `state`, `rules` (on-disk
 //! structures), `verify` (the walk's checks, copy-set layer).
 
+mod compute;
 mod pending;
 mod report;
 mod rules;
 mod state;
 pub(crate) mod verify;
 
+pub(crate) use compute::store_dir_block_checksum;
 pub use pending::{PendingChecks, PendingTally};
 pub(crate) use report::{matched, Check, Failure};
 pub use report::{BadChecksum, ChecksumCount, ChecksumKind, ChecksumReport};

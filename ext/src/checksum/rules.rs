@@ -89,8 +89,8 @@ pub(crate) fn rec_len(raw: u16, block_size: usize) -> usize {
 
 /// Size of the metadata_csum dirent tail (`struct ext4_dir_entry_tail`) and of the dx tail
 /// (`struct dx_tail`), in bytes.
-const DIRENT_TAIL_SIZE: usize = 12;
-const DX_TAIL_SIZE: usize = 8;
+pub(crate) const DIRENT_TAIL_SIZE: usize = 12;
+pub(crate) const DX_TAIL_SIZE: usize = 8;
 /// `det_reserved_ft` of a dirent tail.
 const EXT4_FT_DIR_CSUM: u8 = 0xDE;
 /// Size of a dx entry (hash, block), and of `struct dx_root_info`, in bytes.
@@ -170,7 +170,7 @@ fn chain_reaches(block: &[u8], t: usize) -> bool {
 /// Where the dx `count`/`limit` pair of an htree node is: 8 in an interior node (one empty
 /// dirent spanning the block), 32 in a root ("." of 12 bytes, ".." spanning the rest, a
 /// `dx_root_info` with `reserved_zero` 0 and `info_length` 8); `None` for another block.
-fn dx_count_offset(block: &[u8]) -> Option<usize> {
+pub(super) fn dx_count_offset(block: &[u8]) -> Option<usize> {
     let bs = block.len();
     let first = rec_len(le16(block, 4), bs);
     if first == bs && block[6] == 0 {

@@ -33,7 +33,7 @@
 
 mod dir;
 mod dx;
-mod dx_hash;
+use crate::dx_hash;
 mod dx_leaf;
 mod extents;
 mod extents_ins;

@@ -31,7 +31,7 @@ const S_UUID: usize = 0x68;
 
 /// What the filesystem checksums, and the seeds.
 #[derive(Clone, Debug)]
-pub(super) struct Csum {
+pub(crate) struct Csum {
     /// The metadata_csum seed (`s_checksum_seed` with CSUM_SEED, else crc32c of `s_uuid`);
     /// `None` without metadata_csum.
     seed: Option<u32>,
@@ -48,7 +48,7 @@ pub(super) struct Csum {
 
 impl Csum {
     /// The checksum rules of the filesystem of `sb`.
-    pub(super) fn new(sb: &Superblock) -> Csum {
+    pub(crate) fn new(sb: &Superblock) -> Csum {
         let csum = sb.has_ro_compat(ro_compat::METADATA_CSUM);
         let seed = csum.then(|| {
             if sb.has_incompat(incompat::CSUM_SEED) {
@@ -69,7 +69,7 @@ impl Csum {
     }
 
     /// True with metadata_csum.
-    pub(super) fn metadata(&self) -> bool {
+    pub(crate) fn metadata(&self) -> bool {
         self.seed.is_some()
     }
 
@@ -108,7 +108,7 @@ impl Csum {
 
     /// True if inode record `raw` of inode `ino` carries its checksum (always without
     /// metadata_csum).
-    pub(super) fn inode_ok(&self, ino: u32, raw: &[u8]) -> bool {
+    pub(crate) fn inode_ok(&self, ino: u32, raw: &[u8]) -> bool {
         let Some(c) = self.inode_value(ino, raw) else {
             return true;
         };
@@ -119,7 +119,7 @@ impl Csum {
     }
 
     /// Stores the checksum of inode record `raw` of inode `ino` (metadata_csum).
-    pub(super) fn set_inode(&self, ino: u32, raw: &mut [u8]) {
+    pub(crate) fn set_inode(&self, ino: u32, raw: &mut [u8]) {
         let Some(c) = self.inode_value(ino, raw) else {
             return;
         };

@@ -21,7 +21,7 @@
 //! bigalloc, opened through a backup superblock or larger than its source. Loops are
 //! bounded by `s_inodes_count` (each inode is processed once) and the orphan file's size.
 
-mod csum;
+pub(crate) mod csum;
 mod edits;
 mod extents;
 mod file;

@@ -124,6 +124,30 @@ fn tea(buf: &mut [u32; 4], x: &[u32; 8]) {
     buf[1] = buf[1].wrapping_add(b1);
 }
 
+/// Byte offset of `s_hash_seed` (4 × le32) in the superblock.
+const S_HASH_SEED: usize = 0xEC;
+/// Byte offset of `s_flags` in the superblock.
+const S_FLAGS: usize = 0x160;
+/// `s_flags` bit: names hash as unsigned chars (`EXT2_FLAGS_UNSIGNED_HASH`).
+const EXT2_FLAGS_UNSIGNED_HASH: u32 = 0x2;
+
+/// The hash version a directory whose `dx_root_info.hash_version` is `root_version` uses on
+/// the filesystem of superblock bytes `sb_raw` (the unsigned variant with
+/// `EXT2_FLAGS_UNSIGNED_HASH`, as the kernel's `dx_probe` picks it), and `s_hash_seed`.
+pub(crate) fn hash_setup(sb_raw: &[u8], root_version: u8) -> (u8, [u32; 4]) {
+    let unsigned = crate::bytes::le32(sb_raw, S_FLAGS) & EXT2_FLAGS_UNSIGNED_HASH != 0;
+    let mut seed = [0u32; 4];
+    for (k, s) in seed.iter_mut().enumerate() {
+        *s = crate::bytes::le32(sb_raw, S_HASH_SEED + 4 * k);
+    }
+    let version = if root_version <= DX_HASH_TEA && unsigned {
+        root_version + 3
+    } else {
+        root_version
+    };
+    (version, seed)
+}
+
 /// The hash of `name` for hash `version` (with the unsigned offset already added) and
 /// `seed`; `None` for an unknown version.
 pub(crate) fn dirhash(name: &[u8], version: u8, seed: &[u32; 4]) -> Option<u32> {
