@@ -192,7 +192,13 @@ fn rollback_onto_a_partition_leaves_the_other_partitions_alone() {
     }
     assert_eq!(std::fs::read(&disk).unwrap(), rolled);
     // Undo at the recorded offset: the disk as it was, byte for byte.
-    expect_sub("rollback", args(&[&"--undo", &patch, &"-o", &o, &disk]), 0);
+    let out = expect_sub(
+        "rollback",
+        args(&[&"--undo", &patch, &"-o", &o, &disk, &"--json"]),
+        0,
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["target_offset"], OFF, "{doc}");
     assert_eq!(std::fs::read(&disk).unwrap(), before);
     // e2undo rewinds at the offset its file records (no -o given to it).
     expect_sub(
