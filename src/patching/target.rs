@@ -1,6 +1,8 @@
-//! The device or image file a rollback or apply writes to: refused when mounted, opened
-//! exclusively when it is a block device, locked (flock) against other e2image-rs runs, read
-//! and written in whole filesystem blocks, and discarded (zeroed deterministically).
+//! The device or image file a rollback or apply writes to (its filesystem starting at byte 0,
+//! or at the `-o` offset: a partition of a disk image; every offset below is one inside the
+//! filesystem, moved by it): refused when mounted, opened exclusively when it is a block
+//! device, locked (flock) against other e2image-rs runs, read and written in whole filesystem
+//! blocks, and discarded (zeroed deterministically).
 //!
 //! While a rollback or apply is part-way, the target's primary superblock is the "not clean"
 //! variant ([`not_clean`]): `s_state` without EXT2_VALID_FS, and `s_last_mounted` naming the

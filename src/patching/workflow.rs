@@ -84,7 +84,7 @@ fn resume_or_undo<S>(
     let goal = if resume { Goal::New } else { Goal::Old };
     let f = finish(patch, target, offset, goal, plan.progress)?;
     if plan.json {
-        report::json(&f.doc(target, patch, goal));
+        report::json(&with_offset(&f.doc(target, patch, goal), offset));
     } else {
         report::line(&f.line(target, patch, goal));
     }
@@ -112,17 +112,34 @@ fn first_run<S: NewBytes>(s: &PatchStart<S>, plan: &PatchPlan<S>) -> Result<()> 
     let (rep, ready) = S::prepare(s).map_err(untouched)?;
     let Some(ready) = ready else {
         match plan.json {
-            true => report::json(&S::doc(&rep, None, None)),
+            true => report::json(&with_offset(&S::doc(&rep, None, None), s.offset)),
             false => report::text(&S::render(&rep, true)),
         }
         return Ok(());
     };
     let d = drive_fresh(&ready.patch, &ready.target, S::COMMAND, plan.progress);
     if plan.json {
-        report::json(&S::doc(&rep, Some(&d?), Some(&ready.patch)));
+        let doc = S::doc(&rep, Some(&d?), Some(&ready.patch));
+        report::json(&with_offset(&doc, s.offset));
         return Ok(());
     }
     report::text(&S::render(&rep, false));
     report::line(&S::done_line(&rep, &d?, &ready.patch, &ready.target));
     Ok(())
+}
+
+/// A `--json` document followed by `target_offset`: where TARGET's filesystem starts, in
+/// bytes (`-o`; 0 without it).
+#[derive(Serialize)]
+struct WithOffset<'a, T: Serialize> {
+    #[serde(flatten)]
+    doc: &'a T,
+    target_offset: u64,
+}
+
+fn with_offset<T: Serialize>(doc: &T, offset: u64) -> WithOffset<'_, T> {
+    WithOffset {
+        doc,
+        target_offset: offset,
+    }
 }

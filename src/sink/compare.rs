@@ -16,6 +16,11 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Most runs of differing blocks listed in the report (the counts cover them all).
+const MAX_RUNS_LISTED: usize = 1000;
+/// Runs shown in the text note of `-n`.
+const RUNS_IN_NOTE: usize = 8;
+
 /// See the module comment.
 pub struct CompareSink {
     file: File,
@@ -28,15 +33,27 @@ pub struct CompareSink {
     states: u32,
     written: u64,
     unchanged: u64,
+    /// Where the image starts in OUT (`-O`), in bytes: block numbers count from there.
+    base: u64,
+    /// Runs of differing blocks (first block, blocks), the first [`MAX_RUNS_LISTED`].
+    runs: Vec<(u64, u64)>,
+    runs_omitted: u64,
 }
 
 impl CompareSink {
     /// Opens the existing `path` (a block device or a regular file) for a `size`-byte image
-    /// compared in `block_size`-byte blocks; read-only when `dry_run`.
+    /// (the `-O` offset `base` included) compared in `block_size`-byte blocks; read-only when
+    /// `dry_run`.
     ///
     /// # Errors
     /// Mounted, busy, locked, not a device or file, or smaller than `size`.
-    pub fn open(path: &Path, size: u64, block_size: u32, dry_run: bool) -> Result<CompareSink> {
+    pub fn open(
+        path: &Path,
+        size: u64,
+        block_size: u32,
+        dry_run: bool,
+        base: u64,
+    ) -> Result<CompareSink> {
         if let Some(at) = mounted_anywhere(path) {
             bail!(
                 "OUT {} is mounted on {}: unmount it first; nothing was written",
@@ -82,6 +99,9 @@ impl CompareSink {
             states: 0,
             written: 0,
             unchanged: 0,
+            base,
+            runs: Vec::new(),
+            runs_omitted: 0,
         })
     }
 
@@ -102,6 +122,7 @@ impl CompareSink {
                     self.written += (i - start) as u64;
                     let r = start * bs..(i * bs).min(data.len());
                     let at = offset + r.start as u64;
+                    self.list_run(at, (i - start) as u64);
                     if !self.dry_run {
                         self.file.write_all_at(&data[r], at).with_context(|| {
                             format!("write error at byte {at} of OUT {}", self.path.display())
@@ -113,6 +134,36 @@ impl CompareSink {
             }
         }
         Ok(())
+    }
+}
+
+impl CompareSink {
+    /// Lists the run of `blocks` differing blocks at byte `at` of OUT.
+    fn list_run(&mut self, at: u64, blocks: u64) {
+        let first = at.saturating_sub(self.base) / self.block_size as u64;
+        let room = self.runs.len() < MAX_RUNS_LISTED;
+        match self.runs.last_mut() {
+            Some((f, n)) if *f + *n == first => *n += blocks,
+            _ if room => self.runs.push((first, blocks)),
+            _ => self.runs_omitted += 1,
+        }
+    }
+
+    /// The first runs, as `100-107, 215, …`.
+    fn runs_text(&self) -> String {
+        let mut shown: Vec<String> = self
+            .runs
+            .iter()
+            .take(RUNS_IN_NOTE)
+            .map(|&(f, n)| match n {
+                1 => format!("{f}"),
+                n => format!("{f}-{}", f + n - 1),
+            })
+            .collect();
+        if self.runs.len() > RUNS_IN_NOTE || self.runs_omitted > 0 {
+            shown.push("…".into());
+        }
+        shown.join(", ")
     }
 }
 
@@ -143,6 +194,7 @@ impl Sink for CompareSink {
         }
         let (w, u, bs) = (self.written, self.unchanged, self.block_size);
         let note = match self.dry_run {
+            true if w > 0 => format!("-n: {w} blocks of {bs} bytes differ from OUT and would be written ({}), {u} are the same; nothing was written", self.runs_text()),
             true => format!("-n: {w} blocks of {bs} bytes differ from OUT and would be written, {u} are the same; nothing was written"),
             false => format!("-c: {w} blocks of {bs} bytes written (they differed from OUT), {u} unchanged (not written)"),
         };
@@ -152,6 +204,8 @@ impl Sink for CompareSink {
             "blocks_written": if self.dry_run { 0 } else { w },
             "blocks_differing": w,
             "blocks_unchanged": u,
+            "differing_runs": self.runs,
+            "differing_runs_omitted": self.runs_omitted,
         });
         Ok(Finished {
             notes: vec![note],

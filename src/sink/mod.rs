@@ -217,7 +217,7 @@ pub fn open(plan: &ExportPlan, target: &Target) -> Result<Opened> {
     let (sink, temp, background): (Box<dyn Sink>, _, _) = match (plan.output(), plan.format()) {
         (Output::File(p) | Output::Device(p), _) if plan.compare().is_some() => {
             let dry = plan.compare().is_some_and(|c| c.dry_run);
-            let sink = compare::CompareSink::open(p, size, target.block_size, dry)?;
+            let sink = compare::CompareSink::open(p, size, target.block_size, dry, by)?;
             (Box::new(sink), None, None)
         }
         (Output::Stdout, Format::Raw) => (Box::new(stream::StreamSink::new(size)), None, None),

@@ -1,7 +1,8 @@
 //! Is a source or rollback target mounted (read-write)? Checked from `/proc/self/mountinfo`: a block device is
-//! matched by device number; an image file by the loop devices whose backing file it is; a
-//! whole disk (or loop device) also by the partitions the kernel made of it (a disk image's
-//! partition 2 mounted makes the disk image mounted, for `-o`).
+//! matched by device number; an image file by the loop devices whose backing file it is. For a
+//! target that is written ([`mounted_anywhere`]), a whole disk (or loop device) is also matched
+//! by the partitions the kernel made of it: a rollback at `-o` onto a disk whose partition is
+//! mounted is refused.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ pub fn mounted_rw(source: &Path) -> Option<PathBuf> {
     mount_point(source, true)
 }
 
-/// Where a path is mounted at all (read-only mounts included), if it is.
+/// Where a path, or a partition of it, is mounted at all (read-only mounts included), if it
+/// is.
 pub fn mounted_anywhere(path: &Path) -> Option<PathBuf> {
     mount_point(path, false)
 }
@@ -23,7 +25,10 @@ fn mount_point(source: &Path, rw_only: bool) -> Option<PathBuf> {
     } else {
         loop_devices_backed_by(source)
     };
-    let devs = with_partitions(devs);
+    let devs = match rw_only {
+        true => devs,
+        false => with_partitions(devs),
+    };
     if devs.is_empty() {
         return None;
     }

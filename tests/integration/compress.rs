@@ -399,7 +399,15 @@ fn compression_usage_errors_say_why() {
     let img = small_image(&dir);
     let out = dir.join("o.qcow2");
     for (args, says) in [
-        (vec!["-r", "-c"], "a raw image (-r) has none"),
+        // -r -c is e2image's compare mode, onto an existing OUT only.
+        (
+            vec!["-r", "-c"],
+            "does not exist (without -c, -r writes a new image)",
+        ),
+        (
+            vec!["-r", "-c", "--compression-type", "zstd"],
+            "go with -Q -c",
+        ),
         (
             vec!["-Q", "-c", "--compat", "0.10", "--compression-type", "zstd"],
             "needs --compat 1.1",

@@ -192,7 +192,13 @@ fn rollback_onto_a_partition_leaves_the_other_partitions_alone() {
     }
     assert_eq!(std::fs::read(&disk).unwrap(), rolled);
     // Undo at the recorded offset: the disk as it was, byte for byte.
-    expect_sub("rollback", args(&[&"--undo", &patch, &"-o", &o, &disk]), 0);
+    let out = expect_sub(
+        "rollback",
+        args(&[&"--undo", &patch, &"-o", &o, &disk, &"--json"]),
+        0,
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["target_offset"], OFF, "{doc}");
     assert_eq!(std::fs::read(&disk).unwrap(), before);
     // e2undo rewinds at the offset its file records (no -o given to it).
     expect_sub(
@@ -258,14 +264,14 @@ fn apply_onto_a_partition_at_an_offset() {
 }
 
 /// The 4 KiB blocks of partition 2 in which two disks differ.
-fn differing_blocks(a: &Path, b: &Path) -> u64 {
+fn differing_blocks(a: &Path, b: &Path) -> Vec<u64> {
     let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     let r = OFF as usize..(OFF + LEN) as usize;
-    a[r.clone()]
-        .chunks(4096)
-        .zip(b[r].chunks(4096))
-        .filter(|(x, y)| x != y)
-        .count() as u64
+    (0u64..)
+        .zip(a[r.clone()].chunks(4096).zip(b[r].chunks(4096)))
+        .filter(|(_, (x, y))| x != y)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[test]
@@ -276,7 +282,8 @@ fn compare_mode_writes_only_the_blocks_that_differ() {
     let o = OFF.to_string();
     let target = sparse_copy(&disk, &dir.join("target.img"));
     change(&disk, &dir).unwrap();
-    let differ = differing_blocks(&disk, &target);
+    let blocks = differing_blocks(&disk, &target);
+    let differ = blocks.len() as u64;
     assert!(differ > 0);
     let old = std::fs::read(&target).unwrap();
     let run = |extra: &[&str]| {
@@ -290,6 +297,16 @@ fn compare_mode_writes_only_the_blocks_that_differ() {
     let dry = run(&["-n"]);
     assert_eq!(dry["blocks_differing"], differ, "{dry}");
     assert_eq!(dry["blocks_written"], 0);
+    let listed: Vec<u64> = dry["differing_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let (f, n) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+            f..f + n
+        })
+        .collect();
+    assert_eq!(listed, blocks, "the runs name the blocks that differ");
     assert_eq!(std::fs::read(&target).unwrap(), old, "-n wrote to OUT");
     let done = run(&[]);
     assert_eq!(done["blocks_written"], differ, "{done}");

@@ -11,6 +11,10 @@
 //!        SHA-256 of the old bytes, SHA-256 of the new bytes); SHA-256 of both in the header
 //! ```
 //!
+//! Version 1 is a filesystem at the start of its target; version 2 (written only for one at a
+//! byte offset of it, `-o`) is the same with the image path 8 bytes shorter (bytes 336–495)
+//! and `fs_offset` (u64) at byte 496: every block of the runs is at `fs_offset + block × B`.
+//!
 //! All integers are little-endian. Every byte of the file is covered by a checksum: the header
 //! and state record by their CRC32C, the tables by the header's SHA-256, the data by the
 //! per-block digests, and the file length is fixed by the header. [`Patch::open`] checks all of
