@@ -20,7 +20,7 @@
 #            apply of that delta onto a copy of usr.img is timed against dd writing as many bytes
 #   tib/     a sparse 1 TiB ext4 and a copy where a 1 GiB file was written (debugfs): the apply
 #            of their delta must take time proportional to the 1 GiB, not to the 1 TiB
-#   stream   usr.img again: -Q and -Q -d to standard output through a pipe (`| cat > FILE`,
+#   stream   usr.img again: -Q, -Q -d and -Q -c to standard output through a pipe (`| cat > FILE`,
 #            `| wc -c`) against the same export to a file; the peak RSS is the stream's
 #   jfs.img  a 4 GiB ext4 made from /usr/share with a 128 MiB journal filled by debugfs (30
 #            committed transactions of 1000 blocks of random bytes each, for the blocks of a
@@ -370,8 +370,8 @@ if [ -z "$only" ] || [ "$only" = stream ]; then
   echo "== $usr: QCOW2 to standard output through a pipe (two passes over SOURCE) vs to a file"
   pipe='set -o pipefail; out="$1"; shift; "$@" - | cat > "$out"'
   count='set -o pipefail; "$@" - | wc -c > /dev/null'
-  for mode in -Q -d; do
-    args=(-Q); [ "$mode" = -d ] && args=(-Q -d)
+  for mode in -Q -d -c; do
+    args=(-Q); [ "$mode" = -d ] && args=(-Q -d); [ "$mode" = -c ] && args=(-Q -c)
     cmd "e2image-rs ${args[*]} FILE" "$work/s-file.qcow2" "$bin" "${args[@]}" "$usr" "$work/s-file.qcow2"
     cmd "e2image-rs ${args[*]} - | cat > FILE" "$work/s-pipe.qcow2" bash -c "$pipe" _ "$work/s-pipe.qcow2" "$bin" "${args[@]}" "$usr"
     cmd "e2image-rs ${args[*]} - | wc -c" "$work/s-none" bash -c "$count" _ "$bin" "${args[@]}" "$usr"

@@ -42,6 +42,22 @@ pub enum Mode {
     Delta(DeltaPlan),
 }
 
+impl Mode {
+    /// What `-s` does not apply to in this mode, named for the message (`None`: the mode
+    /// scrambles: one filesystem state into a new image).
+    pub fn scramble_refusal(&self) -> Option<&'static str> {
+        match self {
+            Mode::Export { older: Older::None } => None,
+            Mode::Export { .. } => Some("older states (--snapshot, --fs-snapshots)"),
+            Mode::Convert => Some("a QCOW2 SOURCE converted to raw"),
+            Mode::ArchiveCreate { .. } | Mode::ArchiveAppend { .. } => {
+                Some("archives (--name, --append)")
+            }
+            Mode::Delta(_) => Some("deltas (-x)"),
+        }
+    }
+}
+
 /// `-c` (with `--compression-type` and `--compression-level`): how the QCOW2 clusters are
 /// compressed, validated; an append resolves it against the archive ([`Compress::for_image`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +160,7 @@ impl ExportPlan {
             )
             .into());
         }
-        let scramble = scramble_of(a, &mode, source.kind())?;
+        let scramble = scramble_of(a, mode.scramble_refusal(), source.kind())?;
         let plan = ExportPlan {
             scramble,
             source,

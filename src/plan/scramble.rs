@@ -1,9 +1,8 @@
 //! `-s` validated: where scrambling applies (a filesystem SOURCE's current state, to a new
 //! `-Q` or `-r` image) and its seed (docs/scrambling.md).
 
-use super::export::Mode;
 use super::source::SourceKind;
-use super::{usage, Older, UsageError};
+use super::{usage, UsageError};
 use crate::cli::ExportArgs;
 
 /// A scrambled export: names and symlink targets replaced through ext's scrambled view.
@@ -15,14 +14,15 @@ pub struct Scramble {
     pub seed_given: bool,
 }
 
-/// The scrambling `a` asks for (`None` without `-s`), for `mode` of a `kind` SOURCE.
+/// The scrambling `a` asks for (`None` without `-s`), for a `kind` SOURCE in a mode that
+/// `refused` names when it does not scramble ([`super::export::Mode::scramble_refusal`]).
 ///
 /// # Errors
 /// [`UsageError`] for `-s` with `-d` without `--allow-data`, and for the modes that do not
 /// scramble (archives, deltas, older states, QCOW2 sources, `--from-snapshot`).
 pub(super) fn scramble_of(
     a: &ExportArgs,
-    mode: &Mode,
+    refused: Option<&'static str>,
     kind: SourceKind,
 ) -> Result<Option<Scramble>, UsageError> {
     let s = &a.scramble;
@@ -30,15 +30,6 @@ pub(super) fn scramble_of(
         return Ok(None);
     }
     refuse_data(a)?;
-    let refused = match mode {
-        Mode::Export { older: Older::None } => None,
-        Mode::Export { .. } => Some("older states (--snapshot, --fs-snapshots)"),
-        Mode::Convert => Some("a QCOW2 SOURCE converted to raw"),
-        Mode::ArchiveCreate { .. } | Mode::ArchiveAppend { .. } => {
-            Some("archives (--name, --append)")
-        }
-        Mode::Delta(_) => Some("deltas (-x)"),
-    };
     let refused = refused
         .or((kind == SourceKind::Qcow2).then_some("a QCOW2 SOURCE"))
         .or(a.from_snapshot.is_some().then_some("--from-snapshot"));

@@ -10,7 +10,8 @@
 //! What the archive is, which state is the base, the new state's name and id and which states
 //! go are decided before (`crate::archive`, the export pipeline); this sink only writes.
 
-use super::clusters::{Clusters, StateTarget};
+use super::clusters::Clusters;
+use super::state_target::StateTarget;
 use super::{Finished, SharedCluster, Sink, Table};
 use crate::archive::{NewState, OpenArchive};
 use anyhow::{Context, Result};

@@ -8,7 +8,7 @@
 //! cluster equal to the base's is compressed never, stays one copy in the file, and the output
 //! is the same whatever the number of cores.
 
-use super::clusters::StateTarget;
+use super::state_target::StateTarget;
 use anyhow::{Context, Result};
 use qcow::{CompressedCluster, Compression, StoredCluster};
 use rayon::prelude::*;

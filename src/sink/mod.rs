@@ -25,6 +25,7 @@ mod qcow_stream;
 mod raw;
 mod shifted;
 mod spool;
+mod state_target;
 mod stream;
 
 use crate::plan::{ExportPlan, Format, Output};

@@ -7,7 +7,8 @@
 //! was copied and is zero, an unallocated one was not copied. Version 2 has no zero flag, so
 //! there all-zero clusters stay unallocated and the two cases cannot be told apart.
 
-use super::clusters::{Clusters, StateTarget};
+use super::clusters::Clusters;
+use super::state_target::StateTarget;
 use super::{Finished, Sink, Table};
 use anyhow::{Context, Result};
 use qcow::{SnapshotSpec, StateId, Version, Writer, WriterOptions};

@@ -10,11 +10,21 @@
 
 use super::report::{matched, BadChecksum, Check, ChecksumKind, ChecksumReport, Failure};
 use super::rules::{self, dir_block_checksum, DirChecksum};
-use super::state::Role;
 use crate::inode::inode_checksum;
 use crate::types::{BlockNr, InodeNr};
 use crate::view::BlockView;
 use crate::warning::WarningLog;
+
+/// Which of an inode's mapped blocks carry a checksum the walk verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A directory: every block below `i_size` (metadata_csum).
+    Directory,
+    /// The orphan file: every block below `i_size` (metadata_csum).
+    OrphanFile,
+    /// The internal journal: its block 0, the journal superblock (CSUM_V2/V3).
+    Journal,
+}
 
 /// Longest pending run, in blocks.
 pub(crate) const MAX_PIECE: u64 = 256;

@@ -20,17 +20,6 @@ pub(crate) struct CapturedRun {
     pub(crate) len: u64,
 }
 
-/// Which of an inode's mapped blocks carry a checksum the walk verifies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// A directory: every block below `i_size` (metadata_csum).
-    Directory,
-    /// The orphan file: every block below `i_size` (metadata_csum).
-    OrphanFile,
-    /// The internal journal: its block 0, the journal superblock (CSUM_V2/V3).
-    Journal,
-}
-
 /// The checksum state of one collector of a walk.
 #[derive(Debug, Default)]
 pub(crate) struct Checks {

@@ -7,9 +7,10 @@
 //! A block that cannot be read here is not counted: the copy reports it.
 
 use super::pending::Pending;
+use super::pending::Role;
 use super::report::{matched, ChecksumKind, Failure};
 use super::rules;
-use super::state::{CapturedRun, Role};
+use super::state::CapturedRun;
 use crate::bytes::{le16, le32};
 use crate::collect::{bad, Collector};
 use crate::features::{compat, incompat, ro_compat};

@@ -8,8 +8,9 @@
 //! from the broken entry on, with a warning. In an htree node, the index entries past `count`
 //! (old index entries or, in a root made from a leaf, the old leaf's names) are zeroed.
 
-use super::names::{HashRange, Picker, Rng};
+use super::names::Picker;
 use super::pool::Pool;
+use super::range::{HashRange, Rng};
 use crate::bytes::{le16, le32};
 use crate::checksum::rec_len;
 use crate::dir::DIRENT_HEADER;

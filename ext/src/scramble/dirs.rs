@@ -5,8 +5,8 @@
 //! new name is one the directory held.
 
 use super::block::{scrub_dx_node, Chain};
-use super::names::{HashRange, Rng};
 use super::pool::Pool;
+use super::range::{HashRange, Rng};
 use super::Found;
 use crate::blockmap::inode_runs;
 use crate::bytes::{le16, le32};

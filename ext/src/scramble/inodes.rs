@@ -5,7 +5,7 @@
 //! set) and the inode checksum (when it verified) are stored again.
 
 use super::block::{scramble_target, Chain};
-use super::names::Rng;
+use super::range::Rng;
 use crate::bytes::{le16, le32};
 use crate::dir::{ibody_xattr_span, parse_block, EXT4_XATTR_INDEX_SYSTEM};
 use crate::features::incompat;

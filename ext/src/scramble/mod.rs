@@ -29,6 +29,7 @@ mod dirs;
 mod inodes;
 mod names;
 mod pool;
+mod range;
 mod view;
 
 pub use view::ScrambledView;
@@ -214,7 +215,7 @@ fn slow_symlink<V: BlockView>(
         return;
     }
     let size = usize::try_from(inode.i_size).unwrap_or(bs).min(bs);
-    let mut rng = names::Rng::new(seed, u64::from(ino.0));
+    let mut rng = range::Rng::new(seed, u64::from(ino.0));
     block::scramble_target(&mut b[..size], &mut rng);
     b[size..].fill(0);
     found.blocks.insert(r.physical, b);

@@ -5,7 +5,7 @@
 //! hashes computed are then about the number of names, times a small factor. The pool is
 //! bounded ([`PER_SLOT`] names per leaf and length, [`TOTAL`] in all).
 
-use super::names::{HashRange, Picker, Rng, TRIES};
+use super::range::{HashRange, Rng, TRIES};
 use crate::dx_hash::dirhash;
 use std::collections::HashMap;
 
@@ -39,12 +39,12 @@ impl Pool {
         (0..i).rev().take(2).find(|&k| self.leaves[k].holds(h))
     }
 
-    /// A name of `len` random lowercase letters and digits that `picker` accepts, in leaf
+    /// A name of `len` random lowercase letters and digits that `fits` accepts, in leaf
     /// `range`: a kept one first, then up to [`TRIES`] new ones (each that falls in another
     /// leaf kept for it). `None` when `range` is not one of the pool's leaves or none fits.
     pub(crate) fn draw(
         &mut self,
-        picker: &Picker<'_>,
+        fits: impl Fn(&[u8]) -> bool,
         rng: &mut Rng,
         len: usize,
         range: &HashRange,
@@ -53,7 +53,7 @@ impl Pool {
         if let Some(v) = self.kept.get_mut(&(len, leaf)) {
             while let Some(n) = v.pop() {
                 self.total -= 1;
-                if picker.fits(&n, None) {
+                if fits(&n) {
                     return Some(n);
                 }
             }
@@ -62,7 +62,7 @@ impl Pool {
             let name: Vec<u8> = (0..len).map(|_| rng.safe_byte()).collect();
             let h = dirhash(&name, range.version, &range.seed)?;
             if range.holds(h) {
-                if picker.fits(&name, None) {
+                if fits(&name) {
                     return Some(name);
                 }
                 continue;
@@ -98,17 +98,13 @@ mod tests {
             })
             .collect();
         let mut pool = Pool::new(leaves.clone());
-        let originals = HashSet::new();
+        let originals: HashSet<Vec<u8>> = HashSet::new();
         let mut used = HashSet::new();
         let mut rng = Rng::new(3, 4);
         for round in 0..8 {
             for r in &leaves {
-                let p = Picker {
-                    used: &used,
-                    originals: &originals,
-                    casefold: false,
-                };
-                let name = pool.draw(&p, &mut rng, 20, r).expect("a name");
+                let fits = |n: &[u8]| !used.contains(n) && !originals.contains(n);
+                let name = pool.draw(fits, &mut rng, 20, r).expect("a name");
                 assert!(r.accepts(&name), "round {round}");
                 assert!(used.insert(name));
             }

@@ -20,6 +20,7 @@ use crate::format::refcount::{refcount_structure_clusters, DEFAULT_REFCOUNT_ORDE
 use crate::format::snapshot::{encode_entry, SnapshotSpec};
 use crate::format::table::{compressed_sectors, encode_l1_entry, set_copied, L2Entry};
 use crate::geometry::{Version, MAX_HOST_OFFSET, MAX_REFTABLE_BYTES};
+use crate::types::StateId;
 
 /// Where everything of a one-pass image goes; made by [`StreamPlan::finish`], written by
 /// [`StreamWriter::start`](super::StreamWriter::start).
@@ -48,6 +49,31 @@ pub struct StreamLayout {
     /// Refcount of every host cluster of the image.
     pub(super) refcounts: Vec<u16>,
     pub(super) file_size: u64,
+}
+
+impl StreamPlan {
+    /// Fixes every offset: the active layer is `active`'s, one snapshot per spec (ids, names,
+    /// dates, in table order). A state may be used several times or not at all.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for unknown states or invalid snapshot specs (those
+    /// of [`Writer::finish`](crate::Writer::finish)); [`Error::Limit`] for a refcount overflow, a
+    /// refcount table over 8 MiB or host offsets past 2^56.
+    pub fn finish(
+        mut self,
+        active: StateId,
+        snapshots: &[SnapshotSpec],
+    ) -> Result<StreamLayout, Error> {
+        let mut uses = vec![0u32; self.states.len()];
+        for s in std::iter::once(active).chain(snapshots.iter().map(|s| s.state)) {
+            let i = self.state_index(s)?;
+            uses[i] += 1;
+        }
+        crate::format::snapshot::validate_specs(snapshots)?;
+        for s in 0..self.states.len() {
+            self.finish_window(s);
+        }
+        StreamLayout::new(self, active.index(), snapshots, &uses)
+    }
 }
 
 impl StreamLayout {

@@ -7,11 +7,9 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 
-use super::layout::StreamLayout;
 use crate::error::Error;
 use crate::format::extension::{self, HeaderExtension};
 use crate::format::header::V3_HEADER_LENGTH;
-use crate::format::snapshot::SnapshotSpec;
 use crate::geometry::{
     guest_clusters, l1_entries_within_limit, l2_entries, Version, MAX_CLUSTER_BITS,
     MIN_CLUSTER_BITS,
@@ -286,30 +284,7 @@ impl StreamPlan {
         self.set_entry(state, guest_cluster, proto_of(data))
     }
 
-    /// Fixes every offset: the active layer is `active`'s, one snapshot per spec (ids, names,
-    /// dates, in table order). A state may be used several times or not at all.
-    ///
-    /// Errors: [`Error::InvalidArgument`] for unknown states or invalid snapshot specs (those
-    /// of [`Writer::finish`](crate::Writer::finish)); [`Error::Limit`] for a refcount overflow, a
-    /// refcount table over 8 MiB or host offsets past 2^56.
-    pub fn finish(
-        mut self,
-        active: StateId,
-        snapshots: &[SnapshotSpec],
-    ) -> Result<StreamLayout, Error> {
-        let mut uses = vec![0u32; self.states.len()];
-        for s in std::iter::once(active).chain(snapshots.iter().map(|s| s.state)) {
-            let i = self.state_index(s)?;
-            uses[i] += 1;
-        }
-        crate::format::snapshot::validate_specs(snapshots)?;
-        for s in 0..self.states.len() {
-            self.finish_window(s);
-        }
-        StreamLayout::new(self, active.index(), snapshots, &uses)
-    }
-
-    fn state_index(&self, state: StateId) -> Result<usize, Error> {
+    pub(super) fn state_index(&self, state: StateId) -> Result<usize, Error> {
         let i = state.index();
         if i >= self.states.len() {
             return Err(Error::InvalidArgument(format!("unknown state {i}")));
@@ -350,7 +325,7 @@ impl StreamPlan {
 
     /// Closes state `s`'s open window: shares an identical table at the same L1 index, or
     /// keeps a new one.
-    fn finish_window(&mut self, s: usize) {
+    pub(super) fn finish_window(&mut self, s: usize) {
         let Some((l1_index, entries)) = self.states[s].open.take() else {
             return;
         };
