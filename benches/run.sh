@@ -2,7 +2,7 @@
 # Benchmarks e2image-rs against e2image and qemu-img on the same inputs, in the same run,
 # and prints the ratios the project targets (docs: docs/performance.md).
 #
-#   benches/run.sh [--reps N] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal|stream|compress]
+#   benches/run.sh [--reps N] [--cold] [--usr IMG] [--big IMG] [--work DIR] [--only usr|big|snap|rollback|append|delta|apply|journal|stream|compress]
 #
 # Inputs are built in --work (default target/bench) unless given:
 #   usr.img  8 GiB ext4 made with `mke2fs -t ext4 -d /usr usr.img 8G`   (takes minutes)
@@ -29,10 +29,12 @@
 # -Q export (the way to compress without -c), and -Q -c --compression-type zstd against zlib:
 # output sizes and wall times, on the machine's cores (2 here).
 # Each command runs --reps times (default 5) after one warm-up; the median wall time and the
-# peak RSS are reported. Page cache is warm, as in the reference timings.
+# peak RSS are reported. Page cache is warm, as in the reference timings; with --cold, the page
+# cache is dropped (root: /proc/sys/vm/drop_caches) before every timed run, so each reads its
+# input from the disk.
 set -euo pipefail
 
-reps=5 usr="" big="" work="" only=""
+reps=5 usr="" big="" work="" only="" cold=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps="$2"; shift 2 ;;
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --big) big="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
+    --cold) cold=1; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -87,7 +90,9 @@ run_round() {
     # Rotate the order each round, so that no command always follows the same one.
     for i in $(seq 0 $((k - 1))); do
       n=${names[$(( (r + i) % k ))]}
-      rm -f "${OUTS[$n]}"; sync; sleep 1
+      rm -f "${OUTS[$n]}"; sync
+      if [ "$cold" = 1 ]; then echo 3 > /proc/sys/vm/drop_caches; fi
+      sleep 1
       eval "/usr/bin/time -o $stat -f '%e %M' ${CMDS[$n]}" >/dev/null 2>&1 || true
       read -r t m < <(tail -n1 "$stat")   # time prefixes a line when the command exits non-zero
       rm -f "${OUTS[$n]}"   # free its page cache before the next command runs
