@@ -66,7 +66,7 @@ pub use editor::{CommitSummary, Editor};
 pub use error::Error;
 pub use format::checksums::{
     crc32c, ChecksumExtension, ALGORITHM_CRC32C, AUTOCLEAR_CLUSTER_CHECKSUMS, CHECKSUM_EXT_BYTES,
-    EXT_CLUSTER_CHECKSUMS,
+    EXT_CLUSTER_CHECKSUMS, FLAG_CRC_TRAILER,
 };
 pub use format::extension::{
     HeaderExtension, EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_END, EXT_EXTERNAL_DATA_FILE,

@@ -121,6 +121,10 @@ impl QcowStreamSink {
         if let Some(c) = &qcow.compression {
             plan.set_compression_type(c.kind())?;
         }
+        if qcow.version == qcow::Version::V3 {
+            // docs/verify.md: the table follows the image, computed as it is written.
+            plan.set_cluster_checksums()?;
+        }
         Ok(QcowStreamSink {
             phase: Phase::Idle(Box::new(plan)),
             cluster: 1usize << qcow.cluster_bits,

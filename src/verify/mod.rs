@@ -123,7 +123,7 @@ fn document(r: &VerifyReport, names: &[String]) -> Doc {
     let table = match &r.table {
         TableStatus::Current => "current",
         TableStatus::Absent => {
-            notes.push("no cluster checksum table (an image QEMU wrote, a v2 image, a stream written to a pipe, or one written before e2image-rs kept tables): structure checked only".into());
+            notes.push("no cluster checksum table (an image QEMU wrote, a v2 image, or one written before e2image-rs kept tables): structure checked only".into());
             "absent"
         }
         TableStatus::Stale => {

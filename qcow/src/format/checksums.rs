@@ -12,7 +12,10 @@
 //!
 //! Extension data (big-endian, [`CHECKSUM_EXT_BYTES`] bytes): table_offset u64 (bytes, cluster
 //! aligned), covered_clusters u64 (entries), algorithm u32 ([`ALGORITHM_CRC32C`]), table_crc
-//! u32 (CRC-32C of the `4 · covered_clusters` entry bytes), 8 reserved bytes (0).
+//! u32 (CRC-32C of the `4 · covered_clusters` entry bytes), flags u32, 4 reserved bytes (0).
+//! Flag [`FLAG_CRC_TRAILER`]: the table's CRC-32C follows its entries (4 bytes, big-endian)
+//! instead of being in `table_crc` (0 then): a stream writes its header first, before it knows
+//! the table.
 
 use crate::bytes::{encode_be, BigEndian};
 use crate::error::Error;
@@ -28,6 +31,9 @@ pub const AUTOCLEAR_CLUSTER_CHECKSUMS: u64 = 1 << 40;
 /// Algorithm number of CRC-32C (Castagnoli), the only one defined.
 pub const ALGORITHM_CRC32C: u32 = 1;
 
+/// Flag: the table's own CRC-32C is the 4 bytes after its entries, not `table_crc`.
+pub const FLAG_CRC_TRAILER: u32 = 1;
+
 /// Bytes of the extension's data.
 pub const CHECKSUM_EXT_BYTES: usize = 32;
 
@@ -40,8 +46,10 @@ pub struct ChecksumExtension {
     pub covered_clusters: u64,
     /// [`ALGORITHM_CRC32C`].
     pub algorithm: u32,
-    /// CRC-32C of the table's entry bytes.
+    /// CRC-32C of the table's entry bytes (0 with [`FLAG_CRC_TRAILER`]).
     pub table_crc: u32,
+    /// [`FLAG_CRC_TRAILER`] or 0.
+    pub flags: u32,
 }
 
 impl ChecksumExtension {
@@ -52,6 +60,7 @@ impl ChecksumExtension {
         self.covered_clusters.put(&mut b, 8);
         self.algorithm.put(&mut b, 16);
         self.table_crc.put(&mut b, 20);
+        self.flags.put(&mut b, 24);
         b
     }
 
@@ -71,7 +80,12 @@ impl ChecksumExtension {
             covered_clusters: u64::get(data, 8),
             algorithm: u32::get(data, 16),
             table_crc: u32::get(data, 20),
+            flags: u32::get(data, 24),
         };
+        if e.flags & !FLAG_CRC_TRAILER != 0 {
+            let what = format!("cluster checksum flags {:#x}", e.flags);
+            return Err(Error::Unsupported(what));
+        }
         if e.algorithm != ALGORITHM_CRC32C {
             let what = format!("cluster checksum algorithm {}", e.algorithm);
             return Err(Error::Unsupported(what));
@@ -80,6 +94,7 @@ impl ChecksumExtension {
         let end = e
             .covered_clusters
             .checked_mul(4)
+            .and_then(|n| n.checked_add(e.trailer_bytes()))
             .and_then(|n| e.table_offset.checked_add(n));
         let fits = end.is_some_and(|end| end <= file_len);
         if e.table_offset == 0 || !e.table_offset.is_multiple_of(c) || !fits {
@@ -92,9 +107,18 @@ impl ChecksumExtension {
         Ok(e)
     }
 
-    /// Bytes of the table's entries.
+    /// Bytes of the table: its entries, and its CRC-32C after them with [`FLAG_CRC_TRAILER`].
     pub fn table_bytes(&self) -> u64 {
-        self.covered_clusters * 4
+        self.covered_clusters * 4 + self.trailer_bytes()
+    }
+
+    /// 4 with [`FLAG_CRC_TRAILER`], else 0.
+    fn trailer_bytes(&self) -> u64 {
+        if self.flags & FLAG_CRC_TRAILER != 0 {
+            4
+        } else {
+            0
+        }
     }
 
     /// The table's length in whole clusters of `1 << cluster_bits` bytes.
@@ -119,15 +143,22 @@ pub(crate) fn encode_table(sums: &[u32], cluster_bits: u32) -> (Vec<u8>, u32) {
     (bytes, crc)
 }
 
-/// Decodes a table's `entry_bytes` (the `4 · covered_clusters` bytes), checking them against
-/// `ext.table_crc`. Errors: [`Error::Corrupt`] when the table's own checksum does not match.
-pub(crate) fn decode_table(entry_bytes: &[u8], ext: &ChecksumExtension) -> Result<Vec<u32>, Error> {
+/// Decodes a table's bytes (its [`ChecksumExtension::table_bytes`]), checking the entries
+/// against `ext.table_crc` or, with [`FLAG_CRC_TRAILER`], the CRC-32C after them.
+/// Errors: [`Error::Corrupt`] when the table's own checksum does not match.
+pub(crate) fn decode_table(table_bytes: &[u8], ext: &ChecksumExtension) -> Result<Vec<u32>, Error> {
+    let n = table_bytes
+        .len()
+        .saturating_sub(ext.trailer_bytes() as usize);
+    let (entry_bytes, trailer) = table_bytes.split_at(n);
+    let want = match trailer {
+        [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
+        _ => ext.table_crc,
+    };
     let crc = crc32c(entry_bytes);
-    if crc != ext.table_crc {
-        let what = format!(
-            "cluster checksum table: CRC-32C {crc:#010x}, the extension says {:#010x}",
-            ext.table_crc
-        );
+    if crc != want {
+        let what =
+            format!("cluster checksum table: CRC-32C {crc:#010x}, its record says {want:#010x}");
         return Err(Error::corrupt(what, ext.table_offset));
     }
     Ok(crate::bytes::decode_be(entry_bytes))
@@ -167,6 +198,7 @@ mod tests {
             covered_clusters: 5,
             algorithm: ALGORITHM_CRC32C,
             table_crc: 0xdead_beef,
+            flags: 0,
         };
         let b = e.to_bytes();
         assert_eq!(ChecksumExtension::parse(&b, 12, 0x4000).unwrap(), e);
@@ -196,11 +228,40 @@ mod tests {
             covered_clusters: 3,
             algorithm: ALGORITHM_CRC32C,
             table_crc: crc,
+            flags: 0,
         };
         assert_eq!(decode_table(&bytes[..12], &ext).unwrap(), sums);
         let mut bad = bytes.clone();
         bad[5] ^= 1;
         assert!(decode_table(&bad[..12], &ext).is_err());
+    }
+
+    #[test]
+    fn a_stream_table_carries_its_crc_after_the_entries() {
+        let sums = [0u32, 7, 0xffff_ffff];
+        let (mut bytes, crc) = encode_table(&sums, 9);
+        bytes[12..16].copy_from_slice(&crc.to_be_bytes());
+        let ext = ChecksumExtension {
+            table_offset: 512,
+            covered_clusters: 3,
+            algorithm: ALGORITHM_CRC32C,
+            table_crc: 0,
+            flags: FLAG_CRC_TRAILER,
+        };
+        assert_eq!(ext.table_bytes(), 16);
+        assert_eq!(
+            ChecksumExtension::parse(&ext.to_bytes(), 9, 1024).unwrap(),
+            ext
+        );
+        assert_eq!(decode_table(&bytes[..16], &ext).unwrap(), sums);
+        let mut bad = bytes.clone();
+        bad[14] ^= 1;
+        assert!(decode_table(&bad[..16], &ext).is_err());
+        let unknown = ChecksumExtension { flags: 2, ..ext };
+        assert!(matches!(
+            ChecksumExtension::parse(&unknown.to_bytes(), 9, 1024),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]

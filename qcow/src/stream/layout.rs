@@ -12,6 +12,10 @@
 use super::plan::{proto_data, StreamPlan, PROTO_ZERO};
 use crate::bytes::encode_be;
 use crate::error::Error;
+use crate::format::checksums::{
+    ChecksumExtension, ALGORITHM_CRC32C, AUTOCLEAR_CLUSTER_CHECKSUMS, EXT_CLUSTER_CHECKSUMS,
+    FLAG_CRC_TRAILER,
+};
 use crate::format::extension::{self, HeaderExtension};
 use crate::format::header::{
     Header, INCOMPAT_COMPRESSION_TYPE, V2_HEADER_LENGTH, V3_HEADER_LENGTH,
@@ -260,6 +264,9 @@ impl StreamLayout {
                 },
             );
         }
+        if p.cluster_checksums {
+            exts.insert(0, self.checksum_extension());
+        }
         let l1_first = 1 + self.reftable_clusters + self.refblocks;
         let snap_first = l1_first + self.l1_clusters * self.l1_states.len() as u64;
         let mut header = Header {
@@ -281,7 +288,11 @@ impl StreamLayout {
                 crate::compression::CompressionType::Deflate => 0,
             },
             compatible_features: 0,
-            autoclear_features: 0,
+            autoclear_features: if p.cluster_checksums {
+                AUTOCLEAR_CLUSTER_CHECKSUMS
+            } else {
+                0
+            },
             refcount_order: DEFAULT_REFCOUNT_ORDER,
             header_length: match p.version {
                 Version::V3 => V3_HEADER_LENGTH,
@@ -310,6 +321,22 @@ impl StreamLayout {
             )));
         }
         Ok(head)
+    }
+
+    /// The cluster checksum extension: the table right after the image's last cluster, covering
+    /// every cluster before it, its CRC-32C after its entries (written last, by the stream).
+    fn checksum_extension(&self) -> HeaderExtension {
+        let ext = ChecksumExtension {
+            table_offset: self.file_size,
+            covered_clusters: self.file_size >> self.plan.cluster_bits,
+            algorithm: ALGORITHM_CRC32C,
+            table_crc: 0,
+            flags: FLAG_CRC_TRAILER,
+        };
+        HeaderExtension {
+            ext_type: EXT_CLUSTER_CHECKSUMS,
+            data: ext.to_bytes().to_vec(),
+        }
     }
 
     /// The refcount of every host cluster (notes §2.1).

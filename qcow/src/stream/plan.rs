@@ -92,6 +92,8 @@ pub struct StreamPlan {
     pub(super) payloads: Vec<(u64, u32)>,
     /// How the payloads are compressed (the header's `compression_type`).
     pub(super) compression: crate::compression::CompressionType,
+    /// The image gets a cluster checksum table ([`StreamPlan::set_cluster_checksums`]).
+    pub(super) cluster_checksums: bool,
 }
 
 impl StreamPlan {
@@ -133,7 +135,25 @@ impl StreamPlan {
             data_count: 0,
             payloads: Vec::new(),
             compression: crate::compression::CompressionType::Deflate,
+            cluster_checksums: false,
         })
+    }
+
+    /// Gives the streamed image a cluster checksum table (docs/verify.md): its extension (with
+    /// [`FLAG_CRC_TRAILER`](crate::format::checksums::FLAG_CRC_TRAILER): the header is written
+    /// before the table is known) and auto-clear bit 40 in the header, the table after the
+    /// last cluster, computed as the stream is written. Costs 4 bytes of memory per host
+    /// cluster.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a v2 image (no auto-clear bits).
+    pub fn set_cluster_checksums(&mut self) -> Result<(), Error> {
+        if self.version == Version::V2 {
+            return Err(Error::InvalidArgument(
+                "cluster checksums need QCOW2 version 3 (compat 1.1)".into(),
+            ));
+        }
+        self.cluster_checksums = true;
+        Ok(())
     }
 
     /// Says how the image's compressed payloads are compressed (the v3 header's

@@ -76,6 +76,8 @@ impl<R: Read> StreamImage<R> {
                 Ok(())
             })?;
         }
+        // A cluster checksum table follows the image (docs/verify.md): the stream ends after it.
+        data_end = data_end.max(checksum_table_end(&reader));
         if let Some(g) = straddles {
             let reason = format!("guest cluster {g}'s data straddles the end of its tables");
             return Ok(StreamOpen::Spool {
@@ -261,6 +263,26 @@ fn layers(reader: &Reader) -> impl Iterator<Item = Result<LayerReader<'_>, Error
     std::iter::once(Layer::Active)
         .chain((0..reader.snapshots().len()).map(Layer::Snapshot))
         .map(|l| reader.layer(l))
+}
+
+/// The end of the cluster checksum table a current extension names (bytes, its clusters
+/// whole: the writers pad it with zeros), 0 without one or
+/// for an extension that does not parse (the table is then not the reader's concern).
+fn checksum_table_end(reader: &Reader) -> u64 {
+    let h = reader.header();
+    if h.autoclear_features & crate::format::checksums::AUTOCLEAR_CLUSTER_CHECKSUMS == 0 {
+        return 0;
+    }
+    reader
+        .header_extension(crate::format::checksums::EXT_CLUSTER_CHECKSUMS)
+        .and_then(|d| {
+            crate::format::checksums::ChecksumExtension::parse(d, h.cluster_bits, u64::MAX).ok()
+        })
+        .and_then(|e| {
+            let bytes = e.table_clusters(h.cluster_bits) << h.cluster_bits;
+            e.table_offset.checked_add(bytes)
+        })
+        .unwrap_or(0)
 }
 
 /// The host bytes `[start, end)` a mapping reads, if any.

@@ -40,6 +40,22 @@ pub struct StreamWriter<W: Write> {
     payloads: Vec<(u64, u32)>,
     next_payload: usize,
     summary: StreamSummary,
+    /// Where the image's clusters end and its checksum table, if any, starts (bytes).
+    image_end: u64,
+    /// With a cluster checksum table: the CRC-32C of each host cluster written so far.
+    sums: Option<Vec<u32>>,
+    /// The CRC-32C of the host cluster being written, so far.
+    crc: u32,
+}
+
+/// Bytes of the cluster checksum table after an image of `image_end` bytes (its entries and
+/// their CRC-32C, in whole clusters), 0 without one.
+fn table_bytes(checksums: bool, image_end: u64, cluster_bits: u32) -> u64 {
+    if !checksums {
+        return 0;
+    }
+    let c = 1u64 << cluster_bits;
+    ((image_end >> cluster_bits) * 4 + 4).div_ceil(c) * c
 }
 
 /// Zeros written at once for padding, in bytes.
@@ -55,7 +71,12 @@ impl<W: Write> StreamWriter<W> {
     pub fn start(layout: StreamLayout, out: W) -> Result<StreamWriter<W>, Error> {
         let p = &layout.plan;
         let c = p.cluster_size() as usize;
+        let image_end = layout.file_size;
+        let table = table_bytes(p.cluster_checksums, image_end, p.cluster_bits);
         let mut w = StreamWriter {
+            image_end,
+            sums: p.cluster_checksums.then(Vec::new),
+            crc: 0,
             out,
             pos: 0,
             next: 0,
@@ -64,7 +85,7 @@ impl<W: Write> StreamWriter<W> {
             payloads: Vec::new(),
             next_payload: 0,
             summary: StreamSummary {
-                file_size: layout.file_size,
+                file_size: image_end + table,
                 data_clusters: p.data_count,
                 l2_tables: layout.l2_order.len() as u64,
                 states: layout.l1_states.len() as u32,
@@ -163,7 +184,10 @@ impl<W: Write> StreamWriter<W> {
                 self.next, self.data_count
             )));
         }
-        self.pad_to(self.summary.file_size)?;
+        self.pad_to(self.image_end)?;
+        if let Some(sums) = self.sums.take() {
+            self.put_table(sums)?;
+        }
         let pos = self.pos;
         self.out
             .flush()
@@ -171,7 +195,42 @@ impl<W: Write> StreamWriter<W> {
         Ok((self.out, self.summary))
     }
 
+    /// Writes the cluster checksum table after the image: the entries (cluster 0's is 0, the
+    /// header is not covered), their CRC-32C, zeros to a whole cluster.
+    fn put_table(&mut self, mut sums: Vec<u32>) -> Result<(), Error> {
+        if let Some(first) = sums.first_mut() {
+            *first = 0;
+        }
+        let mut bytes = Vec::with_capacity(sums.len() * 4 + 4);
+        encode_be(&sums, &mut bytes);
+        let crc = crate::format::checksums::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        let len = self.summary.file_size - self.image_end;
+        self.put_padded(&bytes, len as usize)
+    }
+
+    /// Adds `bytes`, about to be written at `self.pos`, to the checksums of their host clusters.
+    fn sum(&mut self, mut bytes: &[u8]) {
+        let Some(sums) = self.sums.as_mut() else {
+            return;
+        };
+        let c = 1u64 << self.cluster_bits;
+        let mut pos = self.pos;
+        while !bytes.is_empty() {
+            let room = (c - pos % c) as usize;
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.crc = crc32c::crc32c_append(self.crc, now);
+            pos += now.len() as u64;
+            if pos.is_multiple_of(c) {
+                sums.push(self.crc);
+                self.crc = 0;
+            }
+            bytes = rest;
+        }
+    }
+
     fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.sum(bytes);
         self.out
             .write_all(bytes)
             .map_err(Error::io("writing the stream", self.pos))?;

@@ -63,6 +63,7 @@ impl Writer {
             covered_clusters: covered,
             algorithm: ALGORITHM_CRC32C,
             table_crc,
+            flags: 0,
         };
         Ok((ext, (bytes.len() as u64) >> self.cluster_bits))
     }
