@@ -4,7 +4,7 @@
 //! kernel's `ext4_*_csum` functions compute it; nothing is written here, the callers store
 //! the values.
 
-use crate::bytes::{crc32c_raw, le16, le32};
+use crate::bytes::{crc16, crc32c_raw, le16, le32};
 use crate::features::{incompat, ro_compat};
 use crate::superblock::{Superblock, EXT2_GOOD_OLD_INODE_SIZE};
 
@@ -192,34 +192,5 @@ impl Csum {
             return;
         };
         desc[BG_CHECKSUM..BG_CHECKSUM + 2].copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// CRC-16 with the reflected polynomial 0xA001 (CRC-16/ARC's), chained from `crc` without a
-/// final inversion: gdt_csum's checksum, started from 0xFFFF.
-pub(super) fn crc16(mut crc: u16, data: &[u8]) -> u16 {
-    for &b in data {
-        crc ^= u16::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc16_arc_check_value() {
-        // CRC-16/ARC (init 0) of "123456789" is 0xBB3D.
-        assert_eq!(crc16(0, b"123456789"), 0xBB3D);
-        let chained = crc16(crc16(0xFFFF, b"1234"), b"56789");
-        assert_eq!(chained, crc16(0xFFFF, b"123456789"));
     }
 }

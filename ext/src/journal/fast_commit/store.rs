@@ -8,7 +8,7 @@
 //! replay hold more than that in memory.
 
 use super::scan::Region;
-use crate::bytes::{crc32c_raw, le16, le32};
+use crate::bytes::{crc16, crc32c_raw, le16, le32};
 use crate::features::{incompat, ro_compat};
 use crate::layout::{desc_block_location, group_base_block};
 use crate::superblock::Superblock;
@@ -298,29 +298,5 @@ impl<'v> Fs<'v> {
     pub(crate) fn inode_seed(&self, ino: u32, gen: u32) -> u32 {
         let c = crc32c_raw(self.csum_seed, &ino.to_le_bytes());
         crc32c_raw(c, &gen.to_le_bytes())
-    }
-}
-
-/// crc16 (ANSI, reflected polynomial 0xA001) chained from `crc`, as ext4's `crc16`.
-pub(crate) fn crc16(mut crc: u16, data: &[u8]) -> u16 {
-    for &byte in data {
-        crc ^= u16::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn crc16_check_value() {
-        // CRC-16/ARC of "123456789" is 0xBB3D (seed 0).
-        assert_eq!(super::crc16(0, b"123456789"), 0xBB3D);
     }
 }
