@@ -46,6 +46,20 @@ pub(crate) const MAX_SNAPSHOT_TABLE_BYTES: u64 = 64 << 20;
 /// Longest backing file name in bytes: 1023 (QEMU).
 pub(crate) const MAX_BACKING_FILE_NAME: u32 = 1023;
 
+/// Checks a backing file to be named in a new image: a name of 1 to
+/// [`MAX_BACKING_FILE_NAME`] bytes, format "raw" or "qcow2" (the backing format extension).
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) otherwise.
+pub(crate) fn check_backing_file(name: &str, format: &str) -> Result<(), crate::Error> {
+    let long = name.len() > MAX_BACKING_FILE_NAME as usize;
+    if name.is_empty() || long || !matches!(format, "raw" | "qcow2") {
+        return Err(crate::Error::InvalidArgument(format!(
+            "backing file {name:?} ({format}): a name of 1 to {MAX_BACKING_FILE_NAME} bytes and format raw or qcow2"
+        )));
+    }
+    Ok(())
+}
+
 /// Number of 8-byte entries in one L2 table (one cluster): `C / 8`.
 pub(crate) fn l2_entries(cluster_bits: u32) -> u64 {
     1u64 << (cluster_bits - 3)

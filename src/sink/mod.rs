@@ -152,6 +152,39 @@ pub struct Table {
     pub extensions: Vec<(u32, Vec<u8>)>,
 }
 
+impl Table {
+    /// The active state and the snapshot specs, with the written states' indices mapped to
+    /// the writer's `ids` (index `i` of the table is `ids[i]`).
+    ///
+    /// # Errors
+    /// An index with no id: that state was not `what` (written, planned).
+    pub fn resolve(
+        &self,
+        ids: &[::qcow::StateId],
+        what: &str,
+    ) -> Result<(::qcow::StateId, Vec<::qcow::SnapshotSpec>)> {
+        let at = |i: usize| {
+            ids.get(i)
+                .copied()
+                .with_context(|| format!("state {i} was not {what}"))
+        };
+        let specs = self
+            .entries
+            .iter()
+            .map(|e| {
+                Ok(::qcow::SnapshotSpec {
+                    state: at(e.state)?,
+                    id: e.id.clone(),
+                    name: e.name.clone(),
+                    date_sec: e.date.0,
+                    date_nsec: e.date.1,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((at(self.active)?, specs))
+    }
+}
+
 /// One internal snapshot.
 #[derive(Clone, Debug)]
 pub struct TableEntry {

@@ -11,7 +11,7 @@ use super::clusters::Clusters;
 use super::state_target::StateTarget;
 use super::{Finished, Sink, Table};
 use anyhow::{Context, Result};
-use qcow::{SnapshotSpec, StateId, Version, Writer, WriterOptions};
+use qcow::{StateId, Version, Writer, WriterOptions};
 use std::fs::File;
 
 /// How to write the QCOW2 image (the default: 64 KiB clusters, v3, no extension, not
@@ -123,29 +123,14 @@ impl Sink for QcowSink {
             states,
             clusters,
         } = *self;
-        let at = |i: usize| {
-            states
-                .get(i)
-                .copied()
-                .with_context(|| format!("state {i} was not written"))
-        };
-        let mut specs = Vec::with_capacity(table.entries.len());
-        for e in &table.entries {
-            specs.push(SnapshotSpec {
-                state: at(e.state)?,
-                id: e.id.clone(),
-                name: e.name.clone(),
-                date_sec: e.date.0,
-                date_nsec: e.date.1,
-            });
-        }
+        let (active, specs) = table.resolve(&states, "written")?;
         for (t, data) in &table.extensions {
             writer.add_header_extension(*t, data)?;
         }
         let cluster = writer.cluster_size();
         writer.set_sync(sync);
         writer
-            .finish(at(table.active)?, &specs)
+            .finish(active, &specs)
             .context("cannot finish the QCOW2 image")?;
         let mut f = Finished::with_cluster_size(Some(cluster));
         report_compression(&clusters, &mut f);

@@ -25,9 +25,7 @@
 use super::spool::Spool;
 use super::{is_zero, Finished, QcowOptions, Sink, Table};
 use anyhow::{bail, Context, Result};
-use qcow::{
-    DataKind, DataRef, SnapshotSpec, StateId, StreamPlan, StreamWriter, Version, WriterOptions,
-};
+use qcow::{DataKind, DataRef, StateId, StreamPlan, StreamWriter, Version, WriterOptions};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::io::{BufWriter, ErrorKind, Stdout, Write};
@@ -403,23 +401,9 @@ impl Sink for QcowStreamSink {
         for (t, d) in &table.extensions {
             plan.add_header_extension(*t, d)?;
         }
-        let at = |i: usize| {
-            ids.get(i)
-                .copied()
-                .with_context(|| format!("state {i} was not planned"))
-        };
-        let mut specs = Vec::with_capacity(table.entries.len());
-        for e in &table.entries {
-            specs.push(SnapshotSpec {
-                state: at(e.state)?,
-                id: e.id.clone(),
-                name: e.name.clone(),
-                date_sec: e.date.0,
-                date_nsec: e.date.1,
-            });
-        }
+        let (active, specs) = table.resolve(&ids, "planned")?;
         let layout = plan
-            .finish(at(table.active)?, &specs)
+            .finish(active, &specs)
             .context("cannot lay out the QCOW2 stream")?;
         let out = BufWriter::with_capacity(BUFFER_BYTES, std::io::stdout());
         let writer = StreamWriter::start(layout, out).map_err(stream_error)?;

@@ -199,11 +199,7 @@ impl StreamPlan {
     /// Errors: [`Error::InvalidArgument`] for an empty name or one over 1023 bytes, or a format
     /// other than "raw" or "qcow2".
     pub fn set_backing_file(&mut self, name: &str, format: &str) -> Result<(), Error> {
-        if name.is_empty() || name.len() > 1023 || !matches!(format, "raw" | "qcow2") {
-            return Err(Error::InvalidArgument(format!(
-                "backing file {name:?} ({format}): a name of 1 to 1023 bytes and format raw or qcow2"
-            )));
-        }
+        crate::geometry::check_backing_file(name, format)?;
         self.backing = Some((name.to_string(), format.to_string()));
         Ok(())
     }

@@ -231,11 +231,7 @@ impl Writer {
                 "an image edited in place keeps its header (no backing file)".into(),
             ));
         }
-        if name.is_empty() || name.len() > 1023 || !matches!(format, "raw" | "qcow2") {
-            return Err(Error::InvalidArgument(format!(
-                "backing file {name:?} ({format}): a name of 1 to 1023 bytes and format raw or qcow2"
-            )));
-        }
+        crate::geometry::check_backing_file(name, format)?;
         self.backing = Some((name.to_string(), format.to_string()));
         Ok(())
     }
